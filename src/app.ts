@@ -1,0 +1,80 @@
+import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
+import type { Config } from './config.js'
+import { openDatabase, type Database } from './db/database.js'
+import { migrate } from './db/migrate.js'
+import { upsertPage } from './domain/pages.js'
+import { apiKeyAuth } from './plugins/auth.js'
+import database from './plugins/database.js'
+import docs from './plugins/docs.js'
+import errors from './plugins/errors.js'
+import healthRoutes from './routes/health.js'
+import pageRoutes from './routes/pages.js'
+import topicRoutes from './routes/topics.js'
+import { loggerOptions } from './logger.js'
+import { scheduleMaintenance } from './maintenance.js'
+import { maintenanceTasks } from './tasks.js'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    config: Config
+    dbKind: 'postgres' | 'pglite'
+  }
+}
+
+export interface AppDeps {
+  /** A database the caller owns (tests share one per file); it is migrated but not closed by the app. */
+  db?: Database
+  dbKind?: 'postgres' | 'pglite'
+  /** Where logs go (tests capture them); default stdout. */
+  logStream?: NodeJS.WritableStream
+}
+
+export async function buildApp (config: Config, deps: AppDeps = {}): Promise<FastifyInstance> {
+  const app = Fastify({
+    logger: loggerOptions(config.LOG_LEVEL, deps.logStream) as FastifyServerOptions['logger'],
+    bodyLimit: config.BODY_LIMIT_BYTES,
+    requestIdHeader: 'x-request-id',
+    ajv: { customOptions: { removeAdditional: false, allErrors: true } },
+    return503OnClosing: true,
+  }).withTypeProvider<TypeBoxTypeProvider>()
+
+  let handle: { db: Database, kind: 'postgres' | 'pglite', location: string, close?: () => Promise<void> }
+  if (deps.db) {
+    handle = { db: deps.db, kind: deps.dbKind ?? 'postgres', location: 'injected' }
+  } else {
+    handle = await openDatabase({
+      databaseUrl: config.DATABASE_URL,
+      poolSize: config.DATABASE_POOL_SIZE,
+      pgliteDataDir: config.PGLITE_DATA_DIR,
+    })
+    app.log.info({ database: handle.kind, location: handle.location }, `database: ${handle.kind} at ${handle.location}`)
+  }
+
+  try {
+    await migrate(handle.db)
+  } catch (error) {
+    await handle.close?.()
+    throw error
+  }
+  app.decorate('config', config)
+  app.decorate('dbKind', handle.kind)
+  app.addHook('onSend', async (request, reply) => { reply.header('x-request-id', request.id) })
+
+  await app.register(errors)
+  await app.register(database, { db: handle.db, close: handle.close })
+  await app.register(docs)
+  await app.register(healthRoutes)
+  await app.register(async (v1) => {
+    v1.addHook('onRequest', apiKeyAuth(config.apiKeys))
+    await v1.register(pageRoutes)
+    await v1.register(topicRoutes)
+  }, { prefix: '/v1' })
+
+  scheduleMaintenance(app, maintenanceTasks)
+
+  if (config.PAGE_ID && config.PAGE_ACCESS_TOKEN) {
+    await upsertPage(handle.db, config.PAGE_ID, { name: config.PAGE_NAME, access_token: config.PAGE_ACCESS_TOKEN })
+  }
+  return app
+}

@@ -1,0 +1,14 @@
+import { loadConfig } from '../config.js'
+import { openDatabase } from '../db/database.js'
+import { migrate } from '../db/migrate.js'
+
+const env = { API_KEYS: 'unused-by-migrate', ...process.env }
+const config = loadConfig(env)
+const handle = await openDatabase({ databaseUrl: config.DATABASE_URL, pgliteDataDir: config.PGLITE_DATA_DIR, poolSize: 1 })
+try {
+  const { results } = await migrate(handle.db)
+  for (const r of results ?? []) console.log(`${r.status}: ${r.migrationName}`)
+  console.log(`${handle.kind} at ${handle.location}: ${results?.length ? `${results.length} migration(s) applied` : 'up to date'}`)
+} finally {
+  await handle.close()
+}

@@ -1,0 +1,76 @@
+import { Type, type Static } from 'typebox'
+import { Compile } from 'typebox/compile'
+
+const Int = (description: string, def: number, minimum: number, maximum: number) =>
+  Type.Integer({ description, default: def, minimum, maximum })
+
+// One schema documents and validates every variable: name, meaning, default and range.
+export const EnvSchema = Type.Object({
+  DATABASE_URL: Type.Optional(Type.String({ description: 'Postgres connection string. Unset: embedded PGlite in PGLITE_DATA_DIR.', pattern: '^postgres(ql)?://' })),
+  DATABASE_POOL_SIZE: Int('Connections in the pg Pool (Postgres only).', 10, 1, 200),
+  PGLITE_DATA_DIR: Type.String({ description: 'Folder of the embedded database (used when DATABASE_URL is unset). "memory://" keeps it in memory.', default: './data/pglite', minLength: 1 }),
+  HOST: Type.String({ description: 'Address to listen on (0.0.0.0 in containers).', default: '127.0.0.1', minLength: 1 }),
+  PORT: Int('TCP port to listen on.', 3000, 0, 65535),
+  LOG_LEVEL: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)), { description: 'pino log level.', default: 'info' }),
+  API_KEYS: Type.String({ description: 'Comma-separated API keys accepted as "Authorization: Bearer <key>" on /v1 (each at least 8 characters; list several to rotate).', pattern: '^\\s*[^,\\s]{8,}\\s*(,\\s*[^,\\s]{8,}\\s*)*$' }),
+  META_APP_SECRET: Type.Optional(Type.String({ description: 'App Secret: verifies webhook signatures and signs appsecret_proof. Unset: webhook deliveries are refused (503).', minLength: 1 })),
+  META_VERIFY_TOKEN: Type.Optional(Type.String({ description: 'Token Meta echoes in the webhook verification handshake. Unset: the handshake is refused.', minLength: 1 })),
+  GRAPH_API_BASE_URL: Type.String({ description: 'Graph API origin; tests and the demo point it at the emulator.', default: 'https://graph.facebook.com', pattern: '^https?://[^/]+$' }),
+  GRAPH_API_VERSION: Type.String({ description: 'Pinned Graph API version.', default: 'v21.0', pattern: '^v\\d+\\.\\d+$' }),
+  GRAPH_API_TIMEOUT_MS: Int('Time to wait for a Graph API answer before the attempt counts as unanswered.', 10000, 100, 120000),
+  GRAPH_API_CONNECT_TIMEOUT_MS: Int('Time to wait for a connection to the Graph API.', 5000, 100, 60000),
+  GRAPH_API_MAX_RETRIES: Int('Re-sends of the same token after an unanswered attempt before it is recorded unconfirmed.', 2, 0, 10),
+  PAGE_ID: Type.Optional(Type.String({ description: 'A Page registered at start-up (with PAGE_ACCESS_TOKEN).', pattern: '^\\d{1,32}$' })),
+  PAGE_ACCESS_TOKEN: Type.Optional(Type.String({ description: 'Access token of PAGE_ID.', minLength: 1 })),
+  PAGE_NAME: Type.String({ description: 'Name given to PAGE_ID when it is registered at start-up.', default: 'Default Page', minLength: 1 }),
+  BODY_LIMIT_BYTES: Int('Largest JSON body accepted on /v1 routes.', 1048576, 1024, 104857600),
+  WEBHOOK_BODY_LIMIT_BYTES: Int('Largest webhook body accepted from Meta.', 5242880, 1024, 104857600),
+  TOKEN_LEASE_SECONDS: Int('How long a claimed token stays reserved before recovery resolves it.', 120, 5, 86400),
+  OPTIN_REQUEST_INTERVAL_SECONDS: Int('Least time between two opt-in requests to one person on one topic.', 86400, 0, 31536000),
+  MAINTENANCE_INTERVAL_SECONDS: Int('Period of the expiry sweep and lease recovery.', 60, 1, 86400),
+  SHUTDOWN_TIMEOUT_MS: Int('Longest wait for in-flight requests on SIGTERM/SIGINT.', 10000, 100, 600000),
+})
+
+export type Config = Static<typeof EnvSchema> & { apiKeys: string[] }
+
+export class ConfigError extends Error {
+  constructor (public readonly problems: string[]) {
+    super(`Invalid configuration:\n${problems.map((p) => `  - ${p}`).join('\n')}`)
+    this.name = 'ConfigError'
+  }
+}
+
+type PropertySchema = { description?: string; default?: unknown; type?: string; anyOf?: Array<{ const: string }> }
+const properties = EnvSchema.properties as unknown as Record<string, PropertySchema>
+const checks = Object.fromEntries(Object.entries(EnvSchema.properties).map(([k, s]) => [k, Compile(s)]))
+const required: readonly string[] = EnvSchema.required ?? []
+const optional = new Set(Object.keys(properties).filter((k) => !required.includes(k)))
+
+function describe (schema: PropertySchema, fallback: string): string {
+  if (schema.anyOf) return `must be one of ${schema.anyOf.map((s) => s.const).join(', ')}`
+  return fallback
+}
+
+/** Validates the environment once; every bad value gets its own line. */
+export function loadConfig (env: Record<string, string | undefined>): Config {
+  const raw: Record<string, unknown> = {}
+  const problems: string[] = []
+  for (const [key, schema] of Object.entries(properties)) {
+    const text = env[key]
+    if (text === undefined || text === '') {
+      if (schema.default !== undefined) raw[key] = schema.default
+      else if (!optional.has(key)) problems.push(`${key}: is required. ${schema.description}`)
+      continue
+    }
+    const value = schema.type === 'integer' && /^-?\d+$/.test(text.trim()) ? Number(text) : text
+    const [error] = checks[key].Errors(value)
+    if (error) problems.push(`${key}: ${describe(schema, error.message)}. ${schema.description}`)
+    raw[key] = value
+  }
+  if ((env.PAGE_ID ? 1 : 0) + (env.PAGE_ACCESS_TOKEN ? 1 : 0) === 1) {
+    problems.push('PAGE_ID and PAGE_ACCESS_TOKEN: set both or neither')
+  }
+  if (problems.length > 0) throw new ConfigError(problems)
+  const config = raw as Static<typeof EnvSchema>
+  return { ...config, apiKeys: config.API_KEYS.split(',').map((k) => k.trim()) }
+}

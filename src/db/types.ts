@@ -1,0 +1,122 @@
+import type { ColumnType, Generated, Insertable, Selectable } from 'kysely'
+
+type Timestamp = ColumnType<Date, Date | string | undefined, Date | string>
+type CreatedAt = ColumnType<Date, Date | string | undefined, never>
+type Json<T = unknown> = ColumnType<T, string, string>
+
+export type TokenKind = 'one_time_notif' | 'notification_messages'
+export type TokenState = 'available' | 'reserved' | 'used' | 'invalid' | 'expired' | 'discarded' | 'unconfirmed'
+export type NotificationStatus = 'pending' | 'sent' | 'no_token' | 'failed' | 'unconfirmed'
+export type NotificationRoute = 'window' | 'token'
+
+export interface GraphError {
+  code: number | null
+  subcode: number | null
+  message: string
+  fbtrace_id: string | null
+}
+
+export interface PagesTable {
+  id: string
+  name: string
+  access_token: string | null
+  healthy: Generated<boolean>
+  last_error: Json<GraphError & { at: string }> | null
+  created_at: CreatedAt
+  updated_at: Timestamp
+}
+
+export interface TopicsTable {
+  id: Generated<string>
+  page_id: string
+  name: string
+  title: string
+  payload: string
+  created_at: CreatedAt
+  updated_at: Timestamp
+}
+
+export interface OptinTokensTable {
+  id: Generated<string>
+  kind: ColumnType<TokenKind, TokenKind | undefined, TokenKind>
+  page_id: string
+  psid: string
+  payload: string
+  token: string
+  opted_in_at: Timestamp
+  expires_at: Timestamp
+  state: ColumnType<TokenState, TokenState | undefined, TokenState>
+  lease_expires_at: Timestamp | null
+  notification_id: string | null
+  webhook_event_id: string | null
+  created_at: CreatedAt
+  updated_at: Timestamp
+}
+
+export interface SubscribersTable {
+  page_id: string
+  psid: string
+  first_seen_at: Timestamp
+  last_interaction_at: Timestamp | null
+  updated_at: Timestamp
+}
+
+export interface NotificationsTable {
+  id: Generated<string>
+  page_id: string
+  topic_id: string | null
+  psid: string
+  message: Json<Record<string, unknown>>
+  notification_type: ColumnType<string, string | undefined, string>
+  use_window: ColumnType<boolean, boolean | undefined, boolean>
+  idempotency_key: string | null
+  request_hash: string | null
+  status: ColumnType<NotificationStatus, NotificationStatus | undefined, NotificationStatus>
+  route: NotificationRoute | null
+  token_id: string | null
+  graph_message_id: string | null
+  error: Json<Record<string, unknown>> | null
+  http_status: number | null
+  attempts: ColumnType<number, number | undefined, number>
+  broadcast_id: string | null
+  created_at: CreatedAt
+  updated_at: Timestamp
+  completed_at: Timestamp | null
+}
+
+export interface OptinRequestsTable {
+  id: Generated<string>
+  page_id: string
+  topic_id: string
+  psid: string
+  title: string
+  payload: string
+  status: 'pending' | 'sent' | 'failed'
+  graph_message_id: string | null
+  error: Json<GraphError> | null
+  created_at: CreatedAt
+}
+
+export interface WebhookEventsTable {
+  id: Generated<string>
+  received_at: CreatedAt
+  signature: string
+  object: string | null
+  body: Uint8Array
+}
+
+export interface DB {
+  pages: PagesTable
+  topics: TopicsTable
+  optin_tokens: OptinTokensTable
+  subscribers: SubscribersTable
+  notifications: NotificationsTable
+  optin_requests: OptinRequestsTable
+  webhook_events: WebhookEventsTable
+}
+
+export type Page = Selectable<PagesTable>
+export type Topic = Selectable<TopicsTable>
+export type OptinToken = Selectable<OptinTokensTable>
+export type NewOptinToken = Insertable<OptinTokensTable>
+export type Notification = Selectable<NotificationsTable>

@@ -1,0 +1,80 @@
+import { sql } from 'kysely'
+import type { Database } from '../db/database.js'
+import type { GraphError, Page } from '../db/types.js'
+import { DomainError, notFound } from './errors.js'
+import { afterCursor, pageOf } from './pagination.js'
+
+export interface PageView {
+  id: string
+  name: string
+  has_access_token: boolean
+  healthy: boolean
+  last_error?: GraphError & { at: string }
+  created_at: string
+  updated_at: string
+}
+
+export function pageView (page: Page): PageView {
+  return {
+    id: page.id,
+    name: page.name,
+    has_access_token: page.access_token !== null,
+    healthy: page.healthy,
+    ...(page.last_error ? { last_error: page.last_error } : {}),
+    created_at: page.created_at.toISOString(),
+    updated_at: page.updated_at.toISOString(),
+  }
+}
+
+/** Registers or updates a Page; a new access token clears the Page's last Graph error. */
+export async function upsertPage (db: Database, id: string, input: { name: string, access_token?: string }): Promise<{ page: Page, created: boolean }> {
+  const row = await db.insertInto('pages')
+    .values({ id, name: input.name, access_token: input.access_token ?? null })
+    .onConflict((oc) => oc.column('id').doUpdateSet((eb) => ({
+      name: eb.ref('excluded.name'),
+      updated_at: sql`now()`,
+      ...(input.access_token !== undefined
+        ? { access_token: eb.ref('excluded.access_token'), healthy: true, last_error: null }
+        : {}),
+    })))
+    .returningAll()
+    .returning(sql<boolean>`xmax = 0`.as('inserted'))
+    .executeTakeFirstOrThrow()
+  const { inserted, ...page } = row
+  return { page, created: inserted }
+}
+
+export async function getPage (db: Database, id: string): Promise<Page> {
+  const page = await db.selectFrom('pages').selectAll().where('id', '=', id).executeTakeFirst()
+  if (!page) throw notFound('page', id)
+  return page
+}
+
+export async function listPages (db: Database, limit: number, cursor?: string) {
+  const rows = await db.selectFrom('pages').selectAll()
+    .where(afterCursor('pages', cursor))
+    .orderBy('created_at').orderBy('id').limit(limit + 1)
+    .execute()
+  return pageOf(rows, limit)
+}
+
+/** A Page with topics is not deleted: its topics would lose their Page and the tokens their sender. */
+export async function deletePage (db: Database, id: string): Promise<void> {
+  await db.transaction().execute(async (trx) => {
+    const page = await trx.selectFrom('pages').select('id').where('id', '=', id).forUpdate().executeTakeFirst()
+    if (!page) throw notFound('page', id)
+    const { topics } = await trx.selectFrom('topics').select((eb) => eb.fn.countAll<string>().as('topics'))
+      .where('page_id', '=', id).executeTakeFirstOrThrow()
+    if (Number(topics) > 0) {
+      throw new DomainError('conflict', 'page_has_topics',
+        `Page ${id} still has ${topics} topic(s); delete them first.`)
+    }
+    await trx.deleteFrom('pages').where('id', '=', id).execute()
+  })
+}
+
+export async function recordPageError (db: Database, id: string, error: GraphError): Promise<void> {
+  await db.updateTable('pages')
+    .set({ healthy: false, last_error: JSON.stringify({ ...error, at: new Date().toISOString() }), updated_at: sql`now()` })
+    .where('id', '=', id).execute()
+}

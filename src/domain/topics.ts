@@ -1,0 +1,147 @@
+import { randomBytes } from 'node:crypto'
+import { sql } from 'kysely'
+import type { Database } from '../db/database.js'
+import type { Topic } from '../db/types.js'
+import { DomainError, notFound, uniqueViolation } from './errors.js'
+import { getPage } from './pages.js'
+import { afterCursor, pageOf } from './pagination.js'
+
+export const TITLE_MAX = 65
+const EXPIRING_SOON = sql`interval '7 days'`
+
+export interface TopicCounts { usable_tokens: number, subscribers: number, expiring_soon: number }
+export type TopicWithCounts = Topic & TopicCounts
+
+export interface TopicView {
+  id: string
+  page_id: string
+  name: string
+  title: string
+  payload: string
+  counts: TopicCounts
+  created_at: string
+  updated_at: string
+}
+
+export function topicView (t: TopicWithCounts): TopicView {
+  return {
+    id: t.id,
+    page_id: t.page_id,
+    name: t.name,
+    title: t.title,
+    payload: t.payload,
+    counts: { usable_tokens: t.usable_tokens, subscribers: t.subscribers, expiring_soon: t.expiring_soon },
+    created_at: t.created_at.toISOString(),
+    updated_at: t.updated_at.toISOString(),
+  }
+}
+
+// One index range scan per topic over its usable tokens (optin_tokens_usable_idx).
+function withCounts (db: Database) {
+  return db.selectFrom('topics')
+    .selectAll('topics')
+    .select(sql<number>`c.usable_tokens`.as('usable_tokens'))
+    .select(sql<number>`c.subscribers`.as('subscribers'))
+    .select(sql<number>`c.expiring_soon`.as('expiring_soon'))
+    .innerJoin(sql<TopicCounts>`lateral (
+      select count(*)::int as usable_tokens,
+             count(distinct t.psid)::int as subscribers,
+             (count(*) filter (where t.expires_at <= now() + ${EXPIRING_SOON}))::int as expiring_soon
+      from optin_tokens t
+      where t.page_id = topics.page_id and t.payload = topics.payload
+        and t.state = 'available' and t.expires_at > now())`.as('c'), (join) => join.onTrue())
+}
+
+function conflictFrom (error: unknown, name: string, payload?: string): never {
+  const constraint = uniqueViolation(error)
+  if (constraint === 'topics_page_name_key') {
+    throw new DomainError('conflict', 'topic_name_taken', `This Page already has a topic named "${name}" (names ignore case).`)
+  }
+  if (constraint === 'topics_page_payload_key') {
+    throw new DomainError('conflict', 'topic_payload_taken', `This Page already has a topic with payload "${payload}".`)
+  }
+  throw error
+}
+
+export function defaultTitle (name: string): string {
+  return name.slice(0, TITLE_MAX)
+}
+
+export async function createTopic (db: Database, input: { page_id: string, name: string, title?: string, payload?: string }): Promise<TopicWithCounts> {
+  await getPage(db, input.page_id)
+  const payload = input.payload ?? `otn_${randomBytes(9).toString('base64url')}`
+  try {
+    const { id } = await db.insertInto('topics').values({
+      page_id: input.page_id,
+      name: input.name,
+      title: input.title ?? defaultTitle(input.name),
+      payload,
+    }).returning('id').executeTakeFirstOrThrow()
+    return await getTopic(db, id)
+  } catch (error) {
+    return conflictFrom(error, input.name, payload)
+  }
+}
+
+export async function getTopic (db: Database, id: string): Promise<TopicWithCounts> {
+  const topic = await withCounts(db).where('topics.id', '=', id).executeTakeFirst()
+  if (!topic) throw notFound('topic', id)
+  return topic
+}
+
+export interface TopicFilter { page_id?: string, name?: string, limit: number, cursor?: string }
+
+export async function listTopics (db: Database, filter: TopicFilter) {
+  let query = withCounts(db).where(afterCursor('topics', filter.cursor))
+  if (filter.page_id !== undefined) query = query.where('topics.page_id', '=', filter.page_id)
+  if (filter.name !== undefined) query = query.where(sql`lower(topics.name)`, '=', filter.name.toLowerCase())
+  const rows = await query.orderBy('topics.created_at').orderBy('topics.id').limit(filter.limit + 1).execute()
+  return pageOf(rows, filter.limit)
+}
+
+/** Rename or retitle; the id and payload key never change, so tokens already given stay with the topic. */
+export async function updateTopic (db: Database, id: string, input: { name?: string, title?: string }): Promise<TopicWithCounts> {
+  if (input.name === undefined && input.title === undefined) {
+    throw new DomainError('invalid', 'empty_update', 'Give name or title (or both).')
+  }
+  try {
+    const row = await db.updateTable('topics')
+      .set({ ...input, updated_at: sql`now()` })
+      .where('id', '=', id).returning('id').executeTakeFirst()
+    if (!row) throw notFound('topic', id)
+  } catch (error) {
+    conflictFrom(error, input.name ?? '')
+  }
+  return getTopic(db, id)
+}
+
+/**
+ * Refuses while the topic holds usable tokens, unless forced: then those tokens are discarded
+ * (never silently dropped: the count is returned). Tokens already spent keep their history.
+ */
+export async function deleteTopic (db: Database, id: string, force: boolean): Promise<{ discarded_tokens: number }> {
+  return db.transaction().execute(async (trx) => {
+    const topic = await trx.selectFrom('topics').selectAll().where('id', '=', id).forUpdate().executeTakeFirst()
+    if (!topic) throw notFound('topic', id)
+    const usable = trx.selectFrom('optin_tokens').select('id')
+      .where('page_id', '=', topic.page_id).where('payload', '=', topic.payload)
+      .where('state', '=', 'available').where('expires_at', '>', sql<Date>`now()`)
+    let discarded = 0
+    if (force) {
+      const result = await trx.updateTable('optin_tokens')
+        .set({ state: 'discarded', updated_at: sql`now()` })
+        .where('id', 'in', usable)
+        .executeTakeFirst()
+      discarded = Number(result.numUpdatedRows)
+    } else {
+      const { n } = await trx.selectFrom(usable.as('u')).select((eb) => eb.fn.countAll<number>().as('n')).executeTakeFirstOrThrow()
+      if (Number(n) > 0) {
+        throw new DomainError('conflict', 'topic_has_tokens',
+          `Topic ${id} still holds ${n} usable token(s); delete with ?force=true to discard them.`,
+          { usable_tokens: Number(n) })
+      }
+    }
+    await trx.deleteFrom('topics').where('id', '=', id).execute()
+    return { discarded_tokens: discarded }
+  })
+}

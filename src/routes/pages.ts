@@ -1,0 +1,50 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { Type } from 'typebox'
+import { deletePage, getPage, listPages, pageView, upsertPage } from '../domain/pages.js'
+import { problems } from '../schemas/common.js'
+import { PageListQuerySchema, PageListSchema, PageParamsSchema, PageSchema, PutPageBodySchema } from '../schemas/pages.js'
+
+const tags = ['pages']
+const security = [{ apiKey: [] }]
+
+const routes: FastifyPluginAsyncTypebox = async (app) => {
+  app.put('/pages/:pageId', {
+    schema: {
+      operationId: 'putPage', summary: 'Register or update a Page and its access token', tags, security,
+      params: PageParamsSchema, body: PutPageBodySchema,
+      response: { 200: PageSchema, 201: PageSchema, ...problems(400, 401, 413, 415) },
+    },
+  }, async (request, reply) => {
+    const { page, created } = await upsertPage(app.db, request.params.pageId, request.body)
+    return reply.code(created ? 201 : 200).send(pageView(page))
+  })
+
+  app.get('/pages/:pageId', {
+    schema: {
+      operationId: 'getPage', summary: 'Read a Page (never its access token)', tags, security,
+      params: PageParamsSchema, response: { 200: PageSchema, ...problems(400, 401, 404) },
+    },
+  }, async (request) => pageView(await getPage(app.db, request.params.pageId)))
+
+  app.get('/pages', {
+    schema: {
+      operationId: 'listPages', summary: 'List Pages', tags, security,
+      querystring: PageListQuerySchema, response: { 200: PageListSchema, ...problems(400, 401) },
+    },
+  }, async (request) => {
+    const { items, next_cursor } = await listPages(app.db, request.query.limit, request.query.cursor)
+    return { items: items.map(pageView), next_cursor }
+  })
+
+  app.delete('/pages/:pageId', {
+    schema: {
+      operationId: 'deletePage', summary: 'Delete a Page that has no topics', tags, security,
+      params: PageParamsSchema, response: { 204: Type.Null({ description: 'Deleted' }), ...problems(400, 401, 404, 409) },
+    },
+  }, async (request, reply) => {
+    await deletePage(app.db, request.params.pageId)
+    return reply.code(204).send(null)
+  })
+}
+
+export default routes

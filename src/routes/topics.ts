@@ -1,0 +1,57 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { createTopic, deleteTopic, getTopic, listTopics, topicView, updateTopic } from '../domain/topics.js'
+import { problems } from '../schemas/common.js'
+import {
+  CreateTopicBodySchema, DeletedTopicSchema, DeleteTopicQuerySchema, TopicListQuerySchema, TopicListSchema,
+  TopicParamsSchema, TopicSchema, UpdateTopicBodySchema,
+} from '../schemas/topics.js'
+
+const tags = ['topics']
+const security = [{ apiKey: [] }]
+
+const routes: FastifyPluginAsyncTypebox = async (app) => {
+  app.post('/topics', {
+    schema: {
+      operationId: 'createTopic', summary: 'Create an OTN topic on a Page', tags, security,
+      body: CreateTopicBodySchema, response: { 201: TopicSchema, ...problems(400, 401, 404, 409, 413, 415) },
+    },
+  }, async (request, reply) => reply.code(201).send(topicView(await createTopic(app.db, request.body))))
+
+  app.get('/topics', {
+    schema: {
+      operationId: 'listTopics', summary: 'List topics with their token counts', tags, security,
+      querystring: TopicListQuerySchema, response: { 200: TopicListSchema, ...problems(400, 401) },
+    },
+  }, async (request) => {
+    const { items, next_cursor } = await listTopics(app.db, request.query)
+    return { items: items.map(topicView), next_cursor }
+  })
+
+  app.get('/topics/:id', {
+    schema: {
+      operationId: 'getTopic', summary: 'Read a topic with its token counts', tags, security,
+      params: TopicParamsSchema, response: { 200: TopicSchema, ...problems(400, 401, 404) },
+    },
+  }, async (request) => topicView(await getTopic(app.db, request.params.id)))
+
+  app.patch('/topics/:id', {
+    schema: {
+      operationId: 'updateTopic', summary: 'Rename or retitle a topic (id and payload stay)', tags, security,
+      params: TopicParamsSchema, body: UpdateTopicBodySchema,
+      response: { 200: TopicSchema, ...problems(400, 401, 404, 409, 413, 415) },
+    },
+  }, async (request) => topicView(await updateTopic(app.db, request.params.id, request.body)))
+
+  app.delete('/topics/:id', {
+    schema: {
+      operationId: 'deleteTopic', summary: 'Delete a topic; refused while it holds usable tokens unless force=true', tags, security,
+      params: TopicParamsSchema, querystring: DeleteTopicQuerySchema,
+      response: { 200: DeletedTopicSchema, ...problems(400, 401, 404, 409) },
+    },
+  }, async (request) => {
+    const { discarded_tokens } = await deleteTopic(app.db, request.params.id, request.query.force)
+    return { id: request.params.id, deleted: true as const, discarded_tokens }
+  })
+}
+
+export default routes

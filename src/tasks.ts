@@ -1,0 +1,4 @@
+import type { MaintenanceTask } from './maintenance.js'
+
+/** Every periodic sweep the service runs; add new ones here. */
+export const maintenanceTasks: MaintenanceTask[] = []
