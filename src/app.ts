@@ -12,6 +12,7 @@ import healthRoutes from './routes/health.js'
 import pageRoutes from './routes/pages.js'
 import topicRoutes from './routes/topics.js'
 import { loggerOptions } from './logger.js'
+import { validatorCompiler } from './plugins/validation.js'
 import { scheduleMaintenance } from './maintenance.js'
 import { maintenanceTasks } from './tasks.js'
 
@@ -35,9 +36,9 @@ export async function buildApp (config: Config, deps: AppDeps = {}): Promise<Fas
     logger: loggerOptions(config.LOG_LEVEL, deps.logStream) as FastifyServerOptions['logger'],
     bodyLimit: config.BODY_LIMIT_BYTES,
     requestIdHeader: 'x-request-id',
-    ajv: { customOptions: { removeAdditional: false, allErrors: true } },
     return503OnClosing: true,
   }).withTypeProvider<TypeBoxTypeProvider>()
+  app.setValidatorCompiler(validatorCompiler)
 
   let handle: { db: Database, kind: 'postgres' | 'pglite', location: string, close?: () => Promise<void> }
   if (deps.db) {

@@ -1,0 +1,142 @@
+import t from 'tap'
+import { sql } from 'kysely'
+import { buildApp } from '../src/app.js'
+import { openDatabase } from '../src/db/database.js'
+import { auth, build, LogCapture, testConfig, testDatabase, uniquePageId } from './helper.js'
+
+t.test('health is open; readiness checks the database and migrations', async (t) => {
+  const app = await build(t)
+  const health = await app.inject({ url: '/healthz' })
+  t.same(health.json(), { status: 'ok' })
+  const ready = await app.inject({ url: '/readyz' })
+  t.equal(ready.statusCode, 200)
+  t.same(ready.json(), { status: 'ready', database: (await testDatabase()).kind })
+  t.equal(ready.headers['x-request-id'], ready.headers['x-request-id'] && String(ready.headers['x-request-id']))
+})
+
+t.test('readiness is 503 while a migration is not applied', async (t) => {
+  const app = await build(t)
+  const { db } = await testDatabase()
+  const rows = await sql<{ name: string, timestamp: string }>`select name, timestamp from kysely_migration`.execute(db)
+  await sql`delete from kysely_migration`.execute(db)
+  t.teardown(async () => {
+    for (const r of rows.rows) await sql`insert into kysely_migration (name, timestamp) values (${r.name}, ${r.timestamp})`.execute(db)
+  })
+  const res = await app.inject({ url: '/readyz' })
+  t.equal(res.statusCode, 503)
+  t.equal(res.json().code, 'migrations_pending')
+  t.match(res.json().detail, /20261121000000_create_core_tables/)
+})
+
+t.test('readiness is 503 and /v1 answers 503 when the database is gone', async (t) => {
+  const { kind, url } = await testDatabase()
+  const handle = kind === 'postgres'
+    ? await openDatabase({ databaseUrl: url, poolSize: 2 })
+    : await openDatabase({ pgliteDataDir: 'memory://' })
+  const app = await buildApp(testConfig(), { db: handle.db, dbKind: kind })
+  t.teardown(() => app.close())
+  await handle.close()
+  const ready = await app.inject({ url: '/readyz' })
+  t.equal(ready.statusCode, 503)
+  t.equal(ready.json().code, 'database_unavailable')
+  const v1 = await app.inject({ url: `/v1/pages/${uniquePageId()}`, headers: auth })
+  t.ok(v1.statusCode >= 500, `got ${v1.statusCode}`)
+  t.notMatch(v1.body, /stack|at .*\.js/, 'no internals leak')
+})
+
+t.test('every /v1 route requires a valid bearer key; health and docs are open', async (t) => {
+  const app = await build(t)
+  const none = await app.inject({ url: '/v1/topics' })
+  t.equal(none.statusCode, 401)
+  t.equal(none.headers['www-authenticate'], 'Bearer')
+  t.match(none.json(), { status: 401, code: 'unauthorized', type: /problems\/unauthorized$/ })
+  const wrong = await app.inject({ url: '/v1/topics', headers: { authorization: 'Bearer not-the-key-at-all' } })
+  t.equal(wrong.json().code, 'unauthorized')
+  t.equal(wrong.json().detail, 'The API key is not valid.')
+  const basic = await app.inject({ url: '/v1/topics', headers: { authorization: 'Basic dXNlcjpwYXNz' } })
+  t.equal(basic.statusCode, 401)
+  const second = await app.inject({ url: '/v1/topics', headers: { authorization: 'Bearer second-key-abcdefgh' } })
+  t.equal(second.statusCode, 200, 'any key of API_KEYS works, so keys can be rotated')
+  t.equal((await app.inject({ url: '/openapi.json' })).statusCode, 200)
+  const docs = await app.inject({ url: '/docs/' })
+  t.equal(docs.statusCode, 200)
+  t.match(docs.headers['content-type'], /text\/html/)
+  t.match(docs.body, /swagger/i)
+})
+
+t.test('errors are problem+json with stable codes', async (t) => {
+  const app = await build(t, { BODY_LIMIT_BYTES: '2048' })
+  app.get('/boom', async () => { throw new Error('secret internal detail: password=hunter2') })
+
+  const unknown = await app.inject({ url: '/nope?x=1' })
+  t.equal(unknown.statusCode, 404)
+  t.equal(unknown.headers['content-type'], 'application/problem+json; charset=utf-8')
+  t.same(unknown.json(), { type: 'https://otn.invalid/problems/route_not_found', title: 'Not Found', status: 404, detail: 'No route GET /nope.', code: 'route_not_found' })
+
+  const malformed = await app.inject({ method: 'POST', url: '/v1/topics', headers: { ...auth, 'content-type': 'application/json' }, payload: '{"page_id": ' })
+  t.equal(malformed.statusCode, 400)
+  t.equal(malformed.json().code, 'invalid_json')
+
+  const big = await app.inject({ method: 'POST', url: '/v1/topics', headers: { ...auth, 'content-type': 'application/json' }, payload: JSON.stringify({ name: 'x'.repeat(5000) }) })
+  t.equal(big.statusCode, 413)
+  t.equal(big.json().code, 'body_too_large')
+
+  const media = await app.inject({ method: 'POST', url: '/v1/topics', headers: { ...auth, 'content-type': 'text/csv' }, payload: 'a,b' })
+  t.equal(media.statusCode, 415)
+  t.equal(media.json().code, 'unsupported_media_type')
+
+  const invalid = await app.inject({ method: 'POST', url: '/v1/topics', headers: auth, payload: { page_id: 'abc', name: 5 } })
+  t.equal(invalid.statusCode, 400)
+  const body = invalid.json()
+  t.equal(body.code, 'validation_failed')
+  t.same(body.errors.map((e: { field: string }) => e.field).sort(), ['body/name', 'body/page_id'])
+
+  const badUuid = await app.inject({ url: '/v1/topics/not-a-uuid', headers: auth })
+  t.equal(badUuid.statusCode, 400)
+  t.match(badUuid.json().errors, [{ field: 'params/id' }])
+
+  const boom = await app.inject({ url: '/boom' })
+  t.equal(boom.statusCode, 500)
+  t.same(boom.json(), { type: 'https://otn.invalid/problems/internal_error', title: 'Internal Server Error', status: 500, detail: 'Something went wrong on our side; it has been logged.', code: 'internal_error' })
+})
+
+t.test('logs are JSON with request ids, and redact authorization and secret query parameters', async (t) => {
+  const logs = new LogCapture()
+  const app = await build(t, { LOG_LEVEL: 'info' }, { logStream: logs })
+  const res = await app.inject({ url: '/v1/topics?access_token=EAAleaked', headers: { ...auth, 'x-request-id': 'req-123' } })
+  t.equal(res.headers['x-request-id'], 'req-123')
+  const incoming = logs.lines.find((l) => l.msg === 'incoming request') as { reqId: string, req: { url: string } }
+  t.equal(incoming.reqId, 'req-123')
+  t.equal(incoming.req.url, '/v1/topics?access_token=[Redacted]')
+  t.notOk(logs.text.includes('EAAleaked'))
+  t.notOk(logs.text.includes('test-api-key'))
+  // A deliberate log of a secret-bearing object is redacted by path.
+  app.log.info({ page: { access_token: 'EAAobject' }, token: 'raw-token' }, 'probe')
+  const probe = logs.lines.find((l) => l.msg === 'probe') as { page: { access_token: string }, token: string }
+  t.same(probe.page, { access_token: '[Redacted]' })
+  t.equal(probe.token, '[Redacted]')
+})
+
+t.test('closing the app finishes in-flight requests, then refuses new ones', async (t) => {
+  const app = await build(t)
+  let release!: () => void
+  const gate = new Promise<void>((resolve) => { release = resolve })
+  let entered!: () => void
+  const inside = new Promise<void>((resolve) => { entered = resolve })
+  app.get('/slow', async () => { entered(); await gate; return { done: true } })
+  const address = await app.listen({ host: '127.0.0.1', port: 0 })
+  const inFlight = fetch(`${address}/slow`).then(async (r) => ({ status: r.status, body: await r.json() }))
+  await inside
+  const closing = app.close()
+  release()
+  const answer = await inFlight
+  t.same(answer, { status: 200, body: { done: true } })
+  await closing
+  await t.rejects(fetch(`${address}/healthz`), 'no longer accepting connections')
+})
+
+t.test('same schema and queries on both databases: the claim index exists', async (t) => {
+  const { db } = await testDatabase()
+  const rows = await sql<{ indexname: string }>`select indexname from pg_indexes where tablename = 'optin_tokens' order by 1`.execute(db)
+  t.ok(rows.rows.map((r) => r.indexname).includes('optin_tokens_usable_idx'))
+})

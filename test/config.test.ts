@@ -1,0 +1,39 @@
+import t from 'tap'
+import { readFileSync } from 'node:fs'
+import { ConfigError, EnvSchema, loadConfig } from '../src/config.js'
+
+t.test('defaults fill in everything but API_KEYS', async (t) => {
+  const config = loadConfig({ API_KEYS: 'key-one-123, key-two-456' })
+  t.same(config.apiKeys, ['key-one-123', 'key-two-456'])
+  t.equal(config.PORT, 3000)
+  t.equal(config.HOST, '127.0.0.1')
+  t.equal(config.PGLITE_DATA_DIR, './data/pglite')
+  t.equal(config.GRAPH_API_VERSION, 'v21.0')
+  t.equal(config.DATABASE_URL, undefined)
+})
+
+t.test('each bad value gets its own line naming the variable', async (t) => {
+  const error = t.throws(() => loadConfig({
+    PORT: 'eighty', LOG_LEVEL: 'loud', GRAPH_API_VERSION: '21', DATABASE_URL: 'mysql://x', PAGE_ID: '123', API_KEYS: 'short',
+  })) as ConfigError
+  t.type(error, ConfigError)
+  const lines = error.problems
+  t.equal(lines.length, 6, lines.join('\n'))
+  t.match(lines, [
+    /^DATABASE_URL: must match pattern/,
+    /^PORT: must be integer/,
+    /^LOG_LEVEL: must be one of fatal, error, warn, info, debug, trace, silent/,
+    /^API_KEYS: must match pattern/,
+    /^GRAPH_API_VERSION: must match pattern/,
+    /^PAGE_ID and PAGE_ACCESS_TOKEN: set both or neither/,
+  ])
+  const missing = t.throws(() => loadConfig({})) as ConfigError
+  t.match(missing.problems, [/^API_KEYS: is required/])
+})
+
+t.test('.env.example documents every variable', async (t) => {
+  const example = readFileSync(new URL('../.env.example', import.meta.url), 'utf8')
+  for (const key of Object.keys(EnvSchema.properties)) {
+    t.match(example, new RegExp(`^#? ?${key}=`, 'm'), key)
+  }
+})
