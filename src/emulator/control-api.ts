@@ -1,0 +1,200 @@
+import type { FastifyError, FastifyInstance } from 'fastify'
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
+import { Type } from 'typebox'
+import { EmulatorError } from './state.js'
+import type { DeliveredMessage, Emulator, FaultConfig, RecordedRequest } from './types.js'
+
+export interface ControlDeps {
+  emulator: Emulator
+  pages(): { id: string; name: string }[]
+  faults(): { global: FaultConfig; pages: Record<string, FaultConfig> }
+}
+
+const Rate = Type.Number({ minimum: 0, maximum: 1 })
+
+const FaultBody = Type.Object(
+  {
+    page_id: Type.Optional(Type.String({ minLength: 1 })),
+    latencyMs: Type.Optional(Type.Number({ minimum: 0 })),
+    errorRate: Type.Optional(Rate),
+    error: Type.Optional(
+      Type.Object(
+        {
+          status: Type.Optional(Type.Integer({ minimum: 400, maximum: 599 })),
+          code: Type.Integer(),
+          subcode: Type.Optional(Type.Integer()),
+          message: Type.Optional(Type.String()),
+        },
+        { additionalProperties: false },
+      ),
+    ),
+    http5xxRate: Type.Optional(Rate),
+    hangRate: Type.Optional(Rate),
+    resetRate: Type.Optional(Rate),
+    processThenFail: Type.Optional(Type.Union([Type.Literal('hang'), Type.Literal('reset'), Type.Null()])),
+    maxRps: Type.Optional(Type.Number({ minimum: 0 })),
+  },
+  { additionalProperties: false },
+)
+
+const PersonParams = Type.Object({ pageId: Type.String(), psid: Type.String() })
+
+export function mask(token: string): string {
+  return token.length <= 8 ? '****' : `${token.slice(0, 4)}…${token.slice(-4)}`
+}
+
+function maskDelivered(d: DeliveredMessage) {
+  return { ...d, ...(d.token !== undefined ? { token: mask(d.token) } : {}) }
+}
+
+function maskRequest(r: RecordedRequest) {
+  const recipient =
+    r.recipient && typeof r.recipient === 'object'
+      ? Object.fromEntries(
+          Object.entries(r.recipient as Record<string, unknown>).map(([k, v]) =>
+            [k, k.endsWith('_token') && typeof v === 'string' ? mask(v) : v],
+          ),
+        )
+      : r.recipient
+  return { ...r, recipient, ...(r.tokenUsed !== undefined ? { tokenUsed: mask(r.tokenUsed) } : {}) }
+}
+
+/** Token values never leave the emulator over HTTP: the service receives them through the webhook. */
+export async function controlApi(app: FastifyInstance, deps: ControlDeps): Promise<void> {
+  const { emulator } = deps
+  const api = app.withTypeProvider<TypeBoxTypeProvider>()
+
+  api.setErrorHandler((err: FastifyError, _request, reply) => {
+    if (err instanceof EmulatorError) return reply.code(err.statusCode).send({ error: err.message })
+    if (err.validation || (err.statusCode !== undefined && err.statusCode < 500)) {
+      return reply.code(err.statusCode ?? 400).send({ error: err.message })
+    }
+    if (err instanceof RangeError) return reply.code(400).send({ error: err.message })
+    return reply.code(500).send({ error: err.message })
+  })
+
+  // Lets the person-action POSTs be sent with no body at all (curl -X POST).
+  api.addHook('preValidation', async (request) => {
+    if (request.body === undefined && request.method !== 'GET' && request.method !== 'DELETE') request.body = {}
+  })
+
+  api.setNotFoundHandler((request, reply) => reply.code(404).send({ error: `no emulator route ${request.method} ${request.url}` }))
+
+  const requirePage = (pageId: string) => {
+    if (!deps.pages().some((p) => p.id === pageId)) throw new EmulatorError(404, `unknown page ${pageId}`)
+  }
+
+  api.get('/pages', async () => ({ items: deps.pages() }))
+
+  api.post(
+    '/pages',
+    {
+      schema: {
+        body: Type.Object({
+          id: Type.String({ minLength: 1 }),
+          access_token: Type.String({ minLength: 1 }),
+          name: Type.Optional(Type.String()),
+        }),
+      },
+    },
+    async (request, reply) => {
+      const { id, access_token, name } = request.body
+      emulator.addPage({ id, accessToken: access_token, name })
+      return reply.code(201).send(deps.pages().find((p) => p.id === id))
+    },
+  )
+
+  api.post(
+    '/persons/:pageId/:psid/messages',
+    {
+      schema: {
+        params: PersonParams,
+        body: Type.Object({ text: Type.Optional(Type.String({ minLength: 1 })) }),
+      },
+    },
+    async (request) => {
+      const { pageId, psid } = request.params
+      requirePage(pageId)
+      const result = await emulator.personWrites(pageId, psid, request.body.text)
+      return { webhook_status: result.status, ...(result.error ? { webhook_error: result.error } : {}) }
+    },
+  )
+
+  api.post(
+    '/persons/:pageId/:psid/notify-me',
+    {
+      schema: {
+        params: PersonParams,
+        body: Type.Object({ payload: Type.Optional(Type.String({ minLength: 1 })) }),
+      },
+    },
+    async (request) => {
+      const { pageId, psid } = request.params
+      requirePage(pageId)
+      const result = await emulator.clickNotifyMe(pageId, psid, { payload: request.body.payload })
+      return {
+        token_issued: true,
+        token: mask(result.token),
+        webhook_status: result.status,
+        ...(result.error ? { webhook_error: result.error } : {}),
+      }
+    },
+  )
+
+  api.put(
+    '/persons/:pageId/:psid/availability',
+    { schema: { params: PersonParams, body: Type.Object({ available: Type.Boolean() }) } },
+    async (request) => {
+      const { pageId, psid } = request.params
+      requirePage(pageId)
+      emulator.setPersonAvailable(pageId, psid, request.body.available)
+      return { available: request.body.available }
+    },
+  )
+
+  api.get('/persons/:pageId/:psid/inbox', { schema: { params: PersonParams } }, async (request) => {
+    const { pageId, psid } = request.params
+    requirePage(pageId)
+    return { items: emulator.inbox(pageId, psid).map(maskDelivered) }
+  })
+
+  api.get('/faults', async () => deps.faults())
+
+  api.put('/faults', { schema: { body: FaultBody } }, async (request) => {
+    const { page_id, ...config } = request.body
+    emulator.setFaults(config, page_id)
+    return deps.faults()
+  })
+
+  api.delete('/faults', async (_request, reply) => {
+    emulator.clearFaults()
+    return reply.code(204).send()
+  })
+
+  api.get(
+    '/requests',
+    { schema: { querystring: Type.Object({ limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 10000 })) }) } },
+    async (request) => {
+      const limit = request.query.limit ?? 100
+      return { items: emulator.requests.slice(-limit).map(maskRequest), total: emulator.requests.length }
+    },
+  )
+
+  api.get('/audit', async () => emulator.audit())
+
+  api.post('/reset', async (_request, reply) => {
+    emulator.reset()
+    return reply.code(204).send()
+  })
+
+  api.get('/clock', async () => ({ now: emulator.now() }))
+
+  api.post(
+    '/clock',
+    { schema: { body: Type.Object({ advance_ms: Type.Integer({ minimum: 0 }) }) } },
+    async (request) => {
+      emulator.advanceClock(request.body.advance_ms)
+      return { now: emulator.now() }
+    },
+  )
+}

@@ -1,0 +1,90 @@
+import { randomBytes } from 'node:crypto'
+
+export interface GraphError {
+  status: number
+  code: number
+  subcode?: number
+  type: string
+  message: string
+}
+
+export interface GraphErrorBody {
+  error: {
+    message: string
+    type: string
+    code: number
+    error_subcode?: number
+    is_transient?: boolean
+    fbtrace_id: string
+  }
+}
+
+const TRANSIENT_CODES = new Set([1, 2, 4, 17, 32, 341, 613])
+
+export function fbtraceId(): string {
+  return 'A' + randomBytes(16).toString('base64url')
+}
+
+export function graphErrorBody(e: GraphError): GraphErrorBody {
+  return {
+    error: {
+      message: e.message,
+      type: e.type,
+      code: e.code,
+      ...(e.subcode !== undefined ? { error_subcode: e.subcode } : {}),
+      ...(TRANSIENT_CODES.has(e.code) ? { is_transient: true } : {}),
+      fbtrace_id: fbtraceId(),
+    },
+  }
+}
+
+export function customError(spec: { status?: number; code: number; subcode?: number; message?: string }): GraphError {
+  const serverSide = spec.code === 1 || spec.code === 2
+  return {
+    status: spec.status ?? (serverSide ? 500 : 400),
+    code: spec.code,
+    subcode: spec.subcode,
+    type: 'OAuthException',
+    message: spec.message ?? (serverSide ? defaultServerMessage(spec.code) : `(#${spec.code}) Emulated error`),
+  }
+}
+
+function defaultServerMessage(code: number): string {
+  return code === 1 ? 'An unknown error occurred' : 'Service temporarily unavailable'
+}
+
+const oauth = (code: number, message: string, subcode?: number): GraphError => ({
+  status: 400,
+  code,
+  subcode,
+  type: 'OAuthException',
+  message,
+})
+
+export const errors = {
+  invalidAccessToken: () => oauth(190, 'Invalid OAuth access token - Cannot parse access token'),
+  pageMismatch: () => oauth(200, '(#200) Requires pages_messaging permission to manage the object'),
+  proofMissing: (): GraphError => ({
+    status: 400,
+    code: 100,
+    type: 'GraphMethodException',
+    message: 'API calls from the server require an appsecret_proof argument',
+  }),
+  proofInvalid: (): GraphError => ({
+    status: 400,
+    code: 100,
+    type: 'GraphMethodException',
+    message: 'Invalid appsecret_proof provided in the API argument',
+  }),
+  param: (message: string) => oauth(100, `(#100) ${message}`),
+  noMatchingUser: () => oauth(100, '(#100) No matching user found', 2018001),
+  outsideWindow: () => oauth(10, '(#10) This message is sent outside of allowed window.', 2018278),
+  invalidOtnToken: () => oauth(100, '(#100) The parameter one_time_notif_token is invalid'),
+  invalidRecurringToken: () => oauth(100, '(#100) The parameter notification_messages_token is invalid'),
+  personUnavailable: () => oauth(551, "(#551) This person isn't available right now.", 1545041),
+  rateLimited: () => oauth(613, '(#613) Calls to this api have exceeded the rate limit.'),
+  optinRequestRepeated: () =>
+    oauth(613, '(#613) A one-time notification request on this topic was sent to this person recently.', 1893016),
+  unknownPath: (path: string) => oauth(2500, `Unknown path components: ${path}`),
+  serviceUnavailable: () => customError({ code: 2 }),
+}

@@ -1,0 +1,255 @@
+import { createHmac, timingSafeEqual } from 'node:crypto'
+import { errors, type GraphError } from './graph-errors.js'
+import { DAY_MS, WINDOW_MS, messageId, type EmulatorState, type PageRecord, type Person } from './state.js'
+import type { DeliveredMessage } from './types.js'
+
+const MESSAGING_TYPES = new Set(['RESPONSE', 'UPDATE', 'MESSAGE_TAG'])
+const NOTIFICATION_TYPES = new Set(['REGULAR', 'SILENT_PUSH', 'NO_PUSH'])
+const MESSAGE_TAGS = new Set(['HUMAN_AGENT', 'ACCOUNT_UPDATE', 'CONFIRMED_EVENT_UPDATE', 'POST_PURCHASE_UPDATE'])
+const SENDER_ACTIONS = new Set(['typing_on', 'typing_off', 'mark_seen'])
+const ATTACHMENT_TYPES = new Set(['image', 'audio', 'video', 'file', 'template'])
+const RECIPIENT_FIELDS = ['id', 'one_time_notif_token', 'notification_messages_token'] as const
+const HUMAN_AGENT_WINDOW_MS = 7 * DAY_MS
+const MAX_TEXT = 2000
+const MAX_OTN_TITLE = 65
+
+export interface SendContext {
+  state: EmulatorState
+  now: number
+  appSecret?: string
+  requireProof: boolean
+  tokenRefusal: 'invalid_parameter' | 'outside_window'
+  optinRequestCooldownMs?: number
+}
+
+export interface SendInput {
+  pathPageId?: string
+  accessToken?: string
+  proof?: string
+  body: Record<string, unknown>
+}
+
+export type SendResult =
+  | { ok: true; body: { recipient_id: string; message_id?: string }; messageId?: string; tokenUsed?: string }
+  | { ok: false; error: GraphError }
+
+type Recipient = { field: (typeof RECIPIENT_FIELDS)[number]; value: string }
+type OtnRequest = { title: string; payload: string }
+
+const fail = (error: GraphError): SendResult => ({ ok: false, error })
+
+export function appsecretProof(accessToken: string, appSecret: string): string {
+  return createHmac('sha256', appSecret).update(accessToken).digest('hex')
+}
+
+function proofMatches(proof: string, accessToken: string, appSecret: string): boolean {
+  const expected = Buffer.from(appsecretProof(accessToken, appSecret), 'hex')
+  if (!/^[0-9a-fA-F]{64}$/.test(proof)) return false
+  return timingSafeEqual(Buffer.from(proof, 'hex'), expected)
+}
+
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v)
+}
+
+const codePoints = (s: string) => [...s].length
+
+export function processSend(ctx: SendContext, input: SendInput): SendResult {
+  const { state, now } = ctx
+  const page = state.pageByToken(input.accessToken)
+  if (!page) return fail(errors.invalidAccessToken())
+  if (input.pathPageId !== undefined && input.pathPageId !== page.id) return fail(errors.pageMismatch())
+  if (ctx.appSecret !== undefined) {
+    if (input.proof !== undefined) {
+      if (!proofMatches(input.proof, page.accessToken, ctx.appSecret)) return fail(errors.proofInvalid())
+    } else if (ctx.requireProof) {
+      return fail(errors.proofMissing())
+    }
+  }
+
+  const recipient = parseRecipient(input.body.recipient)
+  if ('error' in recipient) return fail(recipient.error)
+
+  const senderAction = input.body.sender_action
+  if (senderAction !== undefined) return senderActionSend(ctx, page, recipient, senderAction, input.body)
+
+  const message = validateMessage(input.body.message)
+  if ('error' in message) return fail(message.error)
+
+  const messagingType = input.body.messaging_type
+  if (messagingType !== undefined && (typeof messagingType !== 'string' || !MESSAGING_TYPES.has(messagingType))) {
+    return fail(errors.param('param messaging_type must be one of {RESPONSE, UPDATE, MESSAGE_TAG}'))
+  }
+  const tag = input.body.tag
+  if (messagingType === 'MESSAGE_TAG' && (typeof tag !== 'string' || !MESSAGE_TAGS.has(tag))) {
+    return fail(errors.param('param tag must be one of {HUMAN_AGENT, ACCOUNT_UPDATE, CONFIRMED_EVENT_UPDATE, POST_PURCHASE_UPDATE}'))
+  }
+  const notificationType = input.body.notification_type
+  if (
+    notificationType !== undefined &&
+    (typeof notificationType !== 'string' || !NOTIFICATION_TYPES.has(notificationType))
+  ) {
+    return fail(errors.param('param notification_type must be one of {REGULAR, SILENT_PUSH, NO_PUSH}'))
+  }
+
+  const delivered = { messageId: messageId(), at: now, message: input.body.message }
+
+  if (recipient.field === 'id') {
+    const psid = recipient.value
+    const person = state.person(page.id, psid)
+    if (!person) return fail(errors.noMatchingUser())
+    if (!person.available) return fail(errors.personUnavailable())
+    const otnRequest = message.otnRequest
+    const allowance = otnRequest ? WINDOW_MS : windowFor(messagingType === 'MESSAGE_TAG' ? (tag as string) : undefined)
+    if (!withinWindow(person, now, allowance)) return fail(errors.outsideWindow())
+    if (otnRequest) {
+      const repeated = optinRequestRepeated(ctx, page.id, psid, otnRequest.payload)
+      if (repeated) return fail(repeated)
+      state.optinRequests.push({ pageId: page.id, psid, ...otnRequest, at: now, messageId: delivered.messageId, answered: false })
+    }
+    return accept(ctx, page, psid, { ...delivered, via: 'window' })
+  }
+
+  if (message.otnRequest) {
+    return fail(errors.param('The one_time_notif_req template can only be sent to a recipient id'))
+  }
+
+  const token = state.tokens.get(recipient.value)
+  if (recipient.field === 'one_time_notif_token') {
+    const usable =
+      token !== undefined &&
+      token.kind === 'one_time_notif' &&
+      token.pageId === page.id &&
+      token.uses === 0 &&
+      token.expiresAt !== null &&
+      now < token.expiresAt
+    if (!usable) return fail(ctx.tokenRefusal === 'outside_window' ? errors.outsideWindow() : errors.invalidOtnToken())
+    if (!state.person(page.id, token.psid)?.available) return fail(errors.personUnavailable())
+    token.uses += 1
+    state.countOtnAcceptance(token.token)
+    return accept(ctx, page, token.psid, { ...delivered, via: 'one_time_notif_token', token: token.token })
+  }
+
+  const usable =
+    token !== undefined &&
+    token.kind === 'notification_messages' &&
+    token.pageId === page.id &&
+    (token.expiresAt === null || now < token.expiresAt)
+  if (!usable) return fail(errors.invalidRecurringToken())
+  if (!state.person(page.id, token.psid)?.available) return fail(errors.personUnavailable())
+  token.uses += 1
+  return accept(ctx, page, token.psid, { ...delivered, via: 'notification_messages_token', token: token.token })
+}
+
+function accept(ctx: SendContext, page: PageRecord, psid: string, delivered: DeliveredMessage): SendResult {
+  ctx.state.deliver(page.id, psid, delivered)
+  return {
+    ok: true,
+    body: { recipient_id: psid, message_id: delivered.messageId },
+    messageId: delivered.messageId,
+    tokenUsed: delivered.token,
+  }
+}
+
+function senderActionSend(
+  ctx: SendContext,
+  page: PageRecord,
+  recipient: Recipient,
+  action: unknown,
+  body: Record<string, unknown>,
+): SendResult {
+  if (typeof action !== 'string' || !SENDER_ACTIONS.has(action)) {
+    return fail(errors.param('param sender_action must be one of {typing_on, typing_off, mark_seen}'))
+  }
+  if (body.message !== undefined) return fail(errors.param('sender_action cannot be sent with message'))
+  if (recipient.field !== 'id') return fail(errors.param('sender_action requires a recipient id'))
+  const person = ctx.state.person(page.id, recipient.value)
+  if (!person) return fail(errors.noMatchingUser())
+  if (!person.available) return fail(errors.personUnavailable())
+  if (!withinWindow(person, ctx.now, WINDOW_MS)) return fail(errors.outsideWindow())
+  return { ok: true, body: { recipient_id: recipient.value } }
+}
+
+function windowFor(tag: string | undefined): number {
+  if (tag === undefined) return WINDOW_MS
+  if (tag === 'HUMAN_AGENT') return HUMAN_AGENT_WINDOW_MS
+  return Number.POSITIVE_INFINITY
+}
+
+function withinWindow(person: Person, now: number, allowance: number): boolean {
+  if (person.lastInteractionAt === undefined) return false
+  return now - person.lastInteractionAt < allowance
+}
+
+function optinRequestRepeated(ctx: SendContext, pageId: string, psid: string, payload: string): GraphError | null {
+  const cooldown = ctx.optinRequestCooldownMs
+  if (cooldown === undefined) return null
+  const recent = ctx.state.optinRequests.some(
+    (r) => r.pageId === pageId && r.psid === psid && r.payload === payload && ctx.now - r.at < cooldown,
+  )
+  return recent ? errors.optinRequestRepeated() : null
+}
+
+function parseRecipient(raw: unknown): Recipient | { error: GraphError } {
+  if (!isRecord(raw) || Object.keys(raw).length === 0) return { error: errors.param('param recipient must be non-empty.') }
+  const present = RECIPIENT_FIELDS.filter((f) => raw[f] !== undefined)
+  const unsupported = Object.keys(raw).filter((k) => !(RECIPIENT_FIELDS as readonly string[]).includes(k))
+  if (unsupported.length > 0) {
+    return { error: errors.param(`param recipient has unsupported field ${unsupported[0]}`) }
+  }
+  if (present.length !== 1) {
+    return { error: errors.param('param recipient must hold exactly one of id, one_time_notif_token, notification_messages_token') }
+  }
+  const field = present[0]
+  const value = raw[field]
+  if (typeof value !== 'string' || value.length === 0) {
+    return { error: errors.param(`param recipient[${field}] must be a non-empty string`) }
+  }
+  return { field, value }
+}
+
+export function validateMessage(raw: unknown): { otnRequest?: OtnRequest } | { error: GraphError } {
+  if (raw === undefined || raw === null) return { error: errors.param('param message must be non-empty.') }
+  if (!isRecord(raw)) return { error: errors.param('param message must be a JSON object') }
+  const hasText = raw.text !== undefined
+  const hasAttachment = raw.attachment !== undefined
+  if (hasText && hasAttachment) return { error: errors.param('Only one of text or attachment may be set in param message') }
+  if (!hasText && !hasAttachment) return { error: errors.param('param message must have text or attachment') }
+
+  if (hasText) {
+    if (typeof raw.text !== 'string' || raw.text.trim() === '') {
+      return { error: errors.param('param message[text] must be a non-empty UTF-8 encoded string') }
+    }
+    if (codePoints(raw.text) > MAX_TEXT) {
+      return { error: errors.param(`Length of param message[text] must be less than or equal to ${MAX_TEXT}`) }
+    }
+    return {}
+  }
+
+  const attachment = raw.attachment
+  if (!isRecord(attachment)) return { error: errors.param('param message[attachment] must be a JSON object') }
+  if (typeof attachment.type !== 'string' || !ATTACHMENT_TYPES.has(attachment.type)) {
+    return { error: errors.param('param message[attachment][type] must be one of {image, audio, video, file, template}') }
+  }
+  const payload = attachment.payload
+  if (!isRecord(payload)) return { error: errors.param('param message[attachment][payload] must be non-empty.') }
+  if (attachment.type !== 'template') return {}
+
+  if (typeof payload.template_type !== 'string' || payload.template_type === '') {
+    return { error: errors.param('param message[attachment][payload][template_type] must be non-empty.') }
+  }
+  if (payload.template_type !== 'one_time_notif_req') return {}
+  const { title, payload: otnPayload } = payload
+  if (typeof title !== 'string' || title.trim() === '') {
+    return { error: errors.param('param message[attachment][payload][title] must be non-empty.') }
+  }
+  if (codePoints(title) > MAX_OTN_TITLE) {
+    return {
+      error: errors.param(`Length of param message[attachment][payload][title] must be less than or equal to ${MAX_OTN_TITLE}`),
+    }
+  }
+  if (typeof otnPayload !== 'string' || otnPayload === '') {
+    return { error: errors.param('param message[attachment][payload][payload] must be a non-empty string') }
+  }
+  return { otnRequest: { title, payload: otnPayload } }
+}
