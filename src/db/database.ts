@@ -1,8 +1,8 @@
 import { mkdirSync } from 'node:fs'
 import { Kysely, PostgresDialect, sql } from 'kysely'
-import { PGliteDialect } from 'kysely-pglite-dialect'
 import { PGlite } from '@electric-sql/pglite'
 import pg from 'pg'
+import { PGliteDialect, SessionLock } from './pglite-dialect.js'
 import type { DB } from './types.js'
 
 export type Database = Kysely<DB>
@@ -12,6 +12,8 @@ export interface DatabaseHandle {
   kind: 'postgres' | 'pglite'
   /** Where the data lives, for the start-up log; never includes a password. */
   location: string
+  /** Raw SQL for libraries that bring their own (the job queue): same database, same pool or session lock. */
+  executeSql(text: string, values?: unknown[]): Promise<{ rows: any[] }>
   close(): Promise<void>
 }
 
@@ -30,15 +32,33 @@ export async function openDatabase (options: DatabaseOptions): Promise<DatabaseH
     const db = new Kysely<DB>({ dialect: new PostgresDialect({ pool }) })
     const url = new URL(options.databaseUrl)
     url.password = url.password ? '***' : ''
-    return { db, kind: 'postgres', location: url.toString(), close: () => db.destroy() }
+    return {
+      db,
+      kind: 'postgres',
+      location: url.toString(),
+      executeSql: (text, values) => pool.query(text, values),
+      close: () => db.destroy(),
+    }
   }
   const dataDir = options.pgliteDataDir ?? './data/pglite'
   if (!dataDir.startsWith('memory://')) mkdirSync(dataDir, { recursive: true })
   const pglite = await PGlite.create(dataDir, {
     parsers: { 20: (value: string) => value },
   })
-  const db = new Kysely<DB>({ dialect: new PGliteDialect(pglite) })
-  return { db, kind: 'pglite', location: dataDir, close: () => db.destroy() }
+  const lock = new SessionLock()
+  const db = new Kysely<DB>({ dialect: new PGliteDialect(pglite, lock) })
+  return {
+    db,
+    kind: 'pglite',
+    location: dataDir,
+    // A statement list without parameters (the job queue's own migrations) needs exec().
+    executeSql: (text, values) => lock.run(async () => {
+      if (values && values.length > 0) return pglite.query(text, values)
+      const results = await pglite.exec(text)
+      return results[results.length - 1] ?? { rows: [] }
+    }),
+    close: () => db.destroy(),
+  }
 }
 
 export async function ping (db: Database): Promise<void> {
