@@ -1,5 +1,5 @@
 import { mkdirSync } from 'node:fs'
-import { Kysely, PostgresDialect, sql } from 'kysely'
+import { CompiledQuery, Kysely, PostgresDialect, sql } from 'kysely'
 import { PGlite } from '@electric-sql/pglite'
 import pg from 'pg'
 import { PGliteDialect, SessionLock } from './pglite-dialect.js'
@@ -12,8 +12,6 @@ export interface DatabaseHandle {
   kind: 'postgres' | 'pglite'
   /** Where the data lives, for the start-up log; never includes a password. */
   location: string
-  /** Raw SQL for libraries that bring their own (the job queue): same database, same pool or session lock. */
-  executeSql(text: string, values?: unknown[]): Promise<{ rows: any[] }>
   close(): Promise<void>
 }
 
@@ -36,7 +34,6 @@ export async function openDatabase (options: DatabaseOptions): Promise<DatabaseH
       db,
       kind: 'postgres',
       location: url.toString(),
-      executeSql: (text, values) => pool.query(text, values),
       close: () => db.destroy(),
     }
   }
@@ -51,16 +48,15 @@ export async function openDatabase (options: DatabaseOptions): Promise<DatabaseH
     db,
     kind: 'pglite',
     location: dataDir,
-    // A statement list without parameters (the job queue's own migrations) needs exec().
-    executeSql: (text, values) => lock.run(async () => {
-      if (values && values.length > 0) return pglite.query(text, values)
-      const results = await pglite.exec(text)
-      return results[results.length - 1] ?? { rows: [] }
-    }),
     close: () => db.destroy(),
   }
 }
 
 export async function ping (db: Database): Promise<void> {
   await sql`select 1`.execute(db)
+}
+
+/** Raw SQL for libraries that bring their own (the job queue), through the same pool or session lock. */
+export function rawExecutor (db: Database): { executeSql(text: string, values?: unknown[]): Promise<{ rows: any[] }> } {
+  return { executeSql: async (text, values) => db.executeQuery(CompiledQuery.raw(text, values ?? [])) }
 }

@@ -35,6 +35,11 @@ class PGliteConnection implements DatabaseConnection {
   constructor (private readonly pglite: PGlite) {}
 
   async executeQuery<R> (query: CompiledQuery): Promise<QueryResult<R>> {
+    // A script of several statements (the job queue's own schema) must go through the simple protocol.
+    if (query.parameters.length === 0 && /;\s*\S/.test(query.sql)) {
+      const results = await this.pglite.exec(query.sql)
+      return { rows: (results[results.length - 1]?.rows ?? []) as R[] }
+    }
     const result = await this.pglite.query<R>(query.sql, [...query.parameters])
     return {
       rows: result.rows,
