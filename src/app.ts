@@ -7,7 +7,7 @@ import { upsertPage } from './domain/pages.js'
 import { apiKeyAuth } from './plugins/auth.js'
 import database from './plugins/database.js'
 import docs from './plugins/docs.js'
-import errors from './plugins/errors.js'
+import errors, { frameworkErrors } from './plugins/errors.js'
 import healthRoutes from './routes/health.js'
 import pageRoutes from './routes/pages.js'
 import topicRoutes from './routes/topics.js'
@@ -37,6 +37,7 @@ export async function buildApp (config: Config, deps: AppDeps = {}): Promise<Fas
     bodyLimit: config.BODY_LIMIT_BYTES,
     requestIdHeader: 'x-request-id',
     return503OnClosing: true,
+    frameworkErrors,
   }).withTypeProvider<TypeBoxTypeProvider>()
   app.setValidatorCompiler(validatorCompiler)
 

@@ -16,7 +16,7 @@ const statusOfKind: Record<ErrorKind, number> = {
 
 const titles: Record<number, string> = {
   400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not Found', 405: 'Method Not Allowed',
-  409: 'Conflict', 413: 'Payload Too Large', 415: 'Unsupported Media Type', 422: 'Unprocessable Entity',
+  409: 'Conflict', 413: 'Payload Too Large', 414: 'URI Too Long', 415: 'Unsupported Media Type', 422: 'Unprocessable Entity',
   429: 'Too Many Requests', 500: 'Internal Server Error', 502: 'Bad Gateway', 503: 'Service Unavailable',
   504: 'Gateway Timeout',
 }
@@ -48,6 +48,13 @@ function isDatabaseDown (error: unknown): boolean {
   const e = error as { code?: string, message?: string }
   return ['ECONNREFUSED', 'ECONNRESET', '57P01', '57P03', '08006', '08001', '08003'].includes(e.code ?? '') ||
     /Connection terminated|timeout exceeded when trying to connect|PGlite is closed/i.test(e.message ?? '')
+}
+
+/** Errors Fastify's router raises before any route or hook runs (the frameworkErrors option). */
+export function frameworkErrors (error: FastifyError, _request: unknown, reply: FastifyReply): FastifyReply {
+  if (error.code === 'FST_ERR_MAX_PARAM_LENGTH') return sendProblem(reply, 414, 'path_parameter_too_long', 'A path parameter is longer than any valid id.')
+  if (error.code === 'FST_ERR_BAD_URL') return sendProblem(reply, 400, 'bad_url', 'The URL is not valid.')
+  return sendProblem(reply, 500, 'internal_error', 'Something went wrong on our side; it has been logged.')
 }
 
 /** The one place that turns errors into application/problem+json; nothing internal leaks out. */
