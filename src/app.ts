@@ -10,7 +10,9 @@ import docs from './plugins/docs.js'
 import errors, { frameworkErrors } from './plugins/errors.js'
 import healthRoutes from './routes/health.js'
 import pageRoutes from './routes/pages.js'
+import subscriberRoutes from './routes/subscribers.js'
 import topicRoutes from './routes/topics.js'
+import webhookRoutes from './routes/webhooks.js'
 import { loggerOptions } from './logger.js'
 import { validatorCompiler } from './plugins/validation.js'
 import { scheduleMaintenance } from './maintenance.js'
@@ -67,10 +69,12 @@ export async function buildApp (config: Config, deps: AppDeps = {}): Promise<Fas
   await app.register(database, { db: handle.db, close: handle.close })
   await app.register(docs)
   await app.register(healthRoutes)
+  await app.register(webhookRoutes)
   await app.register(async (v1) => {
     v1.addHook('onRequest', apiKeyAuth(config.apiKeys))
     await v1.register(pageRoutes)
     await v1.register(topicRoutes)
+    await v1.register(subscriberRoutes)
   }, { prefix: '/v1' })
 
   scheduleMaintenance(app, maintenanceTasks)

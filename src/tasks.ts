@@ -1,4 +1,7 @@
+import { expireTokens } from './domain/expiry.js'
 import type { MaintenanceTask } from './maintenance.js'
 
 /** Every periodic sweep the service runs; add new ones here. */
-export const maintenanceTasks: MaintenanceTask[] = []
+export const maintenanceTasks: MaintenanceTask[] = [
+  { name: 'expire_tokens', run: ({ db }) => expireTokens(db) },
+]

@@ -1,0 +1,27 @@
+import { sql } from 'kysely'
+import type { Database } from '../db/database.js'
+
+/**
+ * Marks available tokens past their expiry as `expired`, in batches over optin_tokens_expiry_idx.
+ * Counts and claims already ignore such rows by time; this makes the state say so too.
+ * SKIP LOCKED leaves a row a claim holds at this moment to the next sweep, so the sweep never
+ * waits on a send, and instances sweeping together do the work once between them.
+ */
+export async function expireTokens (db: Database, batchSize = 5000): Promise<number> {
+  let total = 0
+  for (;;) {
+    const result = await db.updateTable('optin_tokens')
+      .set({ state: 'expired', updated_at: sql`now()` })
+      .where('id', 'in', db.selectFrom('optin_tokens').select('id')
+        .where('state', '=', 'available')
+        .where('expires_at', '<=', sql<Date>`now()`)
+        .orderBy('expires_at')
+        .limit(batchSize)
+        .forUpdate().skipLocked())
+      .where('state', '=', 'available')
+      .executeTakeFirst()
+    const n = Number(result.numUpdatedRows)
+    total += n
+    if (n < batchSize) return total
+  }
+}

@@ -1,0 +1,202 @@
+import { createHmac, timingSafeEqual } from 'node:crypto'
+import { sql } from 'kysely'
+import type { Database } from '../db/database.js'
+import type { TokenKind } from '../db/types.js'
+import { DomainError } from './errors.js'
+import { OTN_TOKEN_LIFETIME_MS } from './window.js'
+
+/**
+ * True when `header` is `sha256=<hex>` of HMAC-SHA256(raw, secret). Compares fixed-length digests
+ * in constant time, over the bytes exactly as received.
+ */
+export function signatureMatches (raw: Buffer, header: string | undefined, secret: string): boolean {
+  const match = /^sha256=([0-9a-f]{64})$/i.exec(header?.trim() ?? '')
+  if (!match) return false
+  const expected = createHmac('sha256', secret).update(raw).digest()
+  return timingSafeEqual(Buffer.from(match[1], 'hex'), expected)
+}
+
+export interface TokenRecord {
+  kind: TokenKind
+  page_id: string
+  psid: string
+  payload: string
+  token: string
+  opted_in_at: string
+  expires_at: string
+}
+
+export interface SubscriberTouch {
+  page_id: string
+  psid: string
+  first_seen_at: string
+  /** Null when the person only opted in (an opt-in does not open the window). */
+  last_interaction_at: string | null
+}
+
+export interface Delivery {
+  object: string
+  /** One per distinct token. */
+  tokens: TokenRecord[]
+  /** One per (page, person): the earliest first-seen and latest interaction of the delivery. */
+  subscribers: SubscriberTouch[]
+  interactions: number
+  ignored_events: number
+}
+
+type Json = Record<string, unknown>
+
+const isObject = (value: unknown): value is Json =>
+  typeof value === 'object' && value !== null && !Array.isArray(value)
+
+// Meta sends ids as strings; accept numbers too, as some tools re-serialise them.
+function idOf (value: unknown): string | undefined {
+  const id = isObject(value) ? value.id : undefined
+  if (typeof id === 'string' && id.length > 0) return id
+  if (typeof id === 'number' && Number.isSafeInteger(id) && id >= 0) return String(id)
+  return undefined
+}
+
+function epochMs (value: unknown): number | undefined {
+  return typeof value === 'number' && Number.isFinite(value) && value > 0 && value < 8.64e15 ? value : undefined
+}
+
+type EventKind = 'otn_optin' | 'interaction' | 'ignored'
+
+function kindOf (event: Json): EventKind {
+  if (isObject(event.optin)) {
+    const { type, one_time_notif_token: token } = event.optin
+    return type === 'one_time_notif_req' && typeof token === 'string' && token.length > 0 ? 'otn_optin' : 'ignored'
+  }
+  if (isObject(event.message)) return event.message.is_echo === true ? 'ignored' : 'interaction'
+  if (isObject(event.postback) || isObject(event.reaction) || isObject(event.referral)) return 'interaction'
+  return 'ignored'
+}
+
+/**
+ * Parses a signed body into what it changes. Not JSON, or not Meta's envelope (`object` a string,
+ * `entry` an array), is a 400; anything inside the envelope that is not understood is ignored
+ * (it stays in the raw log). Only `object: "page"` deliveries are read for events.
+ */
+export function parseDelivery (raw: Buffer, receivedAt: Date = new Date()): Delivery {
+  let body: unknown
+  try {
+    body = JSON.parse(raw.toString('utf8'))
+  } catch {
+    // The parser's message quotes the body, which may hold a token: say nothing more.
+    throw new DomainError('invalid', 'invalid_webhook_body', 'The signed body is not JSON.')
+  }
+  if (!isObject(body) || typeof body.object !== 'string' || body.object === '' || !Array.isArray(body.entry)) {
+    throw new DomainError('invalid', 'invalid_webhook_body',
+      'The signed body is not a webhook envelope: it needs "object" (a string) and "entry" (an array).')
+  }
+
+  const delivery: Delivery = { object: body.object, tokens: [], subscribers: [], interactions: 0, ignored_events: 0 }
+  if (body.object !== 'page') return delivery
+
+  const tokens = new Map<string, TokenRecord>()
+  const people = new Map<string, { page_id: string, psid: string, first: number, last: number | null }>()
+  const touch = (pageId: string, psid: string, at: number, interaction: boolean): void => {
+    const key = `${pageId}\u0000${psid}`
+    const person = people.get(key) ?? { page_id: pageId, psid, first: at, last: null }
+    person.first = Math.min(person.first, at)
+    if (interaction) person.last = Math.max(person.last ?? at, at)
+    people.set(key, person)
+  }
+
+  for (const entry of body.entry) {
+    if (!isObject(entry)) continue
+    const events = [entry.messaging, entry.standby].flatMap((list) => Array.isArray(list) ? list : [])
+    for (const event of events) {
+      const kind = isObject(event) ? kindOf(event) : 'ignored'
+      const pageId = isObject(event) ? idOf(event.recipient) ?? idOf(entry) : undefined
+      const psid = isObject(event) ? idOf(event.sender) : undefined
+      if (kind === 'ignored' || !pageId || !psid) {
+        delivery.ignored_events++
+        continue
+      }
+      const at = epochMs((event as Json).timestamp) ?? epochMs(entry.time) ?? receivedAt.getTime()
+      if (kind === 'interaction') {
+        delivery.interactions++
+        touch(pageId, psid, at, true)
+        continue
+      }
+      const optin = (event as Json).optin as Json
+      const token = optin.one_time_notif_token as string
+      touch(pageId, psid, at, false)
+      const known = tokens.get(token)
+      // The same token twice in one body: keep one, with the earliest opt-in time.
+      if (known && Date.parse(known.opted_in_at) <= at) continue
+      tokens.set(token, {
+        kind: 'one_time_notif',
+        page_id: pageId,
+        psid,
+        payload: typeof optin.payload === 'string' ? optin.payload : '',
+        token,
+        opted_in_at: new Date(at).toISOString(),
+        expires_at: new Date(at + OTN_TOKEN_LIFETIME_MS).toISOString(),
+      })
+    }
+  }
+
+  delivery.tokens = [...tokens.values()]
+  delivery.subscribers = [...people.values()].map((p) => ({
+    page_id: p.page_id,
+    psid: p.psid,
+    first_seen_at: new Date(p.first).toISOString(),
+    last_interaction_at: p.last === null ? null : new Date(p.last).toISOString(),
+  }))
+  return delivery
+}
+
+export interface Recorded {
+  event_id: string
+  /** Tokens this delivery added; a token already held (a re-delivery) is not counted again. */
+  tokens_recorded: number
+}
+
+/**
+ * Stores the raw body, its tokens and its subscriber updates in one statement: one round trip and
+ * one transaction, so a failure leaves nothing behind and Meta's retry brings it all again.
+ * Rows are written in key order so that concurrent deliveries of overlapping batches never
+ * deadlock; a token already held is left as it is (a re-delivery, or another POST with it);
+ * a person's last interaction only moves forward, however deliveries are ordered.
+ * Times later than the database's clock are held at its `now()`: a skewed clock must not keep the
+ * window open longer than it is.
+ */
+export async function recordDelivery (db: Database, raw: Buffer, signature: string, delivery: Delivery): Promise<Recorded> {
+  const { rows } = await sql<{ event_id: string, tokens_recorded: number }>`
+    with event as (
+      insert into webhook_events (signature, object, body)
+      values (${signature}, ${delivery.object}, ${raw})
+      returning id
+    ), new_tokens as (
+      insert into optin_tokens (kind, page_id, psid, payload, token, opted_in_at, expires_at, state, webhook_event_id)
+      select t.kind, t.page_id, t.psid, t.payload, t.token, t.opted_in_at, t.expires_at,
+             case when t.expires_at <= now() then 'expired' else 'available' end,
+             (select id from event)
+      from jsonb_to_recordset(${JSON.stringify(delivery.tokens)}::jsonb)
+        as t(kind text, page_id text, psid text, payload text, token text, opted_in_at timestamptz, expires_at timestamptz)
+      order by t.token
+      on conflict (token) do nothing
+      returning 1
+    ), touched as (
+      insert into subscribers (page_id, psid, first_seen_at, last_interaction_at)
+      select s.page_id, s.psid, least(s.first_seen_at, now()),
+             case when s.last_interaction_at is not null then least(s.last_interaction_at, now()) end
+      from jsonb_to_recordset(${JSON.stringify(delivery.subscribers)}::jsonb)
+        as s(page_id text, psid text, first_seen_at timestamptz, last_interaction_at timestamptz)
+      order by s.page_id, s.psid
+      on conflict (page_id, psid) do update set
+        first_seen_at = least(subscribers.first_seen_at, excluded.first_seen_at),
+        last_interaction_at = greatest(subscribers.last_interaction_at, excluded.last_interaction_at),
+        updated_at = now()
+      returning 1
+    )
+    select (select id from event) as event_id,
+           (select count(*) from new_tokens)::int as tokens_recorded,
+           (select count(*) from touched)::int as subscribers_touched
+  `.execute(db)
+  const row = rows[0]
+  return { event_id: String(row.event_id), tokens_recorded: Number(row.tokens_recorded) }
+}

@@ -1,0 +1,47 @@
+import { Type } from 'typebox'
+
+export const VerifyQuerySchema = Type.Object({
+  'hub.mode': Type.Optional(Type.String({ description: 'Meta sends "subscribe".' })),
+  'hub.verify_token': Type.Optional(Type.String({ description: 'Must equal META_VERIFY_TOKEN.' })),
+  'hub.challenge': Type.Optional(Type.String({ description: 'Echoed back as the whole response body.' })),
+})
+
+export const ChallengeSchema = Type.String({ description: 'The hub.challenge value, bare.' })
+
+const Messaging = Type.Array(Type.Object({
+  sender: Type.Optional(Type.Object({ id: Type.String() })),
+  recipient: Type.Optional(Type.Object({ id: Type.String() })),
+  timestamp: Type.Optional(Type.Integer({ description: 'Epoch milliseconds.' })),
+  optin: Type.Optional(Type.Object({
+    type: Type.Optional(Type.String({ description: 'one_time_notif_req is recorded; other kinds stay in the raw log.' })),
+    payload: Type.Optional(Type.String()),
+    one_time_notif_token: Type.Optional(Type.String()),
+  })),
+  message: Type.Optional(Type.Object({ is_echo: Type.Optional(Type.Boolean()) })),
+  postback: Type.Optional(Type.Object({})),
+  reaction: Type.Optional(Type.Object({})),
+  referral: Type.Optional(Type.Object({})),
+}))
+
+/** Documentation of what is read; the body is checked by its signature and parsed by hand, not by this schema. */
+export const WebhookEnvelopeSchema = Type.Object({
+  object: Type.String({ description: 'Only "page" deliveries are read; others are stored and acknowledged.' }),
+  entry: Type.Array(Type.Object({
+    id: Type.String({ description: 'Page id.' }),
+    time: Type.Optional(Type.Integer()),
+    messaging: Type.Optional(Messaging),
+    standby: Type.Optional(Messaging),
+  })),
+}, { description: 'Signed with X-Hub-Signature-256 over the raw bytes.' })
+
+export const WebhookHeadersSchema = Type.Object({
+  'x-hub-signature-256': Type.Optional(Type.String({ description: 'sha256=<hex HMAC-SHA256 of the raw body, keyed with the App Secret>.' })),
+})
+
+export const WebhookReceiptSchema = Type.Object({
+  event_id: Type.String({ description: 'Id of the stored raw delivery.' }),
+  object: Type.String(),
+  tokens_recorded: Type.Integer({ description: 'OTN tokens this delivery added (re-delivered tokens are not counted again).' }),
+  interactions: Type.Integer({ description: 'Messages, postbacks, reactions and referrals read.' }),
+  ignored_events: Type.Integer({ description: 'Events kept only in the raw log.' }),
+}, { title: 'WebhookReceipt' })

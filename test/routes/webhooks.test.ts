@@ -1,0 +1,411 @@
+import t, { type Test } from 'tap'
+import pg from 'pg'
+import { Kysely, PostgresDialect, sql } from 'kysely'
+import { PGliteDialect, SessionLock } from '../../src/db/pglite-dialect.js'
+import { PGlite } from '@electric-sql/pglite'
+import type { DB } from '../../src/db/types.js'
+import type { Database } from '../../src/db/database.js'
+import { OTN_TOKEN_LIFETIME_MS } from '../../src/domain/window.js'
+import { auth, build, databaseKind, LogCapture, testDatabase, uniquePageId } from '../helper.js'
+import {
+  APP_SECRET, deliveryEvent, entry, envelope, messageEvent, notificationMessagesOptinEvent, optinEvent,
+  pluginOptinEvent, postbackEvent, reactionEvent, readEvent, referralEvent, sign, signedPost, uniquePsid,
+  uniqueToken, VERIFY_TOKEN, webhookEnv,
+} from '../fixtures/webhooks.js'
+
+const HOUR = 3_600_000
+
+async function db (): Promise<Database> {
+  return (await testDatabase()).db
+}
+
+async function tokenRows (pageId: string) {
+  return (await db()).selectFrom('optin_tokens').selectAll().where('page_id', '=', pageId).orderBy('token').execute()
+}
+
+async function subscriber (pageId: string, psid: string) {
+  return (await db()).selectFrom('subscribers').selectAll().where('page_id', '=', pageId).where('psid', '=', psid).executeTakeFirst()
+}
+
+async function storedEvents (): Promise<number> {
+  const { n } = await (await db()).selectFrom('webhook_events').select((eb) => eb.fn.countAll<string>().as('n')).executeTakeFirstOrThrow()
+  return Number(n)
+}
+
+async function tokenCount (): Promise<number> {
+  const { n } = await (await db()).selectFrom('optin_tokens').select((eb) => eb.fn.countAll<string>().as('n')).executeTakeFirstOrThrow()
+  return Number(n)
+}
+
+t.test('verification handshake', async (t) => {
+  const logs = new LogCapture()
+  const app = await build(t, { ...webhookEnv, LOG_LEVEL: 'info' }, { logStream: logs })
+  const ok = await app.inject({ method: 'GET', url: '/webhooks/messenger', query: { 'hub.mode': 'subscribe', 'hub.verify_token': VERIFY_TOKEN, 'hub.challenge': '1158201444' } })
+  t.equal(ok.statusCode, 200)
+  t.equal(ok.body, '1158201444', 'the bare challenge')
+  t.match(ok.headers['content-type'], /^text\/plain/)
+
+  const refused: Array<Record<string, string>> = [
+    { 'hub.mode': 'subscribe', 'hub.verify_token': 'wrong', 'hub.challenge': '1' },
+    { 'hub.mode': 'unsubscribe', 'hub.verify_token': VERIFY_TOKEN, 'hub.challenge': '1' },
+    { 'hub.mode': 'subscribe', 'hub.challenge': '1' },
+    { 'hub.mode': 'subscribe', 'hub.verify_token': VERIFY_TOKEN },
+  ]
+  for (const query of refused) {
+    const res = await app.inject({ method: 'GET', url: '/webhooks/messenger', query })
+    t.equal(res.statusCode, 403, JSON.stringify(Object.keys(query)))
+    t.match(res.json(), { status: 403, code: 'verification_failed', type: String, title: 'Forbidden', detail: String })
+    t.match(res.headers['content-type'], /^application\/problem\+json/)
+  }
+  t.notOk(logs.text.includes(VERIFY_TOKEN), 'the verify token is not logged')
+
+  const unset = await build(t, { META_APP_SECRET: APP_SECRET })
+  const res = await unset.inject({ method: 'GET', url: '/webhooks/messenger', query: { 'hub.mode': 'subscribe', 'hub.verify_token': 'x', 'hub.challenge': '1' } })
+  t.equal(res.statusCode, 403)
+  t.match(res.json().detail, /META_VERIFY_TOKEN/)
+})
+
+t.test('without META_APP_SECRET deliveries are refused with 503 and nothing is stored', async (t) => {
+  const app = await build(t, { META_VERIFY_TOKEN: VERIFY_TOKEN })
+  const before = await storedEvents()
+  const res = await signedPost(app, envelope([messageEvent({ pageId: uniquePageId(), psid: uniquePsid() })]))
+  t.equal(res.statusCode, 503)
+  t.match(res.json(), { status: 503, code: 'webhook_not_configured' })
+  t.equal(await storedEvents(), before)
+})
+
+t.test('every event kind in one signed batch: tokens, interactions, and the rest only in the raw log', async (t) => {
+  const app = await build(t, webhookEnv)
+  const pageId = uniquePageId()
+  const [opter, writer, echoed, poster, reactor, referred, reader, delivered, recurring, standby] = Array.from({ length: 10 }, uniquePsid)
+  const t0 = Date.now() - 2 * HOUR
+  const token = uniqueToken()
+  const body = envelope([
+    entry(pageId, [optinEvent({ pageId, psid: opter, payload: 'deals', token, timestamp: t0 })]),
+    entry(pageId, [messageEvent({ pageId, psid: writer, timestamp: t0 + 1000 })]),
+    entry(pageId, [messageEvent({ pageId, psid: echoed, timestamp: t0 + 2000, isEcho: true })]),
+    entry(pageId, [postbackEvent({ pageId, psid: poster, timestamp: t0 + 3000 })]),
+    entry(pageId, [reactionEvent({ pageId, psid: reactor, timestamp: t0 + 4000 })]),
+    entry(pageId, [referralEvent({ pageId, psid: referred, timestamp: t0 + 5000 })]),
+    entry(pageId, [readEvent({ pageId, psid: reader, timestamp: t0 + 6000 })]),
+    entry(pageId, [deliveryEvent({ pageId, psid: delivered, timestamp: t0 + 7000 })]),
+    entry(pageId, [notificationMessagesOptinEvent({ pageId, psid: recurring, timestamp: t0 + 8000 })]),
+    entry(pageId, [pluginOptinEvent({ pageId, timestamp: t0 + 9000 })]),
+    entry(pageId, [messageEvent({ pageId, psid: standby, timestamp: t0 + 10_000 })], { field: 'standby' }),
+    entry(pageId, [{ sender: { id: writer }, recipient: { id: pageId }, timestamp: t0, some_future_event: { x: 1 } }]),
+  ])
+  const raw = JSON.stringify(body)
+  const res = await signedPost(app, raw)
+  t.equal(res.statusCode, 200)
+  const receipt = res.json()
+  t.match(receipt, { event_id: String, object: 'page', tokens_recorded: 1, interactions: 5, ignored_events: 6 })
+
+  const [row] = await tokenRows(pageId)
+  t.match(row, {
+    kind: 'one_time_notif', page_id: pageId, psid: opter, payload: 'deals', token, state: 'available',
+    webhook_event_id: receipt.event_id, notification_id: null, lease_expires_at: null,
+  })
+  t.equal(row.opted_in_at.getTime(), t0, 'opted in at the event time')
+  t.equal(row.expires_at.getTime(), t0 + OTN_TOKEN_LIFETIME_MS, 'expires a year later')
+  t.equal((await tokenRows(pageId)).length, 1)
+
+  const optedIn = await subscriber(pageId, opter)
+  t.equal(optedIn?.first_seen_at.getTime(), t0)
+  t.equal(optedIn?.last_interaction_at, null, 'an opt-in alone does not open the window')
+  for (const [psid, at] of [[writer, t0 + 1000], [poster, t0 + 3000], [reactor, t0 + 4000], [referred, t0 + 5000], [standby, t0 + 10_000]] as const) {
+    t.equal((await subscriber(pageId, psid))?.last_interaction_at?.getTime(), at, `interaction of ${psid}`)
+  }
+  for (const psid of [echoed, reader, delivered, recurring]) t.notOk(await subscriber(pageId, psid), 'not an interaction')
+  t.notOk(await subscriber(pageId, pageId), 'an echo does not make the Page a subscriber')
+
+  const stored = await (await db()).selectFrom('webhook_events').selectAll().where('id', '=', receipt.event_id).executeTakeFirstOrThrow()
+  t.ok(Buffer.from(stored.body).equals(Buffer.from(raw)), 'the raw body is stored byte for byte')
+  t.equal(stored.signature, sign(raw))
+  t.equal(stored.object, 'page')
+})
+
+t.test('a many-entry batch records every token, and a body as Meta formats it is stored byte-exact', async (t) => {
+  const app = await build(t, webhookEnv)
+  const pageId = uniquePageId()
+  const at = Date.now() - HOUR
+  const events = Array.from({ length: 300 }, (_, i) => optinEvent({ pageId, psid: `p${i % 50}`, payload: `topic-${i % 3}`, token: uniqueToken(), timestamp: at + i }))
+  // Pretty-printed, non-ASCII, with a trailing newline: whatever bytes were signed are kept.
+  const raw = Buffer.from(`${JSON.stringify({ object: 'page', entry: [entry(pageId, events.slice(0, 150)), entry(pageId, events.slice(150), { field: 'standby' })], note: 'café ✨' }, null, 2)}\n`)
+  const res = await signedPost(app, raw)
+  t.equal(res.statusCode, 200)
+  t.equal(res.json().tokens_recorded, 300)
+  const rows = await tokenRows(pageId)
+  t.equal(rows.length, 300)
+  t.same(new Set(rows.map((r) => r.token)), new Set(events.map((e) => (e.optin as { one_time_notif_token: string }).one_time_notif_token)))
+  const { n } = await (await db()).selectFrom('subscribers').select((eb) => eb.fn.countAll<string>().as('n')).where('page_id', '=', pageId).executeTakeFirstOrThrow()
+  t.equal(Number(n), 50, 'one subscriber row per person')
+  const stored = await (await db()).selectFrom('webhook_events').select('body').where('id', '=', res.json().event_id).executeTakeFirstOrThrow()
+  t.ok(Buffer.from(stored.body).equals(raw))
+})
+
+t.test('duplicates: the same POST twice, the same token in another POST, twice in one body: one token', async (t) => {
+  const app = await build(t, webhookEnv)
+  const pageId = uniquePageId()
+  const psid = uniquePsid()
+  const token = uniqueToken()
+  const at = Date.now() - HOUR
+  const body = envelope([optinEvent({ pageId, psid, payload: 'deals', token, timestamp: at })])
+  const before = await storedEvents()
+  const first = await signedPost(app, body)
+  const again = await signedPost(app, body)
+  t.equal(first.json().tokens_recorded, 1)
+  t.equal(again.json().tokens_recorded, 0, 'a re-delivery adds nothing')
+  t.not(again.json().event_id, first.json().event_id, 'each delivery is logged raw')
+  t.equal(await storedEvents(), before + 2)
+
+  const other = envelope([
+    optinEvent({ pageId, psid, payload: 'deals', token, timestamp: at + 5000 }),
+    optinEvent({ pageId, psid, payload: 'deals', token, timestamp: at + 6000 }),
+    messageEvent({ pageId, psid, timestamp: at + 7000 }),
+  ])
+  t.equal((await signedPost(app, other)).json().tokens_recorded, 0)
+  const rows = await tokenRows(pageId)
+  t.equal(rows.length, 1)
+  t.equal(rows[0].opted_in_at.getTime(), at, 'the first recording stands')
+  t.equal(rows[0].webhook_event_id, first.json().event_id)
+
+  const twiceInOne = uniqueToken()
+  const res = await signedPost(app, envelope([
+    optinEvent({ pageId, psid, payload: 'deals', token: twiceInOne, timestamp: at + 9000 }),
+    optinEvent({ pageId, psid, payload: 'deals', token: twiceInOne, timestamp: at + 8000 }),
+  ]))
+  t.equal(res.json().tokens_recorded, 1)
+  const row = (await tokenRows(pageId)).find((r) => r.token === twiceInOne)
+  t.equal(row?.opted_in_at.getTime(), at + 8000, 'the earlier opt-in time of the two')
+})
+
+t.test('concurrent re-deliveries of one batch and overlapping batches record each token once', async (t) => {
+  const app = await build(t, webhookEnv)
+  const pageId = uniquePageId()
+  const at = Date.now() - HOUR
+  const people = Array.from({ length: 10 }, uniquePsid)
+  const events = people.flatMap((psid, i) => [
+    optinEvent({ pageId, psid, payload: 'deals', token: uniqueToken(), timestamp: at + i }),
+    messageEvent({ pageId, psid, timestamp: at + 1000 + i }),
+  ])
+  const raw = JSON.stringify(envelope(events))
+  const results = await Promise.all(Array.from({ length: 12 }, () => signedPost(app, raw)))
+  t.same(results.map((r) => r.statusCode), Array(12).fill(200))
+  t.equal(results.reduce((sum, r) => sum + r.json().tokens_recorded, 0), 10, 'ten tokens recorded once between them')
+  t.equal((await tokenRows(pageId)).length, 10)
+
+  // The same people in opposite orders at once: rows are written in key order, so no deadlock.
+  const more = people.map((psid, i) => optinEvent({ pageId, psid, payload: 'deals', token: uniqueToken(), timestamp: at + 2000 + i }))
+  const forward = envelope([...more, ...people.map((psid) => messageEvent({ pageId, psid, timestamp: at + 3000 }))])
+  const backward = envelope([...more].reverse().concat(people.map((psid) => postbackEvent({ pageId, psid, timestamp: at + 4000 })).reverse()))
+  const crossed = await Promise.all(Array.from({ length: 8 }, (_, i) => signedPost(app, i % 2 ? forward : backward)))
+  t.same(crossed.map((r) => r.statusCode), Array(8).fill(200))
+  t.equal((await tokenRows(pageId)).length, 20)
+  for (const psid of people) t.equal((await subscriber(pageId, psid))?.last_interaction_at?.getTime(), at + 4000)
+})
+
+t.test('out-of-order deliveries leave the latest interaction and the earliest first sight', async (t) => {
+  const app = await build(t, webhookEnv)
+  const pageId = uniquePageId()
+  const psid = uniquePsid()
+  const at = Date.now() - 3 * HOUR
+  await signedPost(app, envelope([messageEvent({ pageId, psid, timestamp: at + 2 * HOUR })]))
+  await signedPost(app, envelope([postbackEvent({ pageId, psid, timestamp: at + HOUR })]))
+  await signedPost(app, envelope([optinEvent({ pageId, psid, payload: 'x', token: uniqueToken(), timestamp: at })]))
+  const row = await subscriber(pageId, psid)
+  t.equal(row?.last_interaction_at?.getTime(), at + 2 * HOUR, 'never moved backwards')
+  t.equal(row?.first_seen_at.getTime(), at)
+
+  // A timestamp ahead of the database clock is held at now: skew must not stretch the window.
+  const future = Date.now() + 10 * HOUR
+  await signedPost(app, envelope([messageEvent({ pageId, psid, timestamp: future })]))
+  const skewed = await subscriber(pageId, psid)
+  t.ok(skewed!.last_interaction_at!.getTime() <= Date.now() + 1000, 'held at the time of receipt')
+  t.ok(skewed!.last_interaction_at!.getTime() > at + 2 * HOUR)
+})
+
+t.test('an opt-in for an unknown Page and topic is kept and shows up once both exist', async (t) => {
+  const app = await build(t, webhookEnv)
+  const pageId = uniquePageId()
+  const psid = uniquePsid()
+  const token = uniqueToken()
+  const at = Date.now() - HOUR
+  const res = await signedPost(app, envelope([optinEvent({ pageId, psid, payload: 'back-in-stock', token, timestamp: at })]))
+  t.equal(res.statusCode, 200)
+  t.equal(res.json().tokens_recorded, 1)
+
+  const url = `/v1/pages/${pageId}/subscribers/${psid}`
+  t.equal((await app.inject({ method: 'GET', url, headers: auth })).json().code, 'page_not_found')
+  await app.inject({ method: 'PUT', url: `/v1/pages/${pageId}`, headers: auth, payload: { name: 'Late Page' } })
+  const unmatched = (await app.inject({ method: 'GET', url, headers: auth })).json()
+  t.same(unmatched.topics, [])
+  t.match(unmatched.unmatched_tokens, [{ payload: 'back-in-stock', opted_in_at: new Date(at).toISOString() }])
+  t.notOk(JSON.stringify(unmatched).includes(token))
+
+  const topic = (await app.inject({ method: 'POST', url: '/v1/topics', headers: auth, payload: { page_id: pageId, name: 'Restock', payload: 'back-in-stock' } })).json()
+  const counted = (await app.inject({ method: 'GET', url: `/v1/topics/${topic.id}`, headers: auth })).json()
+  t.same(counted.counts, { usable_tokens: 1, subscribers: 1, expiring_soon: 0 })
+  const matched = (await app.inject({ method: 'GET', url, headers: auth })).json()
+  t.match(matched.topics, [{ topic_id: topic.id, name: 'Restock', payload: 'back-in-stock', usable_tokens: 1 }])
+  t.same(matched.unmatched_tokens, [])
+})
+
+t.test('an opt-in older than a year is stored expired and never counts', async (t) => {
+  const app = await build(t, webhookEnv)
+  const pageId = uniquePageId()
+  const psid = uniquePsid()
+  await app.inject({ method: 'PUT', url: `/v1/pages/${pageId}`, headers: auth, payload: { name: 'P' } })
+  const topic = (await app.inject({ method: 'POST', url: '/v1/topics', headers: auth, payload: { page_id: pageId, name: 'Old', payload: 'old' } })).json()
+  const at = Date.now() - OTN_TOKEN_LIFETIME_MS - HOUR
+  const res = await signedPost(app, envelope([optinEvent({ pageId, psid, payload: 'old', token: uniqueToken(), timestamp: at })]))
+  t.equal(res.json().tokens_recorded, 1)
+  const [row] = await tokenRows(pageId)
+  t.equal(row.state, 'expired')
+  t.equal(row.expires_at.getTime(), at + OTN_TOKEN_LIFETIME_MS)
+  t.equal((await app.inject({ method: 'GET', url: `/v1/topics/${topic.id}`, headers: auth })).json().counts.usable_tokens, 0)
+  const view = (await app.inject({ method: 'GET', url: `/v1/pages/${pageId}/subscribers/${psid}`, headers: auth })).json()
+  t.same(view.topics, [])
+  t.same(view.unmatched_tokens, [])
+})
+
+t.test('bad, missing and mismatched signatures are 401 and store nothing', async (t) => {
+  const app = await build(t, webhookEnv)
+  const pageId = uniquePageId()
+  const body = JSON.stringify(envelope([optinEvent({ pageId, psid: uniquePsid(), payload: 'p', token: uniqueToken() })]))
+  const before = await storedEvents()
+  const post = (headers: Record<string, string>, payload: string = body) =>
+    app.inject({ method: 'POST', url: '/webhooks/messenger', headers: { 'content-type': 'application/json', ...headers }, payload })
+  const cases: Array<[string, Record<string, string>, string?]> = [
+    ['missing', {}],
+    ['wrong secret', { 'x-hub-signature-256': sign(body, 'another-secret') }],
+    ['sha1 only', { 'x-hub-signature': 'sha1=0000000000000000000000000000000000000000' }],
+    ['not hex', { 'x-hub-signature-256': `sha256=${'z'.repeat(64)}` }],
+    ['truncated', { 'x-hub-signature-256': sign(body).slice(0, 40) }],
+    ['bare hex', { 'x-hub-signature-256': sign(body).slice('sha256='.length) }],
+    ['one space more than was signed', { 'x-hub-signature-256': sign(body) }, body.replace('{"object"', '{ "object"')],
+    ['signed bytes, then re-serialised', { 'x-hub-signature-256': sign(JSON.stringify(JSON.parse(body), null, 1)) }],
+  ]
+  for (const [name, headers, payload] of cases) {
+    const res = await post(headers, payload)
+    t.equal(res.statusCode, 401, name)
+    t.match(res.json(), { status: 401, code: 'invalid_signature', title: 'Unauthorized' }, name)
+  }
+  t.equal(await storedEvents(), before, 'nothing stored')
+  t.same(await tokenRows(pageId), [])
+})
+
+t.test('a correctly signed body that is not JSON or not the envelope is 400, stored nowhere', async (t) => {
+  const app = await build(t, webhookEnv)
+  const before = await storedEvents()
+  for (const raw of ['{"object":"page","entry":[', '', 'null', '[]', '"page"', '{"entry":[]}', '{"object":"page"}',
+    '{"object":"page","entry":{}}', '{"object":7,"entry":[]}', '{"object":"","entry":[]}']) {
+    const res = await signedPost(app, raw)
+    t.equal(res.statusCode, 400, JSON.stringify(raw))
+    t.match(res.json(), { status: 400, code: 'invalid_webhook_body' })
+  }
+  t.equal(await storedEvents(), before)
+})
+
+t.test('a body over WEBHOOK_BODY_LIMIT_BYTES is 413, signed or not', async (t) => {
+  const app = await build(t, { ...webhookEnv, WEBHOOK_BODY_LIMIT_BYTES: '2048' })
+  const pageId = uniquePageId()
+  const before = await storedEvents()
+  const big = JSON.stringify(envelope(Array.from({ length: 20 }, () => optinEvent({ pageId, psid: uniquePsid(), payload: 'p', token: uniqueToken() }))))
+  t.ok(big.length > 2048)
+  const res = await signedPost(app, big)
+  t.equal(res.statusCode, 413)
+  t.match(res.json(), { status: 413, code: 'body_too_large' })
+  t.equal(await storedEvents(), before)
+  // Larger than /v1's BODY_LIMIT_BYTES but within the webhook's own limit is fine.
+  const roomy = await build(t, { ...webhookEnv, BODY_LIMIT_BYTES: '1024', WEBHOOK_BODY_LIMIT_BYTES: '65536' })
+  t.equal((await signedPost(roomy, big)).statusCode, 200)
+})
+
+t.test('another object, another content type: stored raw, acknowledged, otherwise ignored', async (t) => {
+  const app = await build(t, webhookEnv)
+  const pageId = uniquePageId()
+  const psid = uniquePsid()
+  const raw = JSON.stringify(envelope([entry(pageId, [optinEvent({ pageId, psid, payload: 'p', token: uniqueToken() }), messageEvent({ pageId, psid })])], 'instagram'))
+  const res = await signedPost(app, raw)
+  t.equal(res.statusCode, 200)
+  t.match(res.json(), { object: 'instagram', tokens_recorded: 0, interactions: 0 })
+  const stored = await (await db()).selectFrom('webhook_events').selectAll().where('id', '=', res.json().event_id).executeTakeFirstOrThrow()
+  t.equal(stored.object, 'instagram')
+  t.ok(Buffer.from(stored.body).equals(Buffer.from(raw)))
+  t.same(await tokenRows(pageId), [])
+  t.notOk(await subscriber(pageId, psid))
+
+  const odd = JSON.stringify(envelope([messageEvent({ pageId, psid })]))
+  const plain = await signedPost(app, odd, APP_SECRET, { 'content-type': 'text/plain' })
+  t.equal(plain.statusCode, 200, 'the signature decides, not the content type')
+  t.ok(await subscriber(pageId, psid))
+})
+
+t.test('logs name the delivery but never a token, the signature or the secret', async (t) => {
+  const logs = new LogCapture()
+  const app = await build(t, { ...webhookEnv, LOG_LEVEL: 'info' }, { logStream: logs })
+  const pageId = uniquePageId()
+  const token = uniqueToken()
+  const raw = JSON.stringify(envelope([optinEvent({ pageId, psid: uniquePsid(), payload: 'p', token })]))
+  const signature = sign(raw)
+  t.equal((await signedPost(app, raw)).statusCode, 200)
+  await signedPost(app, raw, 'wrong-secret')
+  await signedPost(app, `${raw.slice(0, -1)}, "oops": ${token}}`)
+  const recorded = logs.lines.find((l) => l.msg === 'webhook recorded') as { webhook?: Record<string, unknown> } | undefined
+  t.match(recorded?.webhook, { tokens_recorded: 1, tokens_received: 1 })
+  t.ok(logs.lines.some((l) => l.msg === 'webhook refused: bad or missing signature'))
+  for (const secret of [token, signature.slice('sha256='.length), APP_SECRET]) t.notOk(logs.text.includes(secret))
+})
+
+/** A database the app can be built on (migrated), then taken away: closed (PGlite) or unreachable (Postgres). */
+async function databaseThatGoesDown (t: Test): Promise<{ db: Database, goDown: () => Promise<void> }> {
+  if (databaseKind === 'pglite') {
+    const pglite = await PGlite.create('memory://', { parsers: { 20: (value: string) => value } })
+    t.teardown(async () => { if (!pglite.closed) await pglite.close() })
+    return { db: new Kysely<DB>({ dialect: new PGliteDialect(pglite, new SessionLock()) }), goDown: () => pglite.close() }
+  }
+  const { url } = await testDatabase()
+  const up = new pg.Pool({ connectionString: url, max: 2 })
+  const down = new pg.Pool({ host: '127.0.0.1', port: 1, user: 'postgres', database: 'none', connectionTimeoutMillis: 2000 })
+  let current = up
+  const pool = { connect: () => current.connect(), end: async () => { await up.end(); await down.end() } }
+  const db = new Kysely<DB>({ dialect: new PostgresDialect({ pool }) })
+  t.teardown(() => db.destroy())
+  return { db, goDown: async () => { current = down } }
+}
+
+t.test('database down: 503 so that Meta retries', async (t) => {
+  const { db: doomed, goDown } = await databaseThatGoesDown(t)
+  const app = await build(t, webhookEnv, { db: doomed, dbKind: databaseKind })
+  const pageId = uniquePageId()
+  const body = envelope([optinEvent({ pageId, psid: uniquePsid(), payload: 'p', token: uniqueToken() })])
+  t.equal((await signedPost(app, body)).statusCode, 200, 'works while the database is up')
+  await goDown()
+  const res = await signedPost(app, body)
+  t.equal(res.statusCode, 503)
+  t.match(res.headers['content-type'], /^application\/problem\+json/)
+  t.match(res.json(), { status: 503, code: 'database_unavailable', title: 'Service Unavailable', type: String, detail: String })
+  t.equal(res.headers['retry-after'], '5')
+})
+
+t.test('a failure part-way leaves nothing half-written', async (t) => {
+  const app = await build(t, webhookEnv)
+  const database = await db()
+  await sql`create or replace function fail_on_boom() returns trigger language plpgsql as $$
+    begin if new.psid = 'boom' then raise exception 'subscriber write failed'; end if; return new; end $$`.execute(database)
+  await sql`create trigger subscribers_boom before insert on subscribers for each row execute function fail_on_boom()`.execute(database)
+  t.teardown(async () => { await sql`drop trigger subscribers_boom on subscribers`.execute(database) })
+  const pageId = uniquePageId()
+  const before = await storedEvents()
+  const tokensBefore = await tokenCount()
+  const res = await signedPost(app, envelope([
+    optinEvent({ pageId, psid: 'alice', payload: 'p', token: uniqueToken() }),
+    messageEvent({ pageId, psid: 'boom' }),
+  ]))
+  t.equal(res.statusCode, 500, 'a 5xx: Meta retries the delivery')
+  t.match(res.json(), { code: 'internal_error' })
+  t.notOk(res.body.includes('subscriber write failed'), 'the cause is not leaked')
+  t.equal(await storedEvents(), before, 'no raw event')
+  t.equal(await tokenCount(), tokensBefore, 'no token')
+  t.notOk(await subscriber(pageId, 'alice'), 'no subscriber')
+})
