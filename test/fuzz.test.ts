@@ -1,4 +1,4 @@
-import t from 'tap'
+import t, { type Test } from 'tap'
 import fc from 'fast-check'
 import type { FastifyInstance } from 'fastify'
 import { createEmulator } from '../src/emulator/emulator.js'
@@ -37,7 +37,7 @@ function operations (doc: any): Operation[] {
   return ops
 }
 
-function checkProblem (t: Tap, where: string, res: { statusCode: number, headers: Record<string, unknown>, body: string }): boolean {
+function checkProblem (t: Test, where: string, res: { statusCode: number, headers: Record<string, unknown>, body: string }): boolean {
   if (res.statusCode >= 500) {
     t.fail(`${where} answered ${res.statusCode}: ${res.body.slice(0, 200)}`)
     return false
@@ -51,7 +51,7 @@ function checkProblem (t: Tap, where: string, res: { statusCode: number, headers
   }
   return true
 }
-type Tap = Parameters<Parameters<typeof t.test>[1]>[0]
+
 
 t.test('every operation survives generated invalid input', async (t) => {
   const emulator = createEmulator()
