@@ -4,11 +4,14 @@ import type { Config } from './config.js'
 import { openDatabase, type Database } from './db/database.js'
 import { migrate } from './db/migrate.js'
 import { upsertPage } from './domain/pages.js'
+import { createGraphClient, type GraphClient } from './graph/client.js'
 import { apiKeyAuth } from './plugins/auth.js'
 import database from './plugins/database.js'
 import docs from './plugins/docs.js'
 import errors, { frameworkErrors } from './plugins/errors.js'
 import healthRoutes from './routes/health.js'
+import notificationRoutes from './routes/notifications.js'
+import optinRequestRoutes from './routes/optin-requests.js'
 import pageRoutes from './routes/pages.js'
 import subscriberRoutes from './routes/subscribers.js'
 import topicRoutes from './routes/topics.js'
@@ -22,6 +25,7 @@ declare module 'fastify' {
   interface FastifyInstance {
     config: Config
     dbKind: 'postgres' | 'pglite'
+    graph: GraphClient
   }
 }
 
@@ -31,6 +35,8 @@ export interface AppDeps {
   dbKind?: 'postgres' | 'pglite'
   /** Where logs go (tests capture them); default stdout. */
   logStream?: NodeJS.WritableStream
+  /** A Graph API client the caller owns (not closed by the app); default: one built from config, closed with the app. */
+  graph?: GraphClient
 }
 
 export async function buildApp (config: Config, deps: AppDeps = {}): Promise<FastifyInstance> {
@@ -63,6 +69,15 @@ export async function buildApp (config: Config, deps: AppDeps = {}): Promise<Fas
   }
   app.decorate('config', config)
   app.decorate('dbKind', handle.kind)
+  const graph = deps.graph ?? createGraphClient({
+    baseUrl: config.GRAPH_API_BASE_URL,
+    version: config.GRAPH_API_VERSION,
+    appSecret: config.META_APP_SECRET,
+    timeoutMs: config.GRAPH_API_TIMEOUT_MS,
+    connectTimeoutMs: config.GRAPH_API_CONNECT_TIMEOUT_MS,
+  })
+  app.decorate('graph', graph)
+  if (!deps.graph) app.addHook('onClose', async () => { await graph.close() })
   app.addHook('onSend', async (request, reply) => { reply.header('x-request-id', request.id) })
 
   await app.register(errors)
@@ -75,6 +90,8 @@ export async function buildApp (config: Config, deps: AppDeps = {}): Promise<Fas
     await v1.register(pageRoutes)
     await v1.register(topicRoutes)
     await v1.register(subscriberRoutes)
+    await v1.register(notificationRoutes)
+    await v1.register(optinRequestRoutes)
   }, { prefix: '/v1' })
 
   scheduleMaintenance(app, maintenanceTasks)

@@ -1,11 +1,14 @@
 import type { FastifyBaseLogger, FastifyInstance } from 'fastify'
 import type { Config } from './config.js'
 import type { Database } from './db/database.js'
+import type { GraphClient } from './graph/client.js'
 
 export interface MaintenanceContext {
   db: Database
   config: Config
   log: FastifyBaseLogger
+  /** Lease recovery re-sends reserved tokens. */
+  graph: GraphClient
 }
 
 /**
@@ -34,7 +37,7 @@ export async function runMaintenance (ctx: MaintenanceContext, tasks: Maintenanc
 export function scheduleMaintenance (app: FastifyInstance, tasks: MaintenanceTask[]): void {
   let timer: NodeJS.Timeout | undefined
   let running: Promise<unknown> = Promise.resolve()
-  const ctx = (): MaintenanceContext => ({ db: app.db, config: app.config, log: app.log })
+  const ctx = (): MaintenanceContext => ({ db: app.db, config: app.config, log: app.log, graph: app.graph })
   app.addHook('onReady', async () => {
     running = runMaintenance(ctx(), tasks)
     await running

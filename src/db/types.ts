@@ -8,6 +8,7 @@ export type TokenKind = 'one_time_notif' | 'notification_messages'
 export type TokenState = 'available' | 'reserved' | 'used' | 'invalid' | 'expired' | 'discarded' | 'unconfirmed'
 export type NotificationStatus = 'pending' | 'sent' | 'no_token' | 'failed' | 'unconfirmed'
 export type NotificationRoute = 'window' | 'token'
+export type NotificationTokenState = 'used' | 'released' | 'invalid' | 'unconfirmed'
 
 export interface GraphError {
   code: number | null
@@ -82,6 +83,9 @@ export interface NotificationsTable {
   created_at: CreatedAt
   updated_at: Timestamp
   completed_at: Timestamp | null
+  /** What became of the claimed token at the outcome (migration 20261121020000). */
+  token_state: NotificationTokenState | null
+  tokens_refused: ColumnType<number, number | undefined, number>
 }
 
 export interface OptinRequestsTable {

@@ -19,6 +19,7 @@ export const ProblemSchema = Type.Object({
   retry_after_seconds: Type.Optional(Type.Integer()),
   usable_tokens: Type.Optional(Type.Integer()),
   notification: Type.Optional(Type.Any({ description: 'The recorded attempt, when one was recorded.' })),
+  optin_request: Type.Optional(Type.Any({ description: 'The recorded opt-in request, when one was sent.' })),
 }, { $id: 'Problem', description: 'application/problem+json' })
 export type Problem = Static<typeof ProblemSchema>
 

@@ -1,0 +1,614 @@
+import { createHash } from 'node:crypto'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { sql } from 'kysely'
+import type { Config } from '../config.js'
+import type { Database } from '../db/database.js'
+import type { GraphError, Notification, NotificationRoute, NotificationStatus, NotificationTokenState } from '../db/types.js'
+import type { GraphClient, PageCredentials, SendOutcome } from '../graph/client.js'
+import { classifyGraphError, TEMPORARY_RETRY_AFTER_SECONDS, verdictFor, type Verdict } from '../graph/errors.js'
+import {
+  claimToken, discardPersonTokens, extendLease, markInvalid, markUnconfirmed, markUsed, release,
+  type ClaimedToken, type Reservation,
+} from './claims.js'
+import { DomainError, notFound, type ErrorKind } from './errors.js'
+import { recordPageError } from './pages.js'
+import { afterCursor, pageOf } from './pagination.js'
+import { windowIsOpen } from './window.js'
+
+/** Tokens one notification may try when Meta refuses them one after another. */
+export const MAX_TOKENS_PER_NOTIFICATION = 5
+
+export type NotificationType = 'REGULAR' | 'SILENT_PUSH' | 'NO_PUSH'
+
+export interface NotificationInput {
+  topic_id: string
+  psid: string
+  message: Record<string, unknown>
+  notification_type?: NotificationType
+  use_window?: boolean
+  /** Same key and body: the stored result, nothing sent again. Same key, other body: 422. */
+  idempotency_key?: string
+  broadcast_id?: string
+}
+
+/** What the caller is told when the send did not end in 201; stored with the notification. */
+export interface NotificationProblem {
+  code: string
+  detail: string
+  graph?: GraphError
+  retry_after_seconds?: number
+}
+
+export interface NotificationView {
+  id: string
+  topic_id: string | null
+  page_id: string
+  psid: string
+  status: NotificationStatus
+  route: NotificationRoute | null
+  message: Record<string, unknown>
+  notification_type: string
+  use_window: boolean
+  idempotency_key?: string
+  graph_message_id?: string
+  error?: NotificationProblem
+  http_status?: number
+  token_state?: NotificationTokenState
+  tokens_refused: number
+  attempts: number
+  broadcast_id?: string
+  created_at: string
+  updated_at: string
+  completed_at: string | null
+}
+
+export function notificationView (n: Notification): NotificationView {
+  return {
+    id: n.id,
+    topic_id: n.topic_id,
+    page_id: n.page_id,
+    psid: n.psid,
+    status: n.status,
+    route: n.route,
+    message: n.message,
+    notification_type: n.notification_type,
+    use_window: n.use_window,
+    ...(n.idempotency_key !== null ? { idempotency_key: n.idempotency_key } : {}),
+    ...(n.graph_message_id !== null ? { graph_message_id: n.graph_message_id } : {}),
+    ...(n.error !== null ? { error: n.error as unknown as NotificationProblem } : {}),
+    ...(n.http_status !== null ? { http_status: n.http_status } : {}),
+    ...(n.token_state !== null ? { token_state: n.token_state } : {}),
+    tokens_refused: n.tokens_refused,
+    attempts: n.attempts,
+    ...(n.broadcast_id !== null ? { broadcast_id: n.broadcast_id } : {}),
+    created_at: n.created_at.toISOString(),
+    updated_at: n.updated_at.toISOString(),
+    completed_at: n.completed_at ? n.completed_at.toISOString() : null,
+  }
+}
+
+export interface SendResult {
+  notification: Notification
+  /** 201 when sent; otherwise the status of `problem`. */
+  httpStatus: number
+  problem?: NotificationProblem
+  /** An earlier request with the same Idempotency-Key produced this result. */
+  replayed: boolean
+}
+
+export interface Logger {
+  info (obj: object, msg?: string): void
+  warn (obj: object, msg?: string): void
+}
+
+export interface SendDeps {
+  db: Database
+  graph: GraphClient
+  config: Pick<Config, 'TOKEN_LEASE_SECONDS' | 'GRAPH_API_MAX_RETRIES' | 'GRAPH_API_TIMEOUT_MS'>
+  log?: Logger
+  /** Pause between re-sends after an unanswered attempt (tests may shorten it). */
+  backoffMs?: (retry: number) => number
+}
+
+const kindOfStatus: Record<number, ErrorKind> = {
+  400: 'invalid', 404: 'not_found', 409: 'conflict', 422: 'unprocessable', 429: 'throttled', 502: 'upstream', 503: 'unavailable', 504: 'timeout',
+}
+
+/** The DomainError a non-201 result is answered with; the recorded attempt rides along. */
+export function problemOf (result: SendResult): DomainError {
+  const p = result.problem ?? { code: 'notification_failed', detail: 'The notification was not sent.' }
+  return new DomainError(kindOfStatus[result.httpStatus] ?? 'upstream', p.code, p.detail, {
+    ...(p.graph ? { graph: p.graph } : {}),
+    ...(p.retry_after_seconds !== undefined ? { retryAfterSeconds: p.retry_after_seconds } : {}),
+    notification: notificationView(result.notification),
+  })
+}
+
+function resultOf (n: Notification, replayed: boolean): SendResult {
+  const httpStatus = n.http_status ?? (n.status === 'sent' ? 201 : 502)
+  return {
+    notification: n,
+    httpStatus,
+    ...(httpStatus !== 201 && n.error ? { problem: n.error as unknown as NotificationProblem } : {}),
+    replayed,
+  }
+}
+
+function canonical (value: unknown): unknown {
+  if (Array.isArray(value)) return value.map(canonical)
+  if (value && typeof value === 'object') {
+    return Object.fromEntries(Object.keys(value).sort().map((k) => [k, canonical((value as Record<string, unknown>)[k])]))
+  }
+  return value
+}
+
+/** Hash of the request as the service understands it (defaults applied, key order ignored). */
+export function requestHash (input: NotificationInput): string {
+  const body = {
+    topic_id: input.topic_id,
+    psid: input.psid,
+    message: input.message,
+    notification_type: input.notification_type ?? 'REGULAR',
+    use_window: input.use_window ?? true,
+  }
+  return createHash('sha256').update(JSON.stringify(canonical(body))).digest('hex')
+}
+
+interface Target { page: PageCredentials, page_id: string, payload: string, topic_id: string | null }
+
+/**
+ * Sends one notification: through the 24-hour window when it is open (no token spent), else by
+ * claiming and spending exactly one token. Every outcome is recorded on the notification row.
+ */
+export async function sendNotification (deps: SendDeps, input: NotificationInput): Promise<SendResult> {
+  const { db } = deps
+  const topic = await db.selectFrom('topics').select(['id', 'page_id', 'payload'])
+    .where('id', '=', input.topic_id).executeTakeFirst()
+  if (!topic) throw notFound('topic', input.topic_id)
+  const hash = requestHash(input)
+
+  if (input.idempotency_key !== undefined) {
+    const existing = await byKey(db, input.idempotency_key)
+    if (existing) return replay(deps, existing, hash)
+  }
+
+  const page = await db.selectFrom('pages').select(['id', 'access_token']).where('id', '=', topic.page_id).executeTakeFirst()
+  if (!page) throw notFound('page', topic.page_id)
+  if (page.access_token === null) {
+    throw new DomainError('conflict', 'page_without_access_token',
+      `Page ${page.id} has no access token; PUT /v1/pages/${page.id} with one first.`)
+  }
+
+  const inserted = await db.insertInto('notifications').values({
+    page_id: topic.page_id,
+    topic_id: topic.id,
+    psid: input.psid,
+    message: JSON.stringify(input.message),
+    notification_type: input.notification_type ?? 'REGULAR',
+    use_window: input.use_window ?? true,
+    idempotency_key: input.idempotency_key ?? null,
+    request_hash: hash,
+    broadcast_id: input.broadcast_id ?? null,
+  }).onConflict((oc) => oc.column('idempotency_key').doNothing())
+    .returningAll().executeTakeFirst()
+  if (!inserted) {
+    // Another request with this key won the insert a moment ago (maybe on another instance).
+    const winner = await byKey(db, input.idempotency_key!)
+    if (!winner) throw new DomainError('conflict', 'idempotency_in_progress', 'Try again.', { retryAfterSeconds: 1 })
+    return replay(deps, winner, hash)
+  }
+
+  const target = { page: { id: page.id, accessToken: page.access_token }, page_id: topic.page_id, payload: topic.payload, topic_id: topic.id }
+  const done = await deliver(deps, inserted, target)
+  return resultOf(done, false)
+}
+
+async function byKey (db: Database, key: string): Promise<Notification | undefined> {
+  return db.selectFrom('notifications').selectAll().where('idempotency_key', '=', key).executeTakeFirst()
+}
+
+async function replay (deps: SendDeps, existing: Notification, hash: string): Promise<SendResult> {
+  if (existing.request_hash !== hash) {
+    throw new DomainError('unprocessable', 'idempotency_conflict',
+      'This Idempotency-Key was used with a different request body; use a new key for a new notification.',
+      { notification: notificationView(existing) })
+  }
+  let current = existing
+  // The first request is still sending: wait for its outcome rather than send again.
+  const { GRAPH_API_TIMEOUT_MS: timeout, GRAPH_API_MAX_RETRIES: retries } = deps.config
+  const deadline = Date.now() + Math.min(60_000, (retries + 1) * (timeout + 2_000) + 1_000)
+  let pause = 20
+  while (current.status === 'pending' && Date.now() < deadline) {
+    await sleep(pause)
+    pause = Math.min(250, pause * 2)
+    current = await getNotificationRow(deps.db, existing.id) ?? current
+  }
+  if (current.status === 'pending') {
+    throw new DomainError('conflict', 'idempotency_in_progress',
+      'A request with this Idempotency-Key is still being sent; ask again shortly for its outcome.',
+      { retryAfterSeconds: 1, notification: notificationView(current) })
+  }
+  return resultOf(current, true)
+}
+
+/** The window route first when it applies, then the token route; returns the final row. */
+async function deliver (deps: SendDeps, n: Notification, target: Target): Promise<Notification> {
+  if (n.use_window) {
+    const subscriber = await deps.db.selectFrom('subscribers').select('last_interaction_at')
+      .where('page_id', '=', n.page_id).where('psid', '=', n.psid).executeTakeFirst()
+    if (windowIsOpen(subscriber?.last_interaction_at ?? null)) {
+      const finished = await sendThroughWindow(deps, n, target)
+      if (finished) return finished
+    }
+  }
+  return tokenRoute(deps, n, target)
+}
+
+/** Undefined when Meta says the window is closed after all (clock skew): the token route follows. */
+async function sendThroughWindow (deps: SendDeps, n: Notification, target: Target): Promise<Notification | undefined> {
+  const body = {
+    recipient: { id: n.psid },
+    messaging_type: 'RESPONSE',
+    notification_type: n.notification_type,
+    message: n.message,
+  }
+  // A standard message has no token to make Meta refuse a second delivery, so only a request that
+  // never left (connection refused) is sent again; a lost answer is recorded as unconfirmed.
+  for (let attempt = 0; ; attempt++) {
+    if (attempt > 0) await pause(deps, attempt)
+    if (!(await beginAttempt(deps, n.id, 'window'))) return current(deps.db, n.id)
+    const outcome = await deps.graph.sendMessage(target.page, body)
+    if (outcome.kind === 'ok') {
+      return finish(deps, n.id, { status: 'sent', route: 'window', httpStatus: 201, graphMessageId: outcome.messageId })
+    }
+    if (outcome.kind === 'graph_error') {
+      const verdict = verdictFor(classifyGraphError(outcome.httpStatus, outcome.error), 'window')
+      if (verdict.action === 'fallback') {
+        deps.log?.info({ notification_id: n.id, graph_code: outcome.error.code, graph_subcode: outcome.error.subcode },
+          'window closed at Meta; falling back to a token')
+        // Nothing was delivered: the row must not read as an interrupted window send.
+        await deps.db.updateTable('notifications').set({ route: 'token', updated_at: sql`now()` })
+          .where('id', '=', n.id).where('status', '=', 'pending').execute()
+        return undefined
+      }
+      if (verdict.pageUnhealthy) await recordPageError(deps.db, n.page_id, outcome.error)
+      return finish(deps, n.id, { status: 'failed', route: 'window', ...refusal(verdict, outcome.error) })
+    }
+    if (outcome.sent) {
+      return finish(deps, n.id, { status: 'unconfirmed', route: 'window', ...unconfirmed(outcome) })
+    }
+    if (attempt >= deps.config.GRAPH_API_MAX_RETRIES) {
+      return finish(deps, n.id, { status: 'failed', route: 'window', ...unreachable(outcome, 'window') })
+    }
+  }
+}
+
+/** Outcome of spending one claimed token (with its re-sends). */
+type TokenOutcome =
+  | { kind: 'sent', messageId: string | null }
+  | { kind: 'refused', verdict: Verdict, error: GraphError }
+  | { kind: 'unconfirmed', outcome: SendOutcome }
+  | { kind: 'unreachable', outcome: SendOutcome & { kind: 'no_answer' } }
+  | { kind: 'lost' }
+  | { kind: 'deferred' }
+
+interface Resumed {
+  token: ClaimedToken
+  /** An earlier attempt of this notification may have delivered it. */
+  ambiguous: boolean
+  /** Lease recovery: one send now, and a still-ambiguous transient outcome waits for the next sweep. */
+  defer: boolean
+}
+
+async function tokenRoute (deps: SendDeps, n: Notification, target: Target, resumed?: Resumed): Promise<Notification> {
+  let refused = 0
+  let lastRefusal: GraphError | undefined
+  let next = resumed
+  for (let i = 0; i < MAX_TOKENS_PER_NOTIFICATION; i++) {
+    const claimed = next?.token ?? await claimToken(deps.db, {
+      page_id: target.page_id, payload: target.payload, psid: n.psid, notification_id: n.id, leaseSeconds: deps.config.TOKEN_LEASE_SECONDS,
+    })
+    const spend: SpendOptions = next
+      ? { ambiguous: next.ambiguous, sends: next.defer ? 1 : deps.config.GRAPH_API_MAX_RETRIES + 1, defer: next.defer }
+      : { ambiguous: false, sends: deps.config.GRAPH_API_MAX_RETRIES + 1, defer: false }
+    next = undefined
+    if (!claimed) {
+      return finish(deps, n.id, {
+        status: 'no_token', route: 'token', httpStatus: 409, tokensRefused: refused,
+        problem: {
+          code: 'no_token',
+          detail: refused > 0
+            ? `Meta refused ${refused} token(s) this person held for the topic; none is left.`
+            : 'This person holds no usable token for this topic.',
+          ...(lastRefusal ? { graph: lastRefusal } : {}),
+        },
+      })
+    }
+    const reservation = { token_id: claimed.id, notification_id: n.id }
+    const outcome = await spendToken(deps, n, target, claimed, spend)
+    switch (outcome.kind) {
+      case 'lost':
+      case 'deferred':
+        return current(deps.db, n.id)
+      case 'sent':
+        return finish(deps, n.id, {
+          status: 'sent', route: 'token', httpStatus: 201, graphMessageId: outcome.messageId, tokenId: claimed.id,
+          tokenState: 'used', tokensRefused: refused,
+        }, (db) => markUsed(db, reservation))
+      case 'unconfirmed':
+        return finish(deps, n.id, {
+          status: 'unconfirmed', route: 'token', tokenId: claimed.id, tokenState: 'unconfirmed', tokensRefused: refused,
+          ...unconfirmed(outcome.outcome),
+        }, (db) => markUnconfirmed(db, reservation))
+      case 'unreachable':
+        return finish(deps, n.id, {
+          status: 'failed', route: 'token', tokenId: claimed.id, tokenState: 'released', tokensRefused: refused,
+          ...unreachable(outcome.outcome, 'token'),
+        }, (db) => release(db, reservation))
+      case 'refused': {
+        const { verdict, error } = outcome
+        if (verdict.action === 'invalidate') {
+          if (!(await markInvalid(deps.db, reservation))) return current(deps.db, n.id)
+          refused++
+          lastRefusal = error
+          await deps.db.updateTable('notifications').set({ tokens_refused: refused, updated_at: sql`now()` })
+            .where('id', '=', n.id).where('status', '=', 'pending').execute()
+          deps.log?.info({ notification_id: n.id, token_id: claimed.id, graph_code: error.code, graph_subcode: error.subcode },
+            'Meta refused the token; trying the next one')
+          continue
+        }
+        if (verdict.pageUnhealthy) await recordPageError(deps.db, n.page_id, error)
+        if (verdict.action === 'stop') {
+          return finish(deps, n.id, {
+            status: 'failed', route: 'token', tokenId: claimed.id, tokenState: 'invalid', tokensRefused: refused, ...refusal(verdict, error),
+          }, async (db) => {
+            const ok = await markInvalid(db, reservation)
+            if (ok) await discardPersonTokens(db, { page_id: target.page_id, payload: target.payload, psid: n.psid })
+            return ok
+          })
+        }
+        return finish(deps, n.id, {
+          status: 'failed', route: 'token', tokenId: claimed.id, tokenState: 'released', tokensRefused: refused, ...refusal(verdict, error),
+        }, (db) => release(db, reservation))
+      }
+    }
+  }
+  return finish(deps, n.id, {
+    status: 'failed', route: 'token', httpStatus: 502, tokensRefused: refused,
+    problem: {
+      code: 'graph_token_refused',
+      detail: `Meta refused ${refused} tokens in a row; stopped trying so as not to burn more. Check the message and the Page.`,
+      ...(lastRefusal ? { graph: lastRefusal } : {}),
+    },
+  })
+}
+
+interface SpendOptions { ambiguous: boolean, sends: number, defer: boolean }
+
+/**
+ * Sends one claimed token, re-sending the same token after an unanswered attempt. Meta accepts a
+ * token once, so a re-send can never deliver twice; but once an attempt went unanswered, the
+ * token may be spent, so the outcome is then `sent` or `unconfirmed`, never a release.
+ */
+async function spendToken (deps: SendDeps, n: Notification, target: Target, claimed: ClaimedToken, opts: SpendOptions): Promise<TokenOutcome> {
+  const body = {
+    recipient: claimed.kind === 'one_time_notif'
+      ? { one_time_notif_token: claimed.token }
+      : { notification_messages_token: claimed.token },
+    messaging_type: 'UPDATE',
+    notification_type: n.notification_type,
+    message: n.message,
+  }
+  const reservation = { token_id: claimed.id, notification_id: n.id }
+  let ambiguous = opts.ambiguous
+  let last: SendOutcome | undefined
+  for (let attempt = 0; attempt < opts.sends; attempt++) {
+    if (attempt > 0) await pause(deps, attempt)
+    if (attempt > 0 && !(await extendLease(deps.db, reservation, deps.config.TOKEN_LEASE_SECONDS))) return { kind: 'lost' }
+    if (!(await beginAttempt(deps, n.id, 'token', claimed.id))) return { kind: 'lost' }
+    last = await deps.graph.sendMessage(target.page, body)
+    if (last.kind === 'ok') return { kind: 'sent', messageId: last.messageId }
+    if (last.kind === 'graph_error') {
+      const verdict = verdictFor(classifyGraphError(last.httpStatus, last.error), 'token')
+      if (!ambiguous) return { kind: 'refused', verdict, error: last.error }
+      // After a lost answer only a passing failure is worth another try; any other refusal
+      // ("already used" included: our own earlier attempt may have arrived) settles it unconfirmed.
+      if (isTransient(last)) continue
+      if (verdict.pageUnhealthy) await recordPageError(deps.db, n.page_id, last.error)
+      return { kind: 'unconfirmed', outcome: last }
+    }
+    if (last.sent) ambiguous = true
+    deps.log?.warn({ notification_id: n.id, token_id: claimed.id, attempt: attempt + 1, reason: last.reason, retrying: attempt + 1 < opts.sends },
+      'no answer from the Graph API for a token send')
+  }
+  if (ambiguous && opts.defer && isTransient(last!)) return { kind: 'deferred' }
+  if (ambiguous) return { kind: 'unconfirmed', outcome: last! }
+  return { kind: 'unreachable', outcome: last as SendOutcome & { kind: 'no_answer' } }
+}
+
+function isTransient (outcome: SendOutcome): boolean {
+  if (outcome.kind === 'no_answer') return true
+  if (outcome.kind !== 'graph_error') return false
+  const cls = classifyGraphError(outcome.httpStatus, outcome.error)
+  return cls === 'temporary' || cls === 'rate_limited'
+}
+
+const TOKEN_NOTE: Partial<Record<Verdict['action'], string>> = {
+  release: ' The token is kept for a later send.',
+  stop: ' The token is spent and the person\'s other tokens on this topic are discarded.',
+}
+
+function refusal (verdict: Verdict, error: GraphError): { httpStatus: number, problem: NotificationProblem } {
+  return {
+    httpStatus: verdict.httpStatus,
+    problem: {
+      code: verdict.problemCode,
+      detail: `${verdict.detail}${TOKEN_NOTE[verdict.action] ?? ''} Meta said: ${error.message}`,
+      graph: error,
+      ...(verdict.retryAfterSeconds !== undefined ? { retry_after_seconds: verdict.retryAfterSeconds } : {}),
+    },
+  }
+}
+
+function unconfirmed (outcome: SendOutcome): { httpStatus: number, problem: NotificationProblem } {
+  return {
+    httpStatus: 504,
+    problem: {
+      code: 'graph_unconfirmed',
+      detail: 'The Graph API did not answer (or answered only after a lost attempt): the message may or may not have been delivered. ' +
+        'It is not sent again; any token it used is set aside as unconfirmed.',
+      ...(outcome.kind === 'graph_error' ? { graph: outcome.error } : {}),
+    },
+  }
+}
+
+function unreachable (outcome: SendOutcome & { kind: 'no_answer' }, route: NotificationRoute): { httpStatus: number, problem: NotificationProblem } {
+  return {
+    httpStatus: 503,
+    problem: {
+      code: 'graph_unreachable',
+      detail: `The Graph API could not be reached (${outcome.detail}); nothing was sent${route === 'token' ? ' and the token is kept' : ''}.`,
+      retry_after_seconds: TEMPORARY_RETRY_AFTER_SECONDS,
+    },
+  }
+}
+
+async function pause (deps: SendDeps, retry: number): Promise<void> {
+  const ms = deps.backoffMs ? deps.backoffMs(retry) : Math.min(2_000, 100 * 2 ** (retry - 1)) * (0.5 + Math.random() / 2)
+  if (ms > 0) await sleep(ms)
+}
+
+/**
+ * Counts the attempt before it is made (so lease recovery knows whether anything may have left)
+ * and keeps the row fresh for the stale-notification sweep. False when the row is no longer ours.
+ */
+async function beginAttempt (deps: SendDeps, id: string, route: NotificationRoute, tokenId?: string): Promise<boolean> {
+  const row = await deps.db.updateTable('notifications')
+    .set((eb) => ({ attempts: eb('attempts', '+', 1), route, token_id: tokenId ?? null, updated_at: sql`now()` }))
+    .where('id', '=', id).where('status', '=', 'pending')
+    .returning('id').executeTakeFirst()
+  return row !== undefined
+}
+
+interface Outcome {
+  status: Exclude<NotificationStatus, 'pending'>
+  route: NotificationRoute
+  httpStatus: number
+  problem?: NotificationProblem
+  graphMessageId?: string | null
+  tokenId?: string
+  tokenState?: NotificationTokenState
+  tokensRefused?: number
+}
+
+/**
+ * Records the outcome together with the token's transition, in one transaction, only if this
+ * process still holds both; otherwise the outcome someone else recorded (lease recovery) stands.
+ */
+async function finish (deps: SendDeps, id: string, o: Outcome, tokenTransition?: (db: Database) => Promise<boolean>): Promise<Notification> {
+  const row = await deps.db.transaction().execute(async (trx) => {
+    if (tokenTransition && !(await tokenTransition(trx))) return undefined
+    return trx.updateTable('notifications').set({
+      status: o.status,
+      route: o.route,
+      http_status: o.httpStatus,
+      error: o.problem ? JSON.stringify(o.problem) : null,
+      graph_message_id: o.graphMessageId ?? null,
+      ...(o.tokenId !== undefined ? { token_id: o.tokenId } : {}),
+      token_state: o.tokenState ?? null,
+      ...(o.tokensRefused !== undefined ? { tokens_refused: o.tokensRefused } : {}),
+      completed_at: sql`now()`,
+      updated_at: sql`now()`,
+    }).where('id', '=', id).where('status', '=', 'pending').returningAll().executeTakeFirst()
+  })
+  const final = row ?? await current(deps.db, id)
+  deps.log?.info({
+    notification_id: id, status: final.status, route: final.route, attempts: final.attempts,
+    ...(o.problem?.graph ? { graph_code: o.problem.graph.code, graph_subcode: o.problem.graph.subcode } : {}),
+    ...(row ? {} : { superseded: true }),
+  }, `notification ${final.status}`)
+  return final
+}
+
+async function current (db: Database, id: string): Promise<Notification> {
+  return (await getNotificationRow(db, id))!
+}
+
+export async function getNotificationRow (db: Database, id: string): Promise<Notification | undefined> {
+  return db.selectFrom('notifications').selectAll().where('id', '=', id).executeTakeFirst()
+}
+
+export async function getNotification (db: Database, id: string): Promise<Notification> {
+  const n = await getNotificationRow(db, id)
+  if (!n) throw notFound('notification', id)
+  return n
+}
+
+export interface NotificationFilter {
+  topic_id?: string
+  page_id?: string
+  psid?: string
+  status?: NotificationStatus
+  created_after?: string
+  created_before?: string
+  limit: number
+  cursor?: string
+}
+
+/** Oldest first, keyset-paginated: a walk through the pages never skips a row, even while sends go on. */
+export async function listNotifications (db: Database, f: NotificationFilter) {
+  let q = db.selectFrom('notifications').selectAll().where(afterCursor('notifications', f.cursor))
+  if (f.topic_id !== undefined) q = q.where('topic_id', '=', f.topic_id)
+  if (f.page_id !== undefined) q = q.where('page_id', '=', f.page_id)
+  if (f.psid !== undefined) q = q.where('psid', '=', f.psid)
+  if (f.status !== undefined) q = q.where('status', '=', f.status)
+  if (f.created_after !== undefined) q = q.where('created_at', '>=', new Date(f.created_after))
+  if (f.created_before !== undefined) q = q.where('created_at', '<', new Date(f.created_before))
+  const rows = await q.orderBy('created_at').orderBy('id').limit(f.limit + 1).execute()
+  return pageOf(rows, f.limit)
+}
+
+/**
+ * For lease recovery: continue a notification whose process died, from its reserved token.
+ * With `defer`, a token that may already be spent gets one send now; if Meta is down or
+ * throttling, the reservation waits for the next sweep instead of being written off.
+ */
+export async function resumeWithToken (deps: SendDeps, n: Notification, token: ClaimedToken & { page_id: string, payload: string },
+  opts: { mayHaveBeenSent: boolean, defer: boolean }): Promise<Notification> {
+  const mayHaveBeenSent = opts.mayHaveBeenSent
+  const target = await targetOf(deps.db, n, token)
+  if ('missing' in target) {
+    const r: Reservation = { token_id: token.id, notification_id: n.id }
+    return mayHaveBeenSent
+      ? finish(deps, n.id, { status: 'unconfirmed', route: 'token', tokenId: token.id, tokenState: 'unconfirmed', httpStatus: 504, problem: target.missing }, (db) => markUnconfirmed(db, r))
+      : finish(deps, n.id, { status: 'failed', route: 'token', tokenId: token.id, tokenState: 'released', httpStatus: 409, problem: target.missing }, (db) => release(db, r))
+  }
+  return tokenRoute(deps, n, target, { token, ambiguous: mayHaveBeenSent, defer: opts.defer })
+}
+
+/** For lease recovery: run again a notification whose process died before it reserved anything. */
+export async function resumeFromStart (deps: SendDeps, n: Notification): Promise<Notification> {
+  if (n.route === 'window' && n.attempts > 0) {
+    // A standard message may have arrived; sending it again could deliver it twice.
+    return finish(deps, n.id, {
+      status: 'unconfirmed', route: 'window', httpStatus: 504,
+      problem: { code: 'graph_unconfirmed', detail: 'The process sending this message stopped before Meta answered; it may or may not have been delivered.' },
+    })
+  }
+  const target = await targetOf(deps.db, n)
+  if ('missing' in target) return finish(deps, n.id, { status: 'failed', route: n.route ?? 'token', httpStatus: 409, problem: target.missing })
+  return deliver(deps, n, target)
+}
+
+async function targetOf (db: Database, n: Notification, token?: { page_id: string, payload: string }): Promise<Target | { missing: NotificationProblem }> {
+  const topic = n.topic_id === null
+    ? undefined
+    : await db.selectFrom('topics').select(['page_id', 'payload']).where('id', '=', n.topic_id).executeTakeFirst()
+  const where = token ?? topic
+  if (!where) return { missing: { code: 'topic_not_found', detail: `Topic ${n.topic_id} no longer exists.` } }
+  const page = await db.selectFrom('pages').select(['id', 'access_token']).where('id', '=', n.page_id).executeTakeFirst()
+  if (!page?.access_token) {
+    return { missing: { code: 'page_without_access_token', detail: `Page ${n.page_id} has no access token.` } }
+  }
+  return { page: { id: page.id, accessToken: page.access_token }, page_id: where.page_id, payload: where.payload, topic_id: n.topic_id }
+}

@@ -1,0 +1,140 @@
+import { createHmac } from 'node:crypto'
+import { Pool } from 'undici'
+import type { GraphError } from '../db/types.js'
+
+export interface GraphClientOptions {
+  /** Origin only, e.g. https://graph.facebook.com. */
+  baseUrl: string
+  /** Pinned version, e.g. v21.0. */
+  version: string
+  /** When set, every call carries appsecret_proof. */
+  appSecret?: string
+  /** Longest wait for a whole answer (headers and body) before the attempt counts as unanswered. */
+  timeoutMs: number
+  connectTimeoutMs: number
+  /** Sockets per origin. */
+  connections?: number
+}
+
+export interface PageCredentials {
+  id: string
+  accessToken: string
+}
+
+/**
+ * One attempt's outcome. `no_answer` is the ambiguous one: Meta may or may not have acted on the
+ * request, except when `sent` is false (the connection was never made, so nothing left us).
+ */
+export type SendOutcome =
+  | { kind: 'ok', httpStatus: number, messageId: string | null, recipientId: string | null }
+  | { kind: 'graph_error', httpStatus: number, error: GraphError }
+  | { kind: 'no_answer', reason: 'timeout' | 'connection_lost' | 'unreachable', sent: boolean, detail: string }
+
+export interface GraphClient {
+  sendMessage (page: PageCredentials, body: Record<string, unknown>): Promise<SendOutcome>
+  close (): Promise<void>
+}
+
+export function appsecretProof (accessToken: string, appSecret: string): string {
+  return createHmac('sha256', appSecret).update(accessToken).digest('hex')
+}
+
+// Errors raised before a connection existed (or on a closed client): the request never left this process.
+const NOT_SENT = new Set(['UND_ERR_CLOSED', 'ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'UND_ERR_CONNECT_TIMEOUT'])
+const TIMEOUTS = new Set(['UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT', 'UND_ERR_ABORTED', 'ABORT_ERR'])
+
+function noAnswer (error: unknown): SendOutcome & { kind: 'no_answer' } {
+  const e = error as { code?: string, name?: string, message?: string, cause?: { code?: string } }
+  const code = e?.code ?? e?.cause?.code ?? ''
+  // Only the code and name: undici messages are safe, but nothing from the URL is ever repeated.
+  const detail = [e?.name, code].filter(Boolean).join(' ') || 'request failed'
+  if (NOT_SENT.has(code)) return { kind: 'no_answer', reason: 'unreachable', sent: false, detail }
+  if (TIMEOUTS.has(code) || e?.name === 'TimeoutError' || e?.name === 'AbortError') {
+    return { kind: 'no_answer', reason: 'timeout', sent: true, detail }
+  }
+  return { kind: 'no_answer', reason: 'connection_lost', sent: true, detail }
+}
+
+function int (value: unknown): number | null {
+  return typeof value === 'number' && Number.isInteger(value) ? value : null
+}
+
+/** Meta's `{error: {message, code, error_subcode, fbtrace_id}}`, or what we can say when the body is not that. */
+export function parseGraphError (httpStatus: number, text: string): GraphError {
+  try {
+    const body = JSON.parse(text) as { error?: Record<string, unknown> }
+    const e = body?.error
+    if (e && typeof e === 'object') {
+      return {
+        code: int(e.code),
+        subcode: int(e.error_subcode),
+        message: typeof e.message === 'string' ? e.message.slice(0, 1000) : `HTTP ${httpStatus}`,
+        fbtrace_id: typeof e.fbtrace_id === 'string' ? e.fbtrace_id : null,
+      }
+    }
+  } catch {}
+  return { code: null, subcode: null, message: `HTTP ${httpStatus} without a Graph error body`, fbtrace_id: null }
+}
+
+/**
+ * The Send API over keep-alive undici Pools, one per origin. Tokens travel only in the query
+ * string and the body, and neither is ever logged or put into an error.
+ */
+export function createGraphClient (options: GraphClientOptions): GraphClient {
+  const pools = new Map<string, Pool>()
+  const poolFor = (origin: string): Pool => {
+    let pool = pools.get(origin)
+    if (!pool) {
+      pool = new Pool(origin, {
+        connections: options.connections ?? 128,
+        connect: { timeout: options.connectTimeoutMs },
+        // undici's own timers are coarse (about a second); the abort signal below is the precise bound.
+        headersTimeout: options.timeoutMs,
+        bodyTimeout: options.timeoutMs,
+        keepAliveTimeout: 30_000,
+        keepAliveMaxTimeout: 600_000,
+      })
+      pools.set(origin, pool)
+    }
+    return pool
+  }
+  const origin = new URL(options.baseUrl).origin
+  const path = `/${options.version}/me/messages`
+
+  return {
+    async sendMessage (page, body) {
+      const query = new URLSearchParams({ access_token: page.accessToken })
+      if (options.appSecret) query.set('appsecret_proof', appsecretProof(page.accessToken, options.appSecret))
+      try {
+        const response = await poolFor(origin).request({
+          method: 'POST',
+          path: `${path}?${query}`,
+          headers: { 'content-type': 'application/json', accept: 'application/json' },
+          body: JSON.stringify(body),
+          signal: AbortSignal.timeout(options.timeoutMs),
+        })
+        const text = await response.body.text()
+        const status = response.statusCode
+        if (status >= 200 && status < 300) {
+          let parsed: { message_id?: unknown, recipient_id?: unknown } = {}
+          try { parsed = JSON.parse(text) } catch {}
+          return {
+            kind: 'ok',
+            httpStatus: status,
+            messageId: typeof parsed.message_id === 'string' ? parsed.message_id : null,
+            recipientId: typeof parsed.recipient_id === 'string' ? parsed.recipient_id : null,
+          }
+        }
+        return { kind: 'graph_error', httpStatus: status, error: parseGraphError(status, text) }
+      } catch (error) {
+        return noAnswer(error)
+      }
+    },
+
+    async close () {
+      // Graceful: a request in flight ends (each has its timeout) rather than being cut into an
+      // ambiguous outcome; a request made after this is refused before anything is sent.
+      await Promise.all([...pools.values()].map((p) => p.close()))
+    },
+  }
+}

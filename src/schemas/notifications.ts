@@ -1,0 +1,114 @@
+import { Type, type Static } from 'typebox'
+import { ListOf, ListQuerySchema, PageId, Psid, Timestamp, Uuid } from './common.js'
+
+const QuickReplySchema = Type.Object({
+  content_type: Type.Union([Type.Literal('text'), Type.Literal('user_phone_number'), Type.Literal('user_email')]),
+  title: Type.Optional(Type.String({ minLength: 1, maxLength: 20 })),
+  payload: Type.Optional(Type.Union([Type.String({ maxLength: 1000 }), Type.Integer()])),
+  image_url: Type.Optional(Type.String({ maxLength: 2000 })),
+}, { additionalProperties: false })
+
+const QuickReplies = Type.Optional(Type.Array(QuickReplySchema, { minItems: 1, maxItems: 13 }))
+const Metadata = Type.Optional(Type.String({ maxLength: 1000 }))
+
+const TextMessageSchema = Type.Object({
+  text: Type.String({ minLength: 1, maxLength: 2000, pattern: '\\S', description: 'At most 2000 characters.' }),
+  quick_replies: QuickReplies,
+  metadata: Metadata,
+}, { additionalProperties: false, title: 'Text message' })
+
+const AttachmentMessageSchema = Type.Object({
+  attachment: Type.Object({
+    type: Type.Union([Type.Literal('image'), Type.Literal('audio'), Type.Literal('video'), Type.Literal('file'), Type.Literal('template')]),
+    payload: Type.Object({}, {
+      additionalProperties: true, minProperties: 1,
+      description: 'Passed to Meta as given: {url, is_reusable}, {attachment_id}, or a template payload with template_type.',
+    }),
+  }, { additionalProperties: false }),
+  quick_replies: QuickReplies,
+  metadata: Metadata,
+}, { additionalProperties: false, title: 'Attachment message' })
+
+/** The Send API's `message`: exactly one of text or attachment, optional quick replies. */
+export const MessageSchema = Type.Union([TextMessageSchema, AttachmentMessageSchema], {
+  description: 'A Send API message, passed through to Meta. Whether Meta accepts every attachment with a token is undocumented; its refusal is passed back (422 graph_request_invalid).',
+})
+
+export const NotificationType = Type.Union([Type.Literal('REGULAR'), Type.Literal('SILENT_PUSH'), Type.Literal('NO_PUSH')], {
+  description: 'Push behaviour on the person\'s device; default REGULAR.',
+})
+
+export const CreateNotificationBodySchema = Type.Object({
+  topic_id: Uuid,
+  psid: Psid,
+  message: MessageSchema,
+  notification_type: Type.Optional(NotificationType),
+  use_window: Type.Optional(Type.Boolean({
+    default: true,
+    description: 'When the person wrote to the Page in the last 24 hours, send a standard message and keep the token. false: always spend a token.',
+  })),
+}, { additionalProperties: false })
+export type CreateNotificationBody = Static<typeof CreateNotificationBodySchema>
+
+export const CreateNotificationHeadersSchema = Type.Object({
+  'idempotency-key': Type.Optional(Type.String({
+    minLength: 1, maxLength: 255,
+    description: 'Recommended. The same key with the same body returns the first result (same status) and sends nothing more, also when the two requests race; the same key with another body is a 422 idempotency_conflict. Keys are kept with the notification.',
+  })),
+})
+
+const GraphErrorSchema = Type.Object({
+  code: Type.Union([Type.Integer(), Type.Null()]),
+  subcode: Type.Union([Type.Integer(), Type.Null()]),
+  message: Type.String(),
+  fbtrace_id: Type.Union([Type.String(), Type.Null()]),
+})
+
+const Status = Type.Union([Type.Literal('pending'), Type.Literal('sent'), Type.Literal('no_token'), Type.Literal('failed'), Type.Literal('unconfirmed')], {
+  description: 'pending while in flight; sent; no_token (nothing usable); failed (Meta refused or could not be reached; any token was kept); unconfirmed (Meta did not answer: maybe delivered, never re-sent).',
+})
+
+export const NotificationSchema = Type.Object({
+  id: Uuid,
+  topic_id: Type.Union([Uuid, Type.Null()]),
+  page_id: PageId,
+  psid: Psid,
+  status: Status,
+  route: Type.Union([Type.Literal('window'), Type.Literal('token'), Type.Null()], {
+    description: 'window: a standard message inside the 24-hour window (no token spent); token: an OTN token. null until decided.',
+  }),
+  message: Type.Object({}, { additionalProperties: true }),
+  notification_type: Type.String(),
+  use_window: Type.Boolean(),
+  idempotency_key: Type.Optional(Type.String()),
+  graph_message_id: Type.Optional(Type.String({ description: 'Meta\'s message_id when sent.' })),
+  error: Type.Optional(Type.Object({
+    code: Type.String({ description: 'The problem code the request was answered with.' }),
+    detail: Type.String(),
+    graph: Type.Optional(GraphErrorSchema),
+    retry_after_seconds: Type.Optional(Type.Integer()),
+  })),
+  http_status: Type.Optional(Type.Integer({ description: 'The status the send was answered with (and is replayed with).' })),
+  token_state: Type.Optional(Type.Union([Type.Literal('used'), Type.Literal('released'), Type.Literal('invalid'), Type.Literal('unconfirmed')], {
+    description: 'What became of the token this notification claimed: used; released (kept for a later send); invalid (Meta refused it); unconfirmed (maybe spent, never reused). The token value is never shown.',
+  })),
+  tokens_refused: Type.Integer({ description: 'Tokens Meta refused before the outcome (each marked invalid).' }),
+  attempts: Type.Integer({ description: 'Requests made to the Graph API.' }),
+  broadcast_id: Type.Optional(Uuid),
+  created_at: Timestamp,
+  updated_at: Timestamp,
+  completed_at: Type.Union([Timestamp, Type.Null()]),
+}, { title: 'Notification' })
+
+export const NotificationParamsSchema = Type.Object({ id: Uuid })
+
+export const NotificationListQuerySchema = Type.Object({
+  ...ListQuerySchema.properties,
+  topic_id: Type.Optional(Uuid),
+  page_id: Type.Optional(PageId),
+  psid: Type.Optional(Psid),
+  status: Type.Optional(Status),
+  created_after: Type.Optional(Type.String({ format: 'date-time', description: 'Inclusive lower bound on created_at.' })),
+  created_before: Type.Optional(Type.String({ format: 'date-time', description: 'Exclusive upper bound on created_at.' })),
+})
+export const NotificationListSchema = ListOf(NotificationSchema)

@@ -1,0 +1,96 @@
+import t from 'tap'
+import { randomUUID } from 'node:crypto'
+import { sql } from 'kysely'
+import {
+  claimToken, discardPersonTokens, extendLease, markInvalid, markUnconfirmed, markUsed, release,
+} from '../../src/domain/claims.js'
+import { testDatabase, uniquePageId } from '../helper.js'
+
+const DAY = 24 * 60 * 60 * 1000
+
+async function seed (tokens: Array<{ psid?: string, payload?: string, state?: 'available' | 'used' | 'reserved', expiresInDays?: number, kind?: 'one_time_notif' | 'notification_messages' }>) {
+  const { db } = await testDatabase()
+  const page_id = uniquePageId()
+  const ids: string[] = []
+  for (const [i, x] of tokens.entries()) {
+    const row = await db.insertInto('optin_tokens').values({
+      page_id, psid: x.psid ?? 'p1', payload: x.payload ?? 'topic', token: `tok-${page_id}-${i}`,
+      kind: x.kind ?? 'one_time_notif', state: x.state ?? 'available',
+      opted_in_at: new Date(), expires_at: new Date(Date.now() + (x.expiresInDays ?? 100) * DAY + i * 60_000),
+    }).returning('id').executeTakeFirstOrThrow()
+    ids.push(row.id)
+  }
+  return { db, page_id, ids }
+}
+
+const target = (page_id: string, extra: Partial<{ psid: string, payload: string }> = {}) =>
+  ({ page_id, payload: 'topic', psid: 'p1', notification_id: randomUUID(), leaseSeconds: 60, ...extra })
+
+t.test('claims the soonest-expiring usable token of that person and topic, and only such', async (t) => {
+  const { db, page_id, ids } = await seed([
+    { expiresInDays: 30 },
+    { expiresInDays: 5 },
+    { expiresInDays: -1 }, // expired
+    { expiresInDays: 1, state: 'used' },
+    { expiresInDays: 1, psid: 'someone-else' },
+    { expiresInDays: 1, payload: 'other-topic' },
+    { expiresInDays: 1, kind: 'notification_messages' },
+  ])
+  const first = target(page_id)
+  const claimed = await claimToken(db, first)
+  t.equal(claimed?.id, ids[1], 'soonest expiry first')
+  t.equal(claimed?.token, `tok-${page_id}-1`)
+  t.ok(claimed!.lease_expires_at.getTime() > Date.now() + 50_000, 'the lease runs from now')
+  const row = await db.selectFrom('optin_tokens').selectAll().where('id', '=', ids[1]).executeTakeFirstOrThrow()
+  t.match(row, { state: 'reserved', notification_id: first.notification_id })
+
+  t.equal((await claimToken(db, target(page_id)))?.id, ids[0])
+  t.equal(await claimToken(db, target(page_id)), undefined, 'nothing else is usable')
+})
+
+t.test('concurrent claims never share a token', async (t) => {
+  const { db, page_id, ids } = await seed(Array.from({ length: 5 }, (_, i) => ({ expiresInDays: 10 + i })))
+  const claims = await Promise.all(Array.from({ length: 20 }, () => claimToken(db, target(page_id))))
+  const got = claims.filter((c) => c !== undefined).map((c) => c!.id)
+  t.equal(got.length, 5)
+  t.same(new Set(got), new Set(ids))
+})
+
+t.test('transitions out of reserved name the holder; a stale holder changes nothing', async (t) => {
+  const { db, page_id, ids } = await seed([{}, {}, {}, {}])
+  const states = async () => (await db.selectFrom('optin_tokens').select(['id', 'state', 'notification_id', 'lease_expires_at'])
+    .where('page_id', '=', page_id).orderBy('id').execute())
+
+  const a = target(page_id)
+  const claimed = (await claimToken(db, a))!
+  const mine = { token_id: claimed.id, notification_id: a.notification_id }
+  const stranger = { token_id: claimed.id, notification_id: randomUUID() }
+  t.equal(await markUsed(db, stranger), false, 'another notification cannot spend it')
+  t.equal(await release(db, stranger), false)
+  t.equal(await extendLease(db, mine, 600), true)
+  t.equal(await markUsed(db, mine), true)
+  t.equal(await markUsed(db, mine), false, 'only once')
+  t.equal(await release(db, mine), false, 'a used token is never released')
+
+  const b = target(page_id)
+  const second = (await claimToken(db, b))!
+  t.equal(await release(db, { token_id: second.id, notification_id: b.notification_id }), true)
+  const released = (await states()).find((r) => r.id === second.id)!
+  t.match(released, { state: 'available', notification_id: null, lease_expires_at: null })
+
+  const c = target(page_id)
+  const third = (await claimToken(db, c))!
+  t.equal(third.id, second.id, 'a released token is claimable again')
+  t.equal(await markInvalid(db, { token_id: third.id, notification_id: c.notification_id }), true)
+  const d = target(page_id)
+  const fourth = (await claimToken(db, d))!
+  t.equal(await markUnconfirmed(db, { token_id: fourth.id, notification_id: d.notification_id }), true)
+  t.equal(await extendLease(db, { token_id: fourth.id, notification_id: d.notification_id }, 60), false, 'no lease on a settled token')
+
+  const final = await states()
+  t.same(final.map((r) => r.state), ['used', 'invalid', 'unconfirmed', 'available'])
+  t.same(final.map((r) => r.id), ids)
+  t.equal(await discardPersonTokens(db, { page_id, payload: 'topic', psid: 'p1' }), 1)
+  const { rows } = await sql<{ state: string }>`select state from optin_tokens where id = ${ids[3]}`.execute(db)
+  t.equal(rows[0].state, 'discarded')
+})

@@ -1,0 +1,202 @@
+import t, { type Test } from 'tap'
+import { sql } from 'kysely'
+import { claimToken } from '../../src/domain/claims.js'
+import { recoverLeases, RECOVERY_ATTEMPTS_CAP } from '../../src/domain/leases.js'
+import type { SendDeps } from '../../src/domain/notifications.js'
+import { appsecretProof, createGraphClient } from '../../src/graph/client.js'
+import type { Notification } from '../../src/db/types.js'
+import { auth, build } from '../helper.js'
+import { APP_SECRET, FAST_TIMEOUT_MS, giveTokens, graphEnv, newPsid, tokenStates, world, type World } from '../fixtures/otn.js'
+
+const LEASE = 60
+
+function depsFor (t: Test, w: World, timeoutMs = 2000): SendDeps {
+  const graph = createGraphClient({ baseUrl: w.base, version: 'v21.0', appSecret: APP_SECRET, timeoutMs, connectTimeoutMs: 1000 })
+  t.teardown(() => graph.close())
+  return { db: w.db, graph, config: { TOKEN_LEASE_SECONDS: LEASE, GRAPH_API_MAX_RETRIES: 2, GRAPH_API_TIMEOUT_MS: timeoutMs } }
+}
+
+async function pendingNotification (w: World, psid: string, extra: Partial<{ attempts: number, route: 'window' | 'token', broadcast_id: string }> = {}): Promise<Notification> {
+  return w.db.insertInto('notifications').values({
+    page_id: w.pageId, topic_id: w.topic.id, psid, message: JSON.stringify({ text: 'back in stock' }), request_hash: 'h', ...extra,
+  }).returningAll().executeTakeFirstOrThrow()
+}
+
+/** The process that claimed the token dies here: the reservation stays, its lease runs out. */
+async function claimAndDie (w: World, n: Notification, opts: { attempts?: number } = {}) {
+  const claimed = await claimToken(w.db, { page_id: w.pageId, payload: w.topic.payload, psid: n.psid, notification_id: n.id, leaseSeconds: LEASE })
+  if (!claimed) throw new Error('nothing to claim')
+  await w.db.updateTable('notifications')
+    .set({ attempts: opts.attempts ?? 0, route: 'token', token_id: claimed.id, updated_at: sql`now() - interval '1 hour'` })
+    .where('id', '=', n.id).execute()
+  await expireLease(w, claimed.id)
+  return claimed
+}
+
+async function expireLease (w: World, tokenId: string): Promise<void> {
+  await w.db.updateTable('optin_tokens').set({ lease_expires_at: sql`now() - interval '1 second'` }).where('id', '=', tokenId).execute()
+}
+
+const row = (w: World, id: string) => w.db.selectFrom('notifications').selectAll().where('id', '=', id).executeTakeFirstOrThrow()
+
+t.test('claimed, then the process died before sending: recovery sends the same token once', async (t) => {
+  const w = await world(t)
+  const psid = newPsid()
+  const tokens = await giveTokens(w, psid, 2)
+  const n = await pendingNotification(w, psid)
+  const claimed = await claimAndDie(w, n)
+  t.equal(claimed.id, tokens[0].id)
+
+  t.equal(await recoverLeases(depsFor(t, w)), 1)
+  t.same(await tokenStates(w.db, tokens.map((x) => x.id)), ['used', 'available'])
+  t.match(await row(w, n.id), { status: 'sent', route: 'token', token_state: 'used', attempts: 1, http_status: 201 })
+  t.equal(w.emulator.inbox(w.pageId, psid).length, 1)
+  t.same(w.emulator.requests.map((r) => r.recipient), [{ one_time_notif_token: tokens[0].token }])
+  t.same(w.emulator.doubleSpends(), [])
+  t.equal(await recoverLeases(depsFor(t, w)), 0, 'nothing left stranded')
+})
+
+t.test('sent and delivered, then the process died: Meta refuses the re-send, so the outcome is unconfirmed', async (t) => {
+  const w = await world(t)
+  const psid = newPsid()
+  const tokens = await giveTokens(w, psid, 2)
+  const n = await pendingNotification(w, psid)
+  const claimed = await claimAndDie(w, n, { attempts: 1 })
+  // What the dead process managed: its send arrived, its answer died with it.
+  const delivered = await w.emulator.app.inject({
+    method: 'POST', url: `/v21.0/me/messages?access_token=${w.accessToken}&appsecret_proof=${appsecretProof(w.accessToken, APP_SECRET)}`,
+    payload: { recipient: { one_time_notif_token: claimed.token }, messaging_type: 'UPDATE', message: { text: 'back in stock' } },
+  })
+  t.equal(delivered.statusCode, 200)
+
+  t.equal(await recoverLeases(depsFor(t, w)), 1)
+  t.same(await tokenStates(w.db, tokens.map((x) => x.id)), ['unconfirmed', 'available'], 'never handed to another send, the next token untouched')
+  t.match(await row(w, n.id), { status: 'unconfirmed', token_state: 'unconfirmed', http_status: 504, attempts: 2 })
+  t.equal(w.emulator.inbox(w.pageId, psid).length, 1, 'the person got it once')
+  t.same(w.emulator.doubleSpends(), [])
+})
+
+t.test('sent but lost on the way, then the process died: the re-send delivers it', async (t) => {
+  const w = await world(t)
+  const psid = newPsid()
+  const [token] = await giveTokens(w, psid, 1)
+  const n = await pendingNotification(w, psid)
+  await claimAndDie(w, n, { attempts: 1 })
+  t.equal(await recoverLeases(depsFor(t, w)), 1)
+  t.match(await row(w, n.id), { status: 'sent', token_state: 'used' })
+  t.same(await tokenStates(w.db, [token.id]), ['used'])
+  t.same([...w.emulator.tokenUses().values()], [1])
+})
+
+t.test('nothing was ever sent and Meta refuses for another reason: the token is released', async (t) => {
+  const w = await world(t)
+  const psid = newPsid()
+  const [token] = await giveTokens(w, psid, 1)
+  const n = await pendingNotification(w, psid)
+  await claimAndDie(w, n)
+  await w.app.inject({ method: 'PUT', url: `/v1/pages/${w.pageId}`, headers: auth, payload: { name: 'Shop', access_token: 'EAArevoked' } })
+  t.equal(await recoverLeases(depsFor(t, w)), 1)
+  t.same(await tokenStates(w.db, [token.id]), ['available'])
+  t.match(await row(w, n.id), { status: 'failed', token_state: 'released', http_status: 502, error: { code: 'graph_page_token_invalid', graph: { code: 190 } } })
+})
+
+t.test('after an attempt, Meta failing or throttling cannot release the token: it waits for the next sweep, up to a cap', async (t) => {
+  const w = await world(t)
+  const psid = newPsid()
+  const [token] = await giveTokens(w, psid, 1)
+  const n = await pendingNotification(w, psid)
+  await claimAndDie(w, n, { attempts: 1 })
+  const deps = depsFor(t, w, FAST_TIMEOUT_MS)
+  for (const faults of [{ errorRate: 1, error: { code: 613 } }, { http5xxRate: 1 }, { hangRate: 1 }]) {
+    w.emulator.setFaults(faults)
+    t.equal(await recoverLeases(deps), 0, `${Object.keys(faults)[0]}: not resolved yet`)
+    t.same(await tokenStates(w.db, [token.id]), ['reserved'])
+    const lease = await w.db.selectFrom('optin_tokens').select('lease_expires_at').where('id', '=', token.id).executeTakeFirstOrThrow()
+    t.ok(lease.lease_expires_at!.getTime() > Date.now() + (LEASE - 5) * 1000, 'with a fresh lease')
+    t.equal(await recoverLeases(deps), 0, 'a fresh lease is not swept again at once')
+    await expireLease(w, token.id)
+  }
+  t.match(await row(w, n.id), { status: 'pending', attempts: 4 })
+  w.emulator.clearFaults()
+  t.equal(await recoverLeases(deps), 1)
+  t.match(await row(w, n.id), { status: 'sent', attempts: 5, token_state: 'used' })
+  t.same([...w.emulator.tokenUses().values()], [1])
+
+  const psid2 = newPsid()
+  const [token2] = await giveTokens(w, psid2, 1)
+  const worn = await pendingNotification(w, psid2)
+  await claimAndDie(w, worn, { attempts: RECOVERY_ATTEMPTS_CAP })
+  w.emulator.setFaults({ errorRate: 1, error: { code: 613 } })
+  t.equal(await recoverLeases(deps), 1)
+  t.same(await tokenStates(w.db, [token2.id]), ['unconfirmed'])
+  t.match(await row(w, worn.id), { status: 'unconfirmed', attempts: RECOVERY_ATTEMPTS_CAP + 3, error: { code: 'graph_unconfirmed', graph: { code: 613 } } })
+})
+
+t.test('nothing was ever sent and Meta refuses the token: recovery goes on with the next token', async (t) => {
+  const w = await world(t)
+  const psid = newPsid()
+  const [bogus] = await giveTokens(w, psid, 1, { token: () => `bogus-${psid}` })
+  const [good] = await giveTokens(w, psid, 1)
+  const n = await pendingNotification(w, psid)
+  await claimAndDie(w, n)
+  t.equal(await recoverLeases(depsFor(t, w)), 1)
+  t.same(await tokenStates(w.db, [bogus.id, good.id]), ['invalid', 'used'])
+  t.match(await row(w, n.id), { status: 'sent', tokens_refused: 1, token_id: good.id })
+})
+
+t.test('a live lease is left alone; two instances recovering together resolve each reservation once', async (t) => {
+  const w = await world(t)
+  const psid = newPsid()
+  const tokens = await giveTokens(w, psid, 2)
+  const live = await pendingNotification(w, psid)
+  const liveClaim = await claimToken(w.db, { page_id: w.pageId, payload: w.topic.payload, psid, notification_id: live.id, leaseSeconds: LEASE })
+  const dead = await pendingNotification(w, psid)
+  await claimAndDie(w, dead)
+  w.emulator.setFaults({ latencyMs: 50 })
+
+  const [a, b] = await Promise.all([recoverLeases(depsFor(t, w)), recoverLeases(depsFor(t, w))])
+  t.equal(a + b, 1)
+  t.equal(w.emulator.requests.length, 1, 'one send between them')
+  t.match(await row(w, dead.id), { status: 'sent' })
+  t.match(await row(w, live.id), { status: 'pending' })
+  t.same(await tokenStates(w.db, [liveClaim!.id]), ['reserved'])
+  t.same((await tokenStates(w.db, tokens.map((x) => x.id))).sort(), ['reserved', 'used'])
+  // Leave nothing for later tests' start-up sweeps.
+  await w.db.updateTable('optin_tokens').set({ state: 'available', lease_expires_at: null, notification_id: null }).where('id', '=', liveClaim!.id).execute()
+  await w.db.updateTable('notifications').set({ status: 'failed' }).where('id', '=', live.id).execute()
+})
+
+t.test('interrupted notifications without a reservation: a window send is unconfirmed, any other runs again', async (t) => {
+  const w = await world(t)
+  const psid = newPsid()
+  const [token] = await giveTokens(w, psid, 1)
+  const windowSend = await pendingNotification(w, psid, { route: 'window', attempts: 1 })
+  const notStarted = await pendingNotification(w, psid)
+  const broadcast = await pendingNotification(w, psid, { broadcast_id: '00000000-0000-4000-8000-00000000b0ad' })
+  const fresh = await pendingNotification(w, psid)
+  await w.db.updateTable('notifications').set({ updated_at: sql`now() - interval '1 hour'` })
+    .where('id', 'in', [windowSend.id, notStarted.id, broadcast.id]).execute()
+
+  t.equal(await recoverLeases(depsFor(t, w)), 2)
+  t.match(await row(w, windowSend.id), { status: 'unconfirmed', route: 'window', http_status: 504, error: { code: 'graph_unconfirmed' } })
+  t.match(await row(w, notStarted.id), { status: 'sent', route: 'token', token_state: 'used' })
+  t.match(await row(w, broadcast.id), { status: 'pending' }, 'broadcast rows belong to the broadcast worker')
+  t.match(await row(w, fresh.id), { status: 'pending' }, 'a notification in flight is left alone')
+  t.same(await tokenStates(w.db, [token.id]), ['used'])
+  t.equal(w.emulator.requests.length, 1, 'the window send is not repeated')
+  await w.db.updateTable('notifications').set({ status: 'failed' }).where('id', 'in', [broadcast.id, fresh.id]).execute()
+})
+
+t.test('recovery runs at start-up: a reservation left by a dead instance is resolved once the app is ready', async (t) => {
+  const w = await world(t)
+  const psid = newPsid()
+  const [token] = await giveTokens(w, psid, 1)
+  const n = await pendingNotification(w, psid)
+  await claimAndDie(w, n)
+  const restarted = await build(t, graphEnv(w.base))
+  await restarted.ready()
+  t.same(await tokenStates(w.db, [token.id]), ['used'])
+  const got = await restarted.inject({ method: 'GET', url: `/v1/notifications/${n.id}`, headers: auth })
+  t.match(got.json(), { status: 'sent', route: 'token', token_state: 'used' })
+  t.same(w.emulator.doubleSpends(), [])
+})

@@ -1,0 +1,142 @@
+import t, { type Test } from 'tap'
+import { createServer, type Server } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { appsecretProof, createGraphClient, parseGraphError, type GraphClientOptions } from '../../src/graph/client.js'
+import { classifyGraphError, verdictFor } from '../../src/graph/errors.js'
+import type { GraphError } from '../../src/db/types.js'
+import { APP_SECRET, FAST_TIMEOUT_MS, startEmulator } from '../fixtures/otn.js'
+
+const PAGE = { id: '4242', accessToken: 'EAAclient-test-token' }
+
+function client (t: Test, baseUrl: string, extra: Partial<GraphClientOptions> = {}) {
+  const c = createGraphClient({ baseUrl, version: 'v21.0', appSecret: APP_SECRET, timeoutMs: 2000, connectTimeoutMs: 1000, ...extra })
+  t.teardown(() => c.close())
+  return c
+}
+
+async function listen (server: Server): Promise<string> {
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  return `http://127.0.0.1:${(server.address() as AddressInfo).port}`
+}
+
+t.test('success: the message id, with access_token and appsecret_proof in the query, over one kept-alive connection', async (t) => {
+  const { emulator, base } = await startEmulator(t)
+  emulator.addPage(PAGE)
+  await emulator.personWrites(PAGE.id, 'p1')
+  let connections = 0
+  emulator.app.server.on('connection', () => { connections++ })
+  const graph = client(t, base)
+  const body = { recipient: { id: 'p1' }, messaging_type: 'RESPONSE', message: { text: 'hi' } }
+  const first = await graph.sendMessage(PAGE, body)
+  t.match(first, { kind: 'ok', httpStatus: 200, recipientId: 'p1' })
+  t.ok(first.kind === 'ok' && first.messageId?.startsWith('m_'))
+  for (let i = 0; i < 8; i++) t.equal((await graph.sendMessage(PAGE, body)).kind, 'ok')
+  // undici may open a second socket while the first is being handed back; it never opens one per request.
+  t.ok(connections <= 2, `keep-alive reuses connections (${connections} for 9 requests)`)
+  t.equal(emulator.requests[0].path, '/v21.0/me/messages')
+})
+
+t.test('the proof is the HMAC-SHA256 of the page token keyed with the app secret', async (t) => {
+  const { createHmac } = await import('node:crypto')
+  t.equal(appsecretProof('abc', 'secret'), createHmac('sha256', 'secret').update('abc').digest('hex'))
+  const { emulator, base } = await startEmulator(t)
+  emulator.addPage(PAGE)
+  await emulator.personWrites(PAGE.id, 'p1')
+  const wrongSecret = client(t, base, { appSecret: 'not-the-secret' })
+  const refused = await wrongSecret.sendMessage(PAGE, { recipient: { id: 'p1' }, message: { text: 'hi' } })
+  t.match(refused, { kind: 'graph_error', httpStatus: 400, error: { code: 100, message: /appsecret_proof/ } })
+  t.equal(classifyGraphError(400, (refused as { error: GraphError }).error), 'permission', 'a bad proof is a configuration problem, not a bad token')
+})
+
+t.test('Graph errors are parsed into {code, subcode, message, fbtrace_id}', async (t) => {
+  const { emulator, base } = await startEmulator(t)
+  emulator.addPage(PAGE)
+  const graph = client(t, base)
+  const res = await graph.sendMessage(PAGE, { recipient: { one_time_notif_token: 'nope' }, messaging_type: 'UPDATE', message: { text: 'x' } })
+  t.match(res, { kind: 'graph_error', httpStatus: 400, error: { code: 100, subcode: null, message: /one_time_notif_token/, fbtrace_id: /^A/ } })
+  const window = await graph.sendMessage(PAGE, { recipient: { id: 'stranger' }, message: { text: 'x' } })
+  t.match(window, { kind: 'graph_error', error: { code: 100, subcode: 2018001 } })
+
+  t.same(parseGraphError(502, '<html>Bad Gateway</html>'), { code: null, subcode: null, message: 'HTTP 502 without a Graph error body', fbtrace_id: null })
+  t.same(parseGraphError(400, '{"error":{"message":"m","code":613,"error_subcode":1893016,"fbtrace_id":"F"}}'),
+    { code: 613, subcode: 1893016, message: 'm', fbtrace_id: 'F' })
+})
+
+t.test('no answer: timeouts and lost connections are ambiguous, a refused connection is not', async (t) => {
+  const { emulator, base } = await startEmulator(t)
+  emulator.addPage(PAGE)
+  const graph = client(t, base, { timeoutMs: FAST_TIMEOUT_MS })
+  const body = { recipient: { one_time_notif_token: 'x' }, message: { text: 'x' } }
+
+  emulator.setFaults({ hangRate: 1 })
+  const started = Date.now()
+  const hung = await graph.sendMessage(PAGE, body)
+  const took = Date.now() - started
+  t.match(hung, { kind: 'no_answer', reason: 'timeout', sent: true })
+  t.ok(took >= FAST_TIMEOUT_MS - 50 && took < FAST_TIMEOUT_MS + 3000, `the timeout is honoured (${took} ms)`)
+
+  emulator.setFaults({ resetRate: 1 })
+  t.match(await graph.sendMessage(PAGE, body), { kind: 'no_answer', reason: 'connection_lost', sent: true })
+
+  emulator.clearFaults()
+  t.match(await graph.sendMessage(PAGE, body), { kind: 'graph_error' }, 'the pool recovers after a reset')
+
+  const closed = createServer()
+  const deadUrl = await listen(closed)
+  await new Promise((resolve) => closed.close(resolve))
+  const dead = client(t, deadUrl)
+  t.match(await dead.sendMessage(PAGE, body), { kind: 'no_answer', reason: 'unreachable', sent: false })
+})
+
+t.test('a slow body after the headers counts as no answer too', async (t) => {
+  const server = createServer((_req, res) => {
+    res.writeHead(200, { 'content-type': 'application/json' })
+    res.write('{"recipient_id":')
+  })
+  const url = await listen(server)
+  t.teardown(() => { server.closeAllConnections(); server.close() })
+  const graph = client(t, url, { timeoutMs: FAST_TIMEOUT_MS })
+  t.match(await graph.sendMessage(PAGE, { recipient: { id: 'p' }, message: { text: 'x' } }), { kind: 'no_answer', reason: 'timeout', sent: true })
+})
+
+t.test('nothing of the token or the query string appears in an outcome', async (t) => {
+  const server = createServer((req, res) => { req.socket.destroy() })
+  const url = await listen(server)
+  t.teardown(() => server.close())
+  const graph = client(t, url)
+  const outcome = await graph.sendMessage(PAGE, { recipient: { one_time_notif_token: 'SECRET-TOKEN' }, message: { text: 'x' } })
+  const text = JSON.stringify(outcome)
+  t.notOk(text.includes(PAGE.accessToken))
+  t.notOk(text.includes('SECRET-TOKEN'))
+  t.notOk(text.includes('appsecret_proof'))
+})
+
+t.test('classification follows MESSENGER.md §4', async (t) => {
+  const e = (code: number | null, subcode: number | null = null, message = '') => ({ code, subcode, message, fbtrace_id: null })
+  const cases: Array<[number, ReturnType<typeof e>, string]> = [
+    [500, e(1), 'temporary'], [500, e(2), 'temporary'], [500, e(2, 2018344), 'temporary'], [500, e(1200), 'temporary'],
+    [502, e(null), 'temporary'], [404, e(null), 'unknown'],
+    [400, e(4), 'rate_limited'], [400, e(17), 'rate_limited'], [400, e(32), 'rate_limited'], [400, e(341), 'rate_limited'],
+    [400, e(613), 'rate_limited'], [400, e(613, 2534040), 'rate_limited'], [400, e(4, 2018354), 'rate_limited'],
+    [400, e(10, 2018278), 'outside_window'], [400, e(10, 2534022), 'outside_window'],
+    [400, e(10, 2018108), 'person_unavailable'], [400, e(200, 1545041), 'person_unavailable'], [400, e(551), 'person_unavailable'],
+    [400, e(10, 1893015), 'topic_stopped'], [400, e(10, 1893063), 'page_restricted'],
+    [400, e(100), 'token_invalid'], [400, e(100, null, '(#100) The parameter one_time_notif_token is invalid'), 'token_invalid'],
+    [400, e(100, 2018001), 'token_invalid'],
+    [400, e(100, null, '(#100) param message[text] must be a non-empty UTF-8 encoded string'), 'request_invalid'],
+    [400, e(100, null, 'Invalid appsecret_proof provided in the API argument'), 'permission'],
+    [400, e(190), 'page_token_invalid'], [400, e(200), 'permission'], [400, e(299), 'permission'], [400, e(10), 'permission'],
+    [400, e(12345), 'unknown'],
+  ]
+  for (const [status, error, expected] of cases) {
+    t.equal(classifyGraphError(status, error), expected, `${error.code}/${error.subcode} ${error.message}`)
+  }
+  t.match(verdictFor('token_invalid', 'token'), { action: 'invalidate' })
+  t.match(verdictFor('outside_window', 'token'), { action: 'invalidate' })
+  t.match(verdictFor('outside_window', 'window'), { action: 'fallback' })
+  t.match(verdictFor('rate_limited', 'token'), { action: 'release', httpStatus: 429, retryAfterSeconds: 60 })
+  t.match(verdictFor('temporary', 'token'), { action: 'release', httpStatus: 503 })
+  t.match(verdictFor('page_token_invalid', 'token'), { action: 'release', httpStatus: 502, pageUnhealthy: true })
+  t.match(verdictFor('person_unavailable', 'window'), { action: 'fail', httpStatus: 502, pageUnhealthy: false })
+  t.match(verdictFor('topic_stopped', 'token'), { action: 'stop' })
+})

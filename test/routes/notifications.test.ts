@@ -1,0 +1,442 @@
+import t from 'tap'
+import { auth, build, LogCapture } from '../helper.js'
+import { appsecretProof } from '../../src/graph/client.js'
+import {
+  APP_SECRET, FAST_TIMEOUT, giveTokens, graphEnv, newPsid, notify, openWindow, scripted, tokenStates, world,
+} from '../fixtures/otn.js'
+
+const text = (s = 'Your size is back in stock') => ({ text: s })
+
+t.test('token route: spends the soonest-expiring token once, records it, and never shows or logs a token', async (t) => {
+  const logs = new LogCapture()
+  const w = await world(t, { env: { LOG_LEVEL: 'info' }, deps: { logStream: logs } })
+  const psid = newPsid()
+  const tokens = await giveTokens(w, psid, 2)
+
+  const res = await notify(w.app, { topic_id: w.topic.id, psid, message: text(), notification_type: 'SILENT_PUSH' }, 'key-token-1')
+  t.equal(res.statusCode, 201, res.body)
+  const body = res.json()
+  t.match(body, {
+    topic_id: w.topic.id, page_id: w.pageId, psid, status: 'sent', route: 'token', attempts: 1,
+    token_state: 'used', tokens_refused: 0, http_status: 201, idempotency_key: 'key-token-1',
+    message: text(), notification_type: 'SILENT_PUSH', use_window: true,
+  })
+  t.type(body.completed_at, 'string')
+  t.notOk('error' in body)
+
+  const [request] = w.emulator.requests
+  t.same(request.recipient, { one_time_notif_token: tokens[0].token }, 'the soonest-expiring token went to Meta')
+  t.equal(request.messagingType, 'UPDATE')
+  t.equal(request.notificationType, 'SILENT_PUSH')
+  t.same(request.message, text())
+  const inbox = w.emulator.inbox(w.pageId, psid)
+  t.equal(inbox.length, 1)
+  t.equal(inbox[0].via, 'one_time_notif_token')
+  t.equal(body.graph_message_id, inbox[0].messageId)
+
+  t.same(await tokenStates(w.db, tokens.map((x) => x.id)), ['used', 'available'])
+  const row = await w.db.selectFrom('optin_tokens').select(['notification_id', 'lease_expires_at']).where('id', '=', tokens[0].id).executeTakeFirstOrThrow()
+  t.equal(row.notification_id, body.id, 'the used token names the notification that spent it')
+  t.equal(row.lease_expires_at, null)
+
+  const got = await w.app.inject({ method: 'GET', url: `/v1/notifications/${body.id}`, headers: auth })
+  t.equal(got.statusCode, 200)
+  t.same(got.json(), body)
+
+  for (const secret of [...tokens.map((x) => x.token), w.accessToken]) {
+    t.notOk(res.body.includes(secret) || got.body.includes(secret), 'no token in answers')
+    t.notOk(logs.text.includes(secret), 'no token or access token in logs')
+  }
+  t.notOk(logs.text.includes('appsecret_proof='), 'no Graph query string in logs')
+  t.ok(logs.lines.some((l) => l.msg === 'notification sent' && l.notification_id === body.id), 'the outcome is logged')
+})
+
+t.test('window route: a person who wrote in the last 24 hours gets a standard message and keeps the token', async (t) => {
+  const w = await world(t)
+  const psid = newPsid()
+  const tokens = await giveTokens(w, psid, 1)
+  await openWindow(w, psid)
+
+  const res = await notify(w.app, { topic_id: w.topic.id, psid, message: text('inside the window') })
+  t.equal(res.statusCode, 201, res.body)
+  t.match(res.json(), { status: 'sent', route: 'window', attempts: 1 })
+  t.notOk('token_state' in res.json())
+  const sent = w.emulator.requests.at(-1)!
+  t.same(sent.recipient, { id: psid })
+  t.equal(sent.messagingType, 'RESPONSE')
+  t.same(await tokenStates(w.db, [tokens[0].id]), ['available'], 'token untouched')
+
+  const forced = await notify(w.app, { topic_id: w.topic.id, psid, message: text('spend a token'), use_window: false })
+  t.equal(forced.statusCode, 201)
+  t.match(forced.json(), { route: 'token', use_window: false, token_state: 'used' })
+  t.same(await tokenStates(w.db, [tokens[0].id]), ['used'])
+})
+
+t.test('window route: when Meta says the window is closed (clock skew), a token is used instead', async (t) => {
+  const w = await world(t)
+  const psid = newPsid()
+  const tokens = await giveTokens(w, psid, 1)
+  await openWindow(w, psid, { emulator: false })
+
+  const res = await notify(w.app, { topic_id: w.topic.id, psid, message: text() })
+  t.equal(res.statusCode, 201, res.body)
+  t.match(res.json(), { status: 'sent', route: 'token', attempts: 2, token_state: 'used' })
+  t.match(w.emulator.requests.map((r) => r.error ?? 'ok'), [{ code: 10, subcode: 2018278 }, 'ok'])
+  t.same(await tokenStates(w.db, [tokens[0].id]), ['used'])
+})
+
+t.test('no usable token: 409 no_token, the attempt recorded and listed', async (t) => {
+  const w = await world(t)
+  const psid = newPsid()
+  const res = await notify(w.app, { topic_id: w.topic.id, psid, message: text() })
+  t.equal(res.statusCode, 409)
+  const problem = res.json()
+  t.equal(res.headers['content-type'], 'application/problem+json; charset=utf-8')
+  t.match(problem, { status: 409, code: 'no_token', notification: { psid, status: 'no_token', route: 'token', attempts: 0, http_status: 409 } })
+  t.equal(w.emulator.requests.length, 0, 'nothing sent to Meta')
+  const got = await w.app.inject({ method: 'GET', url: `/v1/notifications/${problem.notification.id}`, headers: auth })
+  t.match(got.json(), { status: 'no_token', error: { code: 'no_token' } })
+})
+
+t.test('a token Meta refuses is marked invalid and the next one is tried; none left is 409', async (t) => {
+  const w = await world(t)
+  const psid = newPsid()
+  const [bogus] = await giveTokens(w, psid, 1, { token: () => `bogus-${psid}` })
+  const [spentElsewhere] = await giveTokens(w, psid, 1)
+  const [good] = await giveTokens(w, psid, 1)
+  // The second token was already used at Meta (say, by an old deployment): Meta refuses it too.
+  const direct = await w.emulator.app.inject({
+    method: 'POST', url: `/v21.0/me/messages?access_token=${w.accessToken}&appsecret_proof=${appsecretProof(w.accessToken, APP_SECRET)}`,
+    payload: { recipient: { one_time_notif_token: spentElsewhere.token }, messaging_type: 'UPDATE', message: text('old') },
+  })
+  t.equal(direct.statusCode, 200)
+
+  const res = await notify(w.app, { topic_id: w.topic.id, psid, message: text() })
+  t.equal(res.statusCode, 201, res.body)
+  t.match(res.json(), { status: 'sent', tokens_refused: 2, attempts: 3, token_state: 'used' })
+  t.same(await tokenStates(w.db, [bogus.id, spentElsewhere.id, good.id]), ['invalid', 'invalid', 'used'])
+
+  const none = await notify(w.app, { topic_id: w.topic.id, psid, message: text() })
+  t.equal(none.statusCode, 409)
+  t.match(none.json(), { code: 'no_token', notification: { tokens_refused: 0 } })
+
+  const psid2 = newPsid()
+  await giveTokens(w, psid2, 1, { token: () => `bogus2-${psid2}` })
+  const refusedOnly = await notify(w.app, { topic_id: w.topic.id, psid: psid2, message: text() })
+  t.equal(refusedOnly.statusCode, 409)
+  t.match(refusedOnly.json(), { code: 'no_token', graph: { code: 100 }, notification: { tokens_refused: 1 } })
+  t.match(refusedOnly.json().detail, /refused 1 token/)
+})
+
+t.test('Meta refusals that are not about the token give it back and answer what the caller can act on', async (t) => {
+  const cases = [
+    { name: 'rate limit', faults: { errorRate: 1, error: { code: 613 } }, status: 429, code: 'graph_rate_limited', graph: { code: 613 }, retryAfter: '60' },
+    { name: 'frequency limit', faults: { errorRate: 1, error: { code: 4, subcode: 2018354 } }, status: 429, code: 'graph_rate_limited', graph: { code: 4, subcode: 2018354 }, retryAfter: '60' },
+    { name: 'temporary', faults: { errorRate: 1, error: { code: 2, subcode: 2018344 } }, status: 503, code: 'graph_temporary', graph: { code: 2 }, retryAfter: '5' },
+    { name: 'HTTP 5xx without a Graph body', faults: { http5xxRate: 1 }, status: 503, code: 'graph_temporary', graph: { code: null } },
+    { name: 'page restricted', faults: { errorRate: 1, error: { code: 10, subcode: 1893063 } }, status: 502, code: 'graph_page_restricted', graph: { code: 10, subcode: 1893063 }, unhealthy: true },
+    { name: 'permission', faults: { errorRate: 1, error: { code: 230 } }, status: 502, code: 'graph_permission_missing', graph: { code: 230 }, unhealthy: true },
+    { name: 'message refused', faults: { errorRate: 1, error: { code: 100, message: '(#100) param message[attachment][payload] is not supported with this recipient' } }, status: 422, code: 'graph_request_invalid', graph: { code: 100 } },
+  ] as const
+  for (const c of cases) {
+    await t.test(c.name, async (t) => {
+      const w = await world(t)
+      const psid = newPsid()
+      const tokens = await giveTokens(w, psid, 2)
+      w.emulator.setFaults(c.faults)
+      const res = await notify(w.app, { topic_id: w.topic.id, psid, message: text() })
+      t.equal(res.statusCode, c.status, res.body)
+      const problem = res.json()
+      t.match(problem, { code: c.code, graph: c.graph, notification: { status: 'failed', route: 'token', token_state: 'released', attempts: 1, http_status: c.status } })
+      if ('retryAfter' in c) t.equal(res.headers['retry-after'], c.retryAfter)
+      t.same(await tokenStates(w.db, tokens.map((x) => x.id)), ['available', 'available'], 'the token is back, the other untouched')
+      const tokenRow = await w.db.selectFrom('optin_tokens').select('notification_id').where('id', '=', tokens[0].id).executeTakeFirstOrThrow()
+      t.equal(tokenRow.notification_id, null)
+      const page = (await w.app.inject({ method: 'GET', url: `/v1/pages/${w.pageId}`, headers: auth })).json()
+      t.equal(page.healthy, !('unhealthy' in c && c.unhealthy), 'Page health')
+
+      w.emulator.clearFaults()
+      const again = await notify(w.app, { topic_id: w.topic.id, psid, message: text() })
+      t.equal(again.statusCode, 201, 'the kept token is spent by the next send')
+      t.same(await tokenStates(w.db, tokens.map((x) => x.id)), ['used', 'available'])
+    })
+  }
+})
+
+t.test('a rejected Page access token (190) marks the Page unhealthy and keeps the token', async (t) => {
+  const w = await world(t)
+  const psid = newPsid()
+  const [token] = await giveTokens(w, psid, 1)
+  await w.app.inject({ method: 'PUT', url: `/v1/pages/${w.pageId}`, headers: auth, payload: { name: 'Shop', access_token: 'EAArevoked' } })
+  const res = await notify(w.app, { topic_id: w.topic.id, psid, message: text() })
+  t.equal(res.statusCode, 502)
+  t.match(res.json(), { code: 'graph_page_token_invalid', graph: { code: 190 }, notification: { status: 'failed', token_state: 'released' } })
+  t.same(await tokenStates(w.db, [token.id]), ['available'])
+  const page = (await w.app.inject({ method: 'GET', url: `/v1/pages/${w.pageId}`, headers: auth })).json()
+  t.match(page, { healthy: false, last_error: { code: 190 } })
+})
+
+t.test('a person who cannot receive messages keeps the token (502)', async (t) => {
+  const w = await world(t)
+  const psid = newPsid()
+  const [token] = await giveTokens(w, psid, 1)
+  w.emulator.setPersonAvailable(w.pageId, psid, false)
+  const res = await notify(w.app, { topic_id: w.topic.id, psid, message: text() })
+  t.equal(res.statusCode, 502)
+  t.match(res.json(), { code: 'graph_person_unavailable', graph: { code: 551, subcode: 1545041 } })
+  t.same(await tokenStates(w.db, [token.id]), ['available'])
+})
+
+t.test('a person who stopped the topic: that token invalid, their other tokens on it discarded', async (t) => {
+  const w = await world(t)
+  const psid = newPsid()
+  const tokens = await giveTokens(w, psid, 3)
+  const other = newPsid()
+  const othersToken = await giveTokens(w, other, 1)
+  w.emulator.setFaults({ errorRate: 1, error: { code: 10, subcode: 1893015 } })
+  const res = await notify(w.app, { topic_id: w.topic.id, psid, message: text() })
+  t.equal(res.statusCode, 502)
+  t.match(res.json(), { code: 'graph_topic_stopped', notification: { token_state: 'invalid' } })
+  t.same(await tokenStates(w.db, tokens.map((x) => x.id)), ['invalid', 'discarded', 'discarded'])
+  t.same(await tokenStates(w.db, [othersToken[0].id]), ['available'], 'other people keep theirs')
+})
+
+t.test('no answer, then an answer: the same token is re-sent and spent once', async (t) => {
+  for (const fault of ['hangRate', 'resetRate'] as const) {
+    await t.test(fault, async (t) => {
+      const w = await world(t, { env: FAST_TIMEOUT, emulator: { random: scripted(0) } })
+      const psid = newPsid()
+      const tokens = await giveTokens(w, psid, 2)
+      w.emulator.setFaults({ [fault]: 0.5 })
+      const res = await notify(w.app, { topic_id: w.topic.id, psid, message: text() })
+      t.equal(res.statusCode, 201, res.body)
+      t.match(res.json(), { status: 'sent', attempts: 2, token_state: 'used' })
+      t.same(w.emulator.requests.map((r) => r.recipient), [{ one_time_notif_token: tokens[0].token }, { one_time_notif_token: tokens[0].token }], 'the same token twice')
+      t.same([...w.emulator.tokenUses().values()], [1])
+      t.same(await tokenStates(w.db, tokens.map((x) => x.id)), ['used', 'available'])
+    })
+  }
+})
+
+t.test('processed but the answer lost, then "already used": unconfirmed (504), never given to another send', async (t) => {
+  for (const fault of ['hang', 'reset'] as const) {
+    await t.test(fault, async (t) => {
+      const w = await world(t, { env: FAST_TIMEOUT, emulator: { random: scripted(0) } })
+      const psid = newPsid()
+      const tokens = await giveTokens(w, psid, 2)
+      w.emulator.setFaults({ [`${fault}Rate`]: 0.5, processThenFail: fault })
+      const res = await notify(w.app, { topic_id: w.topic.id, psid, message: text() })
+      t.equal(res.statusCode, 504, res.body)
+      t.match(res.json(), {
+        code: 'graph_unconfirmed', graph: { code: 100 },
+        notification: { status: 'unconfirmed', route: 'token', token_state: 'unconfirmed', attempts: 2, http_status: 504 },
+      })
+      t.equal(w.emulator.inbox(w.pageId, psid).length, 1, 'the person did get the message once')
+      t.same(w.emulator.doubleSpends(), [])
+      t.same(await tokenStates(w.db, tokens.map((x) => x.id)), ['unconfirmed', 'available'])
+    })
+  }
+})
+
+t.test('never an answer: retried up to GRAPH_API_MAX_RETRIES, then unconfirmed', async (t) => {
+  const logs = new LogCapture()
+  const w = await world(t, { env: { ...FAST_TIMEOUT, LOG_LEVEL: 'debug' }, deps: { logStream: logs } })
+  const psid = newPsid()
+  const tokens = await giveTokens(w, psid, 1)
+  w.emulator.setFaults({ hangRate: 1 })
+  const started = Date.now()
+  const res = await notify(w.app, { topic_id: w.topic.id, psid, message: text() })
+  t.equal(res.statusCode, 504, res.body)
+  t.ok(Date.now() - started < 15_000, 'bounded by the timeout and the retries')
+  t.match(res.json(), { code: 'graph_unconfirmed', notification: { status: 'unconfirmed', attempts: 3, token_state: 'unconfirmed' } })
+  t.notOk('graph' in res.json())
+  t.equal(w.emulator.requests.length, 3)
+  t.same(await tokenStates(w.db, [tokens[0].id]), ['unconfirmed'])
+
+  const next = await notify(w.app, { topic_id: w.topic.id, psid, message: text() })
+  t.equal(next.statusCode, 409, 'an unconfirmed token is never handed to another send')
+  t.same(logs.lines.filter((l) => l.msg === 'no answer from the Graph API for a token send').map((l) => l.retrying), [true, true, false])
+  t.notOk(logs.text.includes(tokens[0].token), 'the token is not logged')
+  t.notOk(logs.text.includes(w.accessToken), 'the access token is not logged')
+})
+
+t.test('window route with no answer: unconfirmed, not re-sent (a standard message could arrive twice)', async (t) => {
+  const w = await world(t, { env: FAST_TIMEOUT })
+  const psid = newPsid()
+  const tokens = await giveTokens(w, psid, 1)
+  await openWindow(w, psid)
+  w.emulator.setFaults({ hangRate: 1, processThenFail: 'hang' })
+  const res = await notify(w.app, { topic_id: w.topic.id, psid, message: text() })
+  t.equal(res.statusCode, 504)
+  t.match(res.json(), { code: 'graph_unconfirmed', notification: { status: 'unconfirmed', route: 'window', attempts: 1 } })
+  t.equal(w.emulator.requests.length, 1)
+  t.same(await tokenStates(w.db, [tokens[0].id]), ['available'])
+})
+
+t.test('Graph API unreachable: nothing left, so the token is kept (503)', async (t) => {
+  const w = await world(t)
+  // A port nobody listens on: the emulator's, after it closed.
+  const dead = await build(t, graphEnv(w.base))
+  await w.emulator.close()
+  const psid = newPsid()
+  const tokens = await giveTokens(w, psid, 1)
+  const res = await notify(dead, { topic_id: w.topic.id, psid, message: text() })
+  t.equal(res.statusCode, 503, res.body)
+  t.match(res.json(), { code: 'graph_unreachable', notification: { status: 'failed', token_state: 'released', attempts: 3 } })
+  t.equal(res.headers['retry-after'], '5')
+  t.same(await tokenStates(w.db, [tokens[0].id]), ['available'])
+})
+
+t.test('idempotency: same key and body replays the result; another body is 422', async (t) => {
+  const w = await world(t)
+  const psid = newPsid()
+  const tokens = await giveTokens(w, psid, 2)
+  const body = { topic_id: w.topic.id, psid, message: text() }
+  const first = await notify(w.app, body, 'order-42-shipped')
+  t.equal(first.statusCode, 201)
+  const again = await notify(w.app, { message: text(), psid, topic_id: w.topic.id, use_window: true, notification_type: 'REGULAR' }, 'order-42-shipped')
+  t.equal(again.statusCode, 201, 'defaults and key order do not change the request')
+  t.equal(again.headers['idempotent-replayed'], 'true')
+  t.same(again.json(), first.json())
+  t.equal(w.emulator.requests.length, 1, 'one send')
+  t.same(await tokenStates(w.db, tokens.map((x) => x.id)), ['used', 'available'], 'one token')
+
+  const conflict = await notify(w.app, { ...body, message: text('something else') }, 'order-42-shipped')
+  t.equal(conflict.statusCode, 422)
+  t.match(conflict.json(), { code: 'idempotency_conflict', notification: { id: first.json().id } })
+
+  // Failures replay too, with their status.
+  const other = newPsid()
+  const failed = await notify(w.app, { topic_id: w.topic.id, psid: other, message: text() }, 'nothing-yet')
+  t.equal(failed.statusCode, 409)
+  await giveTokens(w, other, 1)
+  const replayed = await notify(w.app, { topic_id: w.topic.id, psid: other, message: text() }, 'nothing-yet')
+  t.equal(replayed.statusCode, 409)
+  t.equal(replayed.json().notification.id, failed.json().notification.id)
+  t.equal(w.emulator.requests.length, 1)
+})
+
+t.test('idempotency: the same key racing on two instances sends once', async (t) => {
+  const w = await world(t)
+  const second = await build(t, graphEnv(w.base))
+  const psid = newPsid()
+  const tokens = await giveTokens(w, psid, 3)
+  w.emulator.setFaults({ latencyMs: 100 })
+  const body = { topic_id: w.topic.id, psid, message: text() }
+  const answers = await Promise.all([
+    notify(w.app, body, 'race-key'), notify(second, body, 'race-key'),
+    notify(w.app, body, 'race-key'), notify(second, body, 'race-key'),
+  ])
+  t.same(answers.map((a) => a.statusCode), [201, 201, 201, 201])
+  t.equal(new Set(answers.map((a) => a.json().id)).size, 1, 'one notification')
+  t.equal(answers.filter((a) => a.headers['idempotent-replayed'] === 'true').length, 3)
+  t.equal(w.emulator.requests.length, 1, 'one send')
+  t.same(await tokenStates(w.db, tokens.map((x) => x.id)), ['used', 'available', 'available'])
+})
+
+t.test('N parallel sends for a person holding K tokens, on two instances: exactly min(N, K) delivered, each token once', async (t) => {
+  const N = 12
+  const K = 5
+  const w = await world(t)
+  const second = await build(t, graphEnv(w.base))
+  const psid = newPsid()
+  const tokens = await giveTokens(w, psid, K)
+  w.emulator.setFaults({ latencyMs: 20 })
+  const answers = await Promise.all(Array.from({ length: N }, (_, i) =>
+    notify(i % 2 === 0 ? w.app : second, { topic_id: w.topic.id, psid, message: text(`message ${i}`) })))
+  const codes = answers.map((a) => a.statusCode)
+  t.equal(codes.filter((c) => c === 201).length, K, codes.join(','))
+  t.equal(codes.filter((c) => c === 409).length, N - K)
+  t.same(w.emulator.doubleSpends(), [])
+  const uses = w.emulator.tokenUses()
+  t.equal(uses.size, K)
+  t.same(new Set(uses.keys()), new Set(tokens.map((x) => x.token)), 'every token accepted exactly once')
+  t.equal(w.emulator.inbox(w.pageId, psid).length, K)
+  t.same(await tokenStates(w.db, tokens.map((x) => x.id)), Array(K).fill('used'))
+  const rows = await w.db.selectFrom('notifications').select(['status', 'token_id']).where('psid', '=', psid).execute()
+  t.equal(rows.filter((r) => r.status === 'sent').length, K)
+  t.equal(rows.filter((r) => r.status === 'no_token').length, N - K)
+  t.equal(new Set(rows.filter((r) => r.status === 'sent').map((r) => String(r.token_id))).size, K, 'a different token for each')
+})
+
+t.test('validation: the message is checked like the Send API does', async (t) => {
+  const w = await world(t)
+  const psid = newPsid()
+  const bad: Array<[string, unknown]> = [
+    ['text and attachment', { text: 'a', attachment: { type: 'image', payload: { url: 'https://x.invalid/a.png' } } }],
+    ['neither', {}],
+    ['text too long', { text: 'x'.repeat(2001) }],
+    ['blank text', { text: '   ' }],
+    ['unknown attachment type', { attachment: { type: 'sticker', payload: { id: 1 } } }],
+    ['attachment without payload', { attachment: { type: 'image' } }],
+    ['unknown field', { text: 'a', colour: 'red' }],
+  ]
+  for (const [name, message] of bad) {
+    const res = await notify(w.app, { topic_id: w.topic.id, psid, message })
+    t.equal(res.statusCode, 400, name)
+    t.equal(res.json().code, 'validation_failed', name)
+  }
+  const ok = [{ text: 'x'.repeat(2000) }, { text: 'pick', quick_replies: [{ content_type: 'text', title: 'Yes', payload: 'Y' }] },
+    { attachment: { type: 'template', payload: { template_type: 'button', text: 'hi', buttons: [] } } }]
+  await giveTokens(w, psid, ok.length)
+  for (const message of ok) {
+    const res = await notify(w.app, { topic_id: w.topic.id, psid, message })
+    t.equal(res.statusCode, 201, JSON.stringify(message).slice(0, 40))
+  }
+  t.equal((await notify(w.app, { topic_id: w.topic.id, psid, message: text(), notification_type: 'LOUD' })).statusCode, 400)
+  t.equal((await notify(w.app, { topic_id: w.topic.id, psid, message: text(), extra: 1 })).statusCode, 400)
+  t.equal((await notify(w.app, { topic_id: w.topic.id, psid: 'not a psid!', message: text() })).statusCode, 400)
+  const longKey = await notify(w.app, { topic_id: w.topic.id, psid, message: text() }, 'k'.repeat(256))
+  t.equal(longKey.statusCode, 400)
+  t.match(longKey.json().errors, [{ field: /idempotency-key/ }])
+
+  const unknown = await notify(w.app, { topic_id: '00000000-0000-4000-8000-000000000000', psid, message: text() })
+  t.equal(unknown.statusCode, 404)
+  t.equal(unknown.json().code, 'topic_not_found')
+})
+
+t.test('a Page without an access token: 409 page_without_access_token, nothing recorded', async (t) => {
+  const w = await world(t)
+  const pageId = `9${w.pageId}`
+  await w.app.inject({ method: 'PUT', url: `/v1/pages/${pageId}`, headers: auth, payload: { name: 'No token' } })
+  const topic = (await w.app.inject({ method: 'POST', url: '/v1/topics', headers: auth, payload: { page_id: pageId, name: 'T' } })).json()
+  const res = await notify(w.app, { topic_id: topic.id, psid: newPsid(), message: text() })
+  t.equal(res.statusCode, 409)
+  t.equal(res.json().code, 'page_without_access_token')
+  const rows = await w.db.selectFrom('notifications').select('id').where('page_id', '=', pageId).execute()
+  t.equal(rows.length, 0)
+})
+
+t.test('list notifications: filters and cursor pagination, oldest first', async (t) => {
+  const w = await world(t)
+  const psid = newPsid()
+  await giveTokens(w, psid, 3)
+  const ids: string[] = []
+  for (let i = 0; i < 5; i++) {
+    const res = await notify(w.app, { topic_id: w.topic.id, psid, message: text(`n${i}`) })
+    ids.push(res.statusCode === 201 ? res.json().id : res.json().notification.id)
+  }
+  const seen: string[] = []
+  let cursor: string | null = null
+  do {
+    const res = await w.app.inject({ method: 'GET', url: '/v1/notifications', headers: auth, query: { psid, limit: '2', ...(cursor ? { cursor } : {}) } })
+    t.equal(res.statusCode, 200)
+    const page = res.json() as { items: Array<{ id: string }>, next_cursor: string | null }
+    seen.push(...page.items.map((n) => n.id))
+    cursor = page.next_cursor
+  } while (cursor)
+  t.same(seen, ids, 'every notification once, oldest first')
+
+  const sent = (await w.app.inject({ method: 'GET', url: '/v1/notifications', headers: auth, query: { psid, status: 'sent' } })).json()
+  t.equal(sent.items.length, 3)
+  const noToken = (await w.app.inject({ method: 'GET', url: '/v1/notifications', headers: auth, query: { topic_id: w.topic.id, psid, status: 'no_token' } })).json()
+  t.same(noToken.items.map((n: { id: string }) => n.id), ids.slice(3))
+  const future = (await w.app.inject({ method: 'GET', url: '/v1/notifications', headers: auth, query: { psid, created_after: new Date(Date.now() + 60_000).toISOString() } })).json()
+  t.same(future.items, [])
+  const before = (await w.app.inject({ method: 'GET', url: '/v1/notifications', headers: auth, query: { psid, created_before: new Date(Date.now() + 60_000).toISOString() } })).json()
+  t.equal(before.items.length, 5)
+  t.equal((await w.app.inject({ method: 'GET', url: '/v1/notifications?status=bogus', headers: auth })).statusCode, 400)
+  const missing = await w.app.inject({ method: 'GET', url: '/v1/notifications/00000000-0000-4000-8000-000000000000', headers: auth })
+  t.equal(missing.statusCode, 404)
+  t.equal(missing.json().code, 'notification_not_found')
+})

@@ -1,0 +1,143 @@
+import t from 'tap'
+import { auth, build } from '../helper.js'
+import { FAST_TIMEOUT, graphEnv, newPsid, openWindow, world, type World } from '../fixtures/otn.js'
+
+const ask = (w: Pick<World, 'app' | 'topic'>, body: Record<string, unknown>, topicId = w.topic.id) =>
+  w.app.inject({ method: 'POST', url: `/v1/topics/${topicId}/optin-requests`, headers: auth, payload: body })
+
+const rows = (w: World, psid: string) => w.db.selectFrom('optin_requests').selectAll().where('psid', '=', psid).orderBy('created_at').execute()
+
+t.test('inside the window: sends one_time_notif_req with the topic payload, records it; the person can then opt in', async (t) => {
+  const w = await world(t)
+  const psid = newPsid()
+  await openWindow(w, psid)
+  const res = await ask(w, { psid })
+  t.equal(res.statusCode, 201, res.body)
+  const body = res.json()
+  t.match(body, { topic_id: w.topic.id, page_id: w.pageId, psid, title: w.topic.title, payload: w.topic.payload, status: 'sent' })
+  const request = w.emulator.requests.at(-1)!
+  t.same(request.recipient, { id: psid })
+  t.same(request.message, { attachment: { type: 'template', payload: { template_type: 'one_time_notif_req', title: w.topic.title, payload: w.topic.payload } } })
+  t.equal(body.graph_message_id, request.messageId)
+  t.match(await rows(w, psid), [{ id: body.id, status: 'sent', graph_message_id: request.messageId }])
+  const click = await w.emulator.clickNotifyMe(w.pageId, psid)
+  t.type(click.token, 'string', 'the emulator accepted it as a real request')
+
+  const other = newPsid()
+  await openWindow(w, other)
+  const titled = await ask(w, { psid: other, title: 'Tell me when size 42 is back' })
+  t.equal(titled.statusCode, 201)
+  t.equal(w.emulator.requests.at(-1)!.message.attachment.payload.title, 'Tell me when size 42 is back')
+})
+
+t.test('outside the window: 409 window_closed, nothing sent', async (t) => {
+  const w = await world(t)
+  const psid = newPsid()
+  const res = await ask(w, { psid })
+  t.equal(res.statusCode, 409)
+  t.equal(res.json().code, 'window_closed')
+  t.equal(w.emulator.requests.length, 0)
+  t.same(await rows(w, psid), [])
+
+  // Our record says open, Meta says closed (clock skew): Meta's answer wins, and is recorded.
+  const skewed = newPsid()
+  await openWindow(w, skewed, { emulator: false })
+  w.emulator.issueToken(w.pageId, skewed, 'unrelated') // the emulator knows the person, without a window
+  const refused = await ask(w, { psid: skewed })
+  t.equal(refused.statusCode, 409)
+  t.match(refused.json(), { code: 'window_closed', graph: { code: 10, subcode: 2018278 }, optin_request: { status: 'failed' } })
+  t.match(await rows(w, skewed), [{ status: 'failed', error: { code: 10, subcode: 2018278 } }])
+})
+
+t.test('throttled per topic and person, with Retry-After from the last request, also under a race', async (t) => {
+  const w = await world(t, { env: { OPTIN_REQUEST_INTERVAL_SECONDS: '3600' } })
+  const second = await build(t, graphEnv(w.base, { OPTIN_REQUEST_INTERVAL_SECONDS: '3600' }))
+  const psid = newPsid()
+  await openWindow(w, psid)
+  const answers = await Promise.all([ask(w, { psid }), ask({ app: second, topic: w.topic }, { psid }), ask(w, { psid }), ask({ app: second, topic: w.topic }, { psid })])
+  const codes = answers.map((a) => a.statusCode).sort()
+  t.same(codes, [201, 429, 429, 429])
+  const throttled = answers.find((a) => a.statusCode === 429)!
+  t.equal(throttled.json().code, 'optin_request_throttled')
+  const retryAfter = Number(throttled.headers['retry-after'])
+  t.ok(retryAfter > 3500 && retryAfter <= 3600, `Retry-After ${retryAfter}`)
+  t.equal(w.emulator.requests.length, 1, 'one request reached Meta')
+  t.equal((await rows(w, psid)).length, 1)
+
+  // Another topic, or another person, is not throttled by this one.
+  const topic2 = (await w.app.inject({ method: 'POST', url: '/v1/topics', headers: auth, payload: { page_id: w.pageId, name: `Other ${psid}` } })).json()
+  t.equal((await ask(w, { psid }, topic2.id)).statusCode, 201)
+  const someone = newPsid()
+  await openWindow(w, someone)
+  t.equal((await ask(w, { psid: someone })).statusCode, 201)
+
+  // A request Meta refused did not reach the person: it does not count.
+  const refusedFirst = newPsid()
+  await openWindow(w, refusedFirst)
+  w.emulator.setFaults({ errorRate: 1, error: { code: 2 } })
+  t.equal((await ask(w, { psid: refusedFirst })).statusCode, 503)
+  w.emulator.clearFaults()
+  t.equal((await ask(w, { psid: refusedFirst })).statusCode, 201)
+})
+
+t.test('Meta\'s refusals come back with graph: 613/1893016 is 429, 190 marks the Page, a lost answer is 504 and throttles', async (t) => {
+  const w = await world(t, { env: { ...FAST_TIMEOUT, OPTIN_REQUEST_INTERVAL_SECONDS: '0' }, emulator: { optinRequestCooldownMs: 60_000 } })
+  const psid = newPsid()
+  await openWindow(w, psid)
+  t.equal((await ask(w, { psid })).statusCode, 201)
+  const repeated = await ask(w, { psid })
+  t.equal(repeated.statusCode, 429)
+  t.match(repeated.json(), { code: 'graph_rate_limited', graph: { code: 613, subcode: 1893016 }, optin_request: { status: 'failed' } })
+  t.ok(Number(repeated.headers['retry-after']) > 0)
+
+  const restricted = newPsid()
+  await openWindow(w, restricted)
+  w.emulator.setFaults({ errorRate: 1, error: { code: 10, subcode: 1404170 } })
+  const r = await ask(w, { psid: restricted })
+  t.equal(r.statusCode, 502)
+  t.match(r.json(), { code: 'graph_optin_restricted', graph: { code: 10, subcode: 1404170 } })
+  w.emulator.clearFaults()
+
+  const lost = newPsid()
+  await openWindow(w, lost)
+  w.emulator.setFaults({ hangRate: 1, processThenFail: 'hang' })
+  const unconfirmed = await ask(w, { psid: lost })
+  t.equal(unconfirmed.statusCode, 504)
+  t.match(unconfirmed.json(), { code: 'graph_unconfirmed', optin_request: { status: 'failed', error: { ambiguous: true } } })
+  t.equal(w.emulator.requests.filter((x) => x.recipient?.id === lost).length, 1, 'not sent again')
+  w.emulator.clearFaults()
+
+  await w.app.inject({ method: 'PUT', url: `/v1/pages/${w.pageId}`, headers: auth, payload: { name: 'Shop', access_token: 'EAArevoked' } })
+  const other = newPsid()
+  await openWindow(w, other)
+  const revoked = await ask(w, { psid: other })
+  t.equal(revoked.statusCode, 502)
+  t.match(revoked.json(), { code: 'graph_page_token_invalid', graph: { code: 190 } })
+  t.equal((await w.app.inject({ method: 'GET', url: `/v1/pages/${w.pageId}`, headers: auth })).json().healthy, false)
+})
+
+t.test('a lost answer counts toward our throttle (the request may have reached the person)', async (t) => {
+  const w = await world(t, { env: { OPTIN_REQUEST_INTERVAL_SECONDS: '600' } })
+  const psid = newPsid()
+  await openWindow(w, psid)
+  w.emulator.setFaults({ resetRate: 1 })
+  t.equal((await ask(w, { psid })).statusCode, 504)
+  w.emulator.clearFaults()
+  const again = await ask(w, { psid })
+  t.equal(again.statusCode, 429)
+  t.equal(again.json().code, 'optin_request_throttled')
+})
+
+t.test('validation and lookups', async (t) => {
+  const w = await world(t)
+  const psid = newPsid()
+  await openWindow(w, psid)
+  t.equal((await ask(w, { psid, title: 'x'.repeat(66) })).statusCode, 400, 'title at most 65')
+  t.equal((await ask(w, { psid, title: '' })).statusCode, 400)
+  t.equal((await ask(w, { psid, extra: true })).statusCode, 400)
+  t.equal((await ask(w, {})).statusCode, 400)
+  const unknown = await ask(w, { psid }, '00000000-0000-4000-8000-000000000000')
+  t.equal(unknown.statusCode, 404)
+  t.equal(unknown.json().code, 'topic_not_found')
+  t.equal(w.emulator.requests.length, 0)
+})
