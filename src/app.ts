@@ -9,6 +9,9 @@ import { apiKeyAuth } from './plugins/auth.js'
 import database from './plugins/database.js'
 import docs from './plugins/docs.js'
 import errors, { frameworkErrors } from './plugins/errors.js'
+import jobs from './plugins/jobs.js'
+import { broadcastWorkers } from './jobs/broadcast-worker.js'
+import broadcastRoutes from './routes/broadcasts.js'
 import healthRoutes from './routes/health.js'
 import notificationRoutes from './routes/notifications.js'
 import optinRequestRoutes from './routes/optin-requests.js'
@@ -82,6 +85,7 @@ export async function buildApp (config: Config, deps: AppDeps = {}): Promise<Fas
 
   await app.register(errors)
   await app.register(database, { db: handle.db, close: handle.close })
+  await app.register(jobs, { workers: [broadcastWorkers] })
   await app.register(docs)
   await app.register(healthRoutes)
   await app.register(webhookRoutes)
@@ -91,6 +95,7 @@ export async function buildApp (config: Config, deps: AppDeps = {}): Promise<Fas
     await v1.register(topicRoutes)
     await v1.register(subscriberRoutes)
     await v1.register(notificationRoutes)
+    await v1.register(broadcastRoutes)
     await v1.register(optinRequestRoutes)
   }, { prefix: '/v1' })
 

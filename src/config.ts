@@ -29,6 +29,12 @@ export const EnvSchema = Type.Object({
   OPTIN_REQUEST_INTERVAL_SECONDS: Int('Least time between two opt-in requests to one person on one topic.', 86400, 0, 31536000),
   MAINTENANCE_INTERVAL_SECONDS: Int('Period of the expiry sweep and lease recovery.', 60, 1, 86400),
   SHUTDOWN_TIMEOUT_MS: Int('Longest wait for in-flight requests on SIGTERM/SIGINT.', 10000, 100, 600000),
+  JOB_POLL_INTERVAL_SECONDS: Type.Number({ description: 'How often each job worker asks the queue (pg-boss) for work when idle.', default: 2, minimum: 0.5, maximum: 60 }),
+  BROADCAST_RATE_PER_SECOND: Int('Broadcast sends per second per Page, shared by every worker of every instance.', 20, 1, 1000),
+  BROADCAST_BATCH_SIZE: Int('People per broadcast send job (and per page when the audience is listed).', 500, 1, 10000),
+  BROADCAST_CONCURRENCY: Int('Broadcast send jobs one instance works on at once.', 4, 1, 64),
+  BROADCAST_MAX_ATTEMPTS: Int('Sends tried per person when Meta rate-limits or fails temporarily (nothing sent) before the person counts as failed.', 5, 1, 50),
+  BROADCAST_BACKOFF_SECONDS: Int('Longest pause after such a refusal: the Page\'s broadcasts pause on a rate limit, the person is retried later on a temporary failure.', 60, 1, 3600),
 })
 
 export type Config = Static<typeof EnvSchema> & { apiKeys: string[] }
@@ -62,7 +68,8 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
       else if (!optional.has(key)) problems.push(`${key}: is required. ${schema.description}`)
       continue
     }
-    const value = schema.type === 'integer' && /^-?\d+$/.test(text.trim()) ? Number(text) : text
+    const numeric = (schema.type === 'integer' && /^-?\d+$/.test(text.trim())) || (schema.type === 'number' && /^-?\d+(\.\d+)?$/.test(text.trim()))
+    const value = numeric ? Number(text) : text
     const [error] = checks[key].Errors(value)
     if (error) problems.push(`${key}: ${describe(schema, error.message)}. ${schema.description}`)
     raw[key] = value

@@ -109,6 +109,51 @@ export interface WebhookEventsTable {
   body: Uint8Array
 }
 
+export type BroadcastState = 'scheduled' | 'running' | 'completed' | 'cancelled'
+export type BroadcastRecipientState = 'pending' | 'done' | 'cancelled'
+export type BroadcastOutcome = 'sent_window' | 'sent_token' | 'no_token' | 'failed' | 'unconfirmed'
+
+export interface BroadcastsTable {
+  id: Generated<string>
+  page_id: string
+  topic_id: string
+  message: Json<Record<string, unknown>>
+  notification_type: ColumnType<string, string | undefined, string>
+  use_window: ColumnType<boolean, boolean | undefined, boolean>
+  audience: 'topic' | 'explicit'
+  audience_estimate: number
+  state: BroadcastState
+  send_at: Timestamp
+  idempotency_key: string | null
+  request_hash: string | null
+  created_at: CreatedAt
+  updated_at: Timestamp
+  started_at: Timestamp | null
+  planned_at: Timestamp | null
+  completed_at: Timestamp | null
+  cancelled_at: Timestamp | null
+}
+
+export interface BroadcastRecipientsTable {
+  broadcast_id: string
+  psid: string
+  batch: number
+  state: ColumnType<BroadcastRecipientState, BroadcastRecipientState | undefined, BroadcastRecipientState>
+  retries: ColumnType<number, number | undefined, number>
+  lease_id: string | null
+  next_attempt_at: Timestamp | null
+  outcome: BroadcastOutcome | null
+  error_code: string | null
+  notification_id: string | null
+  updated_at: Timestamp
+  completed_at: Timestamp | null
+}
+
+export interface BroadcastPacingTable {
+  page_id: string
+  next_slot_at: Timestamp
+}
+
 export interface DB {
   pages: PagesTable
   topics: TopicsTable
@@ -117,6 +162,9 @@ export interface DB {
   notifications: NotificationsTable
   optin_requests: OptinRequestsTable
   webhook_events: WebhookEventsTable
+  broadcasts: BroadcastsTable
+  broadcast_recipients: BroadcastRecipientsTable
+  broadcast_pacing: BroadcastPacingTable
 }
 
 export type Page = Selectable<PagesTable>
@@ -124,3 +172,5 @@ export type Topic = Selectable<TopicsTable>
 export type OptinToken = Selectable<OptinTokensTable>
 export type NewOptinToken = Insertable<OptinTokensTable>
 export type Notification = Selectable<NotificationsTable>
+export type Broadcast = Selectable<BroadcastsTable>
+export type BroadcastRecipient = Selectable<BroadcastRecipientsTable>

@@ -23,6 +23,7 @@ export default fp(async (app) => {
         { name: 'topics', description: 'OTN topics and their token counts' },
         { name: 'subscribers', description: 'People and their tokens' },
         { name: 'notifications', description: 'Sending the one follow-up message' },
+        { name: 'broadcasts', description: 'One message on a topic to everyone who opted in, now or later' },
         { name: 'webhooks', description: 'Meta webhook deliveries' },
         { name: 'operations', description: 'Health and readiness' },
       ],

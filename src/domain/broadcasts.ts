@@ -1,0 +1,560 @@
+import { createHash, randomUUID } from 'node:crypto'
+import { sql } from 'kysely'
+import type { Database } from '../db/database.js'
+import type { Broadcast, BroadcastOutcome, BroadcastState, Notification } from '../db/types.js'
+import { DomainError, notFound } from './errors.js'
+import { recoverLeases } from './leases.js'
+import {
+  getNotificationRow, resumeFromStart, sendNotification,
+  type NotificationProblem, type NotificationType, type SendDeps,
+} from './notifications.js'
+import { afterCursor, pageOf } from './pagination.js'
+
+export interface BroadcastInput {
+  topic_id: string
+  message: Record<string, unknown>
+  notification_type?: NotificationType
+  /** ISO time; absent or past: now. */
+  send_at?: string
+  use_window?: boolean
+  /** An explicit audience instead of everyone holding a usable token on the topic. */
+  psids?: string[]
+}
+
+export interface Progress {
+  total: number
+  sent_window: number
+  sent_token: number
+  no_token: number
+  failed: Record<string, number>
+  unconfirmed: number
+  cancelled: number
+  remaining: number
+}
+
+export interface BroadcastView {
+  id: string
+  topic_id: string
+  page_id: string
+  state: BroadcastState
+  audience: 'topic' | 'explicit'
+  audience_estimate: number
+  message: Record<string, unknown>
+  notification_type: string
+  use_window: boolean
+  send_at: string
+  idempotency_key?: string
+  progress: Progress
+  created_at: string
+  started_at: string | null
+  planned_at: string | null
+  completed_at: string | null
+  cancelled_at: string | null
+}
+
+const iso = (d: Date | null): string | null => d ? d.toISOString() : null
+
+export function broadcastView (b: Broadcast, progress: Progress): BroadcastView {
+  return {
+    id: b.id,
+    topic_id: b.topic_id,
+    page_id: b.page_id,
+    state: b.state,
+    audience: b.audience,
+    audience_estimate: b.audience_estimate,
+    message: b.message,
+    notification_type: b.notification_type,
+    use_window: b.use_window,
+    send_at: b.send_at.toISOString(),
+    ...(b.idempotency_key !== null ? { idempotency_key: b.idempotency_key } : {}),
+    progress,
+    created_at: b.created_at.toISOString(),
+    started_at: iso(b.started_at),
+    planned_at: iso(b.planned_at),
+    completed_at: iso(b.completed_at),
+    cancelled_at: iso(b.cancelled_at),
+  }
+}
+
+const emptyProgress = (): Progress => ({
+  total: 0, sent_window: 0, sent_token: 0, no_token: 0, failed: {}, unconfirmed: 0, cancelled: 0, remaining: 0,
+})
+
+/** Progress of each broadcast, counted from its recipient rows in one grouped query. */
+export async function progressOf (db: Database, ids: string[]): Promise<Map<string, Progress>> {
+  const out = new Map(ids.map((id) => [id, emptyProgress()]))
+  if (ids.length === 0) return out
+  const rows = await db.selectFrom('broadcast_recipients')
+    .select(['broadcast_id', 'state', 'outcome', 'error_code', (eb) => eb.fn.countAll<string>().as('n')])
+    .where('broadcast_id', 'in', ids)
+    .groupBy(['broadcast_id', 'state', 'outcome', 'error_code'])
+    .execute()
+  for (const r of rows) {
+    const p = out.get(r.broadcast_id)!
+    const n = Number(r.n)
+    p.total += n
+    if (r.state === 'pending') p.remaining += n
+    else if (r.state === 'cancelled') p.cancelled += n
+    else if (r.outcome === 'failed') p.failed[r.error_code ?? 'failed'] = (p.failed[r.error_code ?? 'failed'] ?? 0) + n
+    else if (r.outcome !== null) p[r.outcome] += n
+  }
+  return out
+}
+
+function canonical (value: unknown): unknown {
+  if (Array.isArray(value)) return value.map(canonical)
+  if (value && typeof value === 'object') {
+    return Object.fromEntries(Object.keys(value).sort().map((k) => [k, canonical((value as Record<string, unknown>)[k])]))
+  }
+  return value
+}
+
+function requestHash (input: BroadcastInput, psids: string[] | undefined): string {
+  const body = {
+    topic_id: input.topic_id,
+    message: input.message,
+    notification_type: input.notification_type ?? 'REGULAR',
+    use_window: input.use_window ?? true,
+    send_at: input.send_at === undefined ? null : new Date(input.send_at).toISOString(),
+    psids: psids ?? null,
+  }
+  return createHash('sha256').update(JSON.stringify(canonical(body))).digest('hex')
+}
+
+/** Distinct people holding a usable OTN token on (Page, payload) now. */
+async function usableHolders (db: Database, pageId: string, payload: string): Promise<number> {
+  const { rows: [row] } = await sql<{ n: number }>`
+    select count(distinct psid)::int as n from optin_tokens
+     where page_id = ${pageId} and payload = ${payload} and kind = 'one_time_notif'
+       and state = 'available' and expires_at > now()`.execute(db)
+  return row.n
+}
+
+export interface CreateOptions {
+  idempotencyKey?: string
+  batchSize: number
+  /** Runs inside the creating transaction, so the broadcast and its first job exist together or not at all. */
+  enqueue: (trx: Database, broadcast: Broadcast) => Promise<void>
+}
+
+/**
+ * Records a broadcast (and, for an explicit audience, its recipients) and hands it to the job
+ * queue in the same transaction. Same Idempotency-Key and body: the broadcast made the first time.
+ */
+export async function createBroadcast (db: Database, input: BroadcastInput, opts: CreateOptions): Promise<{ broadcast: Broadcast, replayed: boolean }> {
+  const psids = input.psids === undefined ? undefined : [...new Set(input.psids)].sort()
+  const hash = requestHash(input, psids)
+  if (opts.idempotencyKey !== undefined) {
+    const existing = await byKey(db, opts.idempotencyKey)
+    if (existing) return { broadcast: replayable(existing, hash), replayed: true }
+  }
+
+  const topic = await db.selectFrom('topics').select(['id', 'page_id', 'payload']).where('id', '=', input.topic_id).executeTakeFirst()
+  if (!topic) throw notFound('topic', input.topic_id)
+  const page = await db.selectFrom('pages').select(['id', 'access_token']).where('id', '=', topic.page_id).executeTakeFirst()
+  if (!page) throw notFound('page', topic.page_id)
+  if (page.access_token === null) {
+    throw new DomainError('conflict', 'page_without_access_token',
+      `Page ${page.id} has no access token; PUT /v1/pages/${page.id} with one first.`)
+  }
+
+  const now = new Date()
+  const sendAt = input.send_at === undefined ? now : new Date(input.send_at)
+  const scheduled = sendAt.getTime() > now.getTime()
+  const estimate = psids ? psids.length : await usableHolders(db, topic.page_id, topic.payload)
+
+  const created = await db.transaction().execute(async (trx) => {
+    const b = await trx.insertInto('broadcasts').values({
+      page_id: topic.page_id,
+      topic_id: topic.id,
+      message: JSON.stringify(input.message),
+      notification_type: input.notification_type ?? 'REGULAR',
+      use_window: input.use_window ?? true,
+      audience: psids ? 'explicit' : 'topic',
+      audience_estimate: estimate,
+      state: scheduled ? 'scheduled' : 'running',
+      send_at: scheduled ? sendAt : now,
+      started_at: scheduled ? null : now,
+      planned_at: psids ? now : null,
+      idempotency_key: opts.idempotencyKey ?? null,
+      request_hash: hash,
+    }).onConflict((oc) => oc.column('idempotency_key').doNothing())
+      .returningAll().executeTakeFirst()
+    if (!b) return undefined
+    if (psids) {
+      for (let i = 0; i < psids.length; i += 1000) {
+        await trx.insertInto('broadcast_recipients')
+          .values(psids.slice(i, i + 1000).map((psid, j) => ({ broadcast_id: b.id, psid, batch: Math.floor((i + j) / opts.batchSize) })))
+          .execute()
+      }
+    }
+    await opts.enqueue(trx, b)
+    return b
+  })
+  if (created) return { broadcast: created, replayed: false }
+  // Another request with this key won the insert a moment ago.
+  const winner = await byKey(db, opts.idempotencyKey!)
+  if (!winner) throw new DomainError('conflict', 'idempotency_in_progress', 'Try again.', { retryAfterSeconds: 1 })
+  return { broadcast: replayable(winner, hash), replayed: true }
+}
+
+async function byKey (db: Database, key: string): Promise<Broadcast | undefined> {
+  return db.selectFrom('broadcasts').selectAll().where('idempotency_key', '=', key).executeTakeFirst()
+}
+
+function replayable (existing: Broadcast, hash: string): Broadcast {
+  if (existing.request_hash !== hash) {
+    throw new DomainError('unprocessable', 'idempotency_conflict',
+      'This Idempotency-Key was used with a different request body; use a new key for a new broadcast.')
+  }
+  return existing
+}
+
+export async function getBroadcastRow (db: Database, id: string): Promise<Broadcast | undefined> {
+  return db.selectFrom('broadcasts').selectAll().where('id', '=', id).executeTakeFirst()
+}
+
+export async function getBroadcast (db: Database, id: string): Promise<BroadcastView> {
+  const b = await getBroadcastRow(db, id)
+  if (!b) throw notFound('broadcast', id)
+  return withProgress(db, b)
+}
+
+export async function withProgress (db: Database, b: Broadcast): Promise<BroadcastView> {
+  const progress = await progressOf(db, [b.id])
+  return broadcastView(b, progress.get(b.id)!)
+}
+
+export interface BroadcastFilter {
+  topic_id?: string
+  state?: BroadcastState
+  limit: number
+  cursor?: string
+}
+
+/** Oldest first, keyset-paginated like every list. */
+export async function listBroadcasts (db: Database, f: BroadcastFilter): Promise<{ items: BroadcastView[], next_cursor: string | null }> {
+  let q = db.selectFrom('broadcasts').selectAll().where(afterCursor('broadcasts', f.cursor))
+  if (f.topic_id !== undefined) q = q.where('topic_id', '=', f.topic_id)
+  if (f.state !== undefined) q = q.where('state', '=', f.state)
+  const rows = await q.orderBy('created_at').orderBy('id').limit(f.limit + 1).execute()
+  const { items, next_cursor } = pageOf(rows, f.limit)
+  const progress = await progressOf(db, items.map((b) => b.id))
+  return { items: items.map((b) => broadcastView(b, progress.get(b.id)!)), next_cursor }
+}
+
+/** The idempotency key of a recipient's current send; a retry after "nothing was sent" gets the next one. */
+export function recipientKey (broadcastId: string, psid: string, retries: number): string {
+  return retries === 0 ? `broadcast:${broadcastId}:${psid}` : `broadcast:${broadcastId}:${psid}:retry${retries}`
+}
+
+const recipientKeySql = sql`'broadcast:' || r.broadcast_id || ':' || r.psid || case when r.retries > 0 then ':retry' || r.retries else '' end`
+
+/**
+ * Pending recipients nobody is sending to (no live lease) and whose current send never started
+ * become cancelled. The others are in flight: their worker records what happened to them. The
+ * lease id stays, so that a holder that stalled past its lease still records a send it made.
+ */
+export async function cancelPendingRecipients (db: Database, broadcastId: string): Promise<number> {
+  const result = await sql`
+    update broadcast_recipients r
+       set state = 'cancelled', next_attempt_at = null, updated_at = now(), completed_at = now()
+     where r.broadcast_id = ${broadcastId} and r.state = 'pending'
+       and (r.lease_id is null or r.next_attempt_at <= now())
+       and not exists (select 1 from notifications n where n.idempotency_key = ${recipientKeySql})`.execute(db)
+  return Number(result.numAffectedRows ?? 0n)
+}
+
+/** Stops a scheduled or running broadcast; what was sent stays sent. Cancelling twice is harmless. */
+export async function cancelBroadcast (db: Database, id: string): Promise<BroadcastView> {
+  const b = await db.updateTable('broadcasts')
+    .set({ state: 'cancelled', cancelled_at: sql`now()`, updated_at: sql`now()` })
+    .where('id', '=', id).where('state', 'in', ['scheduled', 'running'])
+    .returningAll().executeTakeFirst()
+  if (!b) {
+    const existing = await getBroadcastRow(db, id)
+    if (!existing) throw notFound('broadcast', id)
+    if (existing.state === 'completed') {
+      throw new DomainError('conflict', 'broadcast_completed', `Broadcast ${id} has already completed; there is nothing left to cancel.`)
+    }
+  }
+  await cancelPendingRecipients(db, id)
+  return getBroadcast(db, id)
+}
+
+// ---- execution (used by the job worker) ----
+
+/** The broadcast begins at its send time: scheduled becomes running. */
+export async function startBroadcast (db: Database, id: string): Promise<Broadcast | undefined> {
+  await db.updateTable('broadcasts')
+    .set({ state: 'running', started_at: sql`coalesce(started_at, now())`, updated_at: sql`now()` })
+    .where('id', '=', id).where('state', '=', 'scheduled').execute()
+  return getBroadcastRow(db, id)
+}
+
+/**
+ * Lists the next page of a topic audience after the people already listed and records it as one
+ * batch, in one statement (a crash leaves whole pages). Two planners racing list the same page
+ * under the same batch number and insert it once. Undefined when the audience is exhausted.
+ */
+export async function planNextBatch (db: Database, b: Broadcast, batchSize: number): Promise<{ batch: number, inserted: number } | undefined> {
+  const topic = await db.selectFrom('topics').select(['page_id', 'payload']).where('id', '=', b.topic_id).executeTakeFirst()
+  if (!topic) return undefined
+  const last = await db.selectFrom('broadcast_recipients').select(['psid', 'batch'])
+    .where('broadcast_id', '=', b.id).orderBy('psid', 'desc').limit(1).executeTakeFirst()
+  const batch = last ? last.batch + 1 : 0
+  const { rows: [row] } = await sql<{ listed: number, inserted: number }>`
+    with audience as (
+      select distinct psid from optin_tokens
+       where page_id = ${topic.page_id} and payload = ${topic.payload} and kind = 'one_time_notif'
+         and state = 'available' and expires_at > now()
+         ${last ? sql`and psid > ${last.psid}` : sql``}
+       order by psid
+       limit ${batchSize}),
+    added as (
+      insert into broadcast_recipients (broadcast_id, psid, batch)
+      select ${b.id}, psid, ${batch} from audience
+      on conflict do nothing
+      returning psid)
+    select (select count(*) from audience)::int as listed, (select count(*) from added)::int as inserted`.execute(db)
+  return row.listed > 0 ? { batch, inserted: row.inserted } : undefined
+}
+
+export async function markPlanned (db: Database, id: string): Promise<void> {
+  await db.updateTable('broadcasts').set({ planned_at: sql`now()`, updated_at: sql`now()` })
+    .where('id', '=', id).where('planned_at', 'is', null).execute()
+}
+
+/** Batches of a broadcast that still have someone pending. */
+export async function pendingBatches (db: Database, broadcastId: string): Promise<number[]> {
+  const rows = await db.selectFrom('broadcast_recipients').select('batch').distinct()
+    .where('broadcast_id', '=', broadcastId).where('state', '=', 'pending').orderBy('batch').execute()
+  return rows.map((r) => r.batch)
+}
+
+/** A running, fully listed broadcast with nobody pending is completed. */
+export async function completeIfDone (db: Database, broadcastId: string): Promise<boolean> {
+  const result = await db.updateTable('broadcasts')
+    .set({ state: 'completed', completed_at: sql`now()`, updated_at: sql`now()` })
+    .where('id', '=', broadcastId).where('state', '=', 'running').where('planned_at', 'is not', null)
+    .where(({ not, exists, selectFrom }) => not(exists(selectFrom('broadcast_recipients').select('psid')
+      .where('broadcast_id', '=', broadcastId).where('state', '=', 'pending'))))
+    .executeTakeFirst()
+  return result.numUpdatedRows > 0n
+}
+
+export interface ClaimedRecipient {
+  broadcast_id: string
+  psid: string
+  retries: number
+  lease_id: string
+  /** The broadcast's state as of the claim: a cancel is seen before every send. */
+  broadcast_state: BroadcastState
+  /** A notification exists under the current key: an earlier claim got as far as sending. */
+  started: boolean
+}
+
+/** Takes the next pending person of a batch for one send; SKIP LOCKED lets workers share a batch. */
+export async function claimRecipient (db: Database, broadcastId: string, batch: number, leaseSeconds: number): Promise<ClaimedRecipient | undefined> {
+  const { rows } = await sql<ClaimedRecipient>`
+    update broadcast_recipients r
+       set lease_id = ${randomUUID()}, next_attempt_at = now() + make_interval(secs => ${leaseSeconds}), updated_at = now()
+     where r.broadcast_id = ${broadcastId} and r.psid = (
+       select psid from broadcast_recipients
+        where broadcast_id = ${broadcastId} and batch = ${batch} and state = 'pending'
+          and (next_attempt_at is null or next_attempt_at <= now())
+        order by psid
+        limit 1
+        for update skip locked)
+       and r.state = 'pending'
+    returning r.broadcast_id, r.psid, r.retries, r.lease_id,
+      (select b.state from broadcasts b where b.id = r.broadcast_id) as broadcast_state,
+      exists (select 1 from notifications n where n.idempotency_key = ${recipientKeySql}) as started`.execute(db)
+  return rows[0]
+}
+
+/** Seconds until someone of the batch may be tried (0: now), or undefined when nobody is pending. */
+export async function batchWaitSeconds (db: Database, broadcastId: string, batch: number): Promise<number | undefined> {
+  const { rows: [row] } = await sql<{ pending: number, wait: number | null }>`
+    select count(*)::int as pending,
+           extract(epoch from (min(coalesce(next_attempt_at, now())) - now()))::float8 as wait
+      from broadcast_recipients
+     where broadcast_id = ${broadcastId} and batch = ${batch} and state = 'pending'`.execute(db)
+  return row.pending === 0 ? undefined : Math.max(0, row.wait ?? 0)
+}
+
+/**
+ * Takes the Page's next send slot (rate per second, shared by every worker of every instance)
+ * and returns how long to wait for it.
+ */
+export async function reservePacingSlot (db: Database, pageId: string, ratePerSecond: number): Promise<number> {
+  const step = 1 / ratePerSecond
+  const { rows: [row] } = await sql<{ wait_ms: number }>`
+    insert into broadcast_pacing as p (page_id, next_slot_at) values (${pageId}, clock_timestamp() + make_interval(secs => ${step}))
+    on conflict (page_id) do update
+      set next_slot_at = greatest(p.next_slot_at, clock_timestamp()) + make_interval(secs => ${step})
+    returning (extract(epoch from (p.next_slot_at - clock_timestamp())) * 1000 - ${step * 1000})::float8 as wait_ms`.execute(db)
+  return Math.max(0, row.wait_ms)
+}
+
+/** Meta rate-limited the Page: no broadcast send on it before this many seconds. */
+export async function pausePage (db: Database, pageId: string, seconds: number): Promise<void> {
+  await sql`
+    insert into broadcast_pacing as p (page_id, next_slot_at) values (${pageId}, clock_timestamp() + make_interval(secs => ${seconds}))
+    on conflict (page_id) do update set next_slot_at = greatest(p.next_slot_at, clock_timestamp() + make_interval(secs => ${seconds}))`.execute(db)
+}
+
+export interface RecipientDeps extends SendDeps {
+  maxAttempts: number
+  backoffSeconds: number
+}
+
+/** What became of one claimed person; recorded only while the claim is still this worker's. */
+export type RecipientResult =
+  | { kind: 'done', outcome: BroadcastOutcome, error_code: string | null, notification_id: string | null }
+  | { kind: 'retry', afterSeconds: number, pausePageSeconds?: number }
+  | { kind: 'wait', seconds: number }
+  | { kind: 'cancelled' }
+
+const LEFT_BEFORE_SEND = new Set(['topic_not_found', 'page_not_found', 'page_without_access_token', 'idempotency_conflict'])
+
+/**
+ * One person of a broadcast, through the notifications send path under an idempotency key
+ * derived from (broadcast, person, retry): a resumed or duplicated job replays the recorded
+ * outcome instead of sending again. A send that a dead process left pending is resolved first.
+ */
+export async function sendToRecipient (deps: RecipientDeps, b: Broadcast, r: ClaimedRecipient): Promise<RecipientResult> {
+  const key = recipientKey(b.id, r.psid, r.retries)
+  const existing = r.started
+    ? await deps.db.selectFrom('notifications').selectAll().where('idempotency_key', '=', key).executeTakeFirst()
+    : undefined
+  if (existing && existing.broadcast_id !== b.id) {
+    // A caller of POST /v1/notifications chose this very key: never send under someone else's record.
+    return { kind: 'done', outcome: 'failed', error_code: 'idempotency_conflict', notification_id: null }
+  }
+  if (existing) {
+    const n = existing.status === 'pending' ? await resolveInterrupted(deps, existing) : existing
+    return 'wait' in n ? { kind: 'wait', seconds: n.wait } : resultOf(deps, n, r)
+  }
+  if (r.broadcast_state === 'cancelled') return { kind: 'cancelled' }
+  if (r.broadcast_state !== 'running') return { kind: 'wait', seconds: Math.max(1, (b.send_at.getTime() - Date.now()) / 1000) }
+  try {
+    const result = await sendNotification(deps, {
+      topic_id: b.topic_id,
+      psid: r.psid,
+      message: b.message,
+      notification_type: b.notification_type as NotificationType,
+      use_window: b.use_window,
+      idempotency_key: key,
+      broadcast_id: b.id,
+    })
+    return resultOf(deps, result.notification, r)
+  } catch (error) {
+    if (!(error instanceof DomainError)) throw error
+    if (error.code === 'idempotency_in_progress') return { kind: 'wait', seconds: 1 }
+    if (LEFT_BEFORE_SEND.has(error.code)) return { kind: 'done', outcome: 'failed', error_code: error.code, notification_id: null }
+    throw error
+  }
+}
+
+function resultOf (deps: RecipientDeps, n: Notification, r: ClaimedRecipient): RecipientResult {
+  const done = (outcome: BroadcastOutcome, code: string | null = null): RecipientResult =>
+    ({ kind: 'done', outcome, error_code: code, notification_id: n.id })
+  switch (n.status) {
+    case 'sent': return done(n.route === 'window' ? 'sent_window' : 'sent_token')
+    case 'no_token': return done('no_token')
+    case 'unconfirmed': return done('unconfirmed')
+    case 'pending': return { kind: 'wait', seconds: 1 }
+    case 'failed': {
+      const problem = n.error as unknown as NotificationProblem | null
+      // 429 and 503 mean nothing was sent and the token was kept: the person may be tried again.
+      const retryable = n.http_status === 429 || n.http_status === 503
+      if (retryable && r.retries + 1 < deps.maxAttempts) {
+        const after = Math.min(problem?.retry_after_seconds ?? 5, deps.backoffSeconds)
+        return { kind: 'retry', afterSeconds: after, ...(n.http_status === 429 ? { pausePageSeconds: after } : {}) }
+      }
+      return done('failed', problem?.code ?? 'failed')
+    }
+  }
+}
+
+/**
+ * A pending notification under this person's key that nobody is working on any more (its worker
+ * died). A reserved token is resolved by lease recovery once its lease ran out (re-sending the
+ * same token, which Meta accepts at most once); without one, the send is taken over and resumed
+ * once it went untouched for a lease. Until then: wait.
+ */
+async function resolveInterrupted (deps: RecipientDeps, n: Notification): Promise<Notification | { wait: number }> {
+  const lease = deps.config.TOKEN_LEASE_SECONDS
+  const reserved = await sql<{ wait: number }>`
+    select extract(epoch from (lease_expires_at - now()))::float8 as wait
+      from optin_tokens where notification_id = ${n.id} and state = 'reserved'`.execute(deps.db)
+  if (reserved.rows.length > 0) {
+    const wait = reserved.rows[0].wait
+    if (wait > 0) return { wait: Math.ceil(wait) }
+    await recoverLeases(deps)
+  } else {
+    const taken = await deps.db.updateTable('notifications').set({ updated_at: sql`now()` })
+      .where('id', '=', n.id).where('status', '=', 'pending')
+      .where('updated_at', '<', sql<Date>`now() - make_interval(secs => ${lease})`)
+      .returningAll().executeTakeFirst()
+    if (taken) {
+      deps.log?.info({ notification_id: n.id, broadcast_id: n.broadcast_id }, 'broadcast: resuming an interrupted send')
+      return resumeFromStart(deps, taken)
+    }
+  }
+  const now = await getNotificationRow(deps.db, n.id)
+  if (now && now.status !== 'pending') return now
+  const age = now ? (Date.now() - now.updated_at.getTime()) / 1000 : 0
+  return { wait: Math.max(1, Math.ceil(lease - age)) }
+}
+
+/** Records a result under the claim; false when the claim was lost (another worker took over). */
+export async function recordResult (db: Database, r: ClaimedRecipient, result: RecipientResult): Promise<boolean> {
+  const mine = db.updateTable('broadcast_recipients')
+    .where('broadcast_id', '=', r.broadcast_id).where('psid', '=', r.psid).where('lease_id', '=', r.lease_id)
+  let changed: { numUpdatedRows: bigint }
+  switch (result.kind) {
+    case 'done':
+      // Also over a cancel that came meanwhile: what was sent stays sent, and is counted.
+      changed = await mine.set({
+        state: 'done', outcome: result.outcome, error_code: result.error_code, notification_id: result.notification_id,
+        lease_id: null, next_attempt_at: null, completed_at: sql`now()`, updated_at: sql`now()`,
+      }).where('state', 'in', ['pending', 'cancelled']).executeTakeFirst()
+      break
+    case 'retry':
+      changed = await mine.set((eb) => ({
+        retries: eb('retries', '+', 1), lease_id: null,
+        next_attempt_at: sql`now() + make_interval(secs => ${result.afterSeconds})`, updated_at: sql`now()`,
+      })).where('state', '=', 'pending').executeTakeFirst()
+      break
+    case 'wait':
+      changed = await mine.set({
+        lease_id: null, next_attempt_at: sql`now() + make_interval(secs => ${result.seconds})`, updated_at: sql`now()`,
+      }).where('state', '=', 'pending').executeTakeFirst()
+      break
+    case 'cancelled':
+      changed = await mine.set({
+        state: 'cancelled', lease_id: null, next_attempt_at: null, completed_at: sql`now()`, updated_at: sql`now()`,
+      }).where('state', '=', 'pending').executeTakeFirst()
+      break
+  }
+  return changed.numUpdatedRows > 0n
+}
+
+/** Work the queue may have lost (a job that ran out of retries, a crash between steps): what the sweep re-enqueues. */
+export async function unfinishedWork (db: Database): Promise<{ toPlan: string[], batches: Array<{ broadcast_id: string, batch: number }>, toComplete: string[] }> {
+  const toPlan = await db.selectFrom('broadcasts').select('id')
+    .where('state', 'in', ['scheduled', 'running']).where('planned_at', 'is', null)
+    .where('send_at', '<=', sql<Date>`now()`).execute()
+  const batches = await db.selectFrom('broadcast_recipients as r').innerJoin('broadcasts as b', 'b.id', 'r.broadcast_id')
+    .select(['r.broadcast_id', 'r.batch']).distinct()
+    .where('r.state', '=', 'pending').where('b.state', 'in', ['running', 'cancelled']).where('b.planned_at', 'is not', null)
+    .execute()
+  const toComplete = await db.selectFrom('broadcasts').select('id')
+    .where('state', '=', 'running').where('planned_at', 'is not', null)
+    .where(({ not, exists, selectFrom }) => not(exists(selectFrom('broadcast_recipients as r').select('r.psid')
+      .whereRef('r.broadcast_id', '=', 'broadcasts.id').where('r.state', '=', 'pending'))))
+    .execute()
+  return { toPlan: toPlan.map((r) => r.id), batches, toComplete: toComplete.map((r) => r.id) }
+}

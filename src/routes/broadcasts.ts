@@ -1,0 +1,67 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { cancelBroadcast, createBroadcast, getBroadcast, listBroadcasts, withProgress } from '../domain/broadcasts.js'
+import { enqueueBroadcast } from '../jobs/broadcast-worker.js'
+import {
+  BroadcastListQuerySchema, BroadcastListSchema, BroadcastParamsSchema, BroadcastSchema, CreateBroadcastBodySchema,
+  CreateBroadcastHeadersSchema,
+} from '../schemas/broadcasts.js'
+import { problems } from '../schemas/common.js'
+
+const tags = ['broadcasts']
+const security = [{ apiKey: [] }]
+
+const routes: FastifyPluginAsyncTypebox = async (app) => {
+  app.post('/broadcasts', {
+    schema: {
+      operationId: 'createBroadcast',
+      summary: 'Send one message on a topic to everyone holding a usable token (or to a list), now or at send_at',
+      description: '202: accepted; it runs on the job queue (any instance, surviving restarts), each person at most once, ' +
+        'through the same window/token path as POST /v1/notifications, at BROADCAST_RATE_PER_SECOND per Page. ' +
+        'Poll GET /v1/broadcasts/{id} for progress. 404 unknown topic; 409 page_without_access_token; 422 idempotency_conflict.',
+      tags, security,
+      headers: CreateBroadcastHeadersSchema,
+      body: CreateBroadcastBodySchema,
+      response: { 202: BroadcastSchema, ...problems(400, 401, 404, 409, 413, 415, 422) },
+    },
+  }, async (request, reply) => {
+    const { broadcast, replayed } = await createBroadcast(app.db, request.body, {
+      idempotencyKey: request.headers['idempotency-key'],
+      batchSize: app.config.BROADCAST_BATCH_SIZE,
+      enqueue: (trx, b) => enqueueBroadcast(app.jobs, trx, b),
+    })
+    if (replayed) reply.header('idempotent-replayed', 'true')
+    else request.log.info({ broadcast_id: broadcast.id, topic_id: broadcast.topic_id, state: broadcast.state }, 'broadcast created')
+    return reply.code(202).send(await withProgress(app.db, broadcast))
+  })
+
+  app.get('/broadcasts/:id', {
+    schema: {
+      operationId: 'getBroadcast', summary: 'Read a broadcast: state, progress counted per person, and timestamps', tags, security,
+      params: BroadcastParamsSchema, response: { 200: BroadcastSchema, ...problems(400, 401, 404) },
+    },
+  }, async (request) => getBroadcast(app.db, request.params.id))
+
+  app.get('/broadcasts', {
+    schema: {
+      operationId: 'listBroadcasts', summary: 'List broadcasts, oldest first, filtered by topic and state', tags, security,
+      querystring: BroadcastListQuerySchema, response: { 200: BroadcastListSchema, ...problems(400, 401) },
+    },
+  }, async (request) => listBroadcasts(app.db, request.query))
+
+  app.post('/broadcasts/:id/cancel', {
+    schema: {
+      operationId: 'cancelBroadcast',
+      summary: 'Stop a scheduled or running broadcast; what was sent stays sent',
+      description: 'Nobody else is sent to; a send already in flight finishes and is counted. Cancelling a cancelled broadcast ' +
+        'returns it unchanged; a completed one is a 409 broadcast_completed.',
+      tags, security,
+      params: BroadcastParamsSchema, response: { 200: BroadcastSchema, ...problems(400, 401, 404, 409) },
+    },
+  }, async (request) => {
+    const view = await cancelBroadcast(app.db, request.params.id)
+    request.log.info({ broadcast_id: view.id, progress: view.progress }, 'broadcast cancelled')
+    return view
+  })
+}
+
+export default routes
