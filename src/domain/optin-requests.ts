@@ -142,7 +142,8 @@ async function reserveSlot (deps: OptinRequestDeps, values: { topic_id: string, 
            and created_at > now() - make_interval(secs => ${interval})
          order by created_at desc limit 1`.execute(trx)
       if (last) {
-        const wait = Math.max(1, last.wait)
+        // created_at is rounded to the millisecond, so a request just made can look up to 1 s further away.
+        const wait = Math.min(interval, Math.max(1, last.wait))
         throw new DomainError('throttled', 'optin_request_throttled',
           `This person was asked to opt in to this topic less than ${interval} s ago; ask again in ${wait} s.`,
           { retryAfterSeconds: wait })
