@@ -1,7 +1,7 @@
-import { sql } from 'kysely'
+import { sql, type Selectable } from 'kysely'
 import type { Config } from '../config.js'
 import type { Database } from '../db/database.js'
-import type { GraphError } from '../db/types.js'
+import type { GraphError, OptinRequestsTable } from '../db/types.js'
 import type { GraphClient } from '../graph/client.js'
 import { classifyGraphError, TEMPORARY_RETRY_AFTER_SECONDS, verdictFor } from '../graph/errors.js'
 import { DomainError, notFound, type ErrorKind } from './errors.js'
@@ -30,18 +30,7 @@ export interface OptinRequestView {
   created_at: string
 }
 
-interface OptinRequestRow {
-  id: string
-  topic_id: string
-  page_id: string
-  psid: string
-  title: string
-  payload: string
-  status: 'pending' | 'sent' | 'failed'
-  graph_message_id: string | null
-  error: unknown
-  created_at: Date
-}
+type OptinRequestRow = Selectable<OptinRequestsTable>
 
 export function optinRequestView (r: OptinRequestRow): OptinRequestView {
   return {
@@ -53,7 +42,7 @@ export function optinRequestView (r: OptinRequestRow): OptinRequestView {
     payload: r.payload,
     status: r.status,
     ...(r.graph_message_id !== null ? { graph_message_id: r.graph_message_id } : {}),
-    ...(r.error ? { error: r.error as StoredError } : {}),
+    ...(r.error ? { error: r.error as unknown as StoredError } : {}),
     created_at: r.created_at.toISOString(),
   }
 }
