@@ -2,10 +2,12 @@ import type { Migration } from 'kysely'
 import * as createCoreTables from './20261121000000_create_core_tables.js'
 import * as addNotificationTokenState from './20261121020000_add_notification_token_state.js'
 import * as createBroadcasts from './20261121030000_create_broadcasts.js'
+import * as rekeyBacklogIndexes from './20261121040000_rekey_backlog_indexes.js'
 
 // Listed here (not read from the folder) so the same list works from .ts sources and compiled .js.
 export const migrations: Record<string, Migration> = {
   '20261121000000_create_core_tables': createCoreTables,
   '20261121020000_add_notification_token_state': addNotificationTokenState,
   '20261121030000_create_broadcasts': createBroadcasts,
+  '20261121040000_rekey_backlog_indexes': rekeyBacklogIndexes,
 }

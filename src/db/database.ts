@@ -27,6 +27,9 @@ export async function openDatabase (options: DatabaseOptions): Promise<DatabaseH
     const pool = new pg.Pool({ connectionString: options.databaseUrl, max: options.poolSize ?? 10 })
     // An idle client losing its server (a Postgres restart) must not crash the process.
     pool.on('error', () => {})
+    // Nor must a client losing it while checked out (inside a transaction): its query rejects and
+    // the caller answers 503; an unhandled 'error' event would kill the process (seen in the soak).
+    pool.on('connect', (client) => { client.on('error', () => {}) })
     const db = new Kysely<DB>({ dialect: new PostgresDialect({ pool }) })
     const url = new URL(options.databaseUrl)
     url.password = url.password ? '***' : ''

@@ -55,7 +55,7 @@ export async function recoverLeases (deps: SendDeps, batchSize = 50): Promise<nu
   }
 
   const stale = await deps.db.selectFrom('notifications as n').select('n.id')
-    .where('n.status', '=', 'pending').where('n.broadcast_id', 'is', null)
+    .where('n.completed_at', 'is', null).where('n.status', '=', 'pending').where('n.broadcast_id', 'is', null)
     .where('n.updated_at', '<', sql<Date>`now() - ${lease}`)
     .where(({ not, exists, selectFrom }) => not(exists(selectFrom('optin_tokens as t').select('t.id')
       .where('t.state', '=', 'reserved').whereRef('t.notification_id', '=', 'n.id'))))

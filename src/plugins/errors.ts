@@ -47,7 +47,7 @@ const fastifyErrors: Record<string, [number, string]> = {
 function isDatabaseDown (error: unknown): boolean {
   const e = error as { code?: string, message?: string }
   return ['ECONNREFUSED', 'ECONNRESET', '57P01', '57P03', '08006', '08001', '08003'].includes(e.code ?? '') ||
-    /Connection terminated|timeout exceeded when trying to connect|PGlite is closed/i.test(e.message ?? '')
+    /Connection terminated|timeout exceeded when trying to connect|PGlite is closed|not queryable/i.test(e.message ?? '')
 }
 
 /** Errors Fastify's router raises before any route or hook runs (the frameworkErrors option). */
