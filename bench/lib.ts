@@ -1,0 +1,233 @@
+// Shared pieces of the benchmarks and the soak: databases, child processes, autocannon, tables.
+import { fork, type ChildProcess } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import { readFileSync } from 'node:fs'
+import { createServer } from 'node:net'
+import { fileURLToPath } from 'node:url'
+import autocannon, { type RequestParams } from 'autocannon'
+import pg from 'pg'
+
+export const ADMIN_URL = process.env.BENCH_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
+export const APP_SECRET = 'bench-app-secret-0123456789'
+export const API_KEY = 'bench-api-key-0123456789'
+export const REPO_ROOT = fileURLToPath(new URL('..', import.meta.url))
+
+/** A positive integer from the environment, or the default; anything else stops the run with a clear message. */
+export function envInt (name: string, def: number, min = 1): number {
+  const text = process.env[name]
+  if (text === undefined || text === '') return def
+  const value = Number(text)
+  if (!Number.isInteger(value) || value < min) throw new Error(`${name} must be an integer >= ${min} (got "${text}")`)
+  return value
+}
+
+export function log (message: string): void {
+  process.stderr.write(`[${new Date().toISOString().slice(11, 19)}] ${message}\n`)
+}
+
+export interface ScratchDatabase { name: string, url: string, drop (): Promise<void> }
+
+/** A fresh database on the server of `adminUrl`, dropped (with its connections) by `drop()`. */
+export async function createDatabase (adminUrl: string, prefix: string): Promise<ScratchDatabase> {
+  const name = `${prefix}_${process.pid}_${randomBytes(3).toString('hex')}`
+  const admin = new pg.Client({ connectionString: adminUrl })
+  await admin.connect()
+  try {
+    await admin.query(`create database ${name}`)
+  } finally {
+    await admin.end()
+  }
+  const url = new URL(adminUrl)
+  url.pathname = `/${name}`
+  return {
+    name,
+    url: url.toString(),
+    async drop () {
+      const c = new pg.Client({ connectionString: adminUrl })
+      await c.connect()
+      try {
+        await c.query(`drop database if exists ${name} with (force)`)
+      } finally {
+        await c.end()
+      }
+    },
+  }
+}
+
+export async function freePort (): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer()
+    server.once('error', reject)
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as { port: number }
+      server.close(() => resolve(port))
+    })
+  })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Child processes: the system under test runs apart from the load generator, so that autocannon's
+// own work never sits on the measured event loop.
+
+export type TargetMode = 'app' | 'ceilings' | 'emulator'
+
+export interface Target {
+  url: string
+  child: ChildProcess
+  call<T = unknown> (cmd: string, args?: unknown): Promise<T>
+  stop (): Promise<void>
+}
+
+interface Reply { id?: number, type?: string, port?: number, ok?: boolean, result?: unknown, error?: string }
+
+/** Starts bench/target.ts in `mode` (with `env` added) and waits until it listens on 127.0.0.1. */
+export async function startTarget (mode: TargetMode, env: Record<string, string> = {}): Promise<Target> {
+  const child = fork(fileURLToPath(new URL('./target.ts', import.meta.url)), [mode], {
+    // BENCH_CPU_PROFILE=<dir>: each app target writes a V8 CPU profile there when it stops.
+    execArgv: ['--import', 'tsx', ...(mode === 'app' && process.env.BENCH_CPU_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_CPU_PROFILE}`] : [])],
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 2, 'ipc'],
+  })
+  // Its logs go to stderr, so that stdout carries only the results; a deliberately chatty
+  // LOG_LEVEL (the logging-cost lever) is written to the pipe as in production, then dropped here.
+  const chatty = ['info', 'debug', 'trace'].includes(env.LOG_LEVEL ?? '')
+  child.stdout!.on('data', (chunk: Buffer) => { if (!chatty) process.stderr.write(chunk) })
+  const pending = new Map<number, { resolve (v: unknown): void, reject (e: Error): void }>()
+  let seq = 0
+  const port = await new Promise<number>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`${mode} target did not start within 60 s`)), 60_000)
+    child.once('exit', (code) => { clearTimeout(timer); reject(new Error(`${mode} target exited (${code}) before it was ready`)) })
+    child.on('message', (m: Reply) => {
+      if (m.type === 'ready') { clearTimeout(timer); resolve(m.port!) }
+      if (m.id !== undefined) {
+        const p = pending.get(m.id)
+        pending.delete(m.id)
+        if (m.ok) p?.resolve(m.result)
+        else p?.reject(new Error(m.error))
+      }
+    })
+  })
+  child.on('exit', () => {
+    for (const p of pending.values()) p.reject(new Error(`${mode} target exited`))
+    pending.clear()
+  })
+  return {
+    url: `http://127.0.0.1:${port}`,
+    child,
+    call<T> (cmd: string, args?: unknown): Promise<T> {
+      const id = ++seq
+      return new Promise<T>((resolve, reject) => {
+        pending.set(id, { resolve: resolve as (v: unknown) => void, reject })
+        child.send({ id, cmd, args })
+      })
+    },
+    async stop () {
+      if (child.exitCode !== null || child.signalCode !== null) return
+      const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
+      child.send({ id: ++seq, cmd: 'close' })
+      const timer = setTimeout(() => child.kill('SIGKILL'), 15_000)
+      await exited
+      clearTimeout(timer)
+    },
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load
+
+export interface Measured {
+  /** Answers with a 2xx status per second of the measured period. */
+  rps: number
+  p50: number
+  p99: number
+  ok: number
+  non2xx: number
+  errors: number
+  statusCodes: Record<string, number>
+  /** CPU time the measured process spent per answer (Linux /proc), when its pid was given. */
+  cpuMsPerRequest?: number
+}
+
+export interface LoadSpec {
+  url: string
+  method?: string
+  path: string
+  headers?: Record<string, string>
+  body?: string
+  /** A fresh body (and headers) for every request, for routes that must never see the same one twice. */
+  next?: () => RequestParams
+  connections: number
+  seconds: number
+  warmupSeconds?: number
+  /** The process under test, to report its CPU time per answer. */
+  pid?: number
+}
+
+/** User + system CPU seconds of a process so far (Linux; undefined elsewhere). */
+export function cpuSeconds (pid: number): number | undefined {
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ')
+    return (Number(fields[11]) + Number(fields[12])) / 100 // utime, stime in clock ticks (USER_HZ = 100)
+  } catch {
+    return undefined
+  }
+}
+
+async function cannon (spec: LoadSpec, seconds: number) {
+  const next = spec.next
+  return autocannon({
+    url: spec.url,
+    connections: spec.connections,
+    duration: seconds,
+    timeout: 30,
+    requests: [{
+      method: spec.method ?? 'POST',
+      path: spec.path,
+      headers: spec.headers ?? {},
+      ...(spec.body !== undefined ? { body: spec.body } : {}),
+      ...(next ? { setupRequest: (req: RequestParams) => { const n = next(); return { ...req, ...n, headers: { ...req.headers, ...n.headers } } } } : {}),
+    }],
+  })
+}
+
+/** A warm-up (not counted), then `seconds` of load on 127.0.0.1 with autocannon. */
+export async function measure (spec: LoadSpec): Promise<Measured> {
+  if ((spec.warmupSeconds ?? 0) > 0) await cannon(spec, spec.warmupSeconds!)
+  const cpuBefore = spec.pid !== undefined ? cpuSeconds(spec.pid) : undefined
+  const r = await cannon(spec, spec.seconds)
+  const cpuAfter = spec.pid !== undefined ? cpuSeconds(spec.pid) : undefined
+  const answers = r['2xx'] + r.non2xx
+  const statusCodes = Object.fromEntries(Object.entries(r.statusCodeStats ?? {}).map(([k, v]) => [k, v.count]))
+  return {
+    rps: r['2xx'] / r.duration,
+    p50: r.latency.p50,
+    p99: r.latency.p99,
+    ok: r['2xx'],
+    non2xx: r.non2xx,
+    errors: r.errors,
+    statusCodes,
+    ...(cpuBefore !== undefined && cpuAfter !== undefined && answers > 0 ? { cpuMsPerRequest: (cpuAfter - cpuBefore) * 1000 / answers } : {}),
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Figures
+
+export function quantile (sorted: number[], q: number): number {
+  if (sorted.length === 0) return Number.NaN
+  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))
+  return sorted[i]
+}
+
+export const fmt = {
+  rps: (n: number) => Number.isFinite(n) ? (n >= 100 ? Math.round(n).toLocaleString('en-US') : n.toFixed(1)) : '–',
+  ms: (n: number) => Number.isFinite(n) ? (n >= 10 ? n.toFixed(0) : n.toFixed(2)) : '–',
+  ratio: (n: number) => Number.isFinite(n) ? `${n.toFixed(2)}×` : '–',
+}
+
+/** A Markdown table, columns padded so that it also reads well in a terminal. */
+export function table (head: string[], rows: string[][]): string {
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)))
+  const line = (cells: string[]) => `| ${cells.map((c, i) => (c ?? '').padEnd(widths[i])).join(' | ')} |`
+  return [line(head), `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`, ...rows.map(line)].join('\n')
+}

@@ -1,0 +1,407 @@
+// `npm run bench`: the service against this machine's ceilings, in one run, loopback only.
+// See docs/PERFORMANCE.md for what each figure means. Bounded: BENCH_SECONDS per scenario.
+import { createHmac, randomBytes } from 'node:crypto'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { cpus, loadavg, tmpdir, totalmem } from 'node:os'
+import { join } from 'node:path'
+import pg from 'pg'
+import { BARE_PAGE, BARE_PAYLOAD } from './ceilings.js'
+import { claimScaleTable, runClaimScale, type ClaimLatency } from './claim-scale.js'
+import { startCluster } from './pg-cluster.js'
+import { PRE_FIX_INDEXES, planHazardTable, runPlanHazard, type HazardResult } from './plan-hazard.js'
+import {
+  ADMIN_URL, API_KEY, APP_SECRET, createDatabase, envInt, fmt, log, measure, startTarget, table,
+  type Measured, type Target,
+} from './lib.js'
+
+const SECONDS = envInt('BENCH_SECONDS', 5)
+const WARMUP = envInt('BENCH_WARMUP_SECONDS', 2, 0)
+const ROUNDS = envInt('BENCH_ROUNDS', 2)
+const CONNECTIONS = envInt('BENCH_CONNECTIONS', 16)
+const CLAIM_ROWS_SMALL = envInt('BENCH_CLAIM_ROWS_SMALL', 10_000, 10_000)
+const CLAIM_ROWS_LARGE = envInt('BENCH_CLAIM_ROWS_LARGE', 10_000_000, 10_000)
+const CLAIMS = envInt('BENCH_CLAIMS', 2000)
+/** Sends the token route may make per second at most, to size the seeded tokens (one spent per request). */
+const TOKEN_RATE_BOUND = envInt('BENCH_TOKEN_RATE_BOUND', 2500)
+const CLAIM_RATE_BOUND = envInt('BENCH_CLAIM_RATE_BOUND', 12_000)
+const PGLITE = process.env.BENCH_PGLITE !== '0'
+const LEVERS = process.env.BENCH_LEVERS !== '0'
+
+const TARGETS = { ingest: 0.8, tokenRoute: 0.6, claimScale: 1.2 }
+
+interface Row {
+  section: string
+  scenario: string
+  db: string
+  m?: Measured & { others?: number[] }
+  p50?: number
+  p99?: number
+  ratio?: number
+  versus?: string
+  target?: { limit: number, pass: boolean, kind: '≥' | '≤' } | undefined
+  note?: string
+}
+
+const sign = (body: string) => `sha256=${createHmac('sha256', APP_SECRET).update(body).digest('hex')}`
+
+/** Signed opt-in deliveries, `events` per POST (one entry each, as Meta batches), every token new. */
+function optinBodies (pageId: string, events: number) {
+  let seq = 0
+  const tag = randomBytes(3).toString('hex')
+  return () => {
+    const time = Date.now()
+    const entry = []
+    for (let i = 0; i < events; i++) {
+      const n = ++seq
+      entry.push({
+        id: pageId,
+        time,
+        messaging: [{
+          sender: { id: `w${tag}${n}` },
+          recipient: { id: pageId },
+          timestamp: time,
+          optin: { type: 'one_time_notif_req', payload: 'bench-topic', one_time_notif_token: randomBytes(48).toString('base64url') },
+        }],
+      })
+    }
+    const body = JSON.stringify({ object: 'page', entry })
+    return { body, headers: { 'content-type': 'application/json', 'x-hub-signature-256': sign(body) } }
+  }
+}
+
+/** Cycles through `items`, or (with `once`) hands each out once and then repeats the last. */
+function sequence<T> (items: T[], once: boolean): () => T {
+  let i = 0
+  return () => {
+    const item = items[once ? Math.min(i, items.length - 1) : i % items.length]
+    i++
+    return item
+  }
+}
+
+async function seedRows (target: Target, text: string, rows: Array<Record<string, unknown>>): Promise<void> {
+  for (let i = 0; i < rows.length; i += 5000) {
+    await target.call('query', { text, values: [JSON.stringify(rows.slice(i, i + 5000))] })
+  }
+}
+
+interface World { pageId: string, topicId: string, tokenPsids: string[], windowPsids: string[] }
+
+/** A Page and topic known to the app and the emulator, `tokens` people holding one token each, `windows` people who just wrote. */
+async function seedWorld (app: Target, emulator: Target, tokens: number, windows: number): Promise<World> {
+  const pageId = String(100000 + Math.floor(Math.random() * 1e9))
+  const accessToken = `bench-page-token-${pageId}`
+  const payload = 'bench-topic'
+  await emulator.call('addPage', { id: pageId, accessToken })
+  await app.call('query', { text: 'insert into pages (id, name, access_token) values ($1, $2, $3)', values: [pageId, 'Bench', accessToken] })
+  const [topic] = await app.call<Array<{ id: string }>>('query', {
+    text: 'insert into topics (page_id, name, title, payload) values ($1, $2, $3, $4) returning id',
+    values: [pageId, `Bench ${pageId}`, 'Back in stock', payload],
+  })
+  const tokenPsids = Array.from({ length: tokens }, (_, i) => `t${pageId}x${i}`)
+  const values = await emulator.call<string[]>('issueTokens', { pageId, payload, psids: tokenPsids })
+  const now = Date.now()
+  await seedRows(app, `insert into optin_tokens (page_id, psid, payload, token, opted_in_at, expires_at)
+      select page_id, psid, payload, token, opted_in_at, expires_at
+        from jsonb_to_recordset($1::jsonb) as t(page_id text, psid text, payload text, token text, opted_in_at timestamptz, expires_at timestamptz)`,
+  tokenPsids.map((psid, i) => ({
+    page_id: pageId, psid, payload, token: values[i],
+    opted_in_at: new Date(now - 86_400_000).toISOString(), expires_at: new Date(now + 300 * 86_400_000).toISOString(),
+  })))
+  const windowPsids = Array.from({ length: windows }, (_, i) => `w${pageId}x${i}`)
+  await emulator.call('personWrites', { pageId, psids: windowPsids })
+  await seedRows(app, `insert into subscribers (page_id, psid, first_seen_at, last_interaction_at)
+      select page_id, psid, now(), now() from jsonb_to_recordset($1::jsonb) as s(page_id text, psid text)`,
+  windowPsids.map((psid) => ({ page_id: pageId, psid })))
+  await app.call('query', { text: 'analyze' })
+  return { pageId, topicId: topic.id, tokenPsids, windowPsids }
+}
+
+type Scenario = 'ingest1' | 'ingest50' | 'token' | 'window'
+const LABEL: Record<Scenario, string> = {
+  ingest1: 'webhook, 1 opt-in per POST',
+  ingest50: 'webhook, 50 opt-ins per POST',
+  token: 'POST /v1/notifications, token route',
+  window: 'POST /v1/notifications, window route',
+}
+
+/** One measurement that can be repeated; its generators of unique bodies carry over between rounds. */
+interface Job { key: string, run (): Promise<Measured> }
+
+interface AppVariant { name: string, env: Record<string, string>, scenarios: Scenario[] }
+
+/** Starts the real app (as src/server.ts would, from the environment) pointed at the emulator, and seeds what `scenarios` spend. */
+async function startApp (emulator: Target, variant: AppVariant, rounds: number): Promise<{ app: Target, jobs: Job[] }> {
+  const app = await startTarget('app', {
+    API_KEYS: API_KEY,
+    META_APP_SECRET: APP_SECRET,
+    GRAPH_API_BASE_URL: new URL(emulator.url).origin,
+    LOG_LEVEL: 'warn',
+    ...variant.env,
+  })
+  const tokens = variant.scenarios.includes('token') ? TOKEN_RATE_BOUND * (SECONDS + WARMUP) * rounds : 0
+  const world = await seedWorld(app, emulator, tokens, 1000)
+  const jobs = variant.scenarios.map((scenario): Job => {
+    const key = `${variant.name}.${scenario}`
+    if (scenario === 'ingest1' || scenario === 'ingest50') {
+      const next = optinBodies(world.pageId, scenario === 'ingest1' ? 1 : 50)
+      return { key, run: () => measure({ url: app.url, pid: app.child.pid, path: '/webhooks/messenger', next, connections: CONNECTIONS, seconds: SECONDS, warmupSeconds: WARMUP }) }
+    }
+    const psid = sequence(scenario === 'token' ? world.tokenPsids : world.windowPsids, scenario === 'token')
+    let n = 0
+    const tag = randomBytes(3).toString('hex')
+    const next = () => ({
+      body: JSON.stringify({ topic_id: world.topicId, psid: psid(), message: { text: 'Your size is back in stock' } }),
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${API_KEY}`, 'idempotency-key': `bench-${tag}-${++n}` },
+    })
+    return { key, run: () => measure({ url: app.url, pid: app.child.pid, path: '/v1/notifications', next, connections: CONNECTIONS, seconds: SECONDS, warmupSeconds: WARMUP }) }
+  })
+  return { app, jobs }
+}
+
+async function startCeilings (dbUrl: string, rounds: number): Promise<{ ceilings: Target, jobs: Job[] }> {
+  const ceilings = await startTarget('ceilings', { BENCH_DB_URL: dbUrl, BENCH_POOL_SIZE: '10' })
+  const perVariant = CLAIM_RATE_BOUND * (SECONDS + WARMUP) * rounds
+  for (const prefix of ['u', 'n']) {
+    await ceilings.call('query', {
+      text: `insert into optin_tokens (page_id, psid, payload, token, opted_in_at, expires_at)
+             select $1, $3 || i, $2, 'bare-' || $3 || i || '-' || md5(random()::text), now(), now() + interval '300 days'
+               from generate_series(1, $4::int) i`,
+      values: [BARE_PAGE, BARE_PAYLOAD, prefix, perVariant],
+    })
+  }
+  await ceilings.call('query', { text: 'analyze' })
+  const json = { 'content-type': 'application/json' }
+  const common = { url: ceilings.url, pid: ceilings.child.pid, connections: CONNECTIONS, seconds: SECONDS, warmupSeconds: WARMUP }
+  const insertBodies = optinBodies('1', 1)
+  const ingestBodies = optinBodies('2', 1)
+  const claimBodies = (prefix: string) => {
+    let i = 0
+    return () => ({ body: JSON.stringify({ psid: `${prefix}${Math.min(++i, perVariant)}` }), headers: json })
+  }
+  const unnamed = claimBodies('u')
+  const named = claimBodies('n')
+  return {
+    ceilings,
+    jobs: [
+      { key: 'ceiling.bare', run: () => measure({ ...common, path: '/bare', headers: json, body: JSON.stringify({ hello: 'world' }) }) },
+      { key: 'ceiling.insert', run: () => measure({ ...common, path: '/insert', next: insertBodies }) },
+      { key: 'ceiling.ingest', run: () => measure({ ...common, path: '/ingest', next: ingestBodies }) },
+      { key: 'ceiling.claim', run: () => measure({ ...common, path: '/claim', next: unnamed }) },
+      { key: 'ceiling.claimNamed', run: () => measure({ ...common, path: '/claim-named', next: named }) },
+    ],
+  }
+}
+
+/** Every job once per round, in the given order, so that each ratio's two sides meet the same machine; keeps every run. */
+async function rounds (jobs: Job[], count: number): Promise<Map<string, Measured[]>> {
+  const runs = new Map<string, Measured[]>()
+  for (let round = 1; round <= count; round++) {
+    for (const job of jobs) {
+      const m = await job.run()
+      runs.set(job.key, [...(runs.get(job.key) ?? []), m])
+      log(`round ${round}/${count} ${job.key}: ${fmt.rps(m.rps)} req/s, p50 ${fmt.ms(m.p50)} ms, p99 ${fmt.ms(m.p99)} ms, non-2xx ${m.non2xx}, errors ${m.errors}` +
+        (m.cpuMsPerRequest !== undefined ? `, ${m.cpuMsPerRequest.toFixed(2)} CPU ms/req` : ''))
+    }
+  }
+  return runs
+}
+
+/** The round with the most answers per second: the closest to what the machine can do when the neighbours are quiet. */
+function best (runs: Map<string, Measured[]>, key: string): Measured & { others: number[] } {
+  const all = runs.get(key)
+  if (!all) return { rps: Number.NaN, p50: Number.NaN, p99: Number.NaN, ok: 0, non2xx: 0, errors: 0, statusCodes: {}, others: [] }
+  const top = all.reduce((a, b) => (b.rps > a.rps ? b : a))
+  return { ...top, others: all.filter((m) => m !== top).map((m) => m.rps) }
+}
+
+async function versions (url: string): Promise<string> {
+  const c = new pg.Client({ connectionString: url })
+  await c.connect()
+  try {
+    const { rows: [v] } = await c.query("select current_setting('server_version') as version, current_setting('shared_buffers') as sb, current_setting('synchronous_commit') as sc")
+    return `PostgreSQL ${v.version} (shared_buffers ${v.sb}, synchronous_commit ${v.sc})`
+  } finally {
+    await c.end()
+  }
+}
+
+function verdict (ratio: number, limit: number, kind: '≥' | '≤') {
+  if (!Number.isFinite(ratio)) return undefined
+  return { limit, kind, pass: kind === '≥' ? ratio >= limit : ratio <= limit }
+}
+
+function render (rows: Row[]): string {
+  return table(['', 'scenario', 'database', 'req/s (other rounds)', 'p50 ms', 'p99 ms', 'non-2xx', 'CPU ms/req', 'ratio', 'target'], rows.map((r) => [
+    r.section,
+    r.scenario,
+    r.db,
+    r.m && Number.isFinite(r.m.rps) ? `${fmt.rps(r.m.rps)}${r.m.others?.length ? ` (${r.m.others.map(fmt.rps).join(', ')})` : ''}` : '',
+    fmt.ms(r.m?.p50 ?? r.p50 ?? Number.NaN),
+    fmt.ms(r.m?.p99 ?? r.p99 ?? Number.NaN),
+    r.m ? String(r.m.non2xx + r.m.errors) : '',
+    r.m?.cpuMsPerRequest !== undefined ? r.m.cpuMsPerRequest.toFixed(2) : '',
+    r.ratio !== undefined ? `${fmt.ratio(r.ratio)} ${r.versus ?? ''}`.trim() : (r.note ?? ''),
+    r.target ? `${r.target.kind} ${r.target.limit}× ${r.target.pass ? 'PASS' : 'FAIL'}` : '',
+  ]))
+}
+
+const load = () => loadavg().map((l) => l.toFixed(1)).join(' ')
+
+async function main (): Promise<void> {
+  const started = Date.now()
+  // BENCH_PRIVATE_CLUSTER=1: a Postgres of our own (like the soak's), away from other users of the machine's server.
+  const cluster = process.env.BENCH_PRIVATE_CLUSTER === '1' ? await startCluster(['shared_buffers = 128MB']) : undefined
+  const admin = cluster?.url ?? ADMIN_URL
+  const machine = `${cpus().length} CPUs (${cpus()[0]?.model ?? 'unknown'}), ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}, ` +
+    `${await versions(admin)}${cluster ? ', private cluster' : ''}`
+  const loadBefore = load()
+  log(machine)
+  log(`BENCH_SECONDS=${SECONDS} BENCH_WARMUP_SECONDS=${WARMUP} BENCH_ROUNDS=${ROUNDS} BENCH_CONNECTIONS=${CONNECTIONS} BENCH_CLAIM_ROWS_LARGE=${CLAIM_ROWS_LARGE}; load average ${loadBefore}`)
+  const bench = await createDatabase(admin, 'otn_bench').catch(async (error) => { await cluster?.destroy(); throw error })
+  let emulator: Target | undefined
+  const targets: Target[] = []
+  const rows: Row[] = []
+  let claimScale: ClaimLatency[] = []
+  let claimError: string | undefined
+  let hazards: HazardResult[] = []
+  try {
+    emulator = await startTarget('emulator')
+    // The schema first: the ceilings write into the service's own tables.
+    const migrateOnly = await startTarget('app', { API_KEYS: API_KEY, DATABASE_URL: bench.url, LOG_LEVEL: 'warn' })
+    if (process.env.BENCH_PRE_FIX_INDEXES === '1') {
+      // What-if: the reserved/pending partial indexes as they were before migration 20261121040000.
+      for (const text of PRE_FIX_INDEXES) await migrateOnly.call('query', { text })
+      log('BENCH_PRE_FIX_INDEXES=1: reserved/pending partial indexes on state/status, as before the fix')
+    }
+    await migrateOnly.stop()
+
+    const variants: AppVariant[] = [
+      { name: 'app', env: { DATABASE_URL: bench.url }, scenarios: ['ingest1', 'ingest50', 'token', 'window'] },
+      ...(LEVERS
+        ? [
+            { name: 'prepared', env: { DATABASE_URL: bench.url, BENCH_PREPARED: '1' }, scenarios: ['ingest1', 'token'] },
+            { name: 'info', env: { DATABASE_URL: bench.url, LOG_LEVEL: 'info' }, scenarios: ['ingest1', 'token'] },
+            { name: 'pool20', env: { DATABASE_URL: bench.url, DATABASE_POOL_SIZE: '20' }, scenarios: ['token'] },
+          ] satisfies AppVariant[]
+        : []),
+    ]
+    const { ceilings, jobs: ceilingJobs } = await startCeilings(bench.url, ROUNDS)
+    targets.push(ceilings)
+    const appJobs: Job[] = []
+    for (const variant of variants) {
+      const { app, jobs } = await startApp(emulator, variant, ROUNDS)
+      targets.push(app)
+      appJobs.push(...jobs)
+    }
+    const job = (key: string) => [...ceilingJobs, ...appJobs].find((j) => j.key === key)
+    const order = ['ceiling.bare', 'ceiling.insert', 'ceiling.ingest', 'app.ingest1', 'prepared.ingest1', 'info.ingest1', 'app.ingest50',
+      'ceiling.claim', 'ceiling.claimNamed', 'app.token', 'prepared.token', 'info.token', 'pool20.token', 'app.window']
+    // BENCH_ONLY=app.token,prepared.token re-measures just those (the table then shows what it can).
+    const only = process.env.BENCH_ONLY?.split(',').map((k) => k.trim()).filter(Boolean)
+    const runs = await rounds(order.filter((k) => !only || only.includes(k)).map(job).filter((j): j is Job => j !== undefined), ROUNDS)
+    for (const t of targets.splice(0)) await t.stop()
+
+    const c = { bare: best(runs, 'ceiling.bare'), insert: best(runs, 'ceiling.insert'), ingest: best(runs, 'ceiling.ingest'), claim: best(runs, 'ceiling.claim'), claimNamed: best(runs, 'ceiling.claimNamed') }
+    const a = { ingest1: best(runs, 'app.ingest1'), ingest50: best(runs, 'app.ingest50'), token: best(runs, 'app.token'), window: best(runs, 'app.window') }
+    rows.push(
+      { section: '(c)', scenario: 'bare Fastify route (JSON in, JSON out)', db: '–', m: c.bare },
+      { section: '(c)', scenario: 'bare route + one INSERT (pg)', db: 'postgres', m: c.insert },
+      { section: '(c)', scenario: 'bare route + the service\'s ingest statement, 1 opt-in', db: 'postgres', m: c.ingest, ratio: c.ingest.rps / c.insert.rps, versus: 'of bare INSERT' },
+      { section: '(c)', scenario: 'bare route + token claim (pg, unnamed)', db: 'postgres', m: c.claim },
+      { section: '(c)', scenario: 'bare route + token claim (pg, named)', db: 'postgres', m: c.claimNamed, ratio: c.claimNamed.rps / c.claim.rps, versus: 'of unnamed' },
+    )
+    const ingest1 = a.ingest1.rps / c.insert.rps
+    const token = a.token.rps / c.claim.rps
+    rows.push(
+      { section: '(a)', scenario: LABEL.ingest1, db: 'postgres', m: a.ingest1, ratio: ingest1, versus: 'of bare INSERT', target: verdict(ingest1, TARGETS.ingest, '≥') },
+      { section: '(a)', scenario: `${LABEL.ingest1}, against the bare ingest statement`, db: 'postgres', ratio: a.ingest1.rps / c.ingest.rps, versus: 'of bare ingest' },
+      { section: '(a)', scenario: `${LABEL.ingest50} (${fmt.rps(a.ingest50.rps * 50)} opt-ins/s)`, db: 'postgres', m: a.ingest50, ratio: a.ingest50.rps / c.insert.rps, versus: 'of bare INSERT' },
+      { section: '(b)', scenario: LABEL.token, db: 'postgres', m: a.token, ratio: token, versus: 'of bare claim', target: verdict(token, TARGETS.tokenRoute, '≥') },
+      { section: '(b)', scenario: LABEL.window, db: 'postgres', m: a.window, ratio: a.window.rps / c.bare.rps, versus: 'of bare route' },
+    )
+    if (LEVERS) {
+      const lever = (key: string, scenario: string, base: Measured, versus: string) => {
+        const m = best(runs, key)
+        rows.push({ section: 'lever', scenario, db: 'postgres', m, ratio: m.rps / base.rps, versus })
+      }
+      lever('prepared.ingest1', `${LABEL.ingest1}, every statement prepared`, a.ingest1, 'of as shipped')
+      lever('info.ingest1', `${LABEL.ingest1}, LOG_LEVEL=info`, a.ingest1, 'of warn')
+      lever('prepared.token', `${LABEL.token}, every statement prepared`, a.token, 'of as shipped')
+      lever('info.token', `${LABEL.token}, LOG_LEVEL=info`, a.token, 'of warn')
+      lever('pool20.token', `${LABEL.token}, DATABASE_POOL_SIZE=20`, a.token, 'of pool 10')
+    }
+
+    if (PGLITE) {
+      const dir = mkdtempSync(join(tmpdir(), 'otn-bench-pglite-'))
+      try {
+        const { app, jobs } = await startApp(emulator, { name: 'pglite', env: { PGLITE_DATA_DIR: dir }, scenarios: ['ingest1', 'ingest50', 'token', 'window'] }, 1)
+        targets.push(app)
+        const pgliteRuns = await rounds(jobs, 1)
+        for (const t of targets.splice(0)) await t.stop()
+        for (const s of ['ingest1', 'ingest50', 'token', 'window'] as const) {
+          const m = best(pgliteRuns, `pglite.${s}`)
+          rows.push({ section: '(4)', scenario: LABEL[s], db: 'pglite (dir)', m, ratio: m.rps / a[s].rps, versus: 'of postgres' })
+        }
+      } finally {
+        rmSync(dir, { recursive: true, force: true })
+      }
+    }
+
+    try {
+      claimScale = await runClaimScale({ adminUrl: admin, sizes: [CLAIM_ROWS_SMALL, CLAIM_ROWS_LARGE], claims: CLAIMS })
+    } catch (error) {
+      claimError = error instanceof Error ? error.message : String(error)
+      log(`claim latency failed: ${claimError}`)
+    }
+    const [small, large] = claimScale
+    for (const r of claimScale) {
+      for (const [label, m] of [['commit flushed', r.durable], ['statement only', r.statement]] as const) {
+        const base = label === 'commit flushed' ? small.durable.unnamed.p50 : small.statement.unnamed.p50
+        const ratio = m.unnamed.p50 / base
+        rows.push({
+          section: '(d)',
+          scenario: `claim, ${r.rows.toLocaleString('en-US')} tokens, ${label} (named: p50 ${fmt.ms(m.named.p50)} ms)`,
+          db: 'postgres',
+          p50: m.unnamed.p50,
+          p99: m.unnamed.p99,
+          ...(r === large ? { ratio, versus: `of ${small.rows.toLocaleString('en-US')}`, target: verdict(ratio, TARGETS.claimScale, '≤') } : {}),
+        })
+      }
+    }
+
+    hazards = await runPlanHazard({ adminUrl: admin, backlog: envInt('BENCH_BACKLOG', 40_000), count: 300 })
+    for (const h of hazards) {
+      rows.push({
+        section: '(e)', scenario: `${h.transition}, ${h.backlog.toLocaleString('en-US')} since ANALYZE, as shipped (${h.shipped.plan})`, db: 'postgres',
+        p50: h.shipped.p50, p99: Number.NaN, ratio: h.shipped.p50 / h.keyed.p50, versus: 'of keyed indexes',
+      })
+    }
+  } finally {
+    for (const t of targets) await t.stop()
+    await emulator?.stop()
+    await bench.drop()
+    await cluster?.destroy()
+  }
+
+  console.log(`\n${machine}`)
+  console.log(`${ROUNDS} rounds of ${SECONDS} s per scenario (after ${WARMUP} s warm-up), best round shown; ${CONNECTIONS} connections on loopback; ` +
+    `load average ${loadBefore} before, ${load()} after; ${((Date.now() - started) / 1000).toFixed(0)} s in all\n`)
+  console.log(render(rows))
+  console.log(`\nClaim latency (unnamed = as the service sends it), ${CLAIMS} sequential claims of each kind; loaded in ${claimScale.map((r) => `${r.loadSeconds.toFixed(0)} s`).join(' and ')}:\n`)
+  console.log(claimScaleTable(claimScale))
+  if (claimError) console.log(`claim latency could not be measured: ${claimError}`)
+  if (hazards.length > 0) {
+    console.log('\nOne guarded transition with a backlog of reserved tokens / pending notifications made since the last ANALYZE (300 timed, sequential):\n')
+    console.log(planHazardTable(hazards))
+  }
+  const failed = rows.filter((r) => r.target && !r.target.pass).length
+  console.log(`\ntargets: ${rows.filter((r) => r.target).length - failed} pass, ${failed} fail`)
+  if (process.env.BENCH_JSON) writeFileSync(process.env.BENCH_JSON, JSON.stringify({ machine, loadBefore, loadAfter: load(), rows, claimScale }, null, 2))
+  if (claimError) process.exitCode = 1
+}
+
+main().catch((error) => {
+  process.stderr.write(`bench failed: ${error instanceof Error ? error.stack : String(error)}\n`)
+  process.exit(1)
+})
