@@ -140,3 +140,13 @@ t.test('same schema and queries on both databases: the claim index exists', asyn
   const rows = await sql<{ indexname: string }>`select indexname from pg_indexes where tablename = 'optin_tokens' order by 1`.execute(db)
   t.ok(rows.rows.map((r) => r.indexname).includes('optin_tokens_usable_idx'))
 })
+
+t.test('text Postgres refuses (a NUL character) is a 400, not a 500', async (t) => {
+  const app = await build(t)
+  const res = await app.inject({ url: '/v1/topics?name=%00', headers: auth })
+  t.equal(res.statusCode, 400)
+  t.equal(res.json().code, 'invalid_characters')
+  const body = await app.inject({ method: 'PUT', url: `/v1/pages/${uniquePageId()}`, headers: auth, payload: { name: 'a\u0000b' } })
+  t.equal(body.statusCode, 400)
+  t.equal(body.json().code, 'invalid_characters')
+})

@@ -44,6 +44,14 @@ const fastifyErrors: Record<string, [number, string]> = {
   FST_ERR_BAD_URL: [400, 'bad_url'],
 }
 
+// Input Postgres itself refuses (a NUL character in text, a value of the wrong form): the caller's fault.
+const postgresInputErrors: Record<string, [string, string]> = {
+  22021: ['invalid_characters', 'Text may not contain NUL characters or invalid UTF-8.'],
+  '22P05': ['invalid_characters', 'Text may not contain NUL characters or invalid UTF-8.'],
+  '22P02': ['invalid_value', 'A value is not of the expected form.'],
+  22001: ['value_too_long', 'A value is longer than allowed.'],
+}
+
 function isDatabaseDown (error: unknown): boolean {
   const e = error as { code?: string, message?: string }
   return ['ECONNREFUSED', 'ECONNRESET', '57P01', '57P03', '08006', '08001', '08003'].includes(e.code ?? '') ||
@@ -83,6 +91,8 @@ export default fp(async (app) => {
     }
     const known = error.code ? fastifyErrors[error.code] : undefined
     if (known) return sendProblem(reply, known[0], known[1], error.message)
+    const input = postgresInputErrors[(error as { code?: string }).code ?? '']
+    if (input) return sendProblem(reply, 400, input[0], input[1])
     if (isDatabaseDown(error)) {
       request.log.error({ err: error }, 'database unavailable')
       reply.header('retry-after', '5')
