@@ -5,10 +5,10 @@ import {
   BroadcastListQuerySchema, BroadcastListSchema, BroadcastParamsSchema, BroadcastSchema, CreateBroadcastBodySchema,
   CreateBroadcastHeadersSchema,
 } from '../schemas/broadcasts.js'
-import { problems } from '../schemas/common.js'
+import { apiKeySecurity, problems } from '../schemas/common.js'
 
 const tags = ['broadcasts']
-const security = [{ apiKey: [] }]
+const security = apiKeySecurity
 
 const routes: FastifyPluginAsyncTypebox = async (app) => {
   app.post('/broadcasts', {

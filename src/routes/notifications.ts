@@ -2,14 +2,14 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import {
   getNotification, listNotifications, notificationView, problemOf, sendNotification, type SendDeps,
 } from '../domain/notifications.js'
-import { problems } from '../schemas/common.js'
+import { apiKeySecurity, problems } from '../schemas/common.js'
 import {
   CreateNotificationBodySchema, CreateNotificationHeadersSchema, NotificationListQuerySchema, NotificationListSchema,
   NotificationParamsSchema, NotificationSchema,
 } from '../schemas/notifications.js'
 
 const tags = ['notifications']
-const security = [{ apiKey: [] }]
+const security = apiKeySecurity
 
 const routes: FastifyPluginAsyncTypebox = async (app) => {
   app.post('/notifications', {

@@ -1,10 +1,10 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { requestOptin } from '../domain/optin-requests.js'
-import { problems } from '../schemas/common.js'
+import { apiKeySecurity, problems } from '../schemas/common.js'
 import { CreateOptinRequestBodySchema, OptinRequestParamsSchema, OptinRequestSchema } from '../schemas/optin-requests.js'
 
 const tags = ['topics']
-const security = [{ apiKey: [] }]
+const security = apiKeySecurity
 
 const routes: FastifyPluginAsyncTypebox = async (app) => {
   app.post('/topics/:id/optin-requests', {

@@ -1,11 +1,11 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
 import { deletePage, getPage, listPages, pageView, upsertPage } from '../domain/pages.js'
-import { problems } from '../schemas/common.js'
+import { apiKeySecurity, problems } from '../schemas/common.js'
 import { PageListQuerySchema, PageListSchema, PageParamsSchema, PageSchema, PutPageBodySchema } from '../schemas/pages.js'
 
 const tags = ['pages']
-const security = [{ apiKey: [] }]
+const security = apiKeySecurity
 
 const routes: FastifyPluginAsyncTypebox = async (app) => {
   app.put('/pages/:pageId', {

@@ -1,10 +1,10 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { getSubscriber } from '../domain/subscribers.js'
-import { problems } from '../schemas/common.js'
+import { apiKeySecurity, problems } from '../schemas/common.js'
 import { SubscriberParamsSchema, SubscriberSchema } from '../schemas/subscribers.js'
 
 const tags = ['subscribers']
-const security = [{ apiKey: [] }]
+const security = apiKeySecurity
 
 const routes: FastifyPluginAsyncTypebox = async (app) => {
   app.get('/pages/:pageId/subscribers/:psid', {

@@ -1,13 +1,13 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { createTopic, deleteTopic, getTopic, listTopics, topicView, updateTopic } from '../domain/topics.js'
-import { problems } from '../schemas/common.js'
+import { apiKeySecurity, problems } from '../schemas/common.js'
 import {
   CreateTopicBodySchema, DeletedTopicSchema, DeleteTopicQuerySchema, TopicListQuerySchema, TopicListSchema,
   TopicParamsSchema, TopicSchema, UpdateTopicBodySchema,
 } from '../schemas/topics.js'
 
 const tags = ['topics']
-const security = [{ apiKey: [] }]
+const security = apiKeySecurity
 
 const routes: FastifyPluginAsyncTypebox = async (app) => {
   app.post('/topics', {

@@ -1,5 +1,5 @@
 import { Type, type Static } from 'typebox'
-import { ListOf, ListQuerySchema, PageId, Psid, Timestamp, Uuid } from './common.js'
+import { IdParamsSchema, ListOf, ListQuerySchema, PageId, Psid, Timestamp, Uuid } from './common.js'
 import { MessageSchema, NotificationType } from './notifications.js'
 
 const MAX_EXPLICIT_AUDIENCE = 10_000
@@ -70,7 +70,7 @@ export const BroadcastSchema = Type.Object({
   cancelled_at: Type.Union([Timestamp, Type.Null()]),
 }, { title: 'Broadcast' })
 
-export const BroadcastParamsSchema = Type.Object({ id: Uuid })
+export const BroadcastParamsSchema = IdParamsSchema
 
 export const BroadcastListQuerySchema = Type.Object({
   ...ListQuerySchema.properties,

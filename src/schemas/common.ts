@@ -46,3 +46,9 @@ export const Timestamp = Type.String({ format: 'date-time' })
 export const PageId = Type.String({ pattern: '^[0-9]{1,32}$', description: 'Facebook Page id.' })
 export const Psid = Type.String({ pattern: '^[0-9A-Za-z_-]{1,64}$', description: 'Page-scoped id of a person.' })
 export const Uuid = Type.String({ format: 'uuid' })
+
+/** Every /v1 route: a bearer key from API_KEYS. */
+export const apiKeySecurity = [{ apiKey: [] }]
+
+/** Path parameters of a resource addressed by its uuid. */
+export const IdParamsSchema = Type.Object({ id: Uuid })

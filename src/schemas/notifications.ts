@@ -1,5 +1,5 @@
 import { Type, type Static } from 'typebox'
-import { ListOf, ListQuerySchema, PageId, Psid, Timestamp, Uuid } from './common.js'
+import { IdParamsSchema, ListOf, ListQuerySchema, PageId, Psid, Timestamp, Uuid } from './common.js'
 
 const QuickReplySchema = Type.Object({
   content_type: Type.Union([Type.Literal('text'), Type.Literal('user_phone_number'), Type.Literal('user_email')]),
@@ -100,7 +100,7 @@ export const NotificationSchema = Type.Object({
   completed_at: Type.Union([Timestamp, Type.Null()]),
 }, { title: 'Notification' })
 
-export const NotificationParamsSchema = Type.Object({ id: Uuid })
+export const NotificationParamsSchema = IdParamsSchema
 
 export const NotificationListQuerySchema = Type.Object({
   ...ListQuerySchema.properties,

@@ -1,7 +1,7 @@
 import { Type, type Static } from 'typebox'
-import { PageId, Psid, Timestamp, Uuid } from './common.js'
+import { IdParamsSchema, PageId, Psid, Timestamp, Uuid } from './common.js'
 
-export const OptinRequestParamsSchema = Type.Object({ id: Uuid })
+export const OptinRequestParamsSchema = IdParamsSchema
 
 export const CreateOptinRequestBodySchema = Type.Object({
   psid: Psid,

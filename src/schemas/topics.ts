@@ -1,10 +1,10 @@
 import { Type, type Static } from 'typebox'
-import { ListOf, ListQuerySchema, PageId, Timestamp, Uuid } from './common.js'
+import { IdParamsSchema, ListOf, ListQuerySchema, PageId, Timestamp, Uuid } from './common.js'
 
 const Name = Type.String({ minLength: 1, maxLength: 100, pattern: '\\S', description: 'Unique per Page, ignoring case.' })
 const Title = Type.String({ minLength: 1, maxLength: 65, pattern: '\\S', description: 'Shown to the person in the "Notify Me" request (Meta allows 65 characters).' })
 
-export const TopicParamsSchema = Type.Object({ id: Uuid })
+export const TopicParamsSchema = IdParamsSchema
 
 export const CreateTopicBodySchema = Type.Object({
   page_id: PageId,
