@@ -5,30 +5,19 @@
 // It listens on 127.0.0.1:0, sends {type: 'ready', port}, then answers {id, cmd, args} messages.
 import type { AddressInfo } from 'node:net'
 import type { FastifyInstance } from 'fastify'
-import { CompiledQuery, Kysely, PostgresDialect } from 'kysely'
+import { CompiledQuery } from 'kysely'
 import pg from 'pg'
 import { buildApp } from '../src/app.js'
 import { loadConfig } from '../src/config.js'
-import type { DB } from '../src/db/types.js'
 import { createEmulator } from '../src/emulator/emulator.js'
 import { buildCeilings, claimStatement } from './ceilings.js'
 import { APP_SECRET } from './lib.js'
-import { prepareEveryStatement } from './prepared.js'
 
 type Handler = (args: any) => Promise<unknown>
 
 async function app (): Promise<{ server: FastifyInstance, handlers: Record<string, Handler> }> {
   const config = loadConfig(process.env)
-  let db: Kysely<DB> | undefined
-  let server: FastifyInstance
-  if (process.env.BENCH_PREPARED === '1' && config.DATABASE_URL) {
-    const pool = new pg.Pool({ connectionString: config.DATABASE_URL, max: config.DATABASE_POOL_SIZE })
-    pool.on('error', () => {})
-    db = new Kysely<DB>({ dialect: new PostgresDialect({ pool: prepareEveryStatement(pool) }) })
-    server = await buildApp(config, { db, dbKind: 'postgres' })
-  } else {
-    server = await buildApp(config)
-  }
+  const server = await buildApp(config)
   // Requests whose client has gone (the load generator stops mid-request) still run to the end;
   // closing waits for them, so that none meets a closed database.
   let inFlight = 0
@@ -45,7 +34,6 @@ async function app (): Promise<{ server: FastifyInstance, handlers: Record<strin
       close: async () => {
         await drained()
         await server.close()
-        await db?.destroy()
       },
     },
   }

@@ -3,6 +3,7 @@ import { CompiledQuery, Kysely, PostgresDialect, sql } from 'kysely'
 import { PGlite } from '@electric-sql/pglite'
 import pg from 'pg'
 import { PGliteDialect, SessionLock } from './pglite-dialect.js'
+import { prepareStatements } from './prepared-statements.js'
 import type { DB } from './types.js'
 
 export type Database = Kysely<DB>
@@ -19,6 +20,8 @@ export interface DatabaseHandle {
 export interface DatabaseOptions {
   databaseUrl?: string
   poolSize?: number
+  /** Named statements kept per connection (0: none). */
+  statementCacheSize?: number
   pgliteDataDir?: string
 }
 
@@ -30,6 +33,7 @@ export async function openDatabase (options: DatabaseOptions): Promise<DatabaseH
     // Nor must a client losing it while checked out (inside a transaction): its query rejects and
     // the caller answers 503; an unhandled 'error' event would kill the process (seen in the soak).
     pool.on('connect', (client) => { client.on('error', () => {}) })
+    prepareStatements(pool, options.statementCacheSize ?? 100)
     const db = new Kysely<DB>({ dialect: new PostgresDialect({ pool }) })
     const url = new URL(options.databaseUrl)
     url.password = url.password ? '***' : ''
