@@ -13,7 +13,7 @@ import pg from 'pg'
 import { openDatabase } from '../src/db/database.js'
 import { migrate } from '../src/db/migrate.js'
 import type { DB } from '../src/db/types.js'
-import { markUsed } from '../src/domain/claims.js'
+import { settleToken } from '../src/domain/claims.js'
 import { ADMIN_URL, createDatabase, envInt, fmt, log, quantile, table } from './lib.js'
 
 export interface HazardResult {
@@ -40,7 +40,7 @@ const BEGIN_ATTEMPT = 'update "notifications" set "attempts" = "attempts" + $1, 
 async function markUsedStatement (pool: pg.Pool): Promise<string> {
   let captured: CompiledQuery | undefined
   const db = new Kysely<DB>({ dialect: new PostgresDialect({ pool }), log: (e) => { captured = e.query } })
-  await markUsed(db, { token_id: '0', notification_id: randomUUID() })
+  await settleToken(db, { token_id: '0', notification_id: randomUUID() }, 'used')
   return captured!.sql
 }
 

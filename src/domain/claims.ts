@@ -1,6 +1,6 @@
-import { sql } from 'kysely'
+import { sql, type QueryCreator } from 'kysely'
 import type { Database } from '../db/database.js'
-import type { TokenKind } from '../db/types.js'
+import type { DB, TokenKind } from '../db/types.js'
 
 /** A token reserved for one notification; its value goes to Meta and nowhere else. */
 export interface ClaimedToken {
@@ -20,12 +20,13 @@ export interface ClaimTarget {
 }
 
 /**
- * Reserves the soonest-expiring usable OTN token of (Page, topic payload, PSID) for one
- * notification, in one statement. SKIP LOCKED hands concurrent claimers different rows (or none)
- * without waiting on each other, across any number of service instances.
+ * The claim as a statement: reserves the soonest-expiring usable OTN token of (Page, topic payload,
+ * PSID) for one notification and returns it. SKIP LOCKED hands concurrent claimers different rows
+ * (or none) without waiting on each other, across any number of service instances. Also run as the
+ * first part of a notification's insert (notifications.ts), so a send claims in the same round trip.
  */
-export async function claimToken (db: Database, target: ClaimTarget): Promise<ClaimedToken | undefined> {
-  const { rows } = await sql<ClaimedToken>`
+export function claimStatement (target: ClaimTarget) {
+  return sql<ClaimedToken>`
     update optin_tokens
        set state = 'reserved',
            lease_expires_at = now() + make_interval(secs => ${target.leaseSeconds}),
@@ -38,60 +39,53 @@ export async function claimToken (db: Database, target: ClaimTarget): Promise<Cl
         order by expires_at
         limit 1
         for update skip locked)
-    returning id, kind, token, expires_at, lease_expires_at`.execute(db)
+    returning id, kind, token, expires_at, lease_expires_at`
+}
+
+export async function claimToken (db: Database, target: ClaimTarget): Promise<ClaimedToken | undefined> {
+  const { rows } = await claimStatement(target).execute(db)
   return rows[0]
 }
 
 export interface Reservation { token_id: string, notification_id: string }
 
-// Every transition out of `reserved` names the holder, so a stale holder (whose lease recovery
-// took over) changes nothing: the update matches no row and the caller re-reads the outcome.
-function fromReserved (db: Database, r: Reservation) {
+/** Where a reservation ends: spent, refused by Meta, usable again, or possibly delivered. */
+export type SettledState = 'used' | 'invalid' | 'available' | 'unconfirmed'
+
+/**
+ * The token's move out of `reserved`, as an update a caller runs alone or inside a larger statement
+ * (the notification's outcome is written in the same statement). It names the holder, so a stale
+ * holder (whose lease recovery took over) changes nothing: the update matches no row.
+ * `used`: Meta accepted the send; the token stays linked to its notification. `invalid`: Meta
+ * refused the token itself. `available`: Meta refused for a reason that is not the token (and it
+ * cannot have been spent). `unconfirmed`: it may have been delivered, so it is never handed out again.
+ */
+export function settle (db: QueryCreator<DB>, r: Reservation, to: SettledState) {
   return db.updateTable('optin_tokens')
+    .set({ state: to, lease_expires_at: null, ...(to === 'available' ? { notification_id: null } : {}), updated_at: sql`now()` })
     .where('id', '=', r.token_id)
     .where('state', '=', 'reserved')
     .where('notification_id', '=', r.notification_id)
 }
 
-async function changed (query: Promise<{ numUpdatedRows: bigint }>): Promise<boolean> {
-  return (await query).numUpdatedRows > 0n
-}
-
-/** Meta accepted the send: the token is spent and stays linked to its notification. */
-export function markUsed (db: Database, r: Reservation): Promise<boolean> {
-  return changed(fromReserved(db, r).set({ state: 'used', lease_expires_at: null, updated_at: sql`now()` }).executeTakeFirst())
-}
-
-/** Meta refused the token itself: it can never be sent. */
-export function markInvalid (db: Database, r: Reservation): Promise<boolean> {
-  return changed(fromReserved(db, r).set({ state: 'invalid', lease_expires_at: null, updated_at: sql`now()` }).executeTakeFirst())
-}
-
-/** Meta refused for a reason that is not the token (and it cannot have been spent): usable again. */
-export function release (db: Database, r: Reservation): Promise<boolean> {
-  return changed(fromReserved(db, r)
-    .set({ state: 'available', lease_expires_at: null, notification_id: null, updated_at: sql`now()` })
-    .executeTakeFirst())
-}
-
-/** It may have been delivered: never handed to another send, kept linked for the record. */
-export function markUnconfirmed (db: Database, r: Reservation): Promise<boolean> {
-  return changed(fromReserved(db, r).set({ state: 'unconfirmed', lease_expires_at: null, updated_at: sql`now()` }).executeTakeFirst())
+/** Runs `settle` alone; true when this holder moved the token. */
+export async function settleToken (db: Database, r: Reservation, to: SettledState): Promise<boolean> {
+  return (await settle(db, r, to).executeTakeFirst()).numUpdatedRows > 0n
 }
 
 /** Pushes the lease forward before another attempt, so recovery does not take over a live send. */
-export function extendLease (db: Database, r: Reservation, leaseSeconds: number): Promise<boolean> {
-  return changed(fromReserved(db, r)
+export async function extendLease (db: Database, r: Reservation, leaseSeconds: number): Promise<boolean> {
+  const result = await db.updateTable('optin_tokens')
     .set({ lease_expires_at: sql`now() + make_interval(secs => ${leaseSeconds})`, updated_at: sql`now()` })
-    .executeTakeFirst())
+    .where('id', '=', r.token_id).where('state', '=', 'reserved').where('notification_id', '=', r.notification_id)
+    .executeTakeFirst()
+  return result.numUpdatedRows > 0n
 }
 
 /** The person stopped the topic: their other usable tokens on it will never be sent. */
-export async function discardPersonTokens (db: Database, target: { page_id: string, payload: string, psid: string }): Promise<number> {
-  const result = await db.updateTable('optin_tokens')
+export function discardPersonTokens (db: Database, target: { page_id: string, payload: string, psid: string }) {
+  return db.updateTable('optin_tokens')
     .set({ state: 'discarded', updated_at: sql`now()` })
     .where('page_id', '=', target.page_id).where('payload', '=', target.payload).where('psid', '=', target.psid)
     .where('state', '=', 'available')
-    .executeTakeFirst()
-  return Number(result.numUpdatedRows)
 }

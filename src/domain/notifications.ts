@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto'
+import { createHash, randomUUID } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { sql } from 'kysely'
 import type { Config } from '../config.js'
@@ -7,8 +7,8 @@ import type { GraphError, Notification, NotificationRoute, NotificationStatus, N
 import type { GraphClient, PageCredentials, SendOutcome } from '../graph/client.js'
 import { classifyGraphError, TEMPORARY_RETRY_AFTER_SECONDS, verdictFor, type Verdict } from '../graph/errors.js'
 import {
-  claimToken, discardPersonTokens, extendLease, markInvalid, markUnconfirmed, markUsed, release,
-  type ClaimedToken, type Reservation,
+  claimStatement, claimToken, discardPersonTokens, extendLease, settle, settleToken,
+  type ClaimedToken, type Reservation, type SettledState,
 } from './claims.js'
 import { DomainError, notFound, type ErrorKind } from './errors.js'
 import { recordPageError } from './pages.js'
@@ -156,51 +156,139 @@ export function requestHash (input: NotificationInput): string {
 
 interface Target { page: PageCredentials, page_id: string, payload: string, topic_id: string | null }
 
+interface SendContext {
+  topic_id: string
+  page_id: string
+  payload: string
+  page_found: string | null
+  access_token: string | null
+  last_interaction_at: Date | null
+  existing_id: string | null
+}
+
+/** Everything a send reads before it writes, in one query: topic, Page, window, an earlier request with the key. */
+async function sendContext (db: Database, input: NotificationInput): Promise<SendContext | undefined> {
+  const existing = input.idempotency_key === undefined
+    ? sql`null::uuid`
+    : sql`(select id from notifications where idempotency_key = ${input.idempotency_key})`
+  const { rows } = await sql<SendContext>`
+    select t.id as topic_id, t.page_id, t.payload, p.id as page_found, p.access_token, s.last_interaction_at,
+           ${existing} as existing_id
+      from topics t
+      left join pages p on p.id = t.page_id
+      left join subscribers s on s.page_id = t.page_id and s.psid = ${input.psid}
+     where t.id = ${input.topic_id}`.execute(db)
+  return rows[0]
+}
+
 /**
  * Sends one notification: through the 24-hour window when it is open (no token spent), else by
  * claiming and spending exactly one token. Every outcome is recorded on the notification row.
+ *
+ * The usual send is three round trips and two commits: one read (sendContext); one statement that
+ * claims the token and inserts the notification with its first attempt counted (or, on the window
+ * route, inserts it alone); and, after Meta answers, one statement that records the outcome
+ * together with the token's transition.
  */
 export async function sendNotification (deps: SendDeps, input: NotificationInput): Promise<SendResult> {
   const { db } = deps
-  const topic = await db.selectFrom('topics').select(['id', 'page_id', 'payload'])
-    .where('id', '=', input.topic_id).executeTakeFirst()
-  if (!topic) throw notFound('topic', input.topic_id)
+  const context = await sendContext(db, input)
+  if (!context) throw notFound('topic', input.topic_id)
   const hash = requestHash(input)
-
-  if (input.idempotency_key !== undefined) {
-    const existing = await byKey(db, input.idempotency_key)
-    if (existing) return replay(deps, existing, hash)
-  }
-
-  const page = await db.selectFrom('pages').select(['id', 'access_token']).where('id', '=', topic.page_id).executeTakeFirst()
-  if (!page) throw notFound('page', topic.page_id)
-  if (page.access_token === null) {
+  if (context.existing_id !== null) return replay(deps, await current(db, context.existing_id), hash)
+  if (context.page_found === null) throw notFound('page', context.page_id)
+  if (context.access_token === null) {
     throw new DomainError('conflict', 'page_without_access_token',
-      `Page ${page.id} has no access token; PUT /v1/pages/${page.id} with one first.`)
+      `Page ${context.page_id} has no access token; PUT /v1/pages/${context.page_id} with one first.`)
   }
-
-  const inserted = await db.insertInto('notifications').values({
-    page_id: topic.page_id,
-    topic_id: topic.id,
+  const target: Target = {
+    page: { id: context.page_id, accessToken: context.access_token }, page_id: context.page_id, payload: context.payload, topic_id: context.topic_id,
+  }
+  const useWindow = input.use_window ?? true
+  const row: NewNotification = {
+    id: randomUUID(),
+    page_id: context.page_id,
+    topic_id: context.topic_id,
     psid: input.psid,
     message: JSON.stringify(input.message),
     notification_type: input.notification_type ?? 'REGULAR',
-    use_window: input.use_window ?? true,
+    use_window: useWindow,
     idempotency_key: input.idempotency_key ?? null,
     request_hash: hash,
     broadcast_id: input.broadcast_id ?? null,
-  }).onConflict((oc) => oc.column('idempotency_key').doNothing())
-    .returningAll().executeTakeFirst()
-  if (!inserted) {
-    // Another request with this key won the insert a moment ago (maybe on another instance).
+  }
+
+  let started: { n: Notification, token?: ClaimedToken } | undefined
+  try {
+    started = useWindow && windowIsOpen(context.last_interaction_at)
+      ? { n: await db.insertInto('notifications').values({ ...row, route: 'window', attempts: 1 }).returningAll().executeTakeFirstOrThrow() }
+      : await insertClaiming(deps, row, target)
+  } catch (error) {
+    if ((error as { code?: string }).code !== '23505' || input.idempotency_key === undefined) throw error
+  }
+  if (!started) {
+    // Another request with this key won the insert a moment ago (maybe on another instance); this
+    // statement, claim included, was undone.
     const winner = await byKey(db, input.idempotency_key!)
     if (!winner) throw new DomainError('conflict', 'idempotency_in_progress', 'Try again.', { retryAfterSeconds: 1 })
     return replay(deps, winner, hash)
   }
 
-  const target = { page: { id: page.id, accessToken: page.access_token }, page_id: topic.page_id, payload: topic.payload, topic_id: topic.id }
-  const done = await deliver(deps, inserted, target)
+  const { n, token } = started
+  let done: Notification
+  if (n.status !== 'pending') done = n // no token to claim: recorded final in the same statement
+  else if (n.route === 'window') done = await sendThroughWindow(deps, n, target, true) ?? await tokenRoute(deps, n, target)
+  else done = await tokenRoute(deps, n, target, { token: token!, ambiguous: false, defer: false, counted: true })
   return resultOf(done, false)
+}
+
+/** A notification as the send inserts it; `message` is JSON text. */
+interface NewNotification {
+  id: string
+  page_id: string
+  topic_id: string
+  psid: string
+  message: string
+  notification_type: string
+  use_window: boolean
+  idempotency_key: string | null
+  request_hash: string
+  broadcast_id: string | null
+}
+
+const NO_TOKEN: NotificationProblem = { code: 'no_token', detail: 'This person holds no usable token for this topic.' }
+
+/**
+ * Claims the person's token and inserts the notification in one statement: `pending` with its first
+ * attempt counted and the token reserved to it, or, when there is no token, final as `no_token`.
+ * The notification's id is chosen here so the claim can name it.
+ */
+async function insertClaiming (deps: SendDeps, row: NewNotification, target: Target): Promise<{ n: Notification, token?: ClaimedToken }> {
+  const claim = claimStatement({
+    page_id: target.page_id, payload: target.payload, psid: row.psid, notification_id: row.id, leaseSeconds: deps.config.TOKEN_LEASE_SECONDS,
+  })
+  const { rows: [found] } = await sql<Notification & { claim_kind: ClaimedToken['kind'] | null, claim_token: string | null, claim_expires_at: Date | null, claim_lease_expires_at: Date | null }>`
+    with claim as (${claim}),
+    inserted as (
+      insert into notifications (id, page_id, topic_id, psid, message, notification_type, use_window, idempotency_key, request_hash,
+                                 broadcast_id, route, attempts, token_id, status, http_status, error, completed_at)
+      select ${row.id}::uuid, ${row.page_id}, ${row.topic_id}::uuid, ${row.psid}, ${row.message}::jsonb, ${row.notification_type},
+             ${row.use_window}::boolean, ${row.idempotency_key}, ${row.request_hash}, ${row.broadcast_id}::uuid, 'token',
+             case when c.id is null then 0 else 1 end, c.id,
+             case when c.id is null then 'no_token' else 'pending' end,
+             case when c.id is null then 409 end,
+             case when c.id is null then ${JSON.stringify(NO_TOKEN)}::jsonb end,
+             case when c.id is null then now() end
+        from (values (1)) as one (x) left join claim c on true
+      returning *)
+    select i.*, c.kind as claim_kind, c.token as claim_token, c.expires_at as claim_expires_at, c.lease_expires_at as claim_lease_expires_at
+      from inserted i left join claim c on true`.execute(deps.db)
+  const { claim_kind: kind, claim_token: token, claim_expires_at: expires, claim_lease_expires_at: lease, ...n } = found
+  if (n.status !== 'pending') {
+    deps.log?.info({ notification_id: n.id, status: n.status, route: n.route, attempts: n.attempts }, `notification ${n.status}`)
+    return { n }
+  }
+  return { n, token: { id: n.token_id!, kind: kind!, token: token!, expires_at: expires!, lease_expires_at: lease! } }
 }
 
 async function byKey (db: Database, key: string): Promise<Notification | undefined> {
@@ -244,8 +332,11 @@ async function deliver (deps: SendDeps, n: Notification, target: Target): Promis
   return tokenRoute(deps, n, target)
 }
 
-/** Undefined when Meta says the window is closed after all (clock skew): the token route follows. */
-async function sendThroughWindow (deps: SendDeps, n: Notification, target: Target): Promise<Notification | undefined> {
+/**
+ * Undefined when Meta says the window is closed after all (clock skew): the token route follows.
+ * `counted`: the row was inserted with its first attempt already counted.
+ */
+async function sendThroughWindow (deps: SendDeps, n: Notification, target: Target, counted = false): Promise<Notification | undefined> {
   const body = {
     recipient: { id: n.psid },
     messaging_type: 'RESPONSE',
@@ -256,7 +347,7 @@ async function sendThroughWindow (deps: SendDeps, n: Notification, target: Targe
   // never left (connection refused) is sent again; a lost answer is recorded as unconfirmed.
   for (let attempt = 0; ; attempt++) {
     if (attempt > 0) await pause(deps, attempt)
-    if (!(await beginAttempt(deps, n.id, 'window'))) return current(deps.db, n.id)
+    if (!(attempt === 0 && counted) && !(await beginAttempt(deps, n.id, 'window'))) return current(deps.db, n.id)
     const outcome = await deps.graph.sendMessage(target.page, body)
     if (outcome.kind === 'ok') {
       return finish(deps, n.id, { status: 'sent', route: 'window', httpStatus: 201, graphMessageId: outcome.messageId })
@@ -298,6 +389,8 @@ interface Resumed {
   ambiguous: boolean
   /** Lease recovery: one send now, and a still-ambiguous transient outcome waits for the next sweep. */
   defer: boolean
+  /** The claim counted the first attempt already (sendNotification's insert). */
+  counted?: boolean
 }
 
 async function tokenRoute (deps: SendDeps, n: Notification, target: Target, resumed?: Resumed): Promise<Notification> {
@@ -309,8 +402,8 @@ async function tokenRoute (deps: SendDeps, n: Notification, target: Target, resu
       page_id: target.page_id, payload: target.payload, psid: n.psid, notification_id: n.id, leaseSeconds: deps.config.TOKEN_LEASE_SECONDS,
     })
     const spend: SpendOptions = next
-      ? { ambiguous: next.ambiguous, sends: next.defer ? 1 : deps.config.GRAPH_API_MAX_RETRIES + 1, defer: next.defer }
-      : { ambiguous: false, sends: deps.config.GRAPH_API_MAX_RETRIES + 1, defer: false }
+      ? { ambiguous: next.ambiguous, sends: next.defer ? 1 : deps.config.GRAPH_API_MAX_RETRIES + 1, defer: next.defer, counted: next.counted ?? false }
+      : { ambiguous: false, sends: deps.config.GRAPH_API_MAX_RETRIES + 1, defer: false, counted: false }
     next = undefined
     if (!claimed) {
       return finish(deps, n.id, {
@@ -334,25 +427,29 @@ async function tokenRoute (deps: SendDeps, n: Notification, target: Target, resu
         return finish(deps, n.id, {
           status: 'sent', route: 'token', httpStatus: 201, graphMessageId: outcome.messageId, tokenId: claimed.id,
           tokenState: 'used', tokensRefused: refused,
-        }, (db) => markUsed(db, reservation))
+        }, { reservation, to: 'used' })
       case 'unconfirmed':
         return finish(deps, n.id, {
           status: 'unconfirmed', route: 'token', tokenId: claimed.id, tokenState: 'unconfirmed', tokensRefused: refused,
           ...unconfirmed(outcome.outcome),
-        }, (db) => markUnconfirmed(db, reservation))
+        }, { reservation, to: 'unconfirmed' })
       case 'unreachable':
         return finish(deps, n.id, {
           status: 'failed', route: 'token', tokenId: claimed.id, tokenState: 'released', tokensRefused: refused,
           ...unreachable(outcome.outcome, 'token'),
-        }, (db) => release(db, reservation))
+        }, { reservation, to: 'available' })
       case 'refused': {
         const { verdict, error } = outcome
         if (verdict.action === 'invalidate') {
-          if (!(await markInvalid(deps.db, reservation))) return current(deps.db, n.id)
+          // The token and the count move together; nothing moves when recovery took the token over.
+          const counted = await deps.db.with('moved', (db) => settle(db, reservation, 'invalid').returning('id'))
+            .updateTable('notifications').set({ tokens_refused: refused + 1, updated_at: sql`now()` })
+            .where('id', '=', n.id).where('status', '=', 'pending')
+            .where(({ exists, selectFrom }) => exists(selectFrom('moved').select('moved.id')))
+            .returning('id').executeTakeFirst()
+          if (!counted) return current(deps.db, n.id)
           refused++
           lastRefusal = error
-          await deps.db.updateTable('notifications').set({ tokens_refused: refused, updated_at: sql`now()` })
-            .where('id', '=', n.id).where('status', '=', 'pending').execute()
           deps.log?.info({ notification_id: n.id, token_id: claimed.id, graph_code: error.code, graph_subcode: error.subcode },
             'Meta refused the token; trying the next one')
           continue
@@ -361,15 +458,11 @@ async function tokenRoute (deps: SendDeps, n: Notification, target: Target, resu
         if (verdict.action === 'stop') {
           return finish(deps, n.id, {
             status: 'failed', route: 'token', tokenId: claimed.id, tokenState: 'invalid', tokensRefused: refused, ...refusal(verdict, error),
-          }, async (db) => {
-            const ok = await markInvalid(db, reservation)
-            if (ok) await discardPersonTokens(db, { page_id: target.page_id, payload: target.payload, psid: n.psid })
-            return ok
-          })
+          }, { reservation, to: 'invalid', discardOthers: { page_id: target.page_id, payload: target.payload, psid: n.psid } })
         }
         return finish(deps, n.id, {
           status: 'failed', route: 'token', tokenId: claimed.id, tokenState: 'released', tokensRefused: refused, ...refusal(verdict, error),
-        }, (db) => release(db, reservation))
+        }, { reservation, to: 'available' })
       }
     }
   }
@@ -383,7 +476,7 @@ async function tokenRoute (deps: SendDeps, n: Notification, target: Target, resu
   })
 }
 
-interface SpendOptions { ambiguous: boolean, sends: number, defer: boolean }
+interface SpendOptions { ambiguous: boolean, sends: number, defer: boolean, counted: boolean }
 
 /**
  * Sends one claimed token, re-sending the same token after an unanswered attempt. Meta accepts a
@@ -405,7 +498,7 @@ async function spendToken (deps: SendDeps, n: Notification, target: Target, clai
   for (let attempt = 0; attempt < opts.sends; attempt++) {
     if (attempt > 0) await pause(deps, attempt)
     if (attempt > 0 && !(await extendLease(deps.db, reservation, deps.config.TOKEN_LEASE_SECONDS))) return { kind: 'lost' }
-    if (!(await beginAttempt(deps, n.id, 'token', claimed.id))) return { kind: 'lost' }
+    if (!(attempt === 0 && opts.counted) && !(await beginAttempt(deps, n.id, 'token', claimed.id))) return { kind: 'lost' }
     last = await deps.graph.sendMessage(target.page, body)
     if (last.kind === 'ok') return { kind: 'sent', messageId: last.messageId }
     if (last.kind === 'graph_error') {
@@ -501,26 +594,52 @@ interface Outcome {
   tokensRefused?: number
 }
 
+/** The claimed token's move that goes with an outcome; `discardOthers`: the person stopped the topic. */
+interface TokenTransition {
+  reservation: Reservation
+  to: SettledState
+  discardOthers?: { page_id: string, payload: string, psid: string }
+}
+
 /**
- * Records the outcome together with the token's transition, in one transaction, only if this
- * process still holds both; otherwise the outcome someone else recorded (lease recovery) stands.
+ * Records the outcome together with the token's transition, in one statement, only if this process
+ * still holds both; otherwise the outcome someone else recorded (lease recovery) stands.
  */
-async function finish (deps: SendDeps, id: string, o: Outcome, tokenTransition?: (db: Database) => Promise<boolean>): Promise<Notification> {
-  const row = await deps.db.transaction().execute(async (trx) => {
-    if (tokenTransition && !(await tokenTransition(trx))) return undefined
-    return trx.updateTable('notifications').set({
-      status: o.status,
-      route: o.route,
-      http_status: o.httpStatus,
-      error: o.problem ? JSON.stringify(o.problem) : null,
-      graph_message_id: o.graphMessageId ?? null,
-      ...(o.tokenId !== undefined ? { token_id: o.tokenId } : {}),
-      token_state: o.tokenState ?? null,
-      ...(o.tokensRefused !== undefined ? { tokens_refused: o.tokensRefused } : {}),
-      completed_at: sql`now()`,
-      updated_at: sql`now()`,
-    }).where('id', '=', id).where('status', '=', 'pending').returningAll().executeTakeFirst()
-  })
+async function finish (deps: SendDeps, id: string, o: Outcome, transition?: TokenTransition): Promise<Notification> {
+  const values = {
+    status: o.status,
+    route: o.route,
+    http_status: o.httpStatus,
+    error: o.problem ? JSON.stringify(o.problem) : null,
+    graph_message_id: o.graphMessageId ?? null,
+    ...(o.tokenId !== undefined ? { token_id: o.tokenId } : {}),
+    token_state: o.tokenState ?? null,
+    ...(o.tokensRefused !== undefined ? { tokens_refused: o.tokensRefused } : {}),
+    completed_at: sql<Date>`now()`,
+    updated_at: sql<Date>`now()`,
+  }
+  let row: Notification | undefined
+  if (!transition) {
+    row = await deps.db.updateTable('notifications').set(values)
+      .where('id', '=', id).where('status', '=', 'pending').returningAll().executeTakeFirst()
+  } else {
+    const { reservation, to, discardOthers } = transition
+    if (discardOthers) {
+      // Rare (the person stopped the topic): three writes, in one transaction.
+      row = await deps.db.transaction().execute(async (trx) => {
+        if (!(await settleToken(trx, reservation, to))) return undefined
+        await discardPersonTokens(trx, discardOthers).execute()
+        return trx.updateTable('notifications').set(values)
+          .where('id', '=', id).where('status', '=', 'pending').returningAll().executeTakeFirst()
+      })
+    } else {
+      row = await deps.db.with('moved', (db) => settle(db, reservation, to).returning('id'))
+        .updateTable('notifications').set(values)
+        .where('id', '=', id).where('status', '=', 'pending')
+        .where(({ exists, selectFrom }) => exists(selectFrom('moved').select('moved.id')))
+        .returningAll().executeTakeFirst()
+    }
+  }
   const final = row ?? await current(deps.db, id)
   deps.log?.info({
     notification_id: id, status: final.status, route: final.route, attempts: final.attempts,
@@ -580,8 +699,8 @@ export async function resumeWithToken (deps: SendDeps, n: Notification, token: C
   if ('missing' in target) {
     const r: Reservation = { token_id: token.id, notification_id: n.id }
     return mayHaveBeenSent
-      ? finish(deps, n.id, { status: 'unconfirmed', route: 'token', tokenId: token.id, tokenState: 'unconfirmed', httpStatus: 504, problem: target.missing }, (db) => markUnconfirmed(db, r))
-      : finish(deps, n.id, { status: 'failed', route: 'token', tokenId: token.id, tokenState: 'released', httpStatus: 409, problem: target.missing }, (db) => release(db, r))
+      ? finish(deps, n.id, { status: 'unconfirmed', route: 'token', tokenId: token.id, tokenState: 'unconfirmed', httpStatus: 504, problem: target.missing }, { reservation: r, to: 'unconfirmed' })
+      : finish(deps, n.id, { status: 'failed', route: 'token', tokenId: token.id, tokenState: 'released', httpStatus: 409, problem: target.missing }, { reservation: r, to: 'available' })
   }
   return tokenRoute(deps, n, target, { token, ambiguous: mayHaveBeenSent, defer: opts.defer })
 }

@@ -1,9 +1,7 @@
 import t from 'tap'
 import { randomUUID } from 'node:crypto'
 import { sql } from 'kysely'
-import {
-  claimToken, discardPersonTokens, extendLease, markInvalid, markUnconfirmed, markUsed, release,
-} from '../../src/domain/claims.js'
+import { claimToken, discardPersonTokens, extendLease, settleToken, type Reservation } from '../../src/domain/claims.js'
 import { testDatabase, uniquePageId } from '../helper.js'
 
 const DAY = 24 * 60 * 60 * 1000
@@ -58,6 +56,10 @@ t.test('concurrent claims never share a token', async (t) => {
 
 t.test('transitions out of reserved name the holder; a stale holder changes nothing', async (t) => {
   const { db, page_id, ids } = await seed([{}, {}, {}, {}])
+  const markUsed = (_: unknown, r: Reservation) => settleToken(db, r, 'used')
+  const release = (_: unknown, r: Reservation) => settleToken(db, r, 'available')
+  const markInvalid = (_: unknown, r: Reservation) => settleToken(db, r, 'invalid')
+  const markUnconfirmed = (_: unknown, r: Reservation) => settleToken(db, r, 'unconfirmed')
   const states = async () => (await db.selectFrom('optin_tokens').select(['id', 'state', 'notification_id', 'lease_expires_at'])
     .where('page_id', '=', page_id).orderBy('id').execute())
 
@@ -90,7 +92,7 @@ t.test('transitions out of reserved name the holder; a stale holder changes noth
   const final = await states()
   t.same(final.map((r) => r.state), ['used', 'invalid', 'unconfirmed', 'available'])
   t.same(final.map((r) => r.id), ids)
-  t.equal(await discardPersonTokens(db, { page_id, payload: 'topic', psid: 'p1' }), 1)
+  t.equal(Number((await discardPersonTokens(db, { page_id, payload: 'topic', psid: 'p1' }).executeTakeFirst()).numUpdatedRows), 1)
   const { rows } = await sql<{ state: string }>`select state from optin_tokens where id = ${ids[3]}`.execute(db)
   t.equal(rows[0].state, 'discarded')
 })

@@ -1,0 +1,85 @@
+import t, { type Test } from 'tap'
+import { sql, type KyselyPlugin } from 'kysely'
+import { recoverLeases } from '../../src/domain/leases.js'
+import { sendNotification, type SendDeps } from '../../src/domain/notifications.js'
+import { createGraphClient, type GraphClient } from '../../src/graph/client.js'
+import { APP_SECRET, giveTokens, newPsid, openWindow, tokenStates, world, type World } from '../fixtures/otn.js'
+
+// What a send costs the database: the hot paths are three statements (read; claim + insert;
+// outcome + token), each its own round trip, two of them writes. A change that adds a round trip
+// to every send shows up here, not only in the benchmark.
+
+/** The world's database, counting every statement executed through it. */
+function counted (w: World) {
+  const statements: string[] = []
+  const plugin: KyselyPlugin = {
+    transformQuery: (args) => { statements.push(args.node.kind); return args.node },
+    transformResult: async (args) => args.result,
+  }
+  const db = w.db.withPlugin(plugin)
+  return { db, statements }
+}
+
+function depsFor (t: Test, w: World, db: SendDeps['db'], graph?: GraphClient): SendDeps {
+  const client = graph ?? createGraphClient({ baseUrl: w.base, version: 'v21.0', appSecret: APP_SECRET, timeoutMs: 2000, connectTimeoutMs: 1000 })
+  t.teardown(() => client.close())
+  return { db, graph: client, config: { TOKEN_LEASE_SECONDS: 60, GRAPH_API_MAX_RETRIES: 2, GRAPH_API_TIMEOUT_MS: 2000 } }
+}
+
+t.test('a token send is three statements; a window send three; no token two', async (t) => {
+  const w = await world(t)
+  const { db, statements } = counted(w)
+  const deps = depsFor(t, w, db)
+  const message = { text: 'back in stock' }
+
+  const tokenPsid = newPsid()
+  const tokens = await giveTokens(w, tokenPsid, 1)
+  statements.length = 0
+  const sent = await sendNotification(deps, { topic_id: w.topic.id, psid: tokenPsid, message, idempotency_key: `cost-${tokenPsid}` })
+  t.match(sent, { httpStatus: 201, notification: { status: 'sent', route: 'token', attempts: 1, token_state: 'used' } })
+  t.equal(statements.length, 3, `token route: ${statements.join(', ')}`)
+  t.same(await tokenStates(w.db, [tokens[0].id]), ['used'])
+
+  const windowPsid = newPsid()
+  await openWindow(w, windowPsid)
+  statements.length = 0
+  const windowed = await sendNotification(deps, { topic_id: w.topic.id, psid: windowPsid, message })
+  t.match(windowed, { httpStatus: 201, notification: { status: 'sent', route: 'window', attempts: 1 } })
+  t.equal(statements.length, 3, `window route: ${statements.join(', ')}`)
+
+  statements.length = 0
+  const none = await sendNotification(deps, { topic_id: w.topic.id, psid: newPsid(), message })
+  t.match(none, { httpStatus: 409, notification: { status: 'no_token', route: 'token', attempts: 0, http_status: 409 } })
+  t.equal(statements.length, 2, 'no token: recorded final by the claiming insert')
+
+  statements.length = 0
+  const again = await sendNotification(deps, { topic_id: w.topic.id, psid: tokenPsid, message, idempotency_key: `cost-${tokenPsid}` })
+  t.match(again, { replayed: true, httpStatus: 201, notification: { id: sent.notification.id } })
+  t.equal(statements.length, 2, 'a replay reads the context, then the stored notification')
+  t.equal(w.emulator.requests.length, 2, 'two messages went to Meta in all')
+})
+
+t.test('a process that dies after the claiming insert, before Meta is asked: recovery sends that token once', async (t) => {
+  const w = await world(t)
+  const psid = newPsid()
+  const tokens = await giveTokens(w, psid, 2)
+  // The process "dies" as it is about to send: the Graph call never returns.
+  const dead: GraphClient = { sendMessage: () => new Promise(() => {}), close: async () => {} }
+  void sendNotification(depsFor(t, w, w.db, dead), { topic_id: w.topic.id, psid, message: { text: 'lost' } })
+  let n
+  for (let i = 0; i < 100 && !n; i++) {
+    n = await w.db.selectFrom('notifications').selectAll().where('psid', '=', psid).executeTakeFirst()
+    if (!n) await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+  t.match(n, { status: 'pending', route: 'token', attempts: 1, token_id: tokens[0].id }, 'claim and insert were one statement: the row names its token')
+  t.same(await tokenStates(w.db, tokens.map((x) => x.id)), ['reserved', 'available'])
+
+  await w.db.updateTable('optin_tokens').set({ lease_expires_at: sql`now() - interval '1 second'` }).where('id', '=', tokens[0].id).execute()
+  const resolved = await recoverLeases(depsFor(t, w, w.db))
+  t.equal(resolved, 1)
+  const final = await w.db.selectFrom('notifications').selectAll().where('id', '=', n!.id).executeTakeFirstOrThrow()
+  t.match(final, { status: 'sent', route: 'token', token_state: 'used', attempts: 2 })
+  t.same(await tokenStates(w.db, tokens.map((x) => x.id)), ['used', 'available'], 'the second token is untouched')
+  t.equal(w.emulator.inbox(w.pageId, psid).length, 1, 'delivered once')
+  t.same(w.emulator.doubleSpends(), [])
+})
