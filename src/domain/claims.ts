@@ -20,13 +20,14 @@ export interface ClaimTarget {
 }
 
 /**
- * The claim as a statement: reserves the soonest-expiring usable OTN token of (Page, topic payload,
- * PSID) for one notification and returns it. SKIP LOCKED hands concurrent claimers different rows
- * (or none) without waiting on each other, across any number of service instances. Also run as the
- * first part of a notification's insert (notifications.ts), so a send claims in the same round trip.
+ * Reserves the soonest-expiring usable OTN token of (Page, topic payload, PSID) for one
+ * notification, in one statement. SKIP LOCKED hands concurrent claimers different rows (or none)
+ * without waiting on each other, across any number of service instances. A new send makes the same
+ * choice inside its first statement (startSend in notifications.ts); this one serves the next token
+ * after a refusal.
  */
-export function claimStatement (target: ClaimTarget) {
-  return sql<ClaimedToken>`
+export async function claimToken (db: Database, target: ClaimTarget): Promise<ClaimedToken | undefined> {
+  const { rows } = await sql<ClaimedToken>`
     update optin_tokens
        set state = 'reserved',
            lease_expires_at = now() + make_interval(secs => ${target.leaseSeconds}),
@@ -39,11 +40,7 @@ export function claimStatement (target: ClaimTarget) {
         order by expires_at
         limit 1
         for update skip locked)
-    returning id, kind, token, expires_at, lease_expires_at`
-}
-
-export async function claimToken (db: Database, target: ClaimTarget): Promise<ClaimedToken | undefined> {
-  const { rows } = await claimStatement(target).execute(db)
+    returning id, kind, token, expires_at, lease_expires_at`.execute(db)
   return rows[0]
 }
 

@@ -7,13 +7,13 @@ import type { GraphError, Notification, NotificationRoute, NotificationStatus, N
 import type { GraphClient, PageCredentials, SendOutcome } from '../graph/client.js'
 import { classifyGraphError, TEMPORARY_RETRY_AFTER_SECONDS, verdictFor, type Verdict } from '../graph/errors.js'
 import {
-  claimStatement, claimToken, discardPersonTokens, extendLease, settle, settleToken,
+  claimToken, discardPersonTokens, extendLease, settle, settleToken,
   type ClaimedToken, type Reservation, type SettledState,
 } from './claims.js'
 import { DomainError, notFound, type ErrorKind } from './errors.js'
 import { recordPageError } from './pages.js'
 import { afterCursor, pageOf } from './pagination.js'
-import { windowIsOpen } from './window.js'
+import { WINDOW_MS, windowIsOpen } from './window.js'
 
 /** Tokens one notification may try when Meta refuses them one after another. */
 export const MAX_TOKENS_PER_NOTIFICATION = 5
@@ -156,139 +156,143 @@ export function requestHash (input: NotificationInput): string {
 
 interface Target { page: PageCredentials, page_id: string, payload: string, topic_id: string | null }
 
-interface SendContext {
-  topic_id: string
-  page_id: string
-  payload: string
-  page_found: string | null
-  access_token: string | null
-  last_interaction_at: Date | null
-  existing_id: string | null
-}
-
-/** Everything a send reads before it writes, in one query: topic, Page, window, an earlier request with the key. */
-async function sendContext (db: Database, input: NotificationInput): Promise<SendContext | undefined> {
-  const existing = input.idempotency_key === undefined
-    ? sql`null::uuid`
-    : sql`(select id from notifications where idempotency_key = ${input.idempotency_key})`
-  const { rows } = await sql<SendContext>`
-    select t.id as topic_id, t.page_id, t.payload, p.id as page_found, p.access_token, s.last_interaction_at,
-           ${existing} as existing_id
-      from topics t
-      left join pages p on p.id = t.page_id
-      left join subscribers s on s.page_id = t.page_id and s.psid = ${input.psid}
-     where t.id = ${input.topic_id}`.execute(db)
-  return rows[0]
-}
-
 /**
  * Sends one notification: through the 24-hour window when it is open (no token spent), else by
  * claiming and spending exactly one token. Every outcome is recorded on the notification row.
  *
- * The usual send is three round trips and two commits: one read (sendContext); one statement that
- * claims the token and inserts the notification with its first attempt counted (or, on the window
- * route, inserts it alone); and, after Meta answers, one statement that records the outcome
- * together with the token's transition.
+ * The usual send is two statements, each one round trip and one commit: `startSend` (reads the
+ * topic, Page and window, claims the token, inserts the notification with its first attempt
+ * counted), then, after Meta answers, `finish` (the outcome with the token's transition).
  */
 export async function sendNotification (deps: SendDeps, input: NotificationInput): Promise<SendResult> {
   const { db } = deps
-  const context = await sendContext(db, input)
-  if (!context) throw notFound('topic', input.topic_id)
   const hash = requestHash(input)
+  let started: Started | undefined
+  try {
+    started = await startSend(deps, input, hash)
+  } catch (error) {
+    if ((error as { code?: string }).code !== '23505' || input.idempotency_key === undefined) throw error
+    // Another request with this key won the insert a moment ago (maybe on another instance); this
+    // statement, claim included, was undone.
+    const winner = await byKey(db, input.idempotency_key)
+    if (!winner) throw new DomainError('conflict', 'idempotency_in_progress', 'Try again.', { retryAfterSeconds: 1 })
+    return replay(deps, winner, hash)
+  }
+  const { context, n, token } = started
+  if (!context) throw notFound('topic', input.topic_id)
   if (context.existing_id !== null) return replay(deps, await current(db, context.existing_id), hash)
   if (context.page_found === null) throw notFound('page', context.page_id)
-  if (context.access_token === null) {
+  if (context.access_token === null || !n) {
     throw new DomainError('conflict', 'page_without_access_token',
       `Page ${context.page_id} has no access token; PUT /v1/pages/${context.page_id} with one first.`)
   }
   const target: Target = {
     page: { id: context.page_id, accessToken: context.access_token }, page_id: context.page_id, payload: context.payload, topic_id: context.topic_id,
   }
-  const useWindow = input.use_window ?? true
-  const row: NewNotification = {
-    id: randomUUID(),
-    page_id: context.page_id,
-    topic_id: context.topic_id,
-    psid: input.psid,
-    message: JSON.stringify(input.message),
-    notification_type: input.notification_type ?? 'REGULAR',
-    use_window: useWindow,
-    idempotency_key: input.idempotency_key ?? null,
-    request_hash: hash,
-    broadcast_id: input.broadcast_id ?? null,
-  }
-
-  let started: { n: Notification, token?: ClaimedToken } | undefined
-  try {
-    started = useWindow && windowIsOpen(context.last_interaction_at)
-      ? { n: await db.insertInto('notifications').values({ ...row, route: 'window', attempts: 1 }).returningAll().executeTakeFirstOrThrow() }
-      : await insertClaiming(deps, row, target)
-  } catch (error) {
-    if ((error as { code?: string }).code !== '23505' || input.idempotency_key === undefined) throw error
-  }
-  if (!started) {
-    // Another request with this key won the insert a moment ago (maybe on another instance); this
-    // statement, claim included, was undone.
-    const winner = await byKey(db, input.idempotency_key!)
-    if (!winner) throw new DomainError('conflict', 'idempotency_in_progress', 'Try again.', { retryAfterSeconds: 1 })
-    return replay(deps, winner, hash)
-  }
-
-  const { n, token } = started
   let done: Notification
-  if (n.status !== 'pending') done = n // no token to claim: recorded final in the same statement
+  if (n.status !== 'pending') done = n // no token: recorded final by the same statement
   else if (n.route === 'window') done = await sendThroughWindow(deps, n, target, true) ?? await tokenRoute(deps, n, target)
   else done = await tokenRoute(deps, n, target, { token: token!, ambiguous: false, defer: false, counted: true })
   return resultOf(done, false)
 }
 
-/** A notification as the send inserts it; `message` is JSON text. */
-interface NewNotification {
-  id: string
-  page_id: string
+interface SendContext {
   topic_id: string
-  psid: string
-  message: string
-  notification_type: string
-  use_window: boolean
-  idempotency_key: string | null
-  request_hash: string
-  broadcast_id: string | null
+  page_id: string
+  payload: string
+  page_found: string | null
+  access_token: string | null
+  existing_id: string | null
+}
+
+interface Started {
+  /** Undefined: no such topic. */
+  context?: SendContext
+  /** Undefined when nothing was inserted: an earlier request has the key, or the Page cannot send. */
+  n?: Notification
+  token?: ClaimedToken
 }
 
 const NO_TOKEN: NotificationProblem = { code: 'no_token', detail: 'This person holds no usable token for this topic.' }
 
 /**
- * Claims the person's token and inserts the notification in one statement: `pending` with its first
- * attempt counted and the token reserved to it, or, when there is no token, final as `no_token`.
- * The notification's id is chosen here so the claim can name it.
+ * The first statement of a send, one round trip and one commit. It reads the topic, its Page, the
+ * person's window and any earlier request with the Idempotency-Key; then, only when there is none
+ * and the Page can send, it inserts the notification: on the window route `pending` with its first
+ * attempt counted; on the token route with the person's soonest-expiring token claimed for it in
+ * the same statement (`pending`, first attempt counted), or final as `no_token` when they hold none.
+ * The notification's id is chosen here so that the claim can name it. A concurrent request with the
+ * same key makes the insert fail on the key's unique index: the whole statement, claim included, is undone.
  */
-async function insertClaiming (deps: SendDeps, row: NewNotification, target: Target): Promise<{ n: Notification, token?: ClaimedToken }> {
-  const claim = claimStatement({
-    page_id: target.page_id, payload: target.payload, psid: row.psid, notification_id: row.id, leaseSeconds: deps.config.TOKEN_LEASE_SECONDS,
-  })
-  const { rows: [found] } = await sql<Notification & { claim_kind: ClaimedToken['kind'] | null, claim_token: string | null, claim_expires_at: Date | null, claim_lease_expires_at: Date | null }>`
-    with claim as (${claim}),
-    inserted as (
+async function startSend (deps: SendDeps, input: NotificationInput, hash: string): Promise<Started> {
+  const id = randomUUID()
+  const existing = input.idempotency_key === undefined
+    ? sql`null::uuid`
+    : sql`(select id from notifications where idempotency_key = ${input.idempotency_key})`
+  const { rows: [row] } = await sql<SendContext & { ctx_page_id: string, ctx_topic_id: string } & Partial<Notification> & {
+    claim_kind: ClaimedToken['kind'] | null, claim_token: string | null, claim_expires_at: Date | null, claim_lease_expires_at: Date | null
+  }>`
+    with ctx as (
+      select t.id as topic_id, t.page_id, t.payload, p.id as page_found, p.access_token,
+             ${input.use_window ?? true}::boolean
+               and coalesce(s.last_interaction_at > now() - make_interval(secs => ${WINDOW_MS / 1000}), false) as window_open,
+             ${existing} as existing_id
+        from topics t
+        left join pages p on p.id = t.page_id
+        left join subscribers s on s.page_id = t.page_id and s.psid = ${input.psid}
+       where t.id = ${input.topic_id}
+    ), go as (
+      select * from ctx where existing_id is null and access_token is not null
+    ), claim as (
+      update optin_tokens
+         set state = 'reserved',
+             lease_expires_at = now() + make_interval(secs => ${deps.config.TOKEN_LEASE_SECONDS}),
+             notification_id = ${id}::uuid,
+             updated_at = now()
+       where id = (
+         select o.id from optin_tokens o, go
+          where not go.window_open
+            and o.page_id = go.page_id and o.payload = go.payload and o.psid = ${input.psid}
+            and o.kind = 'one_time_notif' and o.state = 'available' and o.expires_at > now()
+          order by o.expires_at
+          limit 1
+          for update of o skip locked)
+      returning id, kind, token, expires_at, lease_expires_at
+    ), inserted as (
       insert into notifications (id, page_id, topic_id, psid, message, notification_type, use_window, idempotency_key, request_hash,
                                  broadcast_id, route, attempts, token_id, status, http_status, error, completed_at)
-      select ${row.id}::uuid, ${row.page_id}, ${row.topic_id}::uuid, ${row.psid}, ${row.message}::jsonb, ${row.notification_type},
-             ${row.use_window}::boolean, ${row.idempotency_key}, ${row.request_hash}, ${row.broadcast_id}::uuid, 'token',
-             case when c.id is null then 0 else 1 end, c.id,
-             case when c.id is null then 'no_token' else 'pending' end,
-             case when c.id is null then 409 end,
-             case when c.id is null then ${JSON.stringify(NO_TOKEN)}::jsonb end,
-             case when c.id is null then now() end
-        from (values (1)) as one (x) left join claim c on true
-      returning *)
-    select i.*, c.kind as claim_kind, c.token as claim_token, c.expires_at as claim_expires_at, c.lease_expires_at as claim_lease_expires_at
-      from inserted i left join claim c on true`.execute(deps.db)
-  const { claim_kind: kind, claim_token: token, claim_expires_at: expires, claim_lease_expires_at: lease, ...n } = found
+      select ${id}::uuid, go.page_id, go.topic_id, ${input.psid}, ${JSON.stringify(input.message)}::jsonb, ${input.notification_type ?? 'REGULAR'},
+             ${input.use_window ?? true}::boolean, ${input.idempotency_key ?? null}, ${hash}, ${input.broadcast_id ?? null}::uuid,
+             case when go.window_open then 'window' else 'token' end,
+             case when go.window_open or c.id is not null then 1 else 0 end,
+             c.id,
+             case when go.window_open or c.id is not null then 'pending' else 'no_token' end,
+             case when go.window_open or c.id is not null then null else 409 end,
+             case when go.window_open or c.id is not null then null else ${JSON.stringify(NO_TOKEN)}::jsonb end,
+             case when go.window_open or c.id is not null then null else now() end
+        from go left join claim c on true
+      returning *
+    )
+    select ctx.topic_id as ctx_topic_id, ctx.page_id as ctx_page_id, ctx.payload, ctx.page_found, ctx.access_token, ctx.existing_id,
+           i.*, c.kind as claim_kind, c.token as claim_token, c.expires_at as claim_expires_at, c.lease_expires_at as claim_lease_expires_at
+      from ctx left join inserted i on true left join claim c on true`.execute(deps.db)
+  if (!row) return {}
+  const {
+    ctx_topic_id: topicId, ctx_page_id: pageId, payload, page_found: pageFound, access_token: accessToken, existing_id: existingId,
+    claim_kind: kind, claim_token: token, claim_expires_at: expires, claim_lease_expires_at: lease, ...inserted
+  } = row
+  const context: SendContext = { topic_id: topicId, page_id: pageId, payload: payload!, page_found: pageFound, access_token: accessToken, existing_id: existingId }
+  if (inserted.id === null || inserted.id === undefined) return { context }
+  const n = inserted as Notification
   if (n.status !== 'pending') {
     deps.log?.info({ notification_id: n.id, status: n.status, route: n.route, attempts: n.attempts }, `notification ${n.status}`)
-    return { n }
+    return { context, n }
   }
-  return { n, token: { id: n.token_id!, kind: kind!, token: token!, expires_at: expires!, lease_expires_at: lease! } }
+  return {
+    context,
+    n,
+    ...(token !== null ? { token: { id: n.token_id!, kind: kind!, token, expires_at: expires!, lease_expires_at: lease! } } : {}),
+  }
 }
 
 async function byKey (db: Database, key: string): Promise<Notification | undefined> {
