@@ -5,7 +5,7 @@ import Fastify, { type FastifyInstance } from 'fastify'
 import { Kysely, PostgresDialect, type CompiledQuery } from 'kysely'
 import type pg from 'pg'
 import { claimToken, type ClaimTarget } from '../src/domain/claims.js'
-import { parseDelivery, recordDelivery } from '../src/domain/ingest.js'
+import { parseDelivery, recordDeliveries } from '../src/domain/ingest.js'
 import type { DB } from '../src/db/types.js'
 
 export const BARE_PAGE = 'bench-bare-page'
@@ -41,7 +41,7 @@ export async function claimStatement (pool: pg.Pool): Promise<ClaimStatement> {
 /**
  * POST /bare: parse a small JSON body, answer JSON; nothing else.
  * POST /insert: the raw body as bytes, one INSERT of it into webhook_events (what a webhook must at least do).
- * POST /ingest: the service's own parse and ingest statement (recordDelivery), without the signature
+ * POST /ingest: the service's own parse and ingest statement (recordDeliveries, one delivery each), without the signature
  * check, the logging and the rest of the app: what the webhook's database work costs on its own.
  * POST /claim, /claim-named: one token claim with the service's statement, unnamed (pg's default,
  * what Kysely sends) or as a named prepared statement. Body `{"psid": "..."}`.
@@ -63,7 +63,7 @@ export async function buildCeilings (pool: pg.Pool, claim: ClaimStatement): Prom
     })
     raw.post('/ingest', async (request) => {
       const body = request.body as Buffer
-      const recorded = await recordDelivery(db, body, String(request.headers['x-hub-signature-256'] ?? ''), parseDelivery(body))
+      const [recorded] = await recordDeliveries(db, [{ raw: body, signature: String(request.headers['x-hub-signature-256'] ?? ''), delivery: parseDelivery(body) }])
       return { event_id: recorded.event_id, tokens_recorded: recorded.tokens_recorded }
     })
   })

@@ -155,48 +155,133 @@ export interface Recorded {
   tokens_recorded: number
 }
 
+/** One signed delivery, parsed, waiting to be stored. */
+export interface DeliveryInput {
+  raw: Buffer
+  signature: string
+  delivery: Delivery
+}
+
 /**
- * Stores the raw body, its tokens and its subscriber updates in one statement: one round trip and
- * one transaction, so a failure leaves nothing behind and Meta's retry brings it all again.
- * Rows are written in key order so that concurrent deliveries of overlapping batches never
- * deadlock; a token already held is left as it is (a re-delivery, or another POST with it);
- * a person's last interaction only moves forward, however deliveries are ordered.
- * Times later than the database's clock are held at its `now()`: a skewed clock must not keep the
- * window open longer than it is.
+ * Stores deliveries in one statement: one round trip and one transaction for all of them, so a
+ * failure leaves nothing behind and Meta's retry brings it all again. Each raw body goes into
+ * webhook_events, each new token into optin_tokens (naming its event), each person's first-seen and
+ * last-interaction times into subscribers. Rows are written in key order so that concurrent
+ * statements over overlapping people never deadlock; a token already held is left as it is (a
+ * re-delivery, or another POST with it); a person's last interaction only moves forward, however
+ * deliveries are ordered. Times later than the database's clock are held at its `now()`: a skewed
+ * clock must not keep the window open longer than it is.
  */
-export async function recordDelivery (db: Database, raw: Buffer, signature: string, delivery: Delivery): Promise<Recorded> {
-  const { rows } = await sql<{ event_id: string, tokens_recorded: number }>`
-    with event as (
-      insert into webhook_events (signature, object, body)
-      values (${signature}, ${delivery.object}, ${raw})
-      returning id
+export async function recordDeliveries (db: Database, inputs: DeliveryInput[]): Promise<Recorded[]> {
+  // A token in several deliveries of the batch is recorded once: from its earliest opt-in, for that delivery.
+  const tokens = new Map<string, TokenRecord & { ord: number }>()
+  const people = new Map<string, SubscriberTouch>()
+  inputs.forEach(({ delivery }, ord) => {
+    for (const token of delivery.tokens) {
+      const known = tokens.get(token.token)
+      if (!known || Date.parse(token.opted_in_at) < Date.parse(known.opted_in_at)) tokens.set(token.token, { ...token, ord })
+    }
+    for (const person of delivery.subscribers) {
+      const key = `${person.page_id}\u0000${person.psid}`
+      const known = people.get(key)
+      people.set(key, known
+        ? {
+            ...known,
+            first_seen_at: person.first_seen_at < known.first_seen_at ? person.first_seen_at : known.first_seen_at,
+            last_interaction_at: known.last_interaction_at === null || (person.last_interaction_at !== null && person.last_interaction_at > known.last_interaction_at)
+              ? person.last_interaction_at ?? known.last_interaction_at
+              : known.last_interaction_at,
+          }
+        : person)
+    }
+  })
+  const { rows: [row] } = await sql<{ event_ids: string[], new_tokens: string[] | null }>`
+    with input as (
+      select nextval(pg_get_serial_sequence('webhook_events', 'id')) as id, e.ord, e.signature, e.object, e.body
+        from unnest(${inputs.map((_, i) => i)}::int[], ${inputs.map((i) => i.signature)}::text[],
+                    ${inputs.map((i) => i.delivery.object)}::text[], ${inputs.map((i) => i.raw)}::bytea[]) as e(ord, signature, object, body)
+    ), event as (
+      insert into webhook_events (id, signature, object, body) overriding system value
+      select id, signature, object, body from input order by ord
     ), new_tokens as (
       insert into optin_tokens (kind, page_id, psid, payload, token, opted_in_at, expires_at, state, webhook_event_id)
       select t.kind, t.page_id, t.psid, t.payload, t.token, t.opted_in_at, t.expires_at,
              case when t.expires_at <= now() then 'expired' else 'available' end,
-             (select id from event)
-      from jsonb_to_recordset(${JSON.stringify(delivery.tokens)}::jsonb)
-        as t(kind text, page_id text, psid text, payload text, token text, opted_in_at timestamptz, expires_at timestamptz)
+             input.id
+      from jsonb_to_recordset(${JSON.stringify([...tokens.values()])}::jsonb)
+        as t(ord int, kind text, page_id text, psid text, payload text, token text, opted_in_at timestamptz, expires_at timestamptz)
+        join input on input.ord = t.ord
       order by t.token
       on conflict (token) do nothing
-      returning 1
+      returning token
     ), touched as (
       insert into subscribers (page_id, psid, first_seen_at, last_interaction_at)
       select s.page_id, s.psid, least(s.first_seen_at, now()),
              case when s.last_interaction_at is not null then least(s.last_interaction_at, now()) end
-      from jsonb_to_recordset(${JSON.stringify(delivery.subscribers)}::jsonb)
+      from jsonb_to_recordset(${JSON.stringify([...people.values()])}::jsonb)
         as s(page_id text, psid text, first_seen_at timestamptz, last_interaction_at timestamptz)
       order by s.page_id, s.psid
       on conflict (page_id, psid) do update set
         first_seen_at = least(subscribers.first_seen_at, excluded.first_seen_at),
         last_interaction_at = greatest(subscribers.last_interaction_at, excluded.last_interaction_at),
         updated_at = now()
-      returning 1
     )
-    select (select id from event) as event_id,
-           (select count(*) from new_tokens)::int as tokens_recorded,
-           (select count(*) from touched)::int as subscribers_touched
+    select (select array_agg(id::text order by ord) from input) as event_ids,
+           (select array_agg(token) from new_tokens) as new_tokens
   `.execute(db)
-  const row = rows[0]
-  return { event_id: String(row.event_id), tokens_recorded: Number(row.tokens_recorded) }
+  const counts = inputs.map(() => 0)
+  for (const token of row.new_tokens ?? []) counts[tokens.get(token)!.ord]++
+  return inputs.map((_, ord) => ({ event_id: row.event_ids[ord], tokens_recorded: counts[ord] }))
+}
+
+/**
+ * Group commit for webhook deliveries: a POST waits (it is answered only once its delivery is
+ * committed) while at most `maxInFlight` statements run; the deliveries that arrive meanwhile go
+ * together in the next statement, up to `maxBatch`. Alone, a delivery is written at once. When a
+ * statement of several fails, each of its deliveries is written again on its own, so one delivery
+ * the database refuses does not fail the others.
+ */
+export class DeliveryWriter {
+  private readonly queue: Array<DeliveryInput & { resolve: (r: Recorded) => void, reject: (e: unknown) => void }> = []
+  private inFlight = 0
+  private scheduled = false
+
+  constructor (private readonly db: Database, private readonly maxBatch = 100, private readonly maxInFlight = 2) {}
+
+  record (input: DeliveryInput): Promise<Recorded> {
+    return new Promise((resolve, reject) => {
+      this.queue.push({ ...input, resolve, reject })
+      this.schedule()
+    })
+  }
+
+  private schedule (): void {
+    if (this.scheduled || this.inFlight >= this.maxInFlight || this.queue.length === 0) return
+    this.scheduled = true
+    // After the requests already read in this turn of the event loop: they join this statement.
+    setImmediate(() => {
+      this.scheduled = false
+      void this.flush()
+    })
+  }
+
+  private async flush (): Promise<void> {
+    if (this.inFlight >= this.maxInFlight || this.queue.length === 0) return
+    const batch = this.queue.splice(0, this.maxBatch)
+    this.inFlight++
+    this.schedule()
+    try {
+      const recorded = await recordDeliveries(this.db, batch)
+      batch.forEach((item, i) => item.resolve(recorded[i]))
+    } catch (error) {
+      if (batch.length === 1) {
+        batch[0].reject(error)
+      } else {
+        await Promise.all(batch.map((item) => recordDeliveries(this.db, [item]).then(([r]) => item.resolve(r), item.reject)))
+      }
+    } finally {
+      this.inFlight--
+      this.schedule()
+    }
+  }
 }

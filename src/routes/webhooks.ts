@@ -1,7 +1,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { DomainError } from '../domain/errors.js'
-import { parseDelivery, recordDelivery, signatureMatches } from '../domain/ingest.js'
+import { DeliveryWriter, parseDelivery, signatureMatches } from '../domain/ingest.js'
 import { sendProblem } from '../plugins/errors.js'
 import { problems } from '../schemas/common.js'
 import {
@@ -18,6 +18,7 @@ const digest = (value: string): Buffer => createHash('sha256').update(value).dig
 const routes: FastifyPluginAsyncTypebox = async (app) => {
   app.removeAllContentTypeParsers()
   app.addContentTypeParser('*', { parseAs: 'buffer' }, (_request, body, done) => { done(null, body) })
+  const writer = new DeliveryWriter(app.db)
 
   app.get('/webhooks/messenger', {
     schema: {
@@ -61,7 +62,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
         : 'X-Hub-Signature-256 is missing.')
     }
     const delivery = parseDelivery(raw)
-    const recorded = await recordDelivery(app.db, raw, signature, delivery)
+    const recorded = await writer.record({ raw, signature, delivery })
     const receipt = {
       event_id: recorded.event_id,
       object: delivery.object,

@@ -1,0 +1,83 @@
+import t from 'tap'
+import type { KyselyPlugin } from 'kysely'
+import { DeliveryWriter, parseDelivery, type DeliveryInput } from '../../src/domain/ingest.js'
+import { testDatabase, uniquePageId } from '../helper.js'
+import { entry, envelope, messageEvent, optinEvent, sign, uniquePsid, uniqueToken } from '../fixtures/webhooks.js'
+
+// The webhook's group commit: deliveries that arrive while a statement runs are written together,
+// each answered with its own receipt, and one the database refuses does not take the others down.
+
+async function counting () {
+  const { db } = await testDatabase()
+  const statements: string[] = []
+  const plugin: KyselyPlugin = {
+    transformQuery: (args) => { statements.push(args.node.kind); return args.node },
+    transformResult: async (args) => args.result,
+  }
+  return { db, counted: db.withPlugin(plugin), statements }
+}
+
+function input (body: unknown): DeliveryInput {
+  const raw = Buffer.from(JSON.stringify(body))
+  return { raw, signature: sign(raw), delivery: parseDelivery(raw) }
+}
+
+t.test('deliveries recorded in the same turn go in one statement, each with its own receipt', async (t) => {
+  const { db, counted, statements } = await counting()
+  const writer = new DeliveryWriter(counted)
+  const pageId = uniquePageId()
+  const psid = uniquePsid()
+  const shared = uniqueToken()
+  const inputs = [
+    input(envelope([entry(pageId, [optinEvent({ pageId, psid, payload: 'a', token: uniqueToken() }), optinEvent({ pageId, psid, payload: 'b', token: uniqueToken() })])])),
+    input(envelope([entry(pageId, [optinEvent({ pageId, psid, payload: 'a', token: shared, timestamp: Date.now() - 60_000 })])])),
+    // The same token again (a re-delivery arriving alongside): recorded once, for the earlier opt-in.
+    input(envelope([entry(pageId, [optinEvent({ pageId, psid, payload: 'a', token: shared })])])),
+    input(envelope([entry(pageId, [messageEvent({ pageId, psid, timestamp: Date.now() - 1000 })])])),
+  ]
+  const receipts = await Promise.all(inputs.map((i) => writer.record(i)))
+  t.equal(statements.length, 1, 'one statement for four deliveries')
+  t.same(receipts.map((r) => r.tokens_recorded), [2, 1, 0, 0])
+  t.equal(new Set(receipts.map((r) => r.event_id)).size, 4, 'each delivery has its own event')
+
+  const events = await db.selectFrom('webhook_events').select(['id', 'body']).where('id', 'in', receipts.map((r) => r.event_id)).orderBy('id').execute()
+  t.same(events.map((e) => e.id), receipts.map((r) => r.event_id), 'ids follow the order of arrival')
+  t.same(events.map((e) => Buffer.from(e.body).toString()), inputs.map((i) => i.raw.toString()), 'each raw body is stored exactly')
+  const tokens = await db.selectFrom('optin_tokens').select(['token', 'webhook_event_id', 'opted_in_at']).where('page_id', '=', pageId).execute()
+  t.equal(tokens.length, 3)
+  t.equal(tokens.find((x) => x.token === shared)!.webhook_event_id, receipts[1].event_id, 'a token names the delivery it was recorded from')
+  const person = await db.selectFrom('subscribers').selectAll().where('page_id', '=', pageId).where('psid', '=', psid).executeTakeFirstOrThrow()
+  t.ok(person.last_interaction_at !== null, 'the interaction of the fourth delivery counts')
+  t.ok(person.first_seen_at.getTime() <= Date.now() - 60_000 + 1000, 'first seen: the earliest event of the batch')
+})
+
+t.test('one delivery the database refuses fails alone; the others are written', async (t) => {
+  const { db, counted, statements } = await counting()
+  const writer = new DeliveryWriter(counted)
+  const pageId = uniquePageId()
+  const good = [uniqueToken(), uniqueToken(), uniqueToken()]
+  const inputs = [
+    ...good.map((token) => input(envelope([entry(pageId, [optinEvent({ pageId, psid: uniquePsid(), payload: 'a', token })])]))),
+    // A NUL character: valid JSON, but Postgres text cannot hold it.
+    input(envelope([entry(pageId, [optinEvent({ pageId, psid: uniquePsid(), payload: 'bad\u0000payload', token: uniqueToken() })])])),
+  ]
+  const outcomes = await Promise.allSettled(inputs.map((i) => writer.record(i)))
+  t.same(outcomes.map((o) => o.status), ['fulfilled', 'fulfilled', 'fulfilled', 'rejected'])
+  t.match((outcomes[3] as PromiseRejectedResult).reason, { code: /^22/ }, 'the database refused the bad one')
+  t.equal(statements.length, 5, 'the batch failed, then each delivery was written on its own')
+  const stored = await db.selectFrom('optin_tokens').select('token').where('page_id', '=', pageId).execute()
+  t.same(stored.map((x) => x.token).sort(), [...good].sort())
+})
+
+t.test('while statements are in flight, the next deliveries wait and go together', async (t) => {
+  const { counted, statements } = await counting()
+  const writer = new DeliveryWriter(counted, 100, 1)
+  const pageId = uniquePageId()
+  const first = writer.record(input(envelope([entry(pageId, [optinEvent({ pageId, psid: uniquePsid(), payload: 'a', token: uniqueToken() })])])))
+  await new Promise((resolve) => setImmediate(resolve)) // the first statement is under way
+  const later = Array.from({ length: 10 }, () =>
+    writer.record(input(envelope([entry(pageId, [optinEvent({ pageId, psid: uniquePsid(), payload: 'a', token: uniqueToken() })])]))))
+  const receipts = await Promise.all([first, ...later])
+  t.ok(receipts.every((r) => r.tokens_recorded === 1))
+  t.equal(statements.length, 2, 'one statement for the first, one for the ten that waited')
+})
