@@ -7,6 +7,7 @@ import type pg from 'pg'
 import { claimToken, type ClaimTarget } from '../src/domain/claims.js'
 import { parseDelivery, recordDeliveries } from '../src/domain/ingest.js'
 import type { DB } from '../src/db/types.js'
+import type { GraphClient } from '../src/graph/client.js'
 
 export const BARE_PAGE = 'bench-bare-page'
 export const BARE_PAYLOAD = 'bench-bare'
@@ -45,8 +46,12 @@ export async function claimStatement (pool: pg.Pool): Promise<ClaimStatement> {
  * check, the logging and the rest of the app: what the webhook's database work costs on its own.
  * POST /claim, /claim-named: one token claim with the service's statement, unnamed (pg's default,
  * what Kysely sends) or as a named prepared statement. Body `{"psid": "..."}`.
+ * POST /claim-send: the named claim, then the claimed token sent to the Graph API (the emulator)
+ * with the service's Graph client, nothing recorded: what any token route costs at the least,
+ * since it must claim and call Meta. Its tokens belong to `graph.pageId`.
  */
-export async function buildCeilings (pool: pg.Pool, claim: ClaimStatement): Promise<FastifyInstance> {
+export async function buildCeilings (pool: pg.Pool, claim: ClaimStatement,
+  graph?: { client: GraphClient, pageId: string, accessToken: string }): Promise<FastifyInstance> {
   const app = Fastify({ logger: false })
   const db = new Kysely<DB>({ dialect: new PostgresDialect({ pool }) })
 
@@ -82,5 +87,21 @@ export async function buildCeilings (pool: pg.Pool, claim: ClaimStatement): Prom
   }
   app.post('/claim', claimRoute(false))
   app.post('/claim-named', claimRoute(true))
+  if (graph) {
+    app.post('/claim-send', async (request, reply) => {
+      const { psid } = request.body as { psid: string }
+      const values = claim.values({ page_id: graph.pageId, payload: BARE_PAYLOAD, psid, notification_id: randomUUID(), leaseSeconds: 120 })
+      const { rows } = await pool.query({ name: 'bench_claim', text: claim.text, values })
+      if (rows.length === 0) {
+        reply.code(409)
+        return { error: 'no_token' }
+      }
+      const outcome = await graph.client.sendMessage({ id: graph.pageId, accessToken: graph.accessToken }, {
+        recipient: { one_time_notif_token: rows[0].token }, messaging_type: 'UPDATE', message: { text: 'Your size is back in stock' },
+      })
+      if (outcome.kind !== 'ok') reply.code(502)
+      return { id: String(rows[0].id), sent: outcome.kind === 'ok' }
+    })
+  }
   return app
 }

@@ -79,9 +79,9 @@ function sequence<T> (items: T[], once: boolean): () => T {
   }
 }
 
-async function seedRows (target: Target, text: string, rows: Array<Record<string, unknown>>): Promise<void> {
+async function seedRows (target: Target, text: string, rows: Array<Record<string, unknown>>, extra: unknown[] = []): Promise<void> {
   for (let i = 0; i < rows.length; i += 5000) {
-    await target.call('query', { text, values: [JSON.stringify(rows.slice(i, i + 5000))] })
+    await target.call('query', { text, values: [JSON.stringify(rows.slice(i, i + 5000)), ...extra] })
   }
 }
 
@@ -159,8 +159,20 @@ async function startApp (emulator: Target, variant: AppVariant, rounds: number):
   return { app, jobs }
 }
 
-async function startCeilings (dbUrl: string, rounds: number): Promise<{ ceilings: Target, jobs: Job[] }> {
-  const ceilings = await startTarget('ceilings', { BENCH_DB_URL: dbUrl, BENCH_POOL_SIZE: '10' })
+async function startCeilings (dbUrl: string, emulator: Target, rounds: number): Promise<{ ceilings: Target, jobs: Job[] }> {
+  // The claim-and-send ceiling spends real tokens of a Page the emulator knows.
+  const graphPage = String(200000 + Math.floor(Math.random() * 1e9))
+  const graphAccessToken = `bench-ceiling-token-${graphPage}`
+  await emulator.call('addPage', { id: graphPage, accessToken: graphAccessToken })
+  const ceilings = await startTarget('ceilings', {
+    BENCH_DB_URL: dbUrl, BENCH_POOL_SIZE: '10',
+    BENCH_GRAPH_URL: new URL(emulator.url).origin, BENCH_GRAPH_PAGE: graphPage, BENCH_GRAPH_ACCESS_TOKEN: graphAccessToken,
+  })
+  const sendPsids = Array.from({ length: TOKEN_RATE_BOUND * (SECONDS + WARMUP) * rounds }, (_, i) => `g${i + 1}`)
+  const sendTokens = await emulator.call<string[]>('issueTokens', { pageId: graphPage, payload: BARE_PAYLOAD, psids: sendPsids })
+  await seedRows(ceilings, `insert into optin_tokens (page_id, psid, payload, token, opted_in_at, expires_at)
+      select $2, psid, $3, token, now(), now() + interval '300 days' from jsonb_to_recordset($1::jsonb) as t(psid text, token text)`,
+  sendPsids.map((psid, i) => ({ psid, token: sendTokens[i] })), [graphPage, BARE_PAYLOAD])
   const perVariant = CLAIM_RATE_BOUND * (SECONDS + WARMUP) * rounds
   for (const prefix of ['u', 'n']) {
     await ceilings.call('query', {
@@ -181,6 +193,8 @@ async function startCeilings (dbUrl: string, rounds: number): Promise<{ ceilings
   }
   const unnamed = claimBodies('u')
   const named = claimBodies('n')
+  let sent = 0
+  const claimSend = () => ({ body: JSON.stringify({ psid: sendPsids[Math.min(sent++, sendPsids.length - 1)] }), headers: json })
   return {
     ceilings,
     jobs: [
@@ -189,6 +203,7 @@ async function startCeilings (dbUrl: string, rounds: number): Promise<{ ceilings
       { key: 'ceiling.ingest', run: () => measure({ ...common, path: '/ingest', next: ingestBodies }) },
       { key: 'ceiling.claim', run: () => measure({ ...common, path: '/claim', next: unnamed }) },
       { key: 'ceiling.claimNamed', run: () => measure({ ...common, path: '/claim-named', next: named }) },
+      { key: 'ceiling.claimSend', run: () => measure({ ...common, path: '/claim-send', next: claimSend }) },
     ],
   }
 }
@@ -286,7 +301,7 @@ async function main (): Promise<void> {
           ] satisfies AppVariant[]
         : []),
     ]
-    const { ceilings, jobs: ceilingJobs } = await startCeilings(bench.url, ROUNDS)
+    const { ceilings, jobs: ceilingJobs } = await startCeilings(bench.url, emulator, ROUNDS)
     targets.push(ceilings)
     const appJobs: Job[] = []
     for (const variant of variants) {
@@ -296,13 +311,16 @@ async function main (): Promise<void> {
     }
     const job = (key: string) => [...ceilingJobs, ...appJobs].find((j) => j.key === key)
     const order = ['ceiling.bare', 'ceiling.insert', 'ceiling.ingest', 'app.ingest1', 'unnamed.ingest1', 'info.ingest1', 'app.ingest50',
-      'ceiling.claim', 'ceiling.claimNamed', 'app.token', 'unnamed.token', 'info.token', 'pool20.token', 'app.window']
+      'ceiling.claim', 'ceiling.claimNamed', 'ceiling.claimSend', 'app.token', 'unnamed.token', 'info.token', 'pool20.token', 'app.window']
     // BENCH_ONLY=app.token,unnamed.token re-measures just those (the table then shows what it can).
     const only = process.env.BENCH_ONLY?.split(',').map((k) => k.trim()).filter(Boolean)
     const runs = await rounds(order.filter((k) => !only || only.includes(k)).map(job).filter((j): j is Job => j !== undefined), ROUNDS)
     for (const t of targets.splice(0)) await t.stop()
 
-    const c = { bare: best(runs, 'ceiling.bare'), insert: best(runs, 'ceiling.insert'), ingest: best(runs, 'ceiling.ingest'), claim: best(runs, 'ceiling.claim'), claimNamed: best(runs, 'ceiling.claimNamed') }
+    const c = {
+      bare: best(runs, 'ceiling.bare'), insert: best(runs, 'ceiling.insert'), ingest: best(runs, 'ceiling.ingest'),
+      claim: best(runs, 'ceiling.claim'), claimNamed: best(runs, 'ceiling.claimNamed'), claimSend: best(runs, 'ceiling.claimSend'),
+    }
     const a = { ingest1: best(runs, 'app.ingest1'), ingest50: best(runs, 'app.ingest50'), token: best(runs, 'app.token'), window: best(runs, 'app.window') }
     rows.push(
       { section: '(c)', scenario: 'bare Fastify route (JSON in, JSON out)', db: '–', m: c.bare },
@@ -310,6 +328,7 @@ async function main (): Promise<void> {
       { section: '(c)', scenario: 'bare route + the service\'s ingest statement, 1 opt-in', db: 'postgres', m: c.ingest, ratio: c.ingest.rps / c.insert.rps, versus: 'of bare INSERT' },
       { section: '(c)', scenario: 'bare route + token claim (pg, unnamed)', db: 'postgres', m: c.claim },
       { section: '(c)', scenario: 'bare route + token claim (pg, named)', db: 'postgres', m: c.claimNamed, ratio: c.claimNamed.rps / c.claim.rps, versus: 'of unnamed' },
+      { section: '(c)', scenario: 'bare route + named claim + the token sent to the emulator', db: 'postgres', m: c.claimSend, ratio: c.claimSend.rps / c.claim.rps, versus: 'of bare claim' },
     )
     const ingest1 = a.ingest1.rps / c.insert.rps
     const token = a.token.rps / c.claim.rps
@@ -318,6 +337,7 @@ async function main (): Promise<void> {
       { section: '(a)', scenario: `${LABEL.ingest1}, against the bare ingest statement`, db: 'postgres', ratio: a.ingest1.rps / c.ingest.rps, versus: 'of bare ingest' },
       { section: '(a)', scenario: `${LABEL.ingest50} (${fmt.rps(a.ingest50.rps * 50)} opt-ins/s)`, db: 'postgres', m: a.ingest50, ratio: a.ingest50.rps / c.insert.rps, versus: 'of bare INSERT' },
       { section: '(b)', scenario: LABEL.token, db: 'postgres', m: a.token, ratio: token, versus: 'of bare claim', target: verdict(token, TARGETS.tokenRoute, '≥') },
+      { section: '(b)', scenario: `${LABEL.token}, against claim + send`, db: 'postgres', ratio: a.token.rps / c.claimSend.rps, versus: 'of bare claim + send' },
       { section: '(b)', scenario: LABEL.window, db: 'postgres', m: a.window, ratio: a.window.rps / c.bare.rps, versus: 'of bare route' },
     )
     if (LEVERS) {

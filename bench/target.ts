@@ -10,6 +10,7 @@ import pg from 'pg'
 import { buildApp } from '../src/app.js'
 import { loadConfig } from '../src/config.js'
 import { createEmulator } from '../src/emulator/emulator.js'
+import { createGraphClient } from '../src/graph/client.js'
 import { buildCeilings, claimStatement } from './ceilings.js'
 import { APP_SECRET } from './lib.js'
 
@@ -42,13 +43,18 @@ async function app (): Promise<{ server: FastifyInstance, handlers: Record<strin
 async function ceilings (): Promise<{ server: FastifyInstance, handlers: Record<string, Handler> }> {
   const pool = new pg.Pool({ connectionString: process.env.BENCH_DB_URL, max: Number(process.env.BENCH_POOL_SIZE ?? 10) })
   pool.on('error', () => {})
-  const server = await buildCeilings(pool, await claimStatement(pool))
+  const client = process.env.BENCH_GRAPH_URL
+    ? createGraphClient({ baseUrl: process.env.BENCH_GRAPH_URL, version: 'v21.0', appSecret: APP_SECRET, timeoutMs: 10_000, connectTimeoutMs: 5_000 })
+    : undefined
+  const graph = client && { client, pageId: process.env.BENCH_GRAPH_PAGE!, accessToken: process.env.BENCH_GRAPH_ACCESS_TOKEN! }
+  const server = await buildCeilings(pool, await claimStatement(pool), graph)
   return {
     server,
     handlers: {
       query: async ({ text, values }: { text: string, values?: unknown[] }) => (await pool.query(text, values)).rows,
       close: async () => {
         await server.close()
+        await client?.close()
         await pool.end()
       },
     },
