@@ -1,5 +1,6 @@
-// A private PostgreSQL cluster in a temporary folder, for the soak: restarting it disturbs nothing
-// else on the machine. As root the server runs as the `postgres` user (runuser), as Postgres requires.
+// A private PostgreSQL cluster in a temporary folder, for the soak and the tuned claim benchmark:
+// restarting or configuring it disturbs nothing else on the machine. As root the server runs as the
+// `postgres` user (runuser), as Postgres requires.
 import { execFile } from 'node:child_process'
 import { chownSync, existsSync, mkdtempSync, readFileSync, rmSync, appendFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
