@@ -1,7 +1,7 @@
 // Claim latency against the size of optin_tokens: the service's claim statement, run one at a time
 // through pg on a table bulk-loaded with N tokens (two per person, 100 Pages, 5 topics), unnamed
-// (what the service sends today) and as a named prepared statement, interleaved so that both see
-// the same machine. Run alone: `npx tsx bench/claim-scale.ts`
+// (pg's default) and as a named prepared statement (what the service sends, src/db/prepared-statements.ts),
+// interleaved so that both see the same machine. Run alone: `npx tsx bench/claim-scale.ts`
 // (BENCH_CLAIM_ROWS_SMALL, BENCH_CLAIM_ROWS_LARGE, BENCH_CLAIMS). BENCH_CLAIM_TUNED=1 measures again
 // on a private cluster (bench/pg-cluster.ts) with the settings a 10M-token table needs
 // (tunedSettings: shared_buffers that hold optin_tokens and its indexes, lz4 WAL compression), its

@@ -394,7 +394,7 @@ async function main (): Promise<void> {
     for (const h of hazards) {
       rows.push({
         section: '(e)', scenario: `${h.transition}, ${h.backlog.toLocaleString('en-US')} since ANALYZE, as shipped (${h.shipped.plan})`, db: 'postgres',
-        p50: h.shipped.p50, p99: Number.NaN, ratio: h.shipped.p50 / h.keyed.p50, versus: 'of keyed indexes',
+        p50: h.shipped.p50, p99: Number.NaN, ratio: h.shipped.p50 / h.keyed.p50, versus: 'of the pre-fix indexes',
       })
     }
   } finally {
@@ -408,7 +408,7 @@ async function main (): Promise<void> {
   console.log(`${ROUNDS} rounds of ${SECONDS} s per scenario (after ${WARMUP} s warm-up), best round shown; ${CONNECTIONS} connections on loopback; ` +
     `load average ${loadBefore} before, ${load()} after; ${((Date.now() - started) / 1000).toFixed(0)} s in all\n`)
   console.log(render(rows))
-  console.log(`\nClaim latency (unnamed = as the service sends it), ${CLAIMS} sequential claims of each kind; loaded in ${claimScale.map((r) => `${r.loadSeconds.toFixed(0)} s`).join(' and ')}:\n`)
+  console.log(`\nClaim latency (unnamed: pg's default; named: as the service sends it), ${CLAIMS} sequential claims of each kind; loaded in ${claimScale.map((r) => `${r.loadSeconds.toFixed(0)} s`).join(' and ')}:\n`)
   console.log(claimScaleTable(claimScale))
   if (claimError) console.log(`claim latency could not be measured: ${claimError}`)
   if (hazards.length > 0) {
