@@ -377,14 +377,15 @@ async function main (): Promise<void> {
     const [small, large] = claimScale
     for (const r of claimScale) {
       for (const [label, m] of [['commit flushed', r.durable], ['statement only', r.statement]] as const) {
-        const base = label === 'commit flushed' ? small.durable.unnamed.p50 : small.statement.unnamed.p50
-        const ratio = m.unnamed.p50 / base
+        // The verdict is on the named statement: that is how the service sends its claim.
+        const base = label === 'commit flushed' ? small.durable.named.p50 : small.statement.named.p50
+        const ratio = m.named.p50 / base
         rows.push({
           section: '(d)',
-          scenario: `claim, ${r.rows.toLocaleString('en-US')} tokens, ${label} (named: p50 ${fmt.ms(m.named.p50)} ms)`,
+          scenario: `claim, ${r.rows.toLocaleString('en-US')} tokens, ${label}, named (unnamed: p50 ${fmt.ms(m.unnamed.p50)} ms)`,
           db: 'postgres',
-          p50: m.unnamed.p50,
-          p99: m.unnamed.p99,
+          p50: m.named.p50,
+          p99: m.named.p99,
           ...(r === large ? { ratio, versus: `of ${small.rows.toLocaleString('en-US')}`, target: verdict(ratio, TARGETS.claimScale, '≤') } : {}),
         })
       }
