@@ -1,3 +1,4 @@
+import { createRequire } from 'node:module'
 import PgBoss from 'pg-boss'
 import type { FastifyBaseLogger } from 'fastify'
 import type { Config } from '../config.js'
@@ -5,6 +6,25 @@ import { rawExecutor, type Database } from '../db/database.js'
 import type { GraphClient } from '../graph/client.js'
 
 export type JobQueue = PgBoss
+
+// pg-boss 10 (10.4.2, the latest 10.x) marks a job completed or failed without awaiting it
+// (src/manager.js, onFetch). When the database is unreachable at that moment the rejection is
+// unhandled, and close-with-grace then takes the whole instance down. The job itself is safe: it
+// stays active, expires and is retried, and every handler here is idempotent. So the failure is
+// reported as a queue error (logged) instead. Patched once, before any queue is created, so both the
+// worker loop and boss.complete/boss.fail (bound at construction) go through it; a caller that
+// awaits still gets the rejection.
+type Manager = { emit (event: string, arg: unknown): boolean }
+type Settle = (this: Manager, ...args: unknown[]) => Promise<unknown>
+const manager = createRequire(import.meta.url)('pg-boss/src/manager.js') as { prototype: Record<'complete' | 'fail', Settle> }
+for (const method of ['complete', 'fail'] as const) {
+  const original = manager.prototype[method]
+  manager.prototype[method] = function (...args) {
+    const settled = original.apply(this, args)
+    settled.catch((err: unknown) => { this.emit('error', err) })
+    return settled
+  }
+}
 
 /** What a job handler needs; `stopping()` turns true when the instance shuts down, so long handlers hand over. */
 export interface JobContext {
