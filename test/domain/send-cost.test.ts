@@ -4,6 +4,7 @@ import { recoverLeases } from '../../src/domain/leases.js'
 import { sendNotification, type SendDeps } from '../../src/domain/notifications.js'
 import { createGraphClient, type GraphClient } from '../../src/graph/client.js'
 import { APP_SECRET, giveTokens, newPsid, openWindow, tokenStates, world, type World } from '../fixtures/otn.js'
+import { API_KEY } from '../helper.js'
 
 // What a send costs the database: the hot paths are two statements, each one round trip and one
 // commit (read + claim + insert; outcome + token). A change that adds a round trip to every send
@@ -82,4 +83,20 @@ t.test('a process that dies after the claiming insert, before Meta is asked: rec
   t.same(await tokenStates(w.db, tokens.map((x) => x.id)), ['used', 'available'], 'the second token is untouched')
   t.equal(w.emulator.inbox(w.pageId, psid).length, 1, 'delivered once')
   t.same(w.emulator.doubleSpends(), [])
+})
+
+t.test('a message the database refuses (a NUL character) is a 400, and the token stays usable', async (t) => {
+  const w = await world(t)
+  const psid = newPsid()
+  const tokens = await giveTokens(w, psid, 1)
+  const res = await w.app.inject({
+    method: 'POST', url: '/v1/notifications', headers: { authorization: `Bearer ${API_KEY}` },
+    payload: { topic_id: w.topic.id, psid, message: { text: 'a\u0000b' } },
+  })
+  t.equal(res.statusCode, 400, res.body)
+  t.match(res.json(), { status: 400, code: /\w+/ })
+  t.same(await tokenStates(w.db, [tokens[0].id]), ['available'], 'the claim was undone with the statement')
+  t.equal(w.emulator.requests.length, 0, 'nothing went to Meta')
+  const rows = await w.db.selectFrom('notifications').select('id').where('psid', '=', psid).execute()
+  t.same(rows, [], 'nothing recorded')
 })
