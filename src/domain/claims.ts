@@ -58,8 +58,13 @@ export type SettledState = 'used' | 'invalid' | 'available' | 'unconfirmed'
  * cannot have been spent). `unconfirmed`: it may have been delivered, so it is never handed out again.
  */
 export function settle (db: QueryCreator<DB>, r: Reservation, to: SettledState) {
-  return db.updateTable('optin_tokens')
+  return heldBy(db, r)
     .set({ state: to, lease_expires_at: null, ...(to === 'available' ? { notification_id: null } : {}), updated_at: sql`now()` })
+}
+
+/** An update of the token only while `r` holds it. */
+function heldBy (db: QueryCreator<DB>, r: Reservation) {
+  return db.updateTable('optin_tokens')
     .where('id', '=', r.token_id)
     .where('state', '=', 'reserved')
     .where('notification_id', '=', r.notification_id)
@@ -72,9 +77,8 @@ export async function settleToken (db: Database, r: Reservation, to: SettledStat
 
 /** Pushes the lease forward before another attempt, so recovery does not take over a live send. */
 export async function extendLease (db: Database, r: Reservation, leaseSeconds: number): Promise<boolean> {
-  const result = await db.updateTable('optin_tokens')
+  const result = await heldBy(db, r)
     .set({ lease_expires_at: sql`now() + make_interval(secs => ${leaseSeconds})`, updated_at: sql`now()` })
-    .where('id', '=', r.token_id).where('state', '=', 'reserved').where('notification_id', '=', r.notification_id)
     .executeTakeFirst()
   return result.numUpdatedRows > 0n
 }

@@ -181,7 +181,6 @@ export async function sendNotification (deps: SendDeps, input: NotificationInput
   const { context, n, token } = started
   if (!context) throw notFound('topic', input.topic_id)
   if (context.existing_id !== null) return replay(deps, await current(db, context.existing_id), hash)
-  if (context.page_found === null) throw notFound('page', context.page_id)
   if (context.access_token === null || !n) {
     throw new DomainError('conflict', 'page_without_access_token',
       `Page ${context.page_id} has no access token; PUT /v1/pages/${context.page_id} with one first.`)
@@ -200,7 +199,6 @@ interface SendContext {
   topic_id: string
   page_id: string
   payload: string
-  page_found: string | null
   access_token: string | null
   existing_id: string | null
 }
@@ -233,12 +231,12 @@ async function startSend (deps: SendDeps, input: NotificationInput, hash: string
     claim_kind: ClaimedToken['kind'] | null, claim_token: string | null, claim_expires_at: Date | null, claim_lease_expires_at: Date | null
   }>`
     with ctx as (
-      select t.id as topic_id, t.page_id, t.payload, p.id as page_found, p.access_token,
+      select t.id as topic_id, t.page_id, t.payload, p.access_token,
              ${input.use_window ?? true}::boolean
                and coalesce(s.last_interaction_at > now() - make_interval(secs => ${WINDOW_MS / 1000}), false) as window_open,
              ${existing} as existing_id
         from topics t
-        left join pages p on p.id = t.page_id
+        join pages p on p.id = t.page_id
         left join subscribers s on s.page_id = t.page_id and s.psid = ${input.psid}
        where t.id = ${input.topic_id}
     ), go as (
@@ -273,16 +271,16 @@ async function startSend (deps: SendDeps, input: NotificationInput, hash: string
         from go left join claim c on true
       returning *
     )
-    select ctx.topic_id as ctx_topic_id, ctx.page_id as ctx_page_id, ctx.payload, ctx.page_found, ctx.access_token, ctx.existing_id,
+    select ctx.topic_id as ctx_topic_id, ctx.page_id as ctx_page_id, ctx.payload, ctx.access_token, ctx.existing_id,
            i.*, c.kind as claim_kind, c.token as claim_token, c.expires_at as claim_expires_at, c.lease_expires_at as claim_lease_expires_at
       from ctx left join inserted i on true left join claim c on true`.execute(deps.db)
   if (!row) return {}
   const {
-    ctx_topic_id: topicId, ctx_page_id: pageId, payload, page_found: pageFound, access_token: accessToken, existing_id: existingId,
+    ctx_topic_id: topicId, ctx_page_id: pageId, payload, access_token: accessToken, existing_id: existingId,
     claim_kind: kind, claim_token: token, claim_expires_at: expires, claim_lease_expires_at: lease, ...inserted
   } = row
-  const context: SendContext = { topic_id: topicId, page_id: pageId, payload: payload!, page_found: pageFound, access_token: accessToken, existing_id: existingId }
-  if (inserted.id === null || inserted.id === undefined) return { context }
+  const context: SendContext = { topic_id: topicId, page_id: pageId, payload: payload!, access_token: accessToken, existing_id: existingId }
+  if (inserted.id == null) return { context }
   const n = inserted as Notification
   if (n.status !== 'pending') {
     deps.log?.info({ notification_id: n.id, status: n.status, route: n.route, attempts: n.attempts }, `notification ${n.status}`)

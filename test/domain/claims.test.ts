@@ -1,7 +1,7 @@
 import t from 'tap'
 import { randomUUID } from 'node:crypto'
 import { sql } from 'kysely'
-import { claimToken, discardPersonTokens, extendLease, settleToken, type Reservation } from '../../src/domain/claims.js'
+import { claimToken, discardPersonTokens, extendLease, settleToken } from '../../src/domain/claims.js'
 import { testDatabase, uniquePageId } from '../helper.js'
 
 const DAY = 24 * 60 * 60 * 1000
@@ -56,10 +56,6 @@ t.test('concurrent claims never share a token', async (t) => {
 
 t.test('transitions out of reserved name the holder; a stale holder changes nothing', async (t) => {
   const { db, page_id, ids } = await seed([{}, {}, {}, {}])
-  const markUsed = (_: unknown, r: Reservation) => settleToken(db, r, 'used')
-  const release = (_: unknown, r: Reservation) => settleToken(db, r, 'available')
-  const markInvalid = (_: unknown, r: Reservation) => settleToken(db, r, 'invalid')
-  const markUnconfirmed = (_: unknown, r: Reservation) => settleToken(db, r, 'unconfirmed')
   const states = async () => (await db.selectFrom('optin_tokens').select(['id', 'state', 'notification_id', 'lease_expires_at'])
     .where('page_id', '=', page_id).orderBy('id').execute())
 
@@ -67,26 +63,26 @@ t.test('transitions out of reserved name the holder; a stale holder changes noth
   const claimed = (await claimToken(db, a))!
   const mine = { token_id: claimed.id, notification_id: a.notification_id }
   const stranger = { token_id: claimed.id, notification_id: randomUUID() }
-  t.equal(await markUsed(db, stranger), false, 'another notification cannot spend it')
-  t.equal(await release(db, stranger), false)
+  t.equal(await settleToken(db, stranger, 'used'), false, 'another notification cannot spend it')
+  t.equal(await settleToken(db, stranger, 'available'), false)
   t.equal(await extendLease(db, mine, 600), true)
-  t.equal(await markUsed(db, mine), true)
-  t.equal(await markUsed(db, mine), false, 'only once')
-  t.equal(await release(db, mine), false, 'a used token is never released')
+  t.equal(await settleToken(db, mine, 'used'), true)
+  t.equal(await settleToken(db, mine, 'used'), false, 'only once')
+  t.equal(await settleToken(db, mine, 'available'), false, 'a used token is never released')
 
   const b = target(page_id)
   const second = (await claimToken(db, b))!
-  t.equal(await release(db, { token_id: second.id, notification_id: b.notification_id }), true)
+  t.equal(await settleToken(db, { token_id: second.id, notification_id: b.notification_id }, 'available'), true)
   const released = (await states()).find((r) => r.id === second.id)!
   t.match(released, { state: 'available', notification_id: null, lease_expires_at: null })
 
   const c = target(page_id)
   const third = (await claimToken(db, c))!
   t.equal(third.id, second.id, 'a released token is claimable again')
-  t.equal(await markInvalid(db, { token_id: third.id, notification_id: c.notification_id }), true)
+  t.equal(await settleToken(db, { token_id: third.id, notification_id: c.notification_id }, 'invalid'), true)
   const d = target(page_id)
   const fourth = (await claimToken(db, d))!
-  t.equal(await markUnconfirmed(db, { token_id: fourth.id, notification_id: d.notification_id }), true)
+  t.equal(await settleToken(db, { token_id: fourth.id, notification_id: d.notification_id }, 'unconfirmed'), true)
   t.equal(await extendLease(db, { token_id: fourth.id, notification_id: d.notification_id }, 60), false, 'no lease on a settled token')
 
   const final = await states()

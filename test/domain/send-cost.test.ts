@@ -94,7 +94,7 @@ t.test('a message the database refuses (a NUL character) is a 400, and the token
     payload: { topic_id: w.topic.id, psid, message: { text: 'a\u0000b' } },
   })
   t.equal(res.statusCode, 400, res.body)
-  t.match(res.json(), { status: 400, code: /\w+/ })
+  t.match(res.json(), { status: 400, code: 'invalid_characters' })
   t.same(await tokenStates(w.db, [tokens[0].id]), ['available'], 'the claim was undone with the statement')
   t.equal(w.emulator.requests.length, 0, 'nothing went to Meta')
   const rows = await w.db.selectFrom('notifications').select('id').where('psid', '=', psid).execute()
