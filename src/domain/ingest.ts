@@ -173,29 +173,12 @@ export interface DeliveryInput {
  * clock must not keep the window open longer than it is.
  */
 export async function recordDeliveries (db: Database, inputs: DeliveryInput[]): Promise<Recorded[]> {
-  // A token in several deliveries of the batch is recorded once: from its earliest opt-in, for that delivery.
-  const tokens = new Map<string, TokenRecord & { ord: number }>()
-  const people = new Map<string, SubscriberTouch>()
-  inputs.forEach(({ delivery }, ord) => {
-    for (const token of delivery.tokens) {
-      const known = tokens.get(token.token)
-      if (!known || Date.parse(token.opted_in_at) < Date.parse(known.opted_in_at)) tokens.set(token.token, { ...token, ord })
-    }
-    for (const person of delivery.subscribers) {
-      const key = `${person.page_id}\u0000${person.psid}`
-      const known = people.get(key)
-      people.set(key, known
-        ? {
-            ...known,
-            first_seen_at: person.first_seen_at < known.first_seen_at ? person.first_seen_at : known.first_seen_at,
-            last_interaction_at: known.last_interaction_at === null || (person.last_interaction_at !== null && person.last_interaction_at > known.last_interaction_at)
-              ? person.last_interaction_at ?? known.last_interaction_at
-              : known.last_interaction_at,
-          }
-        : person)
-    }
-  })
-  const { rows: [row] } = await sql<{ event_ids: string[], new_tokens: string[] | null }>`
+  const tokens = inputs.flatMap(({ delivery }, ord) => delivery.tokens.map((t) => ({ ...t, ord })))
+  const people = inputs.flatMap(({ delivery }) => delivery.subscribers)
+  // Across the deliveries of one statement, the rules parseDelivery applies within one body: a token
+  // is recorded once, from its earliest opt-in (for that delivery); a person is written once, with
+  // the earliest first sight and the latest interaction.
+  const { rows } = await sql<Recorded>`
     with input as (
       select nextval(pg_get_serial_sequence('webhook_events', 'id')) as id, e.ord, e.signature, e.object, e.body
         from unnest(${inputs.map((_, i) => i)}::int[], ${inputs.map((i) => i.signature)}::text[],
@@ -205,33 +188,34 @@ export async function recordDeliveries (db: Database, inputs: DeliveryInput[]): 
       select id, signature, object, body from input order by ord
     ), new_tokens as (
       insert into optin_tokens (kind, page_id, psid, payload, token, opted_in_at, expires_at, state, webhook_event_id)
-      select t.kind, t.page_id, t.psid, t.payload, t.token, t.opted_in_at, t.expires_at,
+      select distinct on (t.token) t.kind, t.page_id, t.psid, t.payload, t.token, t.opted_in_at, t.expires_at,
              case when t.expires_at <= now() then 'expired' else 'available' end,
              input.id
-      from jsonb_to_recordset(${JSON.stringify([...tokens.values()])}::jsonb)
+      from jsonb_to_recordset(${JSON.stringify(tokens)}::jsonb)
         as t(ord int, kind text, page_id text, psid text, payload text, token text, opted_in_at timestamptz, expires_at timestamptz)
         join input on input.ord = t.ord
-      order by t.token
+      order by t.token, t.opted_in_at, t.ord
       on conflict (token) do nothing
-      returning token
+      returning webhook_event_id
     ), touched as (
       insert into subscribers (page_id, psid, first_seen_at, last_interaction_at)
-      select s.page_id, s.psid, least(s.first_seen_at, now()),
-             case when s.last_interaction_at is not null then least(s.last_interaction_at, now()) end
-      from jsonb_to_recordset(${JSON.stringify([...people.values()])}::jsonb)
+      select s.page_id, s.psid, least(min(s.first_seen_at), now()),
+             case when max(s.last_interaction_at) is not null then least(max(s.last_interaction_at), now()) end
+      from jsonb_to_recordset(${JSON.stringify(people)}::jsonb)
         as s(page_id text, psid text, first_seen_at timestamptz, last_interaction_at timestamptz)
+      group by s.page_id, s.psid
       order by s.page_id, s.psid
       on conflict (page_id, psid) do update set
         first_seen_at = least(subscribers.first_seen_at, excluded.first_seen_at),
         last_interaction_at = greatest(subscribers.last_interaction_at, excluded.last_interaction_at),
         updated_at = now()
     )
-    select (select array_agg(id::text order by ord) from input) as event_ids,
-           (select array_agg(token) from new_tokens) as new_tokens
+    select input.id::text as event_id, count(new_tokens.webhook_event_id)::int as tokens_recorded
+      from input left join new_tokens on new_tokens.webhook_event_id = input.id
+     group by input.id, input.ord
+     order by input.ord
   `.execute(db)
-  const counts = inputs.map(() => 0)
-  for (const token of row.new_tokens ?? []) counts[tokens.get(token)!.ord]++
-  return inputs.map((_, ord) => ({ event_id: row.event_ids[ord], tokens_recorded: counts[ord] }))
+  return rows
 }
 
 /**
