@@ -1,6 +1,6 @@
-import { sql, type QueryCreator } from 'kysely'
+import { sql } from 'kysely'
 import type { Database } from '../db/database.js'
-import type { DB, TokenKind } from '../db/types.js'
+import type { TokenKind } from '../db/types.js'
 
 /** A token reserved for one notification; its value goes to Meta and nowhere else. */
 export interface ClaimedToken {
@@ -23,7 +23,7 @@ export interface ClaimTarget {
  * Reserves the soonest-expiring usable OTN token of (Page, topic payload, PSID) for one
  * notification, in one statement. SKIP LOCKED hands concurrent claimers different rows (or none)
  * without waiting on each other, across any number of service instances. A new send makes the same
- * choice inside its first statement (startSend in notifications.ts); this one serves the next token
+ * choice inside its first statement (startSends in notifications.ts); this one serves the next token
  * after a refusal.
  */
 export async function claimToken (db: Database, target: ClaimTarget): Promise<ClaimedToken | undefined> {
@@ -50,35 +50,43 @@ export interface Reservation { token_id: string, notification_id: string }
 export type SettledState = 'used' | 'invalid' | 'available' | 'unconfirmed'
 
 /**
- * The token's move out of `reserved`, as an update a caller runs alone or inside a larger statement
- * (the notification's outcome is written in the same statement). It names the holder, so a stale
- * holder (whose lease recovery took over) changes nothing: the update matches no row.
+ * The token's move out of `reserved`, as the body of a CTE over `input`, a relation with the columns
+ * `held_token_id` (bigint), `held_by` (uuid: the notification holding it) and `token_to` (a
+ * SettledState); rows with a null `held_token_id` move nothing. Each row names the holder, so a
+ * stale holder (whose lease recovery took over) changes nothing. Returns `held_by` for each token
+ * moved, so that the caller writes the notification's side only where its token moved.
  * `used`: Meta accepted the send; the token stays linked to its notification. `invalid`: Meta
  * refused the token itself. `available`: Meta refused for a reason that is not the token (and it
  * cannot have been spent). `unconfirmed`: it may have been delivered, so it is never handed out again.
  */
-export function settle (db: QueryCreator<DB>, r: Reservation, to: SettledState) {
-  return heldBy(db, r)
-    .set({ state: to, lease_expires_at: null, ...(to === 'available' ? { notification_id: null } : {}), updated_at: sql`now()` })
+export function settleHeld (input: string) {
+  return sql`
+    update optin_tokens o
+       set state = i.token_to, lease_expires_at = null,
+           notification_id = case when i.token_to = 'available' then null else o.notification_id end,
+           updated_at = now()
+      from ${sql.table(input)} i
+     where o.id = i.held_token_id and o.state = 'reserved' and o.notification_id = i.held_by
+    returning i.held_by`
 }
 
-/** An update of the token only while `r` holds it. */
-function heldBy (db: QueryCreator<DB>, r: Reservation) {
-  return db.updateTable('optin_tokens')
-    .where('id', '=', r.token_id)
-    .where('state', '=', 'reserved')
-    .where('notification_id', '=', r.notification_id)
+/** One reservation as the `input` of settleHeld. */
+export function heldInput (r: Reservation, to: SettledState) {
+  return sql`select ${r.token_id}::bigint as held_token_id, ${r.notification_id}::uuid as held_by, ${to}::text as token_to`
 }
 
-/** Runs `settle` alone; true when this holder moved the token. */
+/** Moves one token alone; true when this holder moved it. */
 export async function settleToken (db: Database, r: Reservation, to: SettledState): Promise<boolean> {
-  return (await settle(db, r, to).executeTakeFirst()).numUpdatedRows > 0n
+  const { rows } = await sql<{ held_by: string }>`
+    with input as (${heldInput(r, to)}), moved as (${settleHeld('input')}) select held_by from moved`.execute(db)
+  return rows.length > 0
 }
 
 /** Pushes the lease forward before another attempt, so recovery does not take over a live send. */
 export async function extendLease (db: Database, r: Reservation, leaseSeconds: number): Promise<boolean> {
-  const result = await heldBy(db, r)
+  const result = await db.updateTable('optin_tokens')
     .set({ lease_expires_at: sql`now() + make_interval(secs => ${leaseSeconds})`, updated_at: sql`now()` })
+    .where('id', '=', r.token_id).where('state', '=', 'reserved').where('notification_id', '=', r.notification_id)
     .executeTakeFirst()
   return result.numUpdatedRows > 0n
 }

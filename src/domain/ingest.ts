@@ -1,6 +1,7 @@
 import { createHmac, timingSafeEqual } from 'node:crypto'
 import { sql } from 'kysely'
 import type { Database } from '../db/database.js'
+import { GroupCommit } from '../db/group-commit.js'
 import type { TokenKind } from '../db/types.js'
 import { DomainError } from './errors.js'
 import { OTN_TOKEN_LIFETIME_MS } from './window.js'
@@ -219,53 +220,15 @@ export async function recordDeliveries (db: Database, inputs: DeliveryInput[]): 
 }
 
 /**
- * Group commit for webhook deliveries: a POST waits (it is answered only once its delivery is
- * committed) while at most `maxInFlight` statements run; the deliveries that arrive meanwhile go
- * together in the next statement, up to `maxBatch`. Alone, a delivery is written at once. When a
- * statement of several fails, each of its deliveries is written again on its own, so one delivery
- * the database refuses does not fail the others.
+ * Group commit for webhook deliveries (see GroupCommit): a POST is answered only once its delivery
+ * is committed; deliveries that arrive while a statement runs go together in the next one.
  */
-export class DeliveryWriter {
-  private readonly queue: Array<DeliveryInput & { resolve: (r: Recorded) => void, reject: (e: unknown) => void }> = []
-  private inFlight = 0
-  private scheduled = false
-
-  constructor (private readonly db: Database, private readonly maxBatch = 100, private readonly maxInFlight = 2) {}
+export class DeliveryWriter extends GroupCommit<DeliveryInput, Recorded> {
+  constructor (db: Database, maxBatch = 100, maxInFlight = 2) {
+    super((inputs) => recordDeliveries(db, inputs), maxBatch, maxInFlight)
+  }
 
   record (input: DeliveryInput): Promise<Recorded> {
-    return new Promise((resolve, reject) => {
-      this.queue.push({ ...input, resolve, reject })
-      this.schedule()
-    })
-  }
-
-  private schedule (): void {
-    if (this.scheduled || this.inFlight >= this.maxInFlight || this.queue.length === 0) return
-    this.scheduled = true
-    // After the requests already read in this turn of the event loop: they join this statement.
-    setImmediate(() => {
-      this.scheduled = false
-      void this.flush()
-    })
-  }
-
-  private async flush (): Promise<void> {
-    if (this.inFlight >= this.maxInFlight || this.queue.length === 0) return
-    const batch = this.queue.splice(0, this.maxBatch)
-    this.inFlight++
-    this.schedule()
-    try {
-      const recorded = await recordDeliveries(this.db, batch)
-      batch.forEach((item, i) => item.resolve(recorded[i]))
-    } catch (error) {
-      if (batch.length === 1) {
-        batch[0].reject(error)
-      } else {
-        await Promise.all(batch.map((item) => recordDeliveries(this.db, [item]).then(([r]) => item.resolve(r), item.reject)))
-      }
-    } finally {
-      this.inFlight--
-      this.schedule()
-    }
+    return this.submit(input)
   }
 }

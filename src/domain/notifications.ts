@@ -3,11 +3,12 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { sql } from 'kysely'
 import type { Config } from '../config.js'
 import type { Database } from '../db/database.js'
+import { GroupCommit } from '../db/group-commit.js'
 import type { GraphError, Notification, NotificationRoute, NotificationStatus, NotificationTokenState } from '../db/types.js'
 import type { GraphClient, PageCredentials, SendOutcome } from '../graph/client.js'
 import { classifyGraphError, TEMPORARY_RETRY_AFTER_SECONDS, verdictFor, type Verdict } from '../graph/errors.js'
 import {
-  claimToken, discardPersonTokens, extendLease, settle, settleToken,
+  claimToken, discardPersonTokens, extendLease, heldInput, settleHeld,
   type ClaimedToken, type Reservation, type SettledState,
 } from './claims.js'
 import { DomainError, notFound, type ErrorKind } from './errors.js'
@@ -108,6 +109,9 @@ export interface SendDeps {
   log?: Logger
   /** Pause between re-sends after an unanswered attempt (tests may shorten it). */
   backoffMs?: (retry: number) => number
+  /** Group commits for the two statements of a send, shared by the sends of one process; without them each is its own statement. */
+  starts?: StartWriter
+  outcomes?: OutcomeWriter
 }
 
 const kindOfStatus: Record<number, ErrorKind> = {
@@ -213,54 +217,72 @@ interface Started {
 
 const NO_TOKEN: NotificationProblem = { code: 'no_token', detail: 'This person holds no usable token for this topic.' }
 
+/** One send to start: the request, its hash and the id its notification will have. */
+export interface Starting { id: string, input: NotificationInput, hash: string }
+
+type StartRow = Partial<Notification> & {
+  ctx_topic_id: string | null, ctx_page_id: string | null, ctx_payload: string | null, access_token: string | null, existing_id: string | null,
+  claim_kind: ClaimedToken['kind'] | null, claim_token: string | null, claim_expires_at: Date | null, claim_lease_expires_at: Date | null
+}
+
 /**
- * The first statement of a send, one round trip and one commit. It reads the topic, its Page, the
- * person's window and any earlier request with the Idempotency-Key; then, only when there is none
- * and the Page can send, it inserts the notification: on the window route `pending` with its first
- * attempt counted; on the token route with the person's soonest-expiring token claimed for it in
- * the same statement (`pending`, first attempt counted), or final as `no_token` when they hold none.
- * The notification's id is chosen here so that the claim can name it. A concurrent request with the
- * same key makes the insert fail on the key's unique index: the whole statement, claim included, is undone.
+ * The first statement of a send, one round trip and one commit for any number of sends. For each,
+ * it reads the topic, its Page, the person's window and any earlier request with the
+ * Idempotency-Key; then, only when there is none and the Page can send, it inserts the
+ * notification: on the window route `pending` with its first attempt counted; on the token route
+ * with the person's soonest-expiring token claimed for it in the same statement (`pending`, first
+ * attempt counted), or final as `no_token` when they hold none. The notification's id is chosen by
+ * the caller so that the claim can name it. A concurrent request with the same key makes the insert
+ * fail on the key's unique index: the whole statement, claims included, is undone.
+ *
+ * Two sends of one statement must not share a person's topic or an Idempotency-Key: both would
+ * see the same token (a statement does not skip its own locks) or the same absent key. StartWriter
+ * keeps such sends for the next statement.
  */
-async function startSend (deps: SendDeps, input: NotificationInput, hash: string): Promise<Started> {
-  const id = randomUUID()
-  const existing = input.idempotency_key === undefined
-    ? sql`null::uuid`
-    : sql`(select id from notifications where idempotency_key = ${input.idempotency_key})`
-  const { rows: [row] } = await sql<SendContext & { ctx_page_id: string, ctx_topic_id: string } & Partial<Notification> & {
-    claim_kind: ClaimedToken['kind'] | null, claim_token: string | null, claim_expires_at: Date | null, claim_lease_expires_at: Date | null
-  }>`
-    with ctx as (
-      select t.id as topic_id, t.page_id, t.payload, p.access_token,
-             ${input.use_window ?? true}::boolean
-               and coalesce(s.last_interaction_at > now() - make_interval(secs => ${WINDOW_MS / 1000}), false) as window_open,
-             ${existing} as existing_id
-        from topics t
+export async function startSends (db: Database, leaseSeconds: number, items: Starting[]): Promise<Started[]> {
+  const col = <T>(f: (i: Starting) => T) => items.map(f)
+  const { rows } = await sql<StartRow>`
+    with input as (
+      select * from unnest(
+        ${col((i) => i.id)}::uuid[], ${col((i) => i.input.topic_id)}::uuid[], ${col((i) => i.input.psid)}::text[],
+        ${col((i) => JSON.stringify(i.input.message))}::jsonb[], ${col((i) => i.input.notification_type ?? 'REGULAR')}::text[],
+        ${col((i) => i.input.use_window ?? true)}::boolean[], ${col((i) => i.input.idempotency_key ?? null)}::text[],
+        ${col((i) => i.hash)}::text[], ${col((i) => i.input.broadcast_id ?? null)}::uuid[]
+      ) with ordinality as r(id, topic_id, psid, message, notification_type, use_window, idempotency_key, request_hash, broadcast_id, ord)
+    ), ctx as (
+      select r.id, r.psid, t.id as topic_id, t.page_id, t.payload, p.access_token,
+             r.use_window and coalesce(s.last_interaction_at > now() - make_interval(secs => ${WINDOW_MS / 1000}), false) as window_open,
+             (select n.id from notifications n where n.idempotency_key = r.idempotency_key) as existing_id
+        from input r
+        join topics t on t.id = r.topic_id
         join pages p on p.id = t.page_id
-        left join subscribers s on s.page_id = t.page_id and s.psid = ${input.psid}
-       where t.id = ${input.topic_id}
+        left join subscribers s on s.page_id = t.page_id and s.psid = r.psid
     ), go as (
       select * from ctx where existing_id is null and access_token is not null
+    ), pick as (
+      select go.id as notification_id, o.id
+        from go cross join lateral (
+          select o.id from optin_tokens o
+           where not go.window_open
+             and o.page_id = go.page_id and o.payload = go.payload and o.psid = go.psid
+             and o.kind = 'one_time_notif' and o.state = 'available' and o.expires_at > now()
+           order by o.expires_at
+           limit 1
+           for update of o skip locked) o
     ), claim as (
-      update optin_tokens
+      update optin_tokens o
          set state = 'reserved',
-             lease_expires_at = now() + make_interval(secs => ${deps.config.TOKEN_LEASE_SECONDS}),
-             notification_id = ${id}::uuid,
+             lease_expires_at = now() + make_interval(secs => ${leaseSeconds}),
+             notification_id = pick.notification_id,
              updated_at = now()
-       where id = (
-         select o.id from optin_tokens o, go
-          where not go.window_open
-            and o.page_id = go.page_id and o.payload = go.payload and o.psid = ${input.psid}
-            and o.kind = 'one_time_notif' and o.state = 'available' and o.expires_at > now()
-          order by o.expires_at
-          limit 1
-          for update of o skip locked)
-      returning id, kind, token, expires_at, lease_expires_at
+        from pick
+       where o.id = pick.id
+      returning o.id, o.notification_id, o.kind, o.token, o.expires_at, o.lease_expires_at
     ), inserted as (
       insert into notifications (id, page_id, topic_id, psid, message, notification_type, use_window, idempotency_key, request_hash,
                                  broadcast_id, route, attempts, token_id, status, http_status, error, completed_at)
-      select ${id}::uuid, go.page_id, go.topic_id, ${input.psid}, ${JSON.stringify(input.message)}::jsonb, ${input.notification_type ?? 'REGULAR'},
-             ${input.use_window ?? true}::boolean, ${input.idempotency_key ?? null}, ${hash}, ${input.broadcast_id ?? null}::uuid,
+      select r.id, go.page_id, go.topic_id, r.psid, r.message, r.notification_type, r.use_window, r.idempotency_key, r.request_hash,
+             r.broadcast_id,
              case when go.window_open then 'window' else 'token' end,
              case when go.window_open or c.id is not null then 1 else 0 end,
              c.id,
@@ -268,29 +290,47 @@ async function startSend (deps: SendDeps, input: NotificationInput, hash: string
              case when go.window_open or c.id is not null then null else 409 end,
              case when go.window_open or c.id is not null then null else ${JSON.stringify(NO_TOKEN)}::jsonb end,
              case when go.window_open or c.id is not null then null else now() end
-        from go left join claim c on true
+        from go join input r on r.id = go.id left join claim c on c.notification_id = go.id
       returning *
     )
-    select ctx.topic_id as ctx_topic_id, ctx.page_id as ctx_page_id, ctx.payload, ctx.access_token, ctx.existing_id,
+    select ctx.topic_id as ctx_topic_id, ctx.page_id as ctx_page_id, ctx.payload as ctx_payload, ctx.access_token, ctx.existing_id,
            i.*, c.kind as claim_kind, c.token as claim_token, c.expires_at as claim_expires_at, c.lease_expires_at as claim_lease_expires_at
-      from ctx left join inserted i on true left join claim c on true`.execute(deps.db)
-  if (!row) return {}
+      from input r left join ctx on ctx.id = r.id left join inserted i on i.id = r.id left join claim c on c.notification_id = r.id
+     order by r.ord`.execute(db)
+  return rows.map(startedOf)
+}
+
+function startedOf (row: StartRow): Started {
   const {
-    ctx_topic_id: topicId, ctx_page_id: pageId, payload, access_token: accessToken, existing_id: existingId,
+    ctx_topic_id: topicId, ctx_page_id: pageId, ctx_payload: payload, access_token: accessToken, existing_id: existingId,
     claim_kind: kind, claim_token: token, claim_expires_at: expires, claim_lease_expires_at: lease, ...inserted
   } = row
-  const context: SendContext = { topic_id: topicId, page_id: pageId, payload: payload!, access_token: accessToken, existing_id: existingId }
+  if (topicId === null) return {}
+  const context: SendContext = { topic_id: topicId, page_id: pageId!, payload: payload!, access_token: accessToken, existing_id: existingId }
   if (inserted.id == null) return { context }
   const n = inserted as Notification
-  if (n.status !== 'pending') {
-    deps.log?.info({ notification_id: n.id, status: n.status, route: n.route, attempts: n.attempts }, `notification ${n.status}`)
-    return { context, n }
+  if (n.status !== 'pending' || token === null) return { context, n }
+  return { context, n, token: { id: n.token_id!, kind: kind!, token, expires_at: expires!, lease_expires_at: lease! } }
+}
+
+/**
+ * Group commit for the first statement of a send (see GroupCommit and startSends): sends that
+ * arrive while a statement runs start together in the next one, except two for the same person's
+ * topic or with the same Idempotency-Key, which go in different statements.
+ */
+export class StartWriter extends GroupCommit<Starting, Started> {
+  constructor (db: Database, leaseSeconds: number, maxBatch = 100, maxInFlight = 2) {
+    super((items) => startSends(db, leaseSeconds, items), maxBatch, maxInFlight,
+      (s) => [`p:${s.input.topic_id}:${s.input.psid}`, ...(s.input.idempotency_key === undefined ? [] : [`k:${s.input.idempotency_key}`])])
   }
-  return {
-    context,
-    n,
-    ...(token !== null ? { token: { id: n.token_id!, kind: kind!, token, expires_at: expires!, lease_expires_at: lease! } } : {}),
-  }
+}
+
+async function startSend (deps: SendDeps, input: NotificationInput, hash: string): Promise<Started> {
+  const item: Starting = { id: randomUUID(), input, hash }
+  const started = deps.starts ? await deps.starts.submit(item) : (await startSends(deps.db, deps.config.TOKEN_LEASE_SECONDS, [item]))[0]
+  const n = started.n
+  if (n && n.status !== 'pending') deps.log?.info({ notification_id: n.id, status: n.status, route: n.route, attempts: n.attempts }, `notification ${n.status}`)
+  return started
 }
 
 async function byKey (db: Database, key: string): Promise<Notification | undefined> {
@@ -444,11 +484,11 @@ async function tokenRoute (deps: SendDeps, n: Notification, target: Target, resu
         const { verdict, error } = outcome
         if (verdict.action === 'invalidate') {
           // The token and the count move together; nothing moves when recovery took the token over.
-          const counted = await deps.db.with('moved', (db) => settle(db, reservation, 'invalid').returning('id'))
-            .updateTable('notifications').set({ tokens_refused: refused + 1, updated_at: sql`now()` })
-            .where('id', '=', n.id).where('status', '=', 'pending')
-            .where(({ exists, selectFrom }) => exists(selectFrom('moved').select('moved.id')))
-            .returning('id').executeTakeFirst()
+          const { rows: [counted] } = await sql<{ id: string }>`
+            with input as (${heldInput(reservation, 'invalid')}), moved as (${settleHeld('input')})
+            update notifications set tokens_refused = ${refused + 1}, updated_at = now()
+             where id = ${n.id} and status = 'pending' and exists (select 1 from moved)
+            returning id`.execute(deps.db)
           if (!counted) return current(deps.db, n.id)
           refused++
           lastRefusal = error
@@ -603,49 +643,88 @@ interface TokenTransition {
   discardOthers?: { page_id: string, payload: string, psid: string }
 }
 
+/** One outcome to record, with the claimed token's move when there is one. */
+export interface Finishing {
+  id: string
+  outcome: Outcome
+  transition?: { reservation: Reservation, to: SettledState }
+}
+
 /**
- * Records the outcome together with the token's transition, in one statement, only if this process
- * still holds both; otherwise the outcome someone else recorded (lease recovery) stands.
+ * Records outcomes, each together with its token's transition, in one statement (one commit) for
+ * any number of them. Each outcome is written only if its notification is still `pending` and,
+ * when it moves a token, only if that token is still reserved for it; otherwise nothing of it is
+ * written (lease recovery took it over, and what recovery records stands). Answers, per item in
+ * order, the notification as written, or undefined where nothing was.
  */
-async function finish (deps: SendDeps, id: string, o: Outcome, transition?: TokenTransition): Promise<Notification> {
-  const values = {
-    status: o.status,
-    route: o.route,
-    http_status: o.httpStatus,
-    error: o.problem ? JSON.stringify(o.problem) : null,
-    graph_message_id: o.graphMessageId ?? null,
-    ...(o.tokenId !== undefined ? { token_id: o.tokenId } : {}),
-    token_state: o.tokenState ?? null,
-    ...(o.tokensRefused !== undefined ? { tokens_refused: o.tokensRefused } : {}),
-    completed_at: sql<Date>`now()`,
-    updated_at: sql<Date>`now()`,
+export async function recordOutcomes (db: Database, items: Finishing[]): Promise<Array<Notification | undefined>> {
+  // One order for the row locks of every statement, so that two statements cannot deadlock.
+  const sorted = [...items].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
+  const col = <T>(f: (i: Finishing) => T) => sorted.map(f)
+  const { rows } = await sql<Notification>`
+    with input as (
+      select * from unnest(
+        ${col((i) => i.id)}::uuid[], ${col((i) => i.outcome.status)}::text[], ${col((i) => i.outcome.route)}::text[],
+        ${col((i) => i.outcome.httpStatus)}::int[], ${col((i) => (i.outcome.problem ? JSON.stringify(i.outcome.problem) : null))}::jsonb[],
+        ${col((i) => i.outcome.graphMessageId ?? null)}::text[],
+        ${col((i) => i.outcome.tokenId !== undefined)}::boolean[], ${col((i) => i.outcome.tokenId ?? null)}::bigint[],
+        ${col((i) => i.outcome.tokenState ?? null)}::text[],
+        ${col((i) => i.outcome.tokensRefused !== undefined)}::boolean[], ${col((i) => i.outcome.tokensRefused ?? null)}::int[],
+        ${col((i) => i.transition?.reservation.token_id ?? null)}::bigint[],
+        ${col((i) => i.transition?.reservation.notification_id ?? null)}::uuid[],
+        ${col((i) => i.transition?.to ?? null)}::text[]
+      ) as i(id, status, route, http_status, error, graph_message_id, set_token_id, token_id, token_state,
+             set_tokens_refused, tokens_refused, held_token_id, held_by, token_to)
+    ), moved as (${settleHeld('input')})
+    update notifications n
+       set status = i.status, route = i.route, http_status = i.http_status, error = i.error,
+           graph_message_id = i.graph_message_id,
+           token_id = case when i.set_token_id then i.token_id else n.token_id end,
+           token_state = i.token_state,
+           tokens_refused = case when i.set_tokens_refused then i.tokens_refused else n.tokens_refused end,
+           completed_at = now(), updated_at = now()
+      from input i
+     where n.id = i.id and n.status = 'pending'
+       and (i.held_token_id is null or exists (select 1 from moved m where m.held_by = i.id))
+    returning n.*`.execute(db)
+  const byId = new Map(rows.map((r) => [r.id, r]))
+  return items.map((i) => byId.get(i.id))
+}
+
+/**
+ * Group commit for outcomes (see GroupCommit): the sends that Meta answered while a statement
+ * runs have their outcomes recorded together by the next one. Each caller still waits until its
+ * own outcome is committed, and is answered only then.
+ */
+export class OutcomeWriter extends GroupCommit<Finishing, Notification | undefined> {
+  constructor (db: Database, maxBatch = 100, maxInFlight = 2) {
+    super((items) => recordOutcomes(db, items), maxBatch, maxInFlight)
   }
+}
+
+/**
+ * Records the outcome together with the token's transition, in one statement (through the
+ * group commit when the caller has one), only if this process still holds both; otherwise the
+ * outcome someone else recorded (lease recovery) stands.
+ */
+async function finish (deps: SendDeps, id: string, outcome: Outcome, transition?: TokenTransition): Promise<Notification> {
+  const item: Finishing = { id, outcome, ...(transition ? { transition: { reservation: transition.reservation, to: transition.to } } : {}) }
   let row: Notification | undefined
-  if (!transition) {
-    row = await deps.db.updateTable('notifications').set(values)
-      .where('id', '=', id).where('status', '=', 'pending').returningAll().executeTakeFirst()
+  if (transition?.discardOthers) {
+    // Rare (the person stopped the topic): their other tokens go with this outcome, in one transaction.
+    const others = transition.discardOthers
+    row = await deps.db.transaction().execute(async (trx) => {
+      const [written] = await recordOutcomes(trx, [item])
+      if (written) await discardPersonTokens(trx, others).execute()
+      return written
+    })
   } else {
-    const { reservation, to, discardOthers } = transition
-    if (discardOthers) {
-      // Rare (the person stopped the topic): three writes, in one transaction.
-      row = await deps.db.transaction().execute(async (trx) => {
-        if (!(await settleToken(trx, reservation, to))) return undefined
-        await discardPersonTokens(trx, discardOthers).execute()
-        return trx.updateTable('notifications').set(values)
-          .where('id', '=', id).where('status', '=', 'pending').returningAll().executeTakeFirst()
-      })
-    } else {
-      row = await deps.db.with('moved', (db) => settle(db, reservation, to).returning('id'))
-        .updateTable('notifications').set(values)
-        .where('id', '=', id).where('status', '=', 'pending')
-        .where(({ exists, selectFrom }) => exists(selectFrom('moved').select('moved.id')))
-        .returningAll().executeTakeFirst()
-    }
+    row = deps.outcomes ? await deps.outcomes.submit(item) : (await recordOutcomes(deps.db, [item]))[0]
   }
   const final = row ?? await current(deps.db, id)
   deps.log?.info({
     notification_id: id, status: final.status, route: final.route, attempts: final.attempts,
-    ...(o.problem?.graph ? { graph_code: o.problem.graph.code, graph_subcode: o.problem.graph.subcode } : {}),
+    ...(outcome.problem?.graph ? { graph_code: outcome.problem.graph.code, graph_subcode: outcome.problem.graph.subcode } : {}),
     ...(row ? {} : { superseded: true }),
   }, `notification ${final.status}`)
   return final

@@ -1,0 +1,121 @@
+import t from 'tap'
+import { randomUUID } from 'node:crypto'
+import type { KyselyPlugin } from 'kysely'
+import { claimToken, type SettledState } from '../../src/domain/claims.js'
+import { OutcomeWriter, type Finishing } from '../../src/domain/notifications.js'
+import type { Database } from '../../src/db/database.js'
+import { giveTokens, newPsid, tokenStates, world, type World } from '../fixtures/otn.js'
+
+// The outcomes' group commit: outcomes submitted while a statement runs are recorded together,
+// each with its token's move, each only where its sender still holds the notification and token,
+// and one the database refuses does not take the others down.
+
+function counting (db: Database) {
+  const statements: string[] = []
+  const plugin: KyselyPlugin = {
+    transformQuery: (args) => { statements.push(args.node.kind); return args.node },
+    transformResult: async (args) => args.result,
+  }
+  return { counted: db.withPlugin(plugin), statements }
+}
+
+/** A pending notification on the token route holding one claimed token, as startSend leaves it. */
+async function pendingWithToken (w: World): Promise<{ id: string, tokenId: string }> {
+  const psid = newPsid()
+  await giveTokens(w, psid, 1)
+  const id = randomUUID()
+  await w.db.insertInto('notifications').values({
+    id, page_id: w.pageId, topic_id: w.topic.id, psid, message: JSON.stringify({ text: 'hi' }), route: 'token', attempts: 1, tokens_refused: 2,
+  }).execute()
+  const claimed = await claimToken(w.db, { page_id: w.pageId, payload: w.topic.payload, psid, notification_id: id, leaseSeconds: 60 })
+  await w.db.updateTable('notifications').set({ token_id: claimed!.id }).where('id', '=', id).execute()
+  return { id, tokenId: claimed!.id }
+}
+
+function spent (n: { id: string, tokenId: string }, to: SettledState, status: Finishing['outcome']['status'], extra: Partial<Finishing['outcome']> = {}): Finishing {
+  return {
+    id: n.id,
+    outcome: { status, route: 'token', httpStatus: status === 'sent' ? 201 : 502, tokenId: n.tokenId, ...extra },
+    transition: { reservation: { token_id: n.tokenId, notification_id: n.id }, to },
+  }
+}
+
+async function notifications (db: Database, ids: string[]) {
+  const rows = await db.selectFrom('notifications').selectAll().where('id', 'in', ids).execute()
+  const byId = new Map(rows.map((r) => [r.id, r]))
+  return ids.map((id) => byId.get(id)!)
+}
+
+t.test('outcomes submitted in the same turn are one statement, each with its token move', async (t) => {
+  const w = await world(t)
+  const { counted, statements } = counting(w.db)
+  const writer = new OutcomeWriter(counted)
+  const [a, b, c] = [await pendingWithToken(w), await pendingWithToken(w), await pendingWithToken(w)]
+  const windowId = randomUUID()
+  await w.db.insertInto('notifications').values({
+    id: windowId, page_id: w.pageId, topic_id: w.topic.id, psid: newPsid(), message: JSON.stringify({ text: 'hi' }), route: 'window', attempts: 1,
+  }).execute()
+
+  statements.length = 0
+  const rows = await Promise.all([
+    writer.submit(spent(a, 'used', 'sent', { graphMessageId: 'm.a', tokenState: 'used' })),
+    writer.submit(spent(b, 'available', 'failed', { tokenState: 'released', problem: { code: 'graph_person_unavailable', detail: 'x' } })),
+    writer.submit(spent(c, 'unconfirmed', 'unconfirmed', { tokenState: 'unconfirmed', tokensRefused: 3 })),
+    writer.submit({ id: windowId, outcome: { status: 'sent', route: 'window', httpStatus: 201, graphMessageId: 'm.w' } }),
+  ])
+  t.equal(statements.length, 1, 'four outcomes, one statement')
+  t.same(rows.map((r) => r?.status), ['sent', 'failed', 'unconfirmed', 'sent'], 'each caller gets its own row, in its order')
+  t.same(await tokenStates(w.db, [a.tokenId, b.tokenId, c.tokenId]), ['used', 'available', 'unconfirmed'])
+
+  const [na, nb, nc, nw] = await notifications(w.db, [a.id, b.id, c.id, windowId])
+  t.match(na, { status: 'sent', graph_message_id: 'm.a', token_state: 'used', token_id: a.tokenId, tokens_refused: 2, http_status: 201 })
+  t.ok(na.completed_at, 'completed')
+  t.match(nb, { status: 'failed', token_state: 'released', error: { code: 'graph_person_unavailable' }, tokens_refused: 2 })
+  t.match(nc, { status: 'unconfirmed', tokens_refused: 3 }, 'a count given is written; one not given is kept')
+  t.match(nw, { status: 'sent', route: 'window', graph_message_id: 'm.w', token_id: null })
+  const released = await w.db.selectFrom('optin_tokens').select(['notification_id', 'lease_expires_at']).where('id', '=', b.tokenId).executeTakeFirstOrThrow()
+  t.same(released, { notification_id: null, lease_expires_at: null }, 'a released token is nobody\'s')
+  const used = await w.db.selectFrom('optin_tokens').select(['notification_id']).where('id', '=', a.tokenId).executeTakeFirstOrThrow()
+  t.equal(used.notification_id, a.id, 'a used token stays linked to its notification')
+})
+
+t.test('an outcome whose token was taken over is not written; the others in its statement are', async (t) => {
+  const w = await world(t)
+  const { counted, statements } = counting(w.db)
+  const writer = new OutcomeWriter(counted)
+  const [mine, stale] = [await pendingWithToken(w), await pendingWithToken(w)]
+  // Lease recovery took the second token over for another notification.
+  const other = randomUUID()
+  await w.db.updateTable('optin_tokens').set({ notification_id: other }).where('id', '=', stale.tokenId).execute()
+
+  statements.length = 0
+  const [written, superseded] = await Promise.all([
+    writer.submit(spent(mine, 'used', 'sent', { tokenState: 'used' })),
+    writer.submit(spent(stale, 'used', 'sent', { tokenState: 'used' })),
+  ])
+  t.equal(statements.length, 1)
+  t.equal(written?.status, 'sent')
+  t.equal(superseded, undefined, 'nothing written for the stale holder')
+  const [, n] = await notifications(w.db, [mine.id, stale.id])
+  t.equal(n.status, 'pending', 'its notification is left to recovery')
+  const token = await w.db.selectFrom('optin_tokens').select(['state', 'notification_id']).where('id', '=', stale.tokenId).executeTakeFirstOrThrow()
+  t.same(token, { state: 'reserved', notification_id: other }, 'the new holder keeps the token')
+})
+
+t.test('an outcome the database refuses fails alone; the others are written', async (t) => {
+  const w = await world(t)
+  const writer = new OutcomeWriter(w.db)
+  const good = [await pendingWithToken(w), await pendingWithToken(w)]
+  const bad = await pendingWithToken(w)
+  const outcomes = await Promise.allSettled([
+    writer.submit(spent(good[0], 'used', 'sent', { tokenState: 'used' })),
+    // jsonb holds no NUL character: Postgres refuses this outcome's problem.
+    writer.submit(spent(bad, 'available', 'failed', { tokenState: 'released', problem: { code: 'x', detail: 'nul \u0000 here' } })),
+    writer.submit(spent(good[1], 'used', 'sent', { tokenState: 'used' })),
+  ])
+  t.same(outcomes.map((o) => o.status), ['fulfilled', 'rejected', 'fulfilled'])
+  t.match((outcomes[1] as PromiseRejectedResult).reason, { code: '22P05' })
+  t.same(await tokenStates(w.db, [good[0].tokenId, bad.tokenId, good[1].tokenId]), ['used', 'reserved', 'used'],
+    'the refused outcome moved nothing: its token stays reserved for recovery')
+  t.same((await notifications(w.db, [good[0].id, bad.id, good[1].id])).map((n) => n.status), ['sent', 'pending', 'sent'])
+})
