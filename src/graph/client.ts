@@ -100,11 +100,22 @@ export function createGraphClient (options: GraphClientOptions): GraphClient {
   }
   const origin = new URL(options.baseUrl).origin
   const path = `/${options.version}/me/messages`
+  // appsecret_proof depends only on the Page's access token: computed once per token, not per send.
+  const proofs = new Map<string, string>()
+  const proofFor = (accessToken: string, appSecret: string): string => {
+    let proof = proofs.get(accessToken)
+    if (proof === undefined) {
+      if (proofs.size >= 10_000) proofs.clear()
+      proof = appsecretProof(accessToken, appSecret)
+      proofs.set(accessToken, proof)
+    }
+    return proof
+  }
 
   return {
     async sendMessage (page, body) {
       const query = new URLSearchParams({ access_token: page.accessToken })
-      if (options.appSecret) query.set('appsecret_proof', appsecretProof(page.accessToken, options.appSecret))
+      if (options.appSecret) query.set('appsecret_proof', proofFor(page.accessToken, options.appSecret))
       try {
         const response = await poolFor(origin).request({
           method: 'POST',
