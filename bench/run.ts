@@ -26,6 +26,7 @@ const TOKEN_RATE_BOUND = envInt('BENCH_TOKEN_RATE_BOUND', 2500)
 const CLAIM_RATE_BOUND = envInt('BENCH_CLAIM_RATE_BOUND', 12_000)
 const PGLITE = process.env.BENCH_PGLITE !== '0'
 const LEVERS = process.env.BENCH_LEVERS !== '0'
+const only = process.env.BENCH_ONLY?.split(',').map((k) => k.trim()).filter(Boolean)
 
 const TARGETS = { ingest: 0.8, tokenRoute: 0.6, claimScale: 1.2 }
 
@@ -312,8 +313,8 @@ async function main (): Promise<void> {
     const job = (key: string) => [...ceilingJobs, ...appJobs].find((j) => j.key === key)
     const order = ['ceiling.bare', 'ceiling.insert', 'ceiling.ingest', 'app.ingest1', 'unnamed.ingest1', 'info.ingest1', 'app.ingest50',
       'ceiling.claim', 'ceiling.claimNamed', 'ceiling.claimSend', 'app.token', 'unnamed.token', 'info.token', 'pool20.token', 'app.window']
-    // BENCH_ONLY=app.token,unnamed.token re-measures just those (the table then shows what it can).
-    const only = process.env.BENCH_ONLY?.split(',').map((k) => k.trim()).filter(Boolean)
+    // BENCH_ONLY=app.token,unnamed.token re-measures just those (the table then shows what it can);
+    // the claim latency (d) and the plan hazard (e) run only when it names `claims` and `hazard`.
     const runs = await rounds(order.filter((k) => !only || only.includes(k)).map(job).filter((j): j is Job => j !== undefined), ROUNDS)
     for (const t of targets.splice(0)) await t.stop()
 
@@ -368,11 +369,13 @@ async function main (): Promise<void> {
       }
     }
 
-    try {
-      claimScale = await runClaimScale({ adminUrl: admin, sizes: [CLAIM_ROWS_SMALL, CLAIM_ROWS_LARGE], claims: CLAIMS })
-    } catch (error) {
-      claimError = error instanceof Error ? error.message : String(error)
-      log(`claim latency failed: ${claimError}`)
+    if (!only || only.includes('claims')) {
+      try {
+        claimScale = await runClaimScale({ adminUrl: admin, sizes: [CLAIM_ROWS_SMALL, CLAIM_ROWS_LARGE], claims: CLAIMS })
+      } catch (error) {
+        claimError = error instanceof Error ? error.message : String(error)
+        log(`claim latency failed: ${claimError}`)
+      }
     }
     const [small, large] = claimScale
     for (const r of claimScale) {
@@ -391,7 +394,7 @@ async function main (): Promise<void> {
       }
     }
 
-    hazards = await runPlanHazard({ adminUrl: admin, backlog: envInt('BENCH_BACKLOG', 40_000), count: 300 })
+    if (!only || only.includes('hazard')) hazards = await runPlanHazard({ adminUrl: admin, backlog: envInt('BENCH_BACKLOG', 40_000), count: 300 })
     for (const h of hazards) {
       rows.push({
         section: '(e)', scenario: `${h.transition}, ${h.backlog.toLocaleString('en-US')} since ANALYZE, as shipped (${h.shipped.plan})`, db: 'postgres',
