@@ -1,18 +1,22 @@
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
+import { Registry } from 'prom-client'
 import type { Config } from './config.js'
-import { openDatabase, type Database } from './db/database.js'
+import { openDatabase, type Database, type DatabaseHandle } from './db/database.js'
 import { migrate } from './db/migrate.js'
 import { upsertPage } from './domain/pages.js'
 import { createGraphClient, type GraphClient } from './graph/client.js'
+import { instrumentGraphClient } from './graph/instrumented.js'
 import { apiKeyAuth } from './plugins/auth.js'
 import database from './plugins/database.js'
 import docs from './plugins/docs.js'
 import errors, { frameworkErrors } from './plugins/errors.js'
 import jobs from './plugins/jobs.js'
+import metrics from './plugins/metrics.js'
 import { broadcastWorkers } from './jobs/broadcast-worker.js'
 import broadcastRoutes from './routes/broadcasts.js'
 import healthRoutes from './routes/health.js'
+import metricsRoutes from './routes/metrics.js'
 import notificationRoutes from './routes/notifications.js'
 import optinRequestRoutes from './routes/optin-requests.js'
 import pageRoutes from './routes/pages.js'
@@ -52,7 +56,7 @@ export async function buildApp (config: Config, deps: AppDeps = {}): Promise<Fas
   }).withTypeProvider<TypeBoxTypeProvider>()
   app.setValidatorCompiler(validatorCompiler)
 
-  let handle: { db: Database, kind: 'postgres' | 'pglite', location: string, close?: () => Promise<void> }
+  let handle: { db: Database, kind: 'postgres' | 'pglite', location: string, pool?: DatabaseHandle['pool'], close?: () => Promise<void> }
   if (deps.db) {
     handle = { db: deps.db, kind: deps.dbKind ?? 'postgres', location: 'injected' }
   } else {
@@ -73,13 +77,16 @@ export async function buildApp (config: Config, deps: AppDeps = {}): Promise<Fas
   }
   app.decorate('config', config)
   app.decorate('dbKind', handle.kind)
-  const graph = deps.graph ?? createGraphClient({
+  // One registry per app (tests build many apps in one process); none at all when metrics are off.
+  const register = config.METRICS_ENABLED ? new Registry() : undefined
+  const client = deps.graph ?? createGraphClient({
     baseUrl: config.GRAPH_API_BASE_URL,
     version: config.GRAPH_API_VERSION,
     appSecret: config.META_APP_SECRET,
     timeoutMs: config.GRAPH_API_TIMEOUT_MS,
     connectTimeoutMs: config.GRAPH_API_CONNECT_TIMEOUT_MS,
   })
+  const graph = register ? instrumentGraphClient(client, register) : client
   app.decorate('graph', graph)
   if (!deps.graph) app.addHook('onClose', async () => { await graph.close() })
   app.addHook('onSend', async (request, reply) => { reply.header('x-request-id', request.id) })
@@ -87,8 +94,10 @@ export async function buildApp (config: Config, deps: AppDeps = {}): Promise<Fas
   await app.register(errors)
   await app.register(database, { db: handle.db, close: handle.close })
   await app.register(jobs, { workers: [broadcastWorkers] })
+  if (register) await app.register(metrics, { register, pool: handle.pool })
   await app.register(docs)
   await app.register(healthRoutes)
+  if (register) await app.register(metricsRoutes)
   await app.register(webhookRoutes)
   await app.register(async (v1) => {
     v1.addHook('onRequest', apiKeyAuth(config.apiKeys))

@@ -36,6 +36,8 @@ export const EnvSchema = Type.Object({
   BROADCAST_CONCURRENCY: Int('Broadcast send jobs one instance works on at once.', 4, 1, 64),
   BROADCAST_MAX_ATTEMPTS: Int('Sends tried per person when Meta rate-limits or fails temporarily (nothing sent) before the person counts as failed.', 5, 1, 50),
   BROADCAST_BACKOFF_SECONDS: Int('Longest pause after such a refusal: the Page\'s broadcasts pause on a rate limit, the person is retried later on a temporary failure.', 60, 1, 3600),
+  METRICS_ENABLED: Type.Boolean({ description: 'Serve Prometheus metrics at /metrics (true or false).', default: true }),
+  METRICS_TOKEN: Type.Optional(Type.String({ description: 'When set, /metrics requires "Authorization: Bearer <token>" (at least 8 characters, no spaces). Unset: /metrics is open, like /healthz (keep it on an internal network).', pattern: '^\\S{8,}$' })),
 })
 
 export type Config = Static<typeof EnvSchema> & { apiKeys: string[] }
@@ -70,7 +72,8 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
       continue
     }
     const numeric = (schema.type === 'integer' && /^-?\d+$/.test(text.trim())) || (schema.type === 'number' && /^-?\d+(\.\d+)?$/.test(text.trim()))
-    const value = numeric ? Number(text) : text
+    const boolean = schema.type === 'boolean' && /^(true|false)$/.test(text.trim())
+    const value = numeric ? Number(text) : boolean ? text.trim() === 'true' : text
     const [error] = checks[key].Errors(value)
     if (error) problems.push(`${key}: ${describe(schema, error.message)}. ${schema.description}`)
     raw[key] = value

@@ -13,6 +13,8 @@ export interface DatabaseHandle {
   kind: 'postgres' | 'pglite'
   /** Where the data lives, for the start-up log; never includes a password. */
   location: string
+  /** The pg Pool behind `db` (Postgres only), for its metrics. */
+  pool?: pg.Pool
   close(): Promise<void>
 }
 
@@ -41,6 +43,7 @@ export async function openDatabase (options: DatabaseOptions): Promise<DatabaseH
       db,
       kind: 'postgres',
       location: url.toString(),
+      pool,
       close: () => db.destroy(),
     }
   }

@@ -4,8 +4,13 @@ import { sendProblem } from './errors.js'
 
 const digest = (value: string): Buffer => createHash('sha256').update(value).digest()
 
-/** Bearer API keys, compared as fixed-length digests in constant time; every key is checked. */
-export function apiKeyAuth (keys: string[]): onRequestHookHandler {
+const apiKeyMessages = {
+  missing: 'Send an API key as "Authorization: Bearer <key>".',
+  invalid: 'The API key is not valid.',
+}
+
+/** Bearer API keys (or another bearer secret, with its own messages), compared as fixed-length digests in constant time; every key is checked. */
+export function apiKeyAuth (keys: string[], messages = apiKeyMessages): onRequestHookHandler {
   const expected = keys.map(digest)
   return async (request, reply) => {
     const header = request.headers.authorization ?? ''
@@ -17,9 +22,7 @@ export function apiKeyAuth (keys: string[]): onRequestHookHandler {
     }
     if (!ok) {
       reply.header('www-authenticate', 'Bearer')
-      return sendProblem(reply, 401, 'unauthorized', match
-        ? 'The API key is not valid.'
-        : 'Send an API key as "Authorization: Bearer <key>".')
+      return sendProblem(reply, 401, 'unauthorized', match ? messages.invalid : messages.missing)
     }
   }
 }

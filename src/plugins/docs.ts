@@ -25,7 +25,7 @@ export default fp(async (app) => {
         { name: 'notifications', description: 'Sending the one follow-up message' },
         { name: 'broadcasts', description: 'One message on a topic to everyone who opted in, now or later' },
         { name: 'webhooks', description: 'Meta webhook deliveries' },
-        { name: 'operations', description: 'Health and readiness' },
+        { name: 'operations', description: 'Health, readiness and metrics' },
       ],
     },
     refResolver: { buildLocalReference: (json, _base, _fragment, i) => String(json.$id ?? `def-${i}`) },

@@ -1,0 +1,98 @@
+import fp from 'fastify-plugin'
+import type { FastifyInstance } from 'fastify'
+import { sql } from 'kysely'
+import type pg from 'pg'
+import { collectDefaultMetrics, Counter, Gauge, Histogram, type Registry } from 'prom-client'
+
+export const METRICS_PATH = '/metrics'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    metrics: Registry
+  }
+}
+
+type HttpLabels = Record<'method' | 'route' | 'status_code', string>
+
+/** Requests by route pattern (never the raw URL: no PSID, token or query string becomes a label). */
+function httpMetrics (app: FastifyInstance, register: Registry): void {
+  const labelNames = ['method', 'route', 'status_code'] as const
+  const requests = new Counter({ name: 'otn_http_requests_total', help: 'HTTP requests answered, by route pattern ("unmatched" when no route matched).', labelNames, registers: [register] })
+  const duration = new Histogram({ name: 'otn_http_request_duration_seconds', help: 'Time from receiving an HTTP request to the end of its answer.', labelNames, registers: [register] })
+  // One labels object per series, made on its first request and reused by every later one.
+  const series = new Map<string, HttpLabels>()
+  app.addHook('onResponse', (request, reply, done) => {
+    const route = request.routeOptions.url ?? 'unmatched'
+    if (route !== METRICS_PATH) {
+      const key = `${request.method} ${reply.statusCode} ${route}`
+      let labels = series.get(key)
+      if (labels === undefined) {
+        labels = { method: request.method, route, status_code: String(reply.statusCode) }
+        series.set(key, labels)
+      }
+      requests.inc(labels)
+      duration.observe(labels, reply.elapsedTime / 1000)
+    }
+    done()
+  })
+}
+
+/**
+ * Backlog gauges read on each scrape, by queries on the partial indexes (optin_tokens_lease_idx,
+ * notifications_open_idx) and pg-boss's queue size. If the database does not answer, the scrape
+ * still does: these gauges are left out and otn_metrics_database_up is 0.
+ */
+function databaseMetrics (app: FastifyInstance, register: Registry): void {
+  // Every gauge's collect() runs at once on a scrape; they share one read.
+  let reading: Promise<void> | undefined
+  const collect = (): Promise<void> => (reading ??= read().finally(() => { reading = undefined }))
+  const up = new Gauge({ name: 'otn_metrics_database_up', help: '1 when the database answered this scrape\'s queries; 0 when it did not (the gauges read from it are then left out).', registers: [register], collect })
+  const tokens = new Gauge({ name: 'otn_optin_tokens', help: 'Tokens in a state; only reserved (claimed by a send in flight) is counted.', labelNames: ['state'] as const, registers: [register], collect })
+  const notifications = new Gauge({ name: 'otn_notifications', help: 'Notifications in a status; only pending (not yet settled) is counted.', labelNames: ['status'] as const, registers: [register], collect })
+  const oldest = new Gauge({ name: 'otn_notifications_oldest_age_seconds', help: 'Age of the oldest notification in a status (0 when there is none); only pending.', labelNames: ['status'] as const, registers: [register], collect })
+  const queued = new Gauge({ name: 'otn_jobs_queued', help: 'Jobs waiting in each job queue (created or retrying, not yet active).', labelNames: ['queue'] as const, registers: [register], collect })
+  const fromDatabase = [tokens, notifications, oldest, queued]
+
+  async function read (): Promise<void> {
+    try {
+      // The predicates imply the partial indexes' (lease_expires_at is not null, completed_at is null).
+      const { rows: [backlog] } = await sql<{ reserved: number, pending: number, oldest_pending_seconds: number }>`
+        select (select count(*) from optin_tokens where lease_expires_at is not null and state = 'reserved')::float8 as reserved,
+               count(*)::float8 as pending,
+               coalesce(extract(epoch from now() - min(created_at)), 0)::float8 as oldest_pending_seconds
+          from notifications where completed_at is null and status = 'pending'`.execute(app.db)
+      const queues: Array<[string, number]> = []
+      for (const { name } of await app.jobs.getQueues()) queues.push([name, await app.jobs.getQueueSize(name)])
+      for (const gauge of fromDatabase) gauge.reset()
+      tokens.set({ state: 'reserved' }, backlog.reserved)
+      notifications.set({ status: 'pending' }, backlog.pending)
+      oldest.set({ status: 'pending' }, backlog.oldest_pending_seconds)
+      for (const [queue, size] of queues) queued.set({ queue }, size)
+      up.set(1)
+    } catch (err) {
+      app.log.warn({ err }, 'metrics: the database did not answer; its gauges are left out of this scrape')
+      for (const gauge of fromDatabase) gauge.reset()
+      up.set(0)
+    }
+  }
+}
+
+function poolMetrics (register: Registry, pool: pg.Pool): void {
+  const gauge = (name: string, help: string, value: () => number) =>
+    new Gauge({ name, help, registers: [register], collect () { this.set(value()) } })
+  gauge('otn_db_pool_clients', 'Connections the pg pool holds, busy or idle.', () => pool.totalCount)
+  gauge('otn_db_pool_idle_clients', 'Connections of the pg pool that are idle.', () => pool.idleCount)
+  gauge('otn_db_pool_waiting_requests', 'Queries waiting for a connection because every one is busy.', () => pool.waitingCount)
+}
+
+/**
+ * Prometheus metrics in `register`: process defaults (standard names), HTTP requests, database
+ * backlog and, on Postgres, the pg pool. The /metrics route itself is in routes/metrics.ts.
+ */
+export default fp<{ register: Registry, pool?: pg.Pool }>(async (app, { register, pool }) => {
+  collectDefaultMetrics({ register })
+  app.decorate('metrics', register)
+  httpMetrics(app, register)
+  databaseMetrics(app, register)
+  if (pool) poolMetrics(register, pool)
+}, { name: 'metrics', dependencies: ['database', 'jobs'] })

@@ -1,0 +1,33 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { Type } from 'typebox'
+import { apiKeyAuth } from '../plugins/auth.js'
+import { METRICS_PATH } from '../plugins/metrics.js'
+import { problems } from '../schemas/common.js'
+
+const tokenMessages = {
+  missing: 'Send the metrics token as "Authorization: Bearer <METRICS_TOKEN>".',
+  invalid: 'The metrics token is not valid.',
+}
+
+/** The Prometheus scrape; open unless METRICS_TOKEN is set (then a bearer token, compared in constant time). */
+const routes: FastifyPluginAsyncTypebox = async (app) => {
+  const token = app.config.METRICS_TOKEN
+  app.get(METRICS_PATH, {
+    schema: {
+      operationId: 'metrics',
+      summary: 'Prometheus metrics: process, HTTP requests, Graph API calls, database backlog and pool, job queues',
+      description: 'Open unless METRICS_TOKEN is set; then it requires "Authorization: Bearer <METRICS_TOKEN>".',
+      tags: ['operations'],
+      response: {
+        200: { description: 'Prometheus text exposition format', content: { 'text/plain; version=0.0.4': { schema: Type.String() } } },
+        ...problems(401),
+      },
+    },
+    ...(token ? { onRequest: apiKeyAuth([token], tokenMessages) } : {}),
+  }, async (_request, reply) => {
+    const text = await app.metrics.metrics()
+    return reply.type(app.metrics.contentType).send(text)
+  })
+}
+
+export default routes

@@ -1,0 +1,219 @@
+import t from 'tap'
+import { sql } from 'kysely'
+import type { FastifyInstance } from 'fastify'
+import { buildApp } from '../../src/app.js'
+import { ConfigError, loadConfig } from '../../src/config.js'
+import { openDatabase } from '../../src/db/database.js'
+import { auth, build, databaseKind, LogCapture, testConfig, testDatabase, truncateAll, uniquePageId } from '../helper.js'
+import { giveTokens, newPsid, notify, world } from '../fixtures/otn.js'
+
+interface Sample { name: string, labels: Record<string, string>, value: number }
+
+/** The samples of a Prometheus text exposition (comment lines skipped). */
+function parse (text: string): Sample[] {
+  return text.split('\n').filter((line) => line !== '' && !line.startsWith('#')).map((line) => {
+    const m = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$/.exec(line)
+    if (!m) throw new Error(`not a sample line: ${line}`)
+    const labels = Object.fromEntries([...(m[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map((l) => [l[1], l[2]]))
+    return { name: m[1], labels, value: Number(m[3]) }
+  })
+}
+
+/** The value of the one sample with exactly these labels, or undefined when there is none. */
+function value (samples: Sample[], name: string, labels: Record<string, string> = {}): number | undefined {
+  const want = JSON.stringify(Object.entries(labels).sort())
+  return samples.find((s) => s.name === name && JSON.stringify(Object.entries(s.labels).sort()) === want)?.value
+}
+
+async function scrape (app: FastifyInstance, headers: Record<string, string> = {}): Promise<{ text: string, samples: Sample[] }> {
+  const res = await app.inject({ url: '/metrics', headers })
+  if (res.statusCode !== 200) throw new Error(`/metrics answered ${res.statusCode}: ${res.body}`)
+  return { text: res.body, samples: parse(res.body) }
+}
+
+t.test('HTTP requests are counted by route pattern, never by URL; the scrape itself is not counted', async (t) => {
+  const app = await build(t)
+  const pageId = uniquePageId()
+  const psid = `psidSecret${Date.now()}`
+  t.equal((await app.inject({ method: 'PUT', url: `/v1/pages/${pageId}`, headers: auth, payload: { name: 'Shop', access_token: 'EAAmetrics-page-token' } })).statusCode, 201)
+  for (let i = 0; i < 2; i++) {
+    const res = await app.inject({ url: `/v1/pages/${pageId}/subscribers/${psid}?access_token=querySecret`, headers: auth })
+    t.equal(res.json().code, 'subscriber_not_found', 'a matched route may answer 404 too')
+  }
+  await app.inject({ url: `/no/such/route/${psid}?token=querySecret` })
+  await app.inject({ url: '/healthz' })
+
+  const first = await app.inject({ url: '/metrics' })
+  t.equal(first.statusCode, 200)
+  t.equal(first.headers['content-type'], 'text/plain; version=0.0.4; charset=utf-8')
+  const { text, samples } = await scrape(app)
+  const route = '/v1/pages/:pageId/subscribers/:psid'
+  t.equal(value(samples, 'otn_http_requests_total', { method: 'GET', route, status_code: '404' }), 2)
+  t.equal(value(samples, 'otn_http_request_duration_seconds_count', { method: 'GET', route, status_code: '404' }), 2)
+  t.equal(value(samples, 'otn_http_request_duration_seconds_bucket', { method: 'GET', route, status_code: '404', le: '+Inf' }), 2)
+  t.equal(value(samples, 'otn_http_requests_total', { method: 'PUT', route: '/v1/pages/:pageId', status_code: '201' }), 1)
+  t.equal(value(samples, 'otn_http_requests_total', { method: 'GET', route: 'unmatched', status_code: '404' }), 1)
+  t.equal(value(samples, 'otn_http_requests_total', { method: 'GET', route: '/healthz', status_code: '200' }), 1)
+  t.notOk(samples.some((s) => s.labels.route === '/metrics'), 'the scrape is not counted (two were made)')
+  for (const secret of [psid, pageId, 'querySecret', 'EAAmetrics']) t.notOk(text.includes(secret), `${secret} is not in the metrics`)
+
+  // prom-client's process metrics, under their standard names.
+  for (const name of ['process_cpu_user_seconds_total', 'process_resident_memory_bytes', 'nodejs_eventloop_lag_seconds', 'nodejs_heap_size_used_bytes']) {
+    t.type(value(samples, name), 'number', name)
+  }
+  t.match(text, /^# TYPE nodejs_gc_duration_seconds histogram$/m)
+  t.notMatch(text, /^otn_(process|nodejs)_/m, 'the otn_ prefix is only on our own metrics')
+})
+
+t.test('Graph API attempts are counted by outcome through the emulator', async (t) => {
+  const w = await world(t)
+  const psid = newPsid()
+  const [bogus] = await giveTokens(w, psid, 1, { token: () => `bogus-${psid}` })
+  const [good] = await giveTokens(w, psid, 1)
+  const sent = await notify(w.app, { topic_id: w.topic.id, psid, message: { text: 'back in stock' } })
+  t.equal(sent.statusCode, 201, sent.body)
+
+  let { text, samples } = await scrape(w.app)
+  t.equal(value(samples, 'otn_graph_requests_total', { outcome: 'graph_error', status_class: '4xx' }), 1, 'Meta refused the bogus token')
+  t.equal(value(samples, 'otn_graph_requests_total', { outcome: 'ok' }), 1, 'then sent with the good one')
+  t.equal(value(samples, 'otn_graph_request_duration_seconds_count', { outcome: 'ok' }), 1)
+  t.ok(value(samples, 'otn_graph_request_duration_seconds_sum', { outcome: 'ok' })! > 0)
+
+  w.emulator.setFaults({ resetRate: 1 })
+  const other = newPsid()
+  await giveTokens(w, other, 1)
+  const lost = await notify(w.app, { topic_id: w.topic.id, psid: other, message: { text: 'back in stock' } })
+  t.ok(lost.statusCode >= 500, lost.body)
+  w.emulator.clearFaults()
+
+  ;({ text, samples } = await scrape(w.app))
+  const noAnswer = value(samples, 'otn_graph_requests_total', { outcome: 'no_answer', reason: 'connection_lost' })
+  t.ok(noAnswer! >= 1, `connection resets counted (${noAnswer})`)
+  t.equal(value(samples, 'otn_graph_request_duration_seconds_count', { outcome: 'no_answer' }), noAnswer)
+  const attempts = samples.filter((s) => s.name === 'otn_graph_requests_total').reduce((sum, s) => sum + s.value, 0)
+  t.equal(attempts, w.emulator.requests.length, 'every request the emulator saw is counted once')
+  for (const secret of [psid, other, bogus.token, good.token, w.accessToken]) t.notOk(text.includes(secret), 'no PSID or token in the metrics')
+})
+
+t.test('backlog gauges read the database on each scrape', async (t) => {
+  const app = await build(t)
+  await app.ready() // the start-up maintenance has run; the rows below are not its business
+  const { db } = await testDatabase()
+  await truncateAll(db)
+  const token = (i: number, state: 'available' | 'reserved') => ({
+    page_id: '1', psid: `p${i}`, payload: 'x', token: `metrics-token-${i}-${Date.now()}`, opted_in_at: new Date(),
+    expires_at: new Date(Date.now() + 86_400_000), state, lease_expires_at: state === 'reserved' ? new Date(Date.now() + 3_600_000) : null,
+  })
+  await db.insertInto('optin_tokens').values([token(1, 'reserved'), token(2, 'reserved'), token(3, 'available')]).execute()
+  const notification = (status: 'pending' | 'sent', createdSecondsAgo: number) => ({
+    page_id: '1', psid: 'p1', message: JSON.stringify({ text: 'hi' }), status,
+    created_at: new Date(Date.now() - createdSecondsAgo * 1000), completed_at: status === 'sent' ? new Date() : null,
+  })
+  const [oldest] = await db.insertInto('notifications')
+    .values([notification('pending', 600), notification('pending', 5), notification('sent', 3600)])
+    .returning('id').execute()
+  await app.jobs.createQueue('metrics-test')
+  await app.jobs.send('metrics-test', {}, { startAfter: 3600 })
+
+  let { samples } = await scrape(app)
+  t.equal(value(samples, 'otn_metrics_database_up'), 1)
+  t.equal(value(samples, 'otn_optin_tokens', { state: 'reserved' }), 2)
+  t.equal(value(samples, 'otn_notifications', { status: 'pending' }), 2)
+  const age = value(samples, 'otn_notifications_oldest_age_seconds', { status: 'pending' })!
+  t.ok(age >= 599 && age < 700, `oldest pending is ~600 s old (${age})`)
+  t.equal(value(samples, 'otn_jobs_queued', { queue: 'metrics-test' }), 1)
+
+  await db.updateTable('notifications').set({ status: 'sent', completed_at: new Date() }).where('id', '=', oldest.id).execute()
+  await db.updateTable('optin_tokens').set({ state: 'used', lease_expires_at: null }).where('psid', '=', 'p1').execute()
+  ;({ samples } = await scrape(app))
+  t.equal(value(samples, 'otn_optin_tokens', { state: 'reserved' }), 1)
+  t.equal(value(samples, 'otn_notifications', { status: 'pending' }), 1)
+  t.ok(value(samples, 'otn_notifications_oldest_age_seconds', { status: 'pending' })! < 100, 'now the 5 s old one')
+})
+
+t.test('the scrape answers 200 with otn_metrics_database_up 0 when the database does not answer', async (t) => {
+  const { kind, url } = await testDatabase()
+  const handle = kind === 'postgres'
+    ? await openDatabase({ databaseUrl: url, poolSize: 2 })
+    : await openDatabase({ pgliteDataDir: 'memory://' })
+  const app = await buildApp(testConfig(), { db: handle.db, dbKind: kind })
+  t.teardown(() => app.close())
+  let { samples } = await scrape(app)
+  t.equal(value(samples, 'otn_metrics_database_up'), 1)
+  t.type(value(samples, 'otn_optin_tokens', { state: 'reserved' }), 'number')
+
+  // As in app.test.ts: stop the queue's workers first (pg-boss 10 does not await its own writes).
+  await app.jobs.stop({ graceful: true, wait: true, close: false })
+  await handle.close()
+  const res = await app.inject({ url: '/metrics' })
+  t.equal(res.statusCode, 200)
+  samples = parse(res.body)
+  t.equal(value(samples, 'otn_metrics_database_up'), 0)
+  for (const name of ['otn_optin_tokens', 'otn_notifications', 'otn_notifications_oldest_age_seconds', 'otn_jobs_queued']) {
+    t.notOk(samples.some((s) => s.name === name), `${name} is left out`)
+  }
+  t.type(value(samples, 'process_cpu_user_seconds_total'), 'number', 'the rest is still there')
+})
+
+t.test('METRICS_TOKEN: a bearer token, compared in constant time, never logged', async (t) => {
+  const secret = 'metrics-secret-7f3a9c'
+  const logs = new LogCapture()
+  const app = await build(t, { METRICS_TOKEN: secret, LOG_LEVEL: 'trace' }, { logStream: logs })
+  const problem = (detail: string) => ({ type: 'https://otn.invalid/problems/unauthorized', title: 'Unauthorized', status: 401, detail, code: 'unauthorized' })
+
+  const none = await app.inject({ url: '/metrics' })
+  t.equal(none.statusCode, 401)
+  t.equal(none.headers['content-type'], 'application/problem+json; charset=utf-8')
+  t.equal(none.headers['www-authenticate'], 'Bearer')
+  t.same(none.json(), problem('Send the metrics token as "Authorization: Bearer <METRICS_TOKEN>".'))
+  for (const authorization of [`Bearer ${secret}x`, auth.authorization, `Basic ${Buffer.from(`u:${secret}`).toString('base64')}`]) {
+    const wrong = await app.inject({ url: '/metrics', headers: { authorization } })
+    t.equal(wrong.statusCode, 401, authorization)
+    t.equal(wrong.json().code, 'unauthorized')
+  }
+  t.same((await app.inject({ url: '/metrics', headers: { authorization: `Bearer ${secret}x` } })).json(), problem('The metrics token is not valid.'))
+
+  const ok = await app.inject({ url: '/metrics', headers: { authorization: `Bearer ${secret}` } })
+  t.equal(ok.statusCode, 200)
+  t.match(ok.body, /^otn_metrics_database_up 1$/m)
+  t.equal((await app.inject({ url: '/v1/topics', headers: { authorization: `Bearer ${secret}` } })).statusCode, 401, 'the metrics token is not an API key')
+  t.ok(logs.lines.length > 0, 'requests were logged')
+  t.notOk(logs.text.includes(secret), 'the token never appears in the logs')
+})
+
+t.test('METRICS_ENABLED=false: no /metrics, no instrumentation', async (t) => {
+  const app = await build(t, { METRICS_ENABLED: 'false' })
+  const res = await app.inject({ url: '/metrics' })
+  t.equal(res.statusCode, 404)
+  t.equal(res.json().code, 'route_not_found')
+  t.notOk(app.hasDecorator('metrics'))
+
+  t.equal(testConfig({ METRICS_ENABLED: 'true' }).METRICS_ENABLED, true)
+  t.equal(testConfig().METRICS_ENABLED, true, 'on by default')
+  const bad = t.throws(() => loadConfig({ API_KEYS: 'key-one-123', METRICS_ENABLED: 'yes', METRICS_TOKEN: 'short' })) as ConfigError
+  t.type(bad, ConfigError)
+  t.match(bad.problems, [/^METRICS_ENABLED: must be boolean/, /^METRICS_TOKEN: must match pattern/])
+  t.notOk(bad.message.includes('short'), 'a bad token is not repeated in the message')
+})
+
+t.test('pg pool gauges on Postgres, none on PGlite', async (t) => {
+  const { url } = await testDatabase()
+  if (databaseKind === 'pglite') {
+    const { text } = await scrape(await build(t))
+    t.notMatch(text, /otn_db_pool_/)
+    return
+  }
+  // The app opens its own pool from DATABASE_URL, as in production.
+  const app = await buildApp(testConfig({ DATABASE_URL: url!, DATABASE_POOL_SIZE: '3' }))
+  t.teardown(() => app.close())
+  await app.ready()
+  // Four slow queries on three connections: every client busy, at least one query waiting.
+  const slow = Array.from({ length: 4 }, () => sql`select pg_sleep(0.5)`.execute(app.db))
+  await new Promise((resolve) => setTimeout(resolve, 100))
+  const { samples } = await scrape(app)
+  await Promise.all(slow)
+  t.equal(value(samples, 'otn_db_pool_clients'), 3)
+  t.equal(value(samples, 'otn_db_pool_idle_clients'), 0)
+  const waiting = value(samples, 'otn_db_pool_waiting_requests')!
+  t.ok(waiting >= 1, `waiting: ${waiting}`)
+})
