@@ -48,7 +48,8 @@ const planOf = async (c: pg.Client, text: string, values: unknown[]) => {
   await c.query('begin')
   try {
     const { rows } = await c.query(`explain ${text}`, values)
-    const scan = rows.map((r) => r['QUERY PLAN'] as string).find((l) => /Scan/.test(l)) ?? ''
+    // The scan of a table (not of a CTE or a function) is what the hazard is about.
+    const scan = rows.map((r) => r['QUERY PLAN'] as string).find((l) => /Scan/.test(l) && !/(CTE|Function) Scan/.test(l)) ?? ''
     return /using (\w+)/.exec(scan)?.[1] ?? scan.trim()
   } finally {
     await c.query('rollback')
@@ -99,9 +100,9 @@ export async function runPlanHazard (opts: { adminUrl: string, backlog: number, 
       const { rows: tokens } = await c.query(`select id, notification_id from optin_tokens where id > ${n} and id <= ${n + rounds} order by id`)
       const { rows: pending } = await c.query(`select id from notifications where status = 'pending' order by psid desc limit ${rounds}`)
 
-      const tokenValues = (i: number) => ['used', null, tokens[i].id, 'reserved', tokens[i].notification_id]
+      const tokenValues = (i: number) => [tokens[i].id, tokens[i].notification_id, 'used']
       const pendingValues = (i: number) => [1, 'token', pending[i].id, 'pending']
-      // markUsed's parameters in the order Kysely compiles them: state, lease, id, state guard, notification.
+      // markUsed's parameters in the order settleToken sends them: token, holder, target state.
       const measureAll = async (offset: number) => ({
         token: {
           p50: await timeEach(c, opts.count, (i) => tokenValues(offset + i), markUsedSql),
