@@ -1,8 +1,6 @@
 import t from 'tap'
 import { sql } from 'kysely'
-import { buildApp } from '../src/app.js'
-import { openDatabase } from '../src/db/database.js'
-import { auth, build, LogCapture, testConfig, testDatabase, uniquePageId } from './helper.js'
+import { appOnOwnDatabase, auth, build, LogCapture, testDatabase, uniquePageId } from './helper.js'
 
 t.test('health is open; readiness checks the database and migrations', async (t) => {
   const app = await build(t)
@@ -31,16 +29,9 @@ t.test('readiness is 503 while a migration is not applied', async (t) => {
 })
 
 t.test('readiness is 503 and /v1 answers 503 when the database is gone', async (t) => {
-  const { kind, url } = await testDatabase()
-  const handle = kind === 'postgres'
-    ? await openDatabase({ databaseUrl: url, poolSize: 2 })
-    : await openDatabase({ pgliteDataDir: 'memory://' })
-  const app = await buildApp(testConfig(), { db: handle.db, dbKind: kind })
-  t.teardown(() => app.close())
-  // The HTTP answers are under test here. pg-boss 10 does not await its own complete()/fail()
-  // after a job, so a worker finishing while the database vanishes rejects unhandled; stop it first.
-  await app.jobs.stop({ graceful: true, wait: true, close: false })
-  await handle.close()
+  // The HTTP answers are under test here, not pg-boss's own writes: goAway stops its workers first.
+  const { app, goAway } = await appOnOwnDatabase(t)
+  await goAway()
   const ready = await app.inject({ url: '/readyz' })
   t.equal(ready.statusCode, 503)
   t.equal(ready.json().code, 'database_unavailable')

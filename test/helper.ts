@@ -3,6 +3,7 @@ import { randomBytes } from 'node:crypto'
 import pg from 'pg'
 import t, { type Test } from 'tap'
 import type { FastifyInstance } from 'fastify'
+import type { KyselyPlugin } from 'kysely'
 import { buildApp, type AppDeps } from '../src/app.js'
 import { loadConfig, type Config } from '../src/config.js'
 import { openDatabase, type Database, type DatabaseHandle } from '../src/db/database.js'
@@ -85,4 +86,35 @@ export async function truncateAll (db: Database): Promise<void> {
 
 export function uniquePageId (): string {
   return String(100000 + Math.floor(Math.random() * 1e9))
+}
+
+/**
+ * An app on a database handle of its own (a fresh pool on the test server, or an in-memory PGlite),
+ * for tests that take the database away: `goAway` stops the job queue's workers first (pg-boss 10
+ * does not await its own writes after a job), then closes the handle.
+ */
+export async function appOnOwnDatabase (t: Test): Promise<{ app: FastifyInstance, goAway: () => Promise<void> }> {
+  const { kind, url } = await testDatabase()
+  const handle = kind === 'postgres'
+    ? await openDatabase({ databaseUrl: url, poolSize: 2 })
+    : await openDatabase({ pgliteDataDir: 'memory://' })
+  const app = await buildApp(testConfig(), { db: handle.db, dbKind: kind })
+  t.teardown(() => app.close())
+  return {
+    app,
+    goAway: async () => {
+      await app.jobs.stop({ graceful: true, wait: true, close: false })
+      await handle.close()
+    },
+  }
+}
+
+/** `db`, counting every statement executed through it (the hot paths' round trips are tested). */
+export function countStatements (db: Database): { counted: Database, statements: string[] } {
+  const statements: string[] = []
+  const plugin: KyselyPlugin = {
+    transformQuery: (args) => { statements.push(args.node.kind); return args.node },
+    transformResult: async (args) => args.result,
+  }
+  return { counted: db.withPlugin(plugin), statements }
 }

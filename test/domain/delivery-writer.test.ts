@@ -1,7 +1,6 @@
 import t from 'tap'
-import type { KyselyPlugin } from 'kysely'
 import { DeliveryWriter, parseDelivery, type DeliveryInput } from '../../src/domain/ingest.js'
-import { testDatabase, uniquePageId } from '../helper.js'
+import { countStatements, testDatabase, uniquePageId } from '../helper.js'
 import { entry, envelope, messageEvent, optinEvent, sign, uniquePsid, uniqueToken } from '../fixtures/webhooks.js'
 
 // The webhook's group commit: deliveries that arrive while a statement runs are written together,
@@ -9,12 +8,7 @@ import { entry, envelope, messageEvent, optinEvent, sign, uniquePsid, uniqueToke
 
 async function counting () {
   const { db } = await testDatabase()
-  const statements: string[] = []
-  const plugin: KyselyPlugin = {
-    transformQuery: (args) => { statements.push(args.node.kind); return args.node },
-    transformResult: async (args) => args.result,
-  }
-  return { db, counted: db.withPlugin(plugin), statements }
+  return { db, ...countStatements(db) }
 }
 
 function input (body: unknown): DeliveryInput {

@@ -1,23 +1,15 @@
 import t from 'tap'
 import { randomUUID } from 'node:crypto'
-import type { KyselyPlugin } from 'kysely'
 import { claimToken, type SettledState } from '../../src/domain/claims.js'
 import { OutcomeWriter, type Finishing } from '../../src/domain/notifications.js'
 import type { Database } from '../../src/db/database.js'
+import { countStatements } from '../helper.js'
 import { giveTokens, newPsid, tokenStates, world, type World } from '../fixtures/otn.js'
 
 // The outcomes' group commit: outcomes submitted while a statement runs are recorded together,
 // each with its token's move, each only where its sender still holds the notification and token,
 // and one the database refuses does not take the others down.
 
-function counting (db: Database) {
-  const statements: string[] = []
-  const plugin: KyselyPlugin = {
-    transformQuery: (args) => { statements.push(args.node.kind); return args.node },
-    transformResult: async (args) => args.result,
-  }
-  return { counted: db.withPlugin(plugin), statements }
-}
 
 /** A pending notification on the token route holding one claimed token, as startSend leaves it. */
 async function pendingWithToken (w: World): Promise<{ id: string, tokenId: string }> {
@@ -48,7 +40,7 @@ async function notifications (db: Database, ids: string[]) {
 
 t.test('outcomes submitted in the same turn are one statement, each with its token move', async (t) => {
   const w = await world(t)
-  const { counted, statements } = counting(w.db)
+  const { counted, statements } = countStatements(w.db)
   const writer = new OutcomeWriter(counted)
   const [a, b, c] = [await pendingWithToken(w), await pendingWithToken(w), await pendingWithToken(w)]
   const windowId = randomUUID()
@@ -81,7 +73,7 @@ t.test('outcomes submitted in the same turn are one statement, each with its tok
 
 t.test('an outcome whose token was taken over is not written; the others in its statement are', async (t) => {
   const w = await world(t)
-  const { counted, statements } = counting(w.db)
+  const { counted, statements } = countStatements(w.db)
   const writer = new OutcomeWriter(counted)
   const [mine, stale] = [await pendingWithToken(w), await pendingWithToken(w)]
   // Lease recovery took the second token over for another notification.

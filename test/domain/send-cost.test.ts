@@ -1,25 +1,15 @@
 import t, { type Test } from 'tap'
-import { sql, type KyselyPlugin } from 'kysely'
+import { sql } from 'kysely'
 import { recoverLeases } from '../../src/domain/leases.js'
 import { sendNotification, type SendDeps } from '../../src/domain/notifications.js'
 import { createGraphClient, type GraphClient } from '../../src/graph/client.js'
 import { APP_SECRET, giveTokens, newPsid, openWindow, tokenStates, world, type World } from '../fixtures/otn.js'
-import { API_KEY } from '../helper.js'
+import { API_KEY, countStatements } from '../helper.js'
 
 // What a send costs the database: the hot paths are two statements, each one round trip and one
 // commit (read + claim + insert; outcome + token). A change that adds a round trip to every send
 // shows up here, not only in the benchmark.
 
-/** The world's database, counting every statement executed through it. */
-function counted (w: World) {
-  const statements: string[] = []
-  const plugin: KyselyPlugin = {
-    transformQuery: (args) => { statements.push(args.node.kind); return args.node },
-    transformResult: async (args) => args.result,
-  }
-  const db = w.db.withPlugin(plugin)
-  return { db, statements }
-}
 
 function depsFor (t: Test, w: World, db: SendDeps['db'], graph?: GraphClient): SendDeps {
   const client = graph ?? createGraphClient({ baseUrl: w.base, version: 'v21.0', appSecret: APP_SECRET, timeoutMs: 2000, connectTimeoutMs: 1000 })
@@ -29,7 +19,7 @@ function depsFor (t: Test, w: World, db: SendDeps['db'], graph?: GraphClient): S
 
 t.test('a token send is two statements; a window send two; no token one', async (t) => {
   const w = await world(t)
-  const { db, statements } = counted(w)
+  const { counted: db, statements } = countStatements(w.db)
   const deps = depsFor(t, w, db)
   const message = { text: 'back in stock' }
 

@@ -1,24 +1,15 @@
 import t from 'tap'
 import { randomUUID } from 'node:crypto'
-import type { KyselyPlugin } from 'kysely'
 import { createGraphClient } from '../../src/graph/client.js'
 import {
   OutcomeWriter, requestHash, sendNotification, StartWriter, type NotificationInput, type SendDeps, type Starting,
 } from '../../src/domain/notifications.js'
-import type { Database } from '../../src/db/database.js'
+import { countStatements } from '../helper.js'
 import { APP_SECRET, giveTokens, newPsid, openWindow, tokenStates, world, type World } from '../fixtures/otn.js'
 
 // The first statement's group commit: sends that start in the same turn share one statement, each
 // with its own claim, except two for the same person's topic or with the same Idempotency-Key.
 
-function counting (db: Database) {
-  const statements: string[] = []
-  const plugin: KyselyPlugin = {
-    transformQuery: (args) => { statements.push(args.node.kind); return args.node },
-    transformResult: async (args) => args.result,
-  }
-  return { counted: db.withPlugin(plugin), statements }
-}
 
 const message = { text: 'back in stock' }
 const starting = (input: NotificationInput): Starting => ({ id: randomUUID(), input, hash: requestHash(input) })
@@ -30,7 +21,7 @@ async function claimedBy (w: World, tokenId: string): Promise<string | null> {
 
 t.test('sends started in the same turn are one statement, each with its own outcome', async (t) => {
   const w = await world(t)
-  const { counted, statements } = counting(w.db)
+  const { counted, statements } = countStatements(w.db)
   const writer = new StartWriter(counted, 60)
   const [p1, p2, windowed, none] = [newPsid(), newPsid(), newPsid(), newPsid()]
   const [t1] = await giveTokens(w, p1, 1)
@@ -62,7 +53,7 @@ t.test('sends started in the same turn are one statement, each with its own outc
 
 t.test('two sends for one person\'s topic, or with one key, never share a statement', async (t) => {
   const w = await world(t)
-  const { counted, statements } = counting(w.db)
+  const { counted, statements } = countStatements(w.db)
   const writer = new StartWriter(counted, 60, 100, 1)
   const person = newPsid()
   const tokens = await giveTokens(w, person, 1)
@@ -104,7 +95,7 @@ t.test('a send the database refuses fails alone; the others start', async (t) =>
 
 t.test('concurrent sends through both group commits: each person gets exactly one message, each token spent once', async (t) => {
   const w = await world(t)
-  const { counted, statements } = counting(w.db)
+  const { counted, statements } = countStatements(w.db)
   const graph = createGraphClient({ baseUrl: w.base, version: 'v21.0', appSecret: APP_SECRET, timeoutMs: 2000, connectTimeoutMs: 1000 })
   t.teardown(() => graph.close())
   const deps: SendDeps = {

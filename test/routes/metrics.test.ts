@@ -3,8 +3,7 @@ import { sql } from 'kysely'
 import type { FastifyInstance } from 'fastify'
 import { buildApp } from '../../src/app.js'
 import { ConfigError, loadConfig } from '../../src/config.js'
-import { openDatabase } from '../../src/db/database.js'
-import { auth, build, databaseKind, LogCapture, testConfig, testDatabase, truncateAll, uniquePageId } from '../helper.js'
+import { appOnOwnDatabase, auth, build, databaseKind, LogCapture, testConfig, testDatabase, truncateAll, uniquePageId } from '../helper.js'
 import { giveTokens, newPsid, notify, world } from '../fixtures/otn.js'
 
 interface Sample { name: string, labels: Record<string, string>, value: number }
@@ -132,19 +131,12 @@ t.test('backlog gauges read the database on each scrape', async (t) => {
 })
 
 t.test('the scrape answers 200 with otn_metrics_database_up 0 when the database does not answer', async (t) => {
-  const { kind, url } = await testDatabase()
-  const handle = kind === 'postgres'
-    ? await openDatabase({ databaseUrl: url, poolSize: 2 })
-    : await openDatabase({ pgliteDataDir: 'memory://' })
-  const app = await buildApp(testConfig(), { db: handle.db, dbKind: kind })
-  t.teardown(() => app.close())
+  const { app, goAway } = await appOnOwnDatabase(t)
   let { samples } = await scrape(app)
   t.equal(value(samples, 'otn_metrics_database_up'), 1)
   t.type(value(samples, 'otn_optin_tokens', { state: 'reserved' }), 'number')
 
-  // As in app.test.ts: stop the queue's workers first (pg-boss 10 does not await its own writes).
-  await app.jobs.stop({ graceful: true, wait: true, close: false })
-  await handle.close()
+  await goAway()
   const res = await app.inject({ url: '/metrics' })
   t.equal(res.statusCode, 200)
   samples = parse(res.body)
