@@ -227,8 +227,4 @@ export class DeliveryWriter extends GroupCommit<DeliveryInput, Recorded> {
   constructor (db: Database, maxBatch = 100, maxInFlight = 2) {
     super((inputs) => recordDeliveries(db, inputs), maxBatch, maxInFlight)
   }
-
-  record (input: DeliveryInput): Promise<Recorded> {
-    return this.submit(input)
-  }
 }

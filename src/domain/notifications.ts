@@ -636,10 +636,14 @@ interface Outcome {
   tokensRefused?: number
 }
 
-/** The claimed token's move that goes with an outcome; `discardOthers`: the person stopped the topic. */
-interface TokenTransition {
+/** The claimed token's move that goes with an outcome. */
+interface TokenMove {
   reservation: Reservation
   to: SettledState
+}
+
+/** A move as finish takes it; `discardOthers`: the person stopped the topic. */
+interface TokenTransition extends TokenMove {
   discardOthers?: { page_id: string, payload: string, psid: string }
 }
 
@@ -647,7 +651,7 @@ interface TokenTransition {
 export interface Finishing {
   id: string
   outcome: Outcome
-  transition?: { reservation: Reservation, to: SettledState }
+  transition?: TokenMove
 }
 
 /**
@@ -708,7 +712,7 @@ export class OutcomeWriter extends GroupCommit<Finishing, Notification | undefin
  * outcome someone else recorded (lease recovery) stands.
  */
 async function finish (deps: SendDeps, id: string, outcome: Outcome, transition?: TokenTransition): Promise<Notification> {
-  const item: Finishing = { id, outcome, ...(transition ? { transition: { reservation: transition.reservation, to: transition.to } } : {}) }
+  const item: Finishing = { id, outcome, transition }
   let row: Notification | undefined
   if (transition?.discardOthers) {
     // Rare (the person stopped the topic): their other tokens go with this outcome, in one transaction.

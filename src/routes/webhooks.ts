@@ -62,7 +62,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
         : 'X-Hub-Signature-256 is missing.')
     }
     const delivery = parseDelivery(raw)
-    const recorded = await writer.record({ raw, signature, delivery })
+    const recorded = await writer.submit({ raw, signature, delivery })
     const receipt = {
       event_id: recorded.event_id,
       object: delivery.object,

@@ -29,7 +29,7 @@ t.test('deliveries recorded in the same turn go in one statement, each with its 
     input(envelope([entry(pageId, [optinEvent({ pageId, psid, payload: 'a', token: shared })])])),
     input(envelope([entry(pageId, [messageEvent({ pageId, psid, timestamp: Date.now() - 1000 })])])),
   ]
-  const receipts = await Promise.all(inputs.map((i) => writer.record(i)))
+  const receipts = await Promise.all(inputs.map((i) => writer.submit(i)))
   t.equal(statements.length, 1, 'one statement for four deliveries')
   t.same(receipts.map((r) => r.tokens_recorded), [2, 1, 0, 0])
   t.equal(new Set(receipts.map((r) => r.event_id)).size, 4, 'each delivery has its own event')
@@ -55,7 +55,7 @@ t.test('one delivery the database refuses fails alone; the others are written', 
     // A NUL character: valid JSON, but Postgres text cannot hold it.
     input(envelope([entry(pageId, [optinEvent({ pageId, psid: uniquePsid(), payload: 'bad\u0000payload', token: uniqueToken() })])])),
   ]
-  const outcomes = await Promise.allSettled(inputs.map((i) => writer.record(i)))
+  const outcomes = await Promise.allSettled(inputs.map((i) => writer.submit(i)))
   t.same(outcomes.map((o) => o.status), ['fulfilled', 'fulfilled', 'fulfilled', 'rejected'])
   t.match((outcomes[3] as PromiseRejectedResult).reason, { code: '22P05' }, 'the database refused the bad one (jsonb cannot hold a NUL)')
   t.equal(statements.length, 5, 'the batch failed, then each delivery was written on its own')
@@ -67,10 +67,10 @@ t.test('while statements are in flight, the next deliveries wait and go together
   const { counted, statements } = await counting()
   const writer = new DeliveryWriter(counted, 100, 1)
   const pageId = uniquePageId()
-  const first = writer.record(input(envelope([entry(pageId, [optinEvent({ pageId, psid: uniquePsid(), payload: 'a', token: uniqueToken() })])])))
+  const first = writer.submit(input(envelope([entry(pageId, [optinEvent({ pageId, psid: uniquePsid(), payload: 'a', token: uniqueToken() })])])))
   await new Promise((resolve) => setImmediate(resolve)) // the first statement is under way
   const later = Array.from({ length: 10 }, () =>
-    writer.record(input(envelope([entry(pageId, [optinEvent({ pageId, psid: uniquePsid(), payload: 'a', token: uniqueToken() })])]))))
+    writer.submit(input(envelope([entry(pageId, [optinEvent({ pageId, psid: uniquePsid(), payload: 'a', token: uniqueToken() })])]))))
   const receipts = await Promise.all([first, ...later])
   t.ok(receipts.every((r) => r.tokens_recorded === 1))
   t.equal(statements.length, 2, 'one statement for the first, one for the ten that waited')
