@@ -83,8 +83,8 @@ interface Reply { id?: number, type?: string, port?: number, ok?: boolean, resul
 /** Starts bench/target.ts in `mode` (with `env` added) and waits until it listens on 127.0.0.1. */
 export async function startTarget (mode: TargetMode, env: Record<string, string> = {}): Promise<Target> {
   const child = fork(fileURLToPath(new URL('./target.ts', import.meta.url)), [mode], {
-    // BENCH_CPU_PROFILE=<dir>: each app target writes a V8 CPU profile there when it stops.
-    execArgv: ['--import', 'tsx', ...(mode === 'app' && process.env.BENCH_CPU_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_CPU_PROFILE}`] : [])],
+    // BENCH_CPU_PROFILE=<dir>: each app and emulator target writes a V8 CPU profile there when it stops.
+    execArgv: ['--import', 'tsx', ...((mode === 'app' || mode === 'emulator') && process.env.BENCH_CPU_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_CPU_PROFILE}`] : [])],
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 2, 'ipc'],
   })
@@ -146,6 +146,10 @@ export interface Measured {
   statusCodes: Record<string, number>
   /** CPU time the measured process spent per answer (Linux /proc), when its pid was given. */
   cpuMsPerRequest?: number
+  /** CPU time the whole machine spent per answer (every process: load generator, app, Postgres, emulator; Linux /proc/stat). */
+  machineCpuMsPerRequest?: number
+  /** Share of the machine's CPU time that was idle during the measured period (0..1). */
+  idle?: number
 }
 
 export interface LoadSpec {
@@ -173,6 +177,18 @@ export function cpuSeconds (pid: number): number | undefined {
   }
 }
 
+/** Busy and total CPU seconds of the whole machine so far, summed over its CPUs (Linux; undefined elsewhere). */
+export function machineCpuSeconds (): { busy: number, total: number } | undefined {
+  try {
+    const [, ...fields] = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/)
+    const n = fields.slice(0, 8).map(Number) // user nice system idle iowait irq softirq steal
+    const total = n.reduce((a, b) => a + b, 0)
+    return { busy: (total - n[3] - n[4]) / 100, total: total / 100 }
+  } catch {
+    return undefined
+  }
+}
+
 async function cannon (spec: LoadSpec, seconds: number) {
   const next = spec.next
   return autocannon({
@@ -194,8 +210,10 @@ async function cannon (spec: LoadSpec, seconds: number) {
 export async function measure (spec: LoadSpec): Promise<Measured> {
   if ((spec.warmupSeconds ?? 0) > 0) await cannon(spec, spec.warmupSeconds!)
   const cpuBefore = spec.pid !== undefined ? cpuSeconds(spec.pid) : undefined
+  const machineBefore = machineCpuSeconds()
   const r = await cannon(spec, spec.seconds)
   const cpuAfter = spec.pid !== undefined ? cpuSeconds(spec.pid) : undefined
+  const machineAfter = machineCpuSeconds()
   const answers = r['2xx'] + r.non2xx
   const statusCodes = Object.fromEntries(Object.entries(r.statusCodeStats ?? {}).map(([k, v]) => [k, v.count]))
   return {
@@ -207,6 +225,12 @@ export async function measure (spec: LoadSpec): Promise<Measured> {
     errors: r.errors,
     statusCodes,
     ...(cpuBefore !== undefined && cpuAfter !== undefined && answers > 0 ? { cpuMsPerRequest: (cpuAfter - cpuBefore) * 1000 / answers } : {}),
+    ...(machineBefore && machineAfter && answers > 0
+      ? {
+          machineCpuMsPerRequest: (machineAfter.busy - machineBefore.busy) * 1000 / answers,
+          idle: 1 - (machineAfter.busy - machineBefore.busy) / (machineAfter.total - machineBefore.total),
+        }
+      : {}),
   }
 }
 
