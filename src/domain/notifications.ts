@@ -238,6 +238,14 @@ type StartRow = Partial<Notification> & {
  * Two sends of one statement must not share a person's topic or an Idempotency-Key: both would
  * see the same token (a statement does not skip its own locks) or the same absent key. StartWriter
  * keeps such sends for the next statement.
+ *
+ * This statement and recordOutcomes' are prepared once per connection and should then run on
+ * Postgres's generic plan. For the rows of `unnest` over a parameter a generic plan assumes 10,
+ * where a custom plan knows the batch (usually a few), so Postgres judged the generic plan dearer
+ * and planned recordOutcomes afresh on every execution (a sixth of Postgres's CPU per send).
+ * `limit <the batch's size>` keeps every row but makes the generic plan assume one, so that it
+ * (index lookups per row, right for 1 to 100) is chosen after the first five runs.
+ * test/domain/plan-cache.test.ts holds both statements to it.
  */
 export async function startSends (db: Database, leaseSeconds: number, items: Starting[]): Promise<Started[]> {
   const col = <T>(f: (i: Starting) => T) => items.map(f)
@@ -249,6 +257,7 @@ export async function startSends (db: Database, leaseSeconds: number, items: Sta
         ${col((i) => i.input.use_window ?? true)}::boolean[], ${col((i) => i.input.idempotency_key ?? null)}::text[],
         ${col((i) => i.hash)}::text[], ${col((i) => i.input.broadcast_id ?? null)}::uuid[]
       ) with ordinality as r(id, topic_id, psid, message, notification_type, use_window, idempotency_key, request_hash, broadcast_id, ord)
+      limit ${items.length} -- every row (why: startSends)
     ), ctx as (
       select r.id, r.psid, t.id as topic_id, t.page_id, t.payload, p.access_token,
              r.use_window and coalesce(s.last_interaction_at > now() - make_interval(secs => ${WINDOW_MS / 1000}), false) as window_open,
@@ -679,6 +688,7 @@ export async function recordOutcomes (db: Database, items: Finishing[]): Promise
         ${col((i) => i.transition?.to ?? null)}::text[]
       ) as i(id, status, route, http_status, error, graph_message_id, set_token_id, token_id, token_state,
              set_tokens_refused, tokens_refused, held_token_id, held_by, token_to)
+      limit ${sorted.length} -- every row (why: startSends)
     ), moved as (${settleHeld('input')})
     update notifications n
        set status = i.status, route = i.route, http_status = i.http_status, error = i.error,

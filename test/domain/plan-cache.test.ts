@@ -1,0 +1,54 @@
+import t from 'tap'
+import { randomUUID } from 'node:crypto'
+import { sql } from 'kysely'
+import { openDatabase } from '../../src/db/database.js'
+import { recordOutcomes, startSends, type Starting } from '../../src/domain/notifications.js'
+import { databaseKind, testDatabase } from '../helper.js'
+import { giveTokens, newPsid, world } from '../fixtures/otn.js'
+
+// A send's two statements are prepared once per connection and must then run on Postgres's generic
+// plan, not be planned afresh on every execution (see startSends). Postgres decides after five
+// executions; the counts below are its own (pg_prepared_statements), on one connection.
+
+t.test('the two statements of a send are planned once per connection, then reuse the generic plan', { skip: databaseKind !== 'postgres' && 'Postgres prepared statements only' }, async (t) => {
+  const w = await world(t)
+  const { url } = await testDatabase()
+  const one = await openDatabase({ databaseUrl: url, poolSize: 1 })
+  t.teardown(() => one.close())
+  // Tables of some size, as in a service that has been running: on near-empty ones every plan is
+  // cheap and Postgres would take the generic plan anyway.
+  await sql`insert into optin_tokens (page_id, psid, payload, token, opted_in_at, expires_at)
+    select ${w.pageId}, 'other' || i, ${w.topic.payload}, 'plan-cache-' || i || '-' || md5(random()::text), now(), now() + interval '300 days'
+      from generate_series(1, 50000) i`.execute(w.db)
+  await sql`analyze optin_tokens`.execute(w.db)
+  await sql`analyze notifications`.execute(w.db)
+  const runs = 12
+  for (let run = 0; run < runs; run++) {
+    const items: Starting[] = []
+    for (let i = 0; i < 3; i++) {
+      const psid = newPsid()
+      await giveTokens(w, psid, 1)
+      items.push({ id: randomUUID(), hash: 'h', input: { topic_id: w.topic.id, psid, message: { text: 'hi' }, use_window: false } })
+    }
+    const started = await startSends(one.db, 60, items)
+    t.ok(started.every((s) => s.token), 'each send claimed its token')
+    const written = await recordOutcomes(one.db, started.map((s) => ({
+      id: s.n!.id,
+      outcome: { status: 'sent', route: 'token', httpStatus: 201, graphMessageId: `m.${s.n!.id}`, tokenState: 'used' },
+      transition: { reservation: { token_id: s.token!.id, notification_id: s.n!.id }, to: 'used' },
+    })))
+    t.ok(written.every((n) => n?.status === 'sent'), 'each outcome written')
+  }
+  const { rows } = await sql<{ statement: string, generic_plans: string, custom_plans: string }>`
+    select statement, generic_plans, custom_plans from pg_prepared_statements`.execute(one.db)
+  const plans = (marker: string) => {
+    const found = rows.filter((r) => r.statement.includes(marker))
+    t.equal(found.length, 1, `one prepared statement holds ${marker}`)
+    return { generic: Number(found[0]?.generic_plans), custom: Number(found[0]?.custom_plans) }
+  }
+  for (const [name, marker] of [['startSends', 'with ordinality'], ['recordOutcomes', 'set_tokens_refused']]) {
+    const { generic, custom } = plans(marker)
+    t.ok(custom <= 5, `${name}: planned afresh only for the first executions (custom plans: ${custom})`)
+    t.equal(generic + custom, runs, `${name}: every execution counted`)
+  }
+})
