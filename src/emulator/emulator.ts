@@ -36,6 +36,12 @@ const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === 'obj
 
 const errorRef = (e: GraphError) => ({ code: e.code, ...(e.subcode !== undefined ? { subcode: e.subcode } : {}) })
 
+/** The URL without its query string (url.split('?')[0] without the array). */
+function pathOf(url: string): string {
+  const q = url.indexOf('?')
+  return q === -1 ? url : url.slice(0, q)
+}
+
 function redactUrl(url: string): string {
   return url.replace(/([?&](?:access_token|appsecret_proof)=)[^&]*/g, '$1[redacted]')
 }
@@ -80,7 +86,7 @@ export function createEmulator(opts: EmulatorOptions = {}): Emulator {
     const record: RecordedRequest = {
       at: now(),
       method: request.method,
-      path: request.url.split('?')[0],
+      path: pathOf(request.url),
       pageId: pathPageId ?? state.pageByToken(accessToken)?.id,
       recipient: body.recipient,
       messagingType: str(body.messaging_type),
@@ -180,7 +186,7 @@ export function createEmulator(opts: EmulatorOptions = {}): Emulator {
       }
       return sendGraphError(reply, customError({ code: 1 }))
     })
-    graph.setNotFoundHandler((request, reply) => sendGraphError(reply, errors.unknownPath(request.url.split('?')[0])))
+    graph.setNotFoundHandler((request, reply) => sendGraphError(reply, errors.unknownPath(pathOf(request.url))))
     graph.post('/:version/me/messages', handleSend)
     graph.post('/:version/:pageId/messages', handleSend)
   })

@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto'
+import { randomBase64url } from './random.js'
 
 export interface GraphError {
   status: number
@@ -22,7 +22,7 @@ export interface GraphErrorBody {
 const TRANSIENT_CODES = new Set([1, 2, 4, 17, 32, 341, 613])
 
 export function fbtraceId(): string {
-  return 'A' + randomBytes(16).toString('base64url')
+  return 'A' + randomBase64url(16)
 }
 
 export function graphErrorBody(e: GraphError): GraphErrorBody {

@@ -42,17 +42,39 @@ export function appsecretProof(accessToken: string, appSecret: string): string {
   return createHmac('sha256', appSecret).update(accessToken).digest('hex')
 }
 
+// The expected proof per access token (and the app secret it was computed with), so that a request
+// costs a lookup instead of an HMAC. Cleared when it grows past the limit, so it stays bounded.
+const PROOF_CACHE_LIMIT = 10_000
+const expectedProofs = new Map<string, { appSecret: string; proof: Buffer }>()
+
+function expectedProof(accessToken: string, appSecret: string): Buffer {
+  const cached = expectedProofs.get(accessToken)
+  if (cached !== undefined && cached.appSecret === appSecret) return cached.proof
+  if (expectedProofs.size >= PROOF_CACHE_LIMIT) expectedProofs.clear()
+  const proof = createHmac('sha256', appSecret).update(accessToken).digest()
+  expectedProofs.set(accessToken, { appSecret, proof })
+  return proof
+}
+
+const PROOF_FORMAT = /^[0-9a-fA-F]{64}$/
+
 function proofMatches(proof: string, accessToken: string, appSecret: string): boolean {
-  const expected = Buffer.from(appsecretProof(accessToken, appSecret), 'hex')
-  if (!/^[0-9a-fA-F]{64}$/.test(proof)) return false
-  return timingSafeEqual(Buffer.from(proof, 'hex'), expected)
+  if (!PROOF_FORMAT.test(proof)) return false
+  return timingSafeEqual(Buffer.from(proof, 'hex'), expectedProof(accessToken, appSecret))
 }
 
 function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v)
 }
 
-const codePoints = (s: string) => [...s].length
+/** At most `max` code points. Counted only when needed: a code point takes one or two UTF-16 units. */
+function withinCodePoints(s: string, max: number): boolean {
+  if (s.length <= max) return true
+  if (s.length > 2 * max) return false
+  let n = 0
+  for (const _ of s) if (++n > max) return false
+  return true
+}
 
 export function processSend(ctx: SendContext, input: SendInput): SendResult {
   const { state, now } = ctx
@@ -220,7 +242,7 @@ export function validateMessage(raw: unknown): { otnRequest?: OtnRequest } | { e
     if (typeof raw.text !== 'string' || raw.text.trim() === '') {
       return { error: errors.param('param message[text] must be a non-empty UTF-8 encoded string') }
     }
-    if (codePoints(raw.text) > MAX_TEXT) {
+    if (!withinCodePoints(raw.text, MAX_TEXT)) {
       return { error: errors.param(`Length of param message[text] must be less than or equal to ${MAX_TEXT}`) }
     }
     return {}
@@ -243,7 +265,7 @@ export function validateMessage(raw: unknown): { otnRequest?: OtnRequest } | { e
   if (typeof title !== 'string' || title.trim() === '') {
     return { error: errors.param('param message[attachment][payload][title] must be non-empty.') }
   }
-  if (codePoints(title) > MAX_OTN_TITLE) {
+  if (!withinCodePoints(title, MAX_OTN_TITLE)) {
     return {
       error: errors.param(`Length of param message[attachment][payload][title] must be less than or equal to ${MAX_OTN_TITLE}`),
     }

@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto'
+import { randomBase64url } from './random.js'
 import type { DeliveredMessage, RecordedRequest, SentWebhook, TokenKind } from './types.js'
 
 export const HOUR_MS = 60 * 60 * 1000
@@ -52,11 +52,11 @@ export class EmulatorError extends Error {
 }
 
 export function messageId(): string {
-  return 'm_' + randomBytes(36).toString('base64url')
+  return 'm_' + randomBase64url(36)
 }
 
 export function newToken(): string {
-  return randomBytes(48).toString('base64url')
+  return randomBase64url(48)
 }
 
 const key = (pageId: string, psid: string) => `${pageId}\u0000${psid}`
