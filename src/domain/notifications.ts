@@ -109,9 +109,8 @@ export interface SendDeps {
   log?: Logger
   /** Pause between re-sends after an unanswered attempt (tests may shorten it). */
   backoffMs?: (retry: number) => number
-  /** Group commits for the two statements of a send, shared by the sends of one process; without them each is its own statement. */
-  starts?: StartWriter
-  outcomes?: OutcomeWriter
+  /** The group commit of both statements of a send, shared by the sends of one process; without it each is its own statement. */
+  steps?: SendWriter
 }
 
 const kindOfStatus: Record<number, ErrorKind> = {
@@ -220,7 +219,9 @@ const NO_TOKEN: NotificationProblem = { code: 'no_token', detail: 'This person h
 /** One send to start: the request, its hash and the id its notification will have. */
 export interface Starting { id: string, input: NotificationInput, hash: string }
 
-type StartRow = Partial<Notification> & {
+/** One answer row of writeSteps: a start's (with its context and claim) or an outcome's (the notification alone). */
+type StepRow = Partial<Notification> & {
+  step: 'start' | 'outcome', ord: string | null,
   ctx_topic_id: string | null, ctx_page_id: string | null, ctx_payload: string | null, access_token: string | null, existing_id: string | null,
   claim_kind: ClaimedToken['kind'] | null, claim_token: string | null, claim_expires_at: Date | null, claim_lease_expires_at: Date | null
 }
@@ -236,7 +237,7 @@ type StartRow = Partial<Notification> & {
  * fail on the key's unique index: the whole statement, claims included, is undone.
  *
  * Two sends of one statement must not share a person's topic or an Idempotency-Key: both would
- * see the same token (a statement does not skip its own locks) or the same absent key. StartWriter
+ * see the same token (a statement does not skip its own locks) or the same absent key. SendWriter
  * keeps such sends for the next statement.
  *
  * This statement and recordOutcomes' are prepared once per connection and should then run on
@@ -248,9 +249,14 @@ type StartRow = Partial<Notification> & {
  * test/domain/plan-cache.test.ts holds both statements to it.
  */
 export async function startSends (db: Database, leaseSeconds: number, items: Starting[]): Promise<Started[]> {
+  return (await writeSteps(db, leaseSeconds, items, [])).started
+}
+
+/** startSends' statement as CTEs (its rows in `input` ... `inserted`) and the select of its answer rows. */
+function startParts (leaseSeconds: number, items: Starting[]) {
   const col = <T>(f: (i: Starting) => T) => items.map(f)
-  const { rows } = await sql<StartRow>`
-    with input as (
+  const ctes = sql`
+    input as (
       select * from unnest(
         ${col((i) => i.id)}::uuid[], ${col((i) => i.input.topic_id)}::uuid[], ${col((i) => i.input.psid)}::text[],
         ${col((i) => JSON.stringify(i.input.message))}::jsonb[], ${col((i) => i.input.notification_type ?? 'REGULAR')}::text[],
@@ -301,19 +307,26 @@ export async function startSends (db: Database, leaseSeconds: number, items: Sta
              case when go.window_open or c.id is not null then null else now() end
         from go join input r on r.id = go.id left join claim c on c.notification_id = go.id
       returning *
-    )
-    select ctx.topic_id as ctx_topic_id, ctx.page_id as ctx_page_id, ctx.payload as ctx_payload, ctx.access_token, ctx.existing_id,
-           i.*, c.kind as claim_kind, c.token as claim_token, c.expires_at as claim_expires_at, c.lease_expires_at as claim_lease_expires_at
-      from input r left join ctx on ctx.id = r.id left join inserted i on i.id = r.id left join claim c on c.notification_id = r.id
-     order by r.ord`.execute(db)
-  return rows.map(startedOf)
+    )`
+  const select = sql`
+    select 'start' as step, r.ord, ctx.topic_id as ctx_topic_id, ctx.page_id as ctx_page_id, ctx.payload as ctx_payload,
+           ctx.access_token, ctx.existing_id, i.*, c.kind as claim_kind, c.token as claim_token,
+           c.expires_at as claim_expires_at, c.lease_expires_at as claim_lease_expires_at
+      from input r left join ctx on ctx.id = r.id left join inserted i on i.id = r.id left join claim c on c.notification_id = r.id`
+  return { ctes, select }
 }
 
-function startedOf (row: StartRow): Started {
+/** The row's own part (a notification's columns, all null when none was written) and the rest. */
+function split (row: StepRow) {
   const {
-    ctx_topic_id: topicId, ctx_page_id: pageId, ctx_payload: payload, access_token: accessToken, existing_id: existingId,
+    step: _step, ord: _ord, ctx_topic_id: topicId, ctx_page_id: pageId, ctx_payload: payload, access_token: accessToken, existing_id: existingId,
     claim_kind: kind, claim_token: token, claim_expires_at: expires, claim_lease_expires_at: lease, ...inserted
   } = row
+  return { topicId, pageId, payload, accessToken, existingId, kind, token, expires, lease, inserted }
+}
+
+function startedOf (row: StepRow): Started {
+  const { topicId, pageId, payload, accessToken, existingId, kind, token, expires, lease, inserted } = split(row)
   if (topicId === null) return {}
   const context: SendContext = { topic_id: topicId, page_id: pageId!, payload: payload!, access_token: accessToken, existing_id: existingId }
   if (inserted.id == null) return { context }
@@ -322,21 +335,9 @@ function startedOf (row: StartRow): Started {
   return { context, n, token: { id: n.token_id!, kind: kind!, token, expires_at: expires!, lease_expires_at: lease! } }
 }
 
-/**
- * Group commit for the first statement of a send (see GroupCommit and startSends): sends that
- * arrive while a statement runs start together in the next one, except two for the same person's
- * topic or with the same Idempotency-Key, which go in different statements.
- */
-export class StartWriter extends GroupCommit<Starting, Started> {
-  constructor (db: Database, leaseSeconds: number, maxBatch = 100, maxInFlight = 2) {
-    super((items) => startSends(db, leaseSeconds, items), maxBatch, maxInFlight,
-      (s) => [`p:${s.input.topic_id}:${s.input.psid}`, ...(s.input.idempotency_key === undefined ? [] : [`k:${s.input.idempotency_key}`])])
-  }
-}
-
 async function startSend (deps: SendDeps, input: NotificationInput, hash: string): Promise<Started> {
   const item: Starting = { id: randomUUID(), input, hash }
-  const started = deps.starts ? await deps.starts.submit(item) : (await startSends(deps.db, deps.config.TOKEN_LEASE_SECONDS, [item]))[0]
+  const started = deps.steps ? await deps.steps.start(item) : (await startSends(deps.db, deps.config.TOKEN_LEASE_SECONDS, [item]))[0]
   const n = started.n
   if (n && n.status !== 'pending') deps.log?.info({ notification_id: n.id, status: n.status, route: n.route, attempts: n.attempts }, `notification ${n.status}`)
   return started
@@ -671,11 +672,16 @@ export interface Finishing {
  * order, the notification as written, or undefined where nothing was.
  */
 export async function recordOutcomes (db: Database, items: Finishing[]): Promise<Array<Notification | undefined>> {
+  return (await writeSteps(db, 0, [], items)).finished
+}
+
+/** recordOutcomes' statement as CTEs (the notifications written in `finished`) and the select of its answer rows. */
+function outcomeParts (items: Finishing[]) {
   // One order for the row locks of every statement, so that two statements cannot deadlock.
   const sorted = [...items].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
   const col = <T>(f: (i: Finishing) => T) => sorted.map(f)
-  const { rows } = await sql<Notification>`
-    with input as (
+  const ctes = sql`
+    outcome_input as (
       select * from unnest(
         ${col((i) => i.id)}::uuid[], ${col((i) => i.outcome.status)}::text[], ${col((i) => i.outcome.route)}::text[],
         ${col((i) => i.outcome.httpStatus)}::int[], ${col((i) => (i.outcome.problem ? JSON.stringify(i.outcome.problem) : null))}::jsonb[],
@@ -689,30 +695,93 @@ export async function recordOutcomes (db: Database, items: Finishing[]): Promise
       ) as i(id, status, route, http_status, error, graph_message_id, set_token_id, token_id, token_state,
              set_tokens_refused, tokens_refused, held_token_id, held_by, token_to)
       limit ${sorted.length} -- every row (why: startSends)
-    ), moved as (${settleHeld('input')})
-    update notifications n
-       set status = i.status, route = i.route, http_status = i.http_status, error = i.error,
-           graph_message_id = i.graph_message_id,
-           token_id = case when i.set_token_id then i.token_id else n.token_id end,
-           token_state = i.token_state,
-           tokens_refused = case when i.set_tokens_refused then i.tokens_refused else n.tokens_refused end,
-           completed_at = now(), updated_at = now()
-      from input i
-     where n.id = i.id and n.status = 'pending'
-       and (i.held_token_id is null or exists (select 1 from moved m where m.held_by = i.id))
-    returning n.*`.execute(db)
-  const byId = new Map(rows.map((r) => [r.id, r]))
-  return items.map((i) => byId.get(i.id))
+    ), moved as (${settleHeld('outcome_input')}
+    ), finished as (
+      update notifications n
+         set status = i.status, route = i.route, http_status = i.http_status, error = i.error,
+             graph_message_id = i.graph_message_id,
+             token_id = case when i.set_token_id then i.token_id else n.token_id end,
+             token_state = i.token_state,
+             tokens_refused = case when i.set_tokens_refused then i.tokens_refused else n.tokens_refused end,
+             completed_at = now(), updated_at = now()
+        from outcome_input i
+       where n.id = i.id and n.status = 'pending'
+         and (i.held_token_id is null or exists (select 1 from moved m where m.held_by = i.id))
+      returning n.*
+    )`
+  // The same columns as startParts' select, so that the two can be one answer.
+  const select = sql`
+    select 'outcome' as step, null::bigint as ord, null::uuid as ctx_topic_id, null::text as ctx_page_id, null::text as ctx_payload,
+           null::text as access_token, null::uuid as existing_id, f.*, null::text as claim_kind, null::text as claim_token,
+           null::timestamptz as claim_expires_at, null::timestamptz as claim_lease_expires_at
+      from finished f`
+  return { ctes, select }
 }
 
 /**
- * Group commit for outcomes (see GroupCommit): the sends that Meta answered while a statement
- * runs have their outcomes recorded together by the next one. Each caller still waits until its
- * own outcome is committed, and is answered only then.
+ * Starts and outcomes in one statement, one round trip and one commit: startSends' part for
+ * `starts` and recordOutcomes' for `finishes` (either may be empty), each as it would be alone.
+ * They cannot meet on a row: a start claims only available tokens and inserts new notifications,
+ * an outcome moves only a token reserved for its own (pending) notification.
  */
-export class OutcomeWriter extends GroupCommit<Finishing, Notification | undefined> {
-  constructor (db: Database, maxBatch = 100, maxInFlight = 2) {
-    super((items) => recordOutcomes(db, items), maxBatch, maxInFlight)
+export async function writeSteps (db: Database, leaseSeconds: number, starts: Starting[], finishes: Finishing[])
+  : Promise<{ started: Started[], finished: Array<Notification | undefined> }> {
+  const parts = [...(starts.length > 0 ? [startParts(leaseSeconds, starts)] : []), ...(finishes.length > 0 ? [outcomeParts(finishes)] : [])]
+  if (parts.length === 0) return { started: [], finished: [] }
+  const { rows } = await sql<StepRow>`
+    with ${sql.join(parts.map((p) => p.ctes))}
+    ${sql.join(parts.map((p) => p.select), sql` union all `)}`.execute(db)
+  const started: Started[] = new Array(starts.length)
+  const written = new Map<string, Notification>()
+  for (const row of rows) {
+    if (row.step === 'start') {
+      started[Number(row.ord) - 1] = startedOf(row)
+    } else {
+      const n = split(row).inserted as Notification
+      written.set(n.id, n)
+    }
+  }
+  return { started, finished: finishes.map((f) => written.get(f.id)) }
+}
+
+/**
+ * The group commit of a send's two statements (see GroupCommit and writeSteps): the sends that
+ * start, and those that Meta answered, while a statement runs go together into the next one, so
+ * that under load one statement and one commit carry both steps of several sends. Two starts for
+ * the same person's topic or with the same Idempotency-Key never share a statement (see
+ * startSends). Each caller still waits until its own step is committed: a token goes to Meta only
+ * after its claim is, and a caller is answered only after its outcome is.
+ */
+export class SendWriter {
+  private readonly group: GroupCommit<{ start: Starting } | { finish: Finishing }, Started | Notification | undefined>
+
+  constructor (db: Database, leaseSeconds: number, maxBatch = 100, maxInFlight = 2) {
+    this.group = new GroupCommit(async (steps) => {
+      const starts: Starting[] = []
+      const finishes: Finishing[] = []
+      for (const step of steps) {
+        if ('start' in step) starts.push(step.start)
+        else finishes.push(step.finish)
+      }
+      const { started, finished } = await writeSteps(db, leaseSeconds, starts, finishes)
+      let s = 0
+      let f = 0
+      return steps.map((step) => ('start' in step ? started[s++] : finished[f++]))
+    }, maxBatch, maxInFlight, (step) => {
+      if (!('start' in step)) return []
+      const { input } = step.start
+      return [`p:${input.topic_id}:${input.psid}`, ...(input.idempotency_key === undefined ? [] : [`k:${input.idempotency_key}`])]
+    })
+  }
+
+  /** Starts one send (startSends' step): resolves once its statement has committed. */
+  start (item: Starting): Promise<Started> {
+    return this.group.submit({ start: item }) as Promise<Started>
+  }
+
+  /** Records one outcome (recordOutcomes' step): resolves once its statement has committed. */
+  finish (item: Finishing): Promise<Notification | undefined> {
+    return this.group.submit({ finish: item }) as Promise<Notification | undefined>
   }
 }
 
@@ -733,7 +802,7 @@ async function finish (deps: SendDeps, id: string, outcome: Outcome, transition?
       return written
     })
   } else {
-    row = deps.outcomes ? await deps.outcomes.submit(item) : (await recordOutcomes(deps.db, [item]))[0]
+    row = deps.steps ? await deps.steps.finish(item) : (await recordOutcomes(deps.db, [item]))[0]
   }
   const final = row ?? await current(deps.db, id)
   deps.log?.info({

@@ -1,6 +1,6 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import {
-  getNotification, listNotifications, notificationView, OutcomeWriter, problemOf, sendNotification, StartWriter, type SendDeps,
+  getNotification, listNotifications, notificationView, problemOf, SendWriter, sendNotification, type SendDeps,
 } from '../domain/notifications.js'
 import { apiKeySecurity, problems } from '../schemas/common.js'
 import {
@@ -12,9 +12,8 @@ const tags = ['notifications']
 const security = apiKeySecurity
 
 const routes: FastifyPluginAsyncTypebox = async (app) => {
-  // Group commit: sends that start (or end) while a statement of their kind runs share the next one.
-  const starts = new StartWriter(app.db, app.config.TOKEN_LEASE_SECONDS)
-  const outcomes = new OutcomeWriter(app.db)
+  // Group commit: sends that start or end while a statement runs share the next one.
+  const steps = new SendWriter(app.db, app.config.TOKEN_LEASE_SECONDS)
 
   app.post('/notifications', {
     schema: {
@@ -31,7 +30,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
       response: { 201: NotificationSchema, ...problems(400, 401, 404, 409, 413, 415, 422, 429, 502, 503, 504) },
     },
   }, async (request, reply) => {
-    const deps: SendDeps = { db: app.db, graph: app.graph, config: app.config, log: request.log, starts, outcomes }
+    const deps: SendDeps = { db: app.db, graph: app.graph, config: app.config, log: request.log, steps }
     const result = await sendNotification(deps, { ...request.body, idempotency_key: request.headers['idempotency-key'] })
     if (result.replayed) reply.header('idempotent-replayed', 'true')
     if (result.httpStatus !== 201) throw problemOf(result)

@@ -1,12 +1,12 @@
 import t from 'tap'
 import { randomUUID } from 'node:crypto'
 import { claimToken, type SettledState } from '../../src/domain/claims.js'
-import { OutcomeWriter, type Finishing } from '../../src/domain/notifications.js'
+import { requestHash, SendWriter, type Finishing, type NotificationInput, type Starting } from '../../src/domain/notifications.js'
 import type { Database } from '../../src/db/database.js'
 import { countStatements } from '../helper.js'
 import { giveTokens, newPsid, tokenStates, world, type World } from '../fixtures/otn.js'
 
-// The outcomes' group commit: outcomes submitted while a statement runs are recorded together,
+// The group commit's second step of a send: outcomes submitted while a statement runs are recorded together,
 // each with its token's move, each only where its sender still holds the notification and token,
 // and one the database refuses does not take the others down.
 
@@ -41,7 +41,7 @@ async function notifications (db: Database, ids: string[]) {
 t.test('outcomes submitted in the same turn are one statement, each with its token move', async (t) => {
   const w = await world(t)
   const { counted, statements } = countStatements(w.db)
-  const writer = new OutcomeWriter(counted)
+  const writer = new SendWriter(counted, 60)
   const [a, b, c] = [await pendingWithToken(w), await pendingWithToken(w), await pendingWithToken(w)]
   const windowId = randomUUID()
   await w.db.insertInto('notifications').values({
@@ -50,10 +50,10 @@ t.test('outcomes submitted in the same turn are one statement, each with its tok
 
   statements.length = 0
   const rows = await Promise.all([
-    writer.submit(spent(a, 'used', 'sent', { graphMessageId: 'm.a', tokenState: 'used' })),
-    writer.submit(spent(b, 'available', 'failed', { tokenState: 'released', problem: { code: 'graph_person_unavailable', detail: 'x' } })),
-    writer.submit(spent(c, 'unconfirmed', 'unconfirmed', { tokenState: 'unconfirmed', tokensRefused: 3 })),
-    writer.submit({ id: windowId, outcome: { status: 'sent', route: 'window', httpStatus: 201, graphMessageId: 'm.w' } }),
+    writer.finish(spent(a, 'used', 'sent', { graphMessageId: 'm.a', tokenState: 'used' })),
+    writer.finish(spent(b, 'available', 'failed', { tokenState: 'released', problem: { code: 'graph_person_unavailable', detail: 'x' } })),
+    writer.finish(spent(c, 'unconfirmed', 'unconfirmed', { tokenState: 'unconfirmed', tokensRefused: 3 })),
+    writer.finish({ id: windowId, outcome: { status: 'sent', route: 'window', httpStatus: 201, graphMessageId: 'm.w' } }),
   ])
   t.equal(statements.length, 1, 'four outcomes, one statement')
   t.same(rows.map((r) => r?.status), ['sent', 'failed', 'unconfirmed', 'sent'], 'each caller gets its own row, in its order')
@@ -74,7 +74,7 @@ t.test('outcomes submitted in the same turn are one statement, each with its tok
 t.test('an outcome whose token was taken over is not written; the others in its statement are', async (t) => {
   const w = await world(t)
   const { counted, statements } = countStatements(w.db)
-  const writer = new OutcomeWriter(counted)
+  const writer = new SendWriter(counted, 60)
   const [mine, stale] = [await pendingWithToken(w), await pendingWithToken(w)]
   // Lease recovery took the second token over for another notification.
   const other = randomUUID()
@@ -82,8 +82,8 @@ t.test('an outcome whose token was taken over is not written; the others in its 
 
   statements.length = 0
   const [written, superseded] = await Promise.all([
-    writer.submit(spent(mine, 'used', 'sent', { tokenState: 'used' })),
-    writer.submit(spent(stale, 'used', 'sent', { tokenState: 'used' })),
+    writer.finish(spent(mine, 'used', 'sent', { tokenState: 'used' })),
+    writer.finish(spent(stale, 'used', 'sent', { tokenState: 'used' })),
   ])
   t.equal(statements.length, 1)
   t.equal(written?.status, 'sent')
@@ -96,18 +96,56 @@ t.test('an outcome whose token was taken over is not written; the others in its 
 
 t.test('an outcome the database refuses fails alone; the others are written', async (t) => {
   const w = await world(t)
-  const writer = new OutcomeWriter(w.db)
+  const writer = new SendWriter(w.db, 60)
   const good = [await pendingWithToken(w), await pendingWithToken(w)]
   const bad = await pendingWithToken(w)
   const outcomes = await Promise.allSettled([
-    writer.submit(spent(good[0], 'used', 'sent', { tokenState: 'used' })),
+    writer.finish(spent(good[0], 'used', 'sent', { tokenState: 'used' })),
     // jsonb holds no NUL character: Postgres refuses this outcome's problem.
-    writer.submit(spent(bad, 'available', 'failed', { tokenState: 'released', problem: { code: 'x', detail: 'nul \u0000 here' } })),
-    writer.submit(spent(good[1], 'used', 'sent', { tokenState: 'used' })),
+    writer.finish(spent(bad, 'available', 'failed', { tokenState: 'released', problem: { code: 'x', detail: 'nul \u0000 here' } })),
+    writer.finish(spent(good[1], 'used', 'sent', { tokenState: 'used' })),
   ])
   t.same(outcomes.map((o) => o.status), ['fulfilled', 'rejected', 'fulfilled'])
   t.match((outcomes[1] as PromiseRejectedResult).reason, { code: '22P05' })
   t.same(await tokenStates(w.db, [good[0].tokenId, bad.tokenId, good[1].tokenId]), ['used', 'reserved', 'used'],
     'the refused outcome moved nothing: its token stays reserved for recovery')
   t.same((await notifications(w.db, [good[0].id, bad.id, good[1].id])).map((n) => n.status), ['sent', 'pending', 'sent'])
+})
+
+const starting = (input: NotificationInput): Starting => ({ id: randomUUID(), input, hash: requestHash(input) })
+
+t.test('starts and outcomes submitted in the same turn are one statement; a refused start fails alone', async (t) => {
+  const w = await world(t)
+  const { counted, statements } = countStatements(w.db)
+  const writer = new SendWriter(counted, 60)
+  const [done, released] = [await pendingWithToken(w), await pendingWithToken(w)]
+  const fresh = newPsid()
+  const [freshToken] = await giveTokens(w, fresh, 1)
+  const bad = newPsid()
+  const [badToken] = await giveTokens(w, bad, 1)
+
+  statements.length = 0
+  const [finished, start, other] = await Promise.all([
+    writer.finish(spent(done, 'used', 'sent', { graphMessageId: 'm.done', tokenState: 'used' })),
+    writer.start(starting({ topic_id: w.topic.id, psid: fresh, message: { text: 'hi' } })),
+    writer.finish(spent(released, 'available', 'failed', { tokenState: 'released', problem: { code: 'graph_person_unavailable', detail: 'x' } })),
+  ])
+  t.equal(statements.length, 1, 'two outcomes and a start, one statement')
+  t.match(finished, { id: done.id, status: 'sent', graph_message_id: 'm.done', token_state: 'used' })
+  t.notOk('claim_token' in (finished ?? {}) || 'step' in (finished ?? {}), 'an outcome\'s row is the notification alone')
+  t.match(start, { n: { status: 'pending', route: 'token', token_id: freshToken.id }, token: { id: freshToken.id, token: freshToken.token } })
+  t.match(other, { id: released.id, status: 'failed', token_state: 'released' })
+  t.same(await tokenStates(w.db, [done.tokenId, freshToken.id, released.tokenId]), ['used', 'reserved', 'available'])
+
+  // A start Postgres refuses (jsonb holds no NUL) in a statement with an outcome: each is written
+  // again alone, so the outcome is recorded and only the start fails.
+  const again = await pendingWithToken(w)
+  const settled = await Promise.allSettled([
+    writer.start(starting({ topic_id: w.topic.id, psid: bad, message: { text: 'nul \u0000 here' } })),
+    writer.finish(spent(again, 'used', 'sent', { tokenState: 'used' })),
+  ])
+  t.same(settled.map((o) => o.status), ['rejected', 'fulfilled'])
+  t.match((settled[0] as PromiseRejectedResult).reason, { code: '22P05' })
+  t.match((settled[1] as PromiseFulfilledResult<unknown>).value, { id: again.id, status: 'sent' })
+  t.same(await tokenStates(w.db, [badToken.id, again.tokenId]), ['available', 'used'], 'the refused start claimed nothing')
 })

@@ -2,7 +2,7 @@ import t from 'tap'
 import { randomUUID } from 'node:crypto'
 import { sql } from 'kysely'
 import { openDatabase } from '../../src/db/database.js'
-import { recordOutcomes, startSends, type Starting } from '../../src/domain/notifications.js'
+import { recordOutcomes, startSends, writeSteps, type Finishing, type Starting } from '../../src/domain/notifications.js'
 import { databaseKind, testDatabase } from '../helper.js'
 import { giveTokens, newPsid, world } from '../fixtures/otn.js'
 
@@ -23,32 +23,45 @@ t.test('the two statements of a send are planned once per connection, then reuse
   await sql`analyze optin_tokens`.execute(w.db)
   await sql`analyze notifications`.execute(w.db)
   const runs = 12
-  for (let run = 0; run < runs; run++) {
+  const newStarts = async (): Promise<Starting[]> => {
     const items: Starting[] = []
     for (let i = 0; i < 3; i++) {
       const psid = newPsid()
       await giveTokens(w, psid, 1)
       items.push({ id: randomUUID(), hash: 'h', input: { topic_id: w.topic.id, psid, message: { text: 'hi' }, use_window: false } })
     }
-    const started = await startSends(one.db, 60, items)
+    return items
+  }
+  const sent = (started: Awaited<ReturnType<typeof startSends>>): Finishing[] => started.map((s) => ({
+    id: s.n!.id,
+    outcome: { status: 'sent', route: 'token', httpStatus: 201, graphMessageId: `m.${s.n!.id}`, tokenState: 'used' },
+    transition: { reservation: { token_id: s.token!.id, notification_id: s.n!.id }, to: 'used' },
+  }))
+  let pending: Finishing[] = []
+  for (let run = 0; run < runs; run++) {
+    // Each shape of the statement: starts alone, outcomes alone, and both together.
+    const started = await startSends(one.db, 60, await newStarts())
     t.ok(started.every((s) => s.token), 'each send claimed its token')
-    const written = await recordOutcomes(one.db, started.map((s) => ({
-      id: s.n!.id,
-      outcome: { status: 'sent', route: 'token', httpStatus: 201, graphMessageId: `m.${s.n!.id}`, tokenState: 'used' },
-      transition: { reservation: { token_id: s.token!.id, notification_id: s.n!.id }, to: 'used' },
-    })))
+    const written = await recordOutcomes(one.db, sent(started))
     t.ok(written.every((n) => n?.status === 'sent'), 'each outcome written')
+    const both = await writeSteps(one.db, 60, await newStarts(), pending)
+    t.ok(both.started.every((s) => s.token) && both.finished.every((n) => n?.status === 'sent'), 'both steps written in one statement')
+    pending = sent(both.started)
   }
   const { rows } = await sql<{ statement: string, generic_plans: string, custom_plans: string }>`
     select statement, generic_plans, custom_plans from pg_prepared_statements`.execute(one.db)
-  const plans = (marker: string) => {
-    const found = rows.filter((r) => r.statement.includes(marker))
-    t.equal(found.length, 1, `one prepared statement holds ${marker}`)
-    return { generic: Number(found[0]?.generic_plans), custom: Number(found[0]?.custom_plans) }
-  }
-  for (const [name, marker] of [['startSends', 'with ordinality'], ['recordOutcomes', 'set_tokens_refused']]) {
-    const { generic, custom } = plans(marker)
+  const plans = (name: string, has: (statement: string) => boolean, executions: number) => {
+    const found = rows.filter((r) => has(r.statement))
+    t.equal(found.length, 1, `one prepared statement is ${name}`)
+    const generic = Number(found[0]?.generic_plans)
+    const custom = Number(found[0]?.custom_plans)
     t.ok(custom <= 5, `${name}: planned afresh only for the first executions (custom plans: ${custom})`)
-    t.equal(generic + custom, runs, `${name}: every execution counted`)
+    t.equal(generic + custom, executions, `${name}: every execution counted`)
   }
+  const starts = (s: string) => s.includes('with ordinality')
+  const outcomes = (s: string) => s.includes('set_tokens_refused')
+  // The first run's combined statement has no outcome yet to carry: it is a start alone.
+  plans('startSends', (s) => starts(s) && !outcomes(s), runs + 1)
+  plans('recordOutcomes', (s) => outcomes(s) && !starts(s), runs)
+  plans('both in one', (s) => starts(s) && outcomes(s), runs - 1)
 })

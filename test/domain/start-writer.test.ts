@@ -2,13 +2,13 @@ import t from 'tap'
 import { randomUUID } from 'node:crypto'
 import { createGraphClient } from '../../src/graph/client.js'
 import {
-  OutcomeWriter, requestHash, sendNotification, StartWriter, type NotificationInput, type SendDeps, type Starting,
+  requestHash, SendWriter, sendNotification, type NotificationInput, type SendDeps, type Starting,
 } from '../../src/domain/notifications.js'
 import { countStatements } from '../helper.js'
 import { APP_SECRET, giveTokens, newPsid, openWindow, tokenStates, world, type World } from '../fixtures/otn.js'
 
-// The first statement's group commit: sends that start in the same turn share one statement, each
-// with its own claim, except two for the same person's topic or with the same Idempotency-Key.
+// The group commit's first step of a send: sends that start in the same turn share one statement,
+// each with its own claim, except two for the same person's topic or with the same Idempotency-Key.
 
 
 const message = { text: 'back in stock' }
@@ -22,7 +22,7 @@ async function claimedBy (w: World, tokenId: string): Promise<string | null> {
 t.test('sends started in the same turn are one statement, each with its own outcome', async (t) => {
   const w = await world(t)
   const { counted, statements } = countStatements(w.db)
-  const writer = new StartWriter(counted, 60)
+  const writer = new SendWriter(counted, 60)
   const [p1, p2, windowed, none] = [newPsid(), newPsid(), newPsid(), newPsid()]
   const [t1] = await giveTokens(w, p1, 1)
   const [t2a, t2b] = await giveTokens(w, p2, 2)
@@ -37,7 +37,7 @@ t.test('sends started in the same turn are one statement, each with its own outc
     starting({ topic_id: w.topic.id, psid: none, message }),
     starting({ topic_id: randomUUID(), psid: p1, message }),
   ]
-  const started = await Promise.all(items.map((i) => writer.submit(i)))
+  const started = await Promise.all(items.map((i) => writer.start(i)))
   t.equal(statements.length, 1, 'five sends, one statement')
 
   t.match(started[0], { n: { id: items[0].id, status: 'pending', route: 'token', attempts: 1, token_id: t1.id }, token: { id: t1.id, token: t1.token } })
@@ -54,7 +54,7 @@ t.test('sends started in the same turn are one statement, each with its own outc
 t.test('two sends for one person\'s topic, or with one key, never share a statement', async (t) => {
   const w = await world(t)
   const { counted, statements } = countStatements(w.db)
-  const writer = new StartWriter(counted, 60, 100, 1)
+  const writer = new SendWriter(counted, 60, 100, 1)
   const person = newPsid()
   const tokens = await giveTokens(w, person, 1)
   const other = newPsid()
@@ -66,7 +66,7 @@ t.test('two sends for one person\'s topic, or with one key, never share a statem
     starting({ topic_id: w.topic.id, psid: other, message, idempotency_key: `dup-${other}` }),
     starting({ topic_id: w.topic.id, psid: newPsid(), message, idempotency_key: `dup-${other}` }),
   ]
-  const [a, b, k1, k2] = await Promise.all([...same, ...keyed].map((i) => writer.submit(i)))
+  const [a, b, k1, k2] = await Promise.all([...same, ...keyed].map((i) => writer.start(i)))
   t.equal(statements.length, 2, 'the second of each pair waits for the next statement')
   t.match(a, { n: { status: 'pending', token_id: tokens[0].id } })
   t.match(b, { n: { status: 'no_token' } }, 'one token: the second send finds none, it is not handed out twice')
@@ -76,16 +76,16 @@ t.test('two sends for one person\'s topic, or with one key, never share a statem
 
 t.test('a send the database refuses fails alone; the others start', async (t) => {
   const w = await world(t)
-  const writer = new StartWriter(w.db, 60)
+  const writer = new SendWriter(w.db, 60)
   const people = [newPsid(), newPsid()]
   const tokens = [...await giveTokens(w, people[0], 1), ...await giveTokens(w, people[1], 1)]
   const bad = newPsid()
   const [badToken] = await giveTokens(w, bad, 1)
   const outcomes = await Promise.allSettled([
-    writer.submit(starting({ topic_id: w.topic.id, psid: people[0], message })),
+    writer.start(starting({ topic_id: w.topic.id, psid: people[0], message })),
     // jsonb holds no NUL character: Postgres refuses this message.
-    writer.submit(starting({ topic_id: w.topic.id, psid: bad, message: { text: 'nul \u0000 here' } })),
-    writer.submit(starting({ topic_id: w.topic.id, psid: people[1], message })),
+    writer.start(starting({ topic_id: w.topic.id, psid: bad, message: { text: 'nul \u0000 here' } })),
+    writer.start(starting({ topic_id: w.topic.id, psid: people[1], message })),
   ])
   t.same(outcomes.map((o) => o.status), ['fulfilled', 'rejected', 'fulfilled'])
   t.match((outcomes[1] as PromiseRejectedResult).reason, { code: '22P05' })
@@ -93,14 +93,14 @@ t.test('a send the database refuses fails alone; the others start', async (t) =>
     'the refused send claimed nothing')
 })
 
-t.test('concurrent sends through both group commits: each person gets exactly one message, each token spent once', async (t) => {
+t.test('concurrent sends through the group commit: each person gets exactly one message, each token spent once', async (t) => {
   const w = await world(t)
   const { counted, statements } = countStatements(w.db)
   const graph = createGraphClient({ baseUrl: w.base, version: 'v21.0', appSecret: APP_SECRET, timeoutMs: 2000, connectTimeoutMs: 1000 })
   t.teardown(() => graph.close())
   const deps: SendDeps = {
     db: counted, graph, config: { TOKEN_LEASE_SECONDS: 60, GRAPH_API_MAX_RETRIES: 2, GRAPH_API_TIMEOUT_MS: 2000 },
-    starts: new StartWriter(counted, 60), outcomes: new OutcomeWriter(counted),
+    steps: new SendWriter(counted, 60),
   }
   const people = Array.from({ length: 12 }, () => newPsid())
   const tokens = []
