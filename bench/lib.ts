@@ -178,7 +178,7 @@ export function cpuSeconds (pid: number): number | undefined {
 }
 
 /** Busy and total CPU seconds of the whole machine so far, summed over its CPUs (Linux; undefined elsewhere). */
-export function machineCpuSeconds (): { busy: number, total: number } | undefined {
+function machineCpuSeconds (): { busy: number, total: number } | undefined {
   try {
     const [, ...fields] = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/)
     const n = fields.slice(0, 8).map(Number) // user nice system idle iowait irq softirq steal

@@ -1,10 +1,10 @@
 import t from 'tap'
 import { randomUUID } from 'node:crypto'
 import { claimToken, type SettledState } from '../../src/domain/claims.js'
-import { requestHash, SendWriter, type Finishing, type NotificationInput, type Starting } from '../../src/domain/notifications.js'
+import { SendWriter, type Finishing } from '../../src/domain/notifications.js'
 import type { Database } from '../../src/db/database.js'
 import { countStatements } from '../helper.js'
-import { giveTokens, newPsid, tokenStates, world, type World } from '../fixtures/otn.js'
+import { giveTokens, newPsid, starting, tokenStates, world, type World } from '../fixtures/otn.js'
 
 // The group commit's second step of a send: outcomes submitted while a statement runs are recorded together,
 // each with its token's move, each only where its sender still holds the notification and token,
@@ -111,8 +111,6 @@ t.test('an outcome the database refuses fails alone; the others are written', as
     'the refused outcome moved nothing: its token stays reserved for recovery')
   t.same((await notifications(w.db, [good[0].id, bad.id, good[1].id])).map((n) => n.status), ['sent', 'pending', 'sent'])
 })
-
-const starting = (input: NotificationInput): Starting => ({ id: randomUUID(), input, hash: requestHash(input) })
 
 t.test('starts and outcomes submitted in the same turn are one statement; a refused start fails alone', async (t) => {
   const w = await world(t)

@@ -1,19 +1,15 @@
 import t from 'tap'
 import { randomUUID } from 'node:crypto'
 import { createGraphClient } from '../../src/graph/client.js'
-import {
-  requestHash, SendWriter, sendNotification, type NotificationInput, type SendDeps, type Starting,
-} from '../../src/domain/notifications.js'
+import { SendWriter, sendNotification, type SendDeps } from '../../src/domain/notifications.js'
 import { countStatements } from '../helper.js'
-import { APP_SECRET, giveTokens, newPsid, openWindow, tokenStates, world, type World } from '../fixtures/otn.js'
+import { APP_SECRET, giveTokens, newPsid, openWindow, starting, tokenStates, world, type World } from '../fixtures/otn.js'
 
 // The group commit's first step of a send: sends that start in the same turn share one statement,
 // each with its own claim, except two for the same person's topic or with the same Idempotency-Key.
 
 
 const message = { text: 'back in stock' }
-const starting = (input: NotificationInput): Starting => ({ id: randomUUID(), input, hash: requestHash(input) })
-
 async function claimedBy (w: World, tokenId: string): Promise<string | null> {
   const row = await w.db.selectFrom('optin_tokens').select('notification_id').where('id', '=', tokenId).executeTakeFirstOrThrow()
   return row.notification_id
