@@ -116,13 +116,18 @@ export function createGraphClient (options: GraphClientOptions): GraphClient {
     async sendMessage (page, body) {
       const query = new URLSearchParams({ access_token: page.accessToken })
       if (options.appSecret) query.set('appsecret_proof', proofFor(page.accessToken, options.appSecret))
+      // The precise bound on the whole exchange. A timer cleared when the answer is in, not
+      // AbortSignal.timeout: that one fires for every request once its time is up, answered or not
+      // (a DOMException and an abort event per send, seconds later, 3-4% of the process's CPU).
+      const abort = new AbortController()
+      const timer = setTimeout(() => abort.abort(new DOMException('The Graph API did not answer in time', 'TimeoutError')), options.timeoutMs)
       try {
         const response = await poolFor(origin).request({
           method: 'POST',
           path: `${path}?${query}`,
           headers: { 'content-type': 'application/json', accept: 'application/json' },
           body: JSON.stringify(body),
-          signal: AbortSignal.timeout(options.timeoutMs),
+          signal: abort.signal,
         })
         const text = await response.body.text()
         const status = response.statusCode
@@ -139,6 +144,8 @@ export function createGraphClient (options: GraphClientOptions): GraphClient {
         return { kind: 'graph_error', httpStatus: status, error: parseGraphError(status, text) }
       } catch (error) {
         return noAnswer(error)
+      } finally {
+        clearTimeout(timer)
       }
     },
 

@@ -36,6 +36,22 @@ t.test('success: the message id, with access_token and appsecret_proof in the qu
   t.equal(emulator.requests[0].path, '/v21.0/me/messages')
 })
 
+t.test('an answered send leaves no timer behind (the timeout is cleared once the answer is in)', async (t) => {
+  const { emulator, base } = await startEmulator(t)
+  emulator.addPage(PAGE)
+  await emulator.personWrites(PAGE.id, 'p1')
+  const graph = client(t, base, { timeoutMs: 60_000 })
+  const timers = () => process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length
+  t.equal((await graph.sendMessage(PAGE, { recipient: { id: 'p1' }, message: { text: 'warm' } })).kind, 'ok')
+  const before = timers()
+  for (let i = 0; i < 10; i++) {
+    t.equal((await graph.sendMessage(PAGE, { recipient: { id: 'p1' }, message: { text: `hi ${i}` } })).kind, 'ok')
+    t.equal((await graph.sendMessage(PAGE, { recipient: { id: 'stranger' }, message: { text: 'x' } })).kind, 'graph_error')
+  }
+  // undici keeps one timer of its own for its connections; a timer per request would leave 20.
+  t.ok(timers() - before <= 1, `timers before ${before}, after ${timers()}`)
+})
+
 t.test('the proof is the HMAC-SHA256 of the page token keyed with the app secret', async (t) => {
   const { createHmac } = await import('node:crypto')
   t.equal(appsecretProof('abc', 'secret'), createHmac('sha256', 'secret').update('abc').digest('hex'))
