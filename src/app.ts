@@ -4,6 +4,7 @@ import { Registry } from 'prom-client'
 import type { Config } from './config.js'
 import { openDatabase, type Database, type DatabaseHandle } from './db/database.js'
 import { migrate } from './db/migrate.js'
+import type { Notification } from './db/types.js'
 import { upsertPage } from './domain/pages.js'
 import { createGraphClient, type GraphClient } from './graph/client.js'
 import { instrumentGraphClient } from './graph/instrumented.js'
@@ -12,7 +13,7 @@ import database from './plugins/database.js'
 import docs from './plugins/docs.js'
 import errors, { frameworkErrors } from './plugins/errors.js'
 import jobs from './plugins/jobs.js'
-import metrics from './plugins/metrics.js'
+import metrics, { notificationCounter } from './plugins/metrics.js'
 import { broadcastWorkers } from './jobs/broadcast-worker.js'
 import broadcastRoutes from './routes/broadcasts.js'
 import healthRoutes from './routes/health.js'
@@ -33,6 +34,8 @@ declare module 'fastify' {
     config: Config
     dbKind: 'postgres' | 'pglite'
     graph: GraphClient
+    /** Counts a notification brought to a final status (otn_notifications_total); does nothing when metrics are off. */
+    notificationFinished: (n: Notification) => void
   }
 }
 
@@ -88,6 +91,7 @@ export async function buildApp (config: Config, deps: AppDeps = {}): Promise<Fas
   })
   const graph = register ? instrumentGraphClient(client, register) : client
   app.decorate('graph', graph)
+  app.decorate('notificationFinished', register ? notificationCounter(register) : () => {})
   if (!deps.graph) app.addHook('onClose', async () => { await graph.close() })
   app.addHook('onSend', async (request, reply) => { reply.header('x-request-id', request.id) })
 

@@ -1,6 +1,7 @@
 import type { FastifyBaseLogger, FastifyInstance } from 'fastify'
 import type { Config } from './config.js'
 import type { Database } from './db/database.js'
+import type { Notification } from './db/types.js'
 import type { GraphClient } from './graph/client.js'
 
 export interface MaintenanceContext {
@@ -9,6 +10,8 @@ export interface MaintenanceContext {
   log: FastifyBaseLogger
   /** Lease recovery re-sends reserved tokens. */
   graph: GraphClient
+  /** See SendDeps.onFinal. */
+  onFinal?: (n: Notification) => void
 }
 
 /**
@@ -37,7 +40,7 @@ export async function runMaintenance (ctx: MaintenanceContext, tasks: Maintenanc
 export function scheduleMaintenance (app: FastifyInstance, tasks: MaintenanceTask[]): void {
   let timer: NodeJS.Timeout | undefined
   let running: Promise<unknown> = Promise.resolve()
-  const ctx = (): MaintenanceContext => ({ db: app.db, config: app.config, log: app.log, graph: app.graph })
+  const ctx = (): MaintenanceContext => ({ db: app.db, config: app.config, log: app.log, graph: app.graph, onFinal: app.notificationFinished })
   app.addHook('onReady', async () => {
     running = runMaintenance(ctx(), tasks)
     await running

@@ -111,6 +111,8 @@ export interface SendDeps {
   backoffMs?: (retry: number) => number
   /** The group commit of both statements of a send, shared by the sends of one process; without it each is its own statement. */
   steps?: SendWriter
+  /** Told of every notification this process brings to a final status (the otn_notifications_total counter). */
+  onFinal?: (n: Notification) => void
 }
 
 const kindOfStatus: Record<number, ErrorKind> = {
@@ -339,6 +341,7 @@ async function startSend (deps: SendDeps, input: NotificationInput, hash: string
   const item: Starting = { id: randomUUID(), input, hash }
   const started = deps.steps ? await deps.steps.start(item) : (await startSends(deps.db, deps.config.TOKEN_LEASE_SECONDS, [item]))[0]
   const n = started.n
+  if (n && n.status !== 'pending') deps.onFinal?.(n)
   if (n && n.status !== 'pending') deps.log?.info({ notification_id: n.id, status: n.status, route: n.route, attempts: n.attempts }, `notification ${n.status}`)
   return started
 }
@@ -804,6 +807,7 @@ async function finish (deps: SendDeps, id: string, outcome: Outcome, transition?
   } else {
     row = deps.steps ? await deps.steps.finish(item) : (await recordOutcomes(deps.db, [item]))[0]
   }
+  if (row) deps.onFinal?.(row)
   const final = row ?? await current(deps.db, id)
   deps.log?.info({
     notification_id: id, status: final.status, route: final.route, attempts: final.attempts,

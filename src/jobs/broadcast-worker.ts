@@ -127,7 +127,7 @@ async function plan (ctx: JobContext, broadcastId: string, wake: () => void): Pr
 async function sendBatch (ctx: JobContext, job: SendJob): Promise<void> {
   const { db, config } = ctx
   const deps: RecipientDeps = {
-    db, graph: ctx.graph, config, log: ctx.log,
+    db, graph: ctx.graph, config, log: ctx.log, onFinal: ctx.onFinal,
     maxAttempts: config.BROADCAST_MAX_ATTEMPTS, backoffSeconds: config.BROADCAST_BACKOFF_SECONDS,
   }
   const b = await getBroadcastRow(db, job.broadcast_id)

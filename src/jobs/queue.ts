@@ -3,6 +3,7 @@ import PgBoss from 'pg-boss'
 import type { FastifyBaseLogger } from 'fastify'
 import type { Config } from '../config.js'
 import { rawExecutor, type Database } from '../db/database.js'
+import type { Notification } from '../db/types.js'
 import type { GraphClient } from '../graph/client.js'
 
 export type JobQueue = PgBoss
@@ -34,6 +35,8 @@ export interface JobContext {
   config: Config
   log: FastifyBaseLogger
   stopping: () => boolean
+  /** See SendDeps.onFinal. */
+  onFinal?: (n: Notification) => void
 }
 
 /** Registers one family of queues and their workers on a started queue. */

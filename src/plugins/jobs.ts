@@ -15,7 +15,7 @@ export default fp<{ workers: JobWorkers[] }>(async (app, { workers }) => {
   const boss = createJobQueue(app.db, app.config, app.log)
   await boss.start()
   let stopping = false
-  const ctx: JobContext = { boss, db: app.db, graph: app.graph, config: app.config, log: app.log, stopping: () => stopping }
+  const ctx: JobContext = { boss, db: app.db, graph: app.graph, config: app.config, log: app.log, stopping: () => stopping, onFinal: app.notificationFinished }
   app.decorate('jobs', boss)
   app.addHook('onClose', async () => {
     stopping = true

@@ -38,6 +38,21 @@ function httpMetrics (app: FastifyInstance, register: Registry): void {
 }
 
 /**
+ * Notifications brought to a final status, by status and route, counted by the process that wrote
+ * the status (an API send, a broadcast's, lease recovery's), so that summed over instances each
+ * notification is counted once. `route` is empty when no route was taken.
+ */
+export function notificationCounter (register: Registry): (n: { status: string, route: string | null }) => void {
+  const counter = new Counter({
+    name: 'otn_notifications_total',
+    help: 'Notifications brought to a final status (sent, no_token, failed, unconfirmed), by status and route (token, window).',
+    labelNames: ['status', 'route'] as const,
+    registers: [register],
+  })
+  return (n) => counter.inc({ status: n.status, route: n.route ?? '' })
+}
+
+/**
  * Backlog gauges read on each scrape, by queries on the partial indexes (optin_tokens_lease_idx,
  * notifications_open_idx) and pg-boss's queue size. If the database does not answer, the scrape
  * still does: these gauges are left out and otn_metrics_database_up is 0.

@@ -30,7 +30,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
       response: { 201: NotificationSchema, ...problems(400, 401, 404, 409, 413, 415, 422, 429, 502, 503, 504) },
     },
   }, async (request, reply) => {
-    const deps: SendDeps = { db: app.db, graph: app.graph, config: app.config, log: request.log, steps }
+    const deps: SendDeps = { db: app.db, graph: app.graph, config: app.config, log: request.log, steps, onFinal: app.notificationFinished }
     const result = await sendNotification(deps, { ...request.body, idempotency_key: request.headers['idempotency-key'] })
     if (result.replayed) reply.header('idempotent-replayed', 'true')
     if (result.httpStatus !== 201) throw problemOf(result)

@@ -47,9 +47,11 @@ t.test('claimed, then the process died before sending: recovery sends the same t
   const claimed = await claimAndDie(w, n)
   t.equal(claimed.id, tokens[0].id)
 
-  t.equal(await recoverLeases(depsFor(t, w)), 1)
+  const finals: string[] = []
+  t.equal(await recoverLeases({ ...depsFor(t, w), onFinal: (f) => finals.push(`${f.id} ${f.status}/${f.route}`) }), 1)
   t.same(await tokenStates(w.db, tokens.map((x) => x.id)), ['used', 'available'])
   t.match(await row(w, n.id), { status: 'sent', route: 'token', token_state: 'used', attempts: 1, http_status: 201 })
+  t.same(finals, [`${n.id} sent/token`], 'the outcome recovery wrote is counted once (otn_notifications_total)')
   t.equal(w.emulator.inbox(w.pageId, psid).length, 1)
   t.same(w.emulator.requests.map((r) => r.recipient), [{ one_time_notif_token: tokens[0].token }])
   t.same(w.emulator.doubleSpends(), [])

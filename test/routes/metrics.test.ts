@@ -4,7 +4,7 @@ import type { FastifyInstance } from 'fastify'
 import { buildApp } from '../../src/app.js'
 import { ConfigError, loadConfig } from '../../src/config.js'
 import { appOnOwnDatabase, auth, build, databaseKind, LogCapture, testConfig, testDatabase, truncateAll, uniquePageId } from '../helper.js'
-import { giveTokens, newPsid, notify, world } from '../fixtures/otn.js'
+import { FAST_TIMEOUT, giveTokens, newPsid, notify, openWindow, world } from '../fixtures/otn.js'
 
 interface Sample { name: string, labels: Record<string, string>, value: number }
 
@@ -92,6 +92,36 @@ t.test('Graph API attempts are counted by outcome through the emulator', async (
   const attempts = samples.filter((s) => s.name === 'otn_graph_requests_total').reduce((sum, s) => sum + s.value, 0)
   t.equal(attempts, w.emulator.requests.length, 'every request the emulator saw is counted once')
   for (const secret of [psid, other, bogus.token, good.token, w.accessToken]) t.notOk(text.includes(secret), 'no PSID or token in the metrics')
+})
+
+t.test('notifications are counted by final status and route, as the database records them', async (t) => {
+  const w = await world(t, { env: FAST_TIMEOUT })
+  const send = (psid: string) => notify(w.app, { topic_id: w.topic.id, psid, message: { text: 'back in stock' } })
+  const holder = newPsid()
+  await giveTokens(w, holder, 1)
+  t.equal((await send(holder)).statusCode, 201, 'sent with the token')
+  t.equal((await send(holder)).statusCode, 409, 'no token left')
+  const writer = newPsid()
+  await openWindow(w, writer)
+  t.equal((await send(writer)).statusCode, 201, 'sent through the window')
+  const unlucky = newPsid()
+  await giveTokens(w, unlucky, 1)
+  w.emulator.setFaults({ hangRate: 1 })
+  t.ok((await send(unlucky)).statusCode >= 500, 'Meta does not answer')
+  w.emulator.clearFaults()
+
+  const { samples } = await scrape(w.app)
+  const { rows } = await sql<{ status: string, route: string | null, count: number }>`
+    select status, route, count(*)::int as count from notifications where page_id = ${w.pageId} group by status, route`.execute(w.db)
+  t.ok(rows.length >= 4, `four kinds of outcome (${rows.map((r) => `${r.status}/${r.route}`).join(', ')})`)
+  for (const r of rows) {
+    t.equal(value(samples, 'otn_notifications_total', { status: r.status, route: r.route ?? '' }), r.count, `${r.status} by ${r.route}`)
+  }
+  const counted = samples.filter((s) => s.name === 'otn_notifications_total').reduce((sum, s) => sum + s.value, 0)
+  t.equal(counted, rows.reduce((sum, r) => sum + r.count, 0), 'nothing else is counted')
+  t.equal(value(samples, 'otn_notifications_total', { status: 'sent', route: 'token' }), 1)
+  t.equal(value(samples, 'otn_notifications_total', { status: 'sent', route: 'window' }), 1)
+  t.equal(value(samples, 'otn_notifications_total', { status: 'no_token', route: 'token' }), 1)
 })
 
 t.test('backlog gauges read the database on each scrape', async (t) => {
