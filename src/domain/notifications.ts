@@ -341,8 +341,10 @@ async function startSend (deps: SendDeps, input: NotificationInput, hash: string
   const item: Starting = { id: randomUUID(), input, hash }
   const started = deps.steps ? await deps.steps.start(item) : (await startSends(deps.db, deps.config.TOKEN_LEASE_SECONDS, [item]))[0]
   const n = started.n
-  if (n && n.status !== 'pending') deps.onFinal?.(n)
-  if (n && n.status !== 'pending') deps.log?.info({ notification_id: n.id, status: n.status, route: n.route, attempts: n.attempts }, `notification ${n.status}`)
+  if (n && n.status !== 'pending') {
+    deps.onFinal?.(n)
+    deps.log?.info({ notification_id: n.id, status: n.status, route: n.route, attempts: n.attempts }, `notification ${n.status}`)
+  }
   return started
 }
 
