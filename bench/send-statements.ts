@@ -6,20 +6,19 @@
 // commit), which a statement carrying several sends shares out.
 //   npx tsx bench/send-statements.ts     (BENCH_BATCHES=1,2,5,10,20 BENCH_SENDS=3000 BENCH_HISTORY=100000)
 import { randomUUID } from 'node:crypto'
-import { readFileSync } from 'node:fs'
 import { pathToFileURL } from 'node:url'
 import { sql } from 'kysely'
 import { openDatabase } from '../src/db/database.js'
 import { migrate } from '../src/db/migrate.js'
 import { requestHash, writeSteps, type Finishing, type NotificationInput, type Starting } from '../src/domain/notifications.js'
-import { ADMIN_URL, createDatabase, envInt, log, table } from './lib.js'
+import { ADMIN_URL, cpuSeconds, createDatabase, envInt, log, table } from './lib.js'
 
 export interface StatementCost {
   /** Each statement carries either one step of every send (start, then outcome: two statements per send) or both steps (the starts of new sends with the outcomes of the previous ones). */
   shape: 'separate' | 'combined'
   sendsPerStatement: number
   sends: number
-  /** CPU time of the Postgres backend per send (from /proc, so Linux only), microseconds. */
+  /** CPU time of the Postgres backend per send, microseconds (from /proc: NaN off Linux). */
   postgresUs: number
   /** CPU time of this process (pg, Kysely, the service's code) per send, microseconds. */
   clientUs: number
@@ -30,12 +29,6 @@ export interface StatementRun {
   costs: StatementCost[]
   /** The plans Postgres ran (auto_explain) for one send of each shape, once the statements had their cached plans. */
   plans: string[]
-}
-
-function backendCpuMs (pid: number): number {
-  // utime and stime, the 14th and 15th fields, in clock ticks of 10 ms.
-  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ')
-  return (Number(fields[11]) + Number(fields[12])) * 10
 }
 
 /** `history`: finished notifications before the run; `tokens`: at least this many tokens (people) in the table. */
@@ -106,7 +99,7 @@ export async function runSendStatements (opts: { adminUrl: string, history: numb
           await sql`set client_min_messages = notice`.execute(db)
         }
         const rounds = Math.max(1, Math.floor(opts.sends / size))
-        const cpu0 = backendCpuMs(pid)
+        const cpu0 = cpuSeconds(pid) ?? Number.NaN
         const client0 = process.cpuUsage()
         const t0 = performance.now()
         for (let i = 0; i < rounds; i++) await step()
@@ -117,7 +110,7 @@ export async function runSendStatements (opts: { adminUrl: string, history: numb
           shape,
           sendsPerStatement: size,
           sends,
-          postgresUs: 1000 * (backendCpuMs(pid) - cpu0) / sends,
+          postgresUs: 1e6 * ((cpuSeconds(pid) ?? Number.NaN) - cpu0) / sends,
           clientUs: (client.user + client.system) / sends,
           wallUs: 1000 * wall / sends,
         })

@@ -51,7 +51,7 @@ function expectedProof(accessToken: string, appSecret: string): Buffer {
   const cached = expectedProofs.get(accessToken)
   if (cached !== undefined && cached.appSecret === appSecret) return cached.proof
   if (expectedProofs.size >= PROOF_CACHE_LIMIT) expectedProofs.clear()
-  const proof = createHmac('sha256', appSecret).update(accessToken).digest()
+  const proof = Buffer.from(appsecretProof(accessToken, appSecret), 'hex')
   expectedProofs.set(accessToken, { appSecret, proof })
   return proof
 }
