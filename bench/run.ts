@@ -21,9 +21,9 @@ const WARMUP = envInt('BENCH_WARMUP_SECONDS', 2, 0)
  * request runs. Two seconds were not, for the service: its first token round ran at 0.83-1.26 CPU ms
  * per request, its later rounds at 0.48-0.59 (a bare route's code is warm within the first second).
  */
-const FIRST_WARMUP = envInt('BENCH_FIRST_WARMUP_SECONDS', 10, 0)
+const FIRST_WARMUP = Math.max(envInt('BENCH_FIRST_WARMUP_SECONDS', 10, 0), WARMUP)
 /** Seconds of load a scenario gets over `rounds` rounds, warm-ups included: what the seeded tokens must cover. */
-const loadSeconds = (rounds: number) => SECONDS * rounds + WARMUP * (rounds - 1) + Math.max(FIRST_WARMUP, WARMUP)
+const loadSeconds = (rounds: number) => SECONDS * rounds + WARMUP * (rounds - 1) + FIRST_WARMUP
 const ROUNDS = envInt('BENCH_ROUNDS', 2)
 const CONNECTIONS = envInt('BENCH_CONNECTIONS', 16)
 const CLAIM_ROWS_SMALL = envInt('BENCH_CLAIM_ROWS_SMALL', 10_000, 10_000)
@@ -144,8 +144,7 @@ const LABEL: Record<Scenario, string> = {
   window: 'POST /v1/notifications, window route',
 }
 
-/** One measurement that can be repeated; its generators of unique bodies carry over between rounds. */
-/** One scenario; `run` measures it once after `warmupSeconds` of unmeasured load. */
+/** One measurement that can be repeated (once per round, after `warmupSeconds` of unmeasured load); its generators of unique bodies carry over between rounds. */
 interface Job { key: string, run (warmupSeconds: number): Promise<Measured> }
 
 interface AppVariant { name: string, env: Record<string, string>, scenarios: Scenario[] }
@@ -233,7 +232,7 @@ async function rounds (jobs: Job[], count: number): Promise<Map<string, Measured
   const runs = new Map<string, Measured[]>()
   for (let round = 1; round <= count; round++) {
     for (const job of jobs) {
-      const m = await job.run(round === 1 ? Math.max(FIRST_WARMUP, WARMUP) : WARMUP)
+      const m = await job.run(round === 1 ? FIRST_WARMUP : WARMUP)
       runs.set(job.key, [...(runs.get(job.key) ?? []), m])
       log(`round ${round}/${count} ${job.key}: ${fmt.rps(m.rps)} req/s, p50 ${fmt.ms(m.p50)} ms, p99 ${fmt.ms(m.p99)} ms, non-2xx ${m.non2xx}, errors ${m.errors}` +
         (m.cpuMsPerRequest !== undefined ? `, ${m.cpuMsPerRequest.toFixed(2)} CPU ms/req` : '') +
@@ -447,7 +446,7 @@ async function main (): Promise<void> {
   }
 
   console.log(`\n${machine}`)
-  console.log(`${ROUNDS} rounds of ${SECONDS} s per scenario (after ${WARMUP} s warm-up, ${Math.max(FIRST_WARMUP, WARMUP)} s before the first), best round shown (targets: the median of the per-round ratios); ${CONNECTIONS} connections on loopback; ` +
+  console.log(`${ROUNDS} rounds of ${SECONDS} s per scenario (after ${WARMUP} s warm-up, ${FIRST_WARMUP} s before the first), best round shown (targets: the median of the per-round ratios); ${CONNECTIONS} connections on loopback; ` +
     `load average ${loadBefore} before, ${load()} after; ${((Date.now() - started) / 1000).toFixed(0)} s in all\n`)
   console.log(render(rows))
   console.log(`\nClaim latency (unnamed: pg's default; named: as the service sends it), ${CLAIMS} sequential claims of each kind; loaded in ${claimScale.map((r) => `${r.loadSeconds.toFixed(0)} s`).join(' and ')}:\n`)
