@@ -1,11 +1,13 @@
-// The guarded transitions (`where id = $1 and state = 'reserved' and ...`, `where id = $1 and
-// status = 'pending'`) imply the predicates of the partial indexes optin_tokens_reserved_idx and
-// notifications_pending_idx. Sent unnamed (custom plans, as Kysely does), Postgres may then scan
-// the whole partial index instead of using the primary key, when its statistics say the index is
-// small: after a burst of reservations or pending notifications since the last ANALYZE (and its
-// dead entries until VACUUM). This measures one transition with such a backlog, as shipped and with
-// the partial indexes keyed on a column the transitions do not test. Run alone:
-// `npx tsx bench/plan-hazard.ts` (BENCH_BACKLOG, default 40,000).
+// A guarded transition implies the predicate of a partial index when its guard tests the column the
+// predicate does: `where id = $1 and status = 'pending'` implied that of notifications_pending_idx
+// (before migration 20261121040000), and the end of a token's hold, `where id = $1 and state =
+// 'available' and notification_id = $2`, implies those of optin_tokens_usable_idx and
+// optin_tokens_expiry_idx. Sent unnamed (custom plans, as Kysely does), Postgres may then scan the
+// whole partial index instead of using the primary key, when its statistics say the index is small:
+// after a burst of rows since the last ANALYZE (and its dead entries until VACUUM). This measures
+// one transition of each table with such a backlog: for the notifications as shipped and with the
+// pre-fix index; for the tokens as shipped, with a burst of new tokens, all held by sends. Run
+// alone: `npx tsx bench/plan-hazard.ts` (BENCH_BACKLOG, default 40,000).
 import { randomUUID } from 'node:crypto'
 import { pathToFileURL } from 'node:url'
 import { Kysely, PostgresDialect, type CompiledQuery } from 'kysely'
@@ -20,16 +22,15 @@ export interface HazardResult {
   transition: string
   backlog: number
   shipped: { p50: number, plan: string }
-  keyed: { p50: number, plan: string }
+  /** With PRE_FIX_INDEXES; none for the tokens, whose pre-fix index (on `state = 'reserved'`) no state matches any more. */
+  keyed?: { p50: number, plan: string }
 }
 
 /**
- * The indexes before migration 20261121040000: partial on `state = 'reserved'` / `status = 'pending'`,
- * predicates every transition guard implies. Shipped now: keyed on lease_expires_at / completed_at.
+ * The notifications' index before migration 20261121040000: partial on `status = 'pending'`, a
+ * predicate every transition guard implies. Shipped now: keyed on completed_at.
  */
 export const PRE_FIX_INDEXES = [
-  'drop index optin_tokens_lease_idx',
-  "create index optin_tokens_reserved_idx on optin_tokens (lease_expires_at) where state = 'reserved'",
   'drop index notifications_open_idx',
   "create index notifications_pending_idx on notifications (updated_at) where status = 'pending'",
 ]
@@ -68,8 +69,8 @@ async function timeEach (c: pg.Client, count: number, values: (i: number) => unk
 }
 
 /**
- * `backlog` reservations and pending notifications made after ANALYZE (as a burst would), then
- * `count` transitions of other rows, timed; then the same with the keyed partial indexes.
+ * `backlog` held tokens and pending notifications made after ANALYZE (as a burst would), then
+ * `count` transitions of other rows, timed; then the notifications' with the pre-fix index.
  */
 export async function runPlanHazard (opts: { adminUrl: string, backlog: number, count: number }): Promise<HazardResult[]> {
   const scratch = await createDatabase(opts.adminUrl, 'otn_bench_plans')
@@ -93,32 +94,29 @@ export async function runPlanHazard (opts: { adminUrl: string, backlog: number, 
       await c.query(`insert into notifications (page_id, psid, message, status, completed_at)
         select 'p', 'u' || i, '{}', 'sent', now() from generate_series(1, ${10 * n}) i`)
       await c.query('analyze')
-      // The burst: the backlog plus the rows the timed transitions will move, one set per variant.
-      await c.query(`update optin_tokens set state = 'reserved', lease_expires_at = now() + interval '120 seconds', notification_id = gen_random_uuid()
-        where id <= ${n + rounds}`)
+      // The burst: the backlog plus the rows the timed transitions will move, one set per variant:
+      // new tokens, each held by a send (the usable and expiry indexes grow past their statistics).
+      await c.query(`insert into optin_tokens (page_id, psid, payload, token, opted_in_at, expires_at, notification_id, lease_expires_at)
+        select 'p', 'w' || i, 't', md5('w' || i), now(), now() + interval '300 days', gen_random_uuid(), now() + interval '120 seconds'
+          from generate_series(1, ${n + rounds}) i`)
       await c.query(`insert into notifications (page_id, psid, message) select 'p', 'v' || i, '{}' from generate_series(1, ${n + rounds}) i`)
-      const { rows: tokens } = await c.query(`select id, notification_id from optin_tokens where id > ${n} and id <= ${n + rounds} order by id`)
+      const { rows: tokens } = await c.query(`select id, notification_id from optin_tokens where psid like 'w%' order by id offset ${n} limit ${rounds}`)
       const { rows: pending } = await c.query(`select id from notifications where status = 'pending' order by psid desc limit ${rounds}`)
 
+      // markUsed's parameters in the order settleToken sends them: token, holder, target state.
       const tokenValues = (i: number) => [tokens[i].id, tokens[i].notification_id, 'used']
       const pendingValues = (i: number) => [1, 'token', pending[i].id, 'pending']
-      // markUsed's parameters in the order settleToken sends them: token, holder, target state.
-      const measureAll = async (offset: number) => ({
-        token: {
-          p50: await timeEach(c, opts.count, (i) => tokenValues(offset + i), markUsedSql),
-          plan: await planOf(c, markUsedSql, tokenValues(rounds - 1)),
-        },
-        pending: {
-          p50: await timeEach(c, opts.count, (i) => pendingValues(offset + i), BEGIN_ATTEMPT),
-          plan: await planOf(c, BEGIN_ATTEMPT, pendingValues(rounds - 1)),
-        },
+      const measure = async (text: string, values: (i: number) => unknown[], offset: number) => ({
+        p50: await timeEach(c, opts.count, (i) => values(offset + i), text),
+        plan: await planOf(c, text, values(rounds - 1)),
       })
-      const shipped = await measureAll(0)
+      const token = await measure(markUsedSql, tokenValues, 0)
+      const pendingShipped = await measure(BEGIN_ATTEMPT, pendingValues, 0)
       for (const statement of PRE_FIX_INDEXES) await c.query(statement)
-      const keyed = await measureAll(opts.count)
+      const pendingKeyed = await measure(BEGIN_ATTEMPT, pendingValues, opts.count)
       return [
-        { transition: 'markUsed (reserved → used)', backlog: n, shipped: shipped.token, keyed: keyed.token },
-        { transition: 'beginAttempt (pending notification)', backlog: n, shipped: shipped.pending, keyed: keyed.pending },
+        { transition: 'markUsed (held → used)', backlog: n, shipped: token },
+        { transition: 'beginAttempt (pending notification)', backlog: n, shipped: pendingShipped, keyed: pendingKeyed },
       ]
     } finally {
       await c.end()
@@ -130,7 +128,7 @@ export async function runPlanHazard (opts: { adminUrl: string, backlog: number, 
 
 export function planHazardTable (results: HazardResult[]): string {
   return table(['transition', 'backlog since ANALYZE', 'as shipped p50 ms', 'index used', 'pre-fix indexes p50 ms', 'index used'],
-    results.map((r) => [r.transition, r.backlog.toLocaleString('en-US'), fmt.ms(r.shipped.p50), r.shipped.plan, fmt.ms(r.keyed.p50), r.keyed.plan]))
+    results.map((r) => [r.transition, r.backlog.toLocaleString('en-US'), fmt.ms(r.shipped.p50), r.shipped.plan, r.keyed ? fmt.ms(r.keyed.p50) : '–', r.keyed?.plan ?? '–']))
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1]).href) {

@@ -37,6 +37,9 @@ export interface SoakReport {
   logsKeptIn?: string
 }
 
+// A token a send holds is `available` with a notification_id (src/domain/claims.ts); the audit calls it reserved.
+const HELD = "state = 'available' and notification_id is not null"
+const STATE = `case when ${HELD} then 'reserved' else state end`
 const PAGE_ID = '4242000001'
 const ACCESS_TOKEN = 'soak-page-access-token'
 const PERSONS = 400
@@ -352,7 +355,7 @@ export async function runSoak (opts: SoakOptions): Promise<SoakReport> {
     cleanups.unshift(() => db.end())
     const open = async () => {
       const { rows: [r] } = await db.query(`select
-          (select count(*) from optin_tokens where state = 'reserved')::int as reserved,
+          (select count(*) from optin_tokens where ${HELD})::int as reserved,
           (select count(*) from notifications where status = 'pending')::int as pending`)
       return r as { reserved: number, pending: number }
     }
@@ -368,7 +371,7 @@ export async function runSoak (opts: SoakOptions): Promise<SoakReport> {
     const audit = emulator.audit()
     const faultsInjected = new Map<string, number>()
     for (const r of emulator.requests) if (r.fault) faultsInjected.set(r.fault, (faultsInjected.get(r.fault) ?? 0) + 1)
-    const { rows: states } = await db.query('select state, count(*)::int as n from optin_tokens group by state order by state')
+    const { rows: states } = await db.query(`select ${STATE} as state, count(*)::int as n from optin_tokens group by 1 order by 1`)
     const { rows: statuses } = await db.query('select status, route, count(*)::int as n from notifications group by status, route order by status, route')
     const { rows: [tokenCount] } = await db.query('select count(*)::int as n from optin_tokens')
     const { rows: stored } = await db.query("select encode(sha256(body), 'hex') as h from webhook_events")
@@ -381,7 +384,7 @@ export async function runSoak (opts: SoakOptions): Promise<SoakReport> {
     const { rows: knownTokens } = await db.query('select token from optin_tokens where token = any($1)', [optinTokens])
     const tokensMissing = new Set(optinTokens).size - knownTokens.length
     const spentAtMeta = [...emulator.tokenUses().keys()]
-    const { rows: spentStates } = await db.query('select state, count(*)::int as n from optin_tokens where token = any($1) group by state', [spentAtMeta])
+    const { rows: spentStates } = await db.query(`select ${STATE} as state, count(*)::int as n from optin_tokens where token = any($1) group by 1`, [spentAtMeta])
     const spentButUsable = spentStates.filter((r) => r.state === 'available').reduce((a, r) => a + r.n, 0)
 
     // What the instances logged at error level, grouped (a 500 answer is always among them).

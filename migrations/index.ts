@@ -3,6 +3,7 @@ import * as createCoreTables from './20261121000000_create_core_tables.js'
 import * as addNotificationTokenState from './20261121020000_add_notification_token_state.js'
 import * as createBroadcasts from './20261121030000_create_broadcasts.js'
 import * as rekeyBacklogIndexes from './20261121040000_rekey_backlog_indexes.js'
+import * as holdTokensInPlace from './20261122000000_hold_tokens_in_place.js'
 
 // Listed here (not read from the folder) so the same list works from .ts sources and compiled .js.
 export const migrations: Record<string, Migration> = {
@@ -10,4 +11,5 @@ export const migrations: Record<string, Migration> = {
   '20261121020000_add_notification_token_state': addNotificationTokenState,
   '20261121030000_create_broadcasts': createBroadcasts,
   '20261121040000_rekey_backlog_indexes': rekeyBacklogIndexes,
+  '20261122000000_hold_tokens_in_place': holdTokensInPlace,
 }

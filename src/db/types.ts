@@ -5,7 +5,8 @@ type CreatedAt = ColumnType<Date, Date | string | undefined, never>
 type Json<T = unknown> = ColumnType<T, string, string>
 
 export type TokenKind = 'one_time_notif' | 'notification_messages'
-export type TokenState = 'available' | 'reserved' | 'used' | 'invalid' | 'expired' | 'discarded' | 'unconfirmed'
+/** `available` with a `notification_id`: held by that (pending) notification's send (claims.ts). */
+export type TokenState = 'available' | 'used' | 'invalid' | 'expired' | 'discarded' | 'unconfirmed'
 export type NotificationStatus = 'pending' | 'sent' | 'no_token' | 'failed' | 'unconfirmed'
 export type NotificationRoute = 'window' | 'token'
 export type NotificationTokenState = 'used' | 'released' | 'invalid' | 'unconfirmed'

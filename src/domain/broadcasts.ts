@@ -121,7 +121,10 @@ function requestHash (input: BroadcastInput, psids: string[] | undefined): strin
   return createHash('sha256').update(JSON.stringify(canonical(body))).digest('hex')
 }
 
-/** Distinct people holding a usable OTN token on (Page, payload) now. */
+/**
+ * Distinct people holding an unspent OTN token on (Page, payload) now, counting tokens a send in
+ * flight holds (like the topic's counts: an index-only count, however many tokens the topic has).
+ */
 async function usableHolders (db: Database, pageId: string, payload: string): Promise<number> {
   const { rows: [row] } = await sql<{ n: number }>`
     select count(distinct psid)::int as n from optin_tokens
@@ -307,7 +310,7 @@ export async function planNextBatch (db: Database, b: Broadcast, batchSize: numb
     with audience as (
       select distinct psid from optin_tokens
        where page_id = ${topic.page_id} and payload = ${topic.payload} and kind = 'one_time_notif'
-         and state = 'available' and expires_at > now()
+         and state = 'available' and notification_id is null and expires_at > now()
          ${last ? sql`and psid > ${last.psid}` : sql``}
        order by psid
        limit ${batchSize}),
@@ -480,17 +483,17 @@ function resultOf (deps: RecipientDeps, n: Notification, r: ClaimedRecipient): R
 
 /**
  * A pending notification under this person's key that nobody is working on any more (its worker
- * died). A reserved token is resolved by lease recovery once its lease ran out (re-sending the
+ * died). A held token is resolved by lease recovery once its lease ran out (re-sending the
  * same token, which Meta accepts at most once); without one, the send is taken over and resumed
  * once it went untouched for a lease. Until then: wait.
  */
 async function resolveInterrupted (deps: RecipientDeps, n: Notification): Promise<Notification | { wait: number }> {
   const lease = deps.config.TOKEN_LEASE_SECONDS
-  const reserved = await sql<{ wait: number }>`
+  const held = await sql<{ wait: number }>`
     select extract(epoch from (lease_expires_at - now()))::float8 as wait
-      from optin_tokens where notification_id = ${n.id} and state = 'reserved'`.execute(deps.db)
-  if (reserved.rows.length > 0) {
-    const wait = reserved.rows[0].wait
+      from optin_tokens where id = ${n.token_id} and notification_id = ${n.id} and state = 'available'`.execute(deps.db)
+  if (held.rows.length > 0) {
+    const wait = held.rows[0].wait
     if (wait > 0) return { wait: Math.ceil(wait) }
     await recoverLeases(deps)
   } else {

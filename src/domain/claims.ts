@@ -2,7 +2,7 @@ import { sql } from 'kysely'
 import type { Database } from '../db/database.js'
 import type { TokenKind } from '../db/types.js'
 
-/** A token reserved for one notification; its value goes to Meta and nowhere else. */
+/** A token held for one notification; its value goes to Meta and nowhere else. */
 export interface ClaimedToken {
   id: string
   kind: TokenKind
@@ -20,27 +20,38 @@ export interface ClaimTarget {
 }
 
 /**
- * Reserves the soonest-expiring usable OTN token of (Page, topic payload, PSID) for one
- * notification, in one statement. SKIP LOCKED hands concurrent claimers different rows (or none)
- * without waiting on each other, across any number of service instances. A new send makes the same
- * choice inside its first statement (startSends in notifications.ts); this one serves the next token
- * after a refusal.
+ * Holds the soonest-expiring usable OTN token of (Page, topic payload, PSID) for one notification,
+ * and names it in the notification's `token_id` (lease recovery finds holds from there), in one
+ * statement. SKIP LOCKED hands concurrent claimers different rows (or none) without waiting on each
+ * other, across any number of service instances. A new send makes the same choice inside its first
+ * statement (startSends in notifications.ts); this one serves the next token after a refusal.
+ *
+ * A token is usable when it is `available` and no notification holds it. A claim holds it in place:
+ * it sets `notification_id` and `lease_expires_at` and leaves `state` alone, so that the update
+ * touches no indexed column and Postgres can make it HOT (no new index entries: the claim costs
+ * about the same at ten million tokens as at ten thousand; migration 20261122000000). Every query
+ * that looks for tokens to send, discard or expire says `notification_id is null` as well as
+ * `available`; a hold ends in settleHeld.
  */
 export async function claimToken (db: Database, target: ClaimTarget): Promise<ClaimedToken | undefined> {
   const { rows } = await sql<ClaimedToken>`
-    update optin_tokens
-       set state = 'reserved',
-           lease_expires_at = now() + make_interval(secs => ${target.leaseSeconds}),
-           notification_id = ${target.notification_id},
-           updated_at = now()
-     where id = (
-       select id from optin_tokens
-        where page_id = ${target.page_id} and payload = ${target.payload} and psid = ${target.psid}
-          and kind = 'one_time_notif' and state = 'available' and expires_at > now()
-        order by expires_at
-        limit 1
-        for update skip locked)
-    returning id, kind, token, expires_at, lease_expires_at`.execute(db)
+    with claimed as (
+      update optin_tokens
+         set notification_id = ${target.notification_id},
+             lease_expires_at = now() + make_interval(secs => ${target.leaseSeconds}),
+             updated_at = now()
+       where id = (
+         select id from optin_tokens
+          where page_id = ${target.page_id} and payload = ${target.payload} and psid = ${target.psid}
+            and kind = 'one_time_notif' and state = 'available' and notification_id is null and expires_at > now()
+          order by expires_at
+          limit 1
+          for update skip locked)
+      returning id, kind, token, expires_at, lease_expires_at, notification_id
+    ), linked as (
+      update notifications n set token_id = c.id from claimed c where n.id = c.notification_id
+    )
+    select id, kind, token, expires_at, lease_expires_at from claimed`.execute(db)
   return rows[0]
 }
 
@@ -50,7 +61,7 @@ export interface Reservation { token_id: string, notification_id: string }
 export type SettledState = 'used' | 'invalid' | 'available' | 'unconfirmed'
 
 /**
- * The token's move out of `reserved`, as the body of a CTE over `input`, a relation with the columns
+ * The end of a token's hold, as the body of a CTE over `input`, a relation with the columns
  * `held_token_id` (bigint), `held_by` (uuid: the notification holding it) and `token_to` (a
  * SettledState); rows with a null `held_token_id` move nothing. Each row names the holder, so a
  * stale holder (whose lease recovery took over) changes nothing. Returns `held_by` for each token
@@ -66,7 +77,7 @@ export function settleHeld (input: string) {
            notification_id = case when i.token_to = 'available' then null else o.notification_id end,
            updated_at = now()
       from ${sql.table(input)} i
-     where o.id = i.held_token_id and o.state = 'reserved' and o.notification_id = i.held_by
+     where o.id = i.held_token_id and o.state = 'available' and o.notification_id = i.held_by
     returning i.held_by`
 }
 
@@ -86,7 +97,7 @@ export async function settleToken (db: Database, r: Reservation, to: SettledStat
 export async function extendLease (db: Database, r: Reservation, leaseSeconds: number): Promise<boolean> {
   const result = await db.updateTable('optin_tokens')
     .set({ lease_expires_at: sql`now() + make_interval(secs => ${leaseSeconds})`, updated_at: sql`now()` })
-    .where('id', '=', r.token_id).where('state', '=', 'reserved').where('notification_id', '=', r.notification_id)
+    .where('id', '=', r.token_id).where('state', '=', 'available').where('notification_id', '=', r.notification_id)
     .executeTakeFirst()
   return result.numUpdatedRows > 0n
 }
@@ -96,5 +107,5 @@ export function discardPersonTokens (db: Database, target: { page_id: string, pa
   return db.updateTable('optin_tokens')
     .set({ state: 'discarded', updated_at: sql`now()` })
     .where('page_id', '=', target.page_id).where('payload', '=', target.payload).where('psid', '=', target.psid)
-    .where('state', '=', 'available')
+    .where('state', '=', 'available').where('notification_id', 'is', null)
 }

@@ -282,14 +282,13 @@ function startParts (leaseSeconds: number, items: Starting[]) {
           select o.id from optin_tokens o
            where not go.window_open
              and o.page_id = go.page_id and o.payload = go.payload and o.psid = go.psid
-             and o.kind = 'one_time_notif' and o.state = 'available' and o.expires_at > now()
+             and o.kind = 'one_time_notif' and o.state = 'available' and o.notification_id is null and o.expires_at > now()
            order by o.expires_at
            limit 1
            for update of o skip locked) o
     ), claim as (
       update optin_tokens o
-         set state = 'reserved',
-             lease_expires_at = now() + make_interval(secs => ${leaseSeconds}),
+         set lease_expires_at = now() + make_interval(secs => ${leaseSeconds}),
              notification_id = pick.notification_id,
              updated_at = now()
         from pick
@@ -451,7 +450,7 @@ interface Resumed {
 }
 
 async function tokenRoute (deps: SendDeps, n: Notification, target: Target, resumed?: Resumed): Promise<Notification> {
-  let refused = 0
+  let refused = n.tokens_refused // a recovered send goes on counting from its earlier refusals
   let lastRefusal: GraphError | undefined
   let next = resumed
   for (let i = 0; i < MAX_TOKENS_PER_NOTIFICATION; i++) {

@@ -36,7 +36,8 @@ export function topicView (t: TopicWithCounts): TopicView {
   }
 }
 
-// One index range scan per topic over its usable tokens (optin_tokens_usable_idx).
+// One index range scan per topic over its unspent tokens (optin_tokens_usable_idx), without
+// reading the table: a token a send in flight holds (notification_id set) is counted until spent.
 function withCounts (db: Database) {
   return db.selectFrom('topics')
     .selectAll('topics')
@@ -125,7 +126,7 @@ export async function deleteTopic (db: Database, id: string, force: boolean): Pr
     if (!topic) throw notFound('topic', id)
     const usable = trx.selectFrom('optin_tokens').select('id')
       .where('page_id', '=', topic.page_id).where('payload', '=', topic.payload)
-      .where('state', '=', 'available').where('expires_at', '>', sql<Date>`now()`)
+      .where('state', '=', 'available').where('notification_id', 'is', null).where('expires_at', '>', sql<Date>`now()`)
     let discarded = 0
     if (force) {
       const result = await trx.updateTable('optin_tokens')

@@ -53,16 +53,16 @@ export function notificationCounter (register: Registry): (n: { status: string, 
 }
 
 /**
- * Backlog gauges read on each scrape, by queries on the partial indexes (optin_tokens_lease_idx,
- * notifications_open_idx) and pg-boss's queue size. If the database does not answer, the scrape
- * still does: these gauges are left out and otn_metrics_database_up is 0.
+ * Backlog gauges read on each scrape, by a query on the partial index notifications_open_idx and
+ * pg-boss's queue size. If the database does not answer, the scrape still does: these gauges are
+ * left out and otn_metrics_database_up is 0.
  */
 function databaseMetrics (app: FastifyInstance, register: Registry): void {
   // Every gauge's collect() runs at once on a scrape; they share one read.
   let reading: Promise<void> | undefined
   const collect = (): Promise<void> => (reading ??= read().finally(() => { reading = undefined }))
   const up = new Gauge({ name: 'otn_metrics_database_up', help: '1 when the database answered this scrape\'s queries; 0 when it did not (the gauges read from it are then left out).', registers: [register], collect })
-  const tokens = new Gauge({ name: 'otn_optin_tokens', help: 'Tokens in a state; only reserved (claimed by a send in flight) is counted.', labelNames: ['state'] as const, registers: [register], collect })
+  const tokens = new Gauge({ name: 'otn_optin_tokens', help: 'Tokens in a state; only reserved (held by a send in flight: claimed, not yet settled) is counted.', labelNames: ['state'] as const, registers: [register], collect })
   const notifications = new Gauge({ name: 'otn_notifications', help: 'Notifications in a status; only pending (not yet settled) is counted.', labelNames: ['status'] as const, registers: [register], collect })
   const oldest = new Gauge({ name: 'otn_notifications_oldest_age_seconds', help: 'Age of the oldest notification in a status (0 when there is none); only pending.', labelNames: ['status'] as const, registers: [register], collect })
   const queued = new Gauge({ name: 'otn_jobs_queued', help: 'Jobs waiting in each job queue (created or retrying, not yet active).', labelNames: ['queue'] as const, registers: [register], collect })
@@ -70,12 +70,15 @@ function databaseMetrics (app: FastifyInstance, register: Registry): void {
 
   async function read (): Promise<void> {
     try {
-      // The predicates imply the partial indexes' (lease_expires_at is not null, completed_at is null).
+      // The predicate implies the partial index's (completed_at is null); a token held by a send is
+      // found from the notification holding it.
       const { rows: [backlog] } = await sql<{ reserved: number, pending: number, oldest_pending_seconds: number }>`
-        select (select count(*) from optin_tokens where lease_expires_at is not null and state = 'reserved')::float8 as reserved,
+        select count(t.id)::float8 as reserved,
                count(*)::float8 as pending,
-               coalesce(extract(epoch from now() - min(created_at)), 0)::float8 as oldest_pending_seconds
-          from notifications where completed_at is null and status = 'pending'`.execute(app.db)
+               coalesce(extract(epoch from now() - min(n.created_at)), 0)::float8 as oldest_pending_seconds
+          from notifications n
+          left join optin_tokens t on t.id = n.token_id and t.notification_id = n.id and t.state = 'available'
+         where n.completed_at is null and n.status = 'pending'`.execute(app.db)
       const queues: Array<[string, number]> = []
       for (const { name } of await app.jobs.getQueues()) queues.push([name, await app.jobs.getQueueSize(name)])
       for (const gauge of fromDatabase) gauge.reset()

@@ -26,7 +26,7 @@ export const TopicSchema = Type.Object({
   title: Type.String(),
   payload: Type.String(),
   counts: Type.Object({
-    usable_tokens: Type.Integer({ description: 'Tokens that can still be spent.' }),
+    usable_tokens: Type.Integer({ description: 'Tokens that can still be spent (a token a send in flight holds counts until it is spent or released).' }),
     subscribers: Type.Integer({ description: 'People holding at least one usable token.' }),
     expiring_soon: Type.Integer({ description: 'Usable tokens that expire within 7 days.' }),
   }),

@@ -23,8 +23,8 @@ t.test('claim latency runs on small tables and times both statements', { skip },
 t.test('the plan hazard measures the shipped transitions on their primary keys', { skip }, async (t) => {
   const results = await runPlanHazard({ adminUrl: adminUrl!, backlog: 2000, count: 50 })
   t.same(results.map((r) => r.shipped.plan), ['optin_tokens_pkey', 'notifications_pkey'], 'as shipped: the primary key')
-  t.same(results.map((r) => r.keyed.plan), ['optin_tokens_reserved_idx', 'notifications_pending_idx'], 'the pre-fix indexes: the hazard')
-  for (const r of results) t.ok(r.shipped.p50 > 0 && r.keyed.p50 > 0)
+  t.same(results.map((r) => r.keyed?.plan), [undefined, 'notifications_pending_idx'], 'the pre-fix index: the hazard')
+  for (const r of results) t.ok(r.shipped.p50 > 0 && (r.keyed?.p50 ?? 1) > 0)
 })
 
 t.test('a send\'s statements, batched, on a table of 20,000 tokens and notifications: every lookup an index scan', { skip }, async (t) => {

@@ -1,7 +1,7 @@
 import t from 'tap'
-import { randomBytes } from 'node:crypto'
+import { randomBytes, randomUUID } from 'node:crypto'
 import pg from 'pg'
-import { sql } from 'kysely'
+import { Migrator, sql } from 'kysely'
 import { openDatabase } from '../../src/db/database.js'
 import { migrate, pendingMigrations } from '../../src/db/migrate.js'
 import { databaseKind } from '../helper.js'
@@ -39,6 +39,64 @@ t.test('migrations are idempotent, and two instances migrating at once both succ
   const rows = await sql<{ n: number }>`select count(*)::int as n from kysely_migration`.execute(a.db)
   t.equal(rows.rows[0].n, Object.keys(migrations).length)
   t.same(await pendingMigrations(b.db), [])
+})
+
+t.test('migration 20261122000000 turns each reservation into a hold of its open notification, or settles it', async (t) => {
+  let handle
+  if (databaseKind === 'postgres') {
+    const name = `otn_migrate_${randomBytes(4).toString('hex')}`
+    const admin = new pg.Client({ connectionString: adminUrl })
+    await admin.connect()
+    await admin.query(`create database ${name}`)
+    t.teardown(async () => {
+      await admin.query(`drop database if exists ${name} with (force)`)
+      await admin.end()
+    })
+    const url = new URL(adminUrl)
+    url.pathname = `/${name}`
+    handle = await openDatabase({ databaseUrl: url.toString() })
+  } else {
+    handle = await openDatabase({ pgliteDataDir: 'memory://' })
+  }
+  t.teardown(() => handle.close())
+  const db = handle.db
+  const migrator = new Migrator({ db, provider: { getMigrations: async () => migrations } })
+  t.equal((await migrator.migrateTo('20261121040000_rekey_backlog_indexes')).error, undefined)
+
+  const { rows: ns } = await sql<{ id: string }>`
+    insert into notifications (page_id, psid, message, status, completed_at)
+    values ('1', 'a', '{}', 'pending', null), ('1', 'b', '{}', 'sent', now()), ('1', 'd', '{}', 'failed', now())
+    returning id`.execute(db)
+  const [open, sent, failed] = ns.map((n) => n.id)
+  const lease = new Date(Date.now() + 60_000)
+  const token = (psid: string, state: string, holder: string | null) => sql`
+    insert into optin_tokens (page_id, psid, payload, token, opted_in_at, expires_at, state, notification_id, lease_expires_at)
+    values ('1', ${psid}, 'x', ${`tok-${psid}`}, now(), now() + interval '300 days', ${state}, ${holder},
+            ${state === 'reserved' ? lease : null})`
+  for (const [psid, state, holder] of [['a', 'reserved', open], ['b', 'reserved', sent], ['c', 'reserved', randomUUID()],
+    ['d', 'reserved', failed], ['e', 'available', null]] as const) {
+    await token(psid, state, holder).execute(db)
+  }
+  t.equal((await migrator.migrateToLatest()).error, undefined)
+
+  const { rows } = await sql<{ psid: string, state: string, held_by: string | null, leased: boolean }>`
+    select psid, state, notification_id as held_by, lease_expires_at is not null as leased from optin_tokens order by psid`.execute(db)
+  t.same(rows.map((r) => [r.psid, r.state, r.leased]), [
+    ['a', 'available', true], ['b', 'used', false], ['c', 'unconfirmed', false], ['d', 'unconfirmed', false], ['e', 'available', false],
+  ], 'open: held with its lease; sent: used; gone or not sent: unconfirmed; the rest untouched')
+  t.equal(rows[0].held_by, open)
+  t.equal(rows[4].held_by, null)
+  const { rows: [n] } = await sql<{ token_id: string }>`
+    select token_id::text from notifications where id = ${open}`.execute(db)
+  const { rows: [a] } = await sql<{ id: string }>`select id::text from optin_tokens where psid = 'a'`.execute(db)
+  t.equal(n.token_id, a.id, 'the open notification names the token it holds, where lease recovery looks')
+  const { rows: indexes } = await sql<{ name: string }>`
+    select indexname as name from pg_indexes where tablename = 'optin_tokens' and indexname = 'optin_tokens_lease_idx'`.execute(db)
+  t.same(indexes, [], 'no index names the lease: a claim can be a HOT update')
+
+  t.equal((await migrator.migrateDown()).error, undefined)
+  const { rows: back } = await sql<{ state: string }>`select state from optin_tokens where psid = 'a'`.execute(db)
+  t.same(back, [{ state: 'reserved' }], 'down: a hold is a reservation again')
 })
 
 t.test('the embedded database keeps its data across restarts', async (t) => {

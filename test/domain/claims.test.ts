@@ -6,7 +6,7 @@ import { testDatabase, uniquePageId } from '../helper.js'
 
 const DAY = 24 * 60 * 60 * 1000
 
-async function seed (tokens: Array<{ psid?: string, payload?: string, state?: 'available' | 'used' | 'reserved', expiresInDays?: number, kind?: 'one_time_notif' | 'notification_messages' }>) {
+async function seed (tokens: Array<{ psid?: string, payload?: string, state?: 'available' | 'used', expiresInDays?: number, kind?: 'one_time_notif' | 'notification_messages' }>) {
   const { db } = await testDatabase()
   const page_id = uniquePageId()
   const ids: string[] = []
@@ -40,7 +40,8 @@ t.test('claims the soonest-expiring usable token of that person and topic, and o
   t.equal(claimed?.token, `tok-${page_id}-1`)
   t.ok(claimed!.lease_expires_at.getTime() > Date.now() + 50_000, 'the lease runs from now')
   const row = await db.selectFrom('optin_tokens').selectAll().where('id', '=', ids[1]).executeTakeFirstOrThrow()
-  t.match(row, { state: 'reserved', notification_id: first.notification_id })
+  t.match(row, { state: 'available', notification_id: first.notification_id }, 'held in place: still available, named by its holder')
+  t.same(row.lease_expires_at, claimed!.lease_expires_at)
 
   t.equal((await claimToken(db, target(page_id)))?.id, ids[0])
   t.equal(await claimToken(db, target(page_id)), undefined, 'nothing else is usable')
@@ -54,7 +55,43 @@ t.test('concurrent claims never share a token', async (t) => {
   t.same(new Set(got), new Set(ids))
 })
 
-t.test('transitions out of reserved name the holder; a stale holder changes nothing', async (t) => {
+t.test('a claim is a HOT update: no new index entries, whatever the size of the table', async (t) => {
+  const { db, page_id, ids } = await seed([{}, {}])
+  await db.connection().execute(async (c) => {
+    await sql`begin`.execute(c)
+    try {
+      // The session's counts not yet sent to the statistics collector: compared before and after.
+      const counts = async () => (await sql<{ updated: number, hot: number }>`
+        select pg_stat_get_xact_tuples_updated('optin_tokens'::regclass)::int as updated,
+               pg_stat_get_xact_tuples_hot_updated('optin_tokens'::regclass)::int as hot`.execute(c)).rows[0]
+      const before = await counts()
+      const claimed = await claimToken(c, target(page_id))
+      t.equal(claimed?.id, ids[0])
+      const after = await counts()
+      t.same({ updated: after.updated - before.updated, hot: after.hot - before.hot }, { updated: 1, hot: 1 },
+        'the one row updated was updated HOT')
+    } finally {
+      await sql`rollback`.execute(c)
+    }
+  })
+})
+
+t.test('a held token is left alone by other claims and by discarding; a hold always has a lease', async (t) => {
+  const { db, page_id, ids } = await seed([{}, {}])
+  const held = (await claimToken(db, target(page_id)))!
+  t.equal(Number((await discardPersonTokens(db, { page_id, payload: 'topic', psid: 'p1' }).executeTakeFirst()).numUpdatedRows), 1)
+  const rows = await db.selectFrom('optin_tokens').select(['id', 'state']).where('page_id', '=', page_id).orderBy('id').execute()
+  t.same(rows, [{ id: held.id, state: 'available' }, { id: ids[1], state: 'discarded' }], 'only the usable token was discarded')
+  t.equal(await claimToken(db, target(page_id)), undefined, 'the held token is nobody else\'s')
+  const refused = (p: Promise<unknown>) => p.then(() => 'written', (e: { code?: string, constraint?: string }) => ({ code: e.code, constraint: e.constraint }))
+  const check = { code: '23514', constraint: 'optin_tokens_lease_check' }
+  t.same(await refused(db.updateTable('optin_tokens').set({ lease_expires_at: null }).where('id', '=', held.id).execute()), check,
+    'a hold cannot lose its lease')
+  t.same(await refused(db.updateTable('optin_tokens').set({ state: 'used' }).where('id', '=', held.id).execute()), check,
+    'nor a settled token keep one')
+})
+
+t.test('transitions out of a hold name the holder; a stale holder changes nothing', async (t) => {
   const { db, page_id, ids } = await seed([{}, {}, {}, {}])
   const states = async () => (await db.selectFrom('optin_tokens').select(['id', 'state', 'notification_id', 'lease_expires_at'])
     .where('page_id', '=', page_id).orderBy('id').execute())

@@ -1,4 +1,5 @@
 import t from 'tap'
+import { randomUUID } from 'node:crypto'
 import type { TokenState } from '../../src/db/types.js'
 import { expireTokens } from '../../src/domain/expiry.js'
 import { maintenanceTasks } from '../../src/tasks.js'
@@ -7,21 +8,23 @@ import { uniqueToken } from '../fixtures/webhooks.js'
 
 const DAY = 86_400_000
 
-async function insert (pageId: string, rows: Array<{ expiresInMs: number, state?: TokenState }>): Promise<string[]> {
+/** `held`: an available token a send holds (claims.ts). */
+async function insert (pageId: string, rows: Array<{ expiresInMs: number, state?: TokenState | 'held' }>): Promise<string[]> {
   const { db } = await testDatabase()
   const inserted = await db.insertInto('optin_tokens').values(rows.map((r, i) => ({
     page_id: pageId, psid: `p${i}`, payload: 'x', token: uniqueToken(),
     opted_in_at: new Date(Date.now() + r.expiresInMs - 365 * DAY),
     expires_at: new Date(Date.now() + r.expiresInMs),
-    state: r.state ?? 'available',
+    state: r.state === 'held' ? 'available' as const : r.state ?? 'available',
+    ...(r.state === 'held' ? { notification_id: randomUUID(), lease_expires_at: new Date(Date.now() + 60_000) } : {}),
   }))).returning('id').execute()
   return inserted.map((r) => r.id)
 }
 
 async function states (pageId: string): Promise<string[]> {
   const { db } = await testDatabase()
-  const rows = await db.selectFrom('optin_tokens').select('state').where('page_id', '=', pageId).orderBy('id').execute()
-  return rows.map((r) => r.state)
+  const rows = await db.selectFrom('optin_tokens').select(['state', 'notification_id']).where('page_id', '=', pageId).orderBy('id').execute()
+  return rows.map((r) => r.state === 'available' && r.notification_id !== null ? 'held' : r.state)
 }
 
 t.test('expireTokens marks only available tokens past their expiry, in batches, once', async (t) => {
@@ -30,12 +33,12 @@ t.test('expireTokens marks only available tokens past their expiry, in batches, 
   await insert(pageId, [
     { expiresInMs: -DAY }, { expiresInMs: -1000 }, { expiresInMs: -2 * DAY }, { expiresInMs: -3 * DAY }, { expiresInMs: -4 * DAY },
     { expiresInMs: DAY },
-    { expiresInMs: -DAY, state: 'reserved' },
+    { expiresInMs: -DAY, state: 'held' },
     { expiresInMs: -DAY, state: 'used' },
     { expiresInMs: -DAY, state: 'discarded' },
   ])
   t.equal(await expireTokens(db, 2), 5, 'five expired, two at a time')
-  t.same(await states(pageId), ['expired', 'expired', 'expired', 'expired', 'expired', 'available', 'reserved', 'used', 'discarded'])
+  t.same(await states(pageId), ['expired', 'expired', 'expired', 'expired', 'expired', 'available', 'held', 'used', 'discarded'])
   t.equal(await expireTokens(db), 0, 'nothing left to do')
 })
 

@@ -112,7 +112,7 @@ t.test('after an attempt, Meta failing or throttling cannot release the token: i
   for (const faults of [{ errorRate: 1, error: { code: 613 } }, { http5xxRate: 1 }, { hangRate: 1 }]) {
     w.emulator.setFaults(faults)
     t.equal(await recoverLeases(deps), 0, `${Object.keys(faults)[0]}: not resolved yet`)
-    t.same(await tokenStates(w.db, [token.id]), ['reserved'])
+    t.same(await tokenStates(w.db, [token.id]), ['held'])
     const lease = await w.db.selectFrom('optin_tokens').select('lease_expires_at').where('id', '=', token.id).executeTakeFirstOrThrow()
     t.ok(lease.lease_expires_at!.getTime() > Date.now() + (LEASE - 5) * 1000, 'with a fresh lease')
     t.equal(await recoverLeases(deps), 0, 'a fresh lease is not swept again at once')
@@ -146,6 +146,27 @@ t.test('nothing was ever sent and Meta refuses the token: recovery goes on with 
   t.match(await row(w, n.id), { status: 'sent', tokens_refused: 1, token_id: good.id })
 })
 
+t.test('the next token, claimed after a refusal, is recovered when the process died before trying it', async (t) => {
+  const w = await world(t)
+  const psid = newPsid()
+  const [refused, next] = await giveTokens(w, psid, 2)
+  // The first token was tried and refused; the claim of the next one is the last thing that happened.
+  await w.db.updateTable('optin_tokens').set({ state: 'invalid' }).where('id', '=', refused.id).execute()
+  const n = await pendingNotification(w, psid, { attempts: 1, route: 'token' })
+  await w.db.updateTable('notifications').set({ token_id: refused.id, tokens_refused: 1 }).where('id', '=', n.id).execute()
+  const claimed = await claimToken(w.db, { page_id: w.pageId, payload: w.topic.payload, psid, notification_id: n.id, leaseSeconds: LEASE })
+  t.equal(claimed?.id, next.id)
+  t.equal((await row(w, n.id)).token_id, next.id, 'the claim names its token in the notification, where recovery looks')
+  await w.db.updateTable('notifications').set({ updated_at: sql`now() - interval '1 hour'` }).where('id', '=', n.id).execute()
+  await expireLease(w, next.id)
+
+  t.equal(await recoverLeases(depsFor(t, w)), 1)
+  t.same(await tokenStates(w.db, [refused.id, next.id]), ['invalid', 'used'])
+  t.match(await row(w, n.id), { status: 'sent', token_id: next.id, tokens_refused: 1 })
+  t.same(w.emulator.requests.map((r) => r.recipient), [{ one_time_notif_token: next.token }], 'the held token sent, nothing claimed anew')
+  t.equal(await recoverLeases(depsFor(t, w)), 0, 'nothing left stranded')
+})
+
 t.test('a live lease is left alone; two instances recovering together resolve each reservation once', async (t) => {
   const w = await world(t)
   const psid = newPsid()
@@ -161,8 +182,8 @@ t.test('a live lease is left alone; two instances recovering together resolve ea
   t.equal(w.emulator.requests.length, 1, 'one send between them')
   t.match(await row(w, dead.id), { status: 'sent' })
   t.match(await row(w, live.id), { status: 'pending' })
-  t.same(await tokenStates(w.db, [liveClaim!.id]), ['reserved'])
-  t.same((await tokenStates(w.db, tokens.map((x) => x.id))).sort(), ['reserved', 'used'])
+  t.same(await tokenStates(w.db, [liveClaim!.id]), ['held'])
+  t.same((await tokenStates(w.db, tokens.map((x) => x.id))).sort(), ['held', 'used'])
   // Leave nothing for later tests' start-up sweeps.
   await w.db.updateTable('optin_tokens').set({ state: 'available', lease_expires_at: null, notification_id: null }).where('id', '=', liveClaim!.id).execute()
   await w.db.updateTable('notifications').set({ status: 'failed' }).where('id', '=', live.id).execute()

@@ -91,7 +91,7 @@ t.test('an outcome whose token was taken over is not written; the others in its 
   const [, n] = await notifications(w.db, [mine.id, stale.id])
   t.equal(n.status, 'pending', 'its notification is left to recovery')
   const token = await w.db.selectFrom('optin_tokens').select(['state', 'notification_id']).where('id', '=', stale.tokenId).executeTakeFirstOrThrow()
-  t.same(token, { state: 'reserved', notification_id: other }, 'the new holder keeps the token')
+  t.same(token, { state: 'available', notification_id: other }, 'the new holder keeps the token')
 })
 
 t.test('an outcome the database refuses fails alone; the others are written', async (t) => {
@@ -107,8 +107,8 @@ t.test('an outcome the database refuses fails alone; the others are written', as
   ])
   t.same(outcomes.map((o) => o.status), ['fulfilled', 'rejected', 'fulfilled'])
   t.match((outcomes[1] as PromiseRejectedResult).reason, { code: '22P05' })
-  t.same(await tokenStates(w.db, [good[0].tokenId, bad.tokenId, good[1].tokenId]), ['used', 'reserved', 'used'],
-    'the refused outcome moved nothing: its token stays reserved for recovery')
+  t.same(await tokenStates(w.db, [good[0].tokenId, bad.tokenId, good[1].tokenId]), ['used', 'held', 'used'],
+    'the refused outcome moved nothing: its token stays held for recovery')
   t.same((await notifications(w.db, [good[0].id, bad.id, good[1].id])).map((n) => n.status), ['sent', 'pending', 'sent'])
 })
 
@@ -133,7 +133,7 @@ t.test('starts and outcomes submitted in the same turn are one statement; a refu
   t.notOk('claim_token' in (finished ?? {}) || 'step' in (finished ?? {}), 'an outcome\'s row is the notification alone')
   t.match(start, { n: { status: 'pending', route: 'token', token_id: freshToken.id }, token: { id: freshToken.id, token: freshToken.token } })
   t.match(other, { id: released.id, status: 'failed', token_state: 'released' })
-  t.same(await tokenStates(w.db, [done.tokenId, freshToken.id, released.tokenId]), ['used', 'reserved', 'available'])
+  t.same(await tokenStates(w.db, [done.tokenId, freshToken.id, released.tokenId]), ['used', 'held', 'available'])
 
   // A start Postgres refuses (jsonb holds no NUL) in a statement with an outcome: each is written
   // again alone, so the outcome is recorded and only the start fails.

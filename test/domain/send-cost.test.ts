@@ -63,7 +63,7 @@ t.test('a process that dies after the claiming insert, before Meta is asked: rec
     if (!n) await new Promise((resolve) => setTimeout(resolve, 20))
   }
   t.match(n, { status: 'pending', route: 'token', attempts: 1, token_id: tokens[0].id }, 'claim and insert were one statement: the row names its token')
-  t.same(await tokenStates(w.db, tokens.map((x) => x.id)), ['reserved', 'available'])
+  t.same(await tokenStates(w.db, tokens.map((x) => x.id)), ['held', 'available'])
 
   await w.db.updateTable('optin_tokens').set({ lease_expires_at: sql`now() - interval '1 second'` }).where('id', '=', tokens[0].id).execute()
   const resolved = await recoverLeases(depsFor(t, w, w.db))

@@ -39,7 +39,7 @@ t.test('sends started in the same turn are one statement, each with its own outc
   t.match(started[0], { n: { id: items[0].id, status: 'pending', route: 'token', attempts: 1, token_id: t1.id }, token: { id: t1.id, token: t1.token } })
   t.equal(await claimedBy(w, t1.id), items[0].id)
   t.match(started[1], { n: { id: items[1].id, idempotency_key: `k-${p2}`, token_id: t2a.id }, token: { id: t2a.id } }, 'the soonest-expiring token')
-  t.same(await tokenStates(w.db, [t2a.id, t2b.id]), ['reserved', 'available'])
+  t.same(await tokenStates(w.db, [t2a.id, t2b.id]), ['held', 'available'])
   t.match(started[2], { n: { status: 'pending', route: 'window', attempts: 1, token_id: null } })
   t.notOk(started[2].token, 'inside the window no token is claimed')
   t.match(started[3], { n: { status: 'no_token', route: 'token', attempts: 0, http_status: 409, error: { code: 'no_token' } } })
@@ -85,7 +85,7 @@ t.test('a send the database refuses fails alone; the others start', async (t) =>
   ])
   t.same(outcomes.map((o) => o.status), ['fulfilled', 'rejected', 'fulfilled'])
   t.match((outcomes[1] as PromiseRejectedResult).reason, { code: '22P05' })
-  t.same(await tokenStates(w.db, [tokens[0].id, badToken.id, tokens[1].id]), ['reserved', 'available', 'reserved'],
+  t.same(await tokenStates(w.db, [tokens[0].id, badToken.id, tokens[1].id]), ['held', 'available', 'held'],
     'the refused send claimed nothing')
 })
 

@@ -3,7 +3,7 @@ import { createBroadcast, getBroadcast, getBroadcastRow, planNextBatch } from '.
 import { createGraphClient, type GraphClient, type SendOutcome } from '../../src/graph/client.js'
 import { SWEEP_QUEUE } from '../../src/jobs/broadcast-worker.js'
 import { build, LogCapture } from '../helper.js'
-import { APP_SECRET, graphEnv, world } from '../fixtures/otn.js'
+import { APP_SECRET, graphEnv, heldTokens, world } from '../fixtures/otn.js'
 import {
   accountedForOnce, broadcastEnv, NOWHERE, people, postBroadcast, readBroadcast, settled, tokensFor, until,
 } from '../fixtures/broadcasts.js'
@@ -76,8 +76,7 @@ t.test('an instance dies mid-send holding reservations; another resumes with no 
   await until('instance A to freeze with both workers mid-send', async () => zombie.frozen.length >= 2 ? true : undefined)
   const midway = await getBroadcast(w.db, created.id)
   t.equal(midway.progress.sent_token, 30, 'A sent 30 before it froze')
-  const reserved = await w.db.selectFrom('optin_tokens').select('id').where('page_id', '=', w.pageId).where('state', '=', 'reserved').execute()
-  t.equal(reserved.length, 2, 'A left two tokens reserved')
+  t.equal((await heldTokens(w.db, w.pageId)).length, 2, 'A left two tokens held')
   // Ungracefully: no hand-over; its jobs are failed and left to the queue's retry.
   await a.jobs.stop({ graceful: false, wait: false, close: false })
 
@@ -107,8 +106,7 @@ t.test('a graceful shutdown hands the rest over to another instance', async (t) 
   await w.app.close()
   const paused = await getBroadcast(w.db, created.id)
   t.ok(paused.progress.remaining > 0, `work was left when the first instance stopped (${paused.progress.remaining})`)
-  t.equal((await w.db.selectFrom('optin_tokens').select('id').where('page_id', '=', w.pageId).where('state', '=', 'reserved').execute()).length, 0,
-    'nothing left reserved by a graceful stop')
+  t.same(await heldTokens(w.db, w.pageId), [], 'nothing left held by a graceful stop')
   const b = await build(t, graphEnv(w.base, env))
   const done = await settled(b, created.id)
   t.match(done.progress, { total: 100, sent_token: 100 })

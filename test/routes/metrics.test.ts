@@ -129,18 +129,22 @@ t.test('backlog gauges read the database on each scrape', async (t) => {
   await app.ready() // the start-up maintenance has run; the rows below are not its business
   const { db } = await testDatabase()
   await truncateAll(db)
-  const token = (i: number, state: 'available' | 'reserved') => ({
-    page_id: '1', psid: `p${i}`, payload: 'x', token: `metrics-token-${i}-${Date.now()}`, opted_in_at: new Date(),
-    expires_at: new Date(Date.now() + 86_400_000), state, lease_expires_at: state === 'reserved' ? new Date(Date.now() + 3_600_000) : null,
-  })
-  await db.insertInto('optin_tokens').values([token(1, 'reserved'), token(2, 'reserved'), token(3, 'available')]).execute()
   const notification = (status: 'pending' | 'sent', createdSecondsAgo: number) => ({
     page_id: '1', psid: 'p1', message: JSON.stringify({ text: 'hi' }), status,
     created_at: new Date(Date.now() - createdSecondsAgo * 1000), completed_at: status === 'sent' ? new Date() : null,
   })
-  const [oldest] = await db.insertInto('notifications')
+  const [oldest, newer] = await db.insertInto('notifications')
     .values([notification('pending', 600), notification('pending', 5), notification('sent', 3600)])
     .returning('id').execute()
+  // Two tokens held by the two pending notifications (claims.ts), one usable.
+  const token = (i: number, heldBy?: string) => ({
+    page_id: '1', psid: `p${i}`, payload: 'x', token: `metrics-token-${i}-${Date.now()}`, opted_in_at: new Date(),
+    expires_at: new Date(Date.now() + 86_400_000), state: 'available' as const,
+    notification_id: heldBy ?? null, lease_expires_at: heldBy ? new Date(Date.now() + 3_600_000) : null,
+  })
+  const tokens = await db.insertInto('optin_tokens').values([token(1, oldest.id), token(2, newer.id), token(3)]).returning('id').execute()
+  await db.updateTable('notifications').set({ token_id: tokens[0].id }).where('id', '=', oldest.id).execute()
+  await db.updateTable('notifications').set({ token_id: tokens[1].id }).where('id', '=', newer.id).execute()
   await app.jobs.createQueue('metrics-test')
   await app.jobs.send('metrics-test', {}, { startAfter: 3600 })
 
@@ -153,7 +157,7 @@ t.test('backlog gauges read the database on each scrape', async (t) => {
   t.equal(value(samples, 'otn_jobs_queued', { queue: 'metrics-test' }), 1)
 
   await db.updateTable('notifications').set({ status: 'sent', completed_at: new Date() }).where('id', '=', oldest.id).execute()
-  await db.updateTable('optin_tokens').set({ state: 'used', lease_expires_at: null }).where('psid', '=', 'p1').execute()
+  await db.updateTable('optin_tokens').set({ state: 'used', lease_expires_at: null }).where('id', '=', tokens[0].id).execute()
   ;({ samples } = await scrape(app))
   t.equal(value(samples, 'otn_optin_tokens', { state: 'reserved' }), 1)
   t.equal(value(samples, 'otn_notifications', { status: 'pending' }), 1)

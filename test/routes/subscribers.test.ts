@@ -1,4 +1,5 @@
 import t from 'tap'
+import { randomUUID } from 'node:crypto'
 import type { TokenState } from '../../src/db/types.js'
 import { WINDOW_MS } from '../../src/domain/window.js'
 import { auth, build, testDatabase, uniquePageId } from '../helper.js'
@@ -7,11 +8,14 @@ import { envelope, messageEvent, optinEvent, signedPost, uniquePsid, uniqueToken
 const HOUR = 3_600_000
 const DAY = 24 * HOUR
 
-async function insertToken (pageId: string, psid: string, payload: string, token: string, values: { expiresAt: number, state?: TokenState }) {
+/** `held`: an available token a send holds (claims.ts). */
+async function insertToken (pageId: string, psid: string, payload: string, token: string, values: { expiresAt: number, state?: TokenState | 'held' }) {
   const { db } = await testDatabase()
   await db.insertInto('optin_tokens').values({
     page_id: pageId, psid, payload, token,
-    opted_in_at: new Date(values.expiresAt - 365 * DAY), expires_at: new Date(values.expiresAt), state: values.state ?? 'available',
+    opted_in_at: new Date(values.expiresAt - 365 * DAY), expires_at: new Date(values.expiresAt),
+    state: values.state === 'held' ? 'available' : values.state ?? 'available',
+    ...(values.state === 'held' ? { notification_id: randomUUID(), lease_expires_at: new Date(Date.now() + 60_000) } : {}),
   }).execute()
 }
 
@@ -55,9 +59,9 @@ t.test('the inbox view: window, usable tokens per topic soonest expiry first, un
     messageEvent({ pageId, psid, timestamp: spoke }),
   ]))
   t.equal(res.json().tokens_recorded, 5)
-  // Tokens no longer usable never show: spent, reserved, and available but past expiry (before the sweep).
+  // Tokens no longer usable never show: spent, held by a send, and available but past expiry (before the sweep).
   await insertToken(pageId, psid, 'deals', uniqueToken(), { expiresAt: now + 100 * DAY, state: 'used' })
-  await insertToken(pageId, psid, 'deals', uniqueToken(), { expiresAt: now + 100 * DAY, state: 'reserved' })
+  await insertToken(pageId, psid, 'deals', uniqueToken(), { expiresAt: now + 100 * DAY, state: 'held' })
   await insertToken(pageId, psid, 'deals', uniqueToken(), { expiresAt: now - HOUR })
 
   const got = await app.inject({ method: 'GET', url: `/v1/pages/${pageId}/subscribers/${psid}`, headers: auth })
