@@ -9,7 +9,7 @@ import { sql, type Kysely } from 'kysely'
 // latency at 10M"). What marks a hold:
 //   state = 'available' and notification_id is not null, with lease_expires_at set;
 // a usable token is `available` with no `notification_id`. Lease recovery finds holds through the
-// open notifications that hold them (notifications.token_id names the token a notification holds),
+// open notifications that hold them, among each one's person's tokens (optin_tokens_subscriber_idx),
 // so optin_tokens_lease_idx goes. The table keeps a tenth of each new page free for those versions.
 export async function up (db: Kysely<any>): Promise<void> {
   // Every reservation left by the old code becomes a hold of its notification, or, where that
@@ -20,10 +20,6 @@ export async function up (db: Kysely<any>): Promise<void> {
            lease_expires_at = null, updated_at = now()
       from optin_tokens r left join notifications n on n.id = r.notification_id
      where t.id = r.id and t.state = 'reserved' and (n.id is null or n.completed_at is not null)`.execute(db)
-  await sql`
-    update notifications n set token_id = t.id
-      from optin_tokens t
-     where t.state = 'reserved' and t.notification_id = n.id and n.token_id is distinct from t.id`.execute(db)
   await sql`
     update optin_tokens set state = 'available', lease_expires_at = coalesce(lease_expires_at, now())
      where state = 'reserved'`.execute(db)

@@ -491,7 +491,8 @@ async function resolveInterrupted (deps: RecipientDeps, n: Notification): Promis
   const lease = deps.config.TOKEN_LEASE_SECONDS
   const held = await sql<{ wait: number }>`
     select extract(epoch from (lease_expires_at - now()))::float8 as wait
-      from optin_tokens where id = ${n.token_id} and notification_id = ${n.id} and state = 'available'`.execute(deps.db)
+      from optin_tokens
+     where page_id = ${n.page_id} and psid = ${n.psid} and notification_id = ${n.id} and state = 'available'`.execute(deps.db)
   if (held.rows.length > 0) {
     const wait = held.rows[0].wait
     if (wait > 0) return { wait: Math.ceil(wait) }

@@ -21,8 +21,7 @@ export interface ClaimTarget {
 
 /**
  * Holds the soonest-expiring usable OTN token of (Page, topic payload, PSID) for one notification,
- * and names it in the notification's `token_id` (lease recovery finds holds from there), in one
- * statement. SKIP LOCKED hands concurrent claimers different rows (or none) without waiting on each
+ * in one statement. SKIP LOCKED hands concurrent claimers different rows (or none) without waiting on each
  * other, across any number of service instances. A new send makes the same choice inside its first
  * statement (startSends in notifications.ts); this one serves the next token after a refusal.
  *
@@ -35,23 +34,18 @@ export interface ClaimTarget {
  */
 export async function claimToken (db: Database, target: ClaimTarget): Promise<ClaimedToken | undefined> {
   const { rows } = await sql<ClaimedToken>`
-    with claimed as (
-      update optin_tokens
-         set notification_id = ${target.notification_id},
-             lease_expires_at = now() + make_interval(secs => ${target.leaseSeconds}),
-             updated_at = now()
-       where id = (
-         select id from optin_tokens
-          where page_id = ${target.page_id} and payload = ${target.payload} and psid = ${target.psid}
-            and kind = 'one_time_notif' and state = 'available' and notification_id is null and expires_at > now()
-          order by expires_at
-          limit 1
-          for update skip locked)
-      returning id, kind, token, expires_at, lease_expires_at, notification_id
-    ), linked as (
-      update notifications n set token_id = c.id from claimed c where n.id = c.notification_id
-    )
-    select id, kind, token, expires_at, lease_expires_at from claimed`.execute(db)
+    update optin_tokens
+       set notification_id = ${target.notification_id},
+           lease_expires_at = now() + make_interval(secs => ${target.leaseSeconds}),
+           updated_at = now()
+     where id = (
+       select id from optin_tokens
+        where page_id = ${target.page_id} and payload = ${target.payload} and psid = ${target.psid}
+          and kind = 'one_time_notif' and state = 'available' and notification_id is null and expires_at > now()
+        order by expires_at
+        limit 1
+        for update skip locked)
+    returning id, kind, token, expires_at, lease_expires_at`.execute(db)
   return rows[0]
 }
 

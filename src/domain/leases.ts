@@ -32,9 +32,10 @@ export async function recoverLeases (deps: SendDeps, batchSize = 50): Promise<nu
   let resolved = 0
   const lease = sql`make_interval(secs => ${deps.config.TOKEN_LEASE_SECONDS})`
 
-  // Holds are found from the open notifications that hold them (notifications_open_idx, then the
-  // token by its key): a claim names its token in the notification's token_id in the same statement.
-  const expired = await deps.db.selectFrom('notifications as n').innerJoin('optin_tokens as t', 't.id', 'n.token_id')
+  // Holds are found from the open notifications that hold them (notifications_open_idx), each among
+  // its person's tokens (optin_tokens_subscriber_idx): no index names a hold (claims.ts).
+  const expired = await deps.db.selectFrom('notifications as n')
+    .innerJoin('optin_tokens as t', (join) => join.onRef('t.page_id', '=', 'n.page_id').onRef('t.psid', '=', 'n.psid'))
     .select('t.id')
     .where('n.completed_at', 'is', null).whereRef('t.notification_id', '=', 'n.id')
     .where('t.state', '=', 'available').where('t.lease_expires_at', '<', sql<Date>`now()`)
@@ -63,7 +64,8 @@ export async function recoverLeases (deps: SendDeps, batchSize = 50): Promise<nu
     .where('n.completed_at', 'is', null).where('n.status', '=', 'pending').where('n.broadcast_id', 'is', null)
     .where('n.updated_at', '<', sql<Date>`now() - ${lease}`)
     .where(({ not, exists, selectFrom }) => not(exists(selectFrom('optin_tokens as t').select('t.id')
-      .whereRef('t.id', '=', 'n.token_id').whereRef('t.notification_id', '=', 'n.id').where('t.state', '=', 'available'))))
+      .whereRef('t.page_id', '=', 'n.page_id').whereRef('t.psid', '=', 'n.psid')
+      .whereRef('t.notification_id', '=', 'n.id').where('t.state', '=', 'available'))))
     .orderBy('n.updated_at').limit(batchSize).execute()
   for (const { id } of stale) {
     const n = await deps.db.updateTable('notifications').set({ updated_at: sql`now()` })

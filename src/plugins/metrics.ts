@@ -71,13 +71,13 @@ function databaseMetrics (app: FastifyInstance, register: Registry): void {
   async function read (): Promise<void> {
     try {
       // The predicate implies the partial index's (completed_at is null); a token held by a send is
-      // found from the notification holding it.
+      // found among its person's tokens (optin_tokens_subscriber_idx).
       const { rows: [backlog] } = await sql<{ reserved: number, pending: number, oldest_pending_seconds: number }>`
         select count(t.id)::float8 as reserved,
                count(*)::float8 as pending,
                coalesce(extract(epoch from now() - min(n.created_at)), 0)::float8 as oldest_pending_seconds
           from notifications n
-          left join optin_tokens t on t.id = n.token_id and t.notification_id = n.id and t.state = 'available'
+          left join optin_tokens t on t.page_id = n.page_id and t.psid = n.psid and t.notification_id = n.id and t.state = 'available'
          where n.completed_at is null and n.status = 'pending'`.execute(app.db)
       const queues: Array<[string, number]> = []
       for (const { name } of await app.jobs.getQueues()) queues.push([name, await app.jobs.getQueueSize(name)])

@@ -129,12 +129,12 @@ t.test('backlog gauges read the database on each scrape', async (t) => {
   await app.ready() // the start-up maintenance has run; the rows below are not its business
   const { db } = await testDatabase()
   await truncateAll(db)
-  const notification = (status: 'pending' | 'sent', createdSecondsAgo: number) => ({
-    page_id: '1', psid: 'p1', message: JSON.stringify({ text: 'hi' }), status,
+  const notification = (psid: string, status: 'pending' | 'sent', createdSecondsAgo: number) => ({
+    page_id: '1', psid, message: JSON.stringify({ text: 'hi' }), status,
     created_at: new Date(Date.now() - createdSecondsAgo * 1000), completed_at: status === 'sent' ? new Date() : null,
   })
   const [oldest, newer] = await db.insertInto('notifications')
-    .values([notification('pending', 600), notification('pending', 5), notification('sent', 3600)])
+    .values([notification('p1', 'pending', 600), notification('p2', 'pending', 5), notification('p3', 'sent', 3600)])
     .returning('id').execute()
   // Two tokens held by the two pending notifications (claims.ts), one usable.
   const token = (i: number, heldBy?: string) => ({
@@ -143,8 +143,6 @@ t.test('backlog gauges read the database on each scrape', async (t) => {
     notification_id: heldBy ?? null, lease_expires_at: heldBy ? new Date(Date.now() + 3_600_000) : null,
   })
   const tokens = await db.insertInto('optin_tokens').values([token(1, oldest.id), token(2, newer.id), token(3)]).returning('id').execute()
-  await db.updateTable('notifications').set({ token_id: tokens[0].id }).where('id', '=', oldest.id).execute()
-  await db.updateTable('notifications').set({ token_id: tokens[1].id }).where('id', '=', newer.id).execute()
   await app.jobs.createQueue('metrics-test')
   await app.jobs.send('metrics-test', {}, { startAfter: 3600 })
 
