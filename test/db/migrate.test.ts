@@ -1,4 +1,4 @@
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { randomBytes, randomUUID } from 'node:crypto'
 import pg from 'pg'
 import { Migrator, sql } from 'kysely'
@@ -8,6 +8,21 @@ import { databaseKind } from '../helper.js'
 import { migrations } from '../../migrations/index.js'
 
 const adminUrl = process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
+
+/** A new, empty database on the Postgres server, dropped when the test ends; its URL. */
+async function scratchDatabase (t: Test): Promise<string> {
+  const name = `otn_migrate_${randomBytes(4).toString('hex')}`
+  const admin = new pg.Client({ connectionString: adminUrl })
+  await admin.connect()
+  await admin.query(`create database ${name}`)
+  t.teardown(async () => {
+    await admin.query(`drop database if exists ${name} with (force)`)
+    await admin.end()
+  })
+  const url = new URL(adminUrl)
+  url.pathname = `/${name}`
+  return url.toString()
+}
 
 t.test('migrations are idempotent, and two instances migrating at once both succeed', async (t) => {
   if (databaseKind !== 'postgres') {
@@ -20,18 +35,9 @@ t.test('migrations are idempotent, and two instances migrating at once both succ
     t.same(await pendingMigrations(handle.db), [])
     return
   }
-  const name = `otn_migrate_${randomBytes(4).toString('hex')}`
-  const admin = new pg.Client({ connectionString: adminUrl })
-  await admin.connect()
-  await admin.query(`create database ${name}`)
-  t.teardown(async () => {
-    await admin.query(`drop database if exists ${name} with (force)`)
-    await admin.end()
-  })
-  const url = new URL(adminUrl)
-  url.pathname = `/${name}`
-  const a = await openDatabase({ databaseUrl: url.toString() })
-  const b = await openDatabase({ databaseUrl: url.toString() })
+  const url = await scratchDatabase(t)
+  const a = await openDatabase({ databaseUrl: url })
+  const b = await openDatabase({ databaseUrl: url })
   t.teardown(async () => { await a.close(); await b.close() })
   const [ra, rb] = await Promise.all([migrate(a.db), migrate(b.db)])
   const applied = (ra.results?.length ?? 0) + (rb.results?.length ?? 0)
@@ -42,22 +48,9 @@ t.test('migrations are idempotent, and two instances migrating at once both succ
 })
 
 t.test('migration 20261122000000 turns each reservation into a hold of its open notification, or settles it', async (t) => {
-  let handle
-  if (databaseKind === 'postgres') {
-    const name = `otn_migrate_${randomBytes(4).toString('hex')}`
-    const admin = new pg.Client({ connectionString: adminUrl })
-    await admin.connect()
-    await admin.query(`create database ${name}`)
-    t.teardown(async () => {
-      await admin.query(`drop database if exists ${name} with (force)`)
-      await admin.end()
-    })
-    const url = new URL(adminUrl)
-    url.pathname = `/${name}`
-    handle = await openDatabase({ databaseUrl: url.toString() })
-  } else {
-    handle = await openDatabase({ pgliteDataDir: 'memory://' })
-  }
+  const handle = databaseKind === 'postgres'
+    ? await openDatabase({ databaseUrl: await scratchDatabase(t) })
+    : await openDatabase({ pgliteDataDir: 'memory://' })
   t.teardown(() => handle.close())
   const db = handle.db
   const migrator = new Migrator({ db, provider: { getMigrations: async () => migrations } })
