@@ -21,9 +21,10 @@ export interface ClaimTarget {
 
 /**
  * Holds the soonest-expiring usable OTN token of (Page, topic payload, PSID) for one notification,
- * in one statement. SKIP LOCKED hands concurrent claimers different rows (or none) without waiting on each
- * other, across any number of service instances. A new send makes the same choice inside its first
- * statement (startSends in notifications.ts); this one serves the next token after a refusal.
+ * in one statement. SKIP LOCKED hands concurrent claimers different rows (or none) without waiting
+ * on each other, across any number of service instances. A new send makes the same choice inside
+ * its first statement (startSends in notifications.ts); this one serves the next token after a
+ * refusal.
  *
  * A token is usable when it is `available` and no notification holds it. A claim holds it in place:
  * it sets `notification_id` and `lease_expires_at` and leaves `state` alone, so that the update
