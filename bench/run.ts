@@ -144,7 +144,10 @@ const LABEL: Record<Scenario, string> = {
   window: 'POST /v1/notifications, window route',
 }
 
-/** One measurement that can be repeated (once per round, after `warmupSeconds` of unmeasured load); its generators of unique bodies carry over between rounds. */
+/**
+ * One measurement that can be repeated (once per round, after `warmupSeconds` of unmeasured load);
+ * its generators of unique bodies carry over between rounds.
+ */
 interface Job { key: string, run (warmupSeconds: number): Promise<Measured> }
 
 interface AppVariant { name: string, env: Record<string, string>, scenarios: Scenario[] }

@@ -2,6 +2,7 @@ import { createHash, randomUUID } from 'node:crypto'
 import { sql } from 'kysely'
 import type { Database } from '../db/database.js'
 import type { Broadcast, BroadcastOutcome, BroadcastState, Notification } from '../db/types.js'
+import { heldBy, usable } from './claims.js'
 import { DomainError, notFound } from './errors.js'
 import { recoverLeases } from './leases.js'
 import {
@@ -310,7 +311,7 @@ export async function planNextBatch (db: Database, b: Broadcast, batchSize: numb
     with audience as (
       select distinct psid from optin_tokens
        where page_id = ${topic.page_id} and payload = ${topic.payload} and kind = 'one_time_notif'
-         and state = 'available' and notification_id is null and expires_at > now()
+         and ${usable()} and expires_at > now()
          ${last ? sql`and psid > ${last.psid}` : sql``}
        order by psid
        limit ${batchSize}),
@@ -492,7 +493,7 @@ async function resolveInterrupted (deps: RecipientDeps, n: Notification): Promis
   const held = await sql<{ wait: number }>`
     select extract(epoch from (lease_expires_at - now()))::float8 as wait
       from optin_tokens
-     where page_id = ${n.page_id} and psid = ${n.psid} and notification_id = ${n.id} and state = 'available'`.execute(deps.db)
+     where page_id = ${n.page_id} and psid = ${n.psid} and ${heldBy(n.id)}`.execute(deps.db)
   if (held.rows.length > 0) {
     const wait = held.rows[0].wait
     if (wait > 0) return { wait: Math.ceil(wait) }

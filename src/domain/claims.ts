@@ -1,4 +1,4 @@
-import { sql } from 'kysely'
+import { sql, type RawBuilder } from 'kysely'
 import type { Database } from '../db/database.js'
 import type { TokenKind } from '../db/types.js'
 
@@ -19,6 +19,26 @@ export interface ClaimTarget {
   leaseSeconds: number
 }
 
+const column = (alias: string | undefined, name: string) => sql.ref(alias ? `${alias}.${name}` : name)
+
+/**
+ * The condition that a token is usable: `available` and held by no notification (see claimToken).
+ * Every query that picks tokens to send, discard or expire uses it; `alias` is the table's, if any.
+ */
+export function usable (alias?: string): RawBuilder<boolean> {
+  return sql<boolean>`(${column(alias, 'state')} = 'available' and ${column(alias, 'notification_id')} is null)`
+}
+
+/** The condition that a token is held by `holder` (a notification id, or a reference to one). */
+export function heldBy (holder: unknown, alias?: string): RawBuilder<boolean> {
+  return sql<boolean>`(${column(alias, 'state')} = 'available' and ${column(alias, 'notification_id')} = ${holder})`
+}
+
+/** The condition that a token is held by some notification. */
+export function held (alias?: string): RawBuilder<boolean> {
+  return sql<boolean>`(${column(alias, 'state')} = 'available' and ${column(alias, 'notification_id')} is not null)`
+}
+
 /**
  * Holds the soonest-expiring usable OTN token of (Page, topic payload, PSID) for one notification,
  * in one statement. SKIP LOCKED hands concurrent claimers different rows (or none) without waiting
@@ -29,9 +49,8 @@ export interface ClaimTarget {
  * A token is usable when it is `available` and no notification holds it. A claim holds it in place:
  * it sets `notification_id` and `lease_expires_at` and leaves `state` alone, so that the update
  * touches no indexed column and Postgres can make it HOT (no new index entries: the claim costs
- * about the same at ten million tokens as at ten thousand; migration 20261122000000). Every query
- * that looks for tokens to send, discard or expire says `notification_id is null` as well as
- * `available`; a hold ends in settleHeld.
+ * about the same at ten million tokens as at ten thousand; migration 20261122000000). Queries say
+ * so with `usable`, `held` and `heldBy`; a hold ends in settleHeld.
  */
 export async function claimToken (db: Database, target: ClaimTarget): Promise<ClaimedToken | undefined> {
   const { rows } = await sql<ClaimedToken>`
@@ -42,7 +61,7 @@ export async function claimToken (db: Database, target: ClaimTarget): Promise<Cl
      where id = (
        select id from optin_tokens
         where page_id = ${target.page_id} and payload = ${target.payload} and psid = ${target.psid}
-          and kind = 'one_time_notif' and state = 'available' and notification_id is null and expires_at > now()
+          and kind = 'one_time_notif' and ${usable()} and expires_at > now()
         order by expires_at
         limit 1
         for update skip locked)
@@ -72,7 +91,7 @@ export function settleHeld (input: string) {
            notification_id = case when i.token_to = 'available' then null else o.notification_id end,
            updated_at = now()
       from ${sql.table(input)} i
-     where o.id = i.held_token_id and o.state = 'available' and o.notification_id = i.held_by
+     where o.id = i.held_token_id and ${heldBy(sql.ref('i.held_by'), 'o')}
     returning i.held_by`
 }
 
@@ -92,7 +111,7 @@ export async function settleToken (db: Database, r: Reservation, to: SettledStat
 export async function extendLease (db: Database, r: Reservation, leaseSeconds: number): Promise<boolean> {
   const result = await db.updateTable('optin_tokens')
     .set({ lease_expires_at: sql`now() + make_interval(secs => ${leaseSeconds})`, updated_at: sql`now()` })
-    .where('id', '=', r.token_id).where('state', '=', 'available').where('notification_id', '=', r.notification_id)
+    .where('id', '=', r.token_id).where(heldBy(r.notification_id))
     .executeTakeFirst()
   return result.numUpdatedRows > 0n
 }
@@ -102,5 +121,5 @@ export function discardPersonTokens (db: Database, target: { page_id: string, pa
   return db.updateTable('optin_tokens')
     .set({ state: 'discarded', updated_at: sql`now()` })
     .where('page_id', '=', target.page_id).where('payload', '=', target.payload).where('psid', '=', target.psid)
-    .where('state', '=', 'available').where('notification_id', 'is', null)
+    .where(usable())
 }

@@ -1,4 +1,5 @@
 import { sql } from 'kysely'
+import { usable } from './claims.js'
 import type { Database } from '../db/database.js'
 
 /**
@@ -14,12 +15,12 @@ export async function expireTokens (db: Database, batchSize = 5000): Promise<num
     const result = await db.updateTable('optin_tokens')
       .set({ state: 'expired', updated_at: sql`now()` })
       .where('id', 'in', db.selectFrom('optin_tokens').select('id')
-        .where('state', '=', 'available').where('notification_id', 'is', null)
+        .where(usable())
         .where('expires_at', '<=', sql<Date>`now()`)
         .orderBy('expires_at')
         .limit(batchSize)
         .forUpdate().skipLocked())
-      .where('state', '=', 'available').where('notification_id', 'is', null)
+      .where(usable())
       .executeTakeFirst()
     const n = Number(result.numUpdatedRows)
     total += n

@@ -1,6 +1,6 @@
 import { sql } from 'kysely'
 import type { Notification } from '../db/types.js'
-import type { ClaimedToken } from './claims.js'
+import { held, heldBy, type ClaimedToken } from './claims.js'
 import { getNotificationRow, resumeFromStart, resumeWithToken, type SendDeps } from './notifications.js'
 
 /**
@@ -36,13 +36,13 @@ export async function recoverLeases (deps: SendDeps, batchSize = 50): Promise<nu
   const expired = await deps.db.selectFrom('notifications as n')
     .innerJoin('optin_tokens as t', (join) => join.onRef('t.page_id', '=', 'n.page_id').onRef('t.psid', '=', 'n.psid'))
     .select('t.id')
-    .where('n.completed_at', 'is', null).whereRef('t.notification_id', '=', 'n.id')
-    .where('t.state', '=', 'available').where('t.lease_expires_at', '<', sql<Date>`now()`)
+    .where('n.completed_at', 'is', null).where(heldBy(sql.ref('n.id'), 't'))
+    .where('t.lease_expires_at', '<', sql<Date>`now()`)
     .orderBy('t.lease_expires_at').limit(batchSize).execute()
   for (const { id } of expired) {
     const { rows: [token] } = await sql<ClaimedToken & { page_id: string, payload: string, notification_id: string }>`
       update optin_tokens set lease_expires_at = now() + ${lease}, updated_at = now()
-       where id = ${id} and state = 'available' and notification_id is not null and lease_expires_at < now()
+       where id = ${id} and ${held()} and lease_expires_at < now()
       returning id, kind, token, expires_at, lease_expires_at, page_id, payload, notification_id`.execute(deps.db)
     if (!token) continue
     const n = await getNotificationRow(deps.db, token.notification_id)
@@ -64,7 +64,7 @@ export async function recoverLeases (deps: SendDeps, batchSize = 50): Promise<nu
     .where('n.updated_at', '<', sql<Date>`now() - ${lease}`)
     .where(({ not, exists, selectFrom }) => not(exists(selectFrom('optin_tokens as t').select('t.id')
       .whereRef('t.page_id', '=', 'n.page_id').whereRef('t.psid', '=', 'n.psid')
-      .whereRef('t.notification_id', '=', 'n.id').where('t.state', '=', 'available'))))
+      .where(heldBy(sql.ref('n.id'), 't')))))
     .orderBy('n.updated_at').limit(batchSize).execute()
   for (const { id } of stale) {
     const n = await deps.db.updateTable('notifications').set({ updated_at: sql`now()` })
@@ -85,5 +85,5 @@ export async function recoverLeases (deps: SendDeps, batchSize = 50): Promise<nu
 async function settleOrphan (deps: SendDeps, token: { id: string, notification_id: string }, n: Notification | undefined): Promise<void> {
   await deps.db.updateTable('optin_tokens')
     .set({ state: n?.status === 'sent' ? 'used' : 'unconfirmed', lease_expires_at: null, updated_at: sql`now()` })
-    .where('id', '=', token.id).where('state', '=', 'available').where('notification_id', '=', token.notification_id).execute()
+    .where('id', '=', token.id).where(heldBy(token.notification_id)).execute()
 }

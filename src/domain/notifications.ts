@@ -8,7 +8,7 @@ import type { GraphError, Notification, NotificationRoute, NotificationStatus, N
 import type { GraphClient, PageCredentials, SendOutcome } from '../graph/client.js'
 import { classifyGraphError, TEMPORARY_RETRY_AFTER_SECONDS, verdictFor, type Verdict } from '../graph/errors.js'
 import {
-  claimToken, discardPersonTokens, extendLease, heldInput, settleHeld,
+  claimToken, discardPersonTokens, extendLease, heldInput, settleHeld, usable,
   type ClaimedToken, type Reservation, type SettledState,
 } from './claims.js'
 import { DomainError, notFound, type ErrorKind } from './errors.js'
@@ -282,7 +282,7 @@ function startParts (leaseSeconds: number, items: Starting[]) {
           select o.id from optin_tokens o
            where not go.window_open
              and o.page_id = go.page_id and o.payload = go.payload and o.psid = go.psid
-             and o.kind = 'one_time_notif' and o.state = 'available' and o.notification_id is null and o.expires_at > now()
+             and o.kind = 'one_time_notif' and ${usable('o')} and o.expires_at > now()
            order by o.expires_at
            limit 1
            for update of o skip locked) o

@@ -1,4 +1,5 @@
 import { sql } from 'kysely'
+import { usable } from './claims.js'
 import type { Database } from '../db/database.js'
 import { notFound } from './errors.js'
 import { getPage } from './pages.js'
@@ -29,7 +30,7 @@ export async function getSubscriber (db: Database, pageId: string, psid: string,
       .leftJoin('topics as tp', (join) => join.onRef('tp.page_id', '=', 't.page_id').onRef('tp.payload', '=', 't.payload'))
       .select(['t.id', 't.token', 't.payload', 't.opted_in_at', 't.expires_at', 'tp.id as topic_id', 'tp.name as topic_name'])
       .where('t.page_id', '=', pageId).where('t.psid', '=', psid)
-      .where('t.state', '=', 'available').where('t.notification_id', 'is', null).where('t.expires_at', '>', sql<Date>`now()`)
+      .where(usable('t')).where('t.expires_at', '>', sql<Date>`now()`)
       .orderBy('t.expires_at').orderBy('t.id')
       .execute(),
   ])

@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto'
 import { sql } from 'kysely'
+import { usable } from './claims.js'
 import type { Database } from '../db/database.js'
 import type { Topic } from '../db/types.js'
 import { DomainError, notFound, uniqueViolation } from './errors.js'
@@ -124,18 +125,18 @@ export async function deleteTopic (db: Database, id: string, force: boolean): Pr
   return db.transaction().execute(async (trx) => {
     const topic = await trx.selectFrom('topics').selectAll().where('id', '=', id).forUpdate().executeTakeFirst()
     if (!topic) throw notFound('topic', id)
-    const usable = trx.selectFrom('optin_tokens').select('id')
+    const usableTokens = trx.selectFrom('optin_tokens').select('id')
       .where('page_id', '=', topic.page_id).where('payload', '=', topic.payload)
-      .where('state', '=', 'available').where('notification_id', 'is', null).where('expires_at', '>', sql<Date>`now()`)
+      .where(usable()).where('expires_at', '>', sql<Date>`now()`)
     let discarded = 0
     if (force) {
       const result = await trx.updateTable('optin_tokens')
         .set({ state: 'discarded', updated_at: sql`now()` })
-        .where('id', 'in', usable)
+        .where('id', 'in', usableTokens)
         .executeTakeFirst()
       discarded = Number(result.numUpdatedRows)
     } else {
-      const { n } = await trx.selectFrom(usable.as('u')).select((eb) => eb.fn.countAll<number>().as('n')).executeTakeFirstOrThrow()
+      const { n } = await trx.selectFrom(usableTokens.as('u')).select((eb) => eb.fn.countAll<number>().as('n')).executeTakeFirstOrThrow()
       if (Number(n) > 0) {
         throw new DomainError('conflict', 'topic_has_tokens',
           `Topic ${id} still holds ${n} usable token(s); delete with ?force=true to discard them.`,

@@ -1,6 +1,7 @@
 import fp from 'fastify-plugin'
 import type { FastifyInstance } from 'fastify'
 import { sql } from 'kysely'
+import { heldBy } from '../domain/claims.js'
 import type pg from 'pg'
 import { collectDefaultMetrics, Counter, Gauge, Histogram, type Registry } from 'prom-client'
 
@@ -77,7 +78,7 @@ function databaseMetrics (app: FastifyInstance, register: Registry): void {
                count(*)::float8 as pending,
                coalesce(extract(epoch from now() - min(n.created_at)), 0)::float8 as oldest_pending_seconds
           from notifications n
-          left join optin_tokens t on t.page_id = n.page_id and t.psid = n.psid and t.notification_id = n.id and t.state = 'available'
+          left join optin_tokens t on t.page_id = n.page_id and t.psid = n.psid and ${heldBy(sql.ref('n.id'), 't')}
          where n.completed_at is null and n.status = 'pending'`.execute(app.db)
       const queues: Array<[string, number]> = []
       for (const { name } of await app.jobs.getQueues()) queues.push([name, await app.jobs.getQueueSize(name)])
