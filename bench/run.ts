@@ -26,6 +26,13 @@ const FIRST_WARMUP = Math.max(envInt('BENCH_FIRST_WARMUP_SECONDS', 10, 0), WARMU
 const loadSeconds = (rounds: number) => SECONDS * rounds + WARMUP * (rounds - 1) + FIRST_WARMUP
 const ROUNDS = envInt('BENCH_ROUNDS', 2)
 const CONNECTIONS = envInt('BENCH_CONNECTIONS', 16)
+/**
+ * The token route and the bare claim again at this many connections (0: not measured), for
+ * callers that send many at once: at 16 a send waits for two commits and Meta in turn, so its
+ * latency, not the machine, bounds it; more connections fill the group commit's statements.
+ * Not a target: the targets stay at BENCH_CONNECTIONS.
+ */
+const WIDE = envInt('BENCH_WIDE_CONNECTIONS', 64, 0)
 const CLAIM_ROWS_SMALL = envInt('BENCH_CLAIM_ROWS_SMALL', 10_000, 10_000)
 const CLAIM_ROWS_LARGE = envInt('BENCH_CLAIM_ROWS_LARGE', 10_000_000, 10_000)
 const CLAIMS = envInt('BENCH_CLAIMS', 2000)
@@ -143,11 +150,12 @@ async function seedWorld (app: Target, emulator: Target, tokens: number, windows
   return { pageId, topicId: topic.id, tokenPsids, windowPsids }
 }
 
-type Scenario = 'ingest1' | 'ingest50' | 'token' | 'window'
+type Scenario = 'ingest1' | 'ingest50' | 'token' | 'tokenWide' | 'window'
 const LABEL: Record<Scenario, string> = {
   ingest1: 'webhook, 1 opt-in per POST',
   ingest50: 'webhook, 50 opt-ins per POST',
   token: 'POST /v1/notifications, token route',
+  tokenWide: `POST /v1/notifications, token route, ${WIDE} connections`,
   window: 'POST /v1/notifications, window route',
 }
 
@@ -168,22 +176,25 @@ async function startApp (emulator: Target, variant: AppVariant, rounds: number):
     LOG_LEVEL: 'warn',
     ...variant.env,
   })
-  const tokens = variant.scenarios.includes('token') ? TOKEN_RATE_BOUND * loadSeconds(rounds) : 0
-  const world = await seedWorld(app, emulator, tokens, 1000)
+  const tokenScenarios = variant.scenarios.filter((s) => s === 'token' || s === 'tokenWide').length
+  const world = await seedWorld(app, emulator, tokenScenarios * TOKEN_RATE_BOUND * loadSeconds(rounds), 1000)
+  // The token scenarios of one world share its people: each token is spent once, by whichever comes first.
+  const tokenPsid = sequence(world.tokenPsids, true)
   const jobs = variant.scenarios.map((scenario): Job => {
     const key = `${variant.name}.${scenario}`
     if (scenario === 'ingest1' || scenario === 'ingest50') {
       const next = optinBodies(world.pageId, scenario === 'ingest1' ? 1 : 50)
       return { key, run: (warmupSeconds) => measure({ url: app.url, pid: app.child.pid, path: '/webhooks/messenger', next, connections: CONNECTIONS, seconds: SECONDS, warmupSeconds }) }
     }
-    const psid = sequence(scenario === 'token' ? world.tokenPsids : world.windowPsids, scenario === 'token')
+    const psid = scenario === 'window' ? sequence(world.windowPsids, false) : tokenPsid
     let n = 0
     const tag = randomBytes(3).toString('hex')
     const next = () => ({
       body: JSON.stringify({ topic_id: world.topicId, psid: psid(), message: { text: 'Your size is back in stock' } }),
       headers: { 'content-type': 'application/json', authorization: `Bearer ${API_KEY}`, 'idempotency-key': `bench-${tag}-${++n}` },
     })
-    return { key, run: (warmupSeconds) => measure({ url: app.url, pid: app.child.pid, path: '/v1/notifications', next, connections: CONNECTIONS, seconds: SECONDS, warmupSeconds }) }
+    const connections = scenario === 'tokenWide' ? WIDE : CONNECTIONS
+    return { key, run: (warmupSeconds) => measure({ url: app.url, pid: app.child.pid, path: '/v1/notifications', next, connections, seconds: SECONDS, warmupSeconds }) }
   })
   return { app, jobs }
 }
@@ -203,7 +214,7 @@ async function startCeilings (dbUrl: string, emulator: Target, rounds: number): 
       select $2, psid, $3, token, now(), now() + interval '300 days' from jsonb_to_recordset($1::jsonb) as t(psid text, token text)`,
   sendPsids.map((psid, i) => ({ psid, token: sendTokens[i] })), [graphPage, BARE_PAYLOAD])
   const perVariant = CLAIM_RATE_BOUND * loadSeconds(rounds)
-  for (const prefix of ['u', 'n']) {
+  for (const prefix of ['u', 'n', ...(WIDE > 0 ? ['w'] : [])]) {
     await ceilings.call('query', {
       text: `insert into optin_tokens (page_id, psid, payload, token, opted_in_at, expires_at)
              select $1, $3 || i, $2, 'bare-' || $3 || i || '-' || md5(random()::text), now(), now() + interval '300 days'
@@ -221,6 +232,7 @@ async function startCeilings (dbUrl: string, emulator: Target, rounds: number): 
     return () => ({ body: JSON.stringify({ psid: `${prefix}${Math.min(++i, perVariant)}` }), headers: json })
   }
   const unnamed = claimBodies('u')
+  const unnamedWide = claimBodies('w')
   const named = claimBodies('n')
   let sent = 0
   const claimSend = () => ({ body: JSON.stringify({ psid: sendPsids[Math.min(sent++, sendPsids.length - 1)] }), headers: json })
@@ -233,6 +245,7 @@ async function startCeilings (dbUrl: string, emulator: Target, rounds: number): 
       { key: 'ceiling.claim', run: (warmupSeconds) => measure({ ...common, warmupSeconds, path: '/claim', next: unnamed }) },
       { key: 'ceiling.claimNamed', run: (warmupSeconds) => measure({ ...common, warmupSeconds, path: '/claim-named', next: named }) },
       { key: 'ceiling.claimSend', run: (warmupSeconds) => measure({ ...common, warmupSeconds, path: '/claim-send', next: claimSend }) },
+      { key: 'ceiling.claimWide', run: (warmupSeconds) => measure({ ...common, connections: WIDE, warmupSeconds, path: '/claim', next: unnamedWide }) },
     ],
   }
 }
@@ -344,7 +357,7 @@ async function main (): Promise<void> {
     await migrateOnly.stop()
 
     const variants: AppVariant[] = [
-      { name: 'app', env: { DATABASE_URL: bench.url }, scenarios: ['ingest1', 'ingest50', 'token', 'window'] },
+      { name: 'app', env: { DATABASE_URL: bench.url }, scenarios: ['ingest1', 'ingest50', 'token', ...(WIDE > 0 ? ['tokenWide' as const] : []), 'window'] },
       ...(LEVERS
         ? [
             { name: 'unnamed', env: { DATABASE_URL: bench.url, DATABASE_STATEMENT_CACHE_SIZE: '0' }, scenarios: ['ingest1', 'token'] },
@@ -363,7 +376,8 @@ async function main (): Promise<void> {
     }
     const job = (key: string) => [...ceilingJobs, ...appJobs].find((j) => j.key === key)
     const order = ['ceiling.bare', 'ceiling.insert', 'ceiling.ingest', 'app.ingest1', 'unnamed.ingest1', 'info.ingest1', 'app.ingest50',
-      'ceiling.claim', 'ceiling.claimNamed', 'ceiling.claimSend', 'app.token', 'unnamed.token', 'info.token', 'pool20.token', 'app.window']
+      'ceiling.claim', 'ceiling.claimNamed', 'ceiling.claimSend', 'app.token', 'unnamed.token', 'info.token', 'pool20.token', 'app.window',
+      ...(WIDE > 0 ? ['ceiling.claimWide', 'app.tokenWide'] : [])]
     // BENCH_ONLY=app.token,unnamed.token re-measures just those (the table then shows what it can);
     // the claim latency (d) and the plan hazard (e) run only when it names `claims` and `hazard`.
     const runs = await rounds(order.filter((k) => !only || only.includes(k)).map(job).filter((j): j is Job => j !== undefined), ROUNDS)
@@ -372,8 +386,9 @@ async function main (): Promise<void> {
     const c = {
       bare: best(runs, 'ceiling.bare'), insert: best(runs, 'ceiling.insert'), ingest: best(runs, 'ceiling.ingest'),
       claim: best(runs, 'ceiling.claim'), claimNamed: best(runs, 'ceiling.claimNamed'), claimSend: best(runs, 'ceiling.claimSend'),
+      claimWide: best(runs, 'ceiling.claimWide'),
     }
-    const a = { ingest1: best(runs, 'app.ingest1'), ingest50: best(runs, 'app.ingest50'), token: best(runs, 'app.token'), window: best(runs, 'app.window') }
+    const a = { ingest1: best(runs, 'app.ingest1'), ingest50: best(runs, 'app.ingest50'), token: best(runs, 'app.token'), tokenWide: best(runs, 'app.tokenWide'), window: best(runs, 'app.window') }
     rows.push(
       { section: '(c)', scenario: 'bare Fastify route (JSON in, JSON out)', db: '–', m: c.bare },
       { section: '(c)', scenario: 'bare route + one INSERT (pg)', db: 'postgres', m: c.insert },
@@ -394,6 +409,13 @@ async function main (): Promise<void> {
       { section: '(b)', scenario: `${LABEL.token}, against claim + send`, db: 'postgres', ratio: a.token.rps / c.claimSend.rps, versus: 'of bare claim + send' },
       { section: '(b)', scenario: LABEL.window, db: 'postgres', m: a.window, ratio: a.window.rps / c.bare.rps, versus: 'of bare route' },
     )
+    if (WIDE > 0) {
+      const wide = paired(runs, 'app.tokenWide', 'ceiling.claimWide')
+      rows.push(
+        { section: '(c)', scenario: `bare route + token claim (pg, unnamed), ${WIDE} connections`, db: 'postgres', m: c.claimWide, ratio: c.claimWide.rps / c.claim.rps, versus: `of ${CONNECTIONS} connections` },
+        { section: '(b)', scenario: LABEL.tokenWide, db: 'postgres', m: a.tokenWide, ratio: wide.median, versus: `of bare claim at ${WIDE}${perRound(wide, a.tokenWide.rps / c.claimWide.rps)}` },
+      )
+    }
     if (LEVERS) {
       const lever = (key: string, scenario: string, base: Measured, versus: string) => {
         const m = best(runs, key)
