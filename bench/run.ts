@@ -27,10 +27,10 @@ const loadSeconds = (rounds: number) => SECONDS * rounds + WARMUP * (rounds - 1)
 const ROUNDS = envInt('BENCH_ROUNDS', 2)
 const CONNECTIONS = envInt('BENCH_CONNECTIONS', 16)
 /**
- * The token route and the bare claim again at this many connections (0: not measured), for
- * callers that send many at once: at 16 a send waits for two commits and Meta in turn, so its
- * latency, not the machine, bounds it; more connections fill the group commit's statements.
- * Not a target: the targets stay at BENCH_CONNECTIONS.
+ * The token route and the bare claim, and one opt-in per webhook and the bare INSERT, again at
+ * this many connections (0: not measured), for callers that send many at once: at 16 a send waits
+ * for two commits and Meta in turn, so its latency, not the machine, bounds it; more connections
+ * fill the group commits' statements. Not a target: the targets stay at BENCH_CONNECTIONS.
  */
 const WIDE = envInt('BENCH_WIDE_CONNECTIONS', 64, 0)
 const CLAIM_ROWS_SMALL = envInt('BENCH_CLAIM_ROWS_SMALL', 10_000, 10_000)
@@ -150,9 +150,10 @@ async function seedWorld (app: Target, emulator: Target, tokens: number, windows
   return { pageId, topicId: topic.id, tokenPsids, windowPsids }
 }
 
-type Scenario = 'ingest1' | 'ingest50' | 'token' | 'tokenWide' | 'window'
+type Scenario = 'ingest1' | 'ingest1Wide' | 'ingest50' | 'token' | 'tokenWide' | 'window'
 const LABEL: Record<Scenario, string> = {
   ingest1: 'webhook, 1 opt-in per POST',
+  ingest1Wide: `webhook, 1 opt-in per POST, ${WIDE} connections`,
   ingest50: 'webhook, 50 opt-ins per POST',
   token: 'POST /v1/notifications, token route',
   tokenWide: `POST /v1/notifications, token route, ${WIDE} connections`,
@@ -182,9 +183,10 @@ async function startApp (emulator: Target, variant: AppVariant, rounds: number):
   const tokenPsid = sequence(world.tokenPsids, true)
   const jobs = variant.scenarios.map((scenario): Job => {
     const key = `${variant.name}.${scenario}`
-    if (scenario === 'ingest1' || scenario === 'ingest50') {
-      const next = optinBodies(world.pageId, scenario === 'ingest1' ? 1 : 50)
-      return { key, run: (warmupSeconds) => measure({ url: app.url, pid: app.child.pid, path: '/webhooks/messenger', next, connections: CONNECTIONS, seconds: SECONDS, warmupSeconds }) }
+    if (scenario === 'ingest1' || scenario === 'ingest1Wide' || scenario === 'ingest50') {
+      const next = optinBodies(world.pageId, scenario === 'ingest50' ? 50 : 1)
+      const connections = scenario === 'ingest1Wide' ? WIDE : CONNECTIONS
+      return { key, run: (warmupSeconds) => measure({ url: app.url, pid: app.child.pid, path: '/webhooks/messenger', next, connections, seconds: SECONDS, warmupSeconds }) }
     }
     const psid = scenario === 'window' ? sequence(world.windowPsids, false) : tokenPsid
     let n = 0
@@ -226,6 +228,7 @@ async function startCeilings (dbUrl: string, emulator: Target, rounds: number): 
   const json = { 'content-type': 'application/json' }
   const common = { url: ceilings.url, pid: ceilings.child.pid, connections: CONNECTIONS, seconds: SECONDS }
   const insertBodies = optinBodies('1', 1)
+  const insertWideBodies = optinBodies('3', 1)
   const ingestBodies = optinBodies('2', 1)
   const claimBodies = (prefix: string) => {
     let i = 0
@@ -245,6 +248,7 @@ async function startCeilings (dbUrl: string, emulator: Target, rounds: number): 
       { key: 'ceiling.claim', run: (warmupSeconds) => measure({ ...common, warmupSeconds, path: '/claim', next: unnamed }) },
       { key: 'ceiling.claimNamed', run: (warmupSeconds) => measure({ ...common, warmupSeconds, path: '/claim-named', next: named }) },
       { key: 'ceiling.claimSend', run: (warmupSeconds) => measure({ ...common, warmupSeconds, path: '/claim-send', next: claimSend }) },
+      { key: 'ceiling.insertWide', run: (warmupSeconds) => measure({ ...common, connections: WIDE, warmupSeconds, path: '/insert', next: insertWideBodies }) },
       { key: 'ceiling.claimWide', run: (warmupSeconds) => measure({ ...common, connections: WIDE, warmupSeconds, path: '/claim', next: unnamedWide }) },
     ],
   }
@@ -357,7 +361,7 @@ async function main (): Promise<void> {
     await migrateOnly.stop()
 
     const variants: AppVariant[] = [
-      { name: 'app', env: { DATABASE_URL: bench.url }, scenarios: ['ingest1', 'ingest50', 'token', ...(WIDE > 0 ? ['tokenWide' as const] : []), 'window'] },
+      { name: 'app', env: { DATABASE_URL: bench.url }, scenarios: ['ingest1', 'ingest50', 'token', 'window', ...(WIDE > 0 ? ['ingest1Wide' as const, 'tokenWide' as const] : [])] },
       ...(LEVERS
         ? [
             { name: 'unnamed', env: { DATABASE_URL: bench.url, DATABASE_STATEMENT_CACHE_SIZE: '0' }, scenarios: ['ingest1', 'token'] },
@@ -377,7 +381,7 @@ async function main (): Promise<void> {
     const job = (key: string) => [...ceilingJobs, ...appJobs].find((j) => j.key === key)
     const order = ['ceiling.bare', 'ceiling.insert', 'ceiling.ingest', 'app.ingest1', 'unnamed.ingest1', 'info.ingest1', 'app.ingest50',
       'ceiling.claim', 'ceiling.claimNamed', 'ceiling.claimSend', 'app.token', 'unnamed.token', 'info.token', 'pool20.token', 'app.window',
-      ...(WIDE > 0 ? ['ceiling.claimWide', 'app.tokenWide'] : [])]
+      ...(WIDE > 0 ? ['ceiling.insertWide', 'app.ingest1Wide', 'ceiling.claimWide', 'app.tokenWide'] : [])]
     // BENCH_ONLY=app.token,unnamed.token re-measures just those (the table then shows what it can);
     // the claim latency (d) and the plan hazard (e) run only when it names `claims` and `hazard`.
     const runs = await rounds(order.filter((k) => !only || only.includes(k)).map(job).filter((j): j is Job => j !== undefined), ROUNDS)
@@ -386,9 +390,9 @@ async function main (): Promise<void> {
     const c = {
       bare: best(runs, 'ceiling.bare'), insert: best(runs, 'ceiling.insert'), ingest: best(runs, 'ceiling.ingest'),
       claim: best(runs, 'ceiling.claim'), claimNamed: best(runs, 'ceiling.claimNamed'), claimSend: best(runs, 'ceiling.claimSend'),
-      claimWide: best(runs, 'ceiling.claimWide'),
+      insertWide: best(runs, 'ceiling.insertWide'), claimWide: best(runs, 'ceiling.claimWide'),
     }
-    const a = { ingest1: best(runs, 'app.ingest1'), ingest50: best(runs, 'app.ingest50'), token: best(runs, 'app.token'), tokenWide: best(runs, 'app.tokenWide'), window: best(runs, 'app.window') }
+    const a = { ingest1: best(runs, 'app.ingest1'), ingest50: best(runs, 'app.ingest50'), token: best(runs, 'app.token'), tokenWide: best(runs, 'app.tokenWide'), ingest1Wide: best(runs, 'app.ingest1Wide'), window: best(runs, 'app.window') }
     rows.push(
       { section: '(c)', scenario: 'bare Fastify route (JSON in, JSON out)', db: '–', m: c.bare },
       { section: '(c)', scenario: 'bare route + one INSERT (pg)', db: 'postgres', m: c.insert },
@@ -411,7 +415,10 @@ async function main (): Promise<void> {
     )
     if (WIDE > 0) {
       const wide = paired(runs, 'app.tokenWide', 'ceiling.claimWide')
+      const wideIngest = paired(runs, 'app.ingest1Wide', 'ceiling.insertWide')
       rows.push(
+        { section: '(c)', scenario: `bare route + one INSERT (pg), ${WIDE} connections`, db: 'postgres', m: c.insertWide, ratio: c.insertWide.rps / c.insert.rps, versus: `of ${CONNECTIONS} connections` },
+        { section: '(a)', scenario: LABEL.ingest1Wide, db: 'postgres', m: a.ingest1Wide, ratio: wideIngest.median, versus: `of bare INSERT at ${WIDE}${perRound(wideIngest, a.ingest1Wide.rps / c.insertWide.rps)}` },
         { section: '(c)', scenario: `bare route + token claim (pg, unnamed), ${WIDE} connections`, db: 'postgres', m: c.claimWide, ratio: c.claimWide.rps / c.claim.rps, versus: `of ${CONNECTIONS} connections` },
         { section: '(b)', scenario: LABEL.tokenWide, db: 'postgres', m: a.tokenWide, ratio: wide.median, versus: `of bare claim at ${WIDE}${perRound(wide, a.tokenWide.rps / c.claimWide.rps)}` },
       )
