@@ -19,24 +19,28 @@ export interface ClaimTarget {
   leaseSeconds: number
 }
 
-const column = (alias: string | undefined, name: string) => sql.ref(alias ? `${alias}.${name}` : name)
+/** `available` and a condition on `notification_id`; `alias` is the table's, if any. */
+function available (alias: string | undefined, holder: RawBuilder<unknown>): RawBuilder<boolean> {
+  const column = (name: string) => sql.ref(alias ? `${alias}.${name}` : name)
+  return sql<boolean>`(${column('state')} = 'available' and ${column('notification_id')} ${holder})`
+}
 
 /**
  * The condition that a token is usable: `available` and held by no notification (see claimToken).
- * Every query that picks tokens to send, discard or expire uses it; `alias` is the table's, if any.
+ * Every query that picks tokens to send, discard or expire uses it.
  */
 export function usable (alias?: string): RawBuilder<boolean> {
-  return sql<boolean>`(${column(alias, 'state')} = 'available' and ${column(alias, 'notification_id')} is null)`
+  return available(alias, sql`is null`)
 }
 
 /** The condition that a token is held by `holder` (a notification id, or a reference to one). */
 export function heldBy (holder: unknown, alias?: string): RawBuilder<boolean> {
-  return sql<boolean>`(${column(alias, 'state')} = 'available' and ${column(alias, 'notification_id')} = ${holder})`
+  return available(alias, sql`= ${holder}`)
 }
 
 /** The condition that a token is held by some notification. */
 export function held (alias?: string): RawBuilder<boolean> {
-  return sql<boolean>`(${column(alias, 'state')} = 'available' and ${column(alias, 'notification_id')} is not null)`
+  return available(alias, sql`is not null`)
 }
 
 /**

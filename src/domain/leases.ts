@@ -16,10 +16,11 @@ export const RECOVERY_ATTEMPTS_CAP = 10
  * 1. Tokens held past their lease (found from the open notifications holding them): the same
  *    token is sent again for the same notification (Meta accepts a token once, so this cannot
  *    deliver twice). If the notification had made no attempt yet, nothing ever left and the token
- *    is handled like a fresh claim (refused → next token, other refusal → released). Otherwise it may already have been delivered: the outcome
- *    is `sent` (Meta accepts) or `unconfirmed` (Meta refuses it as used), never a release; while
- *    Meta does not answer, fails or throttles, the token stays held and is re-sent once per
- *    sweep, up to RECOVERY_ATTEMPTS_CAP attempts on the notification, then it is unconfirmed.
+ *    is handled like a fresh claim (refused → next token, other refusal → released). Otherwise
+ *    it may already have been delivered: the outcome is `sent` (Meta accepts) or `unconfirmed`
+ *    (Meta refuses it as used), never a release; while Meta does not answer, fails or throttles,
+ *    the token stays held and is re-sent once per sweep, up to RECOVERY_ATTEMPTS_CAP attempts on
+ *    the notification, then it is unconfirmed.
  * 2. Pending notifications holding no token, untouched for a lease: an interrupted window send
  *    becomes `unconfirmed` (a standard message cannot be safely repeated); any other is run again.
  *    Broadcast rows are left to the broadcast worker, which owns their pace.

@@ -216,6 +216,9 @@ interface Started {
   token?: ClaimedToken
 }
 
+/** The claim's condition in startParts, built once (kysely's builders are immutable) rather than per statement. */
+const USABLE_O = usable('o')
+
 const NO_TOKEN: NotificationProblem = { code: 'no_token', detail: 'This person holds no usable token for this topic.' }
 
 /** One send to start: the request, its hash and the id its notification will have. */
@@ -282,7 +285,7 @@ function startParts (leaseSeconds: number, items: Starting[]) {
           select o.id from optin_tokens o
            where not go.window_open
              and o.page_id = go.page_id and o.payload = go.payload and o.psid = go.psid
-             and o.kind = 'one_time_notif' and ${usable('o')} and o.expires_at > now()
+             and o.kind = 'one_time_notif' and ${USABLE_O} and o.expires_at > now()
            order by o.expires_at
            limit 1
            for update of o skip locked) o
