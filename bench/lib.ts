@@ -146,10 +146,12 @@ export interface Measured {
   statusCodes: Record<string, number>
   /** CPU time the measured process spent per answer (Linux /proc), when its pid was given. */
   cpuMsPerRequest?: number
-  /** CPU time the whole machine spent per answer (every process: load generator, app, Postgres, emulator; Linux /proc/stat). */
+  /** CPU time the whole machine spent per answer (every process: load generator, app, Postgres, emulator; Linux /proc/stat), stolen time not counted. */
   machineCpuMsPerRequest?: number
   /** Share of the machine's CPU time that was idle during the measured period (0..1). */
   idle?: number
+  /** Share of the machine's CPU time taken by the hypervisor for other guests during the measured period (0..1). */
+  stolen?: number
 }
 
 export interface LoadSpec {
@@ -177,16 +179,26 @@ export function cpuSeconds (pid: number): number | undefined {
   }
 }
 
-/** Busy and total CPU seconds of the whole machine so far, summed over its CPUs (Linux; undefined elsewhere). */
-function machineCpuSeconds (): { busy: number, total: number } | undefined {
+/**
+ * CPU seconds of the whole machine so far, summed over its CPUs (Linux; undefined elsewhere): busy
+ * (this guest's processes and kernel), stolen (a virtual CPU ready to run while the hypervisor ran
+ * another guest: time this machine lost, not work it did) and the total, idle included.
+ */
+export function machineCpuSeconds (): { busy: number, stolen: number, total: number } | undefined {
   try {
     const [, ...fields] = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/)
     const n = fields.slice(0, 8).map(Number) // user nice system idle iowait irq softirq steal
     const total = n.reduce((a, b) => a + b, 0)
-    return { busy: (total - n[3] - n[4]) / 100, total: total / 100 }
+    return { busy: (total - n[3] - n[4] - n[7]) / 100, stolen: n[7] / 100, total: total / 100 }
   } catch {
     return undefined
   }
+}
+
+/** The share of the machine's CPU time stolen between two readings of machineCpuSeconds (0..1). */
+export function stolenShare (before: { stolen: number, total: number }, after: { stolen: number, total: number }): number {
+  const total = after.total - before.total
+  return total > 0 ? (after.stolen - before.stolen) / total : 0
 }
 
 async function cannon (spec: LoadSpec, seconds: number) {
@@ -228,7 +240,8 @@ export async function measure (spec: LoadSpec): Promise<Measured> {
     ...(machineBefore && machineAfter && answers > 0
       ? {
           machineCpuMsPerRequest: (machineAfter.busy - machineBefore.busy) * 1000 / answers,
-          idle: 1 - (machineAfter.busy - machineBefore.busy) / (machineAfter.total - machineBefore.total),
+          idle: 1 - (machineAfter.busy - machineBefore.busy) / (machineAfter.total - machineBefore.total) - stolenShare(machineBefore, machineAfter),
+          stolen: stolenShare(machineBefore, machineAfter),
         }
       : {}),
   }

@@ -10,7 +10,7 @@ import { claimScaleTable, runClaimScale, type ClaimLatency } from './claim-scale
 import { startCluster } from './pg-cluster.js'
 import { PRE_FIX_INDEXES, planHazardTable, runPlanHazard, type HazardResult } from './plan-hazard.js'
 import {
-  ADMIN_URL, API_KEY, APP_SECRET, createDatabase, envInt, fmt, log, measure, startTarget, table,
+  ADMIN_URL, API_KEY, APP_SECRET, createDatabase, envInt, fmt, log, machineCpuSeconds, measure, startTarget, stolenShare, table,
   type Measured, type Target,
 } from './lib.js'
 
@@ -255,6 +255,10 @@ async function startCeilings (dbUrl: string, emulator: Target, rounds: number): 
 
 /** Rounds that got answers other than 2xx (or errors): a seeded supply ran out, or the target failed; told after the tables. */
 const faultyRounds: string[] = []
+/** A round in which the hypervisor took at least this share of the CPU ran on less of a machine than the others; told after the tables. */
+const STOLEN_NOTE = 0.1
+const starvedRounds: string[] = []
+const pct = (share: number) => `${(share * 100).toFixed(0)}%`
 
 /** Every job once per round, in the given order, so that each ratio's two sides meet the same machine; keeps every run. */
 async function rounds (jobs: Job[], count: number): Promise<Map<string, Measured[]>> {
@@ -266,9 +270,10 @@ async function rounds (jobs: Job[], count: number): Promise<Map<string, Measured
       if (m.non2xx + m.errors > 0) {
         faultyRounds.push(`round ${round}/${count} ${job.key}: ${m.non2xx} non-2xx (${Object.entries(m.statusCodes).filter(([code]) => !code.startsWith('2')).map(([code, n]) => `${code}: ${n}`).join(', ')}), ${m.errors} errors`)
       }
+      if ((m.stolen ?? 0) >= STOLEN_NOTE) starvedRounds.push(`round ${round}/${count} ${job.key}: ${pct(m.stolen!)} stolen, ${fmt.rps(m.rps)} req/s`)
       log(`round ${round}/${count} ${job.key}: ${fmt.rps(m.rps)} req/s, p50 ${fmt.ms(m.p50)} ms, p99 ${fmt.ms(m.p99)} ms, non-2xx ${m.non2xx}, errors ${m.errors}` +
         (m.cpuMsPerRequest !== undefined ? `, ${m.cpuMsPerRequest.toFixed(2)} CPU ms/req` : '') +
-        (m.machineCpuMsPerRequest !== undefined ? `, machine ${m.machineCpuMsPerRequest.toFixed(2)} CPU ms/req, ${(m.idle! * 100).toFixed(0)}% idle` : ''))
+        (m.machineCpuMsPerRequest !== undefined ? `, machine ${m.machineCpuMsPerRequest.toFixed(2)} CPU ms/req, ${pct(m.idle!)} idle, ${pct(m.stolen!)} stolen` : ''))
     }
   }
   return runs
@@ -314,7 +319,7 @@ function verdict (ratio: number, limit: number, kind: '≥' | '≤') {
 }
 
 function render (rows: Row[]): string {
-  return table(['', 'scenario', 'database', 'req/s (other rounds)', 'p50 ms', 'p99 ms', 'non-2xx', 'CPU ms/req', 'machine CPU ms/req (idle)', 'ratio', 'target'], rows.map((r) => [
+  return table(['', 'scenario', 'database', 'req/s (other rounds)', 'p50 ms', 'p99 ms', 'non-2xx', 'CPU ms/req', 'machine CPU ms/req (idle, stolen)', 'ratio', 'target'], rows.map((r) => [
     r.section,
     r.scenario,
     r.db,
@@ -323,7 +328,7 @@ function render (rows: Row[]): string {
     fmt.ms(r.m?.p99 ?? r.p99 ?? Number.NaN),
     r.m ? String(r.m.failed) : '',
     r.m?.cpuMsPerRequest !== undefined ? r.m.cpuMsPerRequest.toFixed(2) : '',
-    r.m?.machineCpuMsPerRequest !== undefined ? `${r.m.machineCpuMsPerRequest.toFixed(2)} (${(r.m.idle! * 100).toFixed(0)}%)` : '',
+    r.m?.machineCpuMsPerRequest !== undefined ? `${r.m.machineCpuMsPerRequest.toFixed(2)} (${pct(r.m.idle!)}, ${pct(r.m.stolen!)})` : '',
     r.ratio !== undefined ? `${fmt.ratio(r.ratio)} ${r.versus ?? ''}`.trim() : (r.note ?? ''),
     r.target ? `${r.target.kind} ${r.target.limit}× ${r.target.pass ? 'PASS' : 'FAIL'}` : '',
   ]))
@@ -339,6 +344,7 @@ async function main (): Promise<void> {
   const machine = `${cpus().length} CPUs (${cpus()[0]?.model ?? 'unknown'}), ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}, ` +
     `${await versions(admin)}${cluster ? ', private cluster' : ''}`
   const loadBefore = load()
+  const cpuBefore = machineCpuSeconds()
   log(machine)
   log(`BENCH_SECONDS=${SECONDS} BENCH_WARMUP_SECONDS=${WARMUP} BENCH_FIRST_WARMUP_SECONDS=${FIRST_WARMUP} BENCH_ROUNDS=${ROUNDS} BENCH_CONNECTIONS=${CONNECTIONS} BENCH_CLAIM_ROWS_LARGE=${CLAIM_ROWS_LARGE}; load average ${loadBefore}`)
   const bench = await createDatabase(admin, 'otn_bench').catch(async (error) => { await cluster?.destroy(); throw error })
@@ -489,9 +495,12 @@ async function main (): Promise<void> {
     await cluster?.destroy()
   }
 
+  const cpuAfter = machineCpuSeconds()
+  const stolen = cpuBefore && cpuAfter ? stolenShare(cpuBefore, cpuAfter) : undefined
   console.log(`\n${machine}`)
   console.log(`${ROUNDS} rounds of ${SECONDS} s per scenario (after ${WARMUP} s warm-up, ${FIRST_WARMUP} s before the first), best round shown (targets: the median of the per-round ratios); ${CONNECTIONS} connections on loopback; ` +
-    `load average ${loadBefore} before, ${load()} after; ${((Date.now() - started) / 1000).toFixed(0)} s in all\n`)
+    `load average ${loadBefore} before, ${load()} after; ${stolen === undefined ? '' : `${pct(stolen)} of the CPU stolen by the hypervisor; `}` +
+    `${((Date.now() - started) / 1000).toFixed(0)} s in all\n`)
   console.log(render(rows))
   console.log(`\nClaim latency (unnamed: pg's default; named: as the service sends it), ${CLAIMS} sequential claims of each kind; loaded in ${claimScale.map((r) => `${r.loadSeconds.toFixed(0)} s`).join(' and ')}:\n`)
   console.log(claimScaleTable(claimScale))
@@ -503,9 +512,13 @@ async function main (): Promise<void> {
   if (faultyRounds.length > 0) {
     console.log(`\nWARNING: rounds with answers other than 2xx; their req/s count only the 2xx answers:\n${faultyRounds.map((f) => `- ${f}`).join('\n')}`)
   }
+  if (starvedRounds.length > 0) {
+    console.log(`\nNOTE: rounds in which the hypervisor took ${pct(STOLEN_NOTE)} or more of the CPU for other guests; they ran on less of a machine:\n` +
+      starvedRounds.map((f) => `- ${f}`).join('\n'))
+  }
   const failed = rows.filter((r) => r.target && !r.target.pass).length
   console.log(`\ntargets: ${rows.filter((r) => r.target).length - failed} pass, ${failed} fail`)
-  if (process.env.BENCH_JSON) writeFileSync(process.env.BENCH_JSON, JSON.stringify({ machine, loadBefore, loadAfter: load(), rows, claimScale }, null, 2))
+  if (process.env.BENCH_JSON) writeFileSync(process.env.BENCH_JSON, JSON.stringify({ machine, loadBefore, loadAfter: load(), stolen, rows, claimScale }, null, 2))
   if (claimError) process.exitCode = 1
 }
 
