@@ -151,11 +151,17 @@ function peopleToClaim (persons: number, n: number): number[] {
  * flush) and once with synchronous_commit off, which leaves the statement's own cost without the
  * disk's flush time. Each pass also counts, per claim, the WAL it wrote and the blocks it read from
  * outside shared_buffers: the two costs that grow with the table.
- * The tables take turns pass by pass, not claim by claim: a 10M claim leaves WAL to write and dirty
- * pages to evict behind it, and a 10k claim right after it would pay for part of that (tried for
- * issue 7: claim by claim, the ratios came out at 1.01–1.16× on a cluster where one table after
- * the other gave 1.31–1.46×).
+ * The tables take turns in blocks of CLAIM_BLOCK claims, so that both sides of the 10M : 10k ratio
+ * meet the same machine: one table's whole pass after the other's put seconds between them, and on
+ * a shared machine the 10k p50 alone moved from 0.51 to 0.64 ms between two runs twenty minutes apart.
+ * Not claim by claim: a 10M claim leaves WAL to write and dirty pages to evict behind it, and a 10k
+ * claim right after it would pay for part of that (tried for issue 7: claim by claim, the ratios
+ * came out at 1.01–1.16× on a cluster where one table after the other gave 1.31–1.46×); in a block
+ * only its first claims can.
  */
+/** Claims in a row on one table before the other takes its turn (measureClaims). */
+const CLAIM_BLOCK = 200
+
 export async function measureClaims (tables: Array<{ url: string, rows: number }>, claims: number): Promise<Array<Pick<ClaimLatency, 'durable' | 'statement' | 'tableSize' | 'settings'>>> {
   const warmup = Math.min(200, claims)
   const perPass = warmup + 2 * claims
@@ -184,31 +190,43 @@ export async function measureClaims (tables: Array<{ url: string, rows: number }
       await client.query('select pg_stat_clear_snapshot()')
       return Number(c.blks_read)
     }
-    // One table after the other: warm-up, then the timed claims, unnamed and named by turns.
+    // Each table's warm-up, then the timed claims, unnamed and named by turns, the tables taking
+    // turns block by block (see above).
     const pass = async (offset: number): Promise<ClaimPass[]> => {
-      const out: ClaimPass[] = []
-      for (const [k, { client, claim, picks }] of subjects.entries()) {
-        const times = { unnamed: [] as number[], named: [] as number[] }
-        let before = { lsn: 0, read: undefined as number | undefined }
-        for (let j = 0; j < perPass; j++) {
-          if (j === warmup) before = { lsn: await lsn(), read: await blocksRead(client) }
-          const named = j % 2 === 1
-          const values = claim.values({ ...personOf(picks[offset + j]), notification_id: randomUUID(), leaseSeconds: 120 })
-          const t0 = process.hrtime.bigint()
-          const { rows: got } = named
-            ? await client.query({ name: 'claim_scale', text: claim.text, values })
-            : await client.query(claim.text, values)
-          const ms = Number(process.hrtime.bigint() - t0) / 1e6
-          if (got.length !== 1) throw new Error(`claim found no token for person ${picks[offset + j]} of ${tables[k].rows} tokens`)
-          if (j >= warmup) times[named ? 'named' : 'unnamed'].push(ms)
+      const times = subjects.map(() => ({ unnamed: [] as number[], named: [] as number[] }))
+      const wal = subjects.map(() => 0)
+      const claimOne = async (k: number, j: number): Promise<void> => {
+        const { client, claim, picks } = subjects[k]
+        const named = j % 2 === 1
+        const values = claim.values({ ...personOf(picks[offset + j]), notification_id: randomUUID(), leaseSeconds: 120 })
+        const t0 = process.hrtime.bigint()
+        const { rows: got } = named
+          ? await client.query({ name: 'claim_scale', text: claim.text, values })
+          : await client.query(claim.text, values)
+        const ms = Number(process.hrtime.bigint() - t0) / 1e6
+        if (got.length !== 1) throw new Error(`claim found no token for person ${picks[offset + j]} of ${tables[k].rows} tokens`)
+        if (j >= warmup) times[k][named ? 'named' : 'unnamed'].push(ms)
+      }
+      for (const k of subjects.keys()) for (let j = 0; j < warmup; j++) await claimOne(k, j)
+      const readBefore: Array<number | undefined> = []
+      for (const s of subjects) readBefore.push(await blocksRead(s.client))
+      for (let start = warmup; start < perPass; start += CLAIM_BLOCK) {
+        for (const k of subjects.keys()) {
+          const lsnBefore = await lsn()
+          for (let j = start; j < Math.min(start + CLAIM_BLOCK, perPass); j++) await claimOne(k, j)
+          wal[k] += await lsn() - lsnBefore
         }
-        const after = { lsn: await lsn(), read: await blocksRead(client) }
-        const timed = perPass - warmup
+      }
+      const timed = perPass - warmup
+      const out: ClaimPass[] = []
+      for (const [k, s] of subjects.entries()) {
+        const readAfter = await blocksRead(s.client)
+        const before = readBefore[k]
         out.push({
-          unnamed: stats(times.unnamed),
-          named: stats(times.named),
-          walBytesPerClaim: (after.lsn - before.lsn) / timed,
-          ...(after.read !== undefined && before.read !== undefined ? { readsPerClaim: (after.read - before.read) / timed } : {}),
+          unnamed: stats(times[k].unnamed),
+          named: stats(times[k].named),
+          walBytesPerClaim: wal[k] / timed,
+          ...(readAfter !== undefined && before !== undefined ? { readsPerClaim: (readAfter - before) / timed } : {}),
         })
       }
       return out

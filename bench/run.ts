@@ -152,9 +152,10 @@ async function seedWorld (app: Target, emulator: Target, tokens: number, windows
 /**
  * What seeding left behind, dealt with before anything is measured rather than during the rounds:
  * the statistics (without them the first plans are made for empty tables, and a prepared
- * statement's cached plan would scan a whole table on every send); autovacuum, which would take on
- * the freshly inserted rows; the first read of each page, which would set its hint bits and dirty
- * it; and the checkpoint that would write all that out. A table in service has long been vacuumed.
+ * statement's cached plan would scan a whole table on every send); autovacuum, where it is on,
+ * which would take on the freshly inserted rows; the first read of each page, which would set its
+ * hint bits and dirty it; and the checkpoint that would write all that out. A table in service has
+ * long been vacuumed.
  */
 async function settle (target: Target): Promise<void> {
   const started = Date.now()
