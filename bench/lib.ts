@@ -84,7 +84,14 @@ interface Reply { id?: number, type?: string, port?: number, ok?: boolean, resul
 export async function startTarget (mode: TargetMode, env: Record<string, string> = {}): Promise<Target> {
   const child = fork(fileURLToPath(new URL('./target.ts', import.meta.url)), [mode], {
     // BENCH_CPU_PROFILE=<dir>: each app and emulator target writes a V8 CPU profile there when it stops.
-    execArgv: ['--import', 'tsx', ...((mode === 'app' || mode === 'emulator') && process.env.BENCH_CPU_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_CPU_PROFILE}`] : [])],
+    // --expose-gc: the bench collects each target's garbage once before the rounds (the `gc` command).
+    // The emulator, which stands in for Meta and holds every seeded token, runs without V8's memory
+    // reducer: when the emulator goes quiet (the ceilings' rounds) the reducer runs full collections of
+    // its heap, about a core-second each, which then land in other scenarios' rounds.
+    execArgv: [
+      '--import', 'tsx', '--expose-gc', ...(mode === 'emulator' ? ['--no-memory-reducer'] : []),
+      ...((mode === 'app' || mode === 'emulator') && process.env.BENCH_CPU_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_CPU_PROFILE}`] : []),
+    ],
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 2, 'ipc'],
   })
