@@ -85,11 +85,14 @@ export async function startTarget (mode: TargetMode, env: Record<string, string>
   const child = fork(fileURLToPath(new URL('./target.ts', import.meta.url)), [mode], {
     // BENCH_CPU_PROFILE=<dir>: each app and emulator target writes a V8 CPU profile there when it stops.
     // --expose-gc: the bench collects each target's garbage once before the rounds (the `gc` command).
-    // The emulator, which stands in for Meta and holds every seeded token, runs without V8's memory
-    // reducer: when the emulator goes quiet (the ceilings' rounds) the reducer runs full collections of
-    // its heap, about a core-second each, which then land in other scenarios' rounds.
+    // The emulator stands in for Meta and holds every seeded token (600 MB with the levers' apps): a
+    // full collection of its heap costs it about a core-second, on the cores the measured processes
+    // need. Without V8's memory reducer it does not collect when it goes quiet (the ceilings'
+    // rounds), and with the heap let grow to twice what it holds after the collection before the
+    // rounds, the 30–40 MB a minute it keeps of the sends does not call for another within a run.
     execArgv: [
-      '--import', 'tsx', '--expose-gc', ...(mode === 'emulator' ? ['--no-memory-reducer'] : []),
+      '--import', 'tsx', '--expose-gc',
+      ...(mode === 'emulator' ? ['--no-memory-reducer', '--heap-growing-percent=100', '--max-old-space-size=4096'] : []),
       ...((mode === 'app' || mode === 'emulator') && process.env.BENCH_CPU_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_CPU_PROFILE}`] : []),
     ],
     env: { ...process.env, ...env },
