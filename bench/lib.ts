@@ -247,14 +247,17 @@ export async function measure (spec: LoadSpec): Promise<Measured> {
     errors: r.errors,
     statusCodes,
     ...(cpuBefore !== undefined && cpuAfter !== undefined && answers > 0 ? { cpuMsPerRequest: (cpuAfter - cpuBefore) * 1000 / answers } : {}),
-    ...(machineBefore && machineAfter && answers > 0
-      ? {
-          machineCpuMsPerRequest: (machineAfter.busy - machineBefore.busy) * 1000 / answers,
-          idle: 1 - (machineAfter.busy - machineBefore.busy) / (machineAfter.total - machineBefore.total) - stolenShare(machineBefore, machineAfter),
-          stolen: stolenShare(machineBefore, machineAfter),
-        }
-      : {}),
+    ...(machineBefore && machineAfter && answers > 0 ? machineFigures(machineBefore, machineAfter, answers) : {}),
   }
+}
+
+type MachineCpu = NonNullable<ReturnType<typeof machineCpuSeconds>>
+
+/** The whole machine's share of a measurement: its CPU per answer, and the shares of its time left idle and stolen. */
+function machineFigures (before: MachineCpu, after: MachineCpu, answers: number): Pick<Measured, 'machineCpuMsPerRequest' | 'idle' | 'stolen'> {
+  const busy = after.busy - before.busy
+  const stolen = stolenShare(before, after)
+  return { machineCpuMsPerRequest: busy * 1000 / answers, idle: 1 - busy / (after.total - before.total) - stolen, stolen }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -341,7 +341,7 @@ function render (rows: Row[]): string {
     r.section,
     r.scenario,
     r.db,
-    r.m && Number.isFinite(r.m.rps) ? `${fmt.rps(r.m.rps)}${r.m.others?.length ? ` (${r.m.others.map(fmt.rps).join(', ')})` : ''}` : '',
+    r.m && Number.isFinite(r.m.rps) ? `${fmt.rps(r.m.rps)}${r.m.others.length ? ` (${r.m.others.map(fmt.rps).join(', ')})` : ''}` : '',
     fmt.ms(r.m?.p50 ?? r.p50 ?? Number.NaN),
     fmt.ms(r.m?.p99 ?? r.p99 ?? Number.NaN),
     r.m ? String(r.m.failed) : '',

@@ -88,7 +88,12 @@ async function main (): Promise<void> {
     ...built.handlers,
     // A full collection now, rather than during a measured round: what seeding allocated is then
     // either garbage already collected or the old generation's settled content. Answers the heap in use.
-    gc: async () => { (globalThis as { gc?: () => void }).gc?.(); return process.memoryUsage().heapUsed },
+    gc: async () => {
+      const gc = (globalThis as { gc?: () => void }).gc
+      if (!gc) throw new Error('gc is not exposed: start the target with --expose-gc (startTarget does)')
+      gc()
+      return process.memoryUsage().heapUsed
+    },
   }
   const { server } = built
   if (mode !== 'emulator') await server.listen({ host: '127.0.0.1', port: 0 })
