@@ -1,7 +1,8 @@
 import { createHash, randomUUID } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { sql } from 'kysely'
+import { sql, type RawBuilder } from 'kysely'
 import type { Config } from '../config.js'
+import { compiledOnce, type SlotOf } from '../db/compiled.js'
 import type { Database } from '../db/database.js'
 import { GroupCommit } from '../db/group-commit.js'
 import type { GraphError, Notification, NotificationRoute, NotificationStatus, NotificationTokenState } from '../db/types.js'
@@ -216,9 +217,6 @@ interface Started {
   token?: ClaimedToken
 }
 
-/** The claim's condition in startParts, built once (kysely's builders are immutable) rather than per statement. */
-const USABLE_O = usable('o')
-
 const NO_TOKEN: NotificationProblem = { code: 'no_token', detail: 'This person holds no usable token for this topic.' }
 
 /** One send to start: the request, its hash and the id its notification will have. */
@@ -258,8 +256,8 @@ export async function startSends (db: Database, leaseSeconds: number, items: Sta
 }
 
 /** startSends' statement as CTEs (its rows in `input` ... `inserted`) and the select of its answer rows. */
-function startParts (leaseSeconds: number, items: Starting[]) {
-  const col = <T>(f: (i: Starting) => T) => items.map(f)
+function startParts (slot: SlotOf<StepInput>) {
+  const col = <T>(f: (i: Starting) => T) => slot((s) => s.starts.map(f))
   const ctes = sql`
     input as (
       select * from unnest(
@@ -268,7 +266,7 @@ function startParts (leaseSeconds: number, items: Starting[]) {
         ${col((i) => i.input.use_window ?? true)}::boolean[], ${col((i) => i.input.idempotency_key ?? null)}::text[],
         ${col((i) => i.hash)}::text[], ${col((i) => i.input.broadcast_id ?? null)}::uuid[]
       ) with ordinality as r(id, topic_id, psid, message, notification_type, use_window, idempotency_key, request_hash, broadcast_id, ord)
-      limit ${items.length} -- every row (why: startSends)
+      limit ${slot((s) => s.starts.length)} -- every row (why: startSends)
     ), ctx as (
       select r.id, r.psid, t.id as topic_id, t.page_id, t.payload, p.access_token,
              r.use_window and coalesce(s.last_interaction_at > now() - make_interval(secs => ${WINDOW_MS / 1000}), false) as window_open,
@@ -285,13 +283,13 @@ function startParts (leaseSeconds: number, items: Starting[]) {
           select o.id from optin_tokens o
            where not go.window_open
              and o.page_id = go.page_id and o.payload = go.payload and o.psid = go.psid
-             and o.kind = 'one_time_notif' and ${USABLE_O} and o.expires_at > now()
+             and o.kind = 'one_time_notif' and ${usable('o')} and o.expires_at > now()
            order by o.expires_at
            limit 1
            for update of o skip locked) o
     ), claim as (
       update optin_tokens o
-         set lease_expires_at = now() + make_interval(secs => ${leaseSeconds}),
+         set lease_expires_at = now() + make_interval(secs => ${slot((s) => s.leaseSeconds)}),
              notification_id = pick.notification_id,
              updated_at = now()
         from pick
@@ -683,10 +681,8 @@ export async function recordOutcomes (db: Database, items: Finishing[]): Promise
 }
 
 /** recordOutcomes' statement as CTEs (the notifications written in `finished`) and the select of its answer rows. */
-function outcomeParts (items: Finishing[]) {
-  // One order for the row locks of every statement, so that two statements cannot deadlock.
-  const sorted = [...items].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
-  const col = <T>(f: (i: Finishing) => T) => sorted.map(f)
+function outcomeParts (slot: SlotOf<StepInput>) {
+  const col = <T>(f: (i: Finishing) => T) => slot((s) => s.finishes.map(f))
   const ctes = sql`
     outcome_input as (
       select * from unnest(
@@ -701,7 +697,7 @@ function outcomeParts (items: Finishing[]) {
         ${col((i) => i.transition?.to ?? null)}::text[]
       ) as i(id, status, route, http_status, error, graph_message_id, set_token_id, token_id, token_state,
              set_tokens_refused, tokens_refused, held_token_id, held_by, token_to)
-      limit ${sorted.length} -- every row (why: startSends)
+      limit ${slot((s) => s.finishes.length)} -- every row (why: startSends)
     ), moved as (${settleHeld('outcome_input')}
     ), finished as (
       update notifications n
@@ -725,6 +721,20 @@ function outcomeParts (items: Finishing[]) {
   return { ctes, select }
 }
 
+/** What the statements of writeSteps read their parameters from; `finishes` in the order of their ids. */
+interface StepInput { leaseSeconds: number, starts: Starting[], finishes: Finishing[] }
+
+function stepStatement (parts: Array<{ ctes: RawBuilder<unknown>, select: RawBuilder<unknown> }>): RawBuilder<StepRow> {
+  return sql<StepRow>`
+    with ${sql.join(parts.map((p) => p.ctes))}
+    ${sql.join(parts.map((p) => p.select), sql` union all `)}`
+}
+
+/** writeSteps' three statements, each built and compiled once (see compiledOnce). */
+const START_STEP = compiledOnce((slot: SlotOf<StepInput>) => stepStatement([startParts(slot)]))
+const OUTCOME_STEP = compiledOnce((slot: SlotOf<StepInput>) => stepStatement([outcomeParts(slot)]))
+const BOTH_STEPS = compiledOnce((slot: SlotOf<StepInput>) => stepStatement([startParts(slot), outcomeParts(slot)]))
+
 /**
  * Starts and outcomes in one statement, one round trip and one commit: startSends' part for
  * `starts` and recordOutcomes' for `finishes` (either may be empty), each as it would be alone.
@@ -733,11 +743,11 @@ function outcomeParts (items: Finishing[]) {
  */
 export async function writeSteps (db: Database, leaseSeconds: number, starts: Starting[], finishes: Finishing[])
   : Promise<{ started: Started[], finished: Array<Notification | undefined> }> {
-  const parts = [...(starts.length > 0 ? [startParts(leaseSeconds, starts)] : []), ...(finishes.length > 0 ? [outcomeParts(finishes)] : [])]
-  if (parts.length === 0) return { started: [], finished: [] }
-  const { rows } = await sql<StepRow>`
-    with ${sql.join(parts.map((p) => p.ctes))}
-    ${sql.join(parts.map((p) => p.select), sql` union all `)}`.execute(db)
+  const statement = starts.length > 0 ? (finishes.length > 0 ? BOTH_STEPS : START_STEP) : (finishes.length > 0 ? OUTCOME_STEP : undefined)
+  if (!statement) return { started: [], finished: [] }
+  // One order for the row locks of every statement, so that two statements cannot deadlock.
+  const sorted = [...finishes].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
+  const { rows } = await statement(db, { leaseSeconds, starts, finishes: sorted })
   const started: Started[] = new Array(starts.length)
   const written = new Map<string, Notification>()
   for (const row of rows) {
