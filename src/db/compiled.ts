@@ -13,8 +13,8 @@ export type SlotOf<I> = (read: (input: I) => unknown) => unknown
  * A statement whose text is built and compiled on its first run only: `build` gets `slot`, which
  * stands for a value read from each run's input, and may use constants as any `sql` template does.
  * Later runs only read the parameters, in the order the compiler placed them. For the statements
- * of every send, which kysely would otherwise build and compile afresh each time (28–48 µs of the
- * app's thread per statement, 9–18 µs compiled once: bench/statement-build.ts). Every Database
+ * of every send, which kysely would otherwise build and compile afresh each time (16–72 µs of the
+ * app's thread per statement, 5–20 µs compiled once: bench/statement-build.ts). Every Database
  * here compiles with Postgres's compiler (pg and PGlite alike), so one compilation serves them all.
  */
 export function compiledOnce<I, R> (build: (slot: SlotOf<I>) => RawBuilder<R>) {
