@@ -273,6 +273,9 @@ export const fmt = {
   rps: (n: number) => Number.isFinite(n) ? (n >= 100 ? Math.round(n).toLocaleString('en-US') : n.toFixed(1)) : '–',
   ms: (n: number) => Number.isFinite(n) ? (n >= 10 ? n.toFixed(0) : n.toFixed(2)) : '–',
   ratio: (n: number) => Number.isFinite(n) ? `${n.toFixed(2)}×` : '–',
+  /** A ratio judged against `limit`: a third decimal when two would show the limit itself (0.598× is not 0.60×). */
+  against: (n: number, limit: number) =>
+    Number.isFinite(n) && n !== limit && Number(n.toFixed(2)) === limit ? `${n.toFixed(3)}×` : fmt.ratio(n),
 }
 
 /** A Markdown table, columns padded so that it also reads well in a terminal. */

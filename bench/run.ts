@@ -347,7 +347,7 @@ function render (rows: Row[]): string {
     r.m ? String(r.m.failed) : '',
     r.m?.cpuMsPerRequest !== undefined ? r.m.cpuMsPerRequest.toFixed(2) : '',
     r.m?.machineCpuMsPerRequest !== undefined ? `${r.m.machineCpuMsPerRequest.toFixed(2)} (${pct(r.m.idle!)}, ${pct(r.m.stolen!)})` : '',
-    r.ratio !== undefined ? `${fmt.ratio(r.ratio)} ${r.versus ?? ''}`.trim() : (r.note ?? ''),
+    r.ratio !== undefined ? `${r.target ? fmt.against(r.ratio, r.target.limit) : fmt.ratio(r.ratio)} ${r.versus ?? ''}`.trim() : (r.note ?? ''),
     r.target ? `${r.target.kind} ${r.target.limit}× ${r.target.pass ? 'PASS' : 'FAIL'}` : '',
   ]))
 }
