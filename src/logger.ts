@@ -4,7 +4,7 @@ import type { LoggerOptions } from 'pino'
 // Query parameters whose values are secrets (Meta's handshake sends hub.verify_token in the URL).
 const SECRET_PARAMS = /([?&](?:hub\.verify_token|access_token|appsecret_proof|token)=)[^&]*/gi
 
-export function redactUrl (url: string): string {
+function redactUrl (url: string): string {
   return url.replace(SECRET_PARAMS, '$1[Redacted]')
 }
 

@@ -23,7 +23,7 @@ export interface MaintenanceTask {
   run(ctx: MaintenanceContext): Promise<number>
 }
 
-export async function runMaintenance (ctx: MaintenanceContext, tasks: MaintenanceTask[]): Promise<Record<string, number>> {
+async function runMaintenance (ctx: MaintenanceContext, tasks: MaintenanceTask[]): Promise<Record<string, number>> {
   const done: Record<string, number> = {}
   for (const task of tasks) {
     try {

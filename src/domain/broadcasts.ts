@@ -55,7 +55,7 @@ export interface BroadcastView {
 
 const iso = (d: Date | null): string | null => d ? d.toISOString() : null
 
-export function broadcastView (b: Broadcast, progress: Progress): BroadcastView {
+function broadcastView (b: Broadcast, progress: Progress): BroadcastView {
   return {
     id: b.id,
     topic_id: b.topic_id,
@@ -82,7 +82,7 @@ const emptyProgress = (): Progress => ({
 })
 
 /** Progress of each broadcast, counted from its recipient rows in one grouped query. */
-export async function progressOf (db: Database, ids: string[]): Promise<Map<string, Progress>> {
+async function progressOf (db: Database, ids: string[]): Promise<Map<string, Progress>> {
   const out = new Map(ids.map((id) => [id, emptyProgress()]))
   if (ids.length === 0) return out
   const rows = await db.selectFrom('broadcast_recipients')

@@ -18,7 +18,7 @@ import { afterCursor, pageOf } from './pagination.js'
 import { WINDOW_MS, windowIsOpen } from './window.js'
 
 /** Tokens one notification may try when Meta refuses them one after another. */
-export const MAX_TOKENS_PER_NOTIFICATION = 5
+const MAX_TOKENS_PER_NOTIFICATION = 5
 
 export type NotificationType = 'REGULAR' | 'SILENT_PUSH' | 'NO_PUSH'
 

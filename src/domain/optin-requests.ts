@@ -32,7 +32,7 @@ export interface OptinRequestView {
 
 type OptinRequestRow = Selectable<OptinRequestsTable>
 
-export function optinRequestView (r: OptinRequestRow): OptinRequestView {
+function optinRequestView (r: OptinRequestRow): OptinRequestView {
   return {
     id: r.id,
     topic_id: r.topic_id,

@@ -3,11 +3,11 @@ import { DomainError } from './errors.js'
 
 export interface Cursor { at: string, id: string }
 
-export function encodeCursor (at: Date, id: string): string {
+function encodeCursor (at: Date, id: string): string {
   return Buffer.from(JSON.stringify([at.toISOString(), id])).toString('base64url')
 }
 
-export function decodeCursor (cursor: string | undefined): Cursor | undefined {
+function decodeCursor (cursor: string | undefined): Cursor | undefined {
   if (cursor === undefined) return undefined
   try {
     const [at, id] = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8')) as [string, string]

@@ -7,7 +7,7 @@ import { DomainError, notFound, uniqueViolation } from './errors.js'
 import { getPage } from './pages.js'
 import { afterCursor, pageOf } from './pagination.js'
 
-export const TITLE_MAX = 65
+const TITLE_MAX = 65
 const EXPIRING_SOON = sql`interval '7 days'`
 
 export interface TopicCounts { usable_tokens: number, subscribers: number, expiring_soon: number }
@@ -65,7 +65,7 @@ function conflictFrom (error: unknown, name: string, payload?: string): never {
   throw error
 }
 
-export function defaultTitle (name: string): string {
+function defaultTitle (name: string): string {
   return name.slice(0, TITLE_MAX)
 }
 

@@ -39,7 +39,7 @@ const FaultBody = Type.Object(
 
 const PersonParams = Type.Object({ pageId: Type.String(), psid: Type.String() })
 
-export function mask(token: string): string {
+function mask(token: string): string {
   return token.length <= 8 ? '****' : `${token.slice(0, 4)}…${token.slice(-4)}`
 }
 

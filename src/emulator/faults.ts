@@ -11,7 +11,7 @@ export interface FaultDecision {
 
 const RATE_FIELDS = ['errorRate', 'http5xxRate', 'hangRate', 'resetRate'] as const
 
-export function validateFaults(f: FaultConfig): void {
+function validateFaults(f: FaultConfig): void {
   for (const field of RATE_FIELDS) {
     const v = f[field]
     if (v !== undefined && !(v >= 0 && v <= 1)) throw new RangeError(`${field} must be between 0 and 1`)

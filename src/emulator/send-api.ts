@@ -230,7 +230,7 @@ function parseRecipient(raw: unknown): Recipient | { error: GraphError } {
   return { field, value }
 }
 
-export function validateMessage(raw: unknown): { otnRequest?: OtnRequest } | { error: GraphError } {
+function validateMessage(raw: unknown): { otnRequest?: OtnRequest } | { error: GraphError } {
   if (raw === undefined || raw === null) return { error: errors.param('param message must be non-empty.') }
   if (!isRecord(raw)) return { error: errors.param('param message must be a JSON object') }
   const hasText = raw.text !== undefined

@@ -1,7 +1,7 @@
 import { randomBase64url } from './random.js'
 import type { DeliveredMessage, RecordedRequest, SentWebhook, TokenKind } from './types.js'
 
-export const HOUR_MS = 60 * 60 * 1000
+const HOUR_MS = 60 * 60 * 1000
 export const DAY_MS = 24 * HOUR_MS
 export const WINDOW_MS = DAY_MS
 // 365 days rather than a calendar year: when the two differ the emulator refuses first, the safe side.

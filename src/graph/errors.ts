@@ -70,7 +70,7 @@ export interface Verdict {
   detail: string
 }
 
-export const RATE_LIMIT_RETRY_AFTER_SECONDS = 60
+const RATE_LIMIT_RETRY_AFTER_SECONDS = 60
 export const TEMPORARY_RETRY_AFTER_SECONDS = 5
 
 export function verdictFor (cls: GraphErrorClass, route: Route): Verdict {

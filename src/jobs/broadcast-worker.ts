@@ -9,8 +9,8 @@ import {
 } from '../domain/broadcasts.js'
 import { ensureQueue, inTransaction, type JobContext, type JobQueue } from './queue.js'
 
-export const PLAN_QUEUE = 'broadcast-plan'
-export const SEND_QUEUE = 'broadcast-send'
+const PLAN_QUEUE = 'broadcast-plan'
+const SEND_QUEUE = 'broadcast-send'
 export const SWEEP_QUEUE = 'broadcast-sweep'
 
 interface PlanJob { broadcast_id: string }

@@ -3,7 +3,7 @@ import swagger from '@fastify/swagger'
 import swaggerUi from '@fastify/swagger-ui'
 import { sharedSchemas } from '../schemas/index.js'
 
-export const openApiInfo = {
+const openApiInfo = {
   title: 'OTN service',
   version: '1.0.0',
   description: 'Keeps Messenger One-Time Notification tokens and spends each exactly once.',

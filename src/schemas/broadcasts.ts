@@ -35,7 +35,7 @@ const State = Type.Union([Type.Literal('scheduled'), Type.Literal('running'), Ty
   description: 'scheduled until send_at; running while people are listed and sent to; completed when nobody is left pending; cancelled on request.',
 })
 
-export const ProgressSchema = Type.Object({
+const ProgressSchema = Type.Object({
   total: Type.Integer({ description: 'People listed so far (grows while the topic audience is being listed, see planned_at).' }),
   sent_window: Type.Integer({ description: 'Sent as a standard message inside the 24-hour window (no token spent).' }),
   sent_token: Type.Integer({ description: 'Sent with a token.' }),

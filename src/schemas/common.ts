@@ -23,7 +23,7 @@ export const ProblemSchema = Type.Object({
 }, { $id: 'Problem', description: 'application/problem+json' })
 export type Problem = Static<typeof ProblemSchema>
 
-export const ProblemRef = Type.Ref('Problem')
+const ProblemRef = Type.Ref('Problem')
 
 /** Error responses a route may answer, each the one problem shape. */
 export function problems (...codes: number[]): Record<number, TSchema> {
