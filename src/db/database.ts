@@ -1,5 +1,5 @@
 import { mkdirSync } from 'node:fs'
-import { CompiledQuery, Kysely, PostgresDialect, sql } from 'kysely'
+import { CompiledQuery, Kysely, PostgresDialect } from 'kysely'
 import { PGlite } from '@electric-sql/pglite'
 import pg from 'pg'
 import { PGliteDialect, SessionLock } from './pglite-dialect.js'
@@ -60,10 +60,6 @@ export async function openDatabase (options: DatabaseOptions): Promise<DatabaseH
     location: dataDir,
     close: () => db.destroy(),
   }
-}
-
-export async function ping (db: Database): Promise<void> {
-  await sql`select 1`.execute(db)
 }
 
 /** Raw SQL for libraries that bring their own (the job queue), through the same pool or session lock. */

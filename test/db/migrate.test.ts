@@ -47,6 +47,27 @@ t.test('migrations are idempotent, and two instances migrating at once both succ
   t.same(await pendingMigrations(b.db), [])
 })
 
+t.test('pendingMigrations reads the record of applied migrations, and creates nothing where there is none', async (t) => {
+  const handle = databaseKind === 'postgres'
+    ? await openDatabase({ databaseUrl: await scratchDatabase(t) })
+    : await openDatabase({ pgliteDataDir: 'memory://' })
+  t.teardown(() => handle.close())
+  const db = handle.db
+  const names = Object.keys(migrations).sort()
+  t.same(await pendingMigrations(db), names, 'an empty database has applied nothing')
+  const tables = async () => (await sql<{ n: number }>`
+    select count(*)::int as n from pg_tables where tablename like 'kysely_migration%'`.execute(db)).rows[0].n
+  t.equal(await tables(), 0, 'asking created no table')
+
+  const migrator = new Migrator({ db, provider: { getMigrations: async () => migrations } })
+  t.equal((await migrator.migrateTo(names[1])).error, undefined)
+  t.same(await pendingMigrations(db), names.slice(2), 'the ones after the last applied, in order')
+  const kysely = (await migrator.getMigrations()).filter((m) => !m.executedAt).map((m) => m.name)
+  t.same(await pendingMigrations(db), kysely, "the same answer as Kysely's Migrator")
+  await migrate(db)
+  t.same(await pendingMigrations(db), [], 'none once all are applied')
+})
+
 t.test('migration 20261122000000 turns each reservation into a hold of its open notification, or settles it', async (t) => {
   const handle = databaseKind === 'postgres'
     ? await openDatabase({ databaseUrl: await scratchDatabase(t) })
