@@ -2,7 +2,7 @@ import t, { type Test } from 'tap'
 import { randomBytes, randomUUID } from 'node:crypto'
 import pg from 'pg'
 import { Migrator, sql } from 'kysely'
-import { openDatabase } from '../../src/db/database.js'
+import { openDatabase, type Database } from '../../src/db/database.js'
 import { migrate, pendingMigrations } from '../../src/db/migrate.js'
 import { databaseKind } from '../helper.js'
 import { migrations } from '../../migrations/index.js'
@@ -23,6 +23,17 @@ async function scratchDatabase (t: Test): Promise<string> {
   url.pathname = `/${name}`
   return url.toString()
 }
+
+/** A new, empty database of the kind under test (a scratch database on the server, or PGlite in memory), closed when the test ends. */
+async function emptyDatabase (t: Test): Promise<Database> {
+  const handle = databaseKind === 'postgres'
+    ? await openDatabase({ databaseUrl: await scratchDatabase(t) })
+    : await openDatabase({ pgliteDataDir: 'memory://' })
+  t.teardown(() => handle.close())
+  return handle.db
+}
+
+const migratorOf = (db: Database): Migrator => new Migrator({ db, provider: { getMigrations: async () => migrations } })
 
 t.test('migrations are idempotent, and two instances migrating at once both succeed', async (t) => {
   if (databaseKind !== 'postgres') {
@@ -48,18 +59,14 @@ t.test('migrations are idempotent, and two instances migrating at once both succ
 })
 
 t.test('pendingMigrations reads the record of applied migrations, and creates nothing where there is none', async (t) => {
-  const handle = databaseKind === 'postgres'
-    ? await openDatabase({ databaseUrl: await scratchDatabase(t) })
-    : await openDatabase({ pgliteDataDir: 'memory://' })
-  t.teardown(() => handle.close())
-  const db = handle.db
+  const db = await emptyDatabase(t)
   const names = Object.keys(migrations).sort()
   t.same(await pendingMigrations(db), names, 'an empty database has applied nothing')
   const tables = async () => (await sql<{ n: number }>`
     select count(*)::int as n from pg_tables where tablename like 'kysely_migration%'`.execute(db)).rows[0].n
   t.equal(await tables(), 0, 'asking created no table')
 
-  const migrator = new Migrator({ db, provider: { getMigrations: async () => migrations } })
+  const migrator = migratorOf(db)
   t.equal((await migrator.migrateTo(names[1])).error, undefined)
   t.same(await pendingMigrations(db), names.slice(2), 'the ones after the last applied, in order')
   const kysely = (await migrator.getMigrations()).filter((m) => !m.executedAt).map((m) => m.name)
@@ -69,12 +76,8 @@ t.test('pendingMigrations reads the record of applied migrations, and creates no
 })
 
 t.test('migration 20261122000000 turns each reservation into a hold of its open notification, or settles it', async (t) => {
-  const handle = databaseKind === 'postgres'
-    ? await openDatabase({ databaseUrl: await scratchDatabase(t) })
-    : await openDatabase({ pgliteDataDir: 'memory://' })
-  t.teardown(() => handle.close())
-  const db = handle.db
-  const migrator = new Migrator({ db, provider: { getMigrations: async () => migrations } })
+  const db = await emptyDatabase(t)
+  const migrator = migratorOf(db)
   t.equal((await migrator.migrateTo('20261121040000_rekey_backlog_indexes')).error, undefined)
 
   const { rows: ns } = await sql<{ id: string }>`
