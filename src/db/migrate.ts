@@ -2,7 +2,8 @@ import { DEFAULT_MIGRATION_TABLE, Migrator, sql, type MigrationResultSet } from 
 import { migrations } from '../../migrations/index.js'
 import type { Database } from './database.js'
 
-function migrator (db: Database): Migrator {
+/** Kysely's Migrator over this build's migrations (tests use it to stop part way). */
+export function migrator (db: Database): Migrator {
   return new Migrator({ db, provider: { getMigrations: async () => migrations } })
 }
 
@@ -12,6 +13,8 @@ export async function migrate (db: Database): Promise<MigrationResultSet> {
   if (result.error) throw result.error
   return result
 }
+
+const UNDEFINED_TABLE = '42P01'
 
 /**
  * Names of migrations the code knows but the database has not applied, in the order they apply.
@@ -32,4 +35,3 @@ export async function pendingMigrations (db: Database): Promise<string[]> {
   return Object.keys(migrations).sort().filter((name) => !applied.has(name))
 }
 
-const UNDEFINED_TABLE = '42P01'

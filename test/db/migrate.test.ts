@@ -1,9 +1,9 @@
 import t, { type Test } from 'tap'
 import { randomBytes, randomUUID } from 'node:crypto'
 import pg from 'pg'
-import { Migrator, sql } from 'kysely'
+import { sql } from 'kysely'
 import { openDatabase, type Database } from '../../src/db/database.js'
-import { migrate, pendingMigrations } from '../../src/db/migrate.js'
+import { migrate, migrator, pendingMigrations } from '../../src/db/migrate.js'
 import { databaseKind } from '../helper.js'
 import { migrations } from '../../migrations/index.js'
 
@@ -32,8 +32,6 @@ async function emptyDatabase (t: Test): Promise<Database> {
   t.teardown(() => handle.close())
   return handle.db
 }
-
-const migratorOf = (db: Database): Migrator => new Migrator({ db, provider: { getMigrations: async () => migrations } })
 
 t.test('migrations are idempotent, and two instances migrating at once both succeed', async (t) => {
   if (databaseKind !== 'postgres') {
@@ -66,10 +64,10 @@ t.test('pendingMigrations reads the record of applied migrations, and creates no
     select count(*)::int as n from pg_tables where tablename like 'kysely_migration%'`.execute(db)).rows[0].n
   t.equal(await tables(), 0, 'asking created no table')
 
-  const migrator = migratorOf(db)
-  t.equal((await migrator.migrateTo(names[1])).error, undefined)
+  const steps = migrator(db)
+  t.equal((await steps.migrateTo(names[1])).error, undefined)
   t.same(await pendingMigrations(db), names.slice(2), 'the ones after the last applied, in order')
-  const kysely = (await migrator.getMigrations()).filter((m) => !m.executedAt).map((m) => m.name)
+  const kysely = (await steps.getMigrations()).filter((m) => !m.executedAt).map((m) => m.name)
   t.same(await pendingMigrations(db), kysely, "the same answer as Kysely's Migrator")
   await migrate(db)
   t.same(await pendingMigrations(db), [], 'none once all are applied')
@@ -77,8 +75,8 @@ t.test('pendingMigrations reads the record of applied migrations, and creates no
 
 t.test('migration 20261122000000 turns each reservation into a hold of its open notification, or settles it', async (t) => {
   const db = await emptyDatabase(t)
-  const migrator = migratorOf(db)
-  t.equal((await migrator.migrateTo('20261121040000_rekey_backlog_indexes')).error, undefined)
+  const steps = migrator(db)
+  t.equal((await steps.migrateTo('20261121040000_rekey_backlog_indexes')).error, undefined)
 
   const { rows: ns } = await sql<{ id: string }>`
     insert into notifications (page_id, psid, message, status, completed_at)
@@ -94,7 +92,7 @@ t.test('migration 20261122000000 turns each reservation into a hold of its open 
     ['d', 'reserved', failed], ['e', 'available', null]] as const) {
     await token(psid, state, holder).execute(db)
   }
-  t.equal((await migrator.migrateToLatest()).error, undefined)
+  t.equal((await steps.migrateToLatest()).error, undefined)
 
   const { rows } = await sql<{ psid: string, state: string, held_by: string | null, leased: boolean }>`
     select psid, state, notification_id as held_by, lease_expires_at is not null as leased from optin_tokens order by psid`.execute(db)
@@ -107,7 +105,7 @@ t.test('migration 20261122000000 turns each reservation into a hold of its open 
     select indexname as name from pg_indexes where tablename = 'optin_tokens' and indexname = 'optin_tokens_lease_idx'`.execute(db)
   t.same(indexes, [], 'no index names the lease: a claim can be a HOT update')
 
-  t.equal((await migrator.migrateDown()).error, undefined)
+  t.equal((await steps.migrateDown()).error, undefined)
   const { rows: back } = await sql<{ state: string }>`select state from optin_tokens where psid = 'a'`.execute(db)
   t.same(back, [{ state: 'reserved' }], 'down: a hold is a reservation again')
 })
