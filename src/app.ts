@@ -88,6 +88,7 @@ export async function buildApp (config: Config, deps: AppDeps = {}): Promise<Fas
     appSecret: config.META_APP_SECRET,
     timeoutMs: config.GRAPH_API_TIMEOUT_MS,
     connectTimeoutMs: config.GRAPH_API_CONNECT_TIMEOUT_MS,
+    connections: config.GRAPH_API_CONNECTIONS,
   })
   const graph = register ? instrumentGraphClient(client, register) : client
   app.decorate('graph', graph)

@@ -12,7 +12,11 @@ export interface GraphClientOptions {
   /** Longest wait for a whole answer (headers and body) before the attempt counts as unanswered. */
   timeoutMs: number
   connectTimeoutMs: number
-  /** Sockets per origin. */
+  /**
+   * Sockets to the Graph API, hence Send API calls in flight at once (default 512). A call made
+   * while all are busy waits in this process for one; if none comes free within `timeoutMs` it
+   * ends as `no_answer` with reason `busy` and `sent: false`: nothing left this process.
+   */
   connections?: number
 }
 
@@ -28,7 +32,7 @@ export interface PageCredentials {
 export type SendOutcome =
   | { kind: 'ok', httpStatus: number, messageId: string | null, recipientId: string | null }
   | { kind: 'graph_error', httpStatus: number, error: GraphError }
-  | { kind: 'no_answer', reason: 'timeout' | 'connection_lost' | 'unreachable', sent: boolean, detail: string }
+  | { kind: 'no_answer', reason: 'timeout' | 'connection_lost' | 'unreachable' | 'busy', sent: boolean, detail: string }
 
 export interface GraphClient {
   sendMessage (page: PageCredentials, body: Record<string, unknown>): Promise<SendOutcome>
@@ -81,12 +85,13 @@ export function parseGraphError (httpStatus: number, text: string): GraphError {
  * string and the body, and neither is ever logged or put into an error.
  */
 export function createGraphClient (options: GraphClientOptions): GraphClient {
+  const connections = options.connections ?? 512
   const pools = new Map<string, Pool>()
   const poolFor = (origin: string): Pool => {
     let pool = pools.get(origin)
     if (!pool) {
       pool = new Pool(origin, {
-        connections: options.connections ?? 128,
+        connections,
         connect: { timeout: options.connectTimeoutMs },
         // undici's own timers are coarse (about a second); the abort signal below is the precise bound.
         headersTimeout: options.timeoutMs,
@@ -112,6 +117,38 @@ export function createGraphClient (options: GraphClientOptions): GraphClient {
     return proof
   }
 
+  // Calls in flight, and those waiting for one of the sockets, first come first served. undici would
+  // queue them too, but a call aborted in undici's queue cannot be told from one aborted on the
+  // wire, and only the second may have reached Meta: here the wait is ours, so it is known.
+  let active = 0
+  const waiting: Array<{ grant: () => void }> = []
+  const release = () => {
+    const next = waiting.shift()
+    if (next) next.grant()
+    else active--
+  }
+  /** Resolves true with a socket's turn taken, false when `signal` aborts first (the turn is then not taken). */
+  const turn = (signal: AbortSignal): true | Promise<boolean> => {
+    if (active < connections) {
+      active++
+      return true
+    }
+    return new Promise((resolve) => {
+      const entry = {
+        grant: () => {
+          signal.removeEventListener('abort', gaveUp)
+          resolve(true)
+        },
+      }
+      const gaveUp = () => {
+        waiting.splice(waiting.indexOf(entry), 1)
+        resolve(false)
+      }
+      signal.addEventListener('abort', gaveUp, { once: true })
+      waiting.push(entry)
+    })
+  }
+
   return {
     async sendMessage (page, body) {
       const query = new URLSearchParams({ access_token: page.accessToken })
@@ -121,6 +158,10 @@ export function createGraphClient (options: GraphClientOptions): GraphClient {
       // (a DOMException and an abort event per send, seconds later, 3-4% of the process's CPU).
       const abort = new AbortController()
       const timer = setTimeout(() => abort.abort(new DOMException('The Graph API did not answer in time', 'TimeoutError')), options.timeoutMs)
+      const mine = turn(abort.signal)
+      if (mine !== true && !(await mine)) {
+        return { kind: 'no_answer', reason: 'busy', sent: false, detail: `all ${connections} connections to the Graph API stayed busy` }
+      }
       try {
         const response = await poolFor(origin).request({
           method: 'POST',
@@ -146,6 +187,7 @@ export function createGraphClient (options: GraphClientOptions): GraphClient {
         return noAnswer(error)
       } finally {
         clearTimeout(timer)
+        release()
       }
     },
 

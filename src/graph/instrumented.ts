@@ -14,7 +14,7 @@ function labelsOf (outcome: SendOutcome): OutcomeLabels {
 export function instrumentGraphClient (client: GraphClient, register: Registry): GraphClient {
   const requests = new Counter({
     name: 'otn_graph_requests_total',
-    help: 'Send API attempts by outcome: ok; graph_error (Meta refused) with its HTTP status class; no_answer with its reason (timeout, connection_lost, unreachable).',
+    help: 'Send API attempts by outcome: ok; graph_error (Meta refused) with its HTTP status class; no_answer with its reason (timeout, connection_lost, unreachable, busy).',
     labelNames: ['outcome', 'status_class', 'reason'] as const,
     registers: [register],
   })

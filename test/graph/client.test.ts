@@ -104,6 +104,60 @@ t.test('no answer: timeouts and lost connections are ambiguous, a refused connec
   t.match(await dead.sendMessage(PAGE, body), { kind: 'no_answer', reason: 'unreachable', sent: false })
 })
 
+t.test('at most `connections` calls in flight: the others wait for a free socket, in order', async (t) => {
+  const { emulator, base } = await startEmulator(t)
+  emulator.addPage(PAGE)
+  emulator.setFaults({ latencyMs: 150 }, PAGE.id)
+  let sockets = 0
+  emulator.app.server.on('connection', () => { sockets++ })
+  let inFlight = 0
+  let most = 0
+  emulator.app.server.on('request', (_req, res) => {
+    inFlight++
+    most = Math.max(most, inFlight)
+    res.once('close', () => { inFlight-- })
+  })
+  const graph = client(t, base, { connections: 2 })
+  const psids = ['c1', 'c2', 'c3', 'c4', 'c5', 'c6']
+  for (const psid of psids) await emulator.personWrites(PAGE.id, psid)
+  const outcomes = await Promise.all(psids.map((psid) =>
+    graph.sendMessage(PAGE, { recipient: { id: psid }, messaging_type: 'RESPONSE', message: { text: psid } })))
+  t.same(outcomes.map((o) => o.kind), psids.map(() => 'ok'), 'every call is answered')
+  t.ok(sockets <= 2, `two sockets at most (${sockets})`)
+  t.ok(most <= 2, `two requests at the emulator at once at most (${most})`)
+  const order = emulator.requests.map((r) => r.recipient.id)
+  t.same([order.slice(0, 2).sort(), order.slice(4).sort()], [['c1', 'c2'], ['c5', 'c6']], 'first come, first served')
+})
+
+t.test('a call that finds no free socket within its timeout is not sent: busy, sent false', async (t) => {
+  const received: string[] = []
+  const server = createServer((req) => {
+    let body = ''
+    req.on('data', (chunk) => { body += chunk })
+    req.on('end', () => { received.push(JSON.parse(body).message.text) })
+  })
+  const url = await listen(server)
+  t.teardown(() => { server.closeAllConnections(); server.close() })
+  const graph = client(t, url, { timeoutMs: FAST_TIMEOUT_MS, connections: 1 })
+  // The server never answers: the first call holds the only socket until its timeout, which the
+  // others' timeouts meet while they wait (the second may just get the socket as the first lets
+  // go, and is then aborted on its way: ambiguous, as far as the client can tell).
+  const texts = ['a', 'b', 'c']
+  const outcomes = await Promise.all(texts.map((text) =>
+    graph.sendMessage(PAGE, { recipient: { one_time_notif_token: `token-${text}` }, message: { text } })))
+  t.match(outcomes[0], { kind: 'no_answer', reason: 'timeout', sent: true })
+  t.match(outcomes[2], { kind: 'no_answer', reason: 'busy', sent: false, detail: 'all 1 connections to the Graph API stayed busy' })
+  t.ok(received.includes('a'), 'the first reached the server')
+  for (const [i, o] of outcomes.entries()) {
+    if (o.kind === 'no_answer' && !o.sent) t.notOk(received.includes(texts[i]), `${texts[i]}: not sent, and never reached the server`)
+  }
+
+  // The socket is free again once the calls are settled.
+  server.removeAllListeners('request')
+  server.on('request', (_req, res) => { res.writeHead(200, { 'content-type': 'application/json' }).end('{"recipient_id":"p","message_id":"m_1"}') })
+  t.match(await graph.sendMessage(PAGE, { recipient: { id: 'p' }, message: { text: 'again' } }), { kind: 'ok' })
+})
+
 t.test('a slow body after the headers counts as no answer too', async (t) => {
   const server = createServer((_req, res) => {
     res.writeHead(200, { 'content-type': 'application/json' })

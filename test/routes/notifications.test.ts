@@ -287,6 +287,26 @@ t.test('Graph API unreachable: nothing left, so the token is kept (503)', async 
   t.same(await tokenStates(w.db, [tokens[0].id]), ['available'])
 })
 
+t.test('GRAPH_API_CONNECTIONS bounds the sends in flight towards Meta; the others wait their turn and are sent', async (t) => {
+  const w = await world(t, { env: { GRAPH_API_CONNECTIONS: '2' } })
+  w.emulator.setFaults({ latencyMs: 150 }, w.pageId)
+  let sockets = 0
+  let inFlight = 0
+  let most = 0
+  w.emulator.app.server.on('connection', () => { sockets++ })
+  w.emulator.app.server.on('request', (_req, res) => {
+    inFlight++
+    most = Math.max(most, inFlight)
+    res.once('close', () => { inFlight-- })
+  })
+  const people = Array.from({ length: 6 }, () => newPsid())
+  const tokens = await Promise.all(people.map((psid) => giveTokens(w, psid, 1)))
+  const answers = await Promise.all(people.map((psid) => notify(w.app, { topic_id: w.topic.id, psid, message: text() })))
+  t.same(answers.map((r) => r.statusCode), people.map(() => 201), answers.map((r) => r.body).join('\n'))
+  t.ok(sockets <= 2 && most <= 2, `at most two at once towards Meta (${sockets} sockets, ${most} requests at once)`)
+  t.same(await tokenStates(w.db, tokens.map(([token]) => token.id)), people.map(() => 'used'))
+})
+
 t.test('idempotency: same key and body replays the result; another body is 422', async (t) => {
   const w = await world(t)
   const psid = newPsid()
