@@ -33,6 +33,16 @@ const CONNECTIONS = envInt('BENCH_CONNECTIONS', 16)
  * fill the group commits' statements. Not a target: the targets stay at BENCH_CONNECTIONS.
  */
 const WIDE = envInt('BENCH_WIDE_CONNECTIONS', 64, 0)
+/**
+ * The token route with Meta answering after BENCH_META_LATENCY_MS (the emulator's latency, for that
+ * scenario's Page only) at BENCH_META_CONNECTIONS connections (either 0: not measured). On loopback
+ * Meta answers in about a millisecond; the real Send API takes tens to hundreds (Meta publishes no
+ * figure), so a sender's rate is bounded by how many sends it keeps in flight, and by how many the
+ * service keeps open towards Meta (GRAPH_API_CONNECTIONS; the lever row: 128). Not a target.
+ */
+const META_LATENCY = envInt('BENCH_META_LATENCY_MS', 100, 0)
+const META_CONNECTIONS = envInt('BENCH_META_CONNECTIONS', 512, 0)
+const META = META_LATENCY > 0 && META_CONNECTIONS > 0
 const CLAIM_ROWS_SMALL = envInt('BENCH_CLAIM_ROWS_SMALL', 10_000, 10_000)
 const CLAIM_ROWS_LARGE = envInt('BENCH_CLAIM_ROWS_LARGE', 10_000_000, 10_000)
 const CLAIMS = envInt('BENCH_CLAIMS', 2000)
@@ -113,7 +123,7 @@ async function seedRows (target: Target, text: string, rows: Array<Record<string
 interface World { pageId: string, topicId: string, tokenPsids: string[], windowPsids: string[] }
 
 /** A Page and topic known to the app and the emulator, `tokens` people holding one token each, `windows` people who just wrote. */
-async function seedWorld (app: Target, emulator: Target, tokens: number, windows: number): Promise<World> {
+async function seedWorld (app: Target, emulator: Target, tokens: number, windows: number, history = HISTORY): Promise<World> {
   const pageId = String(100000 + Math.floor(Math.random() * 1e9))
   const accessToken = `bench-page-token-${pageId}`
   const payload = 'bench-topic'
@@ -144,7 +154,7 @@ async function seedWorld (app: Target, emulator: Target, tokens: number, windows
     text: `insert into notifications (page_id, topic_id, psid, message, idempotency_key, request_hash, status, route, attempts, http_status, completed_at)
            select $1, $2::uuid, 'h' || i, '{"text":"earlier"}', 'history-' || $1 || '-' || i, 'h', 'sent', 'window', 1, 201, now()
              from generate_series(1, $3::int) i`,
-    values: [pageId, topic.id, HISTORY],
+    values: [pageId, topic.id, history],
   })
   return { pageId, topicId: topic.id, tokenPsids, windowPsids }
 }
@@ -169,13 +179,14 @@ async function settle (target: Target, processes: Target[]): Promise<void> {
   log(`garbage collected before the rounds; heaps in use: ${heaps.join(', ')}`)
 }
 
-type Scenario = 'ingest1' | 'ingest1Wide' | 'ingest50' | 'token' | 'tokenWide' | 'window'
+type Scenario = 'ingest1' | 'ingest1Wide' | 'ingest50' | 'token' | 'tokenWide' | 'tokenMeta' | 'window'
 const LABEL: Record<Scenario, string> = {
   ingest1: 'webhook, 1 opt-in per POST',
   ingest1Wide: `webhook, 1 opt-in per POST, ${WIDE} connections`,
   ingest50: 'webhook, 50 opt-ins per POST',
   token: 'POST /v1/notifications, token route',
   tokenWide: `POST /v1/notifications, token route, ${WIDE} connections`,
+  tokenMeta: `POST /v1/notifications, token route, Meta answering in ${META_LATENCY} ms, ${META_CONNECTIONS} connections`,
   window: 'POST /v1/notifications, window route',
 }
 
@@ -200,18 +211,26 @@ async function startApp (emulator: Target, variant: AppVariant, rounds: number):
   const world = await seedWorld(app, emulator, tokenScenarios * TOKEN_RATE_BOUND * loadSeconds(rounds), 1000)
   // The token scenarios of one world share its people: each token is spent once, by whichever comes first.
   const tokenPsid = sequence(world.tokenPsids, true)
+  // Slow Meta has a world (a Page) of its own, the only one the emulator delays; its rate is bounded
+  // by its connections over Meta's latency as well. Its Page has no history: the first world's is
+  // in the same table.
+  const meta = variant.scenarios.includes('tokenMeta')
+    ? await seedWorld(app, emulator, Math.min(TOKEN_RATE_BOUND, Math.ceil(META_CONNECTIONS * 1000 / META_LATENCY)) * loadSeconds(rounds), 0, 0)
+    : undefined
+  if (meta) await emulator.call('setLatency', { pageId: meta.pageId, latencyMs: META_LATENCY })
   const jobs = variant.scenarios.map((scenario): Job => {
     const key = `${variant.name}.${scenario}`
-    const connections = scenario.endsWith('Wide') ? WIDE : CONNECTIONS
+    const connections = scenario.endsWith('Wide') ? WIDE : scenario === 'tokenMeta' ? META_CONNECTIONS : CONNECTIONS
     if (scenario === 'ingest1' || scenario === 'ingest1Wide' || scenario === 'ingest50') {
       const next = optinBodies(world.pageId, scenario === 'ingest50' ? 50 : 1)
       return { key, run: (warmupSeconds) => measure({ url: app.url, pid: app.child.pid, path: '/webhooks/messenger', next, connections, seconds: SECONDS, warmupSeconds }) }
     }
-    const psid = scenario === 'window' ? sequence(world.windowPsids, false) : tokenPsid
+    const psid = scenario === 'window' ? sequence(world.windowPsids, false) : scenario === 'tokenMeta' ? sequence(meta!.tokenPsids, true) : tokenPsid
+    const topicId = scenario === 'tokenMeta' ? meta!.topicId : world.topicId
     let n = 0
     const tag = randomBytes(3).toString('hex')
     const next = () => ({
-      body: JSON.stringify({ topic_id: world.topicId, psid: psid(), message: { text: 'Your size is back in stock' } }),
+      body: JSON.stringify({ topic_id: topicId, psid: psid(), message: { text: 'Your size is back in stock' } }),
       headers: { 'content-type': 'application/json', authorization: `Bearer ${API_KEY}`, 'idempotency-key': `bench-${tag}-${++n}` },
     })
     return { key, run: (warmupSeconds) => measure({ url: app.url, pid: app.child.pid, path: '/v1/notifications', next, connections, seconds: SECONDS, warmupSeconds }) }
@@ -384,12 +403,13 @@ async function main (): Promise<void> {
     await migrateOnly.stop()
 
     const variants: AppVariant[] = [
-      { name: 'app', env: { DATABASE_URL: bench.url }, scenarios: ['ingest1', 'ingest50', 'token', 'window', ...(WIDE > 0 ? ['ingest1Wide' as const, 'tokenWide' as const] : [])] },
+      { name: 'app', env: { DATABASE_URL: bench.url }, scenarios: ['ingest1', 'ingest50', 'token', 'window', ...(WIDE > 0 ? ['ingest1Wide' as const, 'tokenWide' as const] : []), ...(META ? ['tokenMeta' as const] : [])] },
       ...(LEVERS
         ? [
             { name: 'unnamed', env: { DATABASE_URL: bench.url, DATABASE_STATEMENT_CACHE_SIZE: '0' }, scenarios: ['ingest1', 'token'] },
             { name: 'info', env: { DATABASE_URL: bench.url, LOG_LEVEL: 'info' }, scenarios: ['ingest1', 'token'] },
             { name: 'pool20', env: { DATABASE_URL: bench.url, DATABASE_POOL_SIZE: '20' }, scenarios: ['token'] },
+            ...(META ? [{ name: 'graph128', env: { DATABASE_URL: bench.url, GRAPH_API_CONNECTIONS: '128' }, scenarios: ['tokenMeta' as const] }] : []),
           ] satisfies AppVariant[]
         : []),
     ]
@@ -405,7 +425,7 @@ async function main (): Promise<void> {
     const job = (key: string) => [...ceilingJobs, ...appJobs].find((j) => j.key === key)
     const order = ['ceiling.bare', 'ceiling.insert', 'ceiling.ingest', 'app.ingest1', 'unnamed.ingest1', 'info.ingest1', 'app.ingest50',
       'ceiling.claim', 'ceiling.claimNamed', 'ceiling.claimSend', 'app.token', 'unnamed.token', 'info.token', 'pool20.token', 'app.window',
-      ...(WIDE > 0 ? ['ceiling.insertWide', 'app.ingest1Wide', 'ceiling.claimWide', 'app.tokenWide'] : [])]
+      ...(WIDE > 0 ? ['ceiling.insertWide', 'app.ingest1Wide', 'ceiling.claimWide', 'app.tokenWide'] : []), ...(META ? ['app.tokenMeta', 'graph128.tokenMeta'] : [])]
     // BENCH_ONLY=app.token,unnamed.token re-measures just those (the table then shows what it can);
     // the claim latency (d) and the plan hazard (e) run only when it names `claims` and `hazard`.
     const runs = await rounds(order.filter((k) => !only || only.includes(k)).map(job).filter((j): j is Job => j !== undefined), ROUNDS)
@@ -447,6 +467,11 @@ async function main (): Promise<void> {
         { section: '(b)', scenario: LABEL.tokenWide, db: 'postgres', m: a.tokenWide, ratio: wide.median, versus: `of bare claim at ${WIDE}${perRound(wide, a.tokenWide.rps / c.claimWide.rps)}` },
       )
     }
+    if (META) {
+      const m = best(runs, 'app.tokenMeta')
+      const bound = META_CONNECTIONS * 1000 / META_LATENCY
+      rows.push({ section: '(b)', scenario: LABEL.tokenMeta, db: 'postgres', m, ratio: m.rps / c.claim.rps, versus: `of bare claim; ${fmt.ratio(m.rps / bound)} of ${fmt.rps(bound)}/s, its connections over Meta's latency` })
+    }
     if (LEVERS) {
       const lever = (key: string, scenario: string, base: Measured, versus: string) => {
         const m = best(runs, key)
@@ -457,6 +482,7 @@ async function main (): Promise<void> {
       lever('unnamed.token', `${LABEL.token}, DATABASE_STATEMENT_CACHE_SIZE=0 (unnamed)`, a.token, 'of named')
       lever('info.token', `${LABEL.token}, LOG_LEVEL=info`, a.token, 'of warn')
       lever('pool20.token', `${LABEL.token}, DATABASE_POOL_SIZE=20`, a.token, 'of pool 10')
+      if (META) lever('graph128.tokenMeta', `${LABEL.tokenMeta}, GRAPH_API_CONNECTIONS=128 (the default until 2026-11-22)`, best(runs, 'app.tokenMeta'), 'of 512')
     }
 
     if (PGLITE) {

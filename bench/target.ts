@@ -74,6 +74,8 @@ async function emulator (): Promise<{ server: FastifyInstance, handlers: Record<
       personWrites: async ({ pageId, psids }: { pageId: string, psids: string[] }) => {
         for (const psid of psids) await emu.personWrites(pageId, psid)
       },
+      // Meta's latency for one Page only (the other scenarios' Pages answer at once).
+      setLatency: async ({ pageId, latencyMs }: { pageId: string, latencyMs: number }) => { emu.setFaults({ latencyMs }, pageId) },
       audit: async () => emu.audit(),
       close: async () => { await emu.close() },
     },
