@@ -174,6 +174,9 @@ export async function runSoak (opts: SoakOptions): Promise<SoakReport> {
           GRAPH_API_TIMEOUT_MS: '800',
           GRAPH_API_CONNECT_TIMEOUT_MS: '500',
           GRAPH_API_MAX_RETRIES: '2',
+          // One connection towards Meta, so that during the hangs sends wait for it, and some get
+          // none in time (busy: not sent, the token kept).
+          GRAPH_API_CONNECTIONS: '1',
           TOKEN_LEASE_SECONDS: '5',
           MAINTENANCE_INTERVAL_SECONDS: '1',
           SHUTDOWN_TIMEOUT_MS: '5000',
@@ -387,11 +390,14 @@ export async function runSoak (opts: SoakOptions): Promise<SoakReport> {
     const { rows: spentStates } = await db.query(`select ${STATE} as state, count(*)::int as n from optin_tokens where token = any($1) group by 1`, [spentAtMeta])
     const spentButUsable = spentStates.filter((r) => r.state === 'available').reduce((a, r) => a + r.n, 0)
 
-    // What the instances logged at error level, grouped (a 500 answer is always among them).
+    // What the instances logged at error level, grouped (a 500 answer is always among them), and
+    // the token sends' unanswered attempts by reason (logged at warn).
     const logged = new Map<string, number>()
+    const unanswered = new Map<string, number>()
     for (const i of instances) {
       for (const line of readFileSync(join(dir, `instance-${i.name}.log`), 'utf8').split('\n')) {
         const entry = line.startsWith('{') ? safeJson(line) : undefined
+        if (entry?.msg === 'no answer from the Graph API for a token send') unanswered.set(entry.reason, (unanswered.get(entry.reason) ?? 0) + 1)
         if (!entry || entry.level < 50) continue
         const what = `${entry.msg}${entry.err?.message ? `: ${String(entry.err.message).slice(0, 80)}` : ''}`
         logged.set(what, (logged.get(what) ?? 0) + 1)
@@ -404,6 +410,7 @@ export async function runSoak (opts: SoakOptions): Promise<SoakReport> {
       ['notification requests (logical sends, retries, gave up)', `${counts.sends} (${counts.sendRetries} retries, ${counts.sendGaveUp} gave up)`],
       ['notification answers by status', [...sendStatus].sort().map(([s, n]) => `${s}: ${n}`).join(', ')],
       ['Graph API requests to the emulator', audit.requests],
+      ['token sends\' unanswered attempts, by reason (busy: no free connection, not sent)', [...unanswered].sort().map(([r, n]) => `${r} ${n}`).join(', ') || 'none'],
       ['faults injected', `${[...faultsInjected.values()].reduce((a, b) => a + b, 0)} (${[...faultsInjected].sort().map(([f, n]) => `${f} ${n}`).join(', ')})`],
       ['balancer: refused and failed over / 502', `${balancer.refused} / ${balancer.failed}`],
       ['instance starts (a, b)', `${instances[0].starts}, ${instances[1].starts}`],

@@ -14,8 +14,9 @@ export interface GraphClientOptions {
   connectTimeoutMs: number
   /**
    * Sockets to the Graph API, hence Send API calls in flight at once (default 512). A call made
-   * while all are busy waits in this process for one; if none comes free within `timeoutMs` it
-   * ends as `no_answer` with reason `busy` and `sent: false`: nothing left this process.
+   * while all are busy waits in this process for one, up to `timeoutMs`, and then has `timeoutMs`
+   * for its exchange; if none comes free in time it ends as `no_answer` with reason `busy` and
+   * `sent: false`: nothing left this process.
    */
   connections?: number
 }
@@ -118,8 +119,9 @@ export function createGraphClient (options: GraphClientOptions): GraphClient {
   }
 
   // Calls in flight, and those waiting for one of the sockets, first come first served. undici would
-  // queue them too, but a call aborted in undici's queue cannot be told from one aborted on the
-  // wire, and only the second may have reached Meta: here the wait is ours, so it is known.
+  // queue them too, but its wait would count towards the exchange's timeout, and a call aborted in
+  // its queue cannot be told from one aborted on the wire, where it may have reached Meta. Here the
+  // wait is ours: bounded on its own, and known to have sent nothing.
   let active = 0
   const waiting: Array<{ grant: () => void }> = []
   const release = () => {
@@ -127,8 +129,8 @@ export function createGraphClient (options: GraphClientOptions): GraphClient {
     if (next) next.grant()
     else active--
   }
-  /** Resolves true with a socket's turn taken, false when `signal` aborts first (the turn is then not taken). */
-  const turn = (signal: AbortSignal): true | Promise<boolean> => {
+  /** True with a socket's turn taken (at once, or within `timeoutMs`); false when none came free in time. */
+  const turn = (): true | Promise<boolean> => {
     if (active < connections) {
       active++
       return true
@@ -136,15 +138,14 @@ export function createGraphClient (options: GraphClientOptions): GraphClient {
     return new Promise((resolve) => {
       const entry = {
         grant: () => {
-          signal.removeEventListener('abort', gaveUp)
+          clearTimeout(timer)
           resolve(true)
         },
       }
-      const gaveUp = () => {
+      const timer = setTimeout(() => {
         waiting.splice(waiting.indexOf(entry), 1)
         resolve(false)
-      }
-      signal.addEventListener('abort', gaveUp, { once: true })
+      }, options.timeoutMs)
       waiting.push(entry)
     })
   }
@@ -156,12 +157,12 @@ export function createGraphClient (options: GraphClientOptions): GraphClient {
       // The precise bound on the whole exchange. A timer cleared when the answer is in, not
       // AbortSignal.timeout: that one fires for every request once its time is up, answered or not
       // (a DOMException and an abort event per send, seconds later, 3-4% of the process's CPU).
-      const abort = new AbortController()
-      const timer = setTimeout(() => abort.abort(new DOMException('The Graph API did not answer in time', 'TimeoutError')), options.timeoutMs)
-      const mine = turn(abort.signal)
+      const mine = turn()
       if (mine !== true && !(await mine)) {
         return { kind: 'no_answer', reason: 'busy', sent: false, detail: `all ${connections} connections to the Graph API stayed busy` }
       }
+      const abort = new AbortController()
+      const timer = setTimeout(() => abort.abort(new DOMException('The Graph API did not answer in time', 'TimeoutError')), options.timeoutMs)
       try {
         const response = await poolFor(origin).request({
           method: 'POST',

@@ -139,9 +139,8 @@ t.test('a call that finds no free socket within its timeout is not sent: busy, s
   const url = await listen(server)
   t.teardown(() => { server.closeAllConnections(); server.close() })
   const graph = client(t, url, { timeoutMs: FAST_TIMEOUT_MS, connections: 1 })
-  // The server never answers: the first call holds the only socket until its timeout, which the
-  // others' timeouts meet while they wait (the second may just get the socket as the first lets
-  // go, and is then aborted on its way: ambiguous, as far as the client can tell).
+  // The server never answers: the first call holds the only socket until its timeout, and the
+  // others' waits end at the same time (the second may just get the socket as the first lets go).
   const texts = ['a', 'b', 'c']
   const outcomes = await Promise.all(texts.map((text) =>
     graph.sendMessage(PAGE, { recipient: { one_time_notif_token: `token-${text}` }, message: { text } })))
@@ -156,6 +155,19 @@ t.test('a call that finds no free socket within its timeout is not sent: busy, s
   server.removeAllListeners('request')
   server.on('request', (_req, res) => { res.writeHead(200, { 'content-type': 'application/json' }).end('{"recipient_id":"p","message_id":"m_1"}') })
   t.match(await graph.sendMessage(PAGE, { recipient: { id: 'p' }, message: { text: 'again' } }), { kind: 'ok' })
+})
+
+t.test('a call that waited for a socket has the whole timeout for its exchange', async (t) => {
+  const { emulator, base } = await startEmulator(t)
+  emulator.addPage(PAGE)
+  emulator.setFaults({ latencyMs: 300 }, PAGE.id)
+  for (const psid of ['w1', 'w2']) await emulator.personWrites(PAGE.id, psid)
+  // The second waits about 300 ms, then its exchange takes about 300 more: 600 in all, over the
+  // 500 ms timeout, which bounds the wait and the exchange each on its own.
+  const graph = client(t, base, { connections: 1, timeoutMs: 500 })
+  const outcomes = await Promise.all(['w1', 'w2'].map((psid) =>
+    graph.sendMessage(PAGE, { recipient: { id: psid }, messaging_type: 'RESPONSE', message: { text: psid } })))
+  t.same(outcomes.map((o) => o.kind), ['ok', 'ok'])
 })
 
 t.test('a slow body after the headers counts as no answer too', async (t) => {
