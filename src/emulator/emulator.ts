@@ -1,3 +1,4 @@
+import { setMaxListeners } from 'node:events'
 import type { Socket } from 'node:net'
 import type { AddressInfo } from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -52,6 +53,8 @@ export function createEmulator(opts: EmulatorOptions = {}): Emulator {
   const state = new EmulatorState(opts.recordLimit)
   const faults = new Faults()
   const closing = new AbortController()
+  // Every delayed answer listens on it until its delay ends: hundreds at once under load, not a leak.
+  setMaxListeners(0, closing.signal)
   const hung = new Set<Socket>()
   const now = () => baseNow() + state.clockOffset
 

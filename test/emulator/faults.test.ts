@@ -1,5 +1,5 @@
 import t from 'tap'
-import { request } from 'undici'
+import { Agent, request } from 'undici'
 import { createEmulator } from '../../src/emulator/emulator.js'
 import {
   OTHER_PAGE,
@@ -162,6 +162,28 @@ t.test('latency delays the answer; a client that gives up early still spends the
   await t.rejects(post(sendPath, withToken(token), { timeoutMs: 50 }), { name: 'TimeoutError' })
   await waitFor(() => emu.tokenUses().get(token) === 1)
   t.pass('Meta-like: the request was processed after the client left')
+})
+
+t.test('many delayed answers at once raise no listener-leak warning', async (t) => {
+  const { emu, base } = await listening(t)
+  // More at once than the fixture's four connections, and more than EventTarget's default of 10 listeners.
+  const agent = new Agent({ connections: 32 })
+  t.teardown(() => agent.destroy())
+  const warnings: string[] = []
+  const onWarning = (w: Error) => { warnings.push(w.name) }
+  process.on('warning', onWarning)
+  t.teardown(() => { process.off('warning', onWarning) })
+  emu.setFaults({ latencyMs: 50 })
+  const people = Array.from({ length: 20 }, (_, i) => `many${i}`)
+  for (const psid of people) await emu.personWrites(PAGE, psid)
+  const answers = await Promise.all(people.map(async (psid) => {
+    const res = await request(base + sendPath, { method: 'POST', dispatcher: agent, headers: { 'content-type': 'application/json' }, body: JSON.stringify(text(psid)) })
+    await res.body.dump()
+    return res.statusCode
+  }))
+  t.same(answers, people.map(() => 200))
+  await new Promise((resolve) => setImmediate(resolve))
+  t.notOk(warnings.includes('MaxListenersExceededWarning'), warnings.join(', '))
 })
 
 t.test('maxRps answers 613 above the limit, per scope, on the emulator clock', async (t) => {
