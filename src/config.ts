@@ -20,7 +20,7 @@ export const EnvSchema = Type.Object({
   GRAPH_API_VERSION: Type.String({ description: 'Pinned Graph API version.', default: 'v21.0', pattern: '^v\\d+\\.\\d+$' }),
   GRAPH_API_TIMEOUT_MS: Int('Time to wait for a Graph API answer before the attempt counts as unanswered.', 10000, 100, 120000),
   GRAPH_API_CONNECT_TIMEOUT_MS: Int('Time to wait for a connection to the Graph API.', 5000, 100, 60000),
-  GRAPH_API_CONNECTIONS: Int('Connections kept to the Graph API: the most Send API calls in flight at once. One instance sends at most this many per Meta round trip; calls beyond it wait for a free one for at most GRAPH_API_TIMEOUT_MS (then have GRAPH_API_TIMEOUT_MS for the exchange), and one that gets none is not sent (its token is kept).', 512, 1, 4096),
+  GRAPH_API_CONNECTIONS: Int('Connections kept to the Graph API, opened as needed: the most Send API calls in flight at once. One instance sends at most this many per Meta round trip; calls beyond it wait for a free one for at most GRAPH_API_TIMEOUT_MS (then have GRAPH_API_TIMEOUT_MS for the exchange), and one that gets none is not sent (its token is kept).', 512, 1, 4096),
   GRAPH_API_MAX_RETRIES: Int('Re-sends of the same token after an unanswered attempt before it is recorded unconfirmed.', 2, 0, 10),
   PAGE_ID: Type.Optional(Type.String({ description: 'A Page registered at start-up (with PAGE_ACCESS_TOKEN).', pattern: '^\\d{1,32}$' })),
   PAGE_ACCESS_TOKEN: Type.Optional(Type.String({ description: 'Access token of PAGE_ID.', minLength: 1 })),

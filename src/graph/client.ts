@@ -154,13 +154,13 @@ export function createGraphClient (options: GraphClientOptions): GraphClient {
     async sendMessage (page, body) {
       const query = new URLSearchParams({ access_token: page.accessToken })
       if (options.appSecret) query.set('appsecret_proof', proofFor(page.accessToken, options.appSecret))
-      // The precise bound on the whole exchange. A timer cleared when the answer is in, not
-      // AbortSignal.timeout: that one fires for every request once its time is up, answered or not
-      // (a DOMException and an abort event per send, seconds later, 3-4% of the process's CPU).
       const mine = turn()
       if (mine !== true && !(await mine)) {
         return { kind: 'no_answer', reason: 'busy', sent: false, detail: `all ${connections} connections to the Graph API stayed busy` }
       }
+      // The precise bound on the whole exchange. A timer cleared when the answer is in, not
+      // AbortSignal.timeout: that one fires for every request once its time is up, answered or not
+      // (a DOMException and an abort event per send, seconds later, 3-4% of the process's CPU).
       const abort = new AbortController()
       const timer = setTimeout(() => abort.abort(new DOMException('The Graph API did not answer in time', 'TimeoutError')), options.timeoutMs)
       try {
