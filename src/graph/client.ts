@@ -38,6 +38,8 @@ export type SendOutcome =
 export interface GraphClient {
   sendMessage (page: PageCredentials, body: Record<string, unknown>): Promise<SendOutcome>
   close (): Promise<void>
+  /** Calls holding a connection, and calls waiting for one (every connection busy). */
+  load? (): { active: number, waiting: number }
 }
 
 export function appsecretProof (accessToken: string, appSecret: string): string {
@@ -191,6 +193,8 @@ export function createGraphClient (options: GraphClientOptions): GraphClient {
         release()
       }
     },
+
+    load: () => ({ active, waiting: waiting.length }),
 
     async close () {
       // Graceful: a request in flight ends (each has its timeout) rather than being cut into an

@@ -1,4 +1,4 @@
-import { Counter, Histogram, type Registry } from 'prom-client'
+import { Counter, Gauge, Histogram, type Registry } from 'prom-client'
 import type { GraphClient, SendOutcome } from './client.js'
 
 type OutcomeLabels = { outcome: SendOutcome['kind'], status_class?: string, reason?: string }
@@ -20,11 +20,27 @@ export function instrumentGraphClient (client: GraphClient, register: Registry):
   })
   const duration = new Histogram({
     name: 'otn_graph_request_duration_seconds',
-    help: 'Time from sending a Send API request to its outcome.',
+    help: 'Time from a Send API call to its outcome, a wait for a free connection included.',
     labelNames: ['outcome'] as const,
     registers: [register],
   })
+  const load = client.load?.bind(client)
+  if (load) {
+    new Gauge({
+      name: 'otn_graph_requests_in_flight',
+      help: 'Send API calls holding one of the GRAPH_API_CONNECTIONS connections.',
+      registers: [register],
+      collect () { this.set(load().active) },
+    })
+    new Gauge({
+      name: 'otn_graph_requests_waiting',
+      help: 'Send API calls waiting for a connection because all GRAPH_API_CONNECTIONS are busy.',
+      registers: [register],
+      collect () { this.set(load().waiting) },
+    })
+  }
   return {
+    ...(load ? { load } : {}),
     async sendMessage (page, body) {
       const started = performance.now()
       const outcome = await client.sendMessage(page, body)

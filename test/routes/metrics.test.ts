@@ -94,6 +94,28 @@ t.test('Graph API attempts are counted by outcome through the emulator', async (
   for (const secret of [psid, other, bogus.token, good.token, w.accessToken]) t.notOk(text.includes(secret), 'no PSID or token in the metrics')
 })
 
+t.test('Graph API calls holding a connection and waiting for one, read at each scrape', async (t) => {
+  const w = await world(t, { env: { GRAPH_API_CONNECTIONS: '1' } })
+  w.emulator.setFaults({ latencyMs: 400 }, w.pageId)
+  const people = [newPsid(), newPsid(), newPsid()]
+  for (const psid of people) await giveTokens(w, psid, 1)
+  const load = async () => {
+    const { samples } = await scrape(w.app)
+    return [value(samples, 'otn_graph_requests_in_flight'), value(samples, 'otn_graph_requests_waiting')]
+  }
+  t.same(await load(), [0, 0], 'at rest')
+  const answers = Promise.all(people.map((psid) => notify(w.app, { topic_id: w.topic.id, psid, message: { text: 'back in stock' } })))
+  // Three sends, one connection, Meta answering in 400 ms: one holds it, two wait (a state, polled for).
+  let seen = await load()
+  for (let i = 0; i < 250 && !(seen[0] === 1 && seen[1] === 2); i++) {
+    await new Promise((resolve) => setTimeout(resolve, 10))
+    seen = await load()
+  }
+  t.same(seen, [1, 2], 'one in flight, two waiting')
+  t.same((await answers).map((r) => r.statusCode), [201, 201, 201])
+  t.same(await load(), [0, 0], 'all settled')
+})
+
 t.test('notifications are counted by final status and route, as the database records them', async (t) => {
   const w = await world(t, { env: FAST_TIMEOUT })
   const send = (psid: string) => notify(w.app, { topic_id: w.topic.id, psid, message: { text: 'back in stock' } })
