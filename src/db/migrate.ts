@@ -34,4 +34,3 @@ export async function pendingMigrations (db: Database): Promise<string[]> {
   }
   return Object.keys(migrations).sort().filter((name) => !applied.has(name))
 }
-

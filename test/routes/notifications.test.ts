@@ -303,6 +303,8 @@ t.test('GRAPH_API_CONNECTIONS bounds the sends in flight towards Meta; the other
   const tokens = await Promise.all(people.map((psid) => giveTokens(w, psid, 1)))
   const answers = await Promise.all(people.map((psid) => notify(w.app, { topic_id: w.topic.id, psid, message: text() })))
   t.same(answers.map((r) => r.statusCode), people.map(() => 201), answers.map((r) => r.body).join('\n'))
+  t.same(answers.map((r) => r.json()).map(({ status, route, token_state }) => ({ status, route, token_state })),
+    people.map(() => ({ status: 'sent', route: 'token', token_state: 'used' })))
   t.ok(sockets <= 2 && most <= 2, `at most two at once towards Meta (${sockets} sockets, ${most} requests at once)`)
   t.same(await tokenStates(w.db, tokens.map(([token]) => token.id)), people.map(() => 'used'))
 })
