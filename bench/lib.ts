@@ -278,6 +278,31 @@ export const fmt = {
     Number.isFinite(n) && n !== limit && Number(n.toFixed(2)) === limit ? `${n.toFixed(3)}×` : fmt.ratio(n),
 }
 
+/**
+ * A distribution-free interval for the median of `values` (order statistics): the k-th smallest and
+ * the k-th largest, with k the largest for which the two hold the true median with at least
+ * `confidence` (the binomial tail of n draws, each below the median with probability ½). With too
+ * few values for that confidence (under 6 for 95%), the whole range, at the confidence it has.
+ */
+export function medianInterval (values: number[], confidence = 0.95): { lo: number, hi: number, coverage: number } {
+  const sorted = [...values].sort((a, b) => a - b)
+  const n = sorted.length
+  if (n === 0) return { lo: Number.NaN, hi: Number.NaN, coverage: 0 }
+  // below[j]: P(at most j of the n fall below the median) = sum over i ≤ j of C(n, i) / 2^n
+  const below: number[] = []
+  let term = 0.5 ** n
+  let sum = 0
+  for (let i = 0; i < n; i++) {
+    sum += term
+    below.push(sum)
+    term = term * (n - i) / (i + 1)
+  }
+  const coverage = (k: number) => 1 - 2 * below[k - 1]
+  let k = 1
+  while (k + 1 <= Math.ceil(n / 2) && coverage(k + 1) >= confidence) k++
+  return { lo: sorted[k - 1], hi: sorted[n - k], coverage: coverage(k) }
+}
+
 /** A Markdown table, columns padded so that it also reads well in a terminal. */
 export function table (head: string[], rows: string[][]): string {
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)))
