@@ -313,14 +313,16 @@ const starvedRounds: string[] = []
 const pct = (share: number) => `${(share * 100).toFixed(0)}%`
 
 /**
- * Every job once per round, in the given order, so that each ratio's two sides meet the same
- * machine; keeps every run, after those already in `runs` (rounds that continue earlier ones, of
- * jobs already warm: no long first warm-up).
+ * Every job once per round, so that each ratio's two sides meet the same machine: in the given
+ * order in odd rounds, in the reverse order in even ones, since of two jobs run one after the other
+ * the second was measured faster (the same app twice, by turns: 5 and 6 rounds of 6; 2026-11-22
+ * 21:15–21:20, docs/PERFORMANCE-LOG.md). Keeps every run, after those already in `runs` (rounds
+ * that continue earlier ones, of jobs already warm: no long first warm-up).
  */
 async function rounds (jobs: Job[], count: number, runs = new Map<string, Measured[]>()): Promise<Map<string, Measured[]>> {
   const done = Math.max(0, ...jobs.map((j) => runs.get(j.key)?.length ?? 0))
   for (let round = done + 1; round <= done + count; round++) {
-    for (const job of jobs) {
+    for (const job of round % 2 === 1 ? jobs : [...jobs].reverse()) {
       const m = await job.run(round === 1 ? FIRST_WARMUP : WARMUP)
       runs.set(job.key, [...(runs.get(job.key) ?? []), m])
       if (m.non2xx + m.errors > 0) {
