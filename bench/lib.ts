@@ -279,15 +279,16 @@ export const fmt = {
 }
 
 /**
- * A distribution-free interval for the median of `values` (order statistics): the k-th smallest and
+ * The median of `values`, with a distribution-free interval for it (order statistics): the k-th smallest and
  * the k-th largest, with k the largest for which the two hold the true median with at least
  * `confidence` (the binomial tail of n draws, each below the median with probability ½). With too
  * few values for that confidence (under 6 for 95%), the whole range, at the confidence it has.
  */
-export function medianInterval (values: number[], confidence = 0.95): { lo: number, hi: number, coverage: number } {
+export function medianInterval (values: number[], confidence = 0.95): { median: number, lo: number, hi: number, coverage: number } {
   const sorted = [...values].sort((a, b) => a - b)
   const n = sorted.length
-  if (n === 0) return { lo: Number.NaN, hi: Number.NaN, coverage: 0 }
+  if (n === 0) return { median: Number.NaN, lo: Number.NaN, hi: Number.NaN, coverage: 0 }
+  const median = n % 2 ? sorted[(n - 1) / 2] : (sorted[n / 2 - 1] + sorted[n / 2]) / 2
   // below[j]: P(at most j of the n fall below the median) = sum over i ≤ j of C(n, i) / 2^n
   const below: number[] = []
   let term = 0.5 ** n
@@ -300,7 +301,7 @@ export function medianInterval (values: number[], confidence = 0.95): { lo: numb
   const coverage = (k: number) => 1 - 2 * below[k - 1]
   let k = 1
   while (k + 1 <= Math.ceil(n / 2) && coverage(k + 1) >= confidence) k++
-  return { lo: sorted[k - 1], hi: sorted[n - k], coverage: coverage(k) }
+  return { median, lo: sorted[k - 1], hi: sorted[n - k], coverage: coverage(k) }
 }
 
 /** A Markdown table, columns padded so that it also reads well in a terminal. */

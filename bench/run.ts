@@ -220,7 +220,7 @@ async function startApp (emulator: Target, variant: AppVariant, rounds: number):
     ...variant.env,
   })
   const tokenScenarios = variant.scenarios.filter((s) => s === 'token' || s === 'tokenWide').length
-  const extra = variant.name === 'app' && variant.scenarios.includes('token') ? TOKEN_RATE_BOUND * EXTRA_SECONDS : 0
+  const extra = TARGET_JOBS.includes(`${variant.name}.token`) && variant.scenarios.includes('token') ? TOKEN_RATE_BOUND * EXTRA_SECONDS : 0
   const world = await seedWorld(app, emulator, tokenScenarios * TOKEN_RATE_BOUND * loadSeconds(rounds) + extra, 1000)
   // The token scenarios of one world share its people: each token is spent once, by whichever comes first.
   const tokenPsid = sequence(world.tokenPsids, true)
@@ -354,10 +354,8 @@ function paired (runs: Map<string, Measured[]>, key: string, base: string): { ro
   const a = runs.get(key) ?? []
   const b = runs.get(base) ?? []
   const rounds = a.slice(0, b.length).map((m, i) => m.rps / b[i].rps)
-  const sorted = [...rounds].sort((x, y) => x - y)
-  const mid = sorted.length / 2
-  const median = sorted.length === 0 ? Number.NaN : sorted.length % 2 ? sorted[Math.floor(mid)] : (sorted[mid - 1] + sorted[mid]) / 2
-  return { rounds, median, interval: medianInterval(rounds) }
+  const interval = medianInterval(rounds)
+  return { rounds, median: interval.median, interval }
 }
 
 async function versions (url: string): Promise<string> {

@@ -14,6 +14,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { pathToFileURL } from 'node:url'
 import pg from 'pg'
 import { request } from 'undici'
+import { NO_ANSWER_LOG } from '../src/domain/notifications.js'
 import { createEmulator, type Emulator, type FaultConfig } from '../src/emulator/emulator.js'
 import { API_KEY, APP_SECRET, REPO_ROOT, envInt, freePort, table } from './lib.js'
 import { startCluster, type Cluster } from './pg-cluster.js'
@@ -397,7 +398,7 @@ export async function runSoak (opts: SoakOptions): Promise<SoakReport> {
     for (const i of instances) {
       for (const line of readFileSync(join(dir, `instance-${i.name}.log`), 'utf8').split('\n')) {
         const entry = line.startsWith('{') ? safeJson(line) : undefined
-        if (entry?.msg === 'no answer from the Graph API for a token send') unanswered.set(entry.reason, (unanswered.get(entry.reason) ?? 0) + 1)
+        if (entry?.msg === NO_ANSWER_LOG) unanswered.set(entry.reason, (unanswered.get(entry.reason) ?? 0) + 1)
         if (!entry || entry.level < 50) continue
         const what = `${entry.msg}${entry.err?.message ? `: ${String(entry.err.message).slice(0, 80)}` : ''}`
         logged.set(what, (logged.get(what) ?? 0) + 1)

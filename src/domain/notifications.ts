@@ -19,6 +19,8 @@ import { WINDOW_MS, windowIsOpen } from './window.js'
 
 /** Tokens one notification may try when Meta refuses them one after another. */
 const MAX_TOKENS_PER_NOTIFICATION = 5
+/** Logged (warn) for every unanswered attempt of a token send, with its `reason`; the soak counts them by reason. */
+export const NO_ANSWER_LOG = 'no answer from the Graph API for a token send'
 
 export type NotificationType = 'REGULAR' | 'SILENT_PUSH' | 'NO_PUSH'
 
@@ -569,7 +571,7 @@ async function spendToken (deps: SendDeps, n: Notification, target: Target, clai
     }
     if (last.sent) ambiguous = true
     deps.log?.warn({ notification_id: n.id, token_id: claimed.id, attempt: attempt + 1, reason: last.reason, retrying: attempt + 1 < opts.sends },
-      'no answer from the Graph API for a token send')
+      NO_ANSWER_LOG)
   }
   if (ambiguous && opts.defer && isTransient(last!)) return { kind: 'deferred' }
   if (ambiguous) return { kind: 'unconfirmed', outcome: last! }

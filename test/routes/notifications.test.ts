@@ -1,5 +1,6 @@
 import t from 'tap'
 import { auth, build, LogCapture } from '../helper.js'
+import { NO_ANSWER_LOG } from '../../src/domain/notifications.js'
 import { appsecretProof } from '../../src/graph/client.js'
 import {
   APP_SECRET, FAST_TIMEOUT, giveTokens, graphEnv, newPsid, notify, openWindow, scripted, tokenStates, world,
@@ -255,7 +256,7 @@ t.test('never an answer: retried up to GRAPH_API_MAX_RETRIES, then unconfirmed',
 
   const next = await notify(w.app, { topic_id: w.topic.id, psid, message: text() })
   t.equal(next.statusCode, 409, 'an unconfirmed token is never handed to another send')
-  t.same(logs.lines.filter((l) => l.msg === 'no answer from the Graph API for a token send').map((l) => l.retrying), [true, true, false])
+  t.same(logs.lines.filter((l) => l.msg === NO_ANSWER_LOG).map((l) => l.retrying), [true, true, false])
   t.notOk(logs.text.includes(tokens[0].token), 'the token is not logged')
   t.notOk(logs.text.includes(w.accessToken), 'the access token is not logged')
 })
