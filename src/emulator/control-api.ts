@@ -1,8 +1,18 @@
 import type { FastifyError, FastifyInstance } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
+import { fromWire, toWire } from './settings.js'
 import { EmulatorError } from './state.js'
-import type { DeliveredMessage, Emulator, FaultConfig, RecordedRequest } from './types.js'
+import {
+  PARAM_ERRORS,
+  TOKEN_REFUSALS,
+  UNAVAILABLE_REASONS,
+  WEBHOOK_STAMPS,
+  type DeliveredMessage,
+  type Emulator,
+  type FaultConfig,
+  type RecordedRequest,
+} from './types.js'
 
 export interface ControlDeps {
   emulator: Emulator
@@ -38,6 +48,25 @@ const FaultBody = Type.Object(
 )
 
 const PersonParams = Type.Object({ pageId: Type.String(), psid: Type.String() })
+
+const oneOf = <T extends string>(values: readonly T[]) => Type.Union(values.map((v) => Type.Literal(v)))
+
+const AvailabilityBody = Type.Object({
+  available: Type.Boolean(),
+  reason: Type.Optional(oneOf(UNAVAILABLE_REASONS)),
+})
+
+const SettingsBody = Type.Object(
+  {
+    webhook_stamps: Type.Optional(oneOf(WEBHOOK_STAMPS)),
+    omit_recipient: Type.Optional(Type.Boolean()),
+    param_errors: Type.Optional(oneOf(PARAM_ERRORS)),
+    token_refusal: Type.Optional(oneOf(TOKEN_REFUSALS)),
+    // One schema with both types: Ajv's type coercion would turn null into 0 in an anyOf.
+    optin_request_cooldown_ms: Type.Optional(Type.Unsafe<number | null>({ type: ['integer', 'null'], minimum: 0 })),
+  },
+  { additionalProperties: false },
+)
 
 function mask(token: string): string {
   return token.length <= 8 ? '****' : `${token.slice(0, 4)}…${token.slice(-4)}`
@@ -143,12 +172,13 @@ export async function controlApi(app: FastifyInstance, deps: ControlDeps): Promi
 
   api.put(
     '/persons/:pageId/:psid/availability',
-    { schema: { params: PersonParams, body: Type.Object({ available: Type.Boolean() }) } },
+    { schema: { params: PersonParams, body: AvailabilityBody } },
     async (request) => {
       const { pageId, psid } = request.params
+      const { available, reason = 'unavailable' } = request.body
       requirePage(pageId)
-      emulator.setPersonAvailable(pageId, psid, request.body.available)
-      return { available: request.body.available }
+      emulator.setPersonAvailable(pageId, psid, available, reason)
+      return available ? { available } : { available, reason }
     },
   )
 
@@ -182,6 +212,11 @@ export async function controlApi(app: FastifyInstance, deps: ControlDeps): Promi
 
   api.get('/audit', async () => emulator.audit())
 
+  api.get('/settings', async () => toWire(emulator.settings()))
+
+  api.put('/settings', { schema: { body: SettingsBody } }, async (request) => toWire(emulator.settings(fromWire(request.body))))
+
+  // Also restores the settings given at creation.
   api.post('/reset', async (_request, reply) => {
     emulator.reset()
     return reply.code(204).send()

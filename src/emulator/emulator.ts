@@ -7,33 +7,49 @@ import { controlApi } from './control-api.js'
 import { Faults } from './faults.js'
 import { customError, errors, graphErrorBody, type GraphError } from './graph-errors.js'
 import { processSend } from './send-api.js'
+import { mergeSettings, settingsFromOptions } from './settings.js'
 import { EmulatorError, EmulatorState, OTN_TOKEN_LIFETIME_MS, messageId } from './state.js'
-import type { Emulator, EmulatorOptions, FaultConfig, RecordedRequest, WebhookResult } from './types.js'
-import { messagingEnvelope, postWebhook } from './webhooks.js'
+import {
+  UNAVAILABLE_REASONS,
+  type Emulator,
+  type EmulatorOptions,
+  type EmulatorSettings,
+  type FaultConfig,
+  type RecordedRequest,
+  type WebhookResult,
+} from './types.js'
+import { servedVersion } from './versions.js'
+import { MIXED_STAMPS, messagingEnvelope, postWebhook, type Stamp } from './webhooks.js'
 
 export type {
   Audit,
   DeliveredMessage,
   Emulator,
   EmulatorOptions,
+  EmulatorSettings,
   FaultConfig,
   InjectedFault,
+  ParamErrors,
   RecordedRequest,
   SentWebhook,
   TokenKind,
+  TokenRefusal,
+  UnavailableReason,
   WebhookResult,
+  WebhookStamps,
 } from './types.js'
 export { EmulatorError } from './state.js'
 export { appsecretProof } from './send-api.js'
 export { signatureHeaders } from './webhooks.js'
 
-const VERSION = /^v\d+\.\d+$/
 const FORM_JSON_FIELDS = ['recipient', 'message']
 
 type Params = { version: string; pageId?: string }
 
 const str = (v: unknown): string | undefined => (typeof v === 'string' ? v : undefined)
 const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v)
+
+const VERSION_HEADER = 'facebook-api-version'
 
 const errorRef = (e: GraphError) => ({ code: e.code, ...(e.subcode !== undefined ? { subcode: e.subcode } : {}) })
 
@@ -57,6 +73,10 @@ export function createEmulator(opts: EmulatorOptions = {}): Emulator {
   setMaxListeners(0, closing.signal)
   const hung = new Set<Socket>()
   const now = () => baseNow() + state.clockOffset
+  const initialSettings = settingsFromOptions(opts)
+  let settings = initialSettings
+  // Position in the 'mixed' webhook stamp cycle; restarts when the stamps are set and on reset().
+  let stampCycle = 0
 
   const app = Fastify({
     logger: opts.logger ? { serializers: { req: (req) => ({ method: req.method, url: redactUrl(req.url) }) } } : false,
@@ -86,13 +106,18 @@ export function createEmulator(opts: EmulatorOptions = {}): Emulator {
     const query = request.query as Record<string, unknown>
     const body = isRecord(request.body) ? request.body : {}
     const accessToken = str(query.access_token) ?? str(body.access_token)
+    const at = now()
+    const served = servedVersion(version, at)
     const record: RecordedRequest = {
-      at: now(),
+      at,
       method: request.method,
       path: pathOf(request.url),
+      version,
+      ...(served !== undefined ? { servedVersion: served } : {}),
       pageId: pathPageId ?? state.pageByToken(accessToken)?.id,
       recipient: body.recipient,
       messagingType: str(body.messaging_type),
+      ...(str(body.tag) !== undefined ? { tag: str(body.tag) } : {}),
       notificationType: str(body.notification_type),
       message: body.message,
       outcome: 'error',
@@ -104,7 +129,9 @@ export function createEmulator(opts: EmulatorOptions = {}): Emulator {
       return sendGraphError(reply, error)
     }
 
-    if (!VERSION.test(version)) return answerError(errors.unknownPath(record.path))
+    if (served === undefined) return answerError(errors.unknownPath(record.path))
+    // Every Graph answer names the version that served it; a retired one is served by the oldest still available.
+    reply.header(VERSION_HEADER, served)
 
     const { config, scope } = faults.effective(record.pageId)
     if (faults.overRate(config, scope, record.at)) {
@@ -134,6 +161,8 @@ export function createEmulator(opts: EmulatorOptions = {}): Emulator {
         record.fault = 'http_5xx'
         const status = random() < 0.5 ? 502 : 503
         const text = status === 502 ? 'Bad Gateway' : 'Service Unavailable'
+        // A gateway's page, not a Graph answer: no version header.
+        reply.removeHeader(VERSION_HEADER)
         return reply.code(status).type('text/html; charset=utf-8').send(`<html><body><h1>${status} ${text}</h1></body></html>`)
       }
       case 'error_rate':
@@ -147,8 +176,9 @@ export function createEmulator(opts: EmulatorOptions = {}): Emulator {
         now: now(),
         appSecret: opts.appSecret,
         requireProof: opts.requireProof ?? false,
-        tokenRefusal: opts.tokenRefusal ?? 'invalid_parameter',
-        optinRequestCooldownMs: opts.optinRequestCooldownMs,
+        tokenRefusal: settings.tokenRefusal,
+        optinRequestCooldownMs: settings.optinRequestCooldownMs ?? undefined,
+        paramErrors: settings.paramErrors,
       },
       { pathPageId, accessToken, proof: str(query.appsecret_proof) ?? str(body.appsecret_proof), body },
     )
@@ -183,9 +213,13 @@ export function createEmulator(opts: EmulatorOptions = {}): Emulator {
       }
       done(null, fields)
     })
-    graph.setErrorHandler((err: FastifyError, _request, reply) => {
+    graph.setErrorHandler((err: FastifyError, request, reply) => {
+      const version = (request.params as Partial<Params> | undefined)?.version
+      const served = version === undefined ? undefined : servedVersion(version, now())
+      if (served !== undefined) reply.header(VERSION_HEADER, served)
       if (err.statusCode !== undefined && err.statusCode < 500) {
-        return sendGraphError(reply, errors.param(`Invalid request: ${err.message}`))
+        const generic = settings.paramErrors === 'generic'
+        return sendGraphError(reply, generic ? errors.invalidParameter() : errors.param(`Invalid request: ${err.message}`))
       }
       return sendGraphError(reply, customError({ code: 1 }))
     })
@@ -194,9 +228,17 @@ export function createEmulator(opts: EmulatorOptions = {}): Emulator {
     graph.post('/:version/:pageId/messages', handleSend)
   })
 
+  function nextStamp(): Stamp {
+    if (settings.webhookStamps !== 'mixed') return settings.webhookStamps
+    const stamp = MIXED_STAMPS[stampCycle % MIXED_STAMPS.length]
+    stampCycle += 1
+    return stamp
+  }
+
   async function webhook(pageId: string, psid: string, kind: 'message' | 'optin', event: Record<string, unknown>) {
     const at = now()
-    const body = JSON.stringify(messagingEnvelope(pageId, psid, at, event))
+    const shape = { stamp: nextStamp(), omitRecipient: settings.omitRecipient }
+    const body = JSON.stringify(messagingEnvelope(pageId, psid, at, event, shape))
     if (opts.webhookUrl === undefined) {
       state.webhooks.push({ at, pageId, psid, event: kind, body, status: null })
       return { status: null }
@@ -266,9 +308,23 @@ export function createEmulator(opts: EmulatorOptions = {}): Emulator {
       return state.issueToken({ kind, pageId, psid, payload, optedInAt, expiresAt }).token
     },
 
-    setPersonAvailable(pageId, psid, available) {
+    setPersonAvailable(pageId, psid, available, reason = 'unavailable') {
+      if (!UNAVAILABLE_REASONS.includes(reason)) {
+        throw new RangeError(`reason must be one of ${UNAVAILABLE_REASONS.join(', ')}, got ${JSON.stringify(reason)}`)
+      }
       state.requirePage(pageId)
-      state.touchPerson(pageId, psid).available = available
+      const person = state.touchPerson(pageId, psid)
+      person.available = available
+      if (available) delete person.unavailableReason
+      else person.unavailableReason = reason
+    },
+
+    settings(patch?: Partial<EmulatorSettings>) {
+      if (patch !== undefined) {
+        settings = mergeSettings(settings, patch)
+        if (patch.webhookStamps !== undefined) stampCycle = 0
+      }
+      return { ...settings }
     },
 
     setFaults(f: FaultConfig, pageId?: string) {
@@ -319,6 +375,8 @@ export function createEmulator(opts: EmulatorOptions = {}): Emulator {
     reset() {
       state.reset()
       faults.clear()
+      settings = initialSettings
+      stampCycle = 0
     },
   }
 

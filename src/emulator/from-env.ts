@@ -1,4 +1,13 @@
+import { DEFAULT_GRAPH_VERSION } from '../graph/versions.js'
 import { createEmulator, type Emulator } from './emulator.js'
+import {
+  PARAM_ERRORS,
+  TOKEN_REFUSALS,
+  WEBHOOK_STAMPS,
+  type ParamErrors,
+  type TokenRefusal,
+  type WebhookStamps,
+} from './types.js'
 
 export interface EmulatorEnvConfig {
   port: number
@@ -7,6 +16,12 @@ export interface EmulatorEnvConfig {
   requireProof: boolean
   webhookUrl: string
   pages: { id: string; accessToken: string }[]
+  webhookStamps: WebhookStamps
+  omitRecipient: boolean
+  paramErrors: ParamErrors
+  tokenRefusal: TokenRefusal
+  /** Unset: repeated opt-in requests are not limited. */
+  optinRequestCooldownMs?: number
 }
 
 function parsePages(spec: string): { id: string; accessToken: string }[] {
@@ -31,18 +46,43 @@ function parsePort(value: string): number {
   return port
 }
 
-export function configFromEnv(env: NodeJS.ProcessEnv): EmulatorEnvConfig {
-  const requireProof = env.EMULATOR_REQUIRE_PROOF ?? ''
-  if (!['', '0', '1', 'false', 'true'].includes(requireProof)) {
-    throw new Error(`EMULATOR_REQUIRE_PROOF: expected true or false, got "${requireProof}"`)
+function parseBoolean(name: string, value: string | undefined): boolean {
+  const v = value ?? ''
+  if (!['', '0', '1', 'false', 'true'].includes(v)) throw new Error(`${name}: expected true or false, got "${v}"`)
+  return v === '1' || v === 'true'
+}
+
+/** Unset or empty: the default. */
+function parseChoice<T extends string>(name: string, allowed: readonly T[], value: string | undefined, fallback: T): T {
+  if (value === undefined || value === '') return fallback
+  if (!(allowed as readonly string[]).includes(value)) {
+    throw new Error(`${name}: expected one of ${allowed.join(', ')}, got "${value}"`)
   }
+  return value as T
+}
+
+function parseCooldown(value: string | undefined): number | undefined {
+  if (value === undefined || value.trim() === '') return undefined
+  const ms = Number(value)
+  if (!/^\s*\d+\s*$/.test(value) || !Number.isSafeInteger(ms)) {
+    throw new Error(`EMULATOR_OPTIN_REQUEST_COOLDOWN_MS: expected a whole number of milliseconds >= 0, got "${value}"`)
+  }
+  return ms
+}
+
+export function configFromEnv(env: NodeJS.ProcessEnv): EmulatorEnvConfig {
   return {
     port: parsePort(env.EMULATOR_PORT ?? '3999'),
     host: env.EMULATOR_HOST || '127.0.0.1',
     appSecret: env.META_APP_SECRET || undefined,
-    requireProof: requireProof === '1' || requireProof === 'true',
+    requireProof: parseBoolean('EMULATOR_REQUIRE_PROOF', env.EMULATOR_REQUIRE_PROOF),
     webhookUrl: env.EMULATOR_WEBHOOK_URL || 'http://127.0.0.1:3000/webhooks/messenger',
     pages: parsePages(env.EMULATOR_PAGES ?? '1000001:demo-page-token'),
+    webhookStamps: parseChoice('EMULATOR_WEBHOOK_STAMPS', WEBHOOK_STAMPS, env.EMULATOR_WEBHOOK_STAMPS, 'milliseconds'),
+    omitRecipient: parseBoolean('EMULATOR_OMIT_RECIPIENT', env.EMULATOR_OMIT_RECIPIENT),
+    paramErrors: parseChoice('EMULATOR_PARAM_ERRORS', PARAM_ERRORS, env.EMULATOR_PARAM_ERRORS, 'detailed'),
+    tokenRefusal: parseChoice('EMULATOR_TOKEN_REFUSAL', TOKEN_REFUSALS, env.EMULATOR_TOKEN_REFUSAL, 'invalid_parameter'),
+    optinRequestCooldownMs: parseCooldown(env.EMULATOR_OPTIN_REQUEST_COOLDOWN_MS),
   }
 }
 
@@ -56,6 +96,11 @@ export async function startFromEnv(
     requireProof: config.requireProof,
     webhookUrl: config.webhookUrl,
     logger: opts.logger ?? true,
+    webhookStamps: config.webhookStamps,
+    omitRecipient: config.omitRecipient,
+    paramErrors: config.paramErrors,
+    tokenRefusal: config.tokenRefusal,
+    optinRequestCooldownMs: config.optinRequestCooldownMs,
   })
   for (const page of config.pages) emulator.addPage(page)
   const url = await emulator.listen(config.port, config.host)
@@ -66,8 +111,9 @@ export async function startFromEnv(
       pages: config.pages.map((p) => p.id),
       signsWebhooks: config.appSecret !== undefined,
       requireProof: config.requireProof,
+      settings: emulator.settings(),
     },
-    `Graph API emulator listening: send to ${url}/v21.0/me/messages, control API at ${url}/_emulator`,
+    `Graph API emulator listening: send to ${url}/${DEFAULT_GRAPH_VERSION}/me/messages, control API at ${url}/_emulator`,
   )
   if (config.appSecret === undefined) {
     emulator.app.log.warn('META_APP_SECRET is not set: webhooks go out unsigned and the service will refuse them')

@@ -77,11 +77,15 @@ export const errors = {
     message: 'Invalid appsecret_proof provided in the API argument',
   }),
   param: (message: string) => oauth(100, `(#100) ${message}`),
+  /** Meta's bare answer to a parameter it dislikes (or a token it refuses): no subcode, nothing named. */
+  invalidParameter: () => oauth(100, '(#100) Invalid parameter'),
   noMatchingUser: () => oauth(100, '(#100) No matching user found', 2018001),
   outsideWindow: () => oauth(10, '(#10) This message is sent outside of allowed window.', 2018278),
   invalidOtnToken: () => oauth(100, '(#100) The parameter one_time_notif_token is invalid'),
   invalidRecurringToken: () => oauth(100, '(#100) The parameter notification_messages_token is invalid'),
   personUnavailable: () => oauth(551, "(#551) This person isn't available right now.", 1545041),
+  personNotReceiving: () => oauth(200, "(#200) This person isn't receiving messages from you right now."),
+  personBlocked: () => oauth(10, "(#10) This person isn't available right now."),
   rateLimited: () => oauth(613, '(#613) Calls to this api have exceeded the rate limit.'),
   optinRequestRepeated: () =>
     oauth(613, '(#613) A one-time notification request on this topic was sent to this person recently.', 1893016),

@@ -1,11 +1,11 @@
 import { createHmac, timingSafeEqual } from 'node:crypto'
 import { errors, type GraphError } from './graph-errors.js'
 import { DAY_MS, WINDOW_MS, messageId, type EmulatorState, type PageRecord, type Person } from './state.js'
-import type { DeliveredMessage } from './types.js'
+import type { DeliveredMessage, ParamErrors, TokenRefusal } from './types.js'
 
 const MESSAGING_TYPES = new Set(['RESPONSE', 'UPDATE', 'MESSAGE_TAG'])
 const NOTIFICATION_TYPES = new Set(['REGULAR', 'SILENT_PUSH', 'NO_PUSH'])
-const MESSAGE_TAGS = new Set(['HUMAN_AGENT', 'ACCOUNT_UPDATE', 'CONFIRMED_EVENT_UPDATE', 'POST_PURCHASE_UPDATE'])
+const MESSAGE_TAGS = new Set(['HUMAN_AGENT', 'ACCOUNT_UPDATE', 'CONFIRMED_EVENT_UPDATE', 'CUSTOMER_FEEDBACK', 'POST_PURCHASE_UPDATE'])
 const SENDER_ACTIONS = new Set(['typing_on', 'typing_off', 'mark_seen'])
 const ATTACHMENT_TYPES = new Set(['image', 'audio', 'video', 'file', 'template'])
 const RECIPIENT_FIELDS = ['id', 'one_time_notif_token', 'notification_messages_token'] as const
@@ -18,8 +18,10 @@ export interface SendContext {
   now: number
   appSecret?: string
   requireProof: boolean
-  tokenRefusal: 'invalid_parameter' | 'outside_window'
+  tokenRefusal: TokenRefusal
   optinRequestCooldownMs?: number
+  /** 'generic': every parameter refusal is the bare "(#100) Invalid parameter". Default 'detailed'. */
+  paramErrors?: ParamErrors
 }
 
 export interface SendInput {
@@ -35,8 +37,38 @@ export type SendResult =
 
 type Recipient = { field: (typeof RECIPIENT_FIELDS)[number]; value: string }
 type OtnRequest = { title: string; payload: string }
+type ParamError = (message: string) => GraphError
 
 const fail = (error: GraphError): SendResult => ({ ok: false, error })
+
+/** How this call words a parameter refusal: naming the parameter, or Meta's bare one. */
+function paramError(ctx: SendContext): ParamError {
+  return ctx.paramErrors === 'generic' ? () => errors.invalidParameter() : errors.param
+}
+
+function tokenRefused(ctx: SendContext): GraphError {
+  switch (ctx.tokenRefusal) {
+    case 'outside_window':
+      return errors.outsideWindow()
+    case 'generic_parameter':
+      return errors.invalidParameter()
+    default:
+      return errors.invalidOtnToken()
+  }
+}
+
+/** The refusal for a person who cannot be messaged (or is unknown behind a token), or null when they can. */
+function personRefusal(person: Person | undefined): GraphError | null {
+  if (person?.available) return null
+  switch (person?.unavailableReason) {
+    case 'not_receiving':
+      return errors.personNotReceiving()
+    case 'blocked':
+      return errors.personBlocked()
+    default:
+      return errors.personUnavailable()
+  }
+}
 
 export function appsecretProof(accessToken: string, appSecret: string): string {
   return createHmac('sha256', appSecret).update(accessToken).digest('hex')
@@ -89,29 +121,30 @@ export function processSend(ctx: SendContext, input: SendInput): SendResult {
     }
   }
 
-  const recipient = parseRecipient(input.body.recipient)
+  const param = paramError(ctx)
+  const recipient = parseRecipient(input.body.recipient, param)
   if ('error' in recipient) return fail(recipient.error)
 
   const senderAction = input.body.sender_action
   if (senderAction !== undefined) return senderActionSend(ctx, page, recipient, senderAction, input.body)
 
-  const message = validateMessage(input.body.message)
+  const message = validateMessage(input.body.message, param)
   if ('error' in message) return fail(message.error)
 
   const messagingType = input.body.messaging_type
   if (messagingType !== undefined && (typeof messagingType !== 'string' || !MESSAGING_TYPES.has(messagingType))) {
-    return fail(errors.param('param messaging_type must be one of {RESPONSE, UPDATE, MESSAGE_TAG}'))
+    return fail(param('param messaging_type must be one of {RESPONSE, UPDATE, MESSAGE_TAG}'))
   }
   const tag = input.body.tag
   if (messagingType === 'MESSAGE_TAG' && (typeof tag !== 'string' || !MESSAGE_TAGS.has(tag))) {
-    return fail(errors.param('param tag must be one of {HUMAN_AGENT, ACCOUNT_UPDATE, CONFIRMED_EVENT_UPDATE, POST_PURCHASE_UPDATE}'))
+    return fail(param('param tag must be one of {HUMAN_AGENT, ACCOUNT_UPDATE, CONFIRMED_EVENT_UPDATE, CUSTOMER_FEEDBACK, POST_PURCHASE_UPDATE}'))
   }
   const notificationType = input.body.notification_type
   if (
     notificationType !== undefined &&
     (typeof notificationType !== 'string' || !NOTIFICATION_TYPES.has(notificationType))
   ) {
-    return fail(errors.param('param notification_type must be one of {REGULAR, SILENT_PUSH, NO_PUSH}'))
+    return fail(param('param notification_type must be one of {REGULAR, SILENT_PUSH, NO_PUSH}'))
   }
 
   const delivered = { messageId: messageId(), at: now, message: input.body.message }
@@ -120,7 +153,8 @@ export function processSend(ctx: SendContext, input: SendInput): SendResult {
     const psid = recipient.value
     const person = state.person(page.id, psid)
     if (!person) return fail(errors.noMatchingUser())
-    if (!person.available) return fail(errors.personUnavailable())
+    const refusal = personRefusal(person)
+    if (refusal) return fail(refusal)
     const otnRequest = message.otnRequest
     const allowance = otnRequest ? WINDOW_MS : windowFor(messagingType === 'MESSAGE_TAG' ? (tag as string) : undefined)
     if (!withinWindow(person, now, allowance)) return fail(errors.outsideWindow())
@@ -133,7 +167,7 @@ export function processSend(ctx: SendContext, input: SendInput): SendResult {
   }
 
   if (message.otnRequest) {
-    return fail(errors.param('The one_time_notif_req template can only be sent to a recipient id'))
+    return fail(param('The one_time_notif_req template can only be sent to a recipient id'))
   }
 
   const token = state.tokens.get(recipient.value)
@@ -145,8 +179,9 @@ export function processSend(ctx: SendContext, input: SendInput): SendResult {
       token.uses === 0 &&
       token.expiresAt !== null &&
       now < token.expiresAt
-    if (!usable) return fail(ctx.tokenRefusal === 'outside_window' ? errors.outsideWindow() : errors.invalidOtnToken())
-    if (!state.person(page.id, token.psid)?.available) return fail(errors.personUnavailable())
+    if (!usable) return fail(tokenRefused(ctx))
+    const refusal = personRefusal(state.person(page.id, token.psid))
+    if (refusal) return fail(refusal)
     token.uses += 1
     state.countOtnAcceptance(token.token)
     return accept(ctx, page, token.psid, { ...delivered, via: 'one_time_notif_token', token: token.token })
@@ -158,7 +193,8 @@ export function processSend(ctx: SendContext, input: SendInput): SendResult {
     token.pageId === page.id &&
     (token.expiresAt === null || now < token.expiresAt)
   if (!usable) return fail(errors.invalidRecurringToken())
-  if (!state.person(page.id, token.psid)?.available) return fail(errors.personUnavailable())
+  const refusal = personRefusal(state.person(page.id, token.psid))
+  if (refusal) return fail(refusal)
   token.uses += 1
   return accept(ctx, page, token.psid, { ...delivered, via: 'notification_messages_token', token: token.token })
 }
@@ -180,14 +216,16 @@ function senderActionSend(
   action: unknown,
   body: Record<string, unknown>,
 ): SendResult {
+  const param = paramError(ctx)
   if (typeof action !== 'string' || !SENDER_ACTIONS.has(action)) {
-    return fail(errors.param('param sender_action must be one of {typing_on, typing_off, mark_seen}'))
+    return fail(param('param sender_action must be one of {typing_on, typing_off, mark_seen}'))
   }
-  if (body.message !== undefined) return fail(errors.param('sender_action cannot be sent with message'))
-  if (recipient.field !== 'id') return fail(errors.param('sender_action requires a recipient id'))
+  if (body.message !== undefined) return fail(param('sender_action cannot be sent with message'))
+  if (recipient.field !== 'id') return fail(param('sender_action requires a recipient id'))
   const person = ctx.state.person(page.id, recipient.value)
   if (!person) return fail(errors.noMatchingUser())
-  if (!person.available) return fail(errors.personUnavailable())
+  const refusal = personRefusal(person)
+  if (refusal) return fail(refusal)
   if (!withinWindow(person, ctx.now, WINDOW_MS)) return fail(errors.outsideWindow())
   return { ok: true, body: { recipient_id: recipient.value } }
 }
@@ -212,66 +250,66 @@ function optinRequestRepeated(ctx: SendContext, pageId: string, psid: string, pa
   return recent ? errors.optinRequestRepeated() : null
 }
 
-function parseRecipient(raw: unknown): Recipient | { error: GraphError } {
-  if (!isRecord(raw) || Object.keys(raw).length === 0) return { error: errors.param('param recipient must be non-empty.') }
+function parseRecipient(raw: unknown, param: ParamError): Recipient | { error: GraphError } {
+  if (!isRecord(raw) || Object.keys(raw).length === 0) return { error: param('param recipient must be non-empty.') }
   const present = RECIPIENT_FIELDS.filter((f) => raw[f] !== undefined)
   const unsupported = Object.keys(raw).filter((k) => !(RECIPIENT_FIELDS as readonly string[]).includes(k))
   if (unsupported.length > 0) {
-    return { error: errors.param(`param recipient has unsupported field ${unsupported[0]}`) }
+    return { error: param(`param recipient has unsupported field ${unsupported[0]}`) }
   }
   if (present.length !== 1) {
-    return { error: errors.param('param recipient must hold exactly one of id, one_time_notif_token, notification_messages_token') }
+    return { error: param('param recipient must hold exactly one of id, one_time_notif_token, notification_messages_token') }
   }
   const field = present[0]
   const value = raw[field]
   if (typeof value !== 'string' || value.length === 0) {
-    return { error: errors.param(`param recipient[${field}] must be a non-empty string`) }
+    return { error: param(`param recipient[${field}] must be a non-empty string`) }
   }
   return { field, value }
 }
 
-function validateMessage(raw: unknown): { otnRequest?: OtnRequest } | { error: GraphError } {
-  if (raw === undefined || raw === null) return { error: errors.param('param message must be non-empty.') }
-  if (!isRecord(raw)) return { error: errors.param('param message must be a JSON object') }
+function validateMessage(raw: unknown, param: ParamError): { otnRequest?: OtnRequest } | { error: GraphError } {
+  if (raw === undefined || raw === null) return { error: param('param message must be non-empty.') }
+  if (!isRecord(raw)) return { error: param('param message must be a JSON object') }
   const hasText = raw.text !== undefined
   const hasAttachment = raw.attachment !== undefined
-  if (hasText && hasAttachment) return { error: errors.param('Only one of text or attachment may be set in param message') }
-  if (!hasText && !hasAttachment) return { error: errors.param('param message must have text or attachment') }
+  if (hasText && hasAttachment) return { error: param('Only one of text or attachment may be set in param message') }
+  if (!hasText && !hasAttachment) return { error: param('param message must have text or attachment') }
 
   if (hasText) {
     if (typeof raw.text !== 'string' || raw.text.trim() === '') {
-      return { error: errors.param('param message[text] must be a non-empty UTF-8 encoded string') }
+      return { error: param('param message[text] must be a non-empty UTF-8 encoded string') }
     }
     if (!withinCodePoints(raw.text, MAX_TEXT)) {
-      return { error: errors.param(`Length of param message[text] must be less than or equal to ${MAX_TEXT}`) }
+      return { error: param(`Length of param message[text] must be less than or equal to ${MAX_TEXT}`) }
     }
     return {}
   }
 
   const attachment = raw.attachment
-  if (!isRecord(attachment)) return { error: errors.param('param message[attachment] must be a JSON object') }
+  if (!isRecord(attachment)) return { error: param('param message[attachment] must be a JSON object') }
   if (typeof attachment.type !== 'string' || !ATTACHMENT_TYPES.has(attachment.type)) {
-    return { error: errors.param('param message[attachment][type] must be one of {image, audio, video, file, template}') }
+    return { error: param('param message[attachment][type] must be one of {image, audio, video, file, template}') }
   }
   const payload = attachment.payload
-  if (!isRecord(payload)) return { error: errors.param('param message[attachment][payload] must be non-empty.') }
+  if (!isRecord(payload)) return { error: param('param message[attachment][payload] must be non-empty.') }
   if (attachment.type !== 'template') return {}
 
   if (typeof payload.template_type !== 'string' || payload.template_type === '') {
-    return { error: errors.param('param message[attachment][payload][template_type] must be non-empty.') }
+    return { error: param('param message[attachment][payload][template_type] must be non-empty.') }
   }
   if (payload.template_type !== 'one_time_notif_req') return {}
   const { title, payload: otnPayload } = payload
   if (typeof title !== 'string' || title.trim() === '') {
-    return { error: errors.param('param message[attachment][payload][title] must be non-empty.') }
+    return { error: param('param message[attachment][payload][title] must be non-empty.') }
   }
   if (!withinCodePoints(title, MAX_OTN_TITLE)) {
     return {
-      error: errors.param(`Length of param message[attachment][payload][title] must be less than or equal to ${MAX_OTN_TITLE}`),
+      error: param(`Length of param message[attachment][payload][title] must be less than or equal to ${MAX_OTN_TITLE}`),
     }
   }
   if (typeof otnPayload !== 'string' || otnPayload === '') {
-    return { error: errors.param('param message[attachment][payload][payload] must be a non-empty string') }
+    return { error: param('param message[attachment][payload][payload] must be a non-empty string') }
   }
   return { otnRequest: { title, payload: otnPayload } }
 }

@@ -1,5 +1,5 @@
 import { randomBase64url } from './random.js'
-import type { DeliveredMessage, RecordedRequest, SentWebhook, TokenKind } from './types.js'
+import type { DeliveredMessage, RecordedRequest, SentWebhook, TokenKind, UnavailableReason } from './types.js'
 
 const HOUR_MS = 60 * 60 * 1000
 export const DAY_MS = 24 * HOUR_MS
@@ -18,6 +18,8 @@ export interface Person {
   psid: string
   lastInteractionAt?: number
   available: boolean
+  /** Why sends are refused while `available` is false (default 'unavailable'). */
+  unavailableReason?: UnavailableReason
 }
 
 export interface TokenRecord {

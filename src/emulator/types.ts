@@ -2,6 +2,25 @@ import type { FastifyInstance } from 'fastify'
 
 export type TokenKind = 'one_time_notif' | 'notification_messages'
 
+/**
+ * How webhooks stamp `timestamp` and `entry[].time`: epoch ms numbers; integer epoch seconds; the ms
+ * value as a decimal string; no `timestamp` on the event (entry.time in ms); or 'mixed', one webhook
+ * each in the order milliseconds, seconds, string, omitted, then again.
+ */
+export type WebhookStamps = 'milliseconds' | 'seconds' | 'string' | 'omitted' | 'mixed'
+export const WEBHOOK_STAMPS: readonly WebhookStamps[] = ['milliseconds', 'seconds', 'string', 'omitted', 'mixed']
+
+/** How a used, unknown, expired or foreign OTN token is refused (see EmulatorOptions.tokenRefusal). */
+export type TokenRefusal = 'invalid_parameter' | 'outside_window' | 'generic_parameter'
+export const TOKEN_REFUSALS: readonly TokenRefusal[] = ['invalid_parameter', 'outside_window', 'generic_parameter']
+
+export type ParamErrors = 'detailed' | 'generic'
+export const PARAM_ERRORS: readonly ParamErrors[] = ['detailed', 'generic']
+
+/** Why a person cannot be messaged: 551/1545041, 200 (no subcode) or 10 (no subcode). */
+export type UnavailableReason = 'unavailable' | 'not_receiving' | 'blocked'
+export const UNAVAILABLE_REASONS: readonly UnavailableReason[] = ['unavailable', 'not_receiving', 'blocked']
+
 export interface EmulatorOptions {
   /** Signs webhooks (X-Hub-Signature-256) and checks appsecret_proof. */
   appSecret?: string
@@ -16,13 +35,30 @@ export interface EmulatorOptions {
   random?: () => number
   /**
    * How a used, unknown, expired or foreign OTN token is refused. Meta documents no dedicated code:
-   * 'invalid_parameter' (default) answers 100, 'outside_window' answers 10/2018278.
+   * 'invalid_parameter' (default) answers 100 naming the parameter, 'outside_window' answers
+   * 10/2018278, 'generic_parameter' the bare "(#100) Invalid parameter".
    */
-  tokenRefusal?: 'invalid_parameter' | 'outside_window'
+  tokenRefusal?: TokenRefusal
   /** When set, a second one_time_notif_req with the same payload to the same person within this many ms gets 613/1893016. */
   optinRequestCooldownMs?: number
+  /** How webhooks stamp `timestamp` and `entry[].time`, default 'milliseconds'. */
+  webhookStamps?: WebhookStamps
+  /** Webhook events carry no `recipient` (entry.id still names the Page), default false. */
+  omitRecipient?: boolean
+  /** 'generic': parameter refusals answer the bare "(#100) Invalid parameter" instead of a detailed text. Default 'detailed'. */
+  paramErrors?: ParamErrors
   /** Keep only about this many recent entries in `requests` (long soaks); audit() and tokenUses() still count everything. */
   recordLimit?: number
+}
+
+/** The options that can change at run time (`settings()`, `/_emulator/settings`); reset() restores the creation-time ones. */
+export interface EmulatorSettings {
+  webhookStamps: WebhookStamps
+  omitRecipient: boolean
+  paramErrors: ParamErrors
+  tokenRefusal: TokenRefusal
+  /** null: repeated opt-in requests are not limited. */
+  optinRequestCooldownMs: number | null
 }
 
 export interface FaultConfig {
@@ -42,9 +78,14 @@ export interface RecordedRequest {
   at: number
   method: string
   path: string
+  /** The Graph API version in the path, as requested. */
+  version: string
+  /** The version that served the call (a retired one is served by the oldest still available); absent for a malformed version. */
+  servedVersion?: string
   pageId?: string
   recipient: any
   messagingType?: string
+  tag?: string
   notificationType?: string
   message: any
   /** accepted: the send took effect (even if its answer was then lost); error: a Graph error body; fault: no Graph answer. */
@@ -101,8 +142,13 @@ export interface Emulator {
     payload: string,
     opts?: { optedInAt?: number; kind?: TokenKind; expiresAt?: number | null },
   ): string
-  /** A person who blocked the Page or is otherwise unreachable: sends get 551/1545041 and spend nothing. */
-  setPersonAvailable(pageId: string, psid: string, available: boolean): void
+  /**
+   * A person who cannot be messaged: sends spend nothing and get, by reason, 551/1545041
+   * ('unavailable', the default), 200 without subcode ('not_receiving') or 10 without subcode ('blocked').
+   */
+  setPersonAvailable(pageId: string, psid: string, available: boolean, reason?: UnavailableReason): void
+  /** The current run-time settings, after merging `patch` when given (RangeError for an invalid value). */
+  settings(patch?: Partial<EmulatorSettings>): EmulatorSettings
   setFaults(f: FaultConfig, pageId?: string): void
   clearFaults(): void
   readonly requests: RecordedRequest[]

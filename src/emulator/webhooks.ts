@@ -1,6 +1,6 @@
 import { createHmac } from 'node:crypto'
 import { request } from 'undici'
-import type { WebhookResult } from './types.js'
+import type { WebhookResult, WebhookStamps } from './types.js'
 
 // Meta documents a 20 s timeout for webhook deliveries.
 const WEBHOOK_TIMEOUT_MS = 20_000
@@ -12,14 +12,45 @@ export function signatureHeaders(body: string | Buffer, appSecret: string): Reco
   }
 }
 
-export function messagingEnvelope(pageId: string, psid: string, time: number, event: Record<string, unknown>) {
+export type Stamp = Exclude<WebhookStamps, 'mixed'>
+
+/** The order 'mixed' cycles through, one webhook each. */
+export const MIXED_STAMPS: readonly Stamp[] = ['milliseconds', 'seconds', 'string', 'omitted']
+
+export interface EnvelopeShape {
+  stamp?: Stamp
+  omitRecipient?: boolean
+}
+
+function stamped(time: number, stamp: Stamp): number | string {
+  if (stamp === 'seconds') return Math.floor(time / 1000)
+  if (stamp === 'string') return String(time)
+  return time
+}
+
+export function messagingEnvelope(
+  pageId: string,
+  psid: string,
+  time: number,
+  event: Record<string, unknown>,
+  shape: EnvelopeShape = {},
+) {
+  const stamp = shape.stamp ?? 'milliseconds'
+  const at = stamped(time, stamp)
   return {
     object: 'page',
     entry: [
       {
         id: pageId,
-        time,
-        messaging: [{ sender: { id: psid }, recipient: { id: pageId }, timestamp: time, ...event }],
+        time: at,
+        messaging: [
+          {
+            sender: { id: psid },
+            ...(shape.omitRecipient ? {} : { recipient: { id: pageId } }),
+            ...(stamp === 'omitted' ? {} : { timestamp: at }),
+            ...event,
+          },
+        ],
       },
     ],
   }

@@ -223,7 +223,7 @@ t.test('person actions, inbox, requests and audit', async (t) => {
   t.same(audit.json, { requests: 3, accepted: 2, tokens_accepted: 1, double_spends: 0 })
 
   const unavailable = await call('PUT', `/_emulator/persons/${PAGE}/u1/availability`, { available: false })
-  t.same(unavailable.json, { available: false })
+  t.same(unavailable.json, { available: false, reason: 'unavailable' })
   const refused = await sendAs('page-token-1', { recipient: { id: 'u1' }, message: { text: 'x' } })
   t.equal(refused.json.error.code, 551)
 })
@@ -277,6 +277,11 @@ t.test('configuration from the environment', async (t) => {
     requireProof: false,
     webhookUrl: 'http://127.0.0.1:3000/webhooks/messenger',
     pages: [{ id: '1000001', accessToken: 'demo-page-token' }],
+    webhookStamps: 'milliseconds',
+    omitRecipient: false,
+    paramErrors: 'detailed',
+    tokenRefusal: 'invalid_parameter',
+    optinRequestCooldownMs: undefined,
   })
   t.match(configFromEnv({ EMULATOR_PAGES: '1:a, 2:b:c', EMULATOR_REQUIRE_PROOF: 'true', META_APP_SECRET: 's' }), {
     pages: [
