@@ -11,6 +11,7 @@ import { buildApp } from '../src/app.js'
 import { loadConfig } from '../src/config.js'
 import { createEmulator } from '../src/emulator/emulator.js'
 import { createGraphClient } from '../src/graph/client.js'
+import { DEFAULT_GRAPH_VERSION } from '../src/graph/versions.js'
 import { buildCeilings, claimStatement } from './ceilings.js'
 import { APP_SECRET } from './lib.js'
 
@@ -44,7 +45,7 @@ async function ceilings (): Promise<{ server: FastifyInstance, handlers: Record<
   const pool = new pg.Pool({ connectionString: process.env.BENCH_DB_URL, max: Number(process.env.BENCH_POOL_SIZE ?? 10) })
   pool.on('error', () => {})
   const client = process.env.BENCH_GRAPH_URL
-    ? createGraphClient({ baseUrl: process.env.BENCH_GRAPH_URL, version: 'v21.0', appSecret: APP_SECRET, timeoutMs: 10_000, connectTimeoutMs: 5_000 })
+    ? createGraphClient({ baseUrl: process.env.BENCH_GRAPH_URL, version: DEFAULT_GRAPH_VERSION, appSecret: APP_SECRET, timeoutMs: 10_000, connectTimeoutMs: 5_000 })
     : undefined
   const graph = client && { client, pageId: process.env.BENCH_GRAPH_PAGE!, accessToken: process.env.BENCH_GRAPH_ACCESS_TOKEN! }
   const server = await buildCeilings(pool, await claimStatement(pool), graph)

@@ -8,6 +8,7 @@ import type { Notification } from './db/types.js'
 import { upsertPage } from './domain/pages.js'
 import { createGraphClient, type GraphClient } from './graph/client.js'
 import { instrumentGraphClient } from './graph/instrumented.js'
+import { versionStatus, versionWarning } from './graph/versions.js'
 import { apiKeyAuth } from './plugins/auth.js'
 import database from './plugins/database.js'
 import docs from './plugins/docs.js'
@@ -80,6 +81,8 @@ export async function buildApp (config: Config, deps: AppDeps = {}): Promise<Fas
   }
   app.decorate('config', config)
   app.decorate('dbKind', handle.kind)
+  const versionWarned = versionWarning(config.GRAPH_API_VERSION)
+  if (versionWarned) app.log.warn({ graph_api_version: config.GRAPH_API_VERSION, status: versionStatus(config.GRAPH_API_VERSION).status }, versionWarned)
   // One registry per app (tests build many apps in one process); none at all when metrics are off.
   const register = config.METRICS_ENABLED ? new Registry() : undefined
   const client = deps.graph ?? createGraphClient({
@@ -89,6 +92,10 @@ export async function buildApp (config: Config, deps: AppDeps = {}): Promise<Fas
     timeoutMs: config.GRAPH_API_TIMEOUT_MS,
     connectTimeoutMs: config.GRAPH_API_CONNECT_TIMEOUT_MS,
     connections: config.GRAPH_API_CONNECTIONS,
+    onServedVersion: (served) => {
+      app.log.warn({ graph_api_version: config.GRAPH_API_VERSION, served_as: served },
+        `Meta answers GRAPH_API_VERSION ${config.GRAPH_API_VERSION} from ${served}: the configured version is retired or unknown; set a current one.`)
+    },
   })
   const graph = register ? instrumentGraphClient(client, register) : client
   app.decorate('graph', graph)

@@ -1,5 +1,6 @@
 import { Type, type Static } from 'typebox'
 import { Compile } from 'typebox/compile'
+import { DEFAULT_GRAPH_VERSION, VERSION_WARNING_DAYS } from './graph/versions.js'
 
 const Int = (description: string, def: number, minimum: number, maximum: number) =>
   Type.Integer({ description, default: def, minimum, maximum })
@@ -17,7 +18,7 @@ export const EnvSchema = Type.Object({
   META_APP_SECRET: Type.Optional(Type.String({ description: 'App Secret: verifies webhook signatures and signs appsecret_proof. Unset: webhook deliveries are refused (503).', minLength: 1 })),
   META_VERIFY_TOKEN: Type.Optional(Type.String({ description: 'Token Meta echoes in the webhook verification handshake. Unset: the handshake is refused.', minLength: 1 })),
   GRAPH_API_BASE_URL: Type.String({ description: 'Graph API origin; tests and the demo point it at the emulator.', default: 'https://graph.facebook.com', pattern: '^https?://[^/]+$' }),
-  GRAPH_API_VERSION: Type.String({ description: 'Pinned Graph API version.', default: 'v21.0', pattern: '^v\\d+\\.\\d+$' }),
+  GRAPH_API_VERSION: Type.String({ description: `Pinned Graph API version (default: the newest this build knows). Start-up warns when Meta retires it within ${VERSION_WARNING_DAYS} days or has retired it.`, default: DEFAULT_GRAPH_VERSION, pattern: '^v\\d+\\.\\d+$' }),
   GRAPH_API_TIMEOUT_MS: Int('Time to wait for a Graph API answer before the attempt counts as unanswered.', 10000, 100, 120000),
   GRAPH_API_CONNECT_TIMEOUT_MS: Int('Time to wait for a connection to the Graph API.', 5000, 100, 60000),
   GRAPH_API_CONNECTIONS: Int('Connections kept to the Graph API, opened as needed: the most Send API calls in flight at once. One instance sends at most this many per Meta round trip; calls beyond it wait for a free one for at most GRAPH_API_TIMEOUT_MS (then have GRAPH_API_TIMEOUT_MS for the exchange), and one that gets none is not sent (its token is kept).', 512, 1, 4096),

@@ -8,7 +8,7 @@ t.test('defaults fill in everything but API_KEYS', async (t) => {
   t.equal(config.PORT, 3000)
   t.equal(config.HOST, '127.0.0.1')
   t.equal(config.PGLITE_DATA_DIR, './data/pglite')
-  t.equal(config.GRAPH_API_VERSION, 'v21.0')
+  t.equal(config.GRAPH_API_VERSION, 'v26.0')
   t.equal(config.GRAPH_API_CONNECTIONS, 512)
   t.equal(config.DATABASE_URL, undefined)
 })

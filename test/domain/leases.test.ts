@@ -1,3 +1,4 @@
+import { DEFAULT_GRAPH_VERSION } from '../../src/graph/versions.js'
 import t, { type Test } from 'tap'
 import { sql } from 'kysely'
 import { claimToken } from '../../src/domain/claims.js'
@@ -11,7 +12,7 @@ import { APP_SECRET, FAST_TIMEOUT_MS, giveTokens, graphEnv, newPsid, tokenStates
 const LEASE = 60
 
 function depsFor (t: Test, w: World, timeoutMs = 2000): SendDeps {
-  const graph = createGraphClient({ baseUrl: w.base, version: 'v21.0', appSecret: APP_SECRET, timeoutMs, connectTimeoutMs: 1000 })
+  const graph = createGraphClient({ baseUrl: w.base, version: DEFAULT_GRAPH_VERSION, appSecret: APP_SECRET, timeoutMs, connectTimeoutMs: 1000 })
   t.teardown(() => graph.close())
   return { db: w.db, graph, config: { TOKEN_LEASE_SECONDS: LEASE, GRAPH_API_MAX_RETRIES: 2, GRAPH_API_TIMEOUT_MS: timeoutMs } }
 }
@@ -66,7 +67,7 @@ t.test('sent and delivered, then the process died: Meta refuses the re-send, so 
   const claimed = await claimAndDie(w, n, { attempts: 1 })
   // What the dead process managed: its send arrived, its answer died with it.
   const delivered = await w.emulator.app.inject({
-    method: 'POST', url: `/v21.0/me/messages?access_token=${w.accessToken}&appsecret_proof=${appsecretProof(w.accessToken, APP_SECRET)}`,
+    method: 'POST', url: `/${DEFAULT_GRAPH_VERSION}/me/messages?access_token=${w.accessToken}&appsecret_proof=${appsecretProof(w.accessToken, APP_SECRET)}`,
     payload: { recipient: { one_time_notif_token: claimed.token }, messaging_type: 'UPDATE', message: { text: 'back in stock' } },
   })
   t.equal(delivered.statusCode, 200)

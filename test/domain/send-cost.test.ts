@@ -1,3 +1,4 @@
+import { DEFAULT_GRAPH_VERSION } from '../../src/graph/versions.js'
 import t, { type Test } from 'tap'
 import { sql } from 'kysely'
 import { recoverLeases } from '../../src/domain/leases.js'
@@ -12,7 +13,7 @@ import { API_KEY, countStatements } from '../helper.js'
 
 
 function depsFor (t: Test, w: World, db: SendDeps['db'], graph?: GraphClient): SendDeps {
-  const client = graph ?? createGraphClient({ baseUrl: w.base, version: 'v21.0', appSecret: APP_SECRET, timeoutMs: 2000, connectTimeoutMs: 1000 })
+  const client = graph ?? createGraphClient({ baseUrl: w.base, version: DEFAULT_GRAPH_VERSION, appSecret: APP_SECRET, timeoutMs: 2000, connectTimeoutMs: 1000 })
   t.teardown(() => client.close())
   return { db, graph: client, config: { TOKEN_LEASE_SECONDS: 60, GRAPH_API_MAX_RETRIES: 2, GRAPH_API_TIMEOUT_MS: 2000 } }
 }

@@ -1,3 +1,4 @@
+import { DEFAULT_GRAPH_VERSION } from '../../src/graph/versions.js'
 import t from 'tap'
 import { randomUUID } from 'node:crypto'
 import { createGraphClient } from '../../src/graph/client.js'
@@ -92,7 +93,7 @@ t.test('a send the database refuses fails alone; the others start', async (t) =>
 t.test('concurrent sends through the group commit: each person gets exactly one message, each token spent once', async (t) => {
   const w = await world(t)
   const { counted, statements } = countStatements(w.db)
-  const graph = createGraphClient({ baseUrl: w.base, version: 'v21.0', appSecret: APP_SECRET, timeoutMs: 2000, connectTimeoutMs: 1000 })
+  const graph = createGraphClient({ baseUrl: w.base, version: DEFAULT_GRAPH_VERSION, appSecret: APP_SECRET, timeoutMs: 2000, connectTimeoutMs: 1000 })
   t.teardown(() => graph.close())
   const deps: SendDeps = {
     db: counted, graph, config: { TOKEN_LEASE_SECONDS: 60, GRAPH_API_MAX_RETRIES: 2, GRAPH_API_TIMEOUT_MS: 2000 },

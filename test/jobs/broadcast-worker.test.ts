@@ -1,3 +1,4 @@
+import { DEFAULT_GRAPH_VERSION } from '../../src/graph/versions.js'
 import t from 'tap'
 import { createBroadcast, getBroadcast, getBroadcastRow, planNextBatch } from '../../src/domain/broadcasts.js'
 import { createGraphClient, type GraphClient, type SendOutcome } from '../../src/graph/client.js'
@@ -11,7 +12,7 @@ import {
 const message = { text: 'Back in stock' }
 
 function realGraph (base: string, timeoutMs = 5000): GraphClient {
-  return createGraphClient({ baseUrl: base, version: 'v21.0', appSecret: APP_SECRET, timeoutMs, connectTimeoutMs: 2000 })
+  return createGraphClient({ baseUrl: base, version: DEFAULT_GRAPH_VERSION, appSecret: APP_SECRET, timeoutMs, connectTimeoutMs: 2000 })
 }
 
 /** Counts the sends one instance makes; `to` is set once the emulator's address is known. */
