@@ -4,6 +4,7 @@ import type { Database } from '../db/database.js'
 import { GroupCommit } from '../db/group-commit.js'
 import type { TokenKind } from '../db/types.js'
 import { DomainError } from './errors.js'
+import { isPageId, isPayload, isPsid, isToken } from './ids.js'
 import { OTN_TOKEN_LIFETIME_MS } from './window.js'
 
 /**
@@ -35,6 +36,17 @@ export interface SubscriberTouch {
   last_interaction_at: string | null
 }
 
+/**
+ * Why an event was not recorded. Ignored: a kind the service does not record (it stays in the raw
+ * log). Rejected: a kind it records, but whose ids or token it cannot keep.
+ */
+export const IGNORED_REASONS = [
+  'echo', 'receipt', 'unsupported_event', 'unsupported_optin', 'not_page_object', 'changes_field', 'page_unknown', 'sender_unknown',
+] as const
+export const REJECTED_REASONS = ['invalid_page_id', 'invalid_psid', 'invalid_token', 'invalid_payload'] as const
+export type SkipReason = (typeof IGNORED_REASONS)[number] | (typeof REJECTED_REASONS)[number]
+const REJECTED = new Set<SkipReason>(REJECTED_REASONS)
+
 export interface Delivery {
   object: string
   /** One per distinct token. */
@@ -43,6 +55,11 @@ export interface Delivery {
   subscribers: SubscriberTouch[]
   interactions: number
   ignored_events: number
+  rejected_events: number
+  /** Events not recorded, by reason. */
+  skipped: Partial<Record<SkipReason, number>>
+  /** Events whose own time was missing or unreadable, stamped with the entry's time or the receipt time. */
+  restamped_events: number
 }
 
 type Json = Record<string, unknown>
@@ -58,26 +75,46 @@ function idOf (value: unknown): string | undefined {
   return undefined
 }
 
-function epochMs (value: unknown): number | undefined {
-  return typeof value === 'number' && Number.isFinite(value) && value > 0 && value < 8.64e15 ? value : undefined
+/** Meta's first Messenger Platform year: no event is older. */
+const EARLIEST_EVENT_MS = Date.UTC(2015, 0, 1)
+/** Later than the receipt by more than this is not a clock's skew but a wrong value. */
+const LATEST_SKEW_MS = 24 * 60 * 60 * 1000
+/** Below this an epoch value is seconds (10^11 ms is 1973; 10^11 s is the year 5138). */
+const SECONDS_BELOW = 1e11
+const NUMERIC = /^\s*\d+(\.\d+)?\s*$/
+
+/**
+ * An event time in epoch milliseconds, read the ways Meta writes it (MESSENGER.md §8): epoch
+ * milliseconds, epoch seconds, either as a numeric string. Undefined when absent or implausible
+ * (before 2015, or more than a day after the receipt), so the caller falls back.
+ */
+export function eventTimeMs (value: unknown, receivedAt: number): number | undefined {
+  const n = typeof value === 'number' ? value : typeof value === 'string' && NUMERIC.test(value) ? Number(value) : NaN
+  if (!Number.isFinite(n) || n <= 0) return undefined
+  const ms = Math.round(n < SECONDS_BELOW ? n * 1000 : n)
+  return ms >= EARLIEST_EVENT_MS && ms <= receivedAt + LATEST_SKEW_MS ? ms : undefined
 }
 
-type EventKind = 'otn_optin' | 'interaction' | 'ignored'
+type EventKind = 'otn_optin' | 'interaction' | SkipReason
 
 function kindOf (event: Json): EventKind {
   if (isObject(event.optin)) {
     const { type, one_time_notif_token: token } = event.optin
-    return type === 'one_time_notif_req' && typeof token === 'string' && token.length > 0 ? 'otn_optin' : 'ignored'
+    if (type !== 'one_time_notif_req') return 'unsupported_optin'
+    return typeof token === 'string' ? 'otn_optin' : 'invalid_token'
   }
-  if (isObject(event.message)) return event.message.is_echo === true ? 'ignored' : 'interaction'
+  if (isObject(event.message)) return event.message.is_echo === true ? 'echo' : 'interaction'
   if (isObject(event.postback) || isObject(event.reaction) || isObject(event.referral)) return 'interaction'
-  return 'ignored'
+  if (isObject(event.read) || isObject(event.delivery)) return 'receipt'
+  return 'unsupported_event'
 }
 
 /**
  * Parses a signed body into what it changes. Not JSON, or not Meta's envelope (`object` a string,
- * `entry` an array), is a 400; anything inside the envelope that is not understood is ignored
- * (it stays in the raw log). Only `object: "page"` deliveries are read for events.
+ * `entry` an array), is a 400; anything inside the envelope is judged event by event: recorded,
+ * ignored (a kind not recorded) or rejected (ids or a token the service cannot keep), each counted
+ * with its reason, never failing the delivery (it stays whole in the raw log). Only `object: "page"`
+ * deliveries are read for events.
  */
 export function parseDelivery (raw: Buffer, receivedAt: Date = new Date()): Delivery {
   let body: unknown
@@ -87,14 +124,28 @@ export function parseDelivery (raw: Buffer, receivedAt: Date = new Date()): Deli
     // The parser's message quotes the body, which may hold a token: say nothing more.
     throw new DomainError('invalid', 'invalid_webhook_body', 'The signed body is not JSON.')
   }
-  if (!isObject(body) || typeof body.object !== 'string' || body.object === '' || !Array.isArray(body.entry)) {
+  const object = isObject(body) && body.object === undefined ? 'page' : isObject(body) ? body.object : undefined
+  if (!isObject(body) || typeof object !== 'string' || object === '' || !Array.isArray(body.entry)) {
     throw new DomainError('invalid', 'invalid_webhook_body',
-      'The signed body is not a webhook envelope: it needs "object" (a string) and "entry" (an array).')
+      'The signed body is not a webhook envelope: it needs "entry" (an array) and, when present, "object" (a string).')
   }
 
-  const delivery: Delivery = { object: body.object, tokens: [], subscribers: [], interactions: 0, ignored_events: 0 }
-  if (body.object !== 'page') return delivery
+  // Meta always names the object; some clients' test harnesses leave it out of Messenger bodies.
+  const delivery: Delivery = {
+    object, tokens: [], subscribers: [], interactions: 0, ignored_events: 0, rejected_events: 0, skipped: {}, restamped_events: 0,
+  }
+  const skip = (reason: SkipReason, count = 1): void => {
+    if (count === 0) return
+    delivery.skipped[reason] = (delivery.skipped[reason] ?? 0) + count
+    if (REJECTED.has(reason)) delivery.rejected_events += count
+    else delivery.ignored_events += count
+  }
+  if (object !== 'page') {
+    skip('not_page_object', body.entry.length)
+    return delivery
+  }
 
+  const now = receivedAt.getTime()
   const tokens = new Map<string, TokenRecord>()
   const people = new Map<string, { page_id: string, psid: string, first: number, last: number | null }>()
   const touch = (pageId: string, psid: string, at: number, interaction: boolean): void => {
@@ -106,24 +157,44 @@ export function parseDelivery (raw: Buffer, receivedAt: Date = new Date()): Deli
   }
 
   for (const entry of body.entry) {
-    if (!isObject(entry)) continue
+    if (!isObject(entry)) {
+      skip('unsupported_event')
+      continue
+    }
+    // The App Dashboard's test button posts `changes` (field/value pairs) instead of events.
+    if (Array.isArray(entry.changes)) skip('changes_field', entry.changes.length)
+    const entryTime = eventTimeMs(entry.time, now)
     const events = [entry.messaging, entry.standby].flatMap((list) => Array.isArray(list) ? list : [])
     for (const event of events) {
-      const kind = isObject(event) ? kindOf(event) : 'ignored'
-      const pageId = isObject(event) ? idOf(event.recipient) ?? idOf(entry) : undefined
-      const psid = isObject(event) ? idOf(event.sender) : undefined
-      if (kind === 'ignored' || !pageId || !psid) {
-        delivery.ignored_events++
+      if (!isObject(event)) {
+        skip('unsupported_event')
         continue
       }
-      const at = epochMs((event as Json).timestamp) ?? epochMs(entry.time) ?? receivedAt.getTime()
+      const kind = kindOf(event)
+      if (kind !== 'otn_optin' && kind !== 'interaction') {
+        skip(kind)
+        continue
+      }
+      // Test builders and some deliveries omit `recipient`: the entry names the Page.
+      const pageId = idOf(event.recipient) ?? idOf(entry)
+      const psid = idOf(event.sender)
+      if (!pageId) { skip('page_unknown'); continue }
+      if (!psid) { skip('sender_unknown'); continue }
+      if (!isPageId(pageId)) { skip('invalid_page_id'); continue }
+      if (!isPsid(psid)) { skip('invalid_psid'); continue }
+      const own = eventTimeMs(event.timestamp, now)
+      if (own === undefined) delivery.restamped_events++
+      const at = own ?? entryTime ?? now
       if (kind === 'interaction') {
         delivery.interactions++
         touch(pageId, psid, at, true)
         continue
       }
-      const optin = (event as Json).optin as Json
+      const optin = event.optin as Json
       const token = optin.one_time_notif_token as string
+      const payload = typeof optin.payload === 'string' ? optin.payload : ''
+      if (!isToken(token)) { skip('invalid_token'); continue }
+      if (payload !== '' && !isPayload(payload)) { skip('invalid_payload'); continue }
       touch(pageId, psid, at, false)
       const known = tokens.get(token)
       // The same token twice in one body: keep one, with the earliest opt-in time.
@@ -132,7 +203,7 @@ export function parseDelivery (raw: Buffer, receivedAt: Date = new Date()): Deli
         kind: 'one_time_notif',
         page_id: pageId,
         psid,
-        payload: typeof optin.payload === 'string' ? optin.payload : '',
+        payload,
         token,
         opted_in_at: new Date(at).toISOString(),
         expires_at: new Date(at + OTN_TOKEN_LIFETIME_MS).toISOString(),
@@ -152,8 +223,30 @@ export function parseDelivery (raw: Buffer, receivedAt: Date = new Date()): Deli
 
 export interface Recorded {
   event_id: string
-  /** Tokens this delivery added; a token already held (a re-delivery) is not counted again. */
+  /** Usable tokens this delivery added; a token already held (a re-delivery) is not counted again. */
   tokens_recorded: number
+  /** Tokens this delivery added already expired (opted in over a year before): kept, never usable. */
+  tokens_expired: number
+}
+
+/** What a delivery changed, as the webhook answers it (WebhookReceiptSchema). */
+export function receiptOf (delivery: Delivery, recorded: Recorded) {
+  const received = delivery.tokens.length
+  const reasons: Record<string, number> = { ...delivery.skipped }
+  if (recorded.tokens_expired > 0) reasons.token_expired = recorded.tokens_expired
+  return {
+    event_id: recorded.event_id,
+    object: delivery.object,
+    tokens_received: received,
+    tokens_recorded: recorded.tokens_recorded,
+    tokens_unusable: recorded.tokens_expired,
+    tokens_already_held: received - recorded.tokens_recorded - recorded.tokens_expired,
+    interactions: delivery.interactions,
+    ignored_events: delivery.ignored_events,
+    rejected_events: delivery.rejected_events,
+    restamped_events: delivery.restamped_events,
+    reasons,
+  }
 }
 
 /** One signed delivery, parsed, waiting to be stored. */
@@ -197,7 +290,7 @@ export async function recordDeliveries (db: Database, inputs: DeliveryInput[]): 
         join input on input.ord = t.ord
       order by t.token, t.opted_in_at, t.ord
       on conflict (token) do nothing
-      returning webhook_event_id
+      returning webhook_event_id, state
     ), touched as (
       insert into subscribers (page_id, psid, first_seen_at, last_interaction_at)
       select s.page_id, s.psid, least(min(s.first_seen_at), now()),
@@ -211,7 +304,9 @@ export async function recordDeliveries (db: Database, inputs: DeliveryInput[]): 
         last_interaction_at = greatest(subscribers.last_interaction_at, excluded.last_interaction_at),
         updated_at = now()
     )
-    select input.id::text as event_id, count(new_tokens.webhook_event_id)::int as tokens_recorded
+    select input.id::text as event_id,
+           count(new_tokens.webhook_event_id) filter (where new_tokens.state = 'available')::int as tokens_recorded,
+           count(new_tokens.webhook_event_id) filter (where new_tokens.state = 'expired')::int as tokens_expired
       from input left join new_tokens on new_tokens.webhook_event_id = input.id
      group by input.id, input.ord
      order by input.ord

@@ -4,6 +4,7 @@ import { usable } from './claims.js'
 import type { Database } from '../db/database.js'
 import type { Topic } from '../db/types.js'
 import { DomainError, notFound, uniqueViolation } from './errors.js'
+import { isPayload, PAYLOAD_MAX_BYTES, PAYLOAD_MAX_CHARS } from './ids.js'
 import { getPage } from './pages.js'
 import { afterCursor, pageOf } from './pagination.js'
 
@@ -70,6 +71,10 @@ function defaultTitle (name: string): string {
 }
 
 export async function createTopic (db: Database, input: { page_id: string, name: string, title?: string, payload?: string }): Promise<TopicWithCounts> {
+  if (input.payload !== undefined && !isPayload(input.payload)) {
+    throw new DomainError('invalid', 'invalid_payload',
+      `A payload is 1 to ${PAYLOAD_MAX_CHARS} characters and at most ${PAYLOAD_MAX_BYTES} bytes in UTF-8.`)
+  }
   await getPage(db, input.page_id)
   const payload = input.payload ?? `otn_${randomBytes(9).toString('base64url')}`
   try {

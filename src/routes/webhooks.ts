@@ -1,7 +1,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { DomainError } from '../domain/errors.js'
-import { DeliveryWriter, parseDelivery, signatureMatches } from '../domain/ingest.js'
+import { DeliveryWriter, parseDelivery, receiptOf, signatureMatches } from '../domain/ingest.js'
 import { sendProblem } from '../plugins/errors.js'
 import { problems } from '../schemas/common.js'
 import {
@@ -63,14 +63,9 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
     }
     const delivery = parseDelivery(raw)
     const recorded = await writer.submit({ raw, signature, delivery })
-    const receipt = {
-      event_id: recorded.event_id,
-      object: delivery.object,
-      tokens_recorded: recorded.tokens_recorded,
-      interactions: delivery.interactions,
-      ignored_events: delivery.ignored_events,
-    }
-    request.log.info({ webhook: { ...receipt, tokens_received: delivery.tokens.length } }, 'webhook recorded')
+    const receipt = receiptOf(delivery, recorded)
+    if (receipt.rejected_events > 0 || receipt.tokens_unusable > 0) request.log.warn({ webhook: receipt }, 'webhook recorded, with events or tokens not usable')
+    else request.log.info({ webhook: receipt }, 'webhook recorded')
     return receipt
   })
 }

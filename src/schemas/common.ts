@@ -1,4 +1,5 @@
 import { Type, type Static, type TSchema } from 'typebox'
+import { PAGE_ID_PATTERN, PSID_PATTERN } from '../domain/ids.js'
 
 export const ProblemSchema = Type.Object({
   type: Type.String({ description: 'A URI naming the problem type.' }),
@@ -43,8 +44,8 @@ export function ListOf<T extends TSchema> (item: T) {
 }
 
 export const Timestamp = Type.String({ format: 'date-time' })
-export const PageId = Type.String({ pattern: '^[0-9]{1,32}$', description: 'Facebook Page id.' })
-export const Psid = Type.String({ pattern: '^[0-9A-Za-z_-]{1,64}$', description: 'Page-scoped id of a person.' })
+export const PageId = Type.String({ pattern: PAGE_ID_PATTERN, description: 'Facebook Page id.' })
+export const Psid = Type.String({ pattern: PSID_PATTERN, description: 'Page-scoped id of a person.' })
 export const Uuid = Type.String({ format: 'uuid' })
 
 /** Every /v1 route: a bearer key from API_KEYS. */

@@ -1,4 +1,5 @@
 import { Type, type Static } from 'typebox'
+import { PAYLOAD_MAX_BYTES, PAYLOAD_MAX_CHARS } from '../domain/ids.js'
 import { IdParamsSchema, ListOf, ListQuerySchema, PageId, Timestamp, Uuid } from './common.js'
 
 const Name = Type.String({ minLength: 1, maxLength: 100, pattern: '\\S', description: 'Unique per Page, ignoring case.' })
@@ -10,7 +11,10 @@ export const CreateTopicBodySchema = Type.Object({
   page_id: PageId,
   name: Name,
   title: Type.Optional(Title),
-  payload: Type.Optional(Type.String({ minLength: 1, maxLength: 200, pattern: '^[A-Za-z0-9_.:-]+$', description: 'Key put into opt-in requests and echoed back by Meta; unique per Page; generated when omitted; never changes.' })),
+  payload: Type.Optional(Type.String({
+    minLength: 1, maxLength: PAYLOAD_MAX_CHARS,
+    description: `Key put into opt-in requests and echoed back by Meta; unique per Page; generated when omitted; never changes. Any text (JSON, spaces, any script) up to ${PAYLOAD_MAX_CHARS} characters and ${PAYLOAD_MAX_BYTES} bytes in UTF-8, so that a Page's existing opt-ins can be adopted as they are.`,
+  })),
 }, { additionalProperties: false })
 export type CreateTopicBody = Static<typeof CreateTopicBodySchema>
 

@@ -11,7 +11,7 @@ export const ChallengeSchema = Type.String({ description: 'The hub.challenge val
 const Messaging = Type.Array(Type.Object({
   sender: Type.Optional(Type.Object({ id: Type.String() })),
   recipient: Type.Optional(Type.Object({ id: Type.String() })),
-  timestamp: Type.Optional(Type.Integer({ description: 'Epoch milliseconds.' })),
+  timestamp: Type.Optional(Type.Union([Type.Integer(), Type.String()], { description: 'Epoch milliseconds; seconds and numeric strings are read too.' })),
   optin: Type.Optional(Type.Object({
     type: Type.Optional(Type.String({ description: 'one_time_notif_req is recorded; other kinds stay in the raw log.' })),
     payload: Type.Optional(Type.String()),
@@ -27,8 +27,8 @@ const Messaging = Type.Array(Type.Object({
 export const WebhookEnvelopeSchema = Type.Object({
   object: Type.String({ description: 'Only "page" deliveries are read; others are stored and acknowledged.' }),
   entry: Type.Array(Type.Object({
-    id: Type.String({ description: 'Page id.' }),
-    time: Type.Optional(Type.Integer()),
+    id: Type.String({ description: 'Page id: the Page of events that name no recipient.' }),
+    time: Type.Optional(Type.Union([Type.Integer(), Type.String()], { description: 'Epoch milliseconds (or seconds): the time of an event that carries none.' })),
     messaging: Type.Optional(Messaging),
     standby: Type.Optional(Messaging),
   })),
@@ -41,7 +41,16 @@ export const WebhookHeadersSchema = Type.Object({
 export const WebhookReceiptSchema = Type.Object({
   event_id: Type.String({ description: 'Id of the stored raw delivery.' }),
   object: Type.String(),
-  tokens_recorded: Type.Integer({ description: 'OTN tokens this delivery added (re-delivered tokens are not counted again).' }),
+  tokens_received: Type.Integer({ description: 'Distinct OTN tokens read from the delivery.' }),
+  tokens_recorded: Type.Integer({ description: 'Usable OTN tokens this delivery added (re-delivered tokens are not counted again).' }),
+  tokens_unusable: Type.Integer({ description: 'Tokens added but never usable: the opt-in is more than a year old (reasons.token_expired).' }),
+  tokens_already_held: Type.Integer({ description: 'Tokens already recorded by an earlier delivery (Meta delivers at least once).' }),
   interactions: Type.Integer({ description: 'Messages, postbacks, reactions and referrals read.' }),
-  ignored_events: Type.Integer({ description: 'Events kept only in the raw log.' }),
+  ignored_events: Type.Integer({ description: 'Events of kinds not recorded (echoes, reads, other opt-in kinds, ...): kept only in the raw log.' }),
+  rejected_events: Type.Integer({ description: 'Events of a recorded kind whose ids, token or payload cannot be kept: kept only in the raw log.' }),
+  restamped_events: Type.Integer({ description: 'Events without a readable time of their own, stamped with the entry\'s time or the time of receipt.' }),
+  reasons: Type.Record(Type.String(), Type.Integer(), {
+    description: 'Counts by reason of what was not recorded as usable: echo, receipt, unsupported_event, unsupported_optin, not_page_object, ' +
+      'changes_field, page_unknown, sender_unknown (ignored); invalid_page_id, invalid_psid, invalid_token, invalid_payload (rejected); token_expired.',
+  }),
 }, { title: 'WebhookReceipt' })

@@ -149,3 +149,27 @@ t.test('the topic counts use the partial index, not a scan of spent tokens', asy
   t.match(text, /optin_tokens_usable_idx/, text)
   t.notMatch(text, /Seq Scan/)
 })
+
+t.test('payloads as real bots write them are accepted, so a business adopts its existing opt-ins; only empty or oversized ones are refused', async (t) => {
+  const app = await build(t)
+  const pageId = await page(app)
+  // MESSENGER.md §8: JSON strings, spaces, quotes and any script are what deployments use.
+  const real = ['{"ref":"notify_ref"}', '{ "ref": "908088b3-5e9e-4b53-b746-799ac51bc758"}', '{"action":"subscribed"}', 'Back in stock: red shoes',
+    'уведомить о скидках', '通知 🔔', 'a'.repeat(1000)]
+  for (const [i, payload] of real.entries()) {
+    const res = await app.inject({ method: 'POST', url: '/v1/topics', headers: auth, payload: { page_id: pageId, name: `Topic ${i}`, payload } })
+    t.equal(res.statusCode, 201, payload.slice(0, 40))
+    t.equal(res.json().payload, payload, 'kept exactly')
+    const got = await app.inject({ method: 'GET', url: `/v1/topics/${res.json().id}`, headers: auth })
+    t.equal(got.json().payload, payload)
+  }
+  const refused: Array<[string, number, string]> = [
+    ['', 400, 'validation_failed'], ['a'.repeat(1001), 400, 'validation_failed'], ['é'.repeat(1000), 201, ''],
+    ['🔔'.repeat(501), 400, 'invalid_payload'], ['€'.repeat(700), 400, 'invalid_payload'],
+  ]
+  for (const [i, [payload, status, code]] of refused.entries()) {
+    const res = await app.inject({ method: 'POST', url: '/v1/topics', headers: auth, payload: { page_id: pageId, name: `Edge ${i}`, payload } })
+    t.equal(res.statusCode, status, `${payload.length} characters, ${Buffer.byteLength(payload)} bytes`)
+    if (code) t.equal(res.json().code, code)
+  }
+})

@@ -258,7 +258,8 @@ t.test('an opt-in older than a year is stored expired and never counts', async (
   const topic = (await app.inject({ method: 'POST', url: '/v1/topics', headers: auth, payload: { page_id: pageId, name: 'Old', payload: 'old' } })).json()
   const at = Date.now() - OTN_TOKEN_LIFETIME_MS - HOUR
   const res = await signedPost(app, envelope([optinEvent({ pageId, psid, payload: 'old', token: uniqueToken(), timestamp: at })]))
-  t.equal(res.json().tokens_recorded, 1)
+  t.match(res.json(), { tokens_received: 1, tokens_recorded: 0, tokens_unusable: 1, tokens_already_held: 0, reasons: { token_expired: 1 } },
+    'the receipt does not count an expired token as recorded, and says why')
   const [row] = await tokenRows(pageId)
   t.equal(row.state, 'expired')
   t.equal(row.expires_at.getTime(), at + OTN_TOKEN_LIFETIME_MS)
@@ -297,7 +298,7 @@ t.test('bad, missing and mismatched signatures are 401 and store nothing', async
 t.test('a correctly signed body that is not JSON or not the envelope is 400, stored nowhere', async (t) => {
   const app = await build(t, webhookEnv)
   const before = await storedEvents()
-  for (const raw of ['{"object":"page","entry":[', '', 'null', '[]', '"page"', '{"entry":[]}', '{"object":"page"}',
+  for (const raw of ['{"object":"page","entry":[', '', 'null', '[]', '"page"', '{"object":"page"}',
     '{"object":"page","entry":{}}', '{"object":7,"entry":[]}', '{"object":"","entry":[]}']) {
     const res = await signedPost(app, raw)
     t.equal(res.statusCode, 400, JSON.stringify(raw))
@@ -408,4 +409,99 @@ t.test('a failure part-way leaves nothing half-written', async (t) => {
   t.equal(await storedEvents(), before, 'no raw event')
   t.equal(await tokenCount(), tokensBefore, 'no token')
   t.notOk(await subscriber(pageId, 'alice'), 'no subscriber')
+})
+
+t.test('Meta stamps in seconds and as strings: an opt-in so stamped is usable, and a referral so stamped opens the window', async (t) => {
+  const app = await build(t, webhookEnv)
+  const pageId = uniquePageId()
+  const [bySeconds, byString, byEntry, referred] = Array.from({ length: 4 }, uniquePsid)
+  const [t1, t2, t3] = [uniqueToken(), uniqueToken(), uniqueToken()]
+  const nowS = Math.floor(Date.now() / 1000)
+  const body = envelope([
+    entry(pageId, [optinEvent({ pageId, psid: bySeconds, payload: 'deals', token: t1, timestamp: nowS - 3600 })]),
+    entry(pageId, [{ ...optinEvent({ pageId, psid: byString, payload: 'deals', token: t2 }), timestamp: String(nowS - 1800) }]),
+    // No time of its own: the entry's, which Meta's test button writes in seconds.
+    { id: pageId, time: nowS - 600, messaging: [{ ...optinEvent({ pageId, psid: byEntry, payload: 'deals', token: t3 }), timestamp: undefined }] },
+    // The shape of courier's referral_seconds.json, stamped now.
+    { id: pageId, time: Date.now(), messaging: [{ referral: { ref: 'referral id', source: 'SHORTLINK', type: 'OPEN_THREAD' }, recipient: { id: pageId }, sender: { id: referred }, timestamp: nowS - 60 }] },
+  ])
+  const res = await signedPost(app, body)
+  t.equal(res.statusCode, 200)
+  t.match(res.json(), { tokens_received: 3, tokens_recorded: 3, tokens_unusable: 0, interactions: 1, restamped_events: 1, reasons: {} })
+  const rows = await tokenRows(pageId)
+  const at = Object.fromEntries(rows.map((r) => [r.token, [r.state, r.opted_in_at.getTime(), r.expires_at.getTime()]]))
+  t.same(at[t1], ['available', (nowS - 3600) * 1000, (nowS - 3600) * 1000 + OTN_TOKEN_LIFETIME_MS], 'seconds are read as seconds, not 1970')
+  t.same(at[t2], ['available', (nowS - 1800) * 1000, (nowS - 1800) * 1000 + OTN_TOKEN_LIFETIME_MS], 'a numeric string is read')
+  t.same(at[t3], ['available', (nowS - 600) * 1000, (nowS - 600) * 1000 + OTN_TOKEN_LIFETIME_MS], "the entry's time stands in")
+  await app.inject({ method: 'PUT', url: `/v1/pages/${pageId}`, headers: auth, payload: { name: 'P' } })
+  t.equal((await subscriber(pageId, referred))?.last_interaction_at?.getTime(), (nowS - 60) * 1000)
+  const view = await app.inject({ method: 'GET', url: `/v1/pages/${pageId}/subscribers/${referred}`, headers: auth })
+  t.match(view.json(), { window: { open: true } }, 'the referral opened the 24-hour window')
+})
+
+t.test('one bad event among good ones: the good ones are recorded, the bad one counted with its reason, the delivery kept whole', async (t) => {
+  const app = await build(t, webhookEnv)
+  const pageId = uniquePageId()
+  const psid = uniquePsid()
+  const good = uniqueToken()
+  const at = Date.now() - HOUR
+  const raw = JSON.stringify(envelope([
+    entry(pageId, [optinEvent({ pageId, psid, payload: 'deals', token: good, timestamp: at })]),
+    entry(pageId, [optinEvent({ pageId, psid, payload: 'deals', token: 'x'.repeat(3000), timestamp: at })]),
+    entry(pageId, [optinEvent({ pageId, psid: 'p'.repeat(5000), payload: 'deals', token: uniqueToken(), timestamp: at })]),
+    entry(pageId, [optinEvent({ pageId, psid, payload: 'deals', token: uniqueToken(), timestamp: 253402300800000 })]),
+    { time: at, messaging: [messageEvent({ pageId, psid, timestamp: at })].map(({ recipient: _r, ...e }) => e) },
+  ]))
+  const res = await signedPost(app, raw)
+  t.equal(res.statusCode, 200)
+  t.match(res.json(), {
+    tokens_received: 2, tokens_recorded: 2, rejected_events: 2, ignored_events: 1, restamped_events: 1,
+    reasons: { invalid_token: 1, invalid_psid: 1, page_unknown: 1 },
+  })
+  const rows = await tokenRows(pageId)
+  t.equal(rows.length, 2)
+  t.ok(rows.some((r) => r.token === good && r.opted_in_at.getTime() === at))
+  t.ok(rows.every((r) => r.opted_in_at.getTime() <= Date.now()), 'a time in the year 10000 falls back to the receipt time')
+  const stored = await (await db()).selectFrom('webhook_events').select('body').where('id', '=', res.json().event_id).executeTakeFirstOrThrow()
+  t.equal(Buffer.from(stored.body).toString(), raw, 'the whole delivery is in the raw log')
+})
+
+t.test("real bodies from Meta's docs and open-source clients: each is answered 200 and stored raw (test/fixtures/meta)", async (t) => {
+  const app = await build(t, webhookEnv)
+  const dir = new URL('../fixtures/meta/webhooks/', import.meta.url)
+  const { readdirSync, readFileSync } = await import('node:fs')
+  for (const file of readdirSync(dir).filter((f) => f.endsWith('.json'))) {
+    const raw = readFileSync(new URL(file, dir))
+    const res = await signedPost(app, raw)
+    if (file === 'meta-docs-postbacks-field-value-string-timestamp.json') {
+      t.equal(res.statusCode, 400, `${file}: a field/value sample is not a delivery`)
+      continue
+    }
+    t.equal(res.statusCode, 200, file)
+    const stored = await (await db()).selectFrom('webhook_events').select('body').where('id', '=', res.json().event_id).executeTakeFirst()
+    t.ok(stored && Buffer.from(stored.body).equals(raw), `${file}: stored byte for byte`)
+  }
+})
+
+t.test("a business adopts its existing opt-ins: a topic with a JSON payload takes the tokens vlab's opt-in carries", async (t) => {
+  const app = await build(t, webhookEnv)
+  const pageId = uniquePageId()
+  const psid = '00000000-0000-4000-8000-000000000001'
+  const payload = '{ "ref": "908088b3-5e9e-4b53-b746-799ac51bc758"}'
+  await app.inject({ method: 'PUT', url: `/v1/pages/${pageId}`, headers: auth, payload: { name: 'P' } })
+  const topic = await app.inject({ method: 'POST', url: '/v1/topics', headers: auth, payload: { page_id: pageId, name: 'Survey', payload } })
+  t.equal(topic.statusCode, 201, topic.body)
+  // vlab's opt-in (test/fixtures/meta/webhooks/vlab-otn-optin-json-string-payload.json), for this Page and stamped an hour ago.
+  const { readFileSync } = await import('node:fs')
+  const body = JSON.parse(readFileSync(new URL('../fixtures/meta/webhooks/vlab-otn-optin-json-string-payload.json', import.meta.url), 'utf8'))
+  const event = body.entry[0].messaging[0]
+  event.recipient.id = pageId
+  event.timestamp = Date.now() - HOUR
+  event.optin.one_time_notif_token = uniqueToken()
+  const res = await signedPost(app, body)
+  t.match(res.json(), { object: 'page', tokens_recorded: 1 })
+  const got = (await app.inject({ method: 'GET', url: `/v1/topics/${topic.json().id}`, headers: auth })).json()
+  t.equal(got.counts.usable_tokens, 1)
+  const view = (await app.inject({ method: 'GET', url: `/v1/pages/${pageId}/subscribers/${psid}`, headers: auth })).json()
+  t.equal(view.topics[0]?.topic_id, topic.json().id)
 })

@@ -1,0 +1,174 @@
+import { readdirSync, readFileSync } from 'node:fs'
+import t from 'tap'
+import { eventTimeMs, parseDelivery, type Delivery } from '../../src/domain/ingest.js'
+import { OTN_TOKEN_LIFETIME_MS } from '../../src/domain/window.js'
+
+const RECEIVED = new Date('2026-12-02T10:00:00.000Z')
+const dir = new URL('../fixtures/meta/webhooks/', import.meta.url)
+const fixture = (name: string): string => readFileSync(new URL(name, dir), 'utf8')
+
+t.test('event times: milliseconds, seconds, numeric strings; absent or implausible ones are undefined', async (t) => {
+  const now = RECEIVED.getTime()
+  const cases: Array<[unknown, number | undefined]> = [
+    [1458692752478, 1458692752478], // Meta's reference examples: milliseconds
+    [1701599111, 1701599111000], // courier's referral_seconds.json: seconds
+    ['1527459824', 1527459824000], // Meta's messaging_postbacks sample: a numeric string, in seconds
+    ['1458692752478', 1458692752478],
+    [' 1458692752478 ', 1458692752478],
+    [1492414608982.0, 1492414608982], // bottender's echo: written as a float literal
+    [1701599111.5, 1701599111500],
+    [now + 60_000, now + 60_000], // a minute of clock skew is kept (the store holds it at now())
+    [undefined, undefined], [null, undefined], ['', undefined], ['soon', undefined], ['1e12', undefined], [-5, undefined], [0, undefined],
+    [12341, undefined], // fbmessenger-hs's entry.time: 1970 in any unit
+    [253402300800000, undefined], // the year 10000
+    [8.64e15 + 1, undefined], [Number.NaN, undefined], [Number.POSITIVE_INFINITY, undefined],
+    [now + 2 * 86_400_000, undefined], // two days ahead: not a skew
+    [{ ms: 1 }, undefined], [[1458692752478], undefined],
+  ]
+  for (const [value, expected] of cases) t.equal(eventTimeMs(value, now), expected, JSON.stringify(value) ?? String(value))
+})
+
+/** Every real body we hold: what it parses to (its source: test/fixtures/meta/SOURCES.md). */
+const EXPECTED: Record<string, Partial<Delivery> | 'invalid'> = {
+  'botman-checkbox-optin-no-sender.json': { interactions: 0, skipped: { unsupported_optin: 1 } },
+  'botman-echo.json': { interactions: 0, skipped: { echo: 1 } },
+  'botman-read.json': { interactions: 0, skipped: { receipt: 1 } },
+  'botman-referral.json': { interactions: 1, skipped: {} },
+  'bottender-changes-test-button.json': { interactions: 0, skipped: { changes_field: 1 } },
+  'bottender-echo-float-timestamps.json': { interactions: 0, skipped: { echo: 1 } },
+  'courier-delivery.json': { interactions: 0, skipped: { receipt: 1 } },
+  'courier-echo-no-entry-time.json': { interactions: 0, skipped: { echo: 1 } },
+  'courier-instagram-echo.json': { object: 'instagram', interactions: 0, skipped: { not_page_object: 1 } },
+  'courier-instagram-like-heart.json': { object: 'instagram', interactions: 0, skipped: { not_page_object: 1 } },
+  'courier-notification-messages-optin.json': { interactions: 0, skipped: { unsupported_optin: 1 } },
+  'courier-notification-messages-stop.json': { interactions: 0, skipped: { unsupported_optin: 1 } },
+  'courier-optin-ref.json': { interactions: 0, skipped: { unsupported_optin: 1 } },
+  'courier-optin-user-ref.json': { interactions: 0, skipped: { unsupported_optin: 1 } },
+  'courier-postback-referral.json': { interactions: 1, skipped: {} },
+  'courier-referral-timestamp-seconds.json': { interactions: 1, skipped: {} },
+  'courier-sticker-numeric-id.json': { interactions: 1, skipped: {} },
+  'courier-unknown-messaging-entry.json': { interactions: 0, skipped: { unsupported_event: 1 } },
+  'fbmessenger-hs-delivery-no-timestamp.json': { interactions: 0, skipped: { receipt: 1 } },
+  'fbmessenger-hs-optin-plugin-ref.json': { interactions: 0, skipped: { unsupported_optin: 1 } },
+  // Meta's reference examples name the Page with placeholders ("PAGE_ID", "<PAGE_ID>"): no id the API could address.
+  'fbmessenger-hs-postback-payload-only.json': { interactions: 0, rejected_events: 1, skipped: { invalid_page_id: 1 } },
+  'fbmessenger-hs-text-message.json': { interactions: 0, rejected_events: 1, skipped: { invalid_page_id: 1 } },
+  'meta-docs-echo-standby-template.json': { interactions: 0, skipped: { echo: 1 } },
+  'meta-docs-message-attachment-entry.json': { interactions: 0, rejected_events: 1, skipped: { invalid_page_id: 1 } },
+  'meta-docs-message-text-quick-reply.json': { interactions: 0, rejected_events: 1, skipped: { invalid_page_id: 1 } },
+  'meta-docs-notification-messages-optin-placeholders.json': { interactions: 0, skipped: { unsupported_optin: 1 } },
+  // Meta's field/value sample is not a delivery (the App Dashboard wraps it in entry[].changes).
+  'meta-docs-postbacks-field-value-string-timestamp.json': 'invalid',
+  'meta-docs-reaction.json': { interactions: 0, rejected_events: 1, skipped: { invalid_page_id: 1 } },
+  'meta-docs-standby-minimal.json': { interactions: 0, skipped: { unsupported_event: 1 } },
+  'vlab-event-no-sender-no-recipient.json': { interactions: 0, skipped: { page_unknown: 1 } },
+  'vlab-otn-optin-json-string-payload.json': { interactions: 0, skipped: {} },
+  'vlab-standby-no-object.json': { interactions: 0, rejected_events: 1, skipped: { invalid_page_id: 1 } },
+}
+
+t.test('every collected real body parses without failing the delivery, each event judged with its reason', async (t) => {
+  const files = readdirSync(dir).filter((f) => f.endsWith('.json')).sort()
+  t.same(files, Object.keys(EXPECTED).sort(), 'every fixture has an expectation')
+  for (const file of files) {
+    const expected = EXPECTED[file]
+    if (expected === 'invalid') {
+      t.throws(() => parseDelivery(Buffer.from(fixture(file)), RECEIVED), { code: 'invalid_webhook_body' }, file)
+      continue
+    }
+    const d = parseDelivery(Buffer.from(fixture(file)), RECEIVED)
+    t.match(d, { object: 'page', rejected_events: 0, ...expected }, file)
+    t.same(d.skipped, expected.skipped, `${file}: reasons`)
+    const counted = Object.values(d.skipped).reduce((a, b) => a + b, 0)
+    t.equal(d.ignored_events + d.rejected_events, counted, `${file}: every event not recorded has a reason`)
+  }
+})
+
+t.test("Meta's placeholders replaced by real ids: the reference examples are read as interactions", async (t) => {
+  // The only change: "PAGE_ID"/"<PAGE_ID>"/"USER_ID"/"PAGE-ID"/"PSID" become digits, as a real delivery has them.
+  for (const file of ['fbmessenger-hs-text-message.json', 'meta-docs-message-text-quick-reply.json', 'meta-docs-reaction.json',
+    'meta-docs-message-attachment-entry.json', 'fbmessenger-hs-postback-payload-only.json']) {
+    const raw = fixture(file).replace(/<?PAGE[_-]ID>?/g, '1000001').replace(/<?(USER_ID|PSID)>?/g, '4242')
+    const d = parseDelivery(Buffer.from(raw), RECEIVED)
+    t.equal(d.interactions, 1, file)
+    t.equal(d.subscribers[0]?.page_id, '1000001', file)
+  }
+})
+
+t.test('a referral stamped in seconds opens the window at that time (courier referral_seconds.json)', async (t) => {
+  const d = parseDelivery(Buffer.from(fixture('courier-referral-timestamp-seconds.json')), RECEIVED)
+  t.same(d.subscribers, [{ page_id: '1234567890', psid: '5678', first_seen_at: '2023-12-03T10:25:11.000Z', last_interaction_at: '2023-12-03T10:25:11.000Z' }])
+})
+
+t.test("an OTN opt-in with a JSON payload, a uuid PSID and no object (vlab's harness) is a token with that payload", async (t) => {
+  const d = parseDelivery(Buffer.from(fixture('vlab-otn-optin-json-string-payload.json')), RECEIVED)
+  const at = 1700000000000
+  t.same(d.tokens, [{
+    kind: 'one_time_notif', page_id: '935593143497601', psid: '00000000-0000-4000-8000-000000000001',
+    payload: '{ "ref": "908088b3-5e9e-4b53-b746-799ac51bc758"}', token: 'FOOBAR',
+    opted_in_at: new Date(at).toISOString(), expires_at: new Date(at + OTN_TOKEN_LIFETIME_MS).toISOString(),
+  }])
+})
+
+t.test("an event's time: its own, else the entry's (in any unit), else the receipt's", async (t) => {
+  const optin = (extra: Record<string, unknown>, token: string) => ({
+    sender: { id: '4242' }, recipient: { id: '1000001' }, optin: { type: 'one_time_notif_req', payload: 'p', one_time_notif_token: token }, ...extra,
+  })
+  const body = {
+    object: 'page',
+    entry: [
+      { id: '1000001', time: 1764669600, messaging: [optin({ timestamp: '1764669000' }, 'tok-string-seconds'), optin({}, 'tok-entry-seconds')] },
+      { id: '1000001', time: '1764669600000', messaging: [optin({ timestamp: 'yesterday' }, 'tok-entry-string-ms')] },
+      { id: '1000001', messaging: [optin({ timestamp: 253402300800000 }, 'tok-year-10000')] },
+    ],
+  }
+  const d = parseDelivery(Buffer.from(JSON.stringify(body)), RECEIVED)
+  const at = Object.fromEntries(d.tokens.map((x) => [x.token, x.opted_in_at]))
+  t.same(at, {
+    'tok-string-seconds': '2025-12-02T09:50:00.000Z',
+    'tok-entry-seconds': '2025-12-02T10:00:00.000Z',
+    'tok-entry-string-ms': '2025-12-02T10:00:00.000Z',
+    'tok-year-10000': RECEIVED.toISOString(),
+  })
+  t.equal(d.restamped_events, 3)
+})
+
+t.test('events take their Page from the entry when they name no recipient; no Page at all is ignored, not an error', async (t) => {
+  const body = {
+    object: 'page',
+    entry: [
+      { id: '1000001', time: RECEIVED.getTime(), messaging: [{ sender: { id: '4242' }, timestamp: RECEIVED.getTime(), optin: { type: 'one_time_notif_req', payload: 'p', one_time_notif_token: 'tok-a' } }] },
+      { time: RECEIVED.getTime(), messaging: [{ sender: { id: '4243' }, timestamp: RECEIVED.getTime(), message: { mid: 'm', text: 'hi' } }] },
+      { id: 1000002, messaging: [{ sender: { id: 4244 }, timestamp: RECEIVED.getTime(), postback: { payload: 'x' } }] },
+    ],
+  }
+  const d = parseDelivery(Buffer.from(JSON.stringify(body)), RECEIVED)
+  t.same(d.tokens.map((x) => [x.page_id, x.psid]), [['1000001', '4242']])
+  t.same(d.subscribers.map((s) => [s.page_id, s.psid]), [['1000001', '4242'], ['1000002', '4244']], 'numeric ids are read as ids')
+  t.same(d.skipped, { page_unknown: 1 })
+})
+
+t.test('ids, tokens and payloads the service could never address are rejected per event; the good ones beside them are kept', async (t) => {
+  const ev = (sender: string, recipient: string, token: string, payload = 'p') =>
+    ({ sender: { id: sender }, recipient: { id: recipient }, timestamp: RECEIVED.getTime(), optin: { type: 'one_time_notif_req', payload, one_time_notif_token: token } })
+  const body = {
+    object: 'page',
+    entry: [{
+      id: '1000001',
+      messaging: [
+        ev('4242', '1000001', 'tok-good'),
+        ev('x'.repeat(5000), '1000001', 'tok-long-psid'),
+        ev('42 42', '1000001', 'tok-space'),
+        ev('4242', '1'.repeat(40), 'tok-long-page'),
+        ev('4242', '1000001', 't'.repeat(3000)),
+        ev('4242', '1000001', 'tok with spaces'),
+        ev('4242', '1000001', 'tok-long-payload', 'é'.repeat(1001)),
+        ev('4242', '1000001', 'tok-json-payload', '{"ref":"notify_ref", "note": "спасибо 🔔"}'),
+        { sender: { id: '4242' }, recipient: { id: '1000001' }, optin: { type: 'one_time_notif_req', payload: 'p' } },
+      ],
+    }],
+  }
+  const d = parseDelivery(Buffer.from(JSON.stringify(body)), RECEIVED)
+  t.same(d.tokens.map((x) => x.token), ['tok-good', 'tok-json-payload'])
+  t.same(d.skipped, { invalid_psid: 2, invalid_page_id: 1, invalid_token: 3, invalid_payload: 1 })
+  t.equal(d.rejected_events, 7)
+})
