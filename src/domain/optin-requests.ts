@@ -49,6 +49,9 @@ function optinRequestView (r: OptinRequestRow): OptinRequestView {
 
 // Meta restricting opt-in requests for the Page (MESSENGER.md §1).
 const OPTIN_RESTRICTED = (e: GraphError) => (e.code === 10 && e.subcode === 1404170) || (e.code === 9 && e.subcode === 2018352)
+// Meta's "this person was already asked on this topic": remembered like a request that was sent.
+const ALREADY_ASKED = { code: 613, subcode: 1893016 }
+const alreadyAsked = (e: GraphError) => e.code === ALREADY_ASKED.code && e.subcode === ALREADY_ASKED.subcode
 
 /**
  * Sends the "Notify Me" request (one_time_notif_req) for a topic to one person, only inside their
@@ -96,6 +99,13 @@ export async function requestOptin (deps: OptinRequestDeps, topicId: string, inp
 
   const failed = optinRequestView(await settle(db, row.id, 'failed', null, outcome.error))
   const extra = { graph: outcome.error, optin_request: failed }
+  if (alreadyAsked(outcome.error)) {
+    // Meta does not say for how long; the next request waits our own interval, refused here without a Graph call.
+    const wait = Math.max(1, deps.config.OPTIN_REQUEST_INTERVAL_SECONDS)
+    throw new DomainError('throttled', 'optin_request_throttled',
+      `Meta says this person was already asked to opt in to this topic recently; ask again in ${wait} s. Meta said: ${outcome.error.message}`,
+      { ...extra, retryAfterSeconds: wait })
+  }
   if (OPTIN_RESTRICTED(outcome.error)) {
     await recordPageError(db, page.id, outcome.error)
     throw new DomainError('upstream', 'graph_optin_restricted', `Meta restricts opt-in requests for this Page. Meta said: ${outcome.error.message}`, extra)
@@ -127,7 +137,9 @@ async function reserveSlot (deps: OptinRequestDeps, values: { topic_id: string, 
         select ceil(extract(epoch from (created_at + make_interval(secs => ${interval}) - now())))::int as wait
           from optin_requests
          where topic_id = ${values.topic_id} and psid = ${values.psid}
-           and (status in ('pending', 'sent') or (status = 'failed' and (error ->> 'ambiguous')::boolean))
+           and (status in ('pending', 'sent')
+                or (status = 'failed' and ((error ->> 'ambiguous')::boolean
+                                           or ((error ->> 'code')::int = ${ALREADY_ASKED.code} and (error ->> 'subcode')::int = ${ALREADY_ASKED.subcode}))))
            and created_at > now() - make_interval(secs => ${interval})
          order by created_at desc limit 1`.execute(trx)
       if (last) {

@@ -5,7 +5,7 @@ import type { GraphError } from '../db/types.js'
 export interface GraphClientOptions {
   /** Origin only, e.g. https://graph.facebook.com. */
   baseUrl: string
-  /** Pinned version, e.g. v21.0. */
+  /** Pinned version, e.g. v26.0. */
   version: string
   /** When set, every call carries appsecret_proof. */
   appSecret?: string
@@ -19,6 +19,11 @@ export interface GraphClientOptions {
    * `sent: false`: nothing left this process.
    */
   connections?: number
+  /**
+   * Told once per version when Meta answers from another version than `version` (its
+   * `facebook-api-version` header): a retired version is served by the oldest one still available.
+   */
+  onServedVersion?: (served: string) => void
 }
 
 export interface PageCredentials {
@@ -63,7 +68,8 @@ function noAnswer (error: unknown): SendOutcome & { kind: 'no_answer' } {
 }
 
 function int (value: unknown): number | null {
-  return typeof value === 'number' && Number.isInteger(value) ? value : null
+  if (typeof value === 'number') return Number.isInteger(value) ? value : null
+  return typeof value === 'string' && /^\d{1,15}$/.test(value) ? Number(value) : null
 }
 
 /** Meta's `{error: {message, code, error_subcode, fbtrace_id}}`, or what we can say when the body is not that. */
@@ -72,10 +78,13 @@ export function parseGraphError (httpStatus: number, text: string): GraphError {
     const body = JSON.parse(text) as { error?: Record<string, unknown> }
     const e = body?.error
     if (e && typeof e === 'object') {
+      const message = typeof e.message === 'string' ? e.message : `HTTP ${httpStatus}`
+      // Older answers put the cause beside a generic message: "Invalid parameter" + "No matching user found."
+      const data = typeof e.error_data === 'string' && e.error_data !== '' ? ` (${e.error_data})` : ''
       return {
         code: int(e.code),
         subcode: int(e.error_subcode),
-        message: typeof e.message === 'string' ? e.message.slice(0, 1000) : `HTTP ${httpStatus}`,
+        message: `${message}${data}`.slice(0, 1000),
         fbtrace_id: typeof e.fbtrace_id === 'string' ? e.fbtrace_id : null,
       }
     }
@@ -108,6 +117,7 @@ export function createGraphClient (options: GraphClientOptions): GraphClient {
   }
   const origin = new URL(options.baseUrl).origin
   const path = `/${options.version}/me/messages`
+  const reportedVersions = new Set<string>()
   // appsecret_proof depends only on the Page's access token: computed once per token, not per send.
   const proofs = new Map<string, string>()
   const proofFor = (accessToken: string, appSecret: string): string => {
@@ -175,9 +185,18 @@ export function createGraphClient (options: GraphClientOptions): GraphClient {
         })
         const text = await response.body.text()
         const status = response.statusCode
+        const served = response.headers['facebook-api-version']
+        if (typeof served === 'string' && served !== options.version && !reportedVersions.has(served)) {
+          reportedVersions.add(served)
+          options.onServedVersion?.(served)
+        }
         if (status >= 200 && status < 300) {
-          let parsed: { message_id?: unknown, recipient_id?: unknown } = {}
-          try { parsed = JSON.parse(text) } catch {}
+          let parsed: { message_id?: unknown, recipient_id?: unknown, error?: unknown } = {}
+          try { parsed = JSON.parse(text) ?? {} } catch {}
+          // Meta has answered some refusals with 200 and an error body: nothing was sent.
+          if (typeof parsed.error === 'object' && parsed.error !== null) {
+            return { kind: 'graph_error', httpStatus: status, error: parseGraphError(status, text) }
+          }
           return {
             kind: 'ok',
             httpStatus: status,

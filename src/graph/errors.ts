@@ -1,9 +1,8 @@
 import type { GraphError } from '../db/types.js'
 
 /**
- * What a Graph API refusal means for us (MESSENGER.md §4). Meta publishes no dedicated code for
- * "this OTN token is used or expired": it answers 100 (or 10/2018278), which is why
- * `token_invalid` is the default for a plain 100 that does not name another parameter.
+ * What a Graph API refusal is about (MESSENGER.md §4 and §8). This module only names the cause;
+ * what the cause means for a token and for the caller is decided by verdictFor below.
  */
 export type GraphErrorClass =
   | 'temporary'
@@ -13,42 +12,86 @@ export type GraphErrorClass =
   | 'topic_stopped'
   | 'page_restricted'
   | 'token_invalid'
+  | 'message_refused'
   | 'page_token_invalid'
   | 'permission'
   | 'request_invalid'
   | 'unknown'
 
-const TEMPORARY_CODES = new Set([1, 2, 1200])
-const RATE_LIMIT_CODES = new Set([4, 17, 32, 341, 613])
-const OUTSIDE_WINDOW_SUBCODES = new Set([2018278, 2534022])
-// A plain 100 that names one of these is about the request, not the token.
-const REQUEST_PARAMS = /\bparam(?:eter)?s?\s+(?:message|messaging_type|notification_type|tag|sender_action)\b/i
-const APPSECRET = /appsecret_proof/i
+/** One row of the classification: the first row that matches an error decides its class. */
+export interface ClassRule {
+  /** Meta's `code` (one, or a list). */
+  code: number | readonly number[]
+  /** `error_subcode`: a value or list; `null` only when there is none; omitted: any. */
+  subcode?: number | readonly number[] | null
+  /** Meta's message must match (for causes Meta shares one code between). */
+  message?: RegExp
+  class: GraphErrorClass
+  /** Why, for the documentation (docs/NOTIFICATIONS.md) and the tests. */
+  note: string
+}
+
+// Meta names the recipient token as used, expired or invalid.
+const TOKEN_NAMED = /\b(one_time_notif_token|notification_messages_token)\b|\btoken\b[^.]*\b(used|expired|invalid)\b/i
+// The recipient (for a token send: the token) resolves to nobody.
+const NO_SUCH_USER = /no matching user|invalid user/i
+// A parameter of the request other than the token: the message (or our request) is wrong, not the token.
+const PARAM_NAMED = /\bparam(?:eter)?s?\s+(?:\[|")?(?:message|messaging_type|notification_type|tag|sender_action|payload|attachment|recipient)\b|\binvalid (?:tag|message|messaging_type|notification_type)\b/i
+// The deployment, not the send: a wrong appsecret_proof, or a token that is not a Page's.
+const MISCONFIGURED = /appsecret_proof|missing permissions|does not support this operation/i
+// The Page or app lacks something (Meta's wording for permissions, app review and app mode).
+const PAGE_LEVEL = /permission|not allowed to|has not been approved|app is (?:not live|in development)|development mode|requires .*(?:capability|review)/i
+const PERSON_LEVEL = /isn't receiving messages|not receiving messages|isn't available|is not available|blocked/i
+const WINDOW_TEXT = /outside of (?:the )?allowed window/i
+
+export const CLASS_RULES: readonly ClassRule[] = [
+  { code: [1, 2, 1200], class: 'temporary', note: 'Meta failed temporarily' },
+  { code: [4, 17, 32, 341, 613], class: 'rate_limited', note: 'throttled: app, user, Page or Send API rate limits, whatever the subcode' },
+  { code: 10, subcode: [2018278, 2018065, 2534022], class: 'outside_window', note: 'outside the allowed window' },
+  { code: 10, subcode: 2018108, class: 'person_unavailable', note: 'the person cannot receive messages now' },
+  { code: 10, subcode: 1893015, class: 'topic_stopped', note: 'the person stopped this topic' },
+  { code: 10, subcode: 1893063, class: 'page_restricted', note: 'the Page is temporarily restricted' },
+  { code: 10, subcode: null, message: WINDOW_TEXT, class: 'outside_window', note: 'outside the allowed window, said in words' },
+  { code: 10, subcode: null, message: PAGE_LEVEL, class: 'permission', note: 'the app or Page lacks a permission' },
+  { code: 10, subcode: null, class: 'person_unavailable', note: 'bare (#10): the person blocked the Page' },
+  { code: 10, class: 'permission', note: 'other 10s: a permission the Page or app lacks' },
+  { code: 551, class: 'person_unavailable', note: 'the person is not available' },
+  { code: 200, subcode: 1545041, class: 'person_unavailable', note: 'the person is not available' },
+  { code: 200, subcode: null, message: PERSON_LEVEL, class: 'person_unavailable', note: "(#200) this person isn't receiving messages from you" },
+  { code: range(200, 299), class: 'permission', note: 'a permission the Page or app lacks' },
+  { code: 368, class: 'page_restricted', note: 'the Page is blocked for a policy' },
+  { code: 190, class: 'page_token_invalid', note: 'the Page access token is invalid or expired' },
+  { code: 2500, message: /access token/i, class: 'page_token_invalid', note: 'no usable access token was sent' },
+  { code: 100, subcode: 2018001, class: 'token_invalid', note: 'no matching user: the recipient does not resolve' },
+  { code: 100, message: MISCONFIGURED, class: 'permission', note: 'appsecret_proof or the token\'s object is wrong: the deployment is misconfigured' },
+  { code: 100, message: NO_SUCH_USER, class: 'token_invalid', note: 'no matching user, said in words: the recipient does not resolve' },
+  { code: 100, message: TOKEN_NAMED, class: 'token_invalid', note: 'Meta names the token as invalid, used or expired' },
+  { code: 100, subcode: null, message: PARAM_NAMED, class: 'request_invalid', note: 'Meta names a parameter of the message' },
+  { code: 100, subcode: null, class: 'message_refused', note: 'bare (#100) Invalid parameter: the message or the token, Meta does not say' },
+  { code: 100, class: 'request_invalid', note: 'other 100s with a subcode: a parameter' },
+]
+
+function range (from: number, to: number): number[] {
+  return Array.from({ length: to - from + 1 }, (_, i) => from + i)
+}
+
+const matches = (want: number | readonly number[], value: number): boolean =>
+  typeof want === 'number' ? want === value : want.includes(value)
+
+/** The rule that decides `error` (undefined: no row; then the HTTP status decides). */
+export function ruleFor (error: GraphError): ClassRule | undefined {
+  const { code, subcode } = error
+  if (code === null) return undefined
+  return CLASS_RULES.find((r) => {
+    if (!matches(r.code, code)) return false
+    if (r.subcode === null && subcode !== null) return false
+    if (r.subcode !== undefined && r.subcode !== null && (subcode === null || !matches(r.subcode, subcode))) return false
+    return r.message === undefined || r.message.test(error.message)
+  })
+}
 
 export function classifyGraphError (httpStatus: number, error: GraphError): GraphErrorClass {
-  const { code, subcode } = error
-  if (code === null) return httpStatus >= 500 ? 'temporary' : 'unknown'
-  if (TEMPORARY_CODES.has(code)) return 'temporary'
-  if (RATE_LIMIT_CODES.has(code)) return 'rate_limited'
-  if (code === 10) {
-    if (subcode !== null && OUTSIDE_WINDOW_SUBCODES.has(subcode)) return 'outside_window'
-    if (subcode === 2018108) return 'person_unavailable'
-    if (subcode === 1893015) return 'topic_stopped'
-    if (subcode === 1893063) return 'page_restricted'
-    return 'permission'
-  }
-  if (code === 551 || (code === 200 && subcode === 1545041)) return 'person_unavailable'
-  if (code === 368) return 'page_restricted'
-  if (code === 190) return 'page_token_invalid'
-  if (code >= 200 && code <= 299) return 'permission'
-  if (code === 100) {
-    if (subcode === 2018001) return 'token_invalid'
-    if (subcode !== null) return 'request_invalid'
-    if (APPSECRET.test(error.message)) return 'permission'
-    if (REQUEST_PARAMS.test(error.message)) return 'request_invalid'
-    return 'token_invalid'
-  }
-  return httpStatus >= 500 ? 'temporary' : 'unknown'
+  return ruleFor(error)?.class ?? (httpStatus >= 500 ? 'temporary' : 'unknown')
 }
 
 export type Route = 'window' | 'token'
@@ -56,11 +99,13 @@ export type Route = 'window' | 'token'
 /** What to do after Meta refused a send that it did answer. */
 export interface Verdict {
   /**
-   * Token route: `invalidate` marks the token unusable and tries the person's next one,
-   * `stop` marks it unusable and discards the person's other tokens on the topic (they stopped it),
-   * `release` gives it back. Window route: `fallback` retries through the token route.
+   * Token route: `invalidate` marks the token unusable and tries the person's next one;
+   * `set_aside` marks this one token unusable and ends the send (the person's other tokens are
+   * kept); `stop` marks it unusable and discards the person's other tokens on the topic (they
+   * stopped it); `release` gives it back. Window route: `fallback` retries through the token
+   * route; `fail` ends the send.
    */
-  action: 'invalidate' | 'stop' | 'release' | 'fallback' | 'fail'
+  action: 'invalidate' | 'set_aside' | 'stop' | 'release' | 'fallback' | 'fail'
   /** The HTTP status answered to the caller when the send ends here. */
   httpStatus: 422 | 429 | 502 | 503
   problemCode: string
@@ -70,7 +115,7 @@ export interface Verdict {
   detail: string
 }
 
-const RATE_LIMIT_RETRY_AFTER_SECONDS = 60
+export const RATE_LIMIT_RETRY_AFTER_SECONDS = 60
 export const TEMPORARY_RETRY_AFTER_SECONDS = 5
 
 export function verdictFor (cls: GraphErrorClass, route: Route): Verdict {
@@ -84,6 +129,14 @@ export function verdictFor (cls: GraphErrorClass, route: Route): Verdict {
       return route === 'token'
         ? { action: 'invalidate', httpStatus: 502, problemCode: 'graph_token_refused', pageUnhealthy: false, detail: 'Meta refused the token (outside the allowed window).' }
         : { action: 'fallback', httpStatus: 502, problemCode: 'graph_outside_window', pageUnhealthy: false, detail: 'The standard messaging window is closed.' }
+    case 'message_refused':
+      return route === 'token'
+        ? {
+            action: 'set_aside', httpStatus: 422, problemCode: 'graph_message_refused', pageUnhealthy: false,
+            detail: 'Meta refused the request with a bare "Invalid parameter", its answer both to a message it will not send and to a spent token: ' +
+              'check the message. The token it was sent with is set aside; the person\'s other tokens are kept.',
+          }
+        : { action: 'fail', httpStatus: 422, problemCode: 'graph_message_refused', pageUnhealthy: false, detail: 'Meta refused the message ("Invalid parameter"); check the message.' }
     case 'topic_stopped':
       return { action: route === 'token' ? 'stop' : 'fail', httpStatus: 502, problemCode: 'graph_topic_stopped', pageUnhealthy: false, detail: 'The person stopped notifications on this topic.' }
     case 'temporary':

@@ -1,6 +1,8 @@
 import t from 'tap'
 import { auth, build } from '../helper.js'
-import { FAST_TIMEOUT, graphEnv, newPsid, openWindow, world, type World } from '../fixtures/otn.js'
+import { appsecretProof } from '../../src/graph/client.js'
+import { DEFAULT_GRAPH_VERSION } from '../../src/graph/versions.js'
+import { APP_SECRET, FAST_TIMEOUT, graphEnv, newPsid, openWindow, world, type World } from '../fixtures/otn.js'
 
 const ask = (w: Pick<World, 'app' | 'topic'>, body: Record<string, unknown>, topicId = w.topic.id) =>
   w.app.inject({ method: 'POST', url: `/v1/topics/${topicId}/optin-requests`, headers: auth, payload: body })
@@ -80,15 +82,15 @@ t.test('throttled per topic and person, with Retry-After from the last request, 
   t.equal((await ask(w, { psid: refusedFirst })).statusCode, 201)
 })
 
-t.test('Meta\'s refusals come back with graph: 613/1893016 is 429, 190 marks the Page, a lost answer is 504 and throttles', async (t) => {
+t.test('Meta\'s refusals come back with graph: 613/1893016 is a 429 throttle, 190 marks the Page, a lost answer is 504 and throttles', async (t) => {
   const w = await world(t, { env: { ...FAST_TIMEOUT, OPTIN_REQUEST_INTERVAL_SECONDS: '0' }, emulator: { optinRequestCooldownMs: 60_000 } })
   const psid = newPsid()
   await openWindow(w, psid)
   t.equal((await ask(w, { psid })).statusCode, 201)
   const repeated = await ask(w, { psid })
   t.equal(repeated.statusCode, 429)
-  t.match(repeated.json(), { code: 'graph_rate_limited', graph: { code: 613, subcode: 1893016 }, optin_request: { status: 'failed' } })
-  t.ok(Number(repeated.headers['retry-after']) > 0)
+  t.match(repeated.json(), { code: 'optin_request_throttled', graph: { code: 613, subcode: 1893016 }, optin_request: { status: 'failed' } })
+  t.equal(repeated.headers['retry-after'], '1', 'our interval is 0: Meta named no time, so a second')
 
   const restricted = newPsid()
   await openWindow(w, restricted)
@@ -140,4 +142,31 @@ t.test('validation and lookups', async (t) => {
   t.equal(unknown.statusCode, 404)
   t.equal(unknown.json().code, 'topic_not_found')
   t.equal(w.emulator.requests.length, 0)
+})
+
+t.test("Meta's \"already asked\" (613/1893016) is remembered: the next request inside the interval is refused here, without a Graph call", async (t) => {
+  const w = await world(t, { env: { OPTIN_REQUEST_INTERVAL_SECONDS: '600' }, emulator: { optinRequestCooldownMs: 60_000 } })
+  const psid = newPsid()
+  await openWindow(w, psid)
+  // Another tool of the Page asked this person first, straight through the Send API.
+  const other = await fetch(`${w.base}/${DEFAULT_GRAPH_VERSION}/me/messages?access_token=${w.accessToken}&appsecret_proof=${appsecretProof(w.accessToken, APP_SECRET)}`, {
+    method: 'POST', headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ recipient: { id: psid }, message: { attachment: { type: 'template', payload: { template_type: 'one_time_notif_req', title: 'Back in stock?', payload: w.topic.payload } } } }),
+  })
+  t.equal(other.status, 200)
+  const calls = () => w.emulator.requests.filter((r) => r.recipient?.id === psid).length
+
+  const first = await ask(w, { psid })
+  t.equal(first.statusCode, 429)
+  t.match(first.json(), { code: 'optin_request_throttled', graph: { code: 613, subcode: 1893016 }, optin_request: { status: 'failed' } })
+  t.equal(first.headers['retry-after'], '600', 'our interval, since Meta names none')
+  t.equal(calls(), 2, 'this request went to Meta')
+
+  const second = await ask(w, { psid })
+  t.equal(second.statusCode, 429)
+  t.match(second.json(), { code: 'optin_request_throttled' })
+  t.notOk('graph' in second.json(), 'decided here')
+  t.ok(Number(second.headers['retry-after']) > 590 && Number(second.headers['retry-after']) <= 600)
+  t.equal(calls(), 2, 'no Graph call for the second request')
+  t.equal((await w.app.inject({ method: 'GET', url: `/v1/pages/${w.pageId}`, headers: auth })).json().healthy, true, 'the Page stays healthy')
 })
