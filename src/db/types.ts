@@ -9,6 +9,7 @@ export type TokenKind = 'one_time_notif' | 'notification_messages'
 export type TokenState = 'available' | 'used' | 'invalid' | 'expired' | 'discarded' | 'unconfirmed'
 export type NotificationStatus = 'pending' | 'sent' | 'no_token' | 'failed' | 'unconfirmed'
 export type NotificationRoute = 'window' | 'token'
+export type MessagingType = 'UPDATE' | 'RESPONSE' | 'MESSAGE_TAG'
 export type NotificationTokenState = 'used' | 'released' | 'invalid' | 'unconfirmed'
 
 export interface GraphError {
@@ -87,6 +88,9 @@ export interface NotificationsTable {
   /** What became of the claimed token at the outcome (migration 20261121020000). */
   token_state: NotificationTokenState | null
   tokens_refused: ColumnType<number, number | undefined, number>
+  /** Sent with a window send (migration 20261202000000); null on older rows, which went out as RESPONSE. */
+  messaging_type: MessagingType | null
+  tag: string | null
 }
 
 export interface OptinRequestsTable {
@@ -123,6 +127,8 @@ export interface BroadcastsTable {
   use_window: ColumnType<boolean, boolean | undefined, boolean>
   audience: 'topic' | 'explicit'
   audience_estimate: number
+  messaging_type: MessagingType | null
+  tag: string | null
   state: BroadcastState
   send_at: Timestamp
   idempotency_key: string | null

@@ -6,12 +6,12 @@ import { heldBy, usable } from './claims.js'
 import { DomainError, notFound } from './errors.js'
 import { recoverLeases } from './leases.js'
 import {
-  getNotificationRow, resumeFromStart, sendNotification,
-  type NotificationProblem, type NotificationType, type SendDeps,
+  checkLabelling, getNotificationRow, resumeFromStart, sendNotification,
+  type Labelling, type NotificationProblem, type NotificationType, type SendDeps,
 } from './notifications.js'
 import { afterCursor, pageOf } from './pagination.js'
 
-export interface BroadcastInput {
+export interface BroadcastInput extends Labelling {
   topic_id: string
   message: Record<string, unknown>
   notification_type?: NotificationType
@@ -43,6 +43,8 @@ export interface BroadcastView {
   message: Record<string, unknown>
   notification_type: string
   use_window: boolean
+  messaging_type?: string
+  tag?: string
   send_at: string
   idempotency_key?: string
   progress: Progress
@@ -66,6 +68,8 @@ function broadcastView (b: Broadcast, progress: Progress): BroadcastView {
     message: b.message,
     notification_type: b.notification_type,
     use_window: b.use_window,
+    ...(b.messaging_type !== null ? { messaging_type: b.messaging_type } : {}),
+    ...(b.tag !== null ? { tag: b.tag } : {}),
     send_at: b.send_at.toISOString(),
     ...(b.idempotency_key !== null ? { idempotency_key: b.idempotency_key } : {}),
     progress,
@@ -118,6 +122,10 @@ function requestHash (input: BroadcastInput, psids: string[] | undefined): strin
     use_window: input.use_window ?? true,
     send_at: input.send_at === undefined ? null : new Date(input.send_at).toISOString(),
     psids: psids ?? null,
+    // Counted only when not the default, so that keys hashed before it existed still match.
+    ...((input.messaging_type ?? 'UPDATE') !== 'UPDATE' || input.tag !== undefined
+      ? { messaging_type: input.messaging_type ?? 'UPDATE', tag: input.tag ?? null }
+      : {}),
   }
   return createHash('sha256').update(JSON.stringify(canonical(body))).digest('hex')
 }
@@ -146,6 +154,7 @@ export interface CreateOptions {
  * queue in the same transaction. Same Idempotency-Key and body: the broadcast made the first time.
  */
 export async function createBroadcast (db: Database, input: BroadcastInput, opts: CreateOptions): Promise<{ broadcast: Broadcast, replayed: boolean }> {
+  checkLabelling(input)
   const psids = input.psids === undefined ? undefined : [...new Set(input.psids)].sort()
   const hash = requestHash(input, psids)
   if (opts.idempotencyKey !== undefined) {
@@ -174,6 +183,8 @@ export async function createBroadcast (db: Database, input: BroadcastInput, opts
       message: JSON.stringify(input.message),
       notification_type: input.notification_type ?? 'REGULAR',
       use_window: input.use_window ?? true,
+      messaging_type: input.messaging_type ?? 'UPDATE',
+      tag: input.tag ?? null,
       audience: psids ? 'explicit' : 'topic',
       audience_estimate: estimate,
       state: scheduled ? 'scheduled' : 'running',
@@ -449,6 +460,8 @@ export async function sendToRecipient (deps: RecipientDeps, b: Broadcast, r: Cla
       message: b.message,
       notification_type: b.notification_type as NotificationType,
       use_window: b.use_window,
+      ...(b.messaging_type !== null ? { messaging_type: b.messaging_type } : {}),
+      ...(b.tag !== null ? { tag: b.tag } : {}),
       idempotency_key: key,
       broadcast_id: b.id,
     })

@@ -5,7 +5,7 @@ import type { Config } from '../config.js'
 import { compiledOnce, type SlotOf } from '../db/compiled.js'
 import type { Database } from '../db/database.js'
 import { GroupCommit } from '../db/group-commit.js'
-import type { GraphError, Notification, NotificationRoute, NotificationStatus, NotificationTokenState } from '../db/types.js'
+import type { GraphError, MessagingType, Notification, NotificationRoute, NotificationStatus, NotificationTokenState } from '../db/types.js'
 import type { GraphClient, PageCredentials, SendOutcome } from '../graph/client.js'
 import { classifyGraphError, TEMPORARY_RETRY_AFTER_SECONDS, verdictFor, type Verdict } from '../graph/errors.js'
 import {
@@ -24,7 +24,24 @@ export const NO_ANSWER_LOG = 'no answer from the Graph API for a token send'
 
 export type NotificationType = 'REGULAR' | 'SILENT_PUSH' | 'NO_PUSH'
 
-export interface NotificationInput {
+/** How a window send is labelled for Meta: a proactive UPDATE unless the caller says otherwise. */
+export interface Labelling {
+  messaging_type?: MessagingType
+  /** Required with MESSAGE_TAG, refused otherwise. */
+  tag?: string
+}
+
+/** Checks a caller's messaging_type and tag together (the schema checks each alone). */
+export function checkLabelling (input: Labelling): void {
+  if (input.messaging_type === 'MESSAGE_TAG' && input.tag === undefined) {
+    throw new DomainError('invalid', 'tag_required', 'messaging_type MESSAGE_TAG needs a tag (for example HUMAN_AGENT).')
+  }
+  if (input.tag !== undefined && input.messaging_type !== 'MESSAGE_TAG') {
+    throw new DomainError('invalid', 'tag_without_message_tag', 'A tag is sent only with messaging_type MESSAGE_TAG.')
+  }
+}
+
+export interface NotificationInput extends Labelling {
   topic_id: string
   psid: string
   message: Record<string, unknown>
@@ -53,6 +70,8 @@ export interface NotificationView {
   message: Record<string, unknown>
   notification_type: string
   use_window: boolean
+  messaging_type?: MessagingType
+  tag?: string
   idempotency_key?: string
   graph_message_id?: string
   error?: NotificationProblem
@@ -77,6 +96,8 @@ export function notificationView (n: Notification): NotificationView {
     message: n.message,
     notification_type: n.notification_type,
     use_window: n.use_window,
+    ...(n.messaging_type !== null ? { messaging_type: n.messaging_type } : {}),
+    ...(n.tag !== null ? { tag: n.tag } : {}),
     ...(n.idempotency_key !== null ? { idempotency_key: n.idempotency_key } : {}),
     ...(n.graph_message_id !== null ? { graph_message_id: n.graph_message_id } : {}),
     ...(n.error !== null ? { error: n.error as unknown as NotificationProblem } : {}),
@@ -150,14 +171,19 @@ function canonical (value: unknown): unknown {
   return value
 }
 
-/** Hash of the request as the service understands it (defaults applied, key order ignored). */
+/**
+ * Hash of the request as the service understands it (defaults applied, key order ignored). The
+ * labelling counts only when it is not the default, so that keys hashed before it existed still match.
+ */
 export function requestHash (input: NotificationInput): string {
+  const labelled = (input.messaging_type ?? 'UPDATE') !== 'UPDATE' || input.tag !== undefined
   const body = {
     topic_id: input.topic_id,
     psid: input.psid,
     message: input.message,
     notification_type: input.notification_type ?? 'REGULAR',
     use_window: input.use_window ?? true,
+    ...(labelled ? { messaging_type: input.messaging_type ?? 'UPDATE', tag: input.tag ?? null } : {}),
   }
   return createHash('sha256').update(JSON.stringify(canonical(body))).digest('hex')
 }
@@ -174,6 +200,7 @@ interface Target { page: PageCredentials, page_id: string, payload: string, topi
  */
 export async function sendNotification (deps: SendDeps, input: NotificationInput): Promise<SendResult> {
   const { db } = deps
+  checkLabelling(input)
   const hash = requestHash(input)
   let started: Started | undefined
   try {
@@ -266,8 +293,10 @@ function startParts (slot: SlotOf<StepInput>) {
         ${col((i) => i.id)}::uuid[], ${col((i) => i.input.topic_id)}::uuid[], ${col((i) => i.input.psid)}::text[],
         ${col((i) => JSON.stringify(i.input.message))}::jsonb[], ${col((i) => i.input.notification_type ?? 'REGULAR')}::text[],
         ${col((i) => i.input.use_window ?? true)}::boolean[], ${col((i) => i.input.idempotency_key ?? null)}::text[],
-        ${col((i) => i.hash)}::text[], ${col((i) => i.input.broadcast_id ?? null)}::uuid[]
-      ) with ordinality as r(id, topic_id, psid, message, notification_type, use_window, idempotency_key, request_hash, broadcast_id, ord)
+        ${col((i) => i.hash)}::text[], ${col((i) => i.input.broadcast_id ?? null)}::uuid[],
+        ${col((i) => i.input.messaging_type ?? 'UPDATE')}::text[], ${col((i) => i.input.tag ?? null)}::text[]
+      ) with ordinality as r(id, topic_id, psid, message, notification_type, use_window, idempotency_key, request_hash, broadcast_id,
+                             messaging_type, tag, ord)
       limit ${slot((s) => s.starts.length)} -- every row (why: startSends)
     ), ctx as (
       select r.id, r.psid, t.id as topic_id, t.page_id, t.payload, p.access_token,
@@ -299,9 +328,9 @@ function startParts (slot: SlotOf<StepInput>) {
       returning o.id, o.notification_id, o.kind, o.token, o.expires_at, o.lease_expires_at
     ), inserted as (
       insert into notifications (id, page_id, topic_id, psid, message, notification_type, use_window, idempotency_key, request_hash,
-                                 broadcast_id, route, attempts, token_id, status, http_status, error, completed_at)
+                                 broadcast_id, messaging_type, tag, route, attempts, token_id, status, http_status, error, completed_at)
       select r.id, go.page_id, go.topic_id, r.psid, r.message, r.notification_type, r.use_window, r.idempotency_key, r.request_hash,
-             r.broadcast_id,
+             r.broadcast_id, r.messaging_type, r.tag,
              case when go.window_open then 'window' else 'token' end,
              case when go.window_open or c.id is not null then 1 else 0 end,
              c.id,
@@ -398,7 +427,8 @@ async function deliver (deps: SendDeps, n: Notification, target: Target): Promis
 async function sendThroughWindow (deps: SendDeps, n: Notification, target: Target, counted = false): Promise<Notification | undefined> {
   const body = {
     recipient: { id: n.psid },
-    messaging_type: 'RESPONSE',
+    messaging_type: n.messaging_type ?? 'UPDATE',
+    ...(n.tag !== null ? { tag: n.tag } : {}),
     notification_type: n.notification_type,
     message: n.message,
   }
@@ -514,10 +544,15 @@ async function tokenRoute (deps: SendDeps, n: Notification, target: Target, resu
           continue
         }
         if (verdict.pageUnhealthy) await recordPageError(deps.db, n.page_id, error)
-        if (verdict.action === 'stop') {
+        if (verdict.action === 'stop' || verdict.action === 'set_aside') {
+          // Set aside: this token only, the attempt ends. Stop: the person's others on the topic go too.
           return finish(deps, n.id, {
-            status: 'failed', route: 'token', tokenId: claimed.id, tokenState: 'invalid', tokensRefused: refused, ...refusal(verdict, error),
-          }, { reservation, to: 'invalid', discardOthers: { page_id: target.page_id, payload: target.payload, psid: n.psid } })
+            status: 'failed', route: 'token', tokenId: claimed.id, tokenState: 'invalid', tokensRefused: refused + 1, ...refusal(verdict, error),
+          }, {
+            reservation,
+            to: 'invalid',
+            ...(verdict.action === 'stop' ? { discardOthers: { page_id: target.page_id, payload: target.payload, psid: n.psid } } : {}),
+          })
         }
         return finish(deps, n.id, {
           status: 'failed', route: 'token', tokenId: claimed.id, tokenState: 'released', tokensRefused: refused, ...refusal(verdict, error),
@@ -587,6 +622,7 @@ function isTransient (outcome: SendOutcome): boolean {
 
 const TOKEN_NOTE: Partial<Record<Verdict['action'], string>> = {
   release: ' The token is kept for a later send.',
+  set_aside: '',
   stop: ' The token is spent and the person\'s other tokens on this topic are discarded.',
 }
 

@@ -1,6 +1,6 @@
 import { Type, type Static } from 'typebox'
 import { IdParamsSchema, ListOf, ListQuerySchema, PageId, Psid, Timestamp, Uuid } from './common.js'
-import { MessageSchema, NotificationType } from './notifications.js'
+import { MessageSchema, MessageTagSchema, MessagingTypeSchema, NotificationType } from './notifications.js'
 
 const MAX_EXPLICIT_AUDIENCE = 10_000
 
@@ -8,6 +8,8 @@ export const CreateBroadcastBodySchema = Type.Object({
   topic_id: Uuid,
   message: MessageSchema,
   notification_type: Type.Optional(NotificationType),
+  messaging_type: Type.Optional(MessagingTypeSchema),
+  tag: Type.Optional(MessageTagSchema),
   send_at: Type.Optional(Type.String({
     format: 'date-time',
     description: 'When sending starts; absent or in the past: now. Until then the broadcast is scheduled and can be cancelled.',
@@ -60,6 +62,8 @@ export const BroadcastSchema = Type.Object({
   message: Type.Object({}, { additionalProperties: true }),
   notification_type: Type.String(),
   use_window: Type.Boolean(),
+  messaging_type: Type.Optional(Type.String({ description: 'The messaging_type of its window sends.' })),
+  tag: Type.Optional(Type.String()),
   send_at: Timestamp,
   idempotency_key: Type.Optional(Type.String()),
   progress: ProgressSchema,

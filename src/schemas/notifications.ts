@@ -31,18 +31,29 @@ const AttachmentMessageSchema = Type.Object({
 
 /** The Send API's `message`: exactly one of text or attachment, optional quick replies. */
 export const MessageSchema = Type.Union([TextMessageSchema, AttachmentMessageSchema], {
-  description: 'A Send API message, passed through to Meta. Whether Meta accepts every attachment with a token is undocumented; its refusal is passed back (422 graph_request_invalid).',
+  description: 'A Send API message, passed through to Meta. Whether Meta accepts every attachment with a token is undocumented; its refusal is passed back (422 graph_request_invalid or graph_message_refused).',
 })
 
 export const NotificationType = Type.Union([Type.Literal('REGULAR'), Type.Literal('SILENT_PUSH'), Type.Literal('NO_PUSH')], {
   description: 'Push behaviour on the person\'s device; default REGULAR.',
 })
 
+export const MessagingTypeSchema = Type.Union([Type.Literal('UPDATE'), Type.Literal('RESPONSE'), Type.Literal('MESSAGE_TAG')], {
+  description: 'The Send API messaging_type of a standard (window) send: UPDATE (default: a proactive message), RESPONSE (a reply to the person\'s ' +
+    'last message), or MESSAGE_TAG with `tag`. A token send always goes out as Meta documents it (UPDATE, no tag).',
+})
+export const MessageTagSchema = Type.Union(
+  ['ACCOUNT_UPDATE', 'CONFIRMED_EVENT_UPDATE', 'CUSTOMER_FEEDBACK', 'HUMAN_AGENT', 'POST_PURCHASE_UPDATE'].map((t) => Type.Literal(t)),
+  { description: 'Meta\'s message tag; only with messaging_type MESSAGE_TAG (400 tag_required / tag_without_message_tag otherwise).' },
+)
+
 export const CreateNotificationBodySchema = Type.Object({
   topic_id: Uuid,
   psid: Psid,
   message: MessageSchema,
   notification_type: Type.Optional(NotificationType),
+  messaging_type: Type.Optional(MessagingTypeSchema),
+  tag: Type.Optional(MessageTagSchema),
   use_window: Type.Optional(Type.Boolean({
     default: true,
     description: 'When the person wrote to the Page in the last 24 hours, send a standard message and keep the token. false: always spend a token.',
@@ -80,6 +91,8 @@ export const NotificationSchema = Type.Object({
   message: Type.Object({}, { additionalProperties: true }),
   notification_type: Type.String(),
   use_window: Type.Boolean(),
+  messaging_type: Type.Optional(Type.String({ description: 'The messaging_type a window send goes out with (absent on notifications made before it was recorded: RESPONSE).' })),
+  tag: Type.Optional(Type.String()),
   idempotency_key: Type.Optional(Type.String()),
   graph_message_id: Type.Optional(Type.String({ description: 'Meta\'s message_id when sent.' })),
   error: Type.Optional(Type.Object({

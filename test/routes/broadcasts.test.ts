@@ -244,3 +244,23 @@ t.test('validation, unknown ids, auth, Idempotency-Key, listing', async (t) => {
     t.equal(sumOf(c.json().progress), c.json().progress.total)
   }
 })
+
+t.test("a broadcast's messaging_type and tag label its window sends; its token sends keep UPDATE", async (t) => {
+  const w = await world(t, { env: broadcastEnv(), emulator: { webhookUrl: NOWHERE } })
+  const windowed = people(3, 'lw')
+  const tokened = people(2, 'lt')
+  await windowsFor(w, windowed)
+  await tokensFor(w, tokened)
+  const refused = await postBroadcast(w.app, { topic_id: w.topic.id, message, psids: [...windowed, ...tokened], messaging_type: 'MESSAGE_TAG' })
+  t.equal(refused.statusCode, 400)
+  t.match(refused.json(), { code: 'tag_required' })
+  const res = await postBroadcast(w.app, { topic_id: w.topic.id, message, psids: [...windowed, ...tokened], messaging_type: 'MESSAGE_TAG', tag: 'ACCOUNT_UPDATE' })
+  t.equal(res.statusCode, 202, res.body)
+  t.match(res.json(), { messaging_type: 'MESSAGE_TAG', tag: 'ACCOUNT_UPDATE' })
+  const b = await settled(w.app, res.json().id)
+  t.equal(b.progress.sent_window, 3)
+  t.equal(b.progress.sent_token, 2)
+  const sent = w.emulator.requests.filter((r) => r.outcome === 'accepted')
+  t.same(sent.filter((r) => r.recipient?.id).map((r) => [r.messagingType, r.tag]), Array(3).fill(['MESSAGE_TAG', 'ACCOUNT_UPDATE']))
+  t.same(sent.filter((r) => r.recipient?.one_time_notif_token).map((r) => [r.messagingType, r.tag]), Array(2).fill(['UPDATE', undefined]))
+})

@@ -1,3 +1,4 @@
+import { DEFAULT_GRAPH_VERSION } from '../../src/graph/versions.js'
 import t from 'tap'
 import { auth, build, LogCapture } from '../helper.js'
 import { NO_ANSWER_LOG } from '../../src/domain/notifications.js'
@@ -64,7 +65,7 @@ t.test('window route: a person who wrote in the last 24 hours gets a standard me
   t.notOk('token_state' in res.json())
   const sent = w.emulator.requests.at(-1)!
   t.same(sent.recipient, { id: psid })
-  t.equal(sent.messagingType, 'RESPONSE')
+  t.equal(sent.messagingType, 'UPDATE', 'a notification is a proactive message')
   t.same(await tokenStates(w.db, [tokens[0].id]), ['available'], 'token untouched')
 
   const forced = await notify(w.app, { topic_id: w.topic.id, psid, message: text('spend a token'), use_window: false })
@@ -107,7 +108,7 @@ t.test('a token Meta refuses is marked invalid and the next one is tried; none l
   const [good] = await giveTokens(w, psid, 1)
   // The second token was already used at Meta (say, by an old deployment): Meta refuses it too.
   const direct = await w.emulator.app.inject({
-    method: 'POST', url: `/v21.0/me/messages?access_token=${w.accessToken}&appsecret_proof=${appsecretProof(w.accessToken, APP_SECRET)}`,
+    method: 'POST', url: `/${DEFAULT_GRAPH_VERSION}/me/messages?access_token=${w.accessToken}&appsecret_proof=${appsecretProof(w.accessToken, APP_SECRET)}`,
     payload: { recipient: { one_time_notif_token: spentElsewhere.token }, messaging_type: 'UPDATE', message: text('old') },
   })
   t.equal(direct.statusCode, 200)
@@ -467,4 +468,176 @@ t.test('list notifications: filters and cursor pagination, oldest first', async 
   const missing = await w.app.inject({ method: 'GET', url: '/v1/notifications/00000000-0000-4000-8000-000000000000', headers: auth })
   t.equal(missing.statusCode, 404)
   t.equal(missing.json().code, 'notification_not_found')
+})
+
+const pageHealth = async (w: { app: import('fastify').FastifyInstance, pageId: string }) =>
+  (await w.app.inject({ method: 'GET', url: `/v1/pages/${w.pageId}`, headers: auth })).json().healthy
+
+t.test("Meta's bare (#100) Invalid parameter costs at most the one token sent and ends the attempt; the person's others are kept", async (t) => {
+  const w = await world(t)
+  const psid = newPsid()
+  const tokens = await giveTokens(w, psid, 3)
+  // What Meta answers for a message it will not send (MESSENGER.md §8), here for every request.
+  w.emulator.setFaults({ errorRate: 1, error: { code: 100, message: '(#100) Invalid parameter' } })
+  const res = await notify(w.app, { topic_id: w.topic.id, psid, message: text() })
+  t.equal(res.statusCode, 422, res.body)
+  t.match(res.json(), {
+    code: 'graph_message_refused', graph: { code: 100, subcode: null, message: '(#100) Invalid parameter' },
+    notification: { status: 'failed', route: 'token', token_state: 'invalid', tokens_refused: 1, http_status: 422 },
+  })
+  t.equal(w.emulator.requests.length, 1, 'one Graph call: no second token was tried')
+  t.same(await tokenStates(w.db, tokens.map((x) => x.id)), ['invalid', 'available', 'available'])
+  t.equal(await pageHealth(w), true)
+  w.emulator.clearFaults()
+  const next = await notify(w.app, { topic_id: w.topic.id, psid, message: text() })
+  t.equal(next.statusCode, 201, 'the person can still be notified with the next token')
+  t.same(await tokenStates(w.db, tokens.map((x) => x.id)), ['invalid', 'used', 'available'])
+})
+
+t.test('a spent token refused with the bare (#100) does not block the person: it is set aside, the next send uses the next token', async (t) => {
+  const w = await world(t, { emulator: { tokenRefusal: 'generic_parameter' } })
+  const psid = newPsid()
+  const tokens = await giveTokens(w, psid, 2)
+  // The first token was spent elsewhere (another app of the Page); Meta now refuses it in the generic words.
+  const { appsecretProof: proof } = await import('../../src/graph/client.js')
+  const spent = await fetch(`${w.base}/${DEFAULT_GRAPH_VERSION}/me/messages?access_token=${w.accessToken}&appsecret_proof=${proof(w.accessToken, APP_SECRET)}`, {
+    method: 'POST', headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ recipient: { one_time_notif_token: tokens[0].token }, message: { text: 'elsewhere' } }),
+  })
+  t.equal(spent.status, 200)
+  const first = await notify(w.app, { topic_id: w.topic.id, psid, message: text() })
+  t.equal(first.statusCode, 422)
+  t.match(first.json(), { code: 'graph_message_refused', notification: { token_state: 'invalid' } })
+  const second = await notify(w.app, { topic_id: w.topic.id, psid, message: text() })
+  t.equal(second.statusCode, 201)
+  t.same(await tokenStates(w.db, tokens.map((x) => x.id)), ['invalid', 'used'])
+  t.same(w.emulator.doubleSpends(), [])
+})
+
+t.test('a refusal naming a parameter of the message keeps every token (422 graph_request_invalid)', async (t) => {
+  const w = await world(t, { emulator: { paramErrors: 'detailed' } })
+  const psid = newPsid()
+  const tokens = await giveTokens(w, psid, 2)
+  w.emulator.setFaults({ errorRate: 1, error: { code: 100, message: '(#100) Invalid tag.' } })
+  const res = await notify(w.app, { topic_id: w.topic.id, psid, message: text() })
+  t.equal(res.statusCode, 422)
+  t.match(res.json(), { code: 'graph_request_invalid', notification: { token_state: 'released', tokens_refused: 0 } })
+  t.same(await tokenStates(w.db, tokens.map((x) => x.id)), ['available', 'available'])
+})
+
+t.test("person-level refusals keep the token and leave the Page healthy; Page-level ones mark it", async (t) => {
+  const w = await world(t)
+  const people: Array<[string, 'not_receiving' | 'blocked' | 'unavailable', number, number | null]> = [
+    ['not receiving', 'not_receiving', 200, null], ['blocked', 'blocked', 10, null], ['unavailable', 'unavailable', 551, 1545041],
+  ]
+  for (const [name, reason, code, subcode] of people) {
+    const psid = newPsid()
+    const [token] = await giveTokens(w, psid, 1)
+    w.emulator.setPersonAvailable(w.pageId, psid, false, reason)
+    const res = await notify(w.app, { topic_id: w.topic.id, psid, message: text() })
+    t.equal(res.statusCode, 502, name)
+    t.match(res.json(), { code: 'graph_person_unavailable', graph: { code, subcode }, notification: { token_state: 'released' } }, name)
+    t.same(await tokenStates(w.db, [token.id]), ['available'], `${name}: token kept`)
+    t.equal(await pageHealth(w), true, `${name}: the Page stays healthy`)
+  }
+  // Inside the window too.
+  const writer = newPsid()
+  await openWindow(w, writer)
+  w.emulator.setPersonAvailable(w.pageId, writer, false, 'not_receiving')
+  const windowed = await notify(w.app, { topic_id: w.topic.id, psid: writer, message: text() })
+  t.match(windowed.json(), { code: 'graph_person_unavailable', notification: { route: 'window' } })
+  t.equal(await pageHealth(w), true)
+
+  const pageLevel: Array<[string, { code: number, subcode?: number, message?: string }, string]> = [
+    ['app not live', { code: 10, message: '(#10) Cannot message users who are not admins, developers or testers of the app until pages_messaging permission is reviewed and the app is live.' }, 'graph_permission_missing'],
+    ['Page token', { code: 190, subcode: 463, message: 'Error validating access token: Session has expired.' }, 'graph_page_token_invalid'],
+    ['restricted', { code: 10, subcode: 1893063, message: '(#10) This Page is temporarily restricted.' }, 'graph_page_restricted'],
+  ]
+  for (const [name, error, code] of pageLevel) {
+    await w.app.inject({ method: 'PUT', url: `/v1/pages/${w.pageId}`, headers: auth, payload: { name: 'Shop', access_token: w.accessToken } })
+    t.equal(await pageHealth(w), true, `${name}: healthy before`)
+    const psid = newPsid()
+    const [token] = await giveTokens(w, psid, 1)
+    w.emulator.setFaults({ errorRate: 1, error })
+    const res = await notify(w.app, { topic_id: w.topic.id, psid, message: text() })
+    w.emulator.clearFaults()
+    t.match(res.json(), { code, notification: { token_state: 'released' } }, name)
+    t.same(await tokenStates(w.db, [token.id]), ['available'], `${name}: token kept`)
+    t.equal(await pageHealth(w), false, `${name}: the Page is marked unhealthy`)
+  }
+})
+
+t.test('every throttling answer Meta documents is a 429 with Retry-After, and the token is kept', async (t) => {
+  const w = await world(t)
+  const throttles: Array<{ code: number, subcode?: number }> = [
+    { code: 4 }, { code: 4, subcode: 2018354 }, { code: 17 }, { code: 32 }, { code: 341 }, { code: 613 }, { code: 613, subcode: 2534040 }, { code: 613, subcode: 1893016 },
+  ]
+  for (const error of throttles) {
+    const name = `${error.code}/${error.subcode ?? '-'}`
+    const psid = newPsid()
+    const [token] = await giveTokens(w, psid, 1)
+    w.emulator.setFaults({ errorRate: 1, error })
+    const res = await notify(w.app, { topic_id: w.topic.id, psid, message: text() })
+    t.equal(res.statusCode, 429, name)
+    t.equal(res.headers['retry-after'], '60', name)
+    t.match(res.json(), { code: 'graph_rate_limited', graph: { code: error.code, subcode: error.subcode ?? null }, notification: { token_state: 'released', status: 'failed' } }, name)
+    t.same(await tokenStates(w.db, [token.id]), ['available'], `${name}: token kept`)
+    // Inside the window as well.
+    await openWindow(w, psid, { emulator: false })
+    const windowed = await notify(w.app, { topic_id: w.topic.id, psid, message: text() })
+    t.equal(windowed.statusCode, 429, `${name} (window)`)
+    t.equal(windowed.headers['retry-after'], '60')
+    w.emulator.clearFaults()
+  }
+  t.equal(await pageHealth(w), true)
+})
+
+t.test('messaging_type: UPDATE by default inside the window, RESPONSE or MESSAGE_TAG with a tag when asked; token sends keep UPDATE', async (t) => {
+  const w = await world(t)
+  const psid = newPsid()
+  const [token] = await giveTokens(w, psid, 1)
+  await openWindow(w, psid)
+  const sent = async (body: Record<string, unknown>) => {
+    const res = await notify(w.app, { topic_id: w.topic.id, psid, message: text(), ...body })
+    t.equal(res.statusCode, 201, res.body)
+    const r = w.emulator.requests.at(-1)!
+    return { res: res.json(), type: r.messagingType, tag: r.tag, recipient: r.recipient }
+  }
+  t.match(await sent({}), { type: 'UPDATE', tag: undefined, res: { route: 'window', messaging_type: 'UPDATE' } })
+  t.match(await sent({ messaging_type: 'RESPONSE' }), { type: 'RESPONSE', res: { messaging_type: 'RESPONSE' } })
+  t.match(await sent({ messaging_type: 'MESSAGE_TAG', tag: 'HUMAN_AGENT' }), { type: 'MESSAGE_TAG', tag: 'HUMAN_AGENT', res: { messaging_type: 'MESSAGE_TAG', tag: 'HUMAN_AGENT' } })
+  const byToken = await sent({ messaging_type: 'RESPONSE', use_window: false })
+  t.match(byToken, { type: 'UPDATE', tag: undefined, recipient: { one_time_notif_token: token.token }, res: { route: 'token' } }, 'a token send goes out as Meta documents it')
+
+  for (const [body, code] of [[{ messaging_type: 'MESSAGE_TAG' }, 'tag_required'], [{ tag: 'HUMAN_AGENT' }, 'tag_without_message_tag'],
+    [{ messaging_type: 'RESPONSE', tag: 'HUMAN_AGENT' }, 'tag_without_message_tag']] as const) {
+    const res = await notify(w.app, { topic_id: w.topic.id, psid, message: text(), ...body })
+    t.equal(res.statusCode, 400, JSON.stringify(body))
+    t.match(res.json(), { code })
+  }
+  const bad = await notify(w.app, { topic_id: w.topic.id, psid, message: text(), messaging_type: 'PROMOTION' })
+  t.equal(bad.statusCode, 400)
+
+  // The labelling is part of the request an Idempotency-Key stands for.
+  t.equal((await notify(w.app, { topic_id: w.topic.id, psid, message: text('k') }, 'label-key')).statusCode, 201)
+  t.equal((await notify(w.app, { topic_id: w.topic.id, psid, message: text('k'), messaging_type: 'UPDATE' }, 'label-key')).headers['idempotent-replayed'], 'true', 'UPDATE is the default')
+  t.equal((await notify(w.app, { topic_id: w.topic.id, psid, message: text('k'), messaging_type: 'RESPONSE' }, 'label-key')).statusCode, 422)
+})
+
+t.test('Meta answering HTTP 200 with an error body: nothing was sent, the token is kept', async (t) => {
+  // courier's facebook_test.go "Response is channel specific error" (test/fixtures/meta/graph-errors/courier-36000-error-with-http-200.json).
+  const { createServer } = await import('node:http')
+  const { readFileSync } = await import('node:fs')
+  const fixture = JSON.parse(readFileSync(new URL('../fixtures/meta/graph-errors/courier-36000-error-with-http-200.json', import.meta.url), 'utf8'))
+  const server = createServer((_req, res) => { res.writeHead(fixture.http_status, { 'content-type': 'application/json' }).end(JSON.stringify(fixture.body)) })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => server.close())
+  const w = await world(t)
+  const metaLike = await build(t, graphEnv(`http://127.0.0.1:${(server.address() as import('node:net').AddressInfo).port}`))
+  const psid = newPsid()
+  const [token] = await giveTokens(w, psid, 1)
+  const res = await notify(metaLike, { topic_id: w.topic.id, psid, message: text() })
+  t.equal(res.statusCode, 502)
+  t.match(res.json(), { code: 'graph_error', graph: { code: 36000, message: 'The image size is too large.' }, notification: { status: 'failed', token_state: 'released' } })
+  t.same(await tokenStates(w.db, [token.id]), ['available'])
 })
