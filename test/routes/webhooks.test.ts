@@ -505,3 +505,34 @@ t.test("a business adopts its existing opt-ins: a topic with a JSON payload take
   const view = (await app.inject({ method: 'GET', url: `/v1/pages/${pageId}/subscribers/${psid}`, headers: auth })).json()
   t.equal(view.topics[0]?.topic_id, topic.json().id)
 })
+
+t.test('against the emulator playing Meta with times in ms, seconds, strings and none, and no recipient: every opt-in usable, every window open', async (t) => {
+  const { createEmulator } = await import('../../src/emulator/emulator.js')
+  const app = await build(t, { ...webhookEnv, GRAPH_API_BASE_URL: 'http://127.0.0.1:9' })
+  const address = await app.listen({ host: '127.0.0.1', port: 0 })
+  const emulator = createEmulator({ appSecret: APP_SECRET, webhookUrl: `${address}/webhooks/messenger`, webhookStamps: 'mixed', omitRecipient: true })
+  await emulator.listen(0)
+  t.teardown(() => emulator.close())
+  const pageId = uniquePageId()
+  emulator.addPage({ id: pageId, accessToken: `EAA-${pageId}` })
+  await app.inject({ method: 'PUT', url: `/v1/pages/${pageId}`, headers: auth, payload: { name: 'P', access_token: `EAA-${pageId}` } })
+  const topic = (await app.inject({ method: 'POST', url: '/v1/topics', headers: auth, payload: { page_id: pageId, name: 'Mixed' } })).json()
+  const people = Array.from({ length: 4 }, uniquePsid)
+  const started = Date.now()
+  for (const psid of people) {
+    t.equal((await emulator.personWrites(pageId, psid, 'hello')).status, 200)
+    t.equal((await emulator.clickNotifyMe(pageId, psid, { payload: topic.payload })).status, 200)
+  }
+  const bodies = emulator.webhooks.map((w) => JSON.parse(w.body).entry[0].messaging[0])
+  t.same(bodies.map((e) => typeof e.timestamp), ['number', 'number', 'string', 'undefined', 'number', 'number', 'string', 'undefined'], 'the cycle went round twice')
+  t.ok(bodies.every((e) => e.recipient === undefined), 'no event named its recipient')
+
+  const got = (await app.inject({ method: 'GET', url: `/v1/topics/${topic.id}`, headers: auth })).json()
+  t.equal(got.counts.usable_tokens, 4, 'every opt-in recorded usable')
+  for (const psid of people) {
+    const s = await subscriber(pageId, psid)
+    t.ok(s?.last_interaction_at && s.last_interaction_at.getTime() >= started - 1000, `${psid}: the window opened now, not in 1970`)
+    const [row] = (await tokenRows(pageId)).filter((r) => r.psid === psid)
+    t.ok(row.opted_in_at.getTime() >= started - 1000 && row.state === 'available', `${psid}: opted in now`)
+  }
+})
