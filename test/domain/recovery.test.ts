@@ -1,9 +1,10 @@
 import { DEFAULT_GRAPH_VERSION } from '../../src/graph/versions.js'
 import t, { type Test } from 'tap'
 import { sql } from 'kysely'
-import { claimToken } from '../../src/domain/claims.js'
-import { recoverLeases, RECOVERY_ATTEMPTS_CAP } from '../../src/domain/leases.js'
-import type { SendDeps } from '../../src/domain/notifications.js'
+import { recoverLeases, RECOVERY_ATTEMPTS_CAP } from '../../src/domain/recovery.js'
+import { directSteps } from '../../src/domain/send-steps.js'
+import type { SendDeps } from '../../src/domain/send.js'
+import { claimToken } from '../../src/domain/token-store.js'
 import { appsecretProof, createGraphClient } from '../../src/graph/client.js'
 import type { Notification } from '../../src/db/types.js'
 import { auth, build } from '../helper.js'
@@ -14,7 +15,7 @@ const LEASE = 60
 function depsFor (t: Test, w: World, timeoutMs = 2000): SendDeps {
   const graph = createGraphClient({ baseUrl: w.base, version: DEFAULT_GRAPH_VERSION, appSecret: APP_SECRET, timeoutMs, connectTimeoutMs: 1000 })
   t.teardown(() => graph.close())
-  return { db: w.db, graph, config: { TOKEN_LEASE_SECONDS: LEASE, GRAPH_API_MAX_RETRIES: 2, GRAPH_API_TIMEOUT_MS: timeoutMs } }
+  return { db: w.db, graph, config: { TOKEN_LEASE_SECONDS: LEASE, GRAPH_API_MAX_RETRIES: 2 }, steps: directSteps(w.db, LEASE) }
 }
 
 async function pendingNotification (w: World, psid: string, extra: Partial<{ attempts: number, route: 'window' | 'token', broadcast_id: string }> = {}): Promise<Notification> {
@@ -51,7 +52,7 @@ t.test('claimed, then the process died before sending: recovery sends the same t
   const finals: string[] = []
   t.equal(await recoverLeases({ ...depsFor(t, w), onFinal: (f) => finals.push(`${f.id} ${f.status}/${f.route}`) }), 1)
   t.same(await tokenStates(w.db, tokens.map((x) => x.id)), ['used', 'available'])
-  t.match(await row(w, n.id), { status: 'sent', route: 'token', token_state: 'used', attempts: 1, http_status: 201 })
+  t.match(await row(w, n.id), { status: 'sent', route: 'token', token_state: 'used', attempts: 1 })
   t.same(finals, [`${n.id} sent/token`], 'the outcome recovery wrote is counted once (otn_notifications_total)')
   t.equal(w.emulator.inbox(w.pageId, psid).length, 1)
   t.same(w.emulator.requests.map((r) => r.recipient), [{ one_time_notif_token: tokens[0].token }])
@@ -74,7 +75,7 @@ t.test('sent and delivered, then the process died: Meta refuses the re-send, so 
 
   t.equal(await recoverLeases(depsFor(t, w)), 1)
   t.same(await tokenStates(w.db, tokens.map((x) => x.id)), ['unconfirmed', 'available'], 'never handed to another send, the next token untouched')
-  t.match(await row(w, n.id), { status: 'unconfirmed', token_state: 'unconfirmed', http_status: 504, attempts: 2 })
+  t.match(await row(w, n.id), { status: 'unconfirmed', token_state: 'unconfirmed', attempts: 2 })
   t.equal(w.emulator.inbox(w.pageId, psid).length, 1, 'the person got it once')
   t.same(w.emulator.doubleSpends(), [])
 })
@@ -100,7 +101,7 @@ t.test('nothing was ever sent and Meta refuses for another reason: the token is 
   await w.app.inject({ method: 'PUT', url: `/v1/pages/${w.pageId}`, headers: auth, payload: { name: 'Shop', access_token: 'EAArevoked' } })
   t.equal(await recoverLeases(depsFor(t, w)), 1)
   t.same(await tokenStates(w.db, [token.id]), ['available'])
-  t.match(await row(w, n.id), { status: 'failed', token_state: 'released', http_status: 502, error: { code: 'graph_page_token_invalid', graph: { code: 190 } } })
+  t.match(await row(w, n.id), { status: 'failed', token_state: 'released', error: { code: 'graph_page_token_invalid', graph: { code: 190 } } })
 })
 
 t.test('after an attempt, Meta failing or throttling cannot release the token: it waits for the next sweep, up to a cap', async (t) => {
@@ -201,7 +202,7 @@ t.test('interrupted notifications without a reservation: a window send is unconf
     .where('id', 'in', [windowSend.id, notStarted.id, broadcast.id]).execute()
 
   t.equal(await recoverLeases(depsFor(t, w)), 2)
-  t.match(await row(w, windowSend.id), { status: 'unconfirmed', route: 'window', http_status: 504, error: { code: 'graph_unconfirmed' } })
+  t.match(await row(w, windowSend.id), { status: 'unconfirmed', route: 'window', error: { code: 'graph_unconfirmed' } })
   t.match(await row(w, notStarted.id), { status: 'sent', route: 'token', token_state: 'used' })
   t.match(await row(w, broadcast.id), { status: 'pending' }, 'broadcast rows belong to the broadcast worker')
   t.match(await row(w, fresh.id), { status: 'pending' }, 'a notification in flight is left alone')
@@ -210,7 +211,7 @@ t.test('interrupted notifications without a reservation: a window send is unconf
   await w.db.updateTable('notifications').set({ status: 'failed' }).where('id', 'in', [broadcast.id, fresh.id]).execute()
 })
 
-t.test('recovery runs at start-up: a reservation left by a dead instance is resolved once the app is ready', async (t) => {
+t.test('recovery runs at start-up, in the background: a hold left by a dead instance is resolved after the app is ready', async (t) => {
   const w = await world(t)
   const psid = newPsid()
   const [token] = await giveTokens(w, psid, 1)
@@ -218,6 +219,7 @@ t.test('recovery runs at start-up: a reservation left by a dead instance is reso
   await claimAndDie(w, n)
   const restarted = await build(t, graphEnv(w.base))
   await restarted.ready()
+  await restarted.maintenance()
   t.same(await tokenStates(w.db, [token.id]), ['used'])
   const got = await restarted.inject({ method: 'GET', url: `/v1/notifications/${n.id}`, headers: auth })
   t.match(got.json(), { status: 'sent', route: 'token', token_state: 'used' })
