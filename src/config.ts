@@ -34,7 +34,7 @@ export const EnvSchema = Type.Object({
   RECOVERY_CONCURRENCY: Int('Sends lease recovery makes at once while it works through what crashed processes left (at most half of GRAPH_API_CONNECTIONS).', 32, 1, 1024),
   SHUTDOWN_TIMEOUT_MS: Int('Longest wait for in-flight requests on SIGTERM/SIGINT.', 10000, 100, 600000),
   JOB_POLL_INTERVAL_SECONDS: Type.Number({ description: 'How often each job worker asks the queue (pg-boss) for work when idle.', default: 2, minimum: 0.5, maximum: 60 }),
-  BROADCAST_RATE_PER_SECOND: Int('Broadcast sends per second per Page, shared by every worker of every instance.', 20, 1, 1000),
+  BROADCAST_RATE_PER_SECOND: Type.Optional(Type.Integer({ description: 'Broadcast sends per second per Page, shared by every worker of every instance. Unset: Meta\'s limit for the message (300 for text, links and stickers; 10 with audio or video); a Page\'s own broadcast_rate_per_second wins over both.', minimum: 1, maximum: 1000 })),
   BROADCAST_BATCH_SIZE: Int('People per broadcast send job (and per page when the audience is listed).', 500, 1, 10000),
   BROADCAST_CONCURRENCY: Int('Broadcast send jobs one instance works on at once.', 4, 1, 64),
   BROADCAST_MAX_ATTEMPTS: Int('Sends tried per person when Meta rate-limits or fails temporarily (nothing sent) before the person counts as failed.', 5, 1, 50),

@@ -17,6 +17,8 @@ export interface PagesTable {
   id: string
   name: string
   access_token: string | null
+  /** Broadcast sends per second for this Page (migration 20261202010000); null: the service's default. */
+  broadcast_rate_per_second: ColumnType<number | null, number | null | undefined, number | null>
   healthy: Generated<boolean>
   last_error: Json<GraphError & { at: string }> | null
   created_at: CreatedAt
@@ -153,6 +155,8 @@ export interface BroadcastRecipientsTable {
 export interface BroadcastPacingTable {
   page_id: string
   next_slot_at: Timestamp
+  /** The share of the Page's rate its broadcasts may use now (halved on a rate limit, given back as sends succeed). */
+  rate_factor: ColumnType<number, number | undefined, number>
 }
 
 export interface DB {

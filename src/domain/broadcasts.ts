@@ -32,7 +32,13 @@ export interface Progress {
   unconfirmed: number
   cancelled: number
   remaining: number
+  /** People brought to an outcome per second over the last RATE_WINDOW_SECONDS. */
+  rate_per_second: number
+  /** remaining ÷ rate_per_second, while it runs and moves; null otherwise. */
+  eta_seconds: number | null
 }
+
+const RATE_WINDOW_SECONDS = 10
 
 export interface BroadcastView {
   id: string
@@ -54,6 +60,8 @@ export interface BroadcastView {
   planned_at: string | null
   completed_at: string | null
   cancelled_at: string | null
+  /** When it stopped: completed or cancelled. */
+  finished_at: string | null
 }
 
 const iso = (d: Date | null): string | null => d ? d.toISOString() : null
@@ -79,11 +87,12 @@ function broadcastView (b: Broadcast, progress: Progress): BroadcastView {
     planned_at: iso(b.planned_at),
     completed_at: iso(b.completed_at),
     cancelled_at: iso(b.cancelled_at),
+    finished_at: iso(b.completed_at ?? b.cancelled_at),
   }
 }
 
 const emptyProgress = (): Progress => ({
-  total: 0, sent_window: 0, sent_token: 0, no_token: 0, failed: {}, unconfirmed: 0, cancelled: 0, remaining: 0,
+  total: 0, sent_window: 0, sent_token: 0, no_token: 0, failed: {}, unconfirmed: 0, cancelled: 0, remaining: 0, rate_per_second: 0, eta_seconds: null,
 })
 
 /** Progress of each broadcast, counted from its recipient rows in one grouped query. */
@@ -92,17 +101,23 @@ async function progressOf (db: Database, ids: string[]): Promise<Map<string, Pro
   if (ids.length === 0) return out
   const rows = await db.selectFrom('broadcast_recipients')
     .select(['broadcast_id', 'state', 'outcome', 'error_code', (eb) => eb.fn.countAll<string>().as('n')])
+    .select(sql<string>`count(*) filter (where completed_at > now() - make_interval(secs => ${RATE_WINDOW_SECONDS}))`.as('recent'))
     .where('broadcast_id', 'in', ids)
     .groupBy(['broadcast_id', 'state', 'outcome', 'error_code'])
     .execute()
   for (const r of rows) {
     const p = out.get(r.broadcast_id)!
     const n = Number(r.n)
+    p.rate_per_second += Number(r.recent) / RATE_WINDOW_SECONDS
     p.total += n
     if (r.state === 'pending') p.remaining += n
     else if (r.state === 'cancelled') p.cancelled += n
     else if (r.outcome === 'failed') p.failed[r.error_code ?? 'failed'] = (p.failed[r.error_code ?? 'failed'] ?? 0) + n
     else if (r.outcome !== null) p[r.outcome] += n
+  }
+  for (const p of out.values()) {
+    p.rate_per_second = Math.round(p.rate_per_second * 10) / 10
+    p.eta_seconds = p.remaining > 0 && p.rate_per_second > 0 ? Math.ceil(p.remaining / p.rate_per_second) : null
   }
   return out
 }
@@ -337,23 +352,23 @@ export interface ClaimedRecipient {
   started: boolean
 }
 
-/** Takes the next pending person of a batch for one send; SKIP LOCKED lets workers share a batch. */
-export async function claimRecipient (db: Database, broadcastId: string, batch: number, leaseSeconds: number): Promise<ClaimedRecipient | undefined> {
+/** Takes up to `count` pending people of a batch at once (one lease for them all), in PSID order; SKIP LOCKED lets workers share a batch. */
+export async function claimRecipients (db: Database, broadcastId: string, batch: number, count: number, leaseSeconds: number): Promise<ClaimedRecipient[]> {
   const { rows } = await sql<ClaimedRecipient>`
     update broadcast_recipients r
        set lease_id = ${randomUUID()}, next_attempt_at = now() + make_interval(secs => ${leaseSeconds}), updated_at = now()
-     where r.broadcast_id = ${broadcastId} and r.psid = (
+     where r.broadcast_id = ${broadcastId} and r.psid in (
        select psid from broadcast_recipients
         where broadcast_id = ${broadcastId} and batch = ${batch} and state = 'pending'
           and (next_attempt_at is null or next_attempt_at <= now())
         order by psid
-        limit 1
+        limit ${count}
         for update skip locked)
        and r.state = 'pending'
     returning r.broadcast_id, r.psid, r.retries, r.lease_id,
       (select b.state from broadcasts b where b.id = r.broadcast_id) as broadcast_state,
       exists (select 1 from notifications n where n.idempotency_key = ${recipientKeySql}) as started`.execute(db)
-  return rows[0]
+  return rows.sort((a, b) => (a.psid < b.psid ? -1 : a.psid > b.psid ? 1 : 0))
 }
 
 /** Seconds until someone of the batch may be tried (0: now), or undefined when nobody is pending. */
@@ -367,24 +382,65 @@ export async function batchWaitSeconds (db: Database, broadcastId: string, batch
 }
 
 /**
- * Takes the Page's next send slot (rate per second, shared by every worker of every instance)
- * and returns how long to wait for it.
+ * Meta's Send API limits per Page (Messenger Platform rate limits, updated 2026-03-23): 300 calls a
+ * second for text, links and stickers, 10 for audio and video. The default rate of a broadcast.
  */
-export async function reservePacingSlot (db: Database, pageId: string, ratePerSecond: number): Promise<number> {
-  const step = 1 / ratePerSecond
-  const { rows: [row] } = await sql<{ wait_ms: number }>`
-    insert into broadcast_pacing as p (page_id, next_slot_at) values (${pageId}, clock_timestamp() + make_interval(secs => ${step}))
-    on conflict (page_id) do update
-      set next_slot_at = greatest(p.next_slot_at, clock_timestamp()) + make_interval(secs => ${step})
-    returning (extract(epoch from (p.next_slot_at - clock_timestamp())) * 1000 - ${step * 1000})::float8 as wait_ms`.execute(db)
-  return Math.max(0, row.wait_ms)
+export const META_RATE_LIMITS = { text: 300, media: 10 } as const
+
+/** A broadcast's rate: the Page's own, else the service's, else Meta's limit for what the message carries. */
+export function broadcastRate (message: Record<string, unknown>, pageRate: number | null, configured: number | undefined): number {
+  if (pageRate !== null) return pageRate
+  if (configured !== undefined) return configured
+  const type = (message.attachment as { type?: string } | undefined)?.type
+  return type === 'audio' || type === 'video' ? META_RATE_LIMITS.media : META_RATE_LIMITS.text
 }
 
-/** Meta rate-limited the Page: no broadcast send on it before this many seconds. */
+/** How fast the share of a Page's rate comes back after a rate limit: this much per send (0.5 → 1 in 250 sends). */
+const RATE_RECOVERY_PER_SEND = 0.002
+/** The least share a Page keeps after rate limits one after another. */
+const RATE_FACTOR_FLOOR = 1 / 64
+
+export interface PacingSlots {
+  /** Until the first of the slots. */
+  waitMs: number
+  /** Between two slots: 1 / the rate the Page may use now. */
+  stepMs: number
+}
+
+/**
+ * Takes the Page's next `count` send slots, shared by every worker of every instance: the slots
+ * follow each other at the rate the Page may use now (its rate × its share, which each reservation
+ * gives back a little of). The Page's row is locked for the statement, so racing workers take
+ * consecutive slots.
+ */
+export async function reservePacingSlots (db: Database, pageId: string, ratePerSecond: number, count: number): Promise<PacingSlots> {
+  await sql`insert into broadcast_pacing (page_id, next_slot_at) values (${pageId}, clock_timestamp()) on conflict (page_id) do nothing`.execute(db)
+  const { rows: [row] } = await sql<{ wait_ms: number, rate: number }>`
+    with old as (
+      select greatest(next_slot_at, clock_timestamp()) as start, ${ratePerSecond}::float8 * rate_factor as rate, rate_factor
+        from broadcast_pacing where page_id = ${pageId} for update
+    )
+    update broadcast_pacing p
+       set next_slot_at = old.start + make_interval(secs => ${count}::float8 / old.rate),
+           rate_factor = least(1, old.rate_factor + ${count * RATE_RECOVERY_PER_SEND})
+      from old
+     where p.page_id = ${pageId}
+    returning (extract(epoch from (old.start - clock_timestamp())) * 1000)::float8 as wait_ms, old.rate`.execute(db)
+  return { waitMs: Math.max(0, row.wait_ms), stepMs: 1000 / row.rate }
+}
+
+/** Meta rate-limited the Page: no broadcast send on it before this many seconds, and half the share of its rate after that. */
 export async function pausePage (db: Database, pageId: string, seconds: number): Promise<void> {
   await sql`
-    insert into broadcast_pacing as p (page_id, next_slot_at) values (${pageId}, clock_timestamp() + make_interval(secs => ${seconds}))
-    on conflict (page_id) do update set next_slot_at = greatest(p.next_slot_at, clock_timestamp() + make_interval(secs => ${seconds}))`.execute(db)
+    insert into broadcast_pacing as p (page_id, next_slot_at, rate_factor) values (${pageId}, clock_timestamp() + make_interval(secs => ${seconds}), 0.5)
+    on conflict (page_id) do update set next_slot_at = greatest(p.next_slot_at, clock_timestamp() + make_interval(secs => ${seconds})),
+                                        rate_factor = greatest(${RATE_FACTOR_FLOOR}, p.rate_factor / 2)`.execute(db)
+}
+
+/** The rate each Page's broadcasts may use now, for the metrics: Pages that broadcast recently. */
+export async function pacingRates (db: Database): Promise<Array<{ page_id: string, rate_factor: number }>> {
+  return db.selectFrom('broadcast_pacing').select(['page_id', 'rate_factor'])
+    .where('next_slot_at', '>', sql<Date>`now() - interval '10 minutes'`).execute()
 }
 
 export interface RecipientDeps {

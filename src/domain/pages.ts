@@ -9,6 +9,7 @@ export interface PageView {
   id: string
   name: string
   has_access_token: boolean
+  broadcast_rate_per_second: number | null
   healthy: boolean
   last_error?: GraphError & { at: string }
   created_at: string
@@ -20,6 +21,7 @@ export function pageView (page: Page): PageView {
     id: page.id,
     name: page.name,
     has_access_token: page.access_token !== null,
+    broadcast_rate_per_second: page.broadcast_rate_per_second,
     healthy: page.healthy,
     ...(page.last_error ? { last_error: page.last_error } : {}),
     created_at: page.created_at.toISOString(),
@@ -28,12 +30,13 @@ export function pageView (page: Page): PageView {
 }
 
 /** Registers or updates a Page; a new access token clears the Page's last Graph error. */
-export async function upsertPage (db: Database, id: string, input: { name: string, access_token?: string }): Promise<{ page: Page, created: boolean }> {
+export async function upsertPage (db: Database, id: string, input: { name: string, access_token?: string, broadcast_rate_per_second?: number | null }): Promise<{ page: Page, created: boolean }> {
   const row = await db.insertInto('pages')
-    .values({ id, name: input.name, access_token: input.access_token ?? null })
+    .values({ id, name: input.name, access_token: input.access_token ?? null, broadcast_rate_per_second: input.broadcast_rate_per_second ?? null })
     .onConflict((oc) => oc.column('id').doUpdateSet((eb) => ({
       name: eb.ref('excluded.name'),
       updated_at: sql`now()`,
+      ...(input.broadcast_rate_per_second !== undefined ? { broadcast_rate_per_second: eb.ref('excluded.broadcast_rate_per_second') } : {}),
       ...(input.access_token !== undefined
         ? { access_token: eb.ref('excluded.access_token'), healthy: true, last_error: null }
         : {}),

@@ -55,10 +55,24 @@ export interface SendResult {
 export interface Sender {
   readonly deps: SendDeps
   send (input: NotificationInput, log?: Logger): Promise<SendResult>
+  /** Meta's recent answer time (seconds, a moving average of this process's Send API calls): what paces broadcasts. */
+  graphLatencySeconds (): number
 }
 
 export function createSender (deps: SendDeps): Sender {
-  return { deps, send: (input, log) => sendNotification(log ? { ...deps, log } : deps, input) }
+  let latency = 0.25
+  const graph: GraphClient = {
+    ...deps.graph,
+    async sendMessage (page, body) {
+      const started = performance.now()
+      const outcome = await deps.graph.sendMessage(page, body)
+      latency = latency * 0.9 + ((performance.now() - started) / 1000) * 0.1
+      return outcome
+    },
+    close: () => deps.graph.close(),
+  }
+  const timed = { ...deps, graph }
+  return { deps: timed, send: (input, log) => sendNotification(log ? { ...timed, log } : timed, input), graphLatencySeconds: () => latency }
 }
 
 function resultOf (n: Notification, replayed: boolean): SendResult {

@@ -3,9 +3,9 @@ import type PgBoss from 'pg-boss'
 import type { Database } from '../db/database.js'
 import type { Broadcast, BroadcastState } from '../db/types.js'
 import {
-  batchWaitSeconds, cancelPendingRecipients, claimRecipient, completeIfDone, getBroadcastRow, markPlanned,
-  pausePage, pendingBatches, planNextBatch, recordResult, reservePacingSlot, sendToRecipient, startBroadcast,
-  unfinishedWork, type RecipientDeps,
+  batchWaitSeconds, broadcastRate, cancelPendingRecipients, claimRecipients, completeIfDone, getBroadcastRow, markPlanned,
+  pausePage, pendingBatches, planNextBatch, recordResult, reservePacingSlots, sendToRecipient, startBroadcast,
+  unfinishedWork, type ClaimedRecipient, type RecipientDeps, type RecipientResult,
 } from '../domain/broadcasts.js'
 import { ensureQueue, inTransaction, type JobContext, type JobQueue } from './queue.js'
 
@@ -41,6 +41,7 @@ export async function enqueueBroadcast (boss: JobQueue, trx: Database, b: Broadc
  */
 export async function broadcastWorkers (ctx: JobContext): Promise<void> {
   const { boss, config } = ctx
+  const window = new SendWindow(Math.max(1, Math.floor(config.GRAPH_API_CONNECTIONS / 2)), config.TOKEN_LEASE_SECONDS, () => ctx.sender.graphLatencySeconds())
   for (const name of [PLAN_QUEUE, SEND_QUEUE]) await ensureQueue(boss, name, queueOptions)
   await ensureQueue(boss, SWEEP_QUEUE, { policy: 'short', retryLimit: 0, expireInSeconds: 300 })
   const polling = { pollingIntervalSeconds: config.JOB_POLL_INTERVAL_SECONDS }
@@ -57,7 +58,7 @@ export async function broadcastWorkers (ctx: JobContext): Promise<void> {
 
   await boss.work<PlanJob>(PLAN_QUEUE, polling, ([job]) => run(PLAN_QUEUE, job.data, (d) => plan(ctx, d.broadcast_id, wake)))
   for (let i = 0; i < config.BROADCAST_CONCURRENCY; i++) {
-    sendWorkers.push(await boss.work<SendJob>(SEND_QUEUE, polling, ([job]) => run(SEND_QUEUE, job.data, (d) => sendBatch(ctx, d))))
+    sendWorkers.push(await boss.work<SendJob>(SEND_QUEUE, polling, ([job]) => run(SEND_QUEUE, job.data, (d) => sendBatch(ctx, d, window))))
   }
   await boss.work(SWEEP_QUEUE, polling, () => run(SWEEP_QUEUE, {}, () => sweep(ctx, wake)))
   await boss.schedule(SWEEP_QUEUE, '* * * * *')
@@ -119,33 +120,135 @@ async function plan (ctx: JobContext, broadcastId: string, wake: () => void): Pr
   else ctx.log.info({ broadcast_id: broadcastId }, 'broadcast audience listed')
 }
 
+/** A send's own time besides Meta's answer (its two statements and the result's), in the window of sends in flight. */
+const DATABASE_SECONDS_PER_SEND = 0.05
+/** Sends a job starts with before it has seen any finish (and never goes below). */
+const FIRST_WINDOW = 8
+/** Completions over this many seconds make the job's observed throughput. */
+const THROUGHPUT_SECONDS = 2
+/** People taken per claim: small enough that a cancel is seen within a fraction of a second at 300/s. */
+const CLAIM_CHUNK = 50
+
 /**
- * One batch, one person at a time: take the Page's next slot, claim the next pending person,
- * send through the notifications path, record the result under the claim. The broadcast's state
- * is read before every send, so a cancel stops the batch after at most the send in flight.
+ * One batch at the Page's pace. The rate, not a number of workers, sets how fast it goes: the job
+ * keeps as many sends in flight as the rate needs at Meta's current latency (rate × latency,
+ * measured as it goes), bounded by its share of GRAPH_API_CONNECTIONS. It claims people in small
+ * chunks, takes the Page's next slots for them (shared by every worker of every instance), starts
+ * each send at its slot through the one send path, and records each result under the claim. The
+ * broadcast's state is read with every chunk, and before each send starts, so a cancel stops it
+ * within the sends already on the wire. A rate limit from Meta pauses the Page for every worker
+ * and halves the share of its rate (given back as sends succeed).
  */
-async function sendBatch (ctx: JobContext, job: SendJob): Promise<void> {
+/**
+ * The broadcast sends one instance keeps in flight, shared by all its send jobs: as many as the
+ * pace of the Pages broadcasting needs (Little's law: their rates × Meta's answer time), but never
+ * more than the instance has been finishing within a tenth of a lease. When the database, not
+ * Meta, is the bottleneck, more sends in flight would only wait longer, until their holds run out;
+ * so the window grows only as sends finish (from FIRST_WINDOW), and never past half the Graph
+ * connections, which the API's sends share.
+ */
+class SendWindow {
+  private inFlight = 0
+  private readonly finished: number[] = []
+  private readonly rates = new Map<string, { rate: number, jobs: number }>()
+  private waiters: Array<() => void> = []
+
+  constructor (private readonly cap: number, private readonly leaseSeconds: number, private readonly latency: () => number) {}
+
+  /** A job of `pageId` sends at `rate` until it leaves. */
+  join (pageId: string, rate: number): () => void {
+    const r = this.rates.get(pageId) ?? { rate, jobs: 0 }
+    r.rate = Math.max(r.rate, rate)
+    r.jobs++
+    this.rates.set(pageId, r)
+    return () => {
+      if (--r.jobs === 0) this.rates.delete(pageId)
+    }
+  }
+
+  /** Sends that may start now. */
+  room (): number {
+    const since = Date.now() - THROUGHPUT_SECONDS * 1000
+    while (this.finished.length > 0 && this.finished[0] < since) this.finished.shift()
+    const throughput = this.finished.length / THROUGHPUT_SECONDS
+    const rate = [...this.rates.values()].reduce((sum, r) => sum + r.rate, 0)
+    const paced = Math.ceil(rate * (this.latency() + DATABASE_SECONDS_PER_SEND) * 1.25) + 1
+    const size = Math.min(this.cap, paced, Math.max(FIRST_WINDOW, Math.ceil(throughput * this.leaseSeconds / 10)))
+    return size - this.inFlight
+  }
+
+  take (n: number): void { this.inFlight += n }
+
+  done (): void {
+    this.inFlight--
+    this.finished.push(Date.now())
+    const waiters = this.waiters
+    this.waiters = []
+    for (const wake of waiters) wake()
+  }
+
+  /** Resolves when a send of the instance finishes (room may have come free). */
+  changed (): Promise<void> {
+    return new Promise((resolve) => this.waiters.push(resolve))
+  }
+}
+
+async function sendBatch (ctx: JobContext, job: SendJob, window: SendWindow): Promise<void> {
+  const found = await getBroadcastRow(ctx.db, job.broadcast_id)
+  if (!found || found.state === 'completed') return
+  const page = await ctx.db.selectFrom('pages').select('broadcast_rate_per_second').where('id', '=', found.page_id).executeTakeFirst()
+  const rate = broadcastRate(found.message, page?.broadcast_rate_per_second ?? null, ctx.config.BROADCAST_RATE_PER_SECOND)
+  const leave = window.join(found.page_id, rate)
+  try {
+    await sendPaced(ctx, job, window, found, rate)
+  } finally {
+    leave()
+  }
+}
+
+async function sendPaced (ctx: JobContext, job: SendJob, window: SendWindow, b: Broadcast, rate: number): Promise<void> {
   const { db, config } = ctx
   const deps: RecipientDeps = { sender: ctx.sender, maxAttempts: config.BROADCAST_MAX_ATTEMPTS, backoffSeconds: config.BROADCAST_BACKOFF_SECONDS }
-  const b = await getBroadcastRow(db, job.broadcast_id)
-  if (!b || b.state === 'completed') return
   let state: BroadcastState = b.state
+  let pausedUntil = 0
+  const inFlight = new Set<Promise<void>>()
   const deadline = Date.now() + JOB_BUDGET_MS
+  const drain = () => Promise.all(inFlight)
+
+  /** One person, at its slot: sent unless the broadcast was cancelled or the Page paused meanwhile. */
+  const one = async (r: ClaimedRecipient, atMs: number): Promise<void> => {
+    if (atMs > Date.now()) await sleep(atMs - Date.now())
+    let result: RecipientResult
+    if (state === 'cancelled' && !r.started) result = { kind: 'cancelled' }
+    else if (Date.now() < pausedUntil && !r.started) result = { kind: 'wait', seconds: Math.ceil((pausedUntil - Date.now()) / 1000) }
+    else result = await sendToRecipient(deps, b, { ...r, broadcast_state: state })
+    if (result.kind === 'retry' && result.pausePageSeconds !== undefined) {
+      pausedUntil = Math.max(pausedUntil, Date.now() + result.pausePageSeconds * 1000)
+      ctx.log.warn({ broadcast_id: b.id, page_id: b.page_id, seconds: result.pausePageSeconds }, 'broadcast: Meta rate-limited the Page; pausing its sends')
+      await pausePage(db, b.page_id, result.pausePageSeconds)
+    }
+    if (!(await recordResult(db, r, result))) {
+      ctx.log.warn({ broadcast_id: b.id, psid: r.psid }, 'broadcast: claim lost before the result was recorded; its new holder records it')
+    }
+  }
+
   for (;;) {
     if (ctx.stopping() || Date.now() > deadline) {
+      await drain()
       await enqueueSend(ctx, job.broadcast_id, job.batch)
       return
     }
-    if (state === 'running') {
-      const waitMs = await reservePacingSlot(db, b.page_id, config.BROADCAST_RATE_PER_SECOND)
-      if (waitMs > MAX_INLINE_WAIT_MS) {
-        await enqueueSend(ctx, job.broadcast_id, job.batch, new Date(Date.now() + waitMs))
-        return
-      }
-      if (waitMs > 0) await sleep(waitMs)
+    const room = window.room()
+    if (room <= 0) {
+      await Promise.race([window.changed(), ...inFlight])
+      continue
     }
-    const r = await claimRecipient(db, job.broadcast_id, job.batch, config.TOKEN_LEASE_SECONDS)
-    if (!r) {
+    const rs = await claimRecipients(db, job.broadcast_id, job.batch, Math.min(room, CLAIM_CHUNK), config.TOKEN_LEASE_SECONDS)
+    if (rs.length === 0) {
+      if (inFlight.size > 0) {
+        await Promise.race(inFlight)
+        continue
+      }
       const wait = await batchWaitSeconds(db, job.broadcast_id, job.batch)
       if (wait === undefined) {
         if (await completeIfDone(db, job.broadcast_id)) ctx.log.info({ broadcast_id: job.broadcast_id }, 'broadcast completed')
@@ -155,16 +258,31 @@ async function sendBatch (ctx: JobContext, job: SendJob): Promise<void> {
       await enqueueSend(ctx, job.broadcast_id, job.batch, new Date(Date.now() + Math.max(wait, 0.5) * 1000))
       return
     }
-    state = r.broadcast_state
-    const result = await sendToRecipient(deps, b, r)
-    if (result.kind === 'retry' && result.pausePageSeconds !== undefined) {
-      ctx.log.warn({ broadcast_id: b.id, page_id: b.page_id, seconds: result.pausePageSeconds }, 'broadcast: Meta rate-limited the Page; pausing its sends')
-      await pausePage(db, b.page_id, result.pausePageSeconds)
+    state = rs[0].broadcast_state
+    if (state === 'scheduled') {
+      for (const r of rs) await recordResult(db, r, { kind: 'wait', seconds: Math.max(1, (b.send_at.getTime() - Date.now()) / 1000) })
+      await drain()
+      return
     }
-    if (!(await recordResult(db, r, result))) {
-      ctx.log.warn({ broadcast_id: b.id, psid: r.psid }, 'broadcast: claim lost before the result was recorded; its new holder records it')
+    const slots = state === 'running' ? await reservePacingSlots(db, b.page_id, rate, rs.length) : { waitMs: 0, stepMs: 0 }
+    if (slots.waitMs > MAX_INLINE_WAIT_MS) {
+      // The Page is paused (a rate limit): hand these people back and come back when it resumes.
+      for (const r of rs) await recordResult(db, r, { kind: 'wait', seconds: Math.ceil(slots.waitMs / 1000) })
+      await drain()
+      await enqueueSend(ctx, job.broadcast_id, job.batch, new Date(Date.now() + slots.waitMs))
+      return
     }
-    if (result.kind === 'wait' && state === 'scheduled') return
+    const now = Date.now()
+    window.take(rs.length)
+    rs.forEach((r, i) => {
+      const p = one(r, now + slots.waitMs + i * slots.stepMs).catch((err: unknown) => {
+        ctx.log.error({ err, broadcast_id: b.id, psid: r.psid }, 'broadcast: a send failed; its claim runs out and the person is tried again')
+      }).finally(() => {
+        inFlight.delete(p)
+        window.done()
+      })
+      inFlight.add(p)
+    })
   }
 }
 

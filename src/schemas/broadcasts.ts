@@ -48,6 +48,8 @@ const ProgressSchema = Type.Object({
   unconfirmed: Type.Integer({ description: 'Meta did not answer: maybe delivered, never re-sent.' }),
   cancelled: Type.Integer({ description: 'Not sent because the broadcast was cancelled.' }),
   remaining: Type.Integer({ description: 'Still pending (including people waiting out a rate limit).' }),
+  rate_per_second: Type.Number({ description: 'People brought to an outcome per second over the last 10 seconds.' }),
+  eta_seconds: Type.Union([Type.Integer(), Type.Null()], { description: 'remaining ÷ rate_per_second while it moves; null otherwise.' }),
 }, { description: 'Counted from the per-person records: total = sent_window + sent_token + no_token + sum(failed) + unconfirmed + cancelled + remaining.' })
 
 export const BroadcastSchema = Type.Object({
@@ -72,6 +74,7 @@ export const BroadcastSchema = Type.Object({
   planned_at: Type.Union([Timestamp, Type.Null()], { description: 'When the whole audience had been listed (progress.total is final from then on).' }),
   completed_at: Type.Union([Timestamp, Type.Null()]),
   cancelled_at: Type.Union([Timestamp, Type.Null()]),
+  finished_at: Type.Union([Timestamp, Type.Null()], { description: 'When it stopped: completed_at or cancelled_at.' }),
 }, { title: 'Broadcast' })
 
 export const BroadcastParamsSchema = IdParamsSchema

@@ -6,6 +6,9 @@ export const PageParamsSchema = Type.Object({ pageId: PageId })
 export const PutPageBodySchema = Type.Object({
   name: Type.String({ minLength: 1, maxLength: 200 }),
   access_token: Type.Optional(Type.String({ minLength: 1, maxLength: 1000, description: 'Page access token. Write-only: never returned. Omit to keep the current one.' })),
+  broadcast_rate_per_second: Type.Optional(Type.Union([Type.Integer({ minimum: 1, maximum: 1000 }), Type.Null()], {
+    description: 'Broadcast sends per second for this Page (every instance together). Null: the default, BROADCAST_RATE_PER_SECOND or else Meta\'s limit for the message (300/s text, links, stickers; 10/s audio, video). Omit to keep the current one.',
+  })),
 }, { additionalProperties: false })
 export type PutPageBody = Static<typeof PutPageBodySchema>
 
@@ -13,6 +16,7 @@ export const PageSchema = Type.Object({
   id: PageId,
   name: Type.String(),
   has_access_token: Type.Boolean(),
+  broadcast_rate_per_second: Type.Union([Type.Integer(), Type.Null()], { description: 'This Page\'s broadcast rate; null: the default.' }),
   healthy: Type.Boolean({ description: 'False after Meta rejected the Page token or refused the Page; a new access_token resets it.' }),
   last_error: Type.Optional(Type.Object({
     code: Type.Union([Type.Integer(), Type.Null()]),
