@@ -5,6 +5,7 @@ import type { Config } from './config.js'
 import { openDatabase, type Database, type DatabaseHandle } from './db/database.js'
 import { migrate } from './db/migrate.js'
 import type { Notification } from './db/types.js'
+import type { Delivery } from './domain/ingest.js'
 import { upsertPage } from './domain/pages.js'
 import { createGraphClient, type GraphClient } from './graph/client.js'
 import { instrumentGraphClient } from './graph/instrumented.js'
@@ -14,7 +15,7 @@ import database from './plugins/database.js'
 import docs from './plugins/docs.js'
 import errors, { frameworkErrors } from './plugins/errors.js'
 import jobs from './plugins/jobs.js'
-import metrics, { notificationCounter } from './plugins/metrics.js'
+import metrics, { notificationCounter, webhookCounter } from './plugins/metrics.js'
 import { broadcastWorkers } from './jobs/broadcast-worker.js'
 import broadcastRoutes from './routes/broadcasts.js'
 import healthRoutes from './routes/health.js'
@@ -37,6 +38,8 @@ declare module 'fastify' {
     graph: GraphClient
     /** Counts a notification brought to a final status (otn_notifications_total); does nothing when metrics are off. */
     notificationFinished: (n: Notification) => void
+    /** Counts a signed delivery answered 200 and its events (otn_webhook_*_total); does nothing when metrics are off. */
+    webhookReceived: (delivery: Delivery, duplicate: boolean) => void
   }
 }
 
@@ -100,6 +103,7 @@ export async function buildApp (config: Config, deps: AppDeps = {}): Promise<Fas
   const graph = register ? instrumentGraphClient(client, register) : client
   app.decorate('graph', graph)
   app.decorate('notificationFinished', register ? notificationCounter(register) : () => {})
+  app.decorate('webhookReceived', register ? webhookCounter(register) : () => {})
   if (!deps.graph) app.addHook('onClose', async () => { await graph.close() })
   app.addHook('onSend', async (request, reply) => { reply.header('x-request-id', request.id) })
 

@@ -2,6 +2,7 @@ import fp from 'fastify-plugin'
 import type { FastifyInstance } from 'fastify'
 import { sql } from 'kysely'
 import { heldBy } from '../domain/claims.js'
+import { IGNORED_REASONS, REJECTED_REASONS, type Delivery } from '../domain/ingest.js'
 import type pg from 'pg'
 import { collectDefaultMetrics, Counter, Gauge, Histogram, type Registry } from 'prom-client'
 
@@ -51,6 +52,41 @@ export function notificationCounter (register: Registry): (n: { status: string, 
     registers: [register],
   })
   return (n) => counter.inc({ status: n.status, route: n.route ?? '' })
+}
+
+/**
+ * Webhook events by outcome and reason (the receipt's reasons: a fixed list, so the labels are
+ * bounded), and deliveries stored or answered as duplicates. A duplicate's events are not counted
+ * again.
+ */
+export function webhookCounter (register: Registry): (delivery: Delivery, duplicate: boolean) => void {
+  const events = new Counter({
+    name: 'otn_webhook_events_total',
+    help: 'Webhook events read from stored deliveries, by outcome: recorded (reason optin or interaction), ignored or rejected (reason as in the receipt).',
+    labelNames: ['outcome', 'reason'] as const,
+    registers: [register],
+  })
+  const deliveries = new Counter({
+    name: 'otn_webhook_deliveries_total',
+    help: 'Signed webhook deliveries answered 200, by outcome: stored, or duplicate (the same bytes were stored before; nothing stored again).',
+    labelNames: ['outcome'] as const,
+    registers: [register],
+  })
+  const rejected = new Set<string>(REJECTED_REASONS)
+  // Every series exists from the start, at 0, so that rate() and alerts see the first event.
+  for (const reason of ['optin', 'interaction']) events.inc({ outcome: 'recorded', reason }, 0)
+  for (const reason of IGNORED_REASONS) events.inc({ outcome: 'ignored', reason }, 0)
+  for (const reason of REJECTED_REASONS) events.inc({ outcome: 'rejected', reason }, 0)
+  for (const outcome of ['stored', 'duplicate']) deliveries.inc({ outcome }, 0)
+  return (delivery, duplicate) => {
+    deliveries.inc({ outcome: duplicate ? 'duplicate' : 'stored' })
+    if (duplicate) return
+    if (delivery.tokens.length > 0) events.inc({ outcome: 'recorded', reason: 'optin' }, delivery.tokens.length)
+    if (delivery.interactions > 0) events.inc({ outcome: 'recorded', reason: 'interaction' }, delivery.interactions)
+    for (const [reason, count] of Object.entries(delivery.skipped)) {
+      events.inc({ outcome: rejected.has(reason) ? 'rejected' : 'ignored', reason }, count)
+    }
+  }
 }
 
 /**

@@ -5,6 +5,7 @@ import { buildApp } from '../../src/app.js'
 import { ConfigError, loadConfig } from '../../src/config.js'
 import { appOnOwnDatabase, auth, build, databaseKind, LogCapture, testConfig, testDatabase, truncateAll, uniquePageId } from '../helper.js'
 import { FAST_TIMEOUT, giveTokens, newPsid, notify, openWindow, world } from '../fixtures/otn.js'
+import { entry, envelope, messageEvent, optinEvent, readEvent, signedPost, uniquePsid, uniqueToken, webhookEnv } from '../fixtures/webhooks.js'
 
 interface Sample { name: string, labels: Record<string, string>, value: number }
 
@@ -262,4 +263,33 @@ t.test('pg pool gauges on Postgres, none on PGlite', async (t) => {
   t.equal(value(samples, 'otn_db_pool_idle_clients'), 0)
   const waiting = value(samples, 'otn_db_pool_waiting_requests')!
   t.ok(waiting >= 1, `waiting: ${waiting}`)
+})
+
+t.test('webhook events by outcome and reason, deliveries stored or duplicate; a duplicate is not counted twice (#24.3, #24.6)', async (t) => {
+  const app = await build(t, webhookEnv)
+  const pageId = uniquePageId()
+  const psid = uniquePsid()
+  const zero = (await scrape(app)).samples
+  t.equal(value(zero, 'otn_webhook_events_total', { outcome: 'rejected', reason: 'invalid_psid' }), 0, 'every series exists from the start')
+  t.equal(value(zero, 'otn_webhook_deliveries_total', { outcome: 'duplicate' }), 0)
+  const body = envelope([
+    entry(pageId, [optinEvent({ pageId, psid, payload: 'deals', token: uniqueToken() }), optinEvent({ pageId, psid, payload: 'deals', token: uniqueToken() })]),
+    entry(pageId, [optinEvent({ pageId, psid, payload: 'deals', token: 'x'.repeat(3000) })]),
+    entry(pageId, [optinEvent({ pageId, psid: 'p'.repeat(100), payload: 'deals', token: uniqueToken() })]),
+    entry(pageId, [messageEvent({ pageId, psid }), readEvent({ pageId, psid })]),
+  ])
+  for (let i = 0; i < 3; i++) t.equal((await signedPost(app, body)).statusCode, 200)
+  const { samples, text } = await scrape(app)
+  const events = (outcome: string, reason: string) => value(samples, 'otn_webhook_events_total', { outcome, reason })
+  t.equal(events('recorded', 'optin'), 2)
+  t.equal(events('recorded', 'interaction'), 1)
+  t.equal(events('rejected', 'invalid_token'), 1)
+  t.equal(events('rejected', 'invalid_psid'), 1)
+  t.equal(events('ignored', 'receipt'), 1)
+  t.equal(events('ignored', 'echo'), 0)
+  t.equal(value(samples, 'otn_webhook_deliveries_total', { outcome: 'stored' }), 1)
+  t.equal(value(samples, 'otn_webhook_deliveries_total', { outcome: 'duplicate' }), 2)
+  const reasons = new Set(samples.filter((s) => s.name === 'otn_webhook_events_total').map((s) => s.labels.reason))
+  t.equal(reasons.size, 14, 'the label values are the fixed list: optin, interaction and the receipt\'s twelve reasons')
+  t.notOk(text.includes(psid), 'no PSID in the metrics')
 })
