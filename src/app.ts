@@ -13,7 +13,7 @@ import { versionStatus, versionWarning } from './graph/versions.js'
 import { apiKeyAuth } from './plugins/auth.js'
 import database from './plugins/database.js'
 import docs from './plugins/docs.js'
-import errors, { frameworkErrors } from './plugins/errors.js'
+import errors, { clientErrors, frameworkErrors } from './plugins/errors.js'
 import jobs from './plugins/jobs.js'
 import metrics, { notificationCounter, webhookCounter } from './plugins/metrics.js'
 import { broadcastWorkers } from './jobs/broadcast-worker.js'
@@ -60,7 +60,18 @@ export async function buildApp (config: Config, deps: AppDeps = {}): Promise<Fas
     requestIdHeader: 'x-request-id',
     return503OnClosing: true,
     frameworkErrors,
+    clientErrorHandler: clientErrors,
+    // Slow and silent clients (docs/OPERATIONS.md): Node closes a connection whose headers or whole
+    // request take longer than these, checking every second or so (its default is every 30 s).
+    requestTimeout: config.HTTP_REQUEST_TIMEOUT_MS,
+    keepAliveTimeout: config.HTTP_KEEP_ALIVE_TIMEOUT_MS,
+    http: {
+      headersTimeout: config.HTTP_HEADERS_TIMEOUT_MS,
+      requestTimeout: config.HTTP_REQUEST_TIMEOUT_MS,
+      connectionsCheckingInterval: Math.min(1000, Math.ceil(config.HTTP_HEADERS_TIMEOUT_MS / 2)),
+    },
   }).withTypeProvider<TypeBoxTypeProvider>()
+  app.server.maxConnections = config.HTTP_MAX_CONNECTIONS
   app.setValidatorCompiler(validatorCompiler)
 
   let handle: { db: Database, kind: 'postgres' | 'pglite', location: string, pool?: DatabaseHandle['pool'], close?: () => Promise<void> }

@@ -28,6 +28,10 @@ export const EnvSchema = Type.Object({
   PAGE_NAME: Type.String({ description: 'Name given to PAGE_ID when it is registered at start-up.', default: 'Default Page', minLength: 1 }),
   BODY_LIMIT_BYTES: Int('Largest JSON body accepted on /v1 routes.', 1048576, 1024, 104857600),
   WEBHOOK_BODY_LIMIT_BYTES: Int('Largest webhook body accepted from Meta.', 5242880, 1024, 104857600),
+  HTTP_HEADERS_TIMEOUT_MS: Int('Time a client has to send a request\'s headers, counted from connecting (or from the first byte of a later request on the connection); then 408 and the connection is closed, so a silent connection is closed after it.', 10000, 100, 600000),
+  HTTP_REQUEST_TIMEOUT_MS: Int('Time a client has to send a whole request, headers and body; then 408 and the connection is closed (the handler\'s own time is not counted). At least HTTP_HEADERS_TIMEOUT_MS.', 30000, 100, 3600000),
+  HTTP_KEEP_ALIVE_TIMEOUT_MS: Int('Time an idle keep-alive connection is kept open after an answer; keep it above a load balancer\'s idle timeout (60 s on AWS ALB).', 72000, 100, 3600000),
+  HTTP_MAX_CONNECTIONS: Int('Most client connections one instance keeps open at once; one over it is closed as soon as it is accepted.', 4096, 1, 1000000),
   TOKEN_LEASE_SECONDS: Int('How long a claimed token stays reserved before recovery resolves it.', 120, 5, 86400),
   OPTIN_REQUEST_INTERVAL_SECONDS: Int('Least time between two opt-in requests to one person on one topic.', 86400, 0, 31536000),
   MAINTENANCE_INTERVAL_SECONDS: Int('Period of the expiry sweep and lease recovery.', 60, 1, 86400),
@@ -82,6 +86,10 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
   }
   if ((env.PAGE_ID ? 1 : 0) + (env.PAGE_ACCESS_TOKEN ? 1 : 0) === 1) {
     problems.push('PAGE_ID and PAGE_ACCESS_TOKEN: set both or neither')
+  }
+  if (typeof raw.HTTP_HEADERS_TIMEOUT_MS === 'number' && typeof raw.HTTP_REQUEST_TIMEOUT_MS === 'number' &&
+    raw.HTTP_HEADERS_TIMEOUT_MS > raw.HTTP_REQUEST_TIMEOUT_MS) {
+    problems.push('HTTP_HEADERS_TIMEOUT_MS: must not be above HTTP_REQUEST_TIMEOUT_MS (the headers are part of the request)')
   }
   if (problems.length > 0) throw new ConfigError(problems)
   const config = raw as Static<typeof EnvSchema>

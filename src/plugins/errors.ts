@@ -1,5 +1,6 @@
+import type { Socket } from 'node:net'
 import fp from 'fastify-plugin'
-import type { FastifyError, FastifyReply } from 'fastify'
+import type { FastifyError, FastifyInstance, FastifyReply } from 'fastify'
 import { DomainError, type ErrorKind } from '../domain/errors.js'
 import type { Problem } from '../schemas/common.js'
 
@@ -16,22 +17,18 @@ const statusOfKind: Record<ErrorKind, number> = {
 
 const titles: Record<number, string> = {
   400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not Found', 405: 'Method Not Allowed',
-  409: 'Conflict', 413: 'Payload Too Large', 414: 'URI Too Long', 415: 'Unsupported Media Type', 422: 'Unprocessable Entity',
-  429: 'Too Many Requests', 500: 'Internal Server Error', 502: 'Bad Gateway', 503: 'Service Unavailable',
-  504: 'Gateway Timeout',
+  408: 'Request Timeout', 409: 'Conflict', 413: 'Payload Too Large', 414: 'URI Too Long', 415: 'Unsupported Media Type',
+  422: 'Unprocessable Entity', 429: 'Too Many Requests', 431: 'Request Header Fields Too Large',
+  500: 'Internal Server Error', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout',
+}
+
+function problem (status: number, code: string, detail: string, extra: Partial<Problem> = {}): Problem {
+  return { type: `https://otn.invalid/problems/${code}`, title: titles[status] ?? 'Error', status, detail, code, ...extra }
 }
 
 export function sendProblem (reply: FastifyReply, status: number, code: string, detail: string,
   extra: Partial<Problem> = {}): FastifyReply {
-  const body: Problem = {
-    type: `https://otn.invalid/problems/${code}`,
-    title: titles[status] ?? 'Error',
-    status,
-    detail,
-    code,
-    ...extra,
-  }
-  return reply.code(status).type('application/problem+json').send(body)
+  return reply.code(status).type('application/problem+json').send(problem(status, code, detail, extra))
 }
 
 // Fastify's own errors that are the caller's fault, with the code we promise for each.
@@ -63,6 +60,28 @@ export function frameworkErrors (error: FastifyError, _request: unknown, reply: 
   if (error.code === 'FST_ERR_MAX_PARAM_LENGTH') return sendProblem(reply, 414, 'path_parameter_too_long', 'A path parameter is longer than any valid id.')
   if (error.code === 'FST_ERR_BAD_URL') return sendProblem(reply, 400, 'bad_url', 'The URL is not valid.')
   return sendProblem(reply, 500, 'internal_error', 'Something went wrong on our side; it has been logged.')
+}
+
+// Errors Node's HTTP parser raises before Fastify sees a request (the clientErrorHandler option).
+const clientErrorProblems: Record<string, [number, string, string]> = {
+  ERR_HTTP_REQUEST_TIMEOUT: [408, 'request_timeout', 'The request was not received in time (HTTP_HEADERS_TIMEOUT_MS, HTTP_REQUEST_TIMEOUT_MS).'],
+  HPE_HEADER_OVERFLOW: [431, 'headers_too_large', 'The request\'s headers are larger than allowed.'],
+}
+
+/**
+ * Node's own answers to requests that never reach Fastify (bad header characters, headers too
+ * large, a request not received in time), in the problem shape; the connection is closed after it.
+ */
+export function clientErrors (this: FastifyInstance, error: Error & { code?: string }, socket: Socket): void {
+  if (error.code === 'ECONNRESET' || socket.destroyed) return
+  const [status, code, detail] = clientErrorProblems[error.code ?? ''] ?? [400, 'malformed_request', 'The request is not valid HTTP.']
+  this.log.debug({ err: error, status }, 'client error')
+  if (socket.writable) {
+    const body = JSON.stringify(problem(status, code, detail))
+    socket.write(`HTTP/1.1 ${status} ${titles[status]}\r\nConnection: close\r\nContent-Type: application/problem+json; charset=utf-8\r\n` +
+      `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`)
+  }
+  socket.destroy(error)
 }
 
 /** The one place that turns errors into application/problem+json; nothing internal leaks out. */
