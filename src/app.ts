@@ -15,6 +15,7 @@ import database from './plugins/database.js'
 import docs from './plugins/docs.js'
 import errors, { clientErrors, frameworkErrors } from './plugins/errors.js'
 import jobs from './plugins/jobs.js'
+import jsonBody from './plugins/json-body.js'
 import metrics, { notificationCounter, webhookCounter } from './plugins/metrics.js'
 import { broadcastWorkers } from './jobs/broadcast-worker.js'
 import broadcastRoutes from './routes/broadcasts.js'
@@ -119,6 +120,7 @@ export async function buildApp (config: Config, deps: AppDeps = {}): Promise<Fas
   app.addHook('onSend', async (request, reply) => { reply.header('x-request-id', request.id) })
 
   await app.register(errors)
+  await app.register(jsonBody, { maxDepth: config.BODY_MAX_DEPTH })
   await app.register(database, { db: handle.db, close: handle.close })
   await app.register(jobs, { workers: [broadcastWorkers] })
   if (register) await app.register(metrics, { register, pool: handle.pool })

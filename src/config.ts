@@ -27,6 +27,7 @@ export const EnvSchema = Type.Object({
   PAGE_ACCESS_TOKEN: Type.Optional(Type.String({ description: 'Access token of PAGE_ID.', minLength: 1 })),
   PAGE_NAME: Type.String({ description: 'Name given to PAGE_ID when it is registered at start-up.', default: 'Default Page', minLength: 1 }),
   BODY_LIMIT_BYTES: Int('Largest JSON body accepted on /v1 routes.', 1048576, 1024, 104857600),
+  BODY_MAX_DEPTH: Int('Deepest nesting of objects and arrays accepted in a JSON body on /v1 (deeper: 400 body_too_deep, before it is parsed).', 32, 2, 1000),
   WEBHOOK_BODY_LIMIT_BYTES: Int('Largest webhook body accepted from Meta.', 5242880, 1024, 104857600),
   HTTP_HEADERS_TIMEOUT_MS: Int('Time a client has to send a request\'s headers, counted from connecting (or from the first byte of a later request on the connection); then 408 and the connection is closed, so a silent connection is closed after it.', 10000, 100, 600000),
   HTTP_REQUEST_TIMEOUT_MS: Int('Time a client has to send a whole request, headers and body; then 408 and the connection is closed (the handler\'s own time is not counted). At least HTTP_HEADERS_TIMEOUT_MS.', 30000, 100, 3600000),

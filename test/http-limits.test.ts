@@ -138,7 +138,7 @@ t.test("Node's own 400 and 431 answers come in the problem shape", async (t) => 
 
 t.test('the limits are settings with defaults, checked together', async (t) => {
   const { testConfig } = await import('./helper.js')
-  t.match(testConfig(), { HTTP_HEADERS_TIMEOUT_MS: 10000, HTTP_REQUEST_TIMEOUT_MS: 30000, HTTP_KEEP_ALIVE_TIMEOUT_MS: 72000, HTTP_MAX_CONNECTIONS: 4096 })
+  t.match(testConfig(), { HTTP_HEADERS_TIMEOUT_MS: 10000, HTTP_REQUEST_TIMEOUT_MS: 30000, HTTP_KEEP_ALIVE_TIMEOUT_MS: 72000, HTTP_MAX_CONNECTIONS: 4096, BODY_MAX_DEPTH: 32 })
   const refused = t.throws(() => testConfig({ HTTP_HEADERS_TIMEOUT_MS: '5000', HTTP_REQUEST_TIMEOUT_MS: '1000' })) as unknown as { problems: string[] }
   t.match(refused.problems, [/^HTTP_HEADERS_TIMEOUT_MS: must not be above HTTP_REQUEST_TIMEOUT_MS/])
   const app = await build(t)

@@ -31,6 +31,17 @@ export function sendProblem (reply: FastifyReply, status: number, code: string, 
   return reply.code(status).type('application/problem+json').send(problem(status, code, detail, extra))
 }
 
+/** A validation answer lists at most this many errors (a body of 90k unknown properties made an 8.8 MB answer). */
+export const MAX_VALIDATION_ERRORS = 20
+
+/** Raised by the JSON body parser (plugins/json-body.ts) before parsing a body nested deeper than allowed. */
+export class BodyTooDeepError extends Error {
+  readonly code = 'OTN_BODY_TOO_DEEP'
+  constructor (readonly maxDepth: number) {
+    super(`The JSON body is nested deeper than ${maxDepth} levels of objects and arrays.`)
+  }
+}
+
 // Fastify's own errors that are the caller's fault, with the code we promise for each.
 const fastifyErrors: Record<string, [number, string]> = {
   FST_ERR_CTP_BODY_TOO_LARGE: [413, 'body_too_large'],
@@ -39,6 +50,7 @@ const fastifyErrors: Record<string, [number, string]> = {
   FST_ERR_CTP_EMPTY_JSON_BODY: [400, 'invalid_json'],
   FST_ERR_CTP_INVALID_JSON_BODY: [400, 'invalid_json'],
   FST_ERR_BAD_URL: [400, 'bad_url'],
+  OTN_BODY_TOO_DEEP: [400, 'body_too_deep'],
 }
 
 // Input Postgres itself refuses (a NUL character in text, a value of the wrong form): the caller's fault.
@@ -47,6 +59,8 @@ const postgresInputErrors: Record<string, [string, string]> = {
   '22P05': ['invalid_characters', 'Text may not contain NUL characters or invalid UTF-8.'],
   '22P02': ['invalid_value', 'A value is not of the expected form.'],
   22001: ['value_too_long', 'A value is longer than allowed.'],
+  22007: ['invalid_value', 'A value is not of the expected form.'],
+  22008: ['invalid_value', 'A date or time is out of range.'],
 }
 
 function isDatabaseDown (error: unknown): boolean {
@@ -105,8 +119,10 @@ export default fp(async (app) => {
         const field = [error.validationContext, path, missing ?? extra].filter(Boolean).join('/')
         return { field, message: extra ? `unknown property ${extra}` : v.message ?? 'is invalid' }
       })
+      const shown = errors.slice(0, MAX_VALIDATION_ERRORS)
+      const more = errors.length - shown.length
       return sendProblem(reply, 400, 'validation_failed',
-        errors.map((e) => `${e.field}: ${e.message}`).join('; '), { errors })
+        shown.map((e) => `${e.field}: ${e.message}`).join('; ') + (more > 0 ? `; and ${more} more` : ''), { errors: shown })
     }
     const known = error.code ? fastifyErrors[error.code] : undefined
     if (known) return sendProblem(reply, known[0], known[1], error.message)
