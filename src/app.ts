@@ -13,7 +13,7 @@ import { versionStatus, versionWarning } from './graph/versions.js'
 import { apiKeyAuth } from './plugins/auth.js'
 import database from './plugins/database.js'
 import docs from './plugins/docs.js'
-import errors, { clientErrors, frameworkErrors } from './plugins/errors.js'
+import errors, { clientErrors, frameworkErrors, routeNotFound } from './plugins/errors.js'
 import jobs from './plugins/jobs.js'
 import jsonBody from './plugins/json-body.js'
 import metrics, { notificationCounter, webhookCounter } from './plugins/metrics.js'
@@ -130,6 +130,8 @@ export async function buildApp (config: Config, deps: AppDeps = {}): Promise<Fas
   await app.register(webhookRoutes)
   await app.register(async (v1) => {
     v1.addHook('onRequest', apiKeyAuth(config.apiKeys))
+    // An unknown /v1 path is a 404 only to a caller with a key: without one, 401 like every /v1 path.
+    v1.setNotFoundHandler(routeNotFound)
     await v1.register(pageRoutes)
     await v1.register(topicRoutes)
     await v1.register(subscriberRoutes)

@@ -217,3 +217,19 @@ t.test('a validation answer lists a bounded number of errors (#24.5)', async (t)
   t.ok(more >= 89_980, `the rest are counted (${more})`)
   t.ok(res.body.length < 5000, `a small answer (${res.body.length} bytes)`)
 })
+
+t.test('without a key an unknown /v1 path is 401, like every /v1 path; with one it is 404 (#24.8)', async (t) => {
+  const app = await build(t)
+  for (const [method, url] of [['GET', '/v1/nope'], ['GET', '/v1/admin/users'], ['POST', '/v1/'], ['GET', '/v1'], ['DELETE', '/v1/topics']] as const) {
+    const none = await app.inject({ method, url })
+    t.equal(none.statusCode, 401, `${method} ${url}`)
+    t.equal(none.json().code, 'unauthorized')
+    t.equal(none.headers['www-authenticate'], 'Bearer')
+    const wrong = await app.inject({ method, url, headers: { authorization: 'Bearer not-the-key-at-all' } })
+    t.equal(wrong.statusCode, 401)
+  }
+  const known = await app.inject({ url: '/v1/nope', headers: auth })
+  t.equal(known.statusCode, 404)
+  t.same(known.json(), { type: 'https://otn.invalid/problems/route_not_found', title: 'Not Found', status: 404, detail: 'No route GET /v1/nope.', code: 'route_not_found' })
+  t.equal((await app.inject({ url: '/nope' })).statusCode, 404, 'outside /v1 an unknown path is still a 404')
+})

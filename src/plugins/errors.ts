@@ -1,6 +1,6 @@
 import type { Socket } from 'node:net'
 import fp from 'fastify-plugin'
-import type { FastifyError, FastifyInstance, FastifyReply } from 'fastify'
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { DomainError, type ErrorKind } from '../domain/errors.js'
 import type { Problem } from '../schemas/common.js'
 
@@ -98,6 +98,11 @@ export function clientErrors (this: FastifyInstance, error: Error & { code?: str
   socket.destroy(error)
 }
 
+/** No route matched: 404, or 401 first under /v1 (see app.ts), so that routes cannot be enumerated without a key. */
+export function routeNotFound (request: FastifyRequest, reply: FastifyReply): FastifyReply {
+  return sendProblem(reply, 404, 'route_not_found', `No route ${request.method} ${request.url.split('?')[0]}.`)
+}
+
 /** The one place that turns errors into application/problem+json; nothing internal leaks out. */
 export default fp(async (app) => {
   app.setErrorHandler((error: FastifyError, request, reply) => {
@@ -140,6 +145,5 @@ export default fp(async (app) => {
     return sendProblem(reply, 500, 'internal_error', 'Something went wrong on our side; it has been logged.')
   })
 
-  app.setNotFoundHandler((request, reply) =>
-    sendProblem(reply, 404, 'route_not_found', `No route ${request.method} ${request.url.split('?')[0]}.`))
+  app.setNotFoundHandler(routeNotFound)
 }, { name: 'errors' })
