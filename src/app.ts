@@ -27,7 +27,7 @@ import pageRoutes from './routes/pages.js'
 import subscriberRoutes from './routes/subscribers.js'
 import topicRoutes from './routes/topics.js'
 import webhookRoutes from './routes/webhooks.js'
-import { loggerOptions } from './logger.js'
+import { loggerOptions, maskUrl, requestId, RequestLog } from './logger.js'
 import { validatorCompiler } from './plugins/validation.js'
 import { scheduleMaintenance } from './maintenance.js'
 import { maintenanceTasks } from './tasks.js'
@@ -57,8 +57,9 @@ export interface AppDeps {
 export async function buildApp (config: Config, deps: AppDeps = {}): Promise<FastifyInstance> {
   const app = Fastify({
     logger: loggerOptions(config.LOG_LEVEL, deps.logStream) as FastifyServerOptions['logger'],
+    logController: new RequestLog(),
     bodyLimit: config.BODY_LIMIT_BYTES,
-    requestIdHeader: 'x-request-id',
+    genReqId: requestId,
     return503OnClosing: true,
     frameworkErrors,
     clientErrorHandler: clientErrors,
@@ -85,7 +86,8 @@ export async function buildApp (config: Config, deps: AppDeps = {}): Promise<Fas
       statementCacheSize: config.DATABASE_STATEMENT_CACHE_SIZE,
       pgliteDataDir: config.PGLITE_DATA_DIR,
     })
-    app.log.info({ database: handle.kind, location: handle.location }, `database: ${handle.kind} at ${handle.location}`)
+    const location = maskUrl(handle.location)
+    app.log.info({ database: handle.kind, location }, `database: ${handle.kind} at ${location}`)
   }
 
   try {

@@ -101,9 +101,9 @@ t.test('logs are JSON with request ids, and redact authorization and secret quer
   const app = await build(t, { LOG_LEVEL: 'info' }, { logStream: logs })
   const res = await app.inject({ url: '/v1/topics?access_token=EAAleaked', headers: { ...auth, 'x-request-id': 'req-123' } })
   t.equal(res.headers['x-request-id'], 'req-123')
-  const incoming = logs.lines.find((l) => l.msg === 'incoming request') as { reqId: string, req: { url: string } }
-  t.equal(incoming.reqId, 'req-123')
-  t.equal(incoming.req.url, '/v1/topics?access_token=[Redacted]')
+  const line = logs.lines.find((l) => l.msg === 'request') as { reqId: string, url: string }
+  t.equal(line.reqId, 'req-123')
+  t.equal(line.url, '/v1/topics?access_token=[Redacted]')
   t.notOk(logs.text.includes('EAAleaked'))
   t.notOk(logs.text.includes('test-api-key'))
   // A deliberate log of a secret-bearing object is redacted by path.

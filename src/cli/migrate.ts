@@ -1,6 +1,7 @@
 import { loadConfig } from '../config.js'
 import { openDatabase } from '../db/database.js'
 import { migrate } from '../db/migrate.js'
+import { maskUrl } from '../logger.js'
 
 const env = { API_KEYS: 'unused-by-migrate', ...process.env }
 const config = loadConfig(env)
@@ -8,7 +9,7 @@ const handle = await openDatabase({ databaseUrl: config.DATABASE_URL, pgliteData
 try {
   const { results } = await migrate(handle.db)
   for (const r of results ?? []) console.log(`${r.status}: ${r.migrationName}`)
-  console.log(`${handle.kind} at ${handle.location}: ${results?.length ? `${results.length} migration(s) applied` : 'up to date'}`)
+  console.log(`${handle.kind} at ${maskUrl(handle.location)}: ${results?.length ? `${results.length} migration(s) applied` : 'up to date'}`)
 } finally {
   await handle.close()
 }
