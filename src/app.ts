@@ -6,6 +6,7 @@ import { openDatabase, type Database, type DatabaseHandle } from './db/database.
 import { migrate } from './db/migrate.js'
 import type { Notification } from './db/types.js'
 import type { Delivery } from './domain/ingest.js'
+import { buildInfo } from './build-info.js'
 import { upsertPage } from './domain/pages.js'
 import { createGraphClient, type GraphClient } from './graph/client.js'
 import { instrumentGraphClient } from './graph/instrumented.js'
@@ -125,7 +126,7 @@ export async function buildApp (config: Config, deps: AppDeps = {}): Promise<Fas
   await app.register(jsonBody, { maxDepth: config.BODY_MAX_DEPTH })
   await app.register(database, { db: handle.db, close: handle.close })
   await app.register(jobs, { workers: [broadcastWorkers] })
-  if (register) await app.register(metrics, { register, pool: handle.pool })
+  if (register) await app.register(metrics, { register, pool: handle.pool, build: buildInfo(config.BUILD_COMMIT), cacheSeconds: config.METRICS_CACHE_SECONDS })
   await app.register(docs)
   await app.register(healthRoutes)
   if (register) await app.register(metricsRoutes)

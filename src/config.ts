@@ -44,6 +44,8 @@ export const EnvSchema = Type.Object({
   BROADCAST_MAX_ATTEMPTS: Int('Sends tried per person when Meta rate-limits or fails temporarily (nothing sent) before the person counts as failed.', 5, 1, 50),
   BROADCAST_BACKOFF_SECONDS: Int('Longest pause after such a refusal: the Page\'s broadcasts pause on a rate limit, the person is retried later on a temporary failure.', 60, 1, 3600),
   METRICS_ENABLED: Type.Boolean({ description: 'Serve Prometheus metrics at /metrics (true or false).', default: true }),
+  METRICS_CACHE_SECONDS: Type.Number({ description: 'How long the gauges read from the database (backlog, job queues) are reused by later scrapes; concurrent scrapes always share one read. 0: read at every scrape.', default: 5, minimum: 0, maximum: 300 }),
+  BUILD_COMMIT: Type.Optional(Type.String({ description: 'Source commit of this build, shown in otn_build_info (the image build sets it). Unset: read from .git when there is one, else "unknown".', pattern: '^[0-9A-Za-z._-]{1,64}$' })),
   METRICS_TOKEN: Type.Optional(Type.String({ description: 'When set, /metrics requires "Authorization: Bearer <token>" (at least 8 characters, no spaces). Unset: /metrics is open, like /healthz (keep it on an internal network).', pattern: '^\\S{8,}$' })),
 })
 
