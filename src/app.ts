@@ -92,7 +92,11 @@ export async function buildApp (config: Config, deps: AppDeps = {}): Promise<Fas
   }
 
   try {
-    await migrate(handle.db)
+    const { newer } = await migrate(handle.db)
+    if (newer.length > 0) {
+      app.log.warn({ newer_migrations: newer }, `the database is ahead of this build: a newer build applied ${newer.join(', ')}; ` +
+        'running against them, as migrations are expand-then-contract (docs/OPERATIONS.md)')
+    }
   } catch (error) {
     await handle.close?.()
     throw error
