@@ -6,6 +6,7 @@ import * as rekeyBacklogIndexes from './20261121040000_rekey_backlog_indexes.js'
 import * as holdTokensInPlace from './20261122000000_hold_tokens_in_place.js'
 import * as addMessagingType from './20261202000000_add_messaging_type.js'
 import * as broadcastPace from './20261202010000_broadcast_pace.js'
+import * as addWebhookEventDigest from './20261202090000_add_webhook_event_digest.js'
 
 // Listed here (not read from the folder) so the same list works from .ts sources and compiled .js.
 export const migrations: Record<string, Migration> = {
@@ -16,4 +17,5 @@ export const migrations: Record<string, Migration> = {
   '20261122000000_hold_tokens_in_place': holdTokensInPlace,
   '20261202000000_add_messaging_type': addMessagingType,
   '20261202010000_broadcast_pace': broadcastPace,
+  '20261202090000_add_webhook_event_digest': addWebhookEventDigest,
 }

@@ -5,6 +5,8 @@ import type { Config } from './config.js'
 import { openDatabase, type Database, type DatabaseHandle } from './db/database.js'
 import { migrate } from './db/migrate.js'
 import type { Notification } from './db/types.js'
+import type { Delivery } from './domain/ingest.js'
+import { buildInfo } from './build-info.js'
 import { upsertPage } from './domain/pages.js'
 import { createGraphClient, type GraphClient } from './graph/client.js'
 import { instrumentGraphClient } from './graph/instrumented.js'
@@ -12,10 +14,11 @@ import { versionStatus, versionWarning } from './graph/versions.js'
 import { apiKeyAuth } from './plugins/auth.js'
 import database from './plugins/database.js'
 import docs from './plugins/docs.js'
-import errors, { frameworkErrors } from './plugins/errors.js'
+import errors, { clientErrors, frameworkErrors, routeNotFound } from './plugins/errors.js'
 import jobs from './plugins/jobs.js'
 import sender from './plugins/sender.js'
-import metrics, { notificationCounter } from './plugins/metrics.js'
+import jsonBody from './plugins/json-body.js'
+import metrics, { notificationCounter, webhookCounter } from './plugins/metrics.js'
 import { broadcastWorkers } from './jobs/broadcast-worker.js'
 import broadcastRoutes from './routes/broadcasts.js'
 import healthRoutes from './routes/health.js'
@@ -26,7 +29,7 @@ import pageRoutes from './routes/pages.js'
 import subscriberRoutes from './routes/subscribers.js'
 import topicRoutes from './routes/topics.js'
 import webhookRoutes from './routes/webhooks.js'
-import { loggerOptions } from './logger.js'
+import { loggerOptions, maskUrl, requestId, RequestLog } from './logger.js'
 import { validatorCompiler } from './plugins/validation.js'
 import { scheduleMaintenance } from './maintenance.js'
 import { maintenanceTasks } from './tasks.js'
@@ -38,6 +41,8 @@ declare module 'fastify' {
     graph: GraphClient
     /** Counts a notification brought to a final status (otn_notifications_total); does nothing when metrics are off. */
     notificationFinished: (n: Notification) => void
+    /** Counts a signed delivery answered 200 and its events (otn_webhook_*_total); does nothing when metrics are off. */
+    webhookReceived: (delivery: Delivery, duplicate: boolean) => void
   }
 }
 
@@ -54,11 +59,23 @@ export interface AppDeps {
 export async function buildApp (config: Config, deps: AppDeps = {}): Promise<FastifyInstance> {
   const app = Fastify({
     logger: loggerOptions(config.LOG_LEVEL, deps.logStream) as FastifyServerOptions['logger'],
+    logController: new RequestLog(),
     bodyLimit: config.BODY_LIMIT_BYTES,
-    requestIdHeader: 'x-request-id',
+    genReqId: requestId,
     return503OnClosing: true,
     frameworkErrors,
+    clientErrorHandler: clientErrors,
+    // Slow and silent clients (docs/OPERATIONS.md): Node closes a connection whose headers or whole
+    // request take longer than these, checking every second or so (its default is every 30 s).
+    requestTimeout: config.HTTP_REQUEST_TIMEOUT_MS,
+    keepAliveTimeout: config.HTTP_KEEP_ALIVE_TIMEOUT_MS,
+    http: {
+      headersTimeout: config.HTTP_HEADERS_TIMEOUT_MS,
+      requestTimeout: config.HTTP_REQUEST_TIMEOUT_MS,
+      connectionsCheckingInterval: Math.min(1000, Math.ceil(config.HTTP_HEADERS_TIMEOUT_MS / 2)),
+    },
   }).withTypeProvider<TypeBoxTypeProvider>()
+  app.server.maxConnections = config.HTTP_MAX_CONNECTIONS
   app.setValidatorCompiler(validatorCompiler)
 
   let handle: { db: Database, kind: 'postgres' | 'pglite', location: string, pool?: DatabaseHandle['pool'], close?: () => Promise<void> }
@@ -71,11 +88,16 @@ export async function buildApp (config: Config, deps: AppDeps = {}): Promise<Fas
       statementCacheSize: config.DATABASE_STATEMENT_CACHE_SIZE,
       pgliteDataDir: config.PGLITE_DATA_DIR,
     })
-    app.log.info({ database: handle.kind, location: handle.location }, `database: ${handle.kind} at ${handle.location}`)
+    const location = maskUrl(handle.location)
+    app.log.info({ database: handle.kind, location }, `database: ${handle.kind} at ${location}`)
   }
 
   try {
-    await migrate(handle.db)
+    const { newer } = await migrate(handle.db)
+    if (newer.length > 0) {
+      app.log.warn({ newer_migrations: newer }, `the database is ahead of this build: a newer build applied ${newer.join(', ')}; ` +
+        'running against them, as migrations are expand-then-contract (docs/OPERATIONS.md)')
+    }
   } catch (error) {
     await handle.close?.()
     throw error
@@ -101,20 +123,24 @@ export async function buildApp (config: Config, deps: AppDeps = {}): Promise<Fas
   const graph = register ? instrumentGraphClient(client, register) : client
   app.decorate('graph', graph)
   app.decorate('notificationFinished', register ? notificationCounter(register) : () => {})
+  app.decorate('webhookReceived', register ? webhookCounter(register) : () => {})
   if (!deps.graph) app.addHook('onClose', async () => { await graph.close() })
   app.addHook('onSend', async (request, reply) => { reply.header('x-request-id', request.id) })
 
   await app.register(errors)
+  await app.register(jsonBody, { maxDepth: config.BODY_MAX_DEPTH })
   await app.register(database, { db: handle.db, close: handle.close })
   await app.register(sender)
   await app.register(jobs, { workers: [broadcastWorkers] })
-  if (register) await app.register(metrics, { register, pool: handle.pool })
+  if (register) await app.register(metrics, { register, pool: handle.pool, build: buildInfo(config.BUILD_COMMIT), cacheSeconds: config.METRICS_CACHE_SECONDS })
   await app.register(docs)
   await app.register(healthRoutes)
   if (register) await app.register(metricsRoutes)
   await app.register(webhookRoutes)
   await app.register(async (v1) => {
     v1.addHook('onRequest', apiKeyAuth(config.apiKeys))
+    // An unknown /v1 path is a 404 only to a caller with a key: without one, 401 like every /v1 path.
+    v1.setNotFoundHandler(routeNotFound)
     await v1.register(pageRoutes)
     await v1.register(topicRoutes)
     await v1.register(subscriberRoutes)

@@ -27,7 +27,12 @@ export const EnvSchema = Type.Object({
   PAGE_ACCESS_TOKEN: Type.Optional(Type.String({ description: 'Access token of PAGE_ID.', minLength: 1 })),
   PAGE_NAME: Type.String({ description: 'Name given to PAGE_ID when it is registered at start-up.', default: 'Default Page', minLength: 1 }),
   BODY_LIMIT_BYTES: Int('Largest JSON body accepted on /v1 routes.', 1048576, 1024, 104857600),
+  BODY_MAX_DEPTH: Int('Deepest nesting of objects and arrays accepted in a JSON body on /v1 (deeper: 400 body_too_deep, before it is parsed).', 32, 2, 1000),
   WEBHOOK_BODY_LIMIT_BYTES: Int('Largest webhook body accepted from Meta.', 5242880, 1024, 104857600),
+  HTTP_HEADERS_TIMEOUT_MS: Int('Time a client has to send a request\'s headers, counted from connecting (or from the first byte of a later request on the connection); then 408 and the connection is closed, so a silent connection is closed after it.', 10000, 100, 600000),
+  HTTP_REQUEST_TIMEOUT_MS: Int('Time a client has to send a whole request, headers and body; then 408 and the connection is closed (the handler\'s own time is not counted). At least HTTP_HEADERS_TIMEOUT_MS.', 30000, 100, 3600000),
+  HTTP_KEEP_ALIVE_TIMEOUT_MS: Int('Time an idle keep-alive connection is kept open after an answer; keep it above a load balancer\'s idle timeout (60 s on AWS ALB).', 72000, 100, 3600000),
+  HTTP_MAX_CONNECTIONS: Int('Most client connections one instance keeps open at once; one over it is closed as soon as it is accepted.', 4096, 1, 1000000),
   TOKEN_LEASE_SECONDS: Int('How long a claimed token stays held by its send before lease recovery takes the send over.', 120, 5, 86400),
   OPTIN_REQUEST_INTERVAL_SECONDS: Int('Least time between two opt-in requests to one person on one topic.', 86400, 0, 31536000),
   MAINTENANCE_INTERVAL_SECONDS: Int('Period of the expiry sweep and lease recovery (both also run at start-up, in the background).', 60, 1, 86400),
@@ -40,6 +45,8 @@ export const EnvSchema = Type.Object({
   BROADCAST_MAX_ATTEMPTS: Int('Sends tried per person when Meta rate-limits or fails temporarily (nothing sent) before the person counts as failed.', 5, 1, 50),
   BROADCAST_BACKOFF_SECONDS: Int('Longest pause after such a refusal: the Page\'s broadcasts pause on a rate limit, the person is retried later on a temporary failure.', 60, 1, 3600),
   METRICS_ENABLED: Type.Boolean({ description: 'Serve Prometheus metrics at /metrics (true or false).', default: true }),
+  METRICS_CACHE_SECONDS: Type.Number({ description: 'How long the gauges read from the database (backlog, job queues) are reused by later scrapes; concurrent scrapes always share one read. 0: read at every scrape.', default: 5, minimum: 0, maximum: 300 }),
+  BUILD_COMMIT: Type.Optional(Type.String({ description: 'Source commit of this build, shown in otn_build_info (the image build sets it). Unset: read from .git when there is one, else "unknown".', pattern: '^[0-9A-Za-z._-]{1,64}$' })),
   METRICS_TOKEN: Type.Optional(Type.String({ description: 'When set, /metrics requires "Authorization: Bearer <token>" (at least 8 characters, no spaces). Unset: /metrics is open, like /healthz (keep it on an internal network).', pattern: '^\\S{8,}$' })),
 })
 
@@ -83,6 +90,10 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
   }
   if ((env.PAGE_ID ? 1 : 0) + (env.PAGE_ACCESS_TOKEN ? 1 : 0) === 1) {
     problems.push('PAGE_ID and PAGE_ACCESS_TOKEN: set both or neither')
+  }
+  if (typeof raw.HTTP_HEADERS_TIMEOUT_MS === 'number' && typeof raw.HTTP_REQUEST_TIMEOUT_MS === 'number' &&
+    raw.HTTP_HEADERS_TIMEOUT_MS > raw.HTTP_REQUEST_TIMEOUT_MS) {
+    problems.push('HTTP_HEADERS_TIMEOUT_MS: must not be above HTTP_REQUEST_TIMEOUT_MS (the headers are part of the request)')
   }
   if (problems.length > 0) throw new ConfigError(problems)
   const config = raw as Static<typeof EnvSchema>

@@ -18,6 +18,7 @@ async function main (): Promise<void> {
     if (err) app.log.error({ err }, 'closing after an error')
     else app.log.info({ signal }, 'shutting down: finishing in-flight requests')
     await app.close()
+    app.log.info('closed: in-flight requests answered, job queue and database closed')
   })
   const address = await app.listen({ host: config.HOST, port: config.PORT })
   app.log.info({ docs: `${address}/docs` }, `listening on ${address}; API docs at ${address}/docs`)

@@ -101,9 +101,9 @@ t.test('logs are JSON with request ids, and redact authorization and secret quer
   const app = await build(t, { LOG_LEVEL: 'info' }, { logStream: logs })
   const res = await app.inject({ url: '/v1/topics?access_token=EAAleaked', headers: { ...auth, 'x-request-id': 'req-123' } })
   t.equal(res.headers['x-request-id'], 'req-123')
-  const incoming = logs.lines.find((l) => l.msg === 'incoming request') as { reqId: string, req: { url: string } }
-  t.equal(incoming.reqId, 'req-123')
-  t.equal(incoming.req.url, '/v1/topics?access_token=[Redacted]')
+  const line = logs.lines.find((l) => l.msg === 'request') as { reqId: string, url: string }
+  t.equal(line.reqId, 'req-123')
+  t.equal(line.url, '/v1/topics?access_token=[Redacted]')
   t.notOk(logs.text.includes('EAAleaked'))
   t.notOk(logs.text.includes('test-api-key'))
   // A deliberate log of a secret-bearing object is redacted by path.
@@ -145,4 +145,91 @@ t.test('text Postgres refuses (a NUL character) is a 400, not a 500', async (t) 
   const body = await app.inject({ method: 'PUT', url: `/v1/pages/${uniquePageId()}`, headers: auth, payload: { name: 'a\u0000b' } })
   t.equal(body.statusCode, 400)
   t.equal(body.json().code, 'invalid_characters')
+})
+
+t.test('JSON nested thousands of levels deep is a 400 body_too_deep before anything walks it (#24.5)', async (t) => {
+  const app = await build(t)
+  const pageId = uniquePageId()
+  await app.inject({ method: 'PUT', url: `/v1/pages/${pageId}`, headers: auth, payload: { name: 'Deep' } })
+  const topic = (await app.inject({ method: 'POST', url: '/v1/topics', headers: auth, payload: { page_id: pageId, name: 'deep' } })).json()
+  const nested = (depth: number) => '['.repeat(depth) + ']'.repeat(depth)
+  const send = (payload: string) => app.inject({
+    method: 'POST', url: '/v1/notifications', headers: { ...auth, 'content-type': 'application/json' }, payload,
+  })
+  const deep = await send(`{"topic_id":"${topic.id}","psid":"4242","message":{"attachment":{"type":"template","payload":{"x":${nested(5000)}}}}}`)
+  t.equal(deep.statusCode, 400, deep.body)
+  t.same(deep.json(), {
+    type: 'https://otn.invalid/problems/body_too_deep', title: 'Bad Request', status: 400, code: 'body_too_deep',
+    detail: 'The JSON body is nested deeper than 32 levels of objects and arrays.',
+  })
+  // The limit counts objects and arrays, not brackets inside strings; 32 levels pass to validation.
+  const limit = await app.inject({ method: 'POST', url: '/v1/topics', headers: { ...auth, 'content-type': 'application/json' }, payload: `{"x":${nested(31)}}` })
+  t.equal(limit.json().code, 'validation_failed', 'at the limit: parsed, then validated')
+  const over = await app.inject({ method: 'POST', url: '/v1/topics', headers: { ...auth, 'content-type': 'application/json' }, payload: `{"x":${nested(32)}}` })
+  t.equal(over.json().code, 'body_too_deep')
+  const text = await app.inject({ method: 'POST', url: '/v1/topics', headers: auth, payload: { page_id: pageId, name: `${'['.repeat(60)}"\\{` } })
+  t.equal(text.statusCode, 201, 'brackets and escapes inside a string are text')
+
+  const shallow = await build(t, { BODY_MAX_DEPTH: '3' })
+  const three = await shallow.inject({ method: 'POST', url: '/v1/topics', headers: { ...auth, 'content-type': 'application/json' }, payload: '{"a":{"b":[1]}}' })
+  t.equal(three.json().code, 'validation_failed')
+  const four = await shallow.inject({ method: 'POST', url: '/v1/topics', headers: { ...auth, 'content-type': 'application/json' }, payload: '{"a":{"b":[[1]]}}' })
+  t.equal(four.json().code, 'body_too_deep')
+  t.match(four.json().detail, /deeper than 3 levels/)
+})
+
+t.test('a cursor holding an out-of-range date or a foreign id is a 400 invalid_cursor (#24.5)', async (t) => {
+  const app = await build(t)
+  const cursor = (at: unknown, id: unknown) => Buffer.from(JSON.stringify([at, id])).toString('base64url')
+  const uuid = '00000000-0000-4000-8000-000000000000'
+  const forged = [
+    ['/v1/topics', cursor('+275760-09-13T00:00:00.000Z', uuid)],
+    ['/v1/notifications', cursor('-000001-01-01T00:00:00.000Z', uuid)],
+    ['/v1/broadcasts', cursor('10000-01-01T00:00:00.000Z', uuid)],
+    ['/v1/pages', cursor('0001-01-01T00:00:00.000Z', '1')],
+    ['/v1/pages', cursor('2026-01-01', '1')],
+    ['/v1/topics', cursor('2026-01-01T00:00:00.000Z', 'not-a-uuid')],
+    ['/v1/pages', cursor('2026-01-01T00:00:00.000Z', uuid)],
+    ['/v1/topics', cursor(1767225600000, uuid)],
+    ['/v1/topics', Buffer.from('[').toString('base64url')],
+  ]
+  for (const [path, c] of forged) {
+    const res = await app.inject({ url: `${path}?cursor=${c}`, headers: auth })
+    t.equal(res.statusCode, 400, `${path} ${Buffer.from(c, 'base64url').toString()}: ${res.body}`)
+    t.equal(res.json().code, 'invalid_cursor')
+  }
+  const fine = await app.inject({ url: `/v1/topics?cursor=${cursor('2026-01-01T00:00:00.000Z', uuid)}`, headers: auth })
+  t.equal(fine.statusCode, 200, 'a cursor of the form handed out is read')
+})
+
+t.test('a validation answer lists a bounded number of errors (#24.5)', async (t) => {
+  const app = await build(t)
+  const body = Object.fromEntries(Array.from({ length: 90_000 }, (_, i) => [`u${i}`, 1]))
+  const payload = JSON.stringify(body)
+  t.ok(payload.length < 1_048_576, `a body under BODY_LIMIT_BYTES (${payload.length} bytes)`)
+  const res = await app.inject({ method: 'POST', url: '/v1/topics', headers: { ...auth, 'content-type': 'application/json' }, payload })
+  t.equal(res.statusCode, 400)
+  const problem = res.json()
+  t.equal(problem.code, 'validation_failed')
+  t.equal(problem.errors.length, 20)
+  t.match(problem.detail, /; and \d+ more$/)
+  const more = Number(/and (\d+) more$/.exec(problem.detail)![1])
+  t.ok(more >= 89_980, `the rest are counted (${more})`)
+  t.ok(res.body.length < 5000, `a small answer (${res.body.length} bytes)`)
+})
+
+t.test('without a key an unknown /v1 path is 401, like every /v1 path; with one it is 404 (#24.8)', async (t) => {
+  const app = await build(t)
+  for (const [method, url] of [['GET', '/v1/nope'], ['GET', '/v1/admin/users'], ['POST', '/v1/'], ['GET', '/v1'], ['DELETE', '/v1/topics']] as const) {
+    const none = await app.inject({ method, url })
+    t.equal(none.statusCode, 401, `${method} ${url}`)
+    t.equal(none.json().code, 'unauthorized')
+    t.equal(none.headers['www-authenticate'], 'Bearer')
+    const wrong = await app.inject({ method, url, headers: { authorization: 'Bearer not-the-key-at-all' } })
+    t.equal(wrong.statusCode, 401)
+  }
+  const known = await app.inject({ url: '/v1/nope', headers: auth })
+  t.equal(known.statusCode, 404)
+  t.same(known.json(), { type: 'https://otn.invalid/problems/route_not_found', title: 'Not Found', status: 404, detail: 'No route GET /v1/nope.', code: 'route_not_found' })
+  t.equal((await app.inject({ url: '/nope' })).statusCode, 404, 'outside /v1 an unknown path is still a 404')
 })

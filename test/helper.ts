@@ -93,12 +93,12 @@ export function uniquePageId (): string {
  * for tests that take the database away: `goAway` stops the job queue's workers first (pg-boss 10
  * does not await its own writes after a job), then closes the handle.
  */
-export async function appOnOwnDatabase (t: Test): Promise<{ app: FastifyInstance, goAway: () => Promise<void> }> {
+export async function appOnOwnDatabase (t: Test, env: Record<string, string> = {}): Promise<{ app: FastifyInstance, goAway: () => Promise<void> }> {
   const { kind, url } = await testDatabase()
   const handle = kind === 'postgres'
     ? await openDatabase({ databaseUrl: url, poolSize: 2 })
     : await openDatabase({ pgliteDataDir: 'memory://' })
-  const app = await buildApp(testConfig(), { db: handle.db, dbKind: kind })
+  const app = await buildApp(testConfig(env), { db: handle.db, dbKind: kind })
   t.teardown(() => app.close())
   return {
     app,

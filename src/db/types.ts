@@ -108,6 +108,8 @@ export interface WebhookEventsTable {
   signature: string
   object: string | null
   body: Uint8Array
+  /** SHA-256 of body; null on rows stored before it was kept (migration 20261202090000). */
+  digest: Uint8Array | null
 }
 
 export type BroadcastState = 'scheduled' | 'running' | 'completed' | 'cancelled'

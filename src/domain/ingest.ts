@@ -1,4 +1,4 @@
-import { createHmac, timingSafeEqual } from 'node:crypto'
+import { createHash, createHmac, timingSafeEqual } from 'node:crypto'
 import { sql } from 'kysely'
 import type { Database } from '../db/database.js'
 import { GroupCommit } from '../db/group-commit.js'
@@ -223,7 +223,10 @@ export function parseDelivery (raw: Buffer, receivedAt: Date = new Date()): Deli
 }
 
 export interface Recorded {
+  /** The stored delivery: this one's, or for a duplicate the one stored first. */
   event_id: string
+  /** The same bytes were delivered before (Meta re-delivers for up to 36 hours): nothing was stored again. */
+  duplicate: boolean
   /** Usable tokens this delivery added; a token already held (a re-delivery) is not counted again. */
   tokens_recorded: number
   /** Tokens this delivery added already expired (opted in over a year before): kept, never usable. */
@@ -237,6 +240,7 @@ export function receiptOf (delivery: Delivery, recorded: Recorded) {
   if (recorded.tokens_expired > 0) reasons.token_expired = recorded.tokens_expired
   return {
     event_id: recorded.event_id,
+    duplicate: recorded.duplicate,
     object: delivery.object,
     tokens_received: received,
     tokens_recorded: recorded.tokens_recorded,
@@ -261,33 +265,46 @@ export interface DeliveryInput {
  * Stores deliveries in one statement: one round trip and one transaction for all of them, so a
  * failure leaves nothing behind and Meta's retry brings it all again. Each raw body goes into
  * webhook_events, each new token into the token store (naming its event), each person's first-seen and
- * last-interaction times into subscribers. Rows are written in key order so that concurrent
- * statements over overlapping people never deadlock; a token already held is left as it is (a
- * re-delivery, or another POST with it); a person's last interaction only moves forward, however
- * deliveries are ordered. Times later than the database's clock are held at its `now()`: a skewed
- * clock must not keep the window open longer than it is.
+ * last-interaction times into subscribers. A body already stored (the same bytes: its SHA-256 digest
+ * is unique among stored deliveries) is a re-delivery: it is answered with the first one's event and
+ * changes nothing; the unique index decides between concurrent statements, so it holds across
+ * instances. Rows are written in key order (events by digest, tokens, people) and tokens and people
+ * only after every event row is settled, so that concurrent statements over the same deliveries or
+ * people never deadlock; a token already held is left as it is (another POST with it); a person's
+ * last interaction only moves forward, however deliveries are ordered. Times later than the
+ * database's clock are held at its `now()`: a skewed clock must not keep the window open longer than
+ * it is.
  */
 export async function recordDeliveries (db: Database, inputs: DeliveryInput[]): Promise<Recorded[]> {
   const tokens = inputs.flatMap(({ delivery }, ord) => delivery.tokens.map((t) => ({ ...t, ord })))
-  const people = inputs.flatMap(({ delivery }) => delivery.subscribers)
+  const people = inputs.flatMap(({ delivery }, ord) => delivery.subscribers.map((p) => ({ ...p, ord })))
+  const digests = inputs.map((i) => createHash('sha256').update(i.raw).digest())
   // Across the deliveries of one statement, the rules parseDelivery applies within one body: a token
   // is recorded once, from its earliest opt-in (for that delivery); a person is written once, with
-  // the earliest first sight and the latest interaction.
+  // the earliest first sight and the latest interaction. The no-op update on a digest already stored
+  // returns that row (waiting for a concurrent statement that stores it to commit); `fresh` holds the
+  // deliveries whose own row was stored, and the sorts below read all of it before writing.
   const { rows } = await sql<Recorded>`
     with input as (
-      select nextval(pg_get_serial_sequence('webhook_events', 'id')) as id, e.ord, e.signature, e.object, e.body
+      select nextval(pg_get_serial_sequence('webhook_events', 'id')) as id, e.ord, e.signature, e.object, e.body, e.digest
         from unnest(${inputs.map((_, i) => i)}::int[], ${inputs.map((i) => i.signature)}::text[],
-                    ${inputs.map((i) => i.delivery.object)}::text[], ${inputs.map((i) => i.raw)}::bytea[]) as e(ord, signature, object, body)
+                    ${inputs.map((i) => i.delivery.object)}::text[], ${inputs.map((i) => i.raw)}::bytea[],
+                    ${digests}::bytea[]) as e(ord, signature, object, body, digest)
     ), event as (
-      insert into webhook_events (id, signature, object, body) overriding system value
-      select id, signature, object, body from input order by ord
-    ), new_tokens as (${insertTokens(JSON.stringify(tokens), 'input')}
+      insert into webhook_events (id, signature, object, body, digest) overriding system value
+      select distinct on (digest) id, signature, object, body, digest from input order by digest, ord
+      on conflict (digest) where digest is not null do update set digest = excluded.digest
+      returning id, digest
+    ), fresh as (
+      select input.ord, input.id from input join event on event.id = input.id
+    ), new_tokens as (${insertTokens(JSON.stringify(tokens), 'fresh')}
     ), touched as (
       insert into subscribers (page_id, psid, first_seen_at, last_interaction_at)
       select s.page_id, s.psid, least(min(s.first_seen_at), now()),
              case when max(s.last_interaction_at) is not null then least(max(s.last_interaction_at), now()) end
       from jsonb_to_recordset(${JSON.stringify(people)}::jsonb)
-        as s(page_id text, psid text, first_seen_at timestamptz, last_interaction_at timestamptz)
+        as s(ord int, page_id text, psid text, first_seen_at timestamptz, last_interaction_at timestamptz)
+        join fresh on fresh.ord = s.ord
       group by s.page_id, s.psid
       order by s.page_id, s.psid
       on conflict (page_id, psid) do update set
@@ -295,11 +312,13 @@ export async function recordDeliveries (db: Database, inputs: DeliveryInput[]): 
         last_interaction_at = greatest(subscribers.last_interaction_at, excluded.last_interaction_at),
         updated_at = now()
     )
-    select input.id::text as event_id,
+    select event.id::text as event_id, event.id <> input.id as duplicate,
            count(new_tokens.webhook_event_id) filter (where new_tokens.state = 'available')::int as tokens_recorded,
            count(new_tokens.webhook_event_id) filter (where new_tokens.state = 'expired')::int as tokens_expired
-      from input left join new_tokens on new_tokens.webhook_event_id = input.id
-     group by input.id, input.ord
+      from input
+      join event on event.digest = input.digest
+      left join new_tokens on new_tokens.webhook_event_id = input.id
+     group by input.ord, input.id, event.id
      order by input.ord
   `.execute(db)
   return rows

@@ -13,7 +13,12 @@ export function windowIsOpen (lastInteraction: Date | null, now: Date = new Date
   return closes !== null && closes.getTime() > now.getTime()
 }
 
-/** What the API shows of a token: enough to tell two apart, never enough to use one. */
+/**
+ * What the API shows of a token: enough to tell two apart, never enough to use one. At most an
+ * eighth of it from each end (so three quarters stay hidden), at most 4 characters from each; none of
+ * one under 12 characters.
+ */
 export function maskToken (token: string): string {
-  return token.length <= 8 ? '****' : `${token.slice(0, 4)}…${token.slice(-4)}`
+  const shown = token.length < 12 ? 0 : Math.min(4, Math.floor(token.length / 8))
+  return shown === 0 ? '****' : `${token.slice(0, shown)}…${token.slice(-shown)}`
 }

@@ -12,6 +12,8 @@ const tokenMessages = {
 /** The Prometheus scrape; open unless METRICS_TOKEN is set (then a bearer token, compared in constant time). */
 const routes: FastifyPluginAsyncTypebox = async (app) => {
   const token = app.config.METRICS_TOKEN
+  // Scrapes that arrive while one is being rendered get the same text: 50 at once cost one.
+  let rendering: Promise<string> | undefined
   app.get(METRICS_PATH, {
     schema: {
       operationId: 'metrics',
@@ -25,7 +27,8 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
     },
     ...(token ? { onRequest: apiKeyAuth([token], tokenMessages) } : {}),
   }, async (_request, reply) => {
-    const text = await app.metrics.metrics()
+    rendering ??= app.metrics.metrics().finally(() => { rendering = undefined })
+    const text = await rendering
     return reply.type(app.metrics.contentType).send(text)
   })
 }

@@ -64,7 +64,9 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
     const delivery = parseDelivery(raw)
     const recorded = await writer.submit({ raw, signature, delivery })
     const receipt = receiptOf(delivery, recorded)
-    if (receipt.rejected_events > 0 || receipt.tokens_unusable > 0) request.log.warn({ webhook: receipt }, 'webhook recorded, with events or tokens not usable')
+    app.webhookReceived(delivery, recorded.duplicate)
+    if (receipt.duplicate) request.log.info({ webhook: receipt }, 'webhook re-delivered: already stored, nothing stored again')
+    else if (receipt.rejected_events > 0 || receipt.tokens_unusable > 0) request.log.warn({ webhook: receipt }, 'webhook recorded, with events or tokens not usable')
     else request.log.info({ webhook: receipt }, 'webhook recorded')
     return receipt
   })

@@ -5,6 +5,7 @@ type HttpCode =
   | 'unauthorized' | 'verification_failed' | 'invalid_signature' | 'validation_failed' | 'route_not_found' | 'bad_request' | 'bad_url'
   | 'path_parameter_too_long' | 'body_too_large' | 'unsupported_media_type' | 'invalid_content_length' | 'invalid_json'
   | 'invalid_characters' | 'invalid_value' | 'value_too_long' | 'database_unavailable' | 'migrations_pending' | 'internal_error'
+  | 'body_too_deep' | 'request_timeout' | 'headers_too_large' | 'malformed_request'
 
 export type ProblemCode = DomainCode | HttpCode
 
@@ -27,7 +28,8 @@ export const PROBLEMS: Record<ProblemCode, ProblemKind> = {
   invalid_webhook_body: problem(400), invalid_payload: problem(400), invalid_cursor: problem(400), empty_update: problem(400),
   tag_required: problem(400), tag_without_message_tag: problem(400), validation_failed: problem(400), bad_request: problem(400),
   bad_url: problem(400), invalid_content_length: problem(400), invalid_json: problem(400), invalid_characters: problem(400),
-  invalid_value: problem(400), value_too_long: problem(400),
+  invalid_value: problem(400), value_too_long: problem(400), body_too_deep: problem(400), malformed_request: problem(400),
+  request_timeout: problem(408, true), headers_too_large: problem(431),
   unauthorized: problem(401), invalid_signature: problem(401), verification_failed: problem(403),
   page_without_access_token: problem(409), window_closed: problem(409), topic_name_taken: problem(409),
   topic_payload_taken: problem(409), topic_has_tokens: problem(409), page_has_topics: problem(409), broadcast_completed: problem(409),

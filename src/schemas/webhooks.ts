@@ -39,7 +39,8 @@ export const WebhookHeadersSchema = Type.Object({
 })
 
 export const WebhookReceiptSchema = Type.Object({
-  event_id: Type.String({ description: 'Id of the stored raw delivery.' }),
+  event_id: Type.String({ description: 'Id of the stored raw delivery; for a duplicate, of the one stored first.' }),
+  duplicate: Type.Boolean({ description: 'The same bytes were delivered before (Meta re-delivers for up to 36 hours): answered 200, nothing stored or recorded again.' }),
   object: Type.String(),
   tokens_received: Type.Integer({ description: 'Distinct OTN tokens read from the delivery.' }),
   tokens_recorded: Type.Integer({ description: 'Usable OTN tokens this delivery added (re-delivered tokens are not counted again).' }),

@@ -1,9 +1,11 @@
 import t, { type Test } from 'tap'
+import { spawn } from 'node:child_process'
+import { once } from 'node:events'
 import { randomBytes, randomUUID } from 'node:crypto'
 import pg from 'pg'
 import { sql } from 'kysely'
 import { openDatabase, type Database } from '../../src/db/database.js'
-import { migrate, migrator, pendingMigrations } from '../../src/db/migrate.js'
+import { isContractMigration, migrate, MigrationMismatchError, migrator, pendingMigrations } from '../../src/db/migrate.js'
 import { databaseKind } from '../helper.js'
 import { migrations } from '../../migrations/index.js'
 
@@ -92,6 +94,7 @@ t.test('migration 20261122000000 turns each reservation into a hold of its open 
     ['d', 'reserved', failed], ['e', 'available', null]] as const) {
     await token(psid, state, holder).execute(db)
   }
+  // Up to this migration only, so that migrateDown below reverts it (not whichever migration is last).
   t.equal((await steps.migrateTo('20261122000000_hold_tokens_in_place')).error, undefined)
 
   const { rows } = await sql<{ psid: string, state: string, held_by: string | null, leased: boolean }>`
@@ -121,4 +124,93 @@ t.test('the embedded database keeps its data across restarts', async (t) => {
   t.same(await pendingMigrations(second.db), [])
   const page = await second.db.selectFrom('pages').select('name').where('id', '=', '42').executeTakeFirst()
   t.same(page, { name: 'Persisted' })
+})
+
+/** Records `names` as applied, as a newer build's Migrator would have. */
+async function applyFromNewerBuild (db: Database, ...names: string[]): Promise<void> {
+  for (const name of names) await sql`insert into kysely_migration (name, timestamp) values (${name}, ${new Date().toISOString()})`.execute(db)
+}
+
+t.test('rolling deploys: an older build runs against a newer build\'s expand migrations (#24.9)', async (t) => {
+  const db = await emptyDatabase(t)
+  await migrate(db)
+  await applyFromNewerBuild(db, '29990101000000_add_future_column', '29990102000000_create_future_table')
+  // Kysely alone refuses: "corrupted migrations: previously executed migration ... is missing".
+  const kysely = await migrator(db).migrateToLatest()
+  t.match(kysely.error, { message: /^corrupted migrations: previously executed migration 29990101000000_add_future_column is missing/ })
+  const result = await migrate(db)
+  t.same(result.newer, ['29990101000000_add_future_column', '29990102000000_create_future_table'])
+  t.same(result.results, [], 'nothing to apply')
+  t.same(await pendingMigrations(db), [], 'ready: every migration this build knows is applied')
+})
+
+t.test('rolling deploys: a contract migration, or this build\'s own not applied, stops start-up saying what to do (#24.9)', async (t) => {
+  t.ok(isContractMigration('29990101000000_contract_drop_old_column'))
+  t.notOk(isContractMigration('29990101000000_add_contract_column'))
+  for (const name of Object.keys(migrations)) t.notOk(isContractMigration(name), `${name} is an expand`)
+
+  const db = await emptyDatabase(t)
+  await migrate(db)
+  await applyFromNewerBuild(db, '29990101000000_add_future_column', '29990102000000_contract_drop_old_column')
+  const last = Object.keys(migrations).sort().at(-1)
+  await t.rejects(migrate(db), new MigrationMismatchError(`This build (last migration ${last}) cannot run against this database: a newer ` +
+    'build applied 29990102000000_contract_drop_old_column, a contract migration that removes or changes what this build uses. Deploy a ' +
+    'build that includes 29990102000000_contract_drop_old_column (or a later one); to go back to this build, restore the database from before that migration.'))
+
+  const behind = await emptyDatabase(t)
+  const names = Object.keys(migrations).sort()
+  t.equal((await migrator(behind).migrateTo(names.at(-2)!)).error, undefined)
+  await applyFromNewerBuild(behind, '29990101000000_add_other_branch_column')
+  const error = await migrate(behind).then(() => undefined, (e: unknown) => e)
+  t.type(error, MigrationMismatchError)
+  t.match((error as Error).message, new RegExp(`^This build's migrations ${names.at(-1)} are not applied, but the database has applied ` +
+    '29990101000000_add_other_branch_column, which this build does not know .*Deploy a build that includes all of them'))
+  t.same(await pendingMigrations(behind), [names.at(-1)], 'nothing was applied out of order')
+})
+
+t.test('rolling deploys, as processes: the previous build restarts against a newer database, or exits saying why (#24.9)', async (t) => {
+  const dir = t.testdir({})
+  const env = databaseKind === 'postgres' ? { DATABASE_URL: await scratchDatabase(t) } : { PGLITE_DATA_DIR: dir }
+  const prepare = await openDatabase({ databaseUrl: env.DATABASE_URL, pgliteDataDir: env.PGLITE_DATA_DIR })
+  await migrate(prepare.db)
+  await applyFromNewerBuild(prepare.db, '29990101000000_add_future_column')
+  await prepare.close()
+
+  const run = (extra: Record<string, string> = {}) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', 'src/server.ts'], {
+      cwd: new URL('../..', import.meta.url).pathname,
+      env: { PATH: process.env.PATH ?? '', API_KEYS: 'rolling-test-key', PORT: '0', LOG_LEVEL: 'info', ...env, ...extra },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
+    let out = ''
+    let err = ''
+    child.stdout.on('data', (c) => { out += c })
+    child.stderr.on('data', (c) => { err += c })
+    const exited = once(child, 'exit').then(([code]) => code as number)
+    const listening = new Promise<string>((resolve, reject) => {
+      child.stdout.on('data', () => {
+        const docs = /"docs":"([^"]+)\/docs"/.exec(out)
+        if (docs) resolve(docs[1])
+      })
+      void exited.then((code) => reject(new Error(`exited ${code}: ${err}`)))
+    })
+    return { child, listening, exited, out: () => out, err: () => err }
+  }
+
+  const older = run()
+  const base = await older.listening
+  const ready = await fetch(`${base}/readyz`)
+  t.equal(ready.status, 200, 'ready: the newer migration is an expand')
+  const warned = older.out().split('\n').filter(Boolean).map((l) => JSON.parse(l)).find((l) => l.newer_migrations)
+  t.match(warned, { level: 40, newer_migrations: ['29990101000000_add_future_column'], msg: /^the database is ahead of this build/ })
+  older.child.kill('SIGTERM')
+  t.equal(await older.exited, 0)
+
+  const again = await openDatabase({ databaseUrl: env.DATABASE_URL, pgliteDataDir: env.PGLITE_DATA_DIR })
+  await applyFromNewerBuild(again.db, '29990102000000_contract_drop_old_column')
+  await again.close()
+  const refused = run()
+  refused.listening.catch(() => {})
+  t.not(await refused.exited, 0, 'start-up fails')
+  t.match(refused.err(), /cannot run against this database: a newer build applied 29990102000000_contract_drop_old_column.*Deploy a build that includes 29990102000000_contract_drop_old_column/)
 })

@@ -75,3 +75,31 @@ t.test('while statements are in flight, the next deliveries wait and go together
   t.ok(receipts.every((r) => r.tokens_recorded === 1))
   t.equal(statements.length, 2, 'one statement for the first, one for the ten that waited')
 })
+
+t.test('the same bytes twice, in one statement or in two writers at once, are stored once (#24.6)', async (t) => {
+  const { db, counted, statements } = await counting()
+  const writer = new DeliveryWriter(counted)
+  const pageId = uniquePageId()
+  const token = uniqueToken()
+  const body = envelope([entry(pageId, [optinEvent({ pageId, psid: uniquePsid(), payload: 'a', token })])])
+  const other = envelope([entry(pageId, [optinEvent({ pageId, psid: uniquePsid(), payload: 'a', token: uniqueToken() })])])
+  const receipts = await Promise.all([input(body), input(other), input(body)].map((i) => writer.submit(i)))
+  t.equal(statements.length, 1, 'one statement')
+  t.same(receipts.map((r) => [r.duplicate, r.tokens_recorded]), [[false, 1], [false, 1], [true, 0]])
+  t.equal(receipts[2].event_id, receipts[0].event_id, 'the duplicate names the stored delivery')
+  const stored = await db.selectFrom('webhook_events').select('id').where('id', 'in', receipts.map((r) => r.event_id)).execute()
+  t.equal(stored.length, 2)
+
+  // Two instances' writers, each with statements in flight: the unique digest decides, whichever commits first.
+  const bodies = Array.from({ length: 6 }, () => envelope([entry(pageId, [optinEvent({ pageId, psid: uniquePsid(), payload: 'a', token: uniqueToken() })])]))
+  const [a, b] = [new DeliveryWriter(db, 2, 2), new DeliveryWriter(db, 2, 2)]
+  const both = await Promise.all([...bodies.map((x) => a.submit(input(x))), ...[...bodies].reverse().map((x) => b.submit(input(x)))])
+  const byBody = bodies.map((_, i) => [both[i], both[bodies.length * 2 - 1 - i]])
+  for (const [fromA, fromB] of byBody) {
+    t.equal(fromA.event_id, fromB.event_id, 'one event for the two deliveries of one body')
+    t.same([fromA.duplicate, fromB.duplicate].sort(), [false, true])
+    t.equal(fromA.tokens_recorded + fromB.tokens_recorded, 1, 'its token recorded once')
+  }
+  const rows = await db.selectFrom('webhook_events').select('id').where('id', 'in', both.map((r) => r.event_id)).execute()
+  t.equal(rows.length, bodies.length)
+})

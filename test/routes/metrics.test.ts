@@ -1,10 +1,12 @@
 import t from 'tap'
-import { sql } from 'kysely'
+import { sql, type KyselyPlugin, type RawNode } from 'kysely'
 import type { FastifyInstance } from 'fastify'
 import { buildApp } from '../../src/app.js'
 import { ConfigError, loadConfig } from '../../src/config.js'
 import { appOnOwnDatabase, auth, build, databaseKind, LogCapture, testConfig, testDatabase, truncateAll, uniquePageId } from '../helper.js'
 import { FAST_TIMEOUT, giveTokens, newPsid, notify, openWindow, world } from '../fixtures/otn.js'
+import { entry, envelope, messageEvent, optinEvent, readEvent, signedPost, uniquePsid, uniqueToken, webhookEnv } from '../fixtures/webhooks.js'
+import type { Database } from '../../src/db/database.js'
 
 interface Sample { name: string, labels: Record<string, string>, value: number }
 
@@ -146,8 +148,8 @@ t.test('notifications are counted by final status and route, as the database rec
   t.equal(value(samples, 'otn_notifications_total', { status: 'no_token', route: 'token' }), 1)
 })
 
-t.test('backlog gauges read the database on each scrape', async (t) => {
-  const app = await build(t)
+t.test('backlog gauges read the database on each scrape (METRICS_CACHE_SECONDS=0)', async (t) => {
+  const app = await build(t, { METRICS_CACHE_SECONDS: '0' })
   await app.ready() // the start-up maintenance has run; the rows below are not its business
   const { db } = await testDatabase()
   await truncateAll(db)
@@ -185,7 +187,7 @@ t.test('backlog gauges read the database on each scrape', async (t) => {
 })
 
 t.test('the scrape answers 200 with otn_metrics_database_up 0 when the database does not answer', async (t) => {
-  const { app, goAway } = await appOnOwnDatabase(t)
+  const { app, goAway } = await appOnOwnDatabase(t, { METRICS_CACHE_SECONDS: '0' })
   let { samples } = await scrape(app)
   t.equal(value(samples, 'otn_metrics_database_up'), 1)
   t.type(value(samples, 'otn_tokens', { state: 'held' }), 'number')
@@ -195,7 +197,7 @@ t.test('the scrape answers 200 with otn_metrics_database_up 0 when the database 
   t.equal(res.statusCode, 200)
   samples = parse(res.body)
   t.equal(value(samples, 'otn_metrics_database_up'), 0)
-  for (const name of ['otn_optin_tokens', 'otn_notifications', 'otn_notifications_oldest_age_seconds', 'otn_jobs_queued']) {
+  for (const name of ['otn_tokens', 'otn_notifications', 'otn_notifications_oldest_age_seconds', 'otn_jobs_queued']) {
     t.notOk(samples.some((s) => s.name === name), `${name} is left out`)
   }
   t.type(value(samples, 'process_cpu_user_seconds_total'), 'number', 'the rest is still there')
@@ -262,4 +264,103 @@ t.test('pg pool gauges on Postgres, none on PGlite', async (t) => {
   t.equal(value(samples, 'otn_db_pool_idle_clients'), 0)
   const waiting = value(samples, 'otn_db_pool_waiting_requests')!
   t.ok(waiting >= 1, `waiting: ${waiting}`)
+})
+
+t.test('webhook events by outcome and reason, deliveries stored or duplicate; a duplicate is not counted twice (#24.3, #24.6)', async (t) => {
+  const app = await build(t, webhookEnv)
+  const pageId = uniquePageId()
+  const psid = uniquePsid()
+  const zero = (await scrape(app)).samples
+  t.equal(value(zero, 'otn_webhook_events_total', { outcome: 'rejected', reason: 'invalid_psid' }), 0, 'every series exists from the start')
+  t.equal(value(zero, 'otn_webhook_deliveries_total', { outcome: 'duplicate' }), 0)
+  const body = envelope([
+    entry(pageId, [optinEvent({ pageId, psid, payload: 'deals', token: uniqueToken() }), optinEvent({ pageId, psid, payload: 'deals', token: uniqueToken() })]),
+    entry(pageId, [optinEvent({ pageId, psid, payload: 'deals', token: 'x'.repeat(3000) })]),
+    entry(pageId, [optinEvent({ pageId, psid: 'p'.repeat(100), payload: 'deals', token: uniqueToken() })]),
+    entry(pageId, [messageEvent({ pageId, psid }), readEvent({ pageId, psid })]),
+  ])
+  for (let i = 0; i < 3; i++) t.equal((await signedPost(app, body)).statusCode, 200)
+  const { samples, text } = await scrape(app)
+  const events = (outcome: string, reason: string) => value(samples, 'otn_webhook_events_total', { outcome, reason })
+  t.equal(events('recorded', 'optin'), 2)
+  t.equal(events('recorded', 'interaction'), 1)
+  t.equal(events('rejected', 'invalid_token'), 1)
+  t.equal(events('rejected', 'invalid_psid'), 1)
+  t.equal(events('ignored', 'receipt'), 1)
+  t.equal(events('ignored', 'echo'), 0)
+  t.equal(value(samples, 'otn_webhook_deliveries_total', { outcome: 'stored' }), 1)
+  t.equal(value(samples, 'otn_webhook_deliveries_total', { outcome: 'duplicate' }), 2)
+  const reasons = new Set(samples.filter((s) => s.name === 'otn_webhook_events_total').map((s) => s.labels.reason))
+  t.equal(reasons.size, 14, 'the label values are the fixed list: optin, interaction and the receipt\'s twelve reasons')
+  t.notOk(text.includes(psid), 'no PSID in the metrics')
+})
+
+/** `db`, counting the backlog reads of the metrics (the query that names oldest_pending_seconds). */
+function countingBacklogReads (db: Database): { db: Database, reads: () => number } {
+  let reads = 0
+  const plugin: KyselyPlugin = {
+    transformQuery: (args) => {
+      if (args.node.kind === 'RawNode' && (args.node as RawNode).sqlFragments.join('').includes('oldest_pending_seconds')) reads++
+      return args.node
+    },
+    transformResult: async (args) => args.result,
+  }
+  return { db: db.withPlugin(plugin), reads: () => reads }
+}
+
+t.test('50 scrapes at once read the database once; later ones reuse it for METRICS_CACHE_SECONDS (#24.10)', async (t) => {
+  const { db } = await testDatabase()
+  const counted = countingBacklogReads(db)
+  const app = await build(t, { METRICS_CACHE_SECONDS: '300' }, { db: counted.db })
+  await app.ready()
+  const answers = await Promise.all(Array.from({ length: 50 }, () => app.inject({ url: '/metrics' })))
+  t.same(new Set(answers.map((a) => a.statusCode)), new Set([200]))
+  t.equal(counted.reads(), 1, 'one read for fifty scrapes')
+  const pending = value(parse(answers[0].body), 'otn_notifications', { status: 'pending' })!
+  await db.insertInto('notifications').values({ page_id: '1', psid: `cache-${Date.now()}`, message: JSON.stringify({ text: 'hi' }), status: 'pending' }).execute()
+  const later = await scrape(app)
+  t.equal(value(later.samples, 'otn_notifications', { status: 'pending' }), pending, 'a scrape within the period reuses the read')
+  t.equal(counted.reads(), 1)
+
+  const uncached = countingBacklogReads(db)
+  const fresh = await build(t, { METRICS_CACHE_SECONDS: '0' }, { db: uncached.db })
+  await fresh.ready()
+  const first = await scrape(fresh)
+  const second = await scrape(fresh)
+  t.equal(uncached.reads(), 2, 'METRICS_CACHE_SECONDS=0: each scrape reads')
+  t.equal(value(second.samples, 'otn_notifications', { status: 'pending' }), value(first.samples, 'otn_notifications', { status: 'pending' }))
+  t.equal(testConfig().METRICS_CACHE_SECONDS, 5, 'five seconds by default')
+})
+
+t.test('unknown HTTP methods add no label values; the build is named (#24.10, #28.7)', async (t) => {
+  const app = await build(t, { BUILD_COMMIT: 'abc123def456' })
+  for (const method of ['PROPFIND', 'MKCOL', 'LOCK', 'PURGE', 'SEARCH'] as const) {
+    t.equal((await app.inject({ method, url: '/nowhere' })).statusCode, 404, method)
+  }
+  await app.inject({ method: 'DELETE', url: '/nowhere' })
+  const { samples, text } = await scrape(app)
+  t.equal(value(samples, 'otn_http_requests_total', { method: 'other', route: 'unmatched', status_code: '404' }), 5)
+  t.equal(value(samples, 'otn_http_requests_total', { method: 'DELETE', route: 'unmatched', status_code: '404' }), 1)
+  t.notMatch(text, /PROPFIND|MKCOL|LOCK|PURGE|SEARCH/)
+  const { version } = JSON.parse(await (await import('node:fs/promises')).readFile(new URL('../../package.json', import.meta.url), 'utf8'))
+  t.equal(value(samples, 'otn_build_info', { version, commit: 'abc123def456' }), 1)
+
+  const unset = await build(t)
+  const info = (await scrape(unset)).samples.find((s) => s.name === 'otn_build_info')!
+  t.match(info, { value: 1, labels: { version, commit: /^([0-9a-f]{12}|unknown)$/ } }, 'without BUILD_COMMIT: the checkout\'s commit')
+})
+
+t.test('an idle instance reads no waiting pool request: its own scrape is not counted (#28.7)', async (t) => {
+  const { url } = await testDatabase()
+  if (databaseKind === 'pglite') {
+    t.pass('the pg pool exists on Postgres only')
+    return
+  }
+  const app = await buildApp(testConfig({ DATABASE_URL: url!, DATABASE_POOL_SIZE: '3', METRICS_CACHE_SECONDS: '0' }))
+  t.teardown(() => app.close())
+  await app.ready()
+  for (let i = 0; i < 5; i++) {
+    const { samples } = await scrape(app)
+    t.equal(value(samples, 'otn_db_pool_waiting_requests'), 0, `scrape ${i + 1}`)
+  }
 })

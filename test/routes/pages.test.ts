@@ -27,7 +27,7 @@ t.test('PUT registers a Page, never returns its token, and updates it', async (t
   t.same(got.json(), updated.json())
   t.notOk(logs.text.includes('EAAsecret'), 'the token is never logged')
   t.notOk(logs.text.includes('test-api-key'), 'the API key is never logged')
-  t.ok(logs.lines.some((l) => l.msg === 'request completed'), 'requests are logged')
+  t.ok(logs.lines.some((l) => l.msg === 'request' && l.route === '/v1/pages/:pageId'), 'requests are logged')
 })
 
 t.test('a Page marked unhealthy shows its last error until a new token is given', async (t) => {

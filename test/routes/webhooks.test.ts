@@ -153,10 +153,9 @@ t.test('duplicates: the same POST twice, the same token in another POST, twice i
   const before = await storedEvents()
   const first = await signedPost(app, body)
   const again = await signedPost(app, body)
-  t.equal(first.json().tokens_recorded, 1)
-  t.equal(again.json().tokens_recorded, 0, 'a re-delivery adds nothing')
-  t.not(again.json().event_id, first.json().event_id, 'each delivery is logged raw')
-  t.equal(await storedEvents(), before + 2)
+  t.match(first.json(), { duplicate: false, tokens_recorded: 1 })
+  t.match(again.json(), { duplicate: true, event_id: first.json().event_id, tokens_recorded: 0, tokens_already_held: 1 }, 'a re-delivery adds nothing')
+  t.equal(await storedEvents(), before + 1, 'the same bytes are stored once')
 
   const other = envelope([
     optinEvent({ pageId, psid, payload: 'deals', token, timestamp: at + 5000 }),
@@ -189,10 +188,14 @@ t.test('concurrent re-deliveries of one batch and overlapping batches record eac
     messageEvent({ pageId, psid, timestamp: at + 1000 + i }),
   ])
   const raw = JSON.stringify(envelope(events))
+  const before = await storedEvents()
   const results = await Promise.all(Array.from({ length: 12 }, () => signedPost(app, raw)))
   t.same(results.map((r) => r.statusCode), Array(12).fill(200))
   t.equal(results.reduce((sum, r) => sum + r.json().tokens_recorded, 0), 10, 'ten tokens recorded once between them')
   t.equal((await tokenRows(pageId)).length, 10)
+  t.equal(await storedEvents(), before + 1, 'the delivery is stored once')
+  t.equal(new Set(results.map((r) => r.json().event_id)).size, 1, 'every answer names the stored delivery')
+  t.equal(results.filter((r) => !r.json().duplicate).length, 1, 'one stored it; the others are duplicates')
 
   // The same people in opposite orders at once: rows are written in key order, so no deadlock.
   const more = people.map((psid, i) => optinEvent({ pageId, psid, payload: 'deals', token: uniqueToken(), timestamp: at + 2000 + i }))
@@ -202,6 +205,34 @@ t.test('concurrent re-deliveries of one batch and overlapping batches record eac
   t.same(crossed.map((r) => r.statusCode), Array(8).fill(200))
   t.equal((await tokenRows(pageId)).length, 20)
   for (const psid of people) t.equal((await subscriber(pageId, psid))?.last_interaction_at?.getTime(), at + 4000)
+})
+
+t.test('a replayed 5 MB delivery is stored once, answered 200 each time with the first event (#24.6)', async (t) => {
+  const app = await build(t, webhookEnv)
+  const pageId = uniquePageId()
+  const psid = uniquePsid()
+  const token = uniqueToken()
+  // A real opt-in padded with echo events to just under WEBHOOK_BODY_LIMIT_BYTES.
+  const filler = Array.from({ length: 1000 }, () => messageEvent({ pageId, psid, isEcho: true, text: 'x'.repeat(4800) }))
+  const raw = JSON.stringify(envelope([entry(pageId, [optinEvent({ pageId, psid, payload: 'deals', token }), ...filler])]))
+  t.ok(raw.length > 4_500_000 && raw.length < 5_242_880, `${raw.length} bytes`)
+  const before = await storedEvents()
+  const answers = []
+  for (let i = 0; i < 4; i++) answers.push(await signedPost(app, raw))
+  t.same(answers.map((a) => a.statusCode), [200, 200, 200, 200])
+  const first = answers[0].json()
+  t.match(first, { duplicate: false, tokens_recorded: 1, ignored_events: 1000 })
+  for (const again of answers.slice(1)) {
+    t.match(again.json(), { duplicate: true, event_id: first.event_id, tokens_recorded: 0, tokens_already_held: 1 })
+  }
+  t.equal(await storedEvents(), before + 1, 'one webhook_events row, not four')
+  const { rows } = await sql<{ n: number }>`select count(*)::int as n from webhook_events where digest = sha256(body) and id = ${first.event_id}`.execute(await db())
+  t.same(rows, [{ n: 1 }], 'the stored row carries the digest of its body')
+
+  // One byte different is another delivery.
+  const other = await signedPost(app, `${raw} `)
+  t.match(other.json(), { duplicate: false, tokens_recorded: 0, tokens_already_held: 1 })
+  t.not(other.json().event_id, first.event_id)
 })
 
 t.test('out-of-order deliveries leave the latest interaction and the earliest first sight', async (t) => {
