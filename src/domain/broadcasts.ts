@@ -437,10 +437,19 @@ export async function pausePage (db: Database, pageId: string, seconds: number):
                                         rate_factor = greatest(${RATE_FACTOR_FLOOR}, p.rate_factor / 2)`.execute(db)
 }
 
-/** The rate each Page's broadcasts may use now, for the metrics: Pages that broadcast recently. */
-export async function pacingRates (db: Database): Promise<Array<{ page_id: string, rate_factor: number }>> {
+/** The share of its rate each Page's broadcasts may use now, for the metrics: Pages that broadcast in the last ten minutes. */
+export async function pacingShares (db: Database): Promise<Array<{ page_id: string, rate_factor: number }>> {
   return db.selectFrom('broadcast_pacing').select(['page_id', 'rate_factor'])
     .where('next_slot_at', '>', sql<Date>`now() - interval '10 minutes'`).execute()
+}
+
+/** People still pending in each running broadcast, for the metrics (from the partial index on pending people). */
+export async function runningBroadcasts (db: Database): Promise<Array<{ id: string, page_id: string, remaining: number }>> {
+  const { rows } = await sql<{ id: string, page_id: string, remaining: number }>`
+    select b.id, b.page_id,
+           (select count(*) from broadcast_recipients r where r.broadcast_id = b.id and r.state = 'pending')::float8 as remaining
+      from broadcasts b where b.state = 'running'`.execute(db)
+  return rows
 }
 
 export interface RecipientDeps {

@@ -1,5 +1,6 @@
 import fp from 'fastify-plugin'
 import type { FastifyInstance } from 'fastify'
+import { pacingShares, runningBroadcasts } from '../domain/broadcasts.js'
 import { sendBacklog } from '../domain/token-store.js'
 import { IGNORED_REASONS, REJECTED_REASONS, type Delivery } from '../domain/ingest.js'
 import type { BuildInfo } from '../build-info.js'
@@ -119,14 +120,19 @@ function databaseMetrics (app: FastifyInstance, register: Registry, cacheSeconds
   const notifications = new Gauge({ name: 'otn_notifications', help: 'Notifications in a status; only pending (not yet settled) is counted.', labelNames: ['status'] as const, registers: [register], collect })
   const oldest = new Gauge({ name: 'otn_notifications_oldest_age_seconds', help: 'Age of the oldest notification in a status (0 when there is none); only pending.', labelNames: ['status'] as const, registers: [register], collect })
   const queued = new Gauge({ name: 'otn_jobs_queued', help: 'Jobs waiting in each job queue (created or retrying, not yet active).', labelNames: ['queue'] as const, registers: [register], collect })
-  const fromDatabase = [tokens, notifications, oldest, queued]
+  const remaining = new Gauge({ name: 'otn_broadcast_remaining', help: 'People still pending in each running broadcast (a broadcast leaves the metric when it ends).', labelNames: ['broadcast_id', 'page_id'] as const, registers: [register], collect })
+  const share = new Gauge({ name: 'otn_broadcast_rate_share', help: 'The share of its broadcast rate a Page may use now: halved by each rate limit from Meta, given back as sends succeed (Pages that broadcast in the last 10 minutes).', labelNames: ['page_id'] as const, registers: [register], collect })
+  const fromDatabase = [tokens, notifications, oldest, queued, remaining, share]
 
   async function read (): Promise<boolean> {
     try {
       const backlog = await sendBacklog(app.db)
       const queues: Array<[string, number]> = []
       for (const { name } of await app.jobs.getQueues()) queues.push([name, await app.jobs.getQueueSize(name)])
+      const [running, shares] = [await runningBroadcasts(app.db), await pacingShares(app.db)]
       for (const gauge of fromDatabase) gauge.reset()
+      for (const b of running) remaining.set({ broadcast_id: b.id, page_id: b.page_id }, b.remaining)
+      for (const p of shares) share.set({ page_id: p.page_id }, p.rate_factor)
       tokens.set({ state: 'held' }, backlog.held)
       notifications.set({ status: 'pending' }, backlog.pending)
       oldest.set({ status: 'pending' }, backlog.oldest_pending_seconds)

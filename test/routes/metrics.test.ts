@@ -364,3 +364,26 @@ t.test('an idle instance reads no waiting pool request: its own scrape is not co
     t.equal(value(samples, 'otn_db_pool_waiting_requests'), 0, `scrape ${i + 1}`)
   }
 })
+
+t.test('a running broadcast shows the people it has left, and a rate-limited Page the share of its rate it may use', async (t) => {
+  const app = await build(t, { METRICS_CACHE_SECONDS: '0' })
+  await app.ready()
+  const { db } = await testDatabase()
+  const pageId = uniquePageId()
+  await db.insertInto('pages').values({ id: pageId, name: 'P', access_token: 'tok' }).execute()
+  const topic = await db.insertInto('topics').values({ page_id: pageId, name: `m ${pageId}`, title: 'm', payload: `m-${pageId}` }).returning('id').executeTakeFirstOrThrow()
+  const b = await db.insertInto('broadcasts').values({
+    page_id: pageId, topic_id: topic.id, message: JSON.stringify({ text: 'hi' }), audience: 'explicit', audience_estimate: 3,
+    state: 'running', send_at: new Date(), started_at: new Date(),
+  }).returning('id').executeTakeFirstOrThrow()
+  await db.insertInto('broadcast_recipients').values(['a', 'b', 'c'].map((psid) => ({ broadcast_id: b.id, psid, batch: 0 }))).execute()
+  await db.updateTable('broadcast_recipients').set({ state: 'done', outcome: 'sent_token', completed_at: new Date() }).where('psid', '=', 'a').execute()
+  const { pausePage } = await import('../../src/domain/broadcasts.js')
+  await pausePage(db, pageId, 1)
+  await pausePage(db, pageId, 1)
+  const { samples } = await scrape(app)
+  t.equal(value(samples, 'otn_broadcast_remaining', { broadcast_id: b.id, page_id: pageId }), 2)
+  t.equal(value(samples, 'otn_broadcast_rate_share', { page_id: pageId }), 0.25, 'two rate limits: a quarter of the rate')
+  await db.updateTable('broadcasts').set({ state: 'completed', completed_at: new Date() }).where('id', '=', b.id).execute()
+  t.equal(value((await scrape(app)).samples, 'otn_broadcast_remaining', { broadcast_id: b.id, page_id: pageId }), undefined, 'gone once it ends')
+})

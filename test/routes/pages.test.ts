@@ -105,3 +105,14 @@ t.test('bad page ids and bodies are 400 validation problems naming the field', a
   t.equal(extra.statusCode, 400)
   t.match(extra.json().errors, [{ field: 'body/acces_token', message: 'unknown property acces_token' }])
 })
+
+t.test("a Page's own broadcast rate: set, kept when omitted, cleared with null, bounded", async (t) => {
+  const app = await build(t)
+  const id = uniquePageId()
+  const put = (payload: Record<string, unknown>) => app.inject({ method: 'PUT', url: `/v1/pages/${id}`, headers: auth, payload })
+  t.equal((await put({ name: 'Shop' })).json().broadcast_rate_per_second, null, 'the default')
+  t.equal((await put({ name: 'Shop', broadcast_rate_per_second: 50 })).json().broadcast_rate_per_second, 50)
+  t.equal((await put({ name: 'Shop renamed' })).json().broadcast_rate_per_second, 50, 'kept when omitted')
+  t.equal((await put({ name: 'Shop', broadcast_rate_per_second: null })).json().broadcast_rate_per_second, null, 'cleared')
+  for (const bad of [0, 1001, 2.5, 'fast']) t.equal((await put({ name: 'Shop', broadcast_rate_per_second: bad })).statusCode, 400, String(bad))
+})
