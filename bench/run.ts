@@ -17,7 +17,7 @@ const SECONDS = envInt('BENCH_SECONDS', 5)
 const WARMUP = envInt('BENCH_WARMUP_SECONDS', 3, 0)
 const ROUNDS = envInt('BENCH_ROUNDS', 3)
 const CONNECTIONS = (process.env.BENCH_CONNECTIONS ?? '16,64').split(',').map(Number)
-const SCENARIOS = (process.env.BENCH_SCENARIOS ?? 'token,window,webhook,broadcast').split(',')
+const SCENARIOS = (process.env.BENCH_SCENARIOS ?? 'token,minimal,webhook,insert,window,broadcast,memory').split(',')
 /** Sends per second a scenario may reach at most: what sizes the seeded supply of tokens. */
 const RATE_BOUND = envInt('BENCH_RATE_BOUND', 4000)
 const BROADCAST_PEOPLE = envInt('BENCH_BROADCAST_PEOPLE', 5000)
@@ -51,8 +51,8 @@ function builds (): Build[] {
 
 interface Proc { url: string, child: ChildProcess, stop (): Promise<void> }
 
-async function startProcess (what: string, script: string, env: Record<string, string>, port: number, ready: string): Promise<Proc> {
-  const child = spawn(process.execPath, [script], { env: { PATH: process.env.PATH ?? '', ...env }, stdio: ['ignore', 'ignore', 'pipe'] })
+async function startProcess (what: string, script: string, env: Record<string, string>, port: number, ready: string, node: string[] = []): Promise<Proc> {
+  const child = spawn(process.execPath, [...node, script], { env: { PATH: process.env.PATH ?? '', ...env }, stdio: ['ignore', 'ignore', 'pipe'] })
   let stderr = ''
   child.stderr!.on('data', (c) => { stderr = (stderr + c).slice(-4000) })
   const url = `http://127.0.0.1:${port}`
@@ -78,7 +78,7 @@ async function startProcess (what: string, script: string, env: Record<string, s
   }
 }
 
-interface Stack { build: Build, service: Proc, emulator: Proc, db?: ScratchDatabase, dataDir?: string, topics: Map<string, Topic> }
+interface Stack { build: Build, service: Proc, emulator: Proc, ceilings?: Proc, db?: ScratchDatabase, dataDir?: string, topics: Map<string, Topic> }
 interface Topic { id: string, payload: string }
 
 /** The emulator and the service of `build`, on a fresh database (Postgres, or PGlite in a fresh folder). */
@@ -95,10 +95,18 @@ async function startStack (build: Build, embedded: boolean): Promise<Stack> {
     GRAPH_API_BASE_URL: emulator.url, PAGE_ID: PAGE, PAGE_ACCESS_TOKEN: PAGE_TOKEN, BROADCAST_RATE_PER_SECOND: '300',
     ...(db ? { DATABASE_URL: db.url } : { PGLITE_DATA_DIR: dataDir! }),
   }, servicePort, '/readyz')
-  return { build, service, emulator, db, dataDir, topics: new Map() }
+  // The ceilings run on this checkout's database only (they share its tables), never at the same time as the service's scenarios.
+  const ceilingsPort = await freePort()
+  const ceilings = db && build.dir === REPO_ROOT
+    ? await startProcess('ceilings', join(REPO_ROOT, 'bench/ceilings.ts'), {
+      DATABASE_URL: db.url, GRAPH_URL: emulator.url, PAGE_ACCESS_TOKEN: PAGE_TOKEN, PORT: String(ceilingsPort),
+    }, ceilingsPort, '/ready', ['--import', 'tsx'])
+    : undefined
+  return { build, service, emulator, ceilings, db, dataDir, topics: new Map() }
 }
 
 async function stopStack (s: Stack): Promise<void> {
+  await s.ceilings?.stop()
   await s.service.stop()
   await s.emulator.stop()
   await s.db?.drop()
@@ -106,7 +114,9 @@ async function stopStack (s: Stack): Promise<void> {
 }
 
 async function call<T> (url: string, method: string, body?: unknown): Promise<T> {
-  const res = await fetch(url, { method, headers: auth, ...(body !== undefined ? { body: JSON.stringify(body) } : {}) })
+  const res = await fetch(url, {
+    method, headers: body !== undefined ? auth : { authorization: auth.authorization }, ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+  })
   if (!res.ok) throw new Error(`${method} ${url}: ${res.status} ${await res.text()}`)
   return (res.status === 204 ? undefined : await res.json()) as T
 }
@@ -127,7 +137,40 @@ async function crowd (s: Stack, people: number, prefix: string, opts: { payload?
   }
 }
 
-type Scenario = (s: Stack, connections: number, round: number) => Promise<Measured | number>
+type Scenario = (s: Stack, connections: number, round: number) => Promise<Measured | number | undefined>
+
+/** Resident memory of the service now (from its own metrics). */
+async function rssMb (s: Stack): Promise<number> {
+  const text = await (await fetch(`${s.service.url}/metrics`)).text()
+  return Number(/^process_resident_memory_bytes (\S+)/m.exec(text)?.[1] ?? NaN) / 2 ** 20
+}
+
+/** A broadcast to `people` token holders with Meta answering in BENCH_META_LATENCY_MS: people per second. */
+async function broadcast (s: Stack, people: number, prefix: string): Promise<number> {
+  const t = await topic(s, `broadcast ${prefix}`)
+  await crowd(s, people, prefix, { payload: t.payload })
+  await call(`${s.emulator.url}/_emulator/faults`, 'PUT', { page_id: PAGE, latencyMs: META_LATENCY })
+  try {
+    const b = await call<{ id: string }>(`${s.service.url}/v1/broadcasts`, 'POST', { topic_id: t.id, message: { text: 'Flash sale' } })
+    for (;;) {
+      const got = await call<{ state: string, started_at: string, completed_at: string | null, progress: { sent_token: number } }>(`${s.service.url}/v1/broadcasts/${b.id}`, 'GET')
+      if (got.state === 'completed') return got.progress.sent_token / ((Date.parse(got.completed_at!) - Date.parse(got.started_at)) / 1000)
+      await sleep(500)
+    }
+  } finally {
+    await call(`${s.emulator.url}/_emulator/faults`, 'DELETE')
+  }
+}
+
+/** One signed delivery of one opt-in from a new person, as Meta sends a click. */
+function webhookBody (tag: string, i: number) {
+  const at = Date.now()
+  const body = JSON.stringify({
+    object: 'page',
+    entry: [{ id: PAGE, time: at, messaging: [{ sender: { id: `${tag}x${i}` }, recipient: { id: PAGE }, timestamp: at, optin: { type: 'one_time_notif_req', payload: 'bench', one_time_notif_token: `bench-${tag}-${i}-${randomBytes(12).toString('hex')}` } }] }],
+  })
+  return { body, headers: { 'content-type': 'application/json', 'x-hub-signature-256': `sha256=${createHmac('sha256', APP_SECRET).update(body).digest('hex')}` } }
+}
 
 const supply = () => RATE_BOUND * (SECONDS + WARMUP)
 
@@ -154,36 +197,45 @@ const scenarios: Record<string, Scenario> = {
       next: () => ({ body: JSON.stringify({ topic_id: t.id, psid: `${prefix}x${Math.floor(i / 20_000) * 20_000}x${i++ % 20_000}`, message: { text: 'Thanks!' } }) }),
     })
   },
+  /** The minimal correct send (bench/ceilings.ts) on the same database and emulator: the ceiling of the token route. */
+  async minimal (s, connections, round) {
+    if (!s.ceilings) return undefined
+    const t = s.topics.get('token') ?? await topic(s, 'token')
+    const prefix = `m${connections}r${round}`
+    await crowd(s, supply(), prefix, { payload: t.payload })
+    let i = 0
+    return measure({
+      url: s.ceilings.url, path: '/send', connections, seconds: SECONDS, warmupSeconds: WARMUP, headers: { 'content-type': 'application/json' }, pid: s.ceilings.child.pid,
+      next: () => ({ body: JSON.stringify({ topic_id: t.id, psid: `${prefix}x${Math.floor(i / 20_000) * 20_000}x${i++ % 20_000}`, message: { text: 'Back in stock' } }) }),
+    })
+  },
   /** Signed webhook deliveries of one opt-in each, as Meta sends them one click at a time. */
   async webhook (s, connections, round) {
     let i = 0
     return measure({
       url: s.service.url, path: '/webhooks/messenger', connections, seconds: SECONDS, warmupSeconds: WARMUP, pid: s.service.child.pid,
-      next: () => {
-        const at = Date.now()
-        const body = JSON.stringify({
-          object: 'page',
-          entry: [{ id: PAGE, time: at, messaging: [{ sender: { id: `h${connections}r${round}x${i}` }, recipient: { id: PAGE }, timestamp: at, optin: { type: 'one_time_notif_req', payload: 'bench', one_time_notif_token: `bench-${round}-${connections}-${i++}-${randomBytes(12).toString('hex')}` } }] }],
-        })
-        return { body, headers: { 'content-type': 'application/json', 'x-hub-signature-256': `sha256=${createHmac('sha256', APP_SECRET).update(body).digest('hex')}` } }
-      },
+      next: () => webhookBody(`h${connections}r${round}`, i++),
+    })
+  },
+  /** The same bodies, each stored by one INSERT (bench/ceilings.ts): the ceiling of ingestion. */
+  async insert (s, connections, round) {
+    if (!s.ceilings) return undefined
+    let i = 0
+    return measure({
+      url: s.ceilings.url, path: '/insert', connections, seconds: SECONDS, warmupSeconds: WARMUP, pid: s.ceilings.child.pid,
+      next: () => webhookBody(`i${connections}r${round}`, i++),
     })
   },
   /** A broadcast to BENCH_BROADCAST_PEOPLE token holders with Meta answering in BENCH_META_LATENCY_MS: people per second. */
-  async broadcast (s, _connections, round) {
-    const t = await topic(s, `broadcast ${round}`)
-    await crowd(s, BROADCAST_PEOPLE, `b${round}`, { payload: t.payload })
-    await call(`${s.emulator.url}/_emulator/faults`, 'PUT', { page_id: PAGE, latencyMs: META_LATENCY })
-    try {
-      const b = await call<{ id: string }>(`${s.service.url}/v1/broadcasts`, 'POST', { topic_id: t.id, message: { text: 'Flash sale' } })
-      for (;;) {
-        const got = await call<{ state: string, started_at: string, completed_at: string | null, progress: { sent_token: number } }>(`${s.service.url}/v1/broadcasts/${b.id}`, 'GET')
-        if (got.state === 'completed') return got.progress.sent_token / ((Date.parse(got.completed_at!) - Date.parse(got.started_at)) / 1000)
-        await sleep(500)
-      }
-    } finally {
-      await call(`${s.emulator.url}/_emulator/faults`, 'DELETE')
-    }
+  broadcast: (s, _connections, round) => broadcast(s, BROADCAST_PEOPLE, `b${round}`),
+  /** Resident memory after a 5,000-person broadcast, then after a 20,000-person one: the second over the first. */
+  async memory (s, _connections, round) {
+    await broadcast(s, 5000, `mem5k${round}`)
+    const after5k = await rssMb(s)
+    await broadcast(s, 20_000, `mem20k${round}`)
+    const after20k = await rssMb(s)
+    log(`${s.build.name}: resident memory ${Math.round(after5k)} MB after 5,000 people, ${Math.round(after20k)} MB after 20,000`)
+    return after20k / after5k
   },
 }
 
@@ -206,16 +258,17 @@ async function main (): Promise<void> {
         for (const connections of name === 'broadcast' ? [0] : CONNECTIONS) {
           const key = `${embedded ? 'PGlite' : 'Postgres'}\t${name}${connections ? ` @${connections}` : ''}`
           const cells = stacks.map((s) => ({ build: s.build.name, figures: [] as Array<Measured | number> }))
-          for (let round = 0; round < (name === 'broadcast' ? Math.min(ROUNDS, 2) : ROUNDS); round++) {
+          for (let round = 0; round < (name === 'broadcast' ? Math.min(ROUNDS, 2) : name === 'memory' ? 1 : ROUNDS); round++) {
             // Alternate the order: the second of two runs one after the other was measured faster.
             const order = round % 2 === 0 ? stacks.map((_, i) => i) : stacks.map((_, i) => i).reverse()
             for (const i of order) {
               const figure = await scenario(stacks[i], connections, round)
+              if (figure === undefined) continue
               cells[i].figures.push(figure)
-              log(`${key.replace('\t', ' ')} round ${round + 1} ${stacks[i].build.name}: ${typeof figure === 'number' ? `${fmt.rps(figure)} people/s` : `${fmt.rps(figure.rps)}/s p50 ${fmt.ms(figure.p50)} ms p99 ${fmt.ms(figure.p99)} ms${figure.non2xx ? ` non-2xx ${figure.non2xx}` : ''}`}`)
+              log(`${key.replace('\t', ' ')} round ${round + 1} ${stacks[i].build.name}: ${typeof figure === 'number' ? `${fmt.rps(figure)}` : `${fmt.rps(figure.rps)}/s p50 ${fmt.ms(figure.p50)} ms p99 ${fmt.ms(figure.p99)} ms${figure.non2xx ? ` non-2xx ${figure.non2xx}` : ''}`}`)
             }
           }
-          results.set(key, cells)
+          results.set(key, cells.filter((c) => c.figures.length > 0))
         }
       }
       for (const s of stacks) {
@@ -227,7 +280,7 @@ async function main (): Promise<void> {
       for (const s of stacks) await stopStack(s)
     }
   }
-  const rate = (f: Measured | number) => (typeof f === 'number' ? f : f.rps)
+  const rate = (f: Measured | number | undefined) => (typeof f === 'number' ? f : f?.rps ?? Number.NaN)
   const rows: string[][] = []
   for (const [key, cells] of results) {
     for (const c of cells) {
@@ -238,7 +291,7 @@ async function main (): Promise<void> {
       const non2xx = measured.reduce((n, f) => n + f.non2xx, 0)
       rows.push([...key.split('\t'), c.build, fmt.rps(rates.median), measured.length ? fmt.ms(p50) : '', measured.length ? fmt.ms(p99) : '', measured.length ? String(non2xx) : ''])
     }
-    if (cells.length === 2) {
+    if (cells.length === 2 && cells[0].figures.length === cells[1].figures.length) {
       // Round by round: this checkout over the baseline, and the spread of those ratios.
       const ratios = cells[1].figures.map((f, i) => rate(f) / rate(cells[0].figures[i]))
       const r = medianInterval(ratios)
@@ -246,7 +299,17 @@ async function main (): Promise<void> {
       rows.push([...key.split('\t'), 'ratio', `${fmt.ratio(r.median)} (${fmt.ratio(r.lo)}–${fmt.ratio(r.hi)})`, '', '', noise])
     }
   }
-  process.stdout.write(`\n${table(['database', 'scenario', 'build', 'per second (median)', 'p50 ms', 'p99 ms', 'non-2xx'], rows)}\n`)
+  // This checkout against its ceilings, round by round, at each number of connections.
+  for (const [service, ceiling, what] of [['token', 'minimal', 'token route ÷ minimal correct send'], ['webhook', 'insert', 'webhook ÷ bare INSERT']]) {
+    for (const connections of CONNECTIONS) {
+      const ours = results.get(`Postgres\t${service} @${connections}`)?.find((c) => c.build === 'this checkout')
+      const bare = results.get(`Postgres\t${ceiling} @${connections}`)?.find((c) => c.build === 'this checkout')
+      if (!ours || !bare) continue
+      const r = medianInterval(ours.figures.map((f, i) => rate(f) / rate(bare.figures[i])))
+      rows.push(['Postgres', `${what} @${connections}`, 'this checkout', `${fmt.ratio(r.median)} (${fmt.ratio(r.lo)}–${fmt.ratio(r.hi)})`, '', '', ''])
+    }
+  }
+  process.stdout.write(`\n${table(['database', 'scenario', 'build', 'figure (median)', 'p50 ms', 'p99 ms', 'non-2xx'], rows)}\n`)
   log(`done; load ${load()}`)
 }
 
