@@ -186,5 +186,6 @@ t.test('the sweep is a maintenance task that runs when the app starts', async (t
   await insertTokens(pageId, [{ expiresInMs: -DAY }, { expiresInMs: DAY }])
   const app = await build(t)
   await app.ready()
+  await app.maintenance() // it runs in the background, once the app is ready
   t.same(await states(pageId), ['expired', 'available'])
 })

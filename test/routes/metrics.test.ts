@@ -150,7 +150,8 @@ t.test('notifications are counted by final status and route, as the database rec
 
 t.test('backlog gauges read the database on each scrape (METRICS_CACHE_SECONDS=0)', async (t) => {
   const app = await build(t, { METRICS_CACHE_SECONDS: '0' })
-  await app.ready() // the start-up maintenance has run; the rows below are not its business
+  await app.ready()
+  await app.maintenance() // the start-up maintenance has run; the rows below are not its business
   const { db } = await testDatabase()
   await truncateAll(db)
   const notification = (psid: string, status: 'pending' | 'sent', createdSecondsAgo: number) => ({
