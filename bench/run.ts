@@ -28,7 +28,8 @@ const PAGE = '1000001'
 const PAGE_TOKEN = 'bench-page-token'
 const auth = { authorization: `Bearer ${API_KEY}`, 'content-type': 'application/json' }
 
-interface Build { name: string, dir: string }
+/** A build to measure; `env`: settings of its service (a lever). */
+interface Build { name: string, dir: string, env?: Record<string, string> }
 
 /** This checkout, built; and with BENCH_BASELINE, that commit built beside it (its own node_modules when its lockfile differs). */
 function builds (): Build[] {
@@ -45,6 +46,12 @@ function builds (): Build[] {
     else execFileSync('npm', ['ci', '--no-audit', '--no-fund'], { cwd: dir, stdio: 'inherit' })
     execFileSync('npx', ['tsc', '-p', 'tsconfig.build.json'], { cwd: dir, stdio: 'inherit' })
     out.unshift({ name: `baseline ${BASELINE}`, dir })
+  }
+  // BENCH_LEVER="NAME=value ...": this checkout again with those settings, measured beside it.
+  const lever = process.env.BENCH_LEVER?.trim()
+  if (lever) {
+    const env = Object.fromEntries(lever.split(/\s+/).map((kv) => kv.split('=') as [string, string]))
+    out.push({ name: `lever ${lever}`, dir: REPO_ROOT, env })
   }
   return out
 }
@@ -94,10 +101,11 @@ async function startStack (build: Build, embedded: boolean): Promise<Stack> {
     PORT: String(servicePort), API_KEYS: API_KEY, LOG_LEVEL: 'warn', META_APP_SECRET: APP_SECRET, META_VERIFY_TOKEN: 'bench-verify',
     GRAPH_API_BASE_URL: emulator.url, PAGE_ID: PAGE, PAGE_ACCESS_TOKEN: PAGE_TOKEN, BROADCAST_RATE_PER_SECOND: '300',
     ...(db ? { DATABASE_URL: db.url } : { PGLITE_DATA_DIR: dataDir! }),
+    ...build.env,
   }, servicePort, '/readyz')
   // The ceilings run on this checkout's database only (they share its tables), never at the same time as the service's scenarios.
   const ceilingsPort = await freePort()
-  const ceilings = db && build.dir === REPO_ROOT
+  const ceilings = db && build.name === 'this checkout'
     ? await startProcess('ceilings', join(REPO_ROOT, 'bench/ceilings.ts'), {
       DATABASE_URL: db.url, GRAPH_URL: emulator.url, PAGE_ACCESS_TOKEN: PAGE_TOKEN, PORT: String(ceilingsPort),
     }, ceilingsPort, '/ready', ['--import', 'tsx'])
@@ -291,12 +299,12 @@ async function main (): Promise<void> {
       const non2xx = measured.reduce((n, f) => n + f.non2xx, 0)
       rows.push([...key.split('\t'), c.build, fmt.rps(rates.median), measured.length ? fmt.ms(p50) : '', measured.length ? fmt.ms(p99) : '', measured.length ? String(non2xx) : ''])
     }
-    if (cells.length === 2 && cells[0].figures.length === cells[1].figures.length) {
-      // Round by round: this checkout over the baseline, and the spread of those ratios.
-      const ratios = cells[1].figures.map((f, i) => rate(f) / rate(cells[0].figures[i]))
-      const r = medianInterval(ratios)
+    // Round by round: every other build over this checkout, and the spread of those ratios.
+    const mine = cells.find((c) => c.build === 'this checkout')
+    for (const other of cells.filter((c) => c !== mine && mine && c.figures.length === mine.figures.length)) {
+      const r = medianInterval(other.figures.map((f, i) => rate(f) / rate(mine!.figures[i])))
       const noise = r.lo <= 1 && r.hi >= 1 ? 'within noise' : r.median > 1 ? 'faster' : 'slower'
-      rows.push([...key.split('\t'), 'ratio', `${fmt.ratio(r.median)} (${fmt.ratio(r.lo)}–${fmt.ratio(r.hi)})`, '', '', noise])
+      rows.push([...key.split('\t'), `${other.build} ÷ this checkout`, `${fmt.ratio(r.median)} (${fmt.ratio(r.lo)}–${fmt.ratio(r.hi)})`, '', '', noise])
     }
   }
   // This checkout against its ceilings, round by round, at each number of connections.
