@@ -60,7 +60,7 @@ export async function buildApp (config: Config, deps: AppDeps = {}): Promise<Fas
   }).withTypeProvider<TypeBoxTypeProvider>()
   app.setValidatorCompiler(validatorCompiler)
 
-  let handle: { db: Database, kind: 'postgres' | 'pglite', location: string, pool?: DatabaseHandle['pool'], close?: () => Promise<void> }
+  let handle: { db: Database, kind: 'postgres' | 'pglite', location: string, pool?: DatabaseHandle['pool'], previousHolder?: DatabaseHandle['previousHolder'], close?: () => Promise<void> }
   if (deps.db) {
     handle = { db: deps.db, kind: deps.dbKind ?? 'postgres', location: 'injected' }
   } else {
@@ -71,6 +71,8 @@ export async function buildApp (config: Config, deps: AppDeps = {}): Promise<Fas
       pgliteDataDir: config.PGLITE_DATA_DIR,
     })
     app.log.info({ database: handle.kind, location: handle.location }, `database: ${handle.kind} at ${handle.location}`)
+    const killed = handle.previousHolder
+    if (killed) app.log.warn({ previous_pid: killed.pid, previous_host: killed.host, since: killed.since }, `the process that used ${handle.location} before (pid ${killed.pid}) stopped without closing it; the database recovers as after a crash`)
   }
 
   try {

@@ -1,6 +1,7 @@
 import closeWithGrace from 'close-with-grace'
 import { buildApp } from './app.js'
 import { ConfigError, loadConfig } from './config.js'
+import { explainStartupError } from './startup-errors.js'
 
 async function main (): Promise<void> {
   let config
@@ -24,6 +25,11 @@ async function main (): Promise<void> {
 }
 
 main().catch((error) => {
+  const known = explainStartupError(error)
+  if (known) {
+    process.stderr.write(`cannot start: ${known.line}\n`)
+    process.exit(known.exitCode)
+  }
   process.stderr.write(`failed to start: ${error instanceof Error ? error.stack : String(error)}\n`)
   process.exit(1)
 })

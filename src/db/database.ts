@@ -2,6 +2,7 @@ import { mkdirSync } from 'node:fs'
 import { CompiledQuery, Kysely, PostgresDialect } from 'kysely'
 import { PGlite } from '@electric-sql/pglite'
 import pg from 'pg'
+import { lockDataDir, type Holder } from './data-dir-lock.js'
 import { PGliteDialect, SessionLock } from './pglite-dialect.js'
 import { prepareStatements } from './prepared-statements.js'
 import type { DB } from './types.js'
@@ -15,6 +16,8 @@ export interface DatabaseHandle {
   location: string
   /** The pg Pool behind `db` (Postgres only), for its metrics. */
   pool?: pg.Pool
+  /** The process that held the embedded folder before this one and was killed without releasing it. */
+  previousHolder?: Holder
   close(): Promise<void>
 }
 
@@ -48,7 +51,30 @@ export async function openDatabase (options: DatabaseOptions): Promise<DatabaseH
     }
   }
   const dataDir = options.pgliteDataDir ?? './data/pglite'
-  if (!dataDir.startsWith('memory://')) mkdirSync(dataDir, { recursive: true })
+  if (dataDir.startsWith('memory://')) return openPglite(dataDir)
+  mkdirSync(dataDir, { recursive: true })
+  // Held until close: a second process on this folder is refused (DataDirInUseError), never run beside.
+  const folderLock = lockDataDir(dataDir)
+  try {
+    const handle = await openPglite(dataDir)
+    return {
+      ...handle,
+      previousHolder: folderLock.previous,
+      close: async () => {
+        try {
+          await handle.close()
+        } finally {
+          folderLock.release()
+        }
+      },
+    }
+  } catch (error) {
+    folderLock.release()
+    throw error
+  }
+}
+
+async function openPglite (dataDir: string): Promise<DatabaseHandle> {
   const pglite = await PGlite.create(dataDir, {
     parsers: { 20: (value: string) => value },
   })
