@@ -4,6 +4,7 @@ import { PGlite } from '@electric-sql/pglite'
 import pg from 'pg'
 import { lockDataDir, type Holder } from './data-dir-lock.js'
 import { PGliteDialect, SessionLock } from './pglite-dialect.js'
+import { defaultSeedPath, seedFor } from './pglite-seed.js'
 import { prepareStatements } from './prepared-statements.js'
 import type { DB } from './types.js'
 
@@ -28,6 +29,8 @@ export interface DatabaseOptions {
   /** Named statements kept per connection (0: none). */
   statementCacheSize?: number
   pgliteDataDir?: string
+  /** An empty database to copy into a new folder (pglite-seed.ts); default: the one the build wrote, if any. */
+  pgliteSeed?: string
 }
 
 export async function openDatabase (options: DatabaseOptions): Promise<DatabaseHandle> {
@@ -51,12 +54,13 @@ export async function openDatabase (options: DatabaseOptions): Promise<DatabaseH
     }
   }
   const dataDir = options.pgliteDataDir ?? './data/pglite'
-  if (dataDir.startsWith('memory://')) return openPglite(dataDir)
+  const seed = options.pgliteSeed ?? defaultSeedPath()
+  if (dataDir.startsWith('memory://')) return openPglite(dataDir, seed)
   mkdirSync(dataDir, { recursive: true })
   // Held until close: a second process on this folder is refused (DataDirInUseError), never run beside.
   const folderLock = lockDataDir(dataDir)
   try {
-    const handle = await openPglite(dataDir)
+    const handle = await openPglite(dataDir, seed)
     return {
       ...handle,
       previousHolder: folderLock.previous,
@@ -74,9 +78,10 @@ export async function openDatabase (options: DatabaseOptions): Promise<DatabaseH
   }
 }
 
-async function openPglite (dataDir: string): Promise<DatabaseHandle> {
+async function openPglite (dataDir: string, seedPath: string): Promise<DatabaseHandle> {
   const pglite = await PGlite.create(dataDir, {
     parsers: { 20: (value: string) => value },
+    loadDataDir: seedFor(dataDir, seedPath),
   })
   const lock = new SessionLock()
   const db = new Kysely<DB>({ dialect: new PGliteDialect(pglite, lock) })
