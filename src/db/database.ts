@@ -89,7 +89,11 @@ async function openPglite (dataDir: string, seedPath: string): Promise<DatabaseH
     db,
     kind: 'pglite',
     location: dataDir,
-    close: () => db.destroy(),
+    close: async () => {
+      await db.destroy()
+      // Kysely closes PGlite only once it has run a query; one started from a seed otherwise keeps the process alive.
+      if (!pglite.closed) await pglite.close()
+    },
   }
 }
 

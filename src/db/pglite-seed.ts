@@ -14,9 +14,16 @@ export function pgliteVersion (): string {
   return JSON.parse(readFileSync(join(dirname(entry), '..', 'package.json'), 'utf8')).version
 }
 
-/** Where the build writes the seed: dist/ beside the compiled code (so the Docker image has it too). */
+/**
+ * Where the build writes the seed: dist/, beside the compiled code (so the Docker image has it too).
+ * Run from the sources (tsx: tests, npm run dev), this module finds the one in dist/ when the
+ * project has been built.
+ */
 export function defaultSeedPath (): string {
-  return fileURLToPath(new URL(`../../pglite-seed-${pgliteVersion()}.tar.gz`, import.meta.url))
+  const name = `pglite-seed-${pgliteVersion()}.tar.gz`
+  const built = fileURLToPath(new URL(`../../${name}`, import.meta.url))
+  const fromSources = fileURLToPath(new URL(`../../dist/${name}`, import.meta.url))
+  return import.meta.url.endsWith('.ts') ? fromSources : built
 }
 
 /** The seed to start `dataDir` from, or undefined when the folder already holds a database or there is no seed. */

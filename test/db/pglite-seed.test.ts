@@ -31,6 +31,6 @@ t.test('a new folder starts from the seed, takes the migrations, and reopens as 
 
 t.test('the seed is named by the PGlite version that wrote it, beside the compiled code; none means initdb', async (t) => {
   t.match(pgliteVersion(), /^\d+\.\d+\.\d+/)
-  t.ok(defaultSeedPath().endsWith(`/pglite-seed-${pgliteVersion()}.tar.gz`))
+  t.equal(defaultSeedPath(), `${new URL('../..', import.meta.url).pathname}dist/pglite-seed-${pgliteVersion()}.tar.gz`, 'run from the sources: the one the build wrote')
   t.equal(seedFor(t.testdir({}), join(t.testdirName, 'absent.tar.gz')), undefined)
 })
