@@ -51,7 +51,7 @@ t.test('two services on one folder: the second refuses to start, naming the fold
 
   const second = startService(dir)
   t.equal(await second.exited, 69, 'exit code 69 (EX_UNAVAILABLE)')
-  t.equal(second.stderr(), `cannot start: the embedded database folder ${resolve(dir)} is in use by another process (pid ${first.child.pid}): stop that one, or give this one its own PGLITE_DATA_DIR (several instances share one database through DATABASE_URL)\n`)
+  t.equal(second.stderr(), `otn-service: the embedded database folder ${resolve(dir)} is in use by another process (pid ${first.child.pid}): stop that one, or give this one its own PGLITE_DATA_DIR (several instances share one database through DATABASE_URL)\n`)
   t.same(second.lines.filter((l) => l.docs), [], 'the second never listened')
 
   const put = await fetch(`${base}/v1/pages/4100`, { method: 'PUT', headers, body: JSON.stringify({ name: 'Acknowledged', access_token: 'tok' }) })
