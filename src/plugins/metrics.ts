@@ -67,7 +67,8 @@ function databaseMetrics (app: FastifyInstance, register: Registry): void {
   const notifications = new Gauge({ name: 'otn_notifications', help: 'Notifications in a status; only pending (not yet settled) is counted.', labelNames: ['status'] as const, registers: [register], collect })
   const oldest = new Gauge({ name: 'otn_notifications_oldest_age_seconds', help: 'Age of the oldest notification in a status (0 when there is none); only pending.', labelNames: ['status'] as const, registers: [register], collect })
   const queued = new Gauge({ name: 'otn_jobs_queued', help: 'Jobs waiting in each job queue (created or retrying, not yet active).', labelNames: ['queue'] as const, registers: [register], collect })
-  const fromDatabase = [tokens, notifications, oldest, queued]
+  const pages = new Gauge({ name: 'otn_pages', help: 'Registered Pages by health: healthy="false" after a Graph API error that concerns the Page itself (its access token or permissions; GET /v1/pages/{pageId} shows last_error), until its token is replaced.', labelNames: ['healthy'] as const, registers: [register], collect })
+  const fromDatabase = [tokens, notifications, oldest, queued, pages]
 
   async function read (): Promise<void> {
     try {
@@ -80,6 +81,8 @@ function databaseMetrics (app: FastifyInstance, register: Registry): void {
           from notifications n
           left join optin_tokens t on t.page_id = n.page_id and t.psid = n.psid and ${heldBy(sql.ref('n.id'), 't')}
          where n.completed_at is null and n.status = 'pending'`.execute(app.db)
+      const { rows: [health] } = await sql<{ healthy: number, unhealthy: number }>`
+        select count(*) filter (where healthy)::float8 as healthy, count(*) filter (where not healthy)::float8 as unhealthy from pages`.execute(app.db)
       const queues: Array<[string, number]> = []
       for (const { name } of await app.jobs.getQueues()) queues.push([name, await app.jobs.getQueueSize(name)])
       for (const gauge of fromDatabase) gauge.reset()
@@ -87,6 +90,8 @@ function databaseMetrics (app: FastifyInstance, register: Registry): void {
       notifications.set({ status: 'pending' }, backlog.pending)
       oldest.set({ status: 'pending' }, backlog.oldest_pending_seconds)
       for (const [queue, size] of queues) queued.set({ queue }, size)
+      pages.set({ healthy: 'true' }, health.healthy)
+      pages.set({ healthy: 'false' }, health.unhealthy)
       up.set(1)
     } catch (err) {
       app.log.warn({ err }, 'metrics: the database did not answer; its gauges are left out of this scrape')
