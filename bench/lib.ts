@@ -1,5 +1,4 @@
 // Shared pieces of the benchmarks and the soak: databases, child processes, autocannon, tables.
-import { fork, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { createServer } from 'node:net'
@@ -63,83 +62,6 @@ export async function freePort (): Promise<number> {
       server.close(() => resolve(port))
     })
   })
-}
-
-// ---------------------------------------------------------------------------------------------
-// Child processes: the system under test runs apart from the load generator, so that autocannon's
-// own work never sits on the measured event loop.
-
-export type TargetMode = 'app' | 'ceilings' | 'emulator'
-
-export interface Target {
-  url: string
-  child: ChildProcess
-  call<T = unknown> (cmd: string, args?: unknown): Promise<T>
-  stop (): Promise<void>
-}
-
-interface Reply { id?: number, type?: string, port?: number, ok?: boolean, result?: unknown, error?: string }
-
-/** Starts bench/target.ts in `mode` (with `env` added) and waits until it listens on 127.0.0.1. */
-export async function startTarget (mode: TargetMode, env: Record<string, string> = {}): Promise<Target> {
-  const child = fork(fileURLToPath(new URL('./target.ts', import.meta.url)), [mode], {
-    // BENCH_CPU_PROFILE=<dir>: each app and emulator target writes a V8 CPU profile there when it stops.
-    // --expose-gc: the bench collects each target's garbage once before the rounds (the `gc` command).
-    // The emulator stands in for Meta and holds every seeded token (600 MB with the levers' apps): a
-    // full collection of its heap costs it about a core-second, on the cores the measured processes
-    // need. Without V8's memory reducer it does not collect when it goes quiet (the ceilings'
-    // rounds), and with the heap let grow to twice what it holds after the collection before the
-    // rounds, the 30–40 MB a minute it keeps of the sends does not call for another within a run.
-    execArgv: [
-      '--import', 'tsx', '--expose-gc',
-      ...(mode === 'emulator' ? ['--no-memory-reducer', '--heap-growing-percent=100', '--max-old-space-size=4096'] : []),
-      ...((mode === 'app' || mode === 'emulator') && process.env.BENCH_CPU_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_CPU_PROFILE}`] : []),
-    ],
-    env: { ...process.env, ...env },
-    stdio: ['ignore', 'pipe', 2, 'ipc'],
-  })
-  // Its logs go to stderr, so that stdout carries only the results; a deliberately chatty
-  // LOG_LEVEL (the logging-cost lever) is written to the pipe as in production, then dropped here.
-  const chatty = ['info', 'debug', 'trace'].includes(env.LOG_LEVEL ?? '')
-  child.stdout!.on('data', (chunk: Buffer) => { if (!chatty) process.stderr.write(chunk) })
-  const pending = new Map<number, { resolve (v: unknown): void, reject (e: Error): void }>()
-  let seq = 0
-  const port = await new Promise<number>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${mode} target did not start within 60 s`)), 60_000)
-    child.once('exit', (code) => { clearTimeout(timer); reject(new Error(`${mode} target exited (${code}) before it was ready`)) })
-    child.on('message', (m: Reply) => {
-      if (m.type === 'ready') { clearTimeout(timer); resolve(m.port!) }
-      if (m.id !== undefined) {
-        const p = pending.get(m.id)
-        pending.delete(m.id)
-        if (m.ok) p?.resolve(m.result)
-        else p?.reject(new Error(m.error))
-      }
-    })
-  })
-  child.on('exit', () => {
-    for (const p of pending.values()) p.reject(new Error(`${mode} target exited`))
-    pending.clear()
-  })
-  return {
-    url: `http://127.0.0.1:${port}`,
-    child,
-    call<T> (cmd: string, args?: unknown): Promise<T> {
-      const id = ++seq
-      return new Promise<T>((resolve, reject) => {
-        pending.set(id, { resolve: resolve as (v: unknown) => void, reject })
-        child.send({ id, cmd, args })
-      })
-    },
-    async stop () {
-      if (child.exitCode !== null || child.signalCode !== null) return
-      const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
-      child.send({ id: ++seq, cmd: 'close' })
-      const timer = setTimeout(() => child.kill('SIGKILL'), 15_000)
-      await exited
-      clearTimeout(timer)
-    },
-  }
 }
 
 // ---------------------------------------------------------------------------------------------

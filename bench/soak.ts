@@ -14,7 +14,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { pathToFileURL } from 'node:url'
 import pg from 'pg'
 import { request } from 'undici'
-import { NO_ANSWER_LOG } from '../src/domain/notifications.js'
+import { NO_ANSWER_LOG } from '../src/domain/send.js'
 import { createEmulator, type Emulator, type FaultConfig } from '../src/emulator/emulator.js'
 import { API_KEY, APP_SECRET, REPO_ROOT, envInt, freePort, table } from './lib.js'
 import { startCluster, type Cluster } from './pg-cluster.js'
@@ -276,21 +276,30 @@ export async function runSoak (opts: SoakOptions): Promise<SoakReport> {
         counts.sends++
         // A careful caller: the same Idempotency-Key again while it has not learnt the outcome (no
         // answer, a balancer 502, the database unavailable, the first request still in progress).
+        // A request still in progress says so at once with a Retry-After: asked again after it, for
+        // up to a minute, without counting as one of the five tries.
+        const deadline = Date.now() + 60_000
         for (let attempt = 1; ; attempt++) {
           let status: string
           let retry: boolean
+          let inProgress = false
           try {
             const res = await api('POST', '/v1/notifications', { topic_id: topic.id, psid, message: { text: 'Back in stock' } }, { 'idempotency-key': key })
             status = String(res.status)
             const body = res.status >= 400 ? safeJson(res.text) : undefined
-            retry = (res.status >= 500 && body?.notification === undefined && body?.graph === undefined) ||
-              (res.status === 409 && body?.code === 'idempotency_in_progress')
+            inProgress = res.status === 409 && body?.code === 'idempotency_in_progress'
+            retry = inProgress || (res.status >= 500 && body?.notification === undefined && body?.graph === undefined)
           } catch {
             status = 'no answer'
             retry = true
           }
           sendStatus.set(status, (sendStatus.get(status) ?? 0) + 1)
           if (!retry) break
+          if (inProgress && Date.now() < deadline) {
+            attempt--
+            await sleep(1000)
+            continue
+          }
           if (attempt >= 5) {
             counts.sendGaveUp++
             break

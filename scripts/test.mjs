@@ -1,5 +1,6 @@
 // Runs the tap suite on embedded PGlite, and again on Postgres when TEST_DATABASE_URL names a
 // server; prints one closing line "N passed, N failed" over both runs (tap's summary is not read by CI).
+// test/perf (statement counts, plans, prepared statements: Postgres's own) runs in the Postgres pass only.
 import { spawn } from 'node:child_process'
 
 const files = process.argv.slice(2)
@@ -8,7 +9,8 @@ if (process.env.TEST_DATABASE_URL) targets.push('postgres')
 
 function run (target) {
   return new Promise((resolve) => {
-    const child = spawn('npx', ['tap', '--reporter=tap', ...files], {
+    const only = target === 'postgres' || files.length > 0 ? [] : ['--exclude=test/perf/**']
+    const child = spawn('npx', ['tap', '--reporter=tap', ...only, ...files], {
       env: { ...process.env, TEST_DATABASE: target },
       stdio: ['ignore', 'pipe', 'inherit'],
     })

@@ -14,6 +14,7 @@ import database from './plugins/database.js'
 import docs from './plugins/docs.js'
 import errors, { frameworkErrors } from './plugins/errors.js'
 import jobs from './plugins/jobs.js'
+import sender from './plugins/sender.js'
 import metrics, { notificationCounter } from './plugins/metrics.js'
 import { broadcastWorkers } from './jobs/broadcast-worker.js'
 import broadcastRoutes from './routes/broadcasts.js'
@@ -107,6 +108,7 @@ export async function buildApp (config: Config, deps: AppDeps = {}): Promise<Fas
 
   await app.register(errors)
   await app.register(database, { db: handle.db, close: handle.close })
+  await app.register(sender)
   await app.register(jobs, { workers: [broadcastWorkers] })
   if (register) await app.register(metrics, { register, pool: handle.pool })
   await app.register(docs)

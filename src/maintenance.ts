@@ -1,17 +1,21 @@
 import type { FastifyBaseLogger, FastifyInstance } from 'fastify'
 import type { Config } from './config.js'
 import type { Database } from './db/database.js'
-import type { Notification } from './db/types.js'
-import type { GraphClient } from './graph/client.js'
+import type { Sender } from './domain/send.js'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** The maintenance run in progress (or the last one), resolved when it ends. */
+    maintenance: () => Promise<unknown>
+  }
+}
 
 export interface MaintenanceContext {
   db: Database
   config: Config
   log: FastifyBaseLogger
-  /** Lease recovery re-sends reserved tokens. */
-  graph: GraphClient
-  /** See SendDeps.onFinal. */
-  onFinal?: (n: Notification) => void
+  /** Lease recovery finishes sends through the one send path. */
+  sender: Sender
 }
 
 /**
@@ -36,14 +40,19 @@ async function runMaintenance (ctx: MaintenanceContext, tasks: MaintenanceTask[]
   return done
 }
 
-/** Runs the tasks once when the app is ready and then every MAINTENANCE_INTERVAL_SECONDS until it closes. */
+/**
+ * Runs the tasks once the app is ready and then every MAINTENANCE_INTERVAL_SECONDS until it
+ * closes, in the background: a long run (recovery of a large backlog while Meta is slow) never
+ * holds up start-up or readiness. One run at a time per instance; `app.maintenance` resolves when
+ * the current one ends (tests wait on it).
+ */
 export function scheduleMaintenance (app: FastifyInstance, tasks: MaintenanceTask[]): void {
   let timer: NodeJS.Timeout | undefined
   let running: Promise<unknown> = Promise.resolve()
-  const ctx = (): MaintenanceContext => ({ db: app.db, config: app.config, log: app.log, graph: app.graph, onFinal: app.notificationFinished })
+  const ctx = (): MaintenanceContext => ({ db: app.db, config: app.config, log: app.log, sender: app.sender })
+  app.decorate('maintenance', () => running)
   app.addHook('onReady', async () => {
     running = runMaintenance(ctx(), tasks)
-    await running
     timer = setInterval(() => {
       running = running.then(() => runMaintenance(ctx(), tasks))
     }, app.config.MAINTENANCE_INTERVAL_SECONDS * 1000)

@@ -1,9 +1,16 @@
-import { expireTokens } from './domain/expiry.js'
-import { recoverLeases } from './domain/leases.js'
+import { recoverLeases } from './domain/recovery.js'
+import { expireTokens } from './domain/token-store.js'
 import type { MaintenanceTask } from './maintenance.js'
 
 /** Every periodic sweep the service runs; add new ones here. */
 export const maintenanceTasks: MaintenanceTask[] = [
   { name: 'expire_tokens', run: ({ db }) => expireTokens(db) },
-  { name: 'recover_leases', run: ({ db, graph, config, log, onFinal }) => recoverLeases({ db, graph, config, log, onFinal }) },
+  {
+    name: 'recover_leases',
+    // Sends in flight at once: a share of the Graph connections, so recovery never starves live sends.
+    run: ({ sender, config, log }) => recoverLeases(sender.deps, {
+      concurrency: Math.max(1, Math.min(config.RECOVERY_CONCURRENCY, Math.floor(config.GRAPH_API_CONNECTIONS / 2))),
+      progress: (p) => { if (p.resolved + p.deferred > 0) log.info({ task: 'recover_leases', ...p }, 'lease recovery: progress') },
+    }),
+  },
 ]

@@ -1,23 +1,17 @@
 import type { ColumnType, Generated, Insertable, Selectable } from 'kysely'
+import type { GraphError } from '../graph/errors.js'
+import type { NotificationStatus, Route, TokenKind, TokenOutcome, TokenState } from '../domain/lifecycle.js'
 
 type Timestamp = ColumnType<Date, Date | string | undefined, Date | string>
 type CreatedAt = ColumnType<Date, Date | string | undefined, never>
 type Json<T = unknown> = ColumnType<T, string, string>
 
-export type TokenKind = 'one_time_notif' | 'notification_messages'
-/** `available` with a `notification_id`: held by that (pending) notification's send (claims.ts). */
-export type TokenState = 'available' | 'used' | 'invalid' | 'expired' | 'discarded' | 'unconfirmed'
-export type NotificationStatus = 'pending' | 'sent' | 'no_token' | 'failed' | 'unconfirmed'
-export type NotificationRoute = 'window' | 'token'
+// The lifecycle's states are defined once, in src/domain/lifecycle.ts.
+export type { NotificationStatus, TokenKind, TokenState } from '../domain/lifecycle.js'
+export type NotificationRoute = Route
+/** What became of the token a notification held, as of its outcome. */
+export type NotificationTokenState = TokenOutcome
 export type MessagingType = 'UPDATE' | 'RESPONSE' | 'MESSAGE_TAG'
-export type NotificationTokenState = 'used' | 'released' | 'invalid' | 'unconfirmed'
-
-export interface GraphError {
-  code: number | null
-  subcode: number | null
-  message: string
-  fbtrace_id: string | null
-}
 
 export interface PagesTable {
   id: string

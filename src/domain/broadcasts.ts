@@ -1,15 +1,16 @@
-import { createHash, randomUUID } from 'node:crypto'
+import { randomUUID } from 'node:crypto'
 import { sql } from 'kysely'
 import type { Database } from '../db/database.js'
 import type { Broadcast, BroadcastOutcome, BroadcastState, Notification } from '../db/types.js'
-import { heldBy, usable } from './claims.js'
 import { DomainError, notFound } from './errors.js'
-import { recoverLeases } from './leases.js'
-import {
-  checkLabelling, getNotificationRow, resumeFromStart, sendNotification,
-  type Labelling, type NotificationProblem, type NotificationType, type SendDeps,
-} from './notifications.js'
+import { keyRace, replayOf, requestHash as hashOf } from './idempotency.js'
+import { retryOf } from './lifecycle.js'
+import { checkLabelling, labellingOf, type Labelling, type NotificationType } from './notifications.js'
 import { afterCursor, pageOf } from './pagination.js'
+import { recoverLeases, takeOverStale } from './recovery.js'
+import { getNotificationRow, notificationByKey, type NotificationProblem } from './send-steps.js'
+import { resumeFromStart, type Sender, type SendDeps } from './send.js'
+import { audiencePage, holdLeaseSeconds, usableHolders } from './token-store.js'
 
 export interface BroadcastInput extends Labelling {
   topic_id: string
@@ -106,40 +107,16 @@ async function progressOf (db: Database, ids: string[]): Promise<Map<string, Pro
   return out
 }
 
-function canonical (value: unknown): unknown {
-  if (Array.isArray(value)) return value.map(canonical)
-  if (value && typeof value === 'object') {
-    return Object.fromEntries(Object.keys(value).sort().map((k) => [k, canonical((value as Record<string, unknown>)[k])]))
-  }
-  return value
-}
-
 function requestHash (input: BroadcastInput, psids: string[] | undefined): string {
-  const body = {
+  return hashOf({
     topic_id: input.topic_id,
     message: input.message,
     notification_type: input.notification_type ?? 'REGULAR',
     use_window: input.use_window ?? true,
     send_at: input.send_at === undefined ? null : new Date(input.send_at).toISOString(),
     psids: psids ?? null,
-    // Counted only when not the default, so that keys hashed before it existed still match.
-    ...((input.messaging_type ?? 'UPDATE') !== 'UPDATE' || input.tag !== undefined
-      ? { messaging_type: input.messaging_type ?? 'UPDATE', tag: input.tag ?? null }
-      : {}),
-  }
-  return createHash('sha256').update(JSON.stringify(canonical(body))).digest('hex')
-}
-
-/**
- * Distinct people holding an unspent OTN token on (Page, payload) now, counting tokens a send in
- * flight holds (like the topic's counts: an index-only count, however many tokens the topic has).
- */
-async function usableHolders (db: Database, pageId: string, payload: string): Promise<number> {
-  const { rows: [row] } = await sql<{ n: number }>`
-    select count(distinct psid)::int as n from optin_tokens
-     where page_id = ${pageId} and payload = ${payload} and kind = 'one_time_notif'
-       and state = 'available' and expires_at > now()`.execute(db)
-  return row.n
+    ...labellingOf(input),
+  })
 }
 
 export interface CreateOptions {
@@ -167,7 +144,7 @@ export async function createBroadcast (db: Database, input: BroadcastInput, opts
   const page = await db.selectFrom('pages').select(['id', 'access_token']).where('id', '=', topic.page_id).executeTakeFirst()
   if (!page) throw notFound('page', topic.page_id)
   if (page.access_token === null) {
-    throw new DomainError('conflict', 'page_without_access_token',
+    throw new DomainError('page_without_access_token',
       `Page ${page.id} has no access token; PUT /v1/pages/${page.id} with one first.`)
   }
 
@@ -209,7 +186,7 @@ export async function createBroadcast (db: Database, input: BroadcastInput, opts
   if (created) return { broadcast: created, replayed: false }
   // Another request with this key won the insert a moment ago.
   const winner = await byKey(db, opts.idempotencyKey!)
-  if (!winner) throw new DomainError('conflict', 'idempotency_in_progress', 'Try again.', { retryAfterSeconds: 1 })
+  if (!winner) throw keyRace()
   return { broadcast: replayable(winner, hash), replayed: true }
 }
 
@@ -217,12 +194,9 @@ async function byKey (db: Database, key: string): Promise<Broadcast | undefined>
   return db.selectFrom('broadcasts').selectAll().where('idempotency_key', '=', key).executeTakeFirst()
 }
 
+/** A broadcast is created whole in one transaction: one under a key is never in flight. */
 function replayable (existing: Broadcast, hash: string): Broadcast {
-  if (existing.request_hash !== hash) {
-    throw new DomainError('unprocessable', 'idempotency_conflict',
-      'This Idempotency-Key was used with a different request body; use a new key for a new broadcast.')
-  }
-  return existing
+  return replayOf(existing, hash, 'broadcast')
 }
 
 export async function getBroadcastRow (db: Database, id: string): Promise<Broadcast | undefined> {
@@ -290,7 +264,7 @@ export async function cancelBroadcast (db: Database, id: string): Promise<Broadc
     const existing = await getBroadcastRow(db, id)
     if (!existing) throw notFound('broadcast', id)
     if (existing.state === 'completed') {
-      throw new DomainError('conflict', 'broadcast_completed', `Broadcast ${id} has already completed; there is nothing left to cancel.`)
+      throw new DomainError('broadcast_completed', `Broadcast ${id} has already completed; there is nothing left to cancel.`)
     }
   }
   await cancelPendingRecipients(db, id)
@@ -319,13 +293,7 @@ export async function planNextBatch (db: Database, b: Broadcast, batchSize: numb
     .where('broadcast_id', '=', b.id).orderBy('psid', 'desc').limit(1).executeTakeFirst()
   const batch = last ? last.batch + 1 : 0
   const { rows: [row] } = await sql<{ listed: number, inserted: number }>`
-    with audience as (
-      select distinct psid from optin_tokens
-       where page_id = ${topic.page_id} and payload = ${topic.payload} and kind = 'one_time_notif'
-         and ${usable()} and expires_at > now()
-         ${last ? sql`and psid > ${last.psid}` : sql``}
-       order by psid
-       limit ${batchSize}),
+    with audience as (${audiencePage(topic.page_id, topic.payload, last?.psid, batchSize)}),
     added as (
       insert into broadcast_recipients (broadcast_id, psid, batch)
       select ${b.id}, psid, ${batch} from audience
@@ -419,7 +387,8 @@ export async function pausePage (db: Database, pageId: string, seconds: number):
     on conflict (page_id) do update set next_slot_at = greatest(p.next_slot_at, clock_timestamp() + make_interval(secs => ${seconds}))`.execute(db)
 }
 
-export interface RecipientDeps extends SendDeps {
+export interface RecipientDeps {
+  sender: Sender
   maxAttempts: number
   backoffSeconds: number
 }
@@ -440,21 +409,20 @@ const LEFT_BEFORE_SEND = new Set(['topic_not_found', 'page_not_found', 'page_wit
  */
 export async function sendToRecipient (deps: RecipientDeps, b: Broadcast, r: ClaimedRecipient): Promise<RecipientResult> {
   const key = recipientKey(b.id, r.psid, r.retries)
-  const existing = r.started
-    ? await deps.db.selectFrom('notifications').selectAll().where('idempotency_key', '=', key).executeTakeFirst()
-    : undefined
+  const send = deps.sender.deps
+  const existing = r.started ? await notificationByKey(send.db, key) : undefined
   if (existing && existing.broadcast_id !== b.id) {
     // A caller of POST /v1/notifications chose this very key: never send under someone else's record.
     return { kind: 'done', outcome: 'failed', error_code: 'idempotency_conflict', notification_id: null }
   }
   if (existing) {
-    const n = existing.status === 'pending' ? await resolveInterrupted(deps, existing) : existing
+    const n = existing.status === 'pending' ? await resolveInterrupted(send, existing) : existing
     return 'wait' in n ? { kind: 'wait', seconds: n.wait } : resultOf(deps, n, r)
   }
   if (r.broadcast_state === 'cancelled') return { kind: 'cancelled' }
   if (r.broadcast_state !== 'running') return { kind: 'wait', seconds: Math.max(1, (b.send_at.getTime() - Date.now()) / 1000) }
   try {
-    const result = await sendNotification(deps, {
+    const result = await deps.sender.send({
       topic_id: b.topic_id,
       psid: r.psid,
       message: b.message,
@@ -484,11 +452,11 @@ function resultOf (deps: RecipientDeps, n: Notification, r: ClaimedRecipient): R
     case 'pending': return { kind: 'wait', seconds: 1 }
     case 'failed': {
       const problem = n.error as unknown as NotificationProblem | null
-      // 429 and 503 mean nothing was sent and the token was kept: the person may be tried again.
-      const retryable = n.http_status === 429 || n.http_status === 503
-      if (retryable && r.retries + 1 < deps.maxAttempts) {
-        const after = Math.min(problem?.retry_after_seconds ?? 5, deps.backoffSeconds)
-        return { kind: 'retry', afterSeconds: after, ...(n.http_status === 429 ? { pausePageSeconds: after } : {}) }
+      // A refusal with a Retry-After spent nothing and kept the token: the person may be tried again.
+      const retry = problem ? retryOf(problem.code, problem.retry_after_seconds) : undefined
+      if (retry && r.retries + 1 < deps.maxAttempts) {
+        const after = Math.min(retry.afterSeconds, deps.backoffSeconds)
+        return { kind: 'retry', afterSeconds: after, ...(retry.pausesPage ? { pausePageSeconds: after } : {}) }
       }
       return done('failed', problem?.code ?? 'failed')
     }
@@ -501,21 +469,14 @@ function resultOf (deps: RecipientDeps, n: Notification, r: ClaimedRecipient): R
  * same token, which Meta accepts at most once); without one, the send is taken over and resumed
  * once it went untouched for a lease. Until then: wait.
  */
-async function resolveInterrupted (deps: RecipientDeps, n: Notification): Promise<Notification | { wait: number }> {
+async function resolveInterrupted (deps: SendDeps, n: Notification): Promise<Notification | { wait: number }> {
   const lease = deps.config.TOKEN_LEASE_SECONDS
-  const held = await sql<{ wait: number }>`
-    select extract(epoch from (lease_expires_at - now()))::float8 as wait
-      from optin_tokens
-     where page_id = ${n.page_id} and psid = ${n.psid} and ${heldBy(n.id)}`.execute(deps.db)
-  if (held.rows.length > 0) {
-    const wait = held.rows[0].wait
+  const wait = await holdLeaseSeconds(deps.db, n)
+  if (wait !== undefined) {
     if (wait > 0) return { wait: Math.ceil(wait) }
     await recoverLeases(deps)
   } else {
-    const taken = await deps.db.updateTable('notifications').set({ updated_at: sql`now()` })
-      .where('id', '=', n.id).where('status', '=', 'pending')
-      .where('updated_at', '<', sql<Date>`now() - make_interval(secs => ${lease})`)
-      .returningAll().executeTakeFirst()
+    const taken = await takeOverStale(deps, n.id, lease)
     if (taken) {
       deps.log?.info({ notification_id: n.id, broadcast_id: n.broadcast_id }, 'broadcast: resuming an interrupted send')
       return resumeFromStart(deps, taken)

@@ -1,22 +1,49 @@
-import type { GraphError } from '../db/types.js'
+import type { GraphError } from '../graph/errors.js'
 
-/** What went wrong, in terms a caller can act on; the HTTP layer maps kinds to status codes. */
-export type ErrorKind = 'invalid' | 'not_found' | 'conflict' | 'unprocessable' | 'throttled' | 'upstream' | 'unavailable' | 'timeout'
+/**
+ * Every code the domain answers a caller with, in the domain's words (no HTTP here: the HTTP
+ * layer's catalogue, src/plugins/errors.ts, gives each its status). Grouped by what a caller does.
+ */
+export const DOMAIN_CODES = [
+  // the request names something that does not exist
+  'topic_not_found', 'page_not_found', 'notification_not_found', 'broadcast_not_found', 'subscriber_not_found',
+  // the request is malformed in a way the schema cannot say
+  'invalid_webhook_body', 'invalid_payload', 'invalid_cursor', 'empty_update', 'tag_required', 'tag_without_message_tag',
+  // the state of things refuses it
+  'page_without_access_token', 'window_closed', 'topic_name_taken', 'topic_payload_taken', 'topic_has_tokens', 'page_has_topics',
+  'broadcast_completed', 'no_token', 'idempotency_in_progress', 'idempotency_conflict', 'webhook_not_configured',
+  // we hold back, or Meta did
+  'optin_request_throttled', 'graph_rate_limited',
+  // Meta refused (the message, the person, the Page or the token)
+  'graph_request_invalid', 'graph_message_refused', 'graph_token_refused', 'graph_recipient_invalid', 'graph_topic_stopped',
+  'graph_person_unavailable', 'graph_page_restricted', 'graph_page_token_invalid', 'graph_permission_missing',
+  'graph_optin_restricted', 'graph_error',
+  // Meta could not be reached or did not answer
+  'graph_temporary', 'graph_unreachable', 'graph_unconfirmed',
+] as const
+export type DomainCode = (typeof DOMAIN_CODES)[number]
+
+export interface DomainErrorExtra {
+  retryAfterSeconds?: number
+  graph?: GraphError
+  [key: string]: unknown
+}
 
 export class DomainError extends Error {
   constructor (
-    public readonly kind: ErrorKind,
-    public readonly code: string,
+    public readonly code: DomainCode,
     message: string,
-    public readonly extra: Record<string, unknown> & { retryAfterSeconds?: number, graph?: GraphError } = {},
+    public readonly extra: DomainErrorExtra = {},
   ) {
     super(message)
     this.name = 'DomainError'
   }
 }
 
-export const notFound = (what: string, id: string): DomainError =>
-  new DomainError('not_found', `${what}_not_found`, `No ${what} with id ${id}.`)
+type Findable = 'topic' | 'page' | 'notification' | 'broadcast' | 'subscriber'
+
+export const notFound = (what: Findable, id: string): DomainError =>
+  new DomainError(`${what}_not_found`, `No ${what} with id ${id}.`)
 
 /** Postgres unique violation, the same code on pg and PGlite. */
 export function uniqueViolation (error: unknown): string | undefined {

@@ -5,6 +5,7 @@ import { GroupCommit } from '../db/group-commit.js'
 import type { TokenKind } from '../db/types.js'
 import { DomainError } from './errors.js'
 import { isPageId, isPayload, isPsid, isToken } from './ids.js'
+import { insertTokens } from './token-store.js'
 import { OTN_TOKEN_LIFETIME_MS } from './window.js'
 
 /**
@@ -111,7 +112,7 @@ function kindOf (event: Json): EventKind {
 
 /**
  * Parses a signed body into what it changes. Not JSON, or not Meta's envelope (`object` a string,
- * `entry` an array), is a 400; anything inside the envelope is judged event by event: recorded,
+ * `entry` an array), is refused (invalid_webhook_body); anything inside the envelope is judged event by event: recorded,
  * ignored (a kind not recorded) or rejected (ids or a token the service cannot keep), each counted
  * with its reason, never failing the delivery (it stays whole in the raw log). Only `object: "page"`
  * deliveries are read for events.
@@ -122,11 +123,11 @@ export function parseDelivery (raw: Buffer, receivedAt: Date = new Date()): Deli
     body = JSON.parse(raw.toString('utf8'))
   } catch {
     // The parser's message quotes the body, which may hold a token: say nothing more.
-    throw new DomainError('invalid', 'invalid_webhook_body', 'The signed body is not JSON.')
+    throw new DomainError('invalid_webhook_body', 'The signed body is not JSON.')
   }
   const object = isObject(body) && body.object === undefined ? 'page' : isObject(body) ? body.object : undefined
   if (!isObject(body) || typeof object !== 'string' || object === '' || !Array.isArray(body.entry)) {
-    throw new DomainError('invalid', 'invalid_webhook_body',
+    throw new DomainError('invalid_webhook_body',
       'The signed body is not a webhook envelope: it needs "entry" (an array) and, when present, "object" (a string).')
   }
 
@@ -259,7 +260,7 @@ export interface DeliveryInput {
 /**
  * Stores deliveries in one statement: one round trip and one transaction for all of them, so a
  * failure leaves nothing behind and Meta's retry brings it all again. Each raw body goes into
- * webhook_events, each new token into optin_tokens (naming its event), each person's first-seen and
+ * webhook_events, each new token into the token store (naming its event), each person's first-seen and
  * last-interaction times into subscribers. Rows are written in key order so that concurrent
  * statements over overlapping people never deadlock; a token already held is left as it is (a
  * re-delivery, or another POST with it); a person's last interaction only moves forward, however
@@ -280,17 +281,7 @@ export async function recordDeliveries (db: Database, inputs: DeliveryInput[]): 
     ), event as (
       insert into webhook_events (id, signature, object, body) overriding system value
       select id, signature, object, body from input order by ord
-    ), new_tokens as (
-      insert into optin_tokens (kind, page_id, psid, payload, token, opted_in_at, expires_at, state, webhook_event_id)
-      select distinct on (t.token) t.kind, t.page_id, t.psid, t.payload, t.token, t.opted_in_at, t.expires_at,
-             case when t.expires_at <= now() then 'expired' else 'available' end,
-             input.id
-      from jsonb_to_recordset(${JSON.stringify(tokens)}::jsonb)
-        as t(ord int, kind text, page_id text, psid text, payload text, token text, opted_in_at timestamptz, expires_at timestamptz)
-        join input on input.ord = t.ord
-      order by t.token, t.opted_in_at, t.ord
-      on conflict (token) do nothing
-      returning webhook_event_id, state
+    ), new_tokens as (${insertTokens(JSON.stringify(tokens), 'input')}
     ), touched as (
       insert into subscribers (page_id, psid, first_seen_at, last_interaction_at)
       select s.page_id, s.psid, least(min(s.first_seen_at), now()),

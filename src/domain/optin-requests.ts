@@ -1,10 +1,11 @@
 import { sql, type Selectable } from 'kysely'
 import type { Config } from '../config.js'
 import type { Database } from '../db/database.js'
-import type { GraphError, OptinRequestsTable } from '../db/types.js'
+import type { OptinRequestsTable } from '../db/types.js'
 import type { GraphClient } from '../graph/client.js'
-import { classifyGraphError, TEMPORARY_RETRY_AFTER_SECONDS, verdictFor } from '../graph/errors.js'
-import { DomainError, notFound, type ErrorKind } from './errors.js'
+import { classifyGraphError, type GraphError } from '../graph/errors.js'
+import { DomainError, notFound, type DomainCode } from './errors.js'
+import { decide, TEMPORARY_RETRY_AFTER_SECONDS } from './lifecycle.js'
 import { recordPageError } from './pages.js'
 import { windowIsOpen } from './window.js'
 
@@ -66,12 +67,12 @@ export async function requestOptin (deps: OptinRequestDeps, topicId: string, inp
   const page = await db.selectFrom('pages').select(['id', 'access_token']).where('id', '=', topic.page_id).executeTakeFirst()
   if (!page) throw notFound('page', topic.page_id)
   if (page.access_token === null) {
-    throw new DomainError('conflict', 'page_without_access_token', `Page ${page.id} has no access token; PUT /v1/pages/${page.id} with one first.`)
+    throw new DomainError('page_without_access_token', `Page ${page.id} has no access token; PUT /v1/pages/${page.id} with one first.`)
   }
   const subscriber = await db.selectFrom('subscribers').select('last_interaction_at')
     .where('page_id', '=', topic.page_id).where('psid', '=', input.psid).executeTakeFirst()
   if (!windowIsOpen(subscriber?.last_interaction_at ?? null)) {
-    throw new DomainError('conflict', 'window_closed',
+    throw new DomainError('window_closed',
       'Meta lets a Page ask for an opt-in only within 24 hours of the person\'s last message; this person has not written since.')
   }
   const title = input.title ?? topic.title
@@ -93,8 +94,8 @@ export async function requestOptin (deps: OptinRequestDeps, topicId: string, inp
     }
     const failed = optinRequestView(await settle(db, row.id, 'failed', null, error))
     throw outcome.sent
-      ? new DomainError('timeout', 'graph_unconfirmed', `${error.message} It is not sent again, and counts toward the throttle.`, { optin_request: failed })
-      : new DomainError('unavailable', 'graph_unreachable', `${error.message} Nothing was sent.`, { retryAfterSeconds: TEMPORARY_RETRY_AFTER_SECONDS, optin_request: failed })
+      ? new DomainError('graph_unconfirmed', `${error.message} It is not sent again, and counts toward the throttle.`, { optin_request: failed })
+      : new DomainError('graph_unreachable', `${error.message} Nothing was sent.`, { retryAfterSeconds: TEMPORARY_RETRY_AFTER_SECONDS, optin_request: failed })
   }
 
   const failed = optinRequestView(await settle(db, row.id, 'failed', null, outcome.error))
@@ -102,26 +103,26 @@ export async function requestOptin (deps: OptinRequestDeps, topicId: string, inp
   if (alreadyAsked(outcome.error)) {
     // Meta does not say for how long; the next request waits our own interval, refused here without a Graph call.
     const wait = Math.max(1, deps.config.OPTIN_REQUEST_INTERVAL_SECONDS)
-    throw new DomainError('throttled', 'optin_request_throttled',
+    throw new DomainError('optin_request_throttled',
       `Meta says this person was already asked to opt in to this topic recently; ask again in ${wait} s. Meta said: ${outcome.error.message}`,
       { ...extra, retryAfterSeconds: wait })
   }
   if (OPTIN_RESTRICTED(outcome.error)) {
     await recordPageError(db, page.id, outcome.error)
-    throw new DomainError('upstream', 'graph_optin_restricted', `Meta restricts opt-in requests for this Page. Meta said: ${outcome.error.message}`, extra)
+    throw new DomainError('graph_optin_restricted', `Meta restricts opt-in requests for this Page. Meta said: ${outcome.error.message}`, extra)
   }
-  const verdict = verdictFor(classifyGraphError(outcome.httpStatus, outcome.error), 'window')
-  if (verdict.pageUnhealthy) await recordPageError(db, page.id, outcome.error)
-  if (verdict.action === 'fallback') {
-    throw new DomainError('conflict', 'window_closed', `Meta says the person's window is closed. Meta said: ${outcome.error.message}`, extra)
+  // A request goes out like a window send: the lifecycle table says what Meta's refusal means.
+  const decision = decide({ kind: 'one_time_notif', route: 'window', ambiguous: false, exhausted: true, recovering: false },
+    { kind: 'refused', cause: classifyGraphError(outcome.httpStatus, outcome.error) })
+  if (decision.pageUnhealthy) await recordPageError(db, page.id, outcome.error)
+  if (decision.next === 'token_route') {
+    throw new DomainError('window_closed', `Meta says the person's window is closed. Meta said: ${outcome.error.message}`, extra)
   }
-  throw new DomainError(kindOf[verdict.httpStatus], verdict.problemCode, `${verdict.detail} Meta said: ${outcome.error.message}`, {
+  throw new DomainError(decision.code as DomainCode, `${decision.detail} Meta said: ${outcome.error.message}`, {
     ...extra,
-    ...(verdict.retryAfterSeconds !== undefined ? { retryAfterSeconds: verdict.retryAfterSeconds } : {}),
+    ...(decision.retryAfterSeconds !== undefined ? { retryAfterSeconds: decision.retryAfterSeconds } : {}),
   })
 }
-
-const kindOf: Record<number, ErrorKind> = { 422: 'unprocessable', 429: 'throttled', 502: 'upstream', 503: 'unavailable' }
 
 /**
  * The throttle, race-safe: under a transaction-level advisory lock on (topic, person), the last
@@ -145,7 +146,7 @@ async function reserveSlot (deps: OptinRequestDeps, values: { topic_id: string, 
       if (last) {
         // created_at is rounded to the millisecond, so a request just made can look up to 1 s further away.
         const wait = Math.min(interval, Math.max(1, last.wait))
-        throw new DomainError('throttled', 'optin_request_throttled',
+        throw new DomainError('optin_request_throttled',
           `This person was asked to opt in to this topic less than ${interval} s ago; ask again in ${wait} s.`,
           { retryAfterSeconds: wait })
       }

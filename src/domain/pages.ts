@@ -1,6 +1,7 @@
 import { sql } from 'kysely'
 import type { Database } from '../db/database.js'
-import type { GraphError, Page } from '../db/types.js'
+import type { Page } from '../db/types.js'
+import type { GraphError } from '../graph/errors.js'
 import { DomainError, notFound } from './errors.js'
 import { afterCursor, pageOf } from './pagination.js'
 
@@ -66,7 +67,7 @@ export async function deletePage (db: Database, id: string): Promise<void> {
     const { topics } = await trx.selectFrom('topics').select((eb) => eb.fn.countAll<string>().as('topics'))
       .where('page_id', '=', id).executeTakeFirstOrThrow()
     if (Number(topics) > 0) {
-      throw new DomainError('conflict', 'page_has_topics',
+      throw new DomainError('page_has_topics',
         `Page ${id} still has ${topics} topic(s); delete them first.`)
     }
     await trx.deleteFrom('pages').where('id', '=', id).execute()

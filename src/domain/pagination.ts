@@ -13,7 +13,7 @@ function decodeCursor (cursor: string | undefined): Cursor | undefined {
     const [at, id] = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8')) as [string, string]
     if (typeof at === 'string' && typeof id === 'string' && !Number.isNaN(Date.parse(at))) return { at, id }
   } catch {}
-  throw new DomainError('invalid', 'invalid_cursor', 'The cursor is not one this service handed out.')
+  throw new DomainError('invalid_cursor', 'The cursor is not one this service handed out.')
 }
 
 /** Given limit + 1 rows in (created_at, id) order, the page and the cursor of the next one. */

@@ -1,8 +1,7 @@
-import { sql } from 'kysely'
-import { usable } from './claims.js'
 import type { Database } from '../db/database.js'
 import { notFound } from './errors.js'
 import { getPage } from './pages.js'
+import { firstOptinAt, personTokens } from './token-store.js'
 import { maskToken, windowClosesAt, windowIsOpen } from './window.js'
 
 export interface TokenView { id: string, token: string, opted_in_at: string, expires_at: string }
@@ -26,19 +25,11 @@ export async function getSubscriber (db: Database, pageId: string, psid: string,
   const [subscriber, tokens] = await Promise.all([
     db.selectFrom('subscribers').select(['first_seen_at', 'last_interaction_at'])
       .where('page_id', '=', pageId).where('psid', '=', psid).executeTakeFirst(),
-    db.selectFrom('optin_tokens as t')
-      .leftJoin('topics as tp', (join) => join.onRef('tp.page_id', '=', 't.page_id').onRef('tp.payload', '=', 't.payload'))
-      .select(['t.id', 't.token', 't.payload', 't.opted_in_at', 't.expires_at', 'tp.id as topic_id', 'tp.name as topic_name'])
-      .where('t.page_id', '=', pageId).where('t.psid', '=', psid)
-      .where(usable('t')).where('t.expires_at', '>', sql<Date>`now()`)
-      .orderBy('t.expires_at').orderBy('t.id')
-      .execute(),
+    personTokens(db, pageId, psid),
   ])
   // Ingestion writes a subscriber row with every opt-in; without one (tokens from some other
   // path), the first opt-in is the first sight of the person.
-  const firstSeen = subscriber?.first_seen_at ?? (await db.selectFrom('optin_tokens')
-    .select((eb) => eb.fn.min<Date | null>('opted_in_at').as('at'))
-    .where('page_id', '=', pageId).where('psid', '=', psid).executeTakeFirst())?.at
+  const firstSeen = subscriber?.first_seen_at ?? await firstOptinAt(db, pageId, psid)
   if (!firstSeen) throw notFound('subscriber', psid)
 
   const topics = new Map<string, SubscriberView['topics'][number]>()

@@ -1,17 +1,18 @@
 import { randomBytes } from 'node:crypto'
 import { sql } from 'kysely'
-import { usable } from './claims.js'
 import type { Database } from '../db/database.js'
 import type { Topic } from '../db/types.js'
 import { DomainError, notFound, uniqueViolation } from './errors.js'
 import { isPayload, PAYLOAD_MAX_BYTES, PAYLOAD_MAX_CHARS } from './ids.js'
 import { getPage } from './pages.js'
 import { afterCursor, pageOf } from './pagination.js'
+import { topicCounts, topicTokens, type TopicCounts } from './token-store.js'
+
+export type { TopicCounts }
 
 const TITLE_MAX = 65
 const EXPIRING_SOON = sql`interval '7 days'`
 
-export interface TopicCounts { usable_tokens: number, subscribers: number, expiring_soon: number }
 export type TopicWithCounts = Topic & TopicCounts
 
 export interface TopicView {
@@ -38,30 +39,22 @@ export function topicView (t: TopicWithCounts): TopicView {
   }
 }
 
-// One index range scan per topic over its unspent tokens (optin_tokens_usable_idx), without
-// reading the table: a token a send in flight holds (notification_id set) is counted until spent.
 function withCounts (db: Database) {
   return db.selectFrom('topics')
     .selectAll('topics')
     .select(sql<number>`c.usable_tokens`.as('usable_tokens'))
     .select(sql<number>`c.subscribers`.as('subscribers'))
     .select(sql<number>`c.expiring_soon`.as('expiring_soon'))
-    .innerJoin(sql<TopicCounts>`lateral (
-      select count(*)::int as usable_tokens,
-             count(distinct t.psid)::int as subscribers,
-             (count(*) filter (where t.expires_at <= now() + ${EXPIRING_SOON}))::int as expiring_soon
-      from optin_tokens t
-      where t.page_id = topics.page_id and t.payload = topics.payload
-        and t.state = 'available' and t.expires_at > now())`.as('c'), (join) => join.onTrue())
+    .innerJoin(topicCounts('topics', EXPIRING_SOON).as('c'), (join) => join.onTrue())
 }
 
 function conflictFrom (error: unknown, name: string, payload?: string): never {
   const constraint = uniqueViolation(error)
   if (constraint === 'topics_page_name_key') {
-    throw new DomainError('conflict', 'topic_name_taken', `This Page already has a topic named "${name}" (names ignore case).`)
+    throw new DomainError('topic_name_taken', `This Page already has a topic named "${name}" (names ignore case).`)
   }
   if (constraint === 'topics_page_payload_key') {
-    throw new DomainError('conflict', 'topic_payload_taken', `This Page already has a topic with payload "${payload}".`)
+    throw new DomainError('topic_payload_taken', `This Page already has a topic with payload "${payload}".`)
   }
   throw error
 }
@@ -72,7 +65,7 @@ function defaultTitle (name: string): string {
 
 export async function createTopic (db: Database, input: { page_id: string, name: string, title?: string, payload?: string }): Promise<TopicWithCounts> {
   if (input.payload !== undefined && !isPayload(input.payload)) {
-    throw new DomainError('invalid', 'invalid_payload',
+    throw new DomainError('invalid_payload',
       `A payload is 1 to ${PAYLOAD_MAX_CHARS} characters and at most ${PAYLOAD_MAX_BYTES} bytes in UTF-8.`)
   }
   await getPage(db, input.page_id)
@@ -109,7 +102,7 @@ export async function listTopics (db: Database, filter: TopicFilter) {
 /** Rename or retitle; the id and payload key never change, so tokens already given stay with the topic. */
 export async function updateTopic (db: Database, id: string, input: { name?: string, title?: string }): Promise<TopicWithCounts> {
   if (input.name === undefined && input.title === undefined) {
-    throw new DomainError('invalid', 'empty_update', 'Give name or title (or both).')
+    throw new DomainError('empty_update', 'Give name or title (or both).')
   }
   try {
     const row = await db.updateTable('topics')
@@ -130,20 +123,13 @@ export async function deleteTopic (db: Database, id: string, force: boolean): Pr
   return db.transaction().execute(async (trx) => {
     const topic = await trx.selectFrom('topics').selectAll().where('id', '=', id).forUpdate().executeTakeFirst()
     if (!topic) throw notFound('topic', id)
-    const usableTokens = trx.selectFrom('optin_tokens').select('id')
-      .where('page_id', '=', topic.page_id).where('payload', '=', topic.payload)
-      .where(usable()).where('expires_at', '>', sql<Date>`now()`)
     let discarded = 0
     if (force) {
-      const result = await trx.updateTable('optin_tokens')
-        .set({ state: 'discarded', updated_at: sql`now()` })
-        .where('id', 'in', usableTokens)
-        .executeTakeFirst()
-      discarded = Number(result.numUpdatedRows)
+      discarded = await topicTokens(trx, topic, true)
     } else {
-      const { n } = await trx.selectFrom(usableTokens.as('u')).select((eb) => eb.fn.countAll<number>().as('n')).executeTakeFirstOrThrow()
-      if (Number(n) > 0) {
-        throw new DomainError('conflict', 'topic_has_tokens',
+      const n = await topicTokens(trx, topic, false)
+      if (n > 0) {
+        throw new DomainError('topic_has_tokens',
           `Topic ${id} still holds ${n} usable token(s); delete with ?force=true to discard them.`,
           { usable_tokens: Number(n) })
       }

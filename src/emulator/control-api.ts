@@ -170,6 +170,40 @@ export async function controlApi(app: FastifyInstance, deps: ControlDeps): Promi
     },
   )
 
+  api.post(
+    '/pages/:pageId/crowd',
+    {
+      schema: {
+        params: Type.Object({ pageId: Type.String() }),
+        body: Type.Object(
+          {
+            people: Type.Integer({ minimum: 1, maximum: 1_000_000 }),
+            psid_prefix: Type.String({ minLength: 1, maxLength: 40, pattern: '^[0-9A-Za-z_-]+$' }),
+            payload: Type.Optional(Type.String({ minLength: 1 })),
+            tokens_per_person: Type.Optional(Type.Integer({ minimum: 1, maximum: 100 })),
+            writes: Type.Optional(Type.Boolean()),
+            per_delivery: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })),
+          },
+          { additionalProperties: false },
+        ),
+      },
+    },
+    async (request) => {
+      const { pageId } = request.params
+      requirePage(pageId)
+      const b = request.body
+      const r = await emulator.crowd(pageId, {
+        people: b.people,
+        psidPrefix: b.psid_prefix,
+        payload: b.payload,
+        tokensPerPerson: b.tokens_per_person,
+        writes: b.writes,
+        perDelivery: b.per_delivery,
+      })
+      return { people: r.people, events: r.events, deliveries: r.deliveries, failed_deliveries: r.failedDeliveries }
+    },
+  )
+
   api.put(
     '/persons/:pageId/:psid/availability',
     { schema: { params: PersonParams, body: AvailabilityBody } },

@@ -281,6 +281,38 @@ export function createEmulator(opts: EmulatorOptions = {}): Emulator {
       return webhook(pageId, psid, 'message', { message: { mid: messageId(), text } })
     },
 
+    async crowd(pageId, crowdOpts) {
+      state.requirePage(pageId)
+      const perDelivery = crowdOpts.perDelivery ?? 500
+      const tokensEach = crowdOpts.tokensPerPerson ?? 1
+      const events: Array<{ psid: string; event: Record<string, unknown> }> = []
+      for (let i = 0; i < crowdOpts.people; i++) {
+        const psid = `${crowdOpts.psidPrefix}${i}`
+        if (crowdOpts.writes) {
+          state.touchPerson(pageId, psid).lastInteractionAt = now()
+          events.push({ psid, event: { message: { mid: messageId(), text: 'Hello' } } })
+        }
+        if (crowdOpts.payload !== undefined) {
+          for (let k = 0; k < tokensEach; k++) {
+            const token = emulator.issueToken(pageId, psid, crowdOpts.payload)
+            events.push({ psid, event: { optin: { type: 'one_time_notif_req', payload: crowdOpts.payload, one_time_notif_token: token } } })
+          }
+        }
+      }
+      let deliveries = 0
+      let failed = 0
+      for (let i = 0; i < events.length; i += perDelivery) {
+        const at = now()
+        // Meta batches entries: one entry per event, as it documents them.
+        const entries = events.slice(i, i + perDelivery).map(({ psid, event }) => messagingEnvelope(pageId, psid, at, event).entry[0])
+        const body = JSON.stringify({ object: 'page', entry: entries })
+        const result = opts.webhookUrl === undefined ? { status: null } : await postWebhook(opts.webhookUrl, body, opts.appSecret)
+        deliveries++
+        if (result.status !== 200) failed++
+      }
+      return { people: crowdOpts.people, events: events.length, deliveries, failedDeliveries: failed }
+    },
+
     async clickNotifyMe(pageId, psid, clickOpts = {}) {
       state.requirePage(pageId)
       const { payload } = clickOpts

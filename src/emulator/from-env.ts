@@ -22,6 +22,8 @@ export interface EmulatorEnvConfig {
   tokenRefusal: TokenRefusal
   /** Unset: repeated opt-in requests are not limited. */
   optinRequestCooldownMs?: number
+  /** Unset: every request is kept for GET /_emulator/requests. */
+  recordLimit?: number
 }
 
 function parsePages(spec: string): { id: string; accessToken: string }[] {
@@ -83,7 +85,18 @@ export function configFromEnv(env: NodeJS.ProcessEnv): EmulatorEnvConfig {
     paramErrors: parseChoice('EMULATOR_PARAM_ERRORS', PARAM_ERRORS, env.EMULATOR_PARAM_ERRORS, 'detailed'),
     tokenRefusal: parseChoice('EMULATOR_TOKEN_REFUSAL', TOKEN_REFUSALS, env.EMULATOR_TOKEN_REFUSAL, 'invalid_parameter'),
     optinRequestCooldownMs: parseCooldown(env.EMULATOR_OPTIN_REQUEST_COOLDOWN_MS),
+    recordLimit: parseRecordLimit(env.EMULATOR_RECORD_LIMIT),
   }
+}
+
+/** Requests kept for GET /_emulator/requests (the audit counts every one); unset: all. */
+function parseRecordLimit(value: string | undefined): number | undefined {
+  if (value === undefined || value.trim() === '') return undefined
+  const n = Number(value)
+  if (!/^\s*\d+\s*$/.test(value) || !Number.isSafeInteger(n) || n < 1) {
+    throw new Error(`EMULATOR_RECORD_LIMIT: expected a whole number >= 1, got "${value}"`)
+  }
+  return n
 }
 
 export async function startFromEnv(
@@ -101,6 +114,7 @@ export async function startFromEnv(
     paramErrors: config.paramErrors,
     tokenRefusal: config.tokenRefusal,
     optinRequestCooldownMs: config.optinRequestCooldownMs,
+    recordLimit: config.recordLimit,
   })
   for (const page of config.pages) emulator.addPage(page)
   const url = await emulator.listen(config.port, config.host)

@@ -136,6 +136,13 @@ export interface Emulator {
   addPage(page: { id: string; accessToken: string; name?: string }): void
   personWrites(pageId: string, psid: string, text?: string): Promise<WebhookResult>
   clickNotifyMe(pageId: string, psid: string, opts?: { payload?: string }): Promise<{ token: string } & WebhookResult>
+  /**
+   * Many people at once, for load: people `${psidPrefix}0` to `${psidPrefix}${people - 1}` write to
+   * the Page (`writes`: their windows open) and/or click Notify Me on `payload` (`tokensPerPerson`
+   * tokens each), delivered as batched signed webhooks of up to `perDelivery` entries. Not recorded
+   * in `webhooks`.
+   */
+  crowd(pageId: string, opts: { people: number; psidPrefix: string; payload?: string; tokensPerPerson?: number; writes?: boolean; perDelivery?: number }): Promise<{ people: number; events: number; deliveries: number; failedDeliveries: number }>
   issueToken(
     pageId: string,
     psid: string,

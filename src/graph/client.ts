@@ -1,6 +1,6 @@
 import { createHmac } from 'node:crypto'
 import { Pool } from 'undici'
-import type { GraphError } from '../db/types.js'
+import type { GraphError } from './errors.js'
 
 export interface GraphClientOptions {
   /** Origin only, e.g. https://graph.facebook.com. */

@@ -1,4 +1,10 @@
-import type { GraphError } from '../db/types.js'
+/** What Meta answered when it refused, as we keep it (never a token or an access token). */
+export interface GraphError {
+  code: number | null
+  subcode: number | null
+  message: string
+  fbtrace_id: string | null
+}
 
 /**
  * What a Graph API refusal is about (MESSENGER.md §4 and §8). This module only names the cause;
@@ -92,68 +98,4 @@ export function ruleFor (error: GraphError): ClassRule | undefined {
 
 export function classifyGraphError (httpStatus: number, error: GraphError): GraphErrorClass {
   return ruleFor(error)?.class ?? (httpStatus >= 500 ? 'temporary' : 'unknown')
-}
-
-export type Route = 'window' | 'token'
-
-/** What to do after Meta refused a send that it did answer. */
-export interface Verdict {
-  /**
-   * Token route: `invalidate` marks the token unusable and tries the person's next one;
-   * `set_aside` marks this one token unusable and ends the send (the person's other tokens are
-   * kept); `stop` marks it unusable and discards the person's other tokens on the topic (they
-   * stopped it); `release` gives it back. Window route: `fallback` retries through the token
-   * route; `fail` ends the send.
-   */
-  action: 'invalidate' | 'set_aside' | 'stop' | 'release' | 'fallback' | 'fail'
-  /** The HTTP status answered to the caller when the send ends here. */
-  httpStatus: 422 | 429 | 502 | 503
-  problemCode: string
-  retryAfterSeconds?: number
-  /** The Page itself is the problem: recorded on the Page, which then reads back unhealthy. */
-  pageUnhealthy: boolean
-  detail: string
-}
-
-export const RATE_LIMIT_RETRY_AFTER_SECONDS = 60
-export const TEMPORARY_RETRY_AFTER_SECONDS = 5
-
-export function verdictFor (cls: GraphErrorClass, route: Route): Verdict {
-  const keep = route === 'token' ? 'release' : 'fail'
-  switch (cls) {
-    case 'token_invalid':
-      return route === 'token'
-        ? { action: 'invalidate', httpStatus: 502, problemCode: 'graph_token_refused', pageUnhealthy: false, detail: 'Meta refused the token.' }
-        : { action: 'fail', httpStatus: 502, problemCode: 'graph_recipient_invalid', pageUnhealthy: false, detail: 'Meta does not know this person on this Page.' }
-    case 'outside_window':
-      return route === 'token'
-        ? { action: 'invalidate', httpStatus: 502, problemCode: 'graph_token_refused', pageUnhealthy: false, detail: 'Meta refused the token (outside the allowed window).' }
-        : { action: 'fallback', httpStatus: 502, problemCode: 'graph_outside_window', pageUnhealthy: false, detail: 'The standard messaging window is closed.' }
-    case 'message_refused':
-      return route === 'token'
-        ? {
-            action: 'set_aside', httpStatus: 422, problemCode: 'graph_message_refused', pageUnhealthy: false,
-            detail: 'Meta refused the request with a bare "Invalid parameter", its answer both to a message it will not send and to a spent token: ' +
-              'check the message. The token it was sent with is set aside; the person\'s other tokens are kept.',
-          }
-        : { action: 'fail', httpStatus: 422, problemCode: 'graph_message_refused', pageUnhealthy: false, detail: 'Meta refused the message ("Invalid parameter"); check the message.' }
-    case 'topic_stopped':
-      return { action: route === 'token' ? 'stop' : 'fail', httpStatus: 502, problemCode: 'graph_topic_stopped', pageUnhealthy: false, detail: 'The person stopped notifications on this topic.' }
-    case 'temporary':
-      return { action: keep, httpStatus: 503, problemCode: 'graph_temporary', retryAfterSeconds: TEMPORARY_RETRY_AFTER_SECONDS, pageUnhealthy: false, detail: 'The Graph API failed temporarily; try again shortly.' }
-    case 'rate_limited':
-      return { action: keep, httpStatus: 429, problemCode: 'graph_rate_limited', retryAfterSeconds: RATE_LIMIT_RETRY_AFTER_SECONDS, pageUnhealthy: false, detail: 'Meta rate-limited this Page; try again later.' }
-    case 'person_unavailable':
-      return { action: keep, httpStatus: 502, problemCode: 'graph_person_unavailable', pageUnhealthy: false, detail: 'The person cannot receive messages from this Page right now.' }
-    case 'page_restricted':
-      return { action: keep, httpStatus: 502, problemCode: 'graph_page_restricted', pageUnhealthy: true, detail: 'Meta restricted this Page.' }
-    case 'page_token_invalid':
-      return { action: keep, httpStatus: 502, problemCode: 'graph_page_token_invalid', pageUnhealthy: true, detail: 'Meta rejected the Page access token; give the Page a new one.' }
-    case 'permission':
-      return { action: keep, httpStatus: 502, problemCode: 'graph_permission_missing', pageUnhealthy: true, detail: 'The Page or app lacks a permission Meta requires.' }
-    case 'request_invalid':
-      return { action: keep, httpStatus: 422, problemCode: 'graph_request_invalid', pageUnhealthy: false, detail: 'Meta refused the message.' }
-    case 'unknown':
-      return { action: keep, httpStatus: 502, problemCode: 'graph_error', pageUnhealthy: false, detail: 'The Graph API refused the send.' }
-  }
 }

@@ -126,10 +126,7 @@ async function plan (ctx: JobContext, broadcastId: string, wake: () => void): Pr
  */
 async function sendBatch (ctx: JobContext, job: SendJob): Promise<void> {
   const { db, config } = ctx
-  const deps: RecipientDeps = {
-    db, graph: ctx.graph, config, log: ctx.log, onFinal: ctx.onFinal,
-    maxAttempts: config.BROADCAST_MAX_ATTEMPTS, backoffSeconds: config.BROADCAST_BACKOFF_SECONDS,
-  }
+  const deps: RecipientDeps = { sender: ctx.sender, maxAttempts: config.BROADCAST_MAX_ATTEMPTS, backoffSeconds: config.BROADCAST_BACKOFF_SECONDS }
   const b = await getBroadcastRow(db, job.broadcast_id)
   if (!b || b.state === 'completed') return
   let state: BroadcastState = b.state

@@ -3,8 +3,7 @@ import PgBoss from 'pg-boss'
 import type { FastifyBaseLogger } from 'fastify'
 import type { Config } from '../config.js'
 import { rawExecutor, type Database } from '../db/database.js'
-import type { Notification } from '../db/types.js'
-import type { GraphClient } from '../graph/client.js'
+import type { Sender } from '../domain/send.js'
 
 export type JobQueue = PgBoss
 
@@ -31,12 +30,11 @@ for (const method of ['complete', 'fail'] as const) {
 export interface JobContext {
   boss: JobQueue
   db: Database
-  graph: GraphClient
+  /** The process's one send path (buildApp). */
+  sender: Sender
   config: Config
   log: FastifyBaseLogger
   stopping: () => boolean
-  /** See SendDeps.onFinal. */
-  onFinal?: (n: Notification) => void
 }
 
 /** Registers one family of queues and their workers on a started queue. */

@@ -1,18 +1,10 @@
 import fp from 'fastify-plugin'
 import type { FastifyError, FastifyReply } from 'fastify'
-import { DomainError, type ErrorKind } from '../domain/errors.js'
+import { DomainError } from '../domain/errors.js'
+import { PROBLEMS, type ProblemCode } from '../schemas/problems.js'
+import type { Notification } from '../db/types.js'
 import type { Problem } from '../schemas/common.js'
-
-const statusOfKind: Record<ErrorKind, number> = {
-  invalid: 400,
-  not_found: 404,
-  conflict: 409,
-  unprocessable: 422,
-  throttled: 429,
-  upstream: 502,
-  unavailable: 503,
-  timeout: 504,
-}
+import { notificationView } from '../schemas/notifications.js'
 
 const titles: Record<number, string> = {
   400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not Found', 405: 'Method Not Allowed',
@@ -21,7 +13,7 @@ const titles: Record<number, string> = {
   504: 'Gateway Timeout',
 }
 
-export function sendProblem (reply: FastifyReply, status: number, code: string, detail: string,
+export function sendProblem (reply: FastifyReply, status: number, code: ProblemCode, detail: string,
   extra: Partial<Problem> = {}): FastifyReply {
   const body: Problem = {
     type: `https://otn.invalid/problems/${code}`,
@@ -35,7 +27,7 @@ export function sendProblem (reply: FastifyReply, status: number, code: string, 
 }
 
 // Fastify's own errors that are the caller's fault, with the code we promise for each.
-const fastifyErrors: Record<string, [number, string]> = {
+const fastifyErrors: Record<string, [number, ProblemCode]> = {
   FST_ERR_CTP_BODY_TOO_LARGE: [413, 'body_too_large'],
   FST_ERR_CTP_INVALID_MEDIA_TYPE: [415, 'unsupported_media_type'],
   FST_ERR_CTP_INVALID_CONTENT_LENGTH: [400, 'invalid_content_length'],
@@ -45,7 +37,7 @@ const fastifyErrors: Record<string, [number, string]> = {
 }
 
 // Input Postgres itself refuses (a NUL character in text, a value of the wrong form): the caller's fault.
-const postgresInputErrors: Record<string, [string, string]> = {
+const postgresInputErrors: Record<string, [ProblemCode, string]> = {
   22021: ['invalid_characters', 'Text may not contain NUL characters or invalid UTF-8.'],
   '22P05': ['invalid_characters', 'Text may not contain NUL characters or invalid UTF-8.'],
   '22P02': ['invalid_value', 'A value is not of the expected form.'],
@@ -69,11 +61,13 @@ export function frameworkErrors (error: FastifyError, _request: unknown, reply: 
 export default fp(async (app) => {
   app.setErrorHandler((error: FastifyError, request, reply) => {
     if (error instanceof DomainError) {
-      const status = statusOfKind[error.kind]
-      const { retryAfterSeconds, graph, ...rest } = error.extra
+      const status = PROBLEMS[error.code].status
+      const { retryAfterSeconds, graph, notification, ...rest } = error.extra
       if (retryAfterSeconds !== undefined) reply.header('retry-after', String(retryAfterSeconds))
       return sendProblem(reply, status, error.code, error.message, {
         ...rest,
+        // A recorded notification rides along as the API shows it.
+        ...(notification ? { notification: notificationView(notification as Notification) } : {}),
         ...(graph ? { graph } : {}),
         ...(retryAfterSeconds !== undefined ? { retry_after_seconds: retryAfterSeconds } : {}),
       })

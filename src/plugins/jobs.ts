@@ -15,7 +15,7 @@ export default fp<{ workers: JobWorkers[] }>(async (app, { workers }) => {
   const boss = createJobQueue(app.db, app.config, app.log)
   await boss.start()
   let stopping = false
-  const ctx: JobContext = { boss, db: app.db, graph: app.graph, config: app.config, log: app.log, stopping: () => stopping, onFinal: app.notificationFinished }
+  const ctx: JobContext = { boss, db: app.db, sender: app.sender, config: app.config, log: app.log, stopping: () => stopping }
   app.decorate('jobs', boss)
   app.addHook('onClose', async () => {
     stopping = true
@@ -27,4 +27,4 @@ export default fp<{ workers: JobWorkers[] }>(async (app, { workers }) => {
     await boss.stop({ graceful: false, close: false })
     throw error
   }
-}, { name: 'jobs', dependencies: ['database'] })
+}, { name: 'jobs', dependencies: ['database', 'sender'] })

@@ -1,7 +1,7 @@
 import fp from 'fastify-plugin'
 import type { FastifyInstance } from 'fastify'
 import { sql } from 'kysely'
-import { heldBy } from '../domain/claims.js'
+import { sendBacklog } from '../domain/token-store.js'
 import type pg from 'pg'
 import { collectDefaultMetrics, Counter, Gauge, Histogram, type Registry } from 'prom-client'
 
@@ -63,7 +63,7 @@ function databaseMetrics (app: FastifyInstance, register: Registry): void {
   let reading: Promise<void> | undefined
   const collect = (): Promise<void> => (reading ??= read().finally(() => { reading = undefined }))
   const up = new Gauge({ name: 'otn_metrics_database_up', help: '1 when the database answered this scrape\'s queries; 0 when it did not (the gauges read from it are then left out).', registers: [register], collect })
-  const tokens = new Gauge({ name: 'otn_optin_tokens', help: 'Tokens in a state; only reserved (held by a send in flight: claimed, not yet settled) is counted.', labelNames: ['state'] as const, registers: [register], collect })
+  const tokens = new Gauge({ name: 'otn_tokens', help: 'Tokens in a state; only held (claimed by a send in flight, not yet settled) is counted.', labelNames: ['state'] as const, registers: [register], collect })
   const notifications = new Gauge({ name: 'otn_notifications', help: 'Notifications in a status; only pending (not yet settled) is counted.', labelNames: ['status'] as const, registers: [register], collect })
   const oldest = new Gauge({ name: 'otn_notifications_oldest_age_seconds', help: 'Age of the oldest notification in a status (0 when there is none); only pending.', labelNames: ['status'] as const, registers: [register], collect })
   const queued = new Gauge({ name: 'otn_jobs_queued', help: 'Jobs waiting in each job queue (created or retrying, not yet active).', labelNames: ['queue'] as const, registers: [register], collect })
@@ -72,21 +72,13 @@ function databaseMetrics (app: FastifyInstance, register: Registry): void {
 
   async function read (): Promise<void> {
     try {
-      // The predicate implies the partial index's (completed_at is null); a token held by a send is
-      // found among its person's tokens (optin_tokens_subscriber_idx).
-      const { rows: [backlog] } = await sql<{ reserved: number, pending: number, oldest_pending_seconds: number }>`
-        select count(t.id)::float8 as reserved,
-               count(*)::float8 as pending,
-               coalesce(extract(epoch from now() - min(n.created_at)), 0)::float8 as oldest_pending_seconds
-          from notifications n
-          left join optin_tokens t on t.page_id = n.page_id and t.psid = n.psid and ${heldBy(sql.ref('n.id'), 't')}
-         where n.completed_at is null and n.status = 'pending'`.execute(app.db)
+      const backlog = await sendBacklog(app.db)
       const { rows: [health] } = await sql<{ healthy: number, unhealthy: number }>`
         select count(*) filter (where healthy)::float8 as healthy, count(*) filter (where not healthy)::float8 as unhealthy from pages`.execute(app.db)
       const queues: Array<[string, number]> = []
       for (const { name } of await app.jobs.getQueues()) queues.push([name, await app.jobs.getQueueSize(name)])
       for (const gauge of fromDatabase) gauge.reset()
-      tokens.set({ state: 'reserved' }, backlog.reserved)
+      tokens.set({ state: 'held' }, backlog.held)
       notifications.set({ status: 'pending' }, backlog.pending)
       oldest.set({ status: 'pending' }, backlog.oldest_pending_seconds)
       for (const [queue, size] of queues) queued.set({ queue }, size)

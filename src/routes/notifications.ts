@@ -1,26 +1,22 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import {
-  getNotification, listNotifications, notificationView, problemOf, SendWriter, sendNotification, type SendDeps,
-} from '../domain/notifications.js'
+import { DomainError, type DomainCode } from '../domain/errors.js'
+import { getNotification, listNotifications } from '../domain/notifications.js'
 import { apiKeySecurity, problems } from '../schemas/common.js'
 import {
   CreateNotificationBodySchema, CreateNotificationHeadersSchema, NotificationListQuerySchema, NotificationListSchema,
-  NotificationParamsSchema, NotificationSchema,
+  NotificationParamsSchema, NotificationSchema, notificationView,
 } from '../schemas/notifications.js'
 
 const tags = ['notifications']
 const security = apiKeySecurity
 
 const routes: FastifyPluginAsyncTypebox = async (app) => {
-  // Group commit: sends that start or end while a statement runs share the next one.
-  const steps = new SendWriter(app.db, app.config.TOKEN_LEASE_SECONDS)
-
   app.post('/notifications', {
     schema: {
       operationId: 'sendNotification',
       summary: 'Send one message on a topic to a person (window first, else exactly one token)',
-      description: '201 sent. 409 no_token (the attempt is recorded), page_without_access_token or idempotency_in_progress; ' +
-        '404 unknown topic; 422 idempotency_conflict or graph_request_invalid; 429 graph_rate_limited (Retry-After); ' +
+      description: '201 sent. 409 no_token (the attempt is recorded), page_without_access_token or idempotency_in_progress (Retry-After); ' +
+        '404 unknown topic; 422 idempotency_conflict, graph_request_invalid or graph_message_refused; 429 graph_rate_limited (Retry-After); ' +
         '502 Meta refused for another reason (person unavailable, Page token or permission, topic stopped); ' +
         '503 graph_temporary / graph_unreachable (nothing spent); 504 graph_unconfirmed (Meta did not answer: maybe delivered, never re-sent). ' +
         'Every problem after an attempt carries `notification` (the recorded attempt, with token_state) and, when Meta answered, `graph`.',
@@ -30,10 +26,16 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
       response: { 201: NotificationSchema, ...problems(400, 401, 404, 409, 413, 415, 422, 429, 502, 503, 504) },
     },
   }, async (request, reply) => {
-    const deps: SendDeps = { db: app.db, graph: app.graph, config: app.config, log: request.log, steps, onFinal: app.notificationFinished }
-    const result = await sendNotification(deps, { ...request.body, idempotency_key: request.headers['idempotency-key'] })
+    const result = await app.sender.send({ ...request.body, idempotency_key: request.headers['idempotency-key'] }, request.log)
     if (result.replayed) reply.header('idempotent-replayed', 'true')
-    if (result.httpStatus !== 201) throw problemOf(result)
+    if (result.code !== 'sent') {
+      const p = result.problem ?? { code: result.code, detail: 'The notification was not sent.' }
+      throw new DomainError(p.code as DomainCode, p.detail, {
+        ...(p.graph ? { graph: p.graph } : {}),
+        ...(p.retry_after_seconds !== undefined ? { retryAfterSeconds: p.retry_after_seconds } : {}),
+        notification: result.notification,
+      })
+    }
     return reply.code(201).send(notificationView(result.notification))
   })
 

@@ -51,7 +51,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
   }, async (request, reply) => {
     const secret = app.config.META_APP_SECRET
     if (secret === undefined) {
-      throw new DomainError('unavailable', 'webhook_not_configured', 'Webhook deliveries are refused: META_APP_SECRET is unset.')
+      throw new DomainError('webhook_not_configured', 'Webhook deliveries are refused: META_APP_SECRET is unset.')
     }
     const raw = Buffer.isBuffer(request.body) ? request.body : Buffer.alloc(0)
     const signature = request.headers['x-hub-signature-256']

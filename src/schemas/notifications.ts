@@ -1,4 +1,7 @@
 import { Type, type Static } from 'typebox'
+import type { Notification } from '../db/types.js'
+import type { NotificationProblem } from '../domain/send-steps.js'
+import { statusOf } from './problems.js'
 import { IdParamsSchema, ListOf, ListQuerySchema, PageId, Psid, Timestamp, Uuid } from './common.js'
 
 const QuickReplySchema = Type.Object({
@@ -125,3 +128,42 @@ export const NotificationListQuerySchema = Type.Object({
   created_before: Type.Optional(Type.String({ format: 'date-time', description: 'Exclusive upper bound on created_at.' })),
 })
 export const NotificationListSchema = ListOf(NotificationSchema)
+
+export type NotificationView = Static<typeof NotificationSchema>
+
+/** The HTTP status a notification's outcome is answered (and replayed) with: from its code, by the error catalogue. */
+export function httpStatusOf (n: Pick<Notification, 'status' | 'error' | 'http_status'>): number | undefined {
+  if (n.status === 'pending') return undefined
+  if (n.status === 'sent') return 201
+  const code = (n.error as unknown as NotificationProblem | null)?.code
+  return code !== undefined ? statusOf(code) : n.http_status ?? 502
+}
+
+/** A notification row as the API shows it (never a token value). */
+export function notificationView (n: Notification): NotificationView {
+  const status = httpStatusOf(n)
+  return {
+    id: n.id,
+    topic_id: n.topic_id,
+    page_id: n.page_id,
+    psid: n.psid,
+    status: n.status,
+    route: n.route,
+    message: n.message,
+    notification_type: n.notification_type,
+    use_window: n.use_window,
+    ...(n.messaging_type !== null ? { messaging_type: n.messaging_type } : {}),
+    ...(n.tag !== null ? { tag: n.tag } : {}),
+    ...(n.idempotency_key !== null ? { idempotency_key: n.idempotency_key } : {}),
+    ...(n.graph_message_id !== null ? { graph_message_id: n.graph_message_id } : {}),
+    ...(n.error !== null ? { error: n.error as unknown as NotificationProblem } : {}),
+    ...(status !== undefined ? { http_status: status } : {}),
+    ...(n.token_state !== null ? { token_state: n.token_state } : {}),
+    tokens_refused: n.tokens_refused,
+    attempts: n.attempts,
+    ...(n.broadcast_id !== null ? { broadcast_id: n.broadcast_id } : {}),
+    created_at: n.created_at.toISOString(),
+    updated_at: n.updated_at.toISOString(),
+    completed_at: n.completed_at ? n.completed_at.toISOString() : null,
+  }
+}

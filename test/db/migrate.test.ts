@@ -92,7 +92,7 @@ t.test('migration 20261122000000 turns each reservation into a hold of its open 
     ['d', 'reserved', failed], ['e', 'available', null]] as const) {
     await token(psid, state, holder).execute(db)
   }
-  t.equal((await steps.migrateToLatest()).error, undefined)
+  t.equal((await steps.migrateTo('20261122000000_hold_tokens_in_place')).error, undefined)
 
   const { rows } = await sql<{ psid: string, state: string, held_by: string | null, leased: boolean }>`
     select psid, state, notification_id as held_by, lease_expires_at is not null as leased from optin_tokens order by psid`.execute(db)

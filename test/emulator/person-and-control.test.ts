@@ -108,6 +108,29 @@ t.test('clicking Notify Me posts a signed messaging_optins event with a fresh to
   t.equal((await send(emu, withToken(click.token))).status, 200, 'the token in the webhook is usable')
 })
 
+t.test('a crowd: many people write and click Notify Me, delivered as batched signed webhooks whose tokens are usable', async (t) => {
+  const hook = await receiver(t)
+  const { emu } = setup(t, { appSecret: SECRET, webhookUrl: hook.url })
+  const res = await emu.app.inject({
+    method: 'POST', url: `/_emulator/pages/${PAGE}/crowd`,
+    payload: { people: 120, psid_prefix: 'c', payload: 'topic:crowd', tokens_per_person: 2, writes: true, per_delivery: 100 },
+  })
+  t.equal(res.statusCode, 200, res.body)
+  t.same(res.json(), { people: 120, events: 360, deliveries: 4, failed_deliveries: 0 })
+  t.same(hook.received.map((r) => r.body.entry.length), [100, 100, 100, 60], 'one entry per event, at most per_delivery a delivery')
+  t.ok(hook.received.every((r) => r.valid256), 'every delivery signed')
+  const events = hook.received.flatMap((r) => r.body.entry.map((e: any) => e.messaging[0]))
+  const tokens = events.filter((e) => e.optin).map((e) => e.optin.one_time_notif_token)
+  t.equal(tokens.length, 240)
+  t.equal(new Set(tokens).size, 240, 'every token fresh')
+  t.equal(events.filter((e) => e.message && e.sender.id === 'c7').length, 1, 'each person wrote once')
+  t.equal(hook.received.length, 4, 'not recorded as separate webhooks')
+  t.equal(emu.webhooks.length, 0)
+  t.equal((await send(emu, withToken(tokens[17]))).status, 200, 'a crowd token is usable')
+  const unknown = await emu.app.inject({ method: 'POST', url: '/_emulator/pages/999/crowd', payload: { people: 1, psid_prefix: 'x' } })
+  t.equal(unknown.statusCode, 404)
+})
+
 t.test("the receiver's status is passed back; redelivery repeats the exact bytes", async (t) => {
   const hook = await receiver(t)
   const { emu } = setup(t, { appSecret: SECRET, webhookUrl: hook.url })

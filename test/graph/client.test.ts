@@ -4,7 +4,7 @@ import { createServer, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { appsecretProof, createGraphClient, parseGraphError, type GraphClientOptions } from '../../src/graph/client.js'
 import { classifyGraphError } from '../../src/graph/errors.js'
-import type { GraphError } from '../../src/db/types.js'
+import type { GraphError } from '../../src/graph/errors.js'
 import { APP_SECRET, FAST_TIMEOUT_MS, startEmulator } from '../fixtures/otn.js'
 
 const PAGE = { id: '4242', accessToken: 'EAAclient-test-token' }

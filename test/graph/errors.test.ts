@@ -1,7 +1,9 @@
 import { readdirSync, readFileSync } from 'node:fs'
 import t from 'tap'
 import { parseGraphError } from '../../src/graph/client.js'
-import { CLASS_RULES, classifyGraphError, ruleFor, verdictFor, type GraphErrorClass, type Verdict } from '../../src/graph/errors.js'
+import { CLASS_RULES, classifyGraphError, ruleFor, type GraphErrorClass } from '../../src/graph/errors.js'
+import { decide, type Decision, type Route } from '../../src/domain/lifecycle.js'
+import { statusOf } from '../../src/schemas/problems.js'
 
 const NONE = '—'
 
@@ -31,12 +33,19 @@ function documentedRows (): Row[] {
   })
 }
 
-// The words the table uses for each verdict.
-const TOKEN_WORDS: Record<Verdict['action'], string> = {
-  release: 'kept', invalidate: 'invalid, next token', set_aside: 'invalid, attempt ends', stop: 'invalid, others discarded', fallback: '', fail: '',
+/** What the lifecycle table decides for a first (not ambiguous) attempt that Meta refused with `cause`. */
+const verdict = (cause: GraphErrorClass, route: Route): Decision =>
+  decide({ kind: 'one_time_notif', route, ambiguous: false, exhausted: true, recovering: false }, { kind: 'refused', cause })
+
+// The words the table uses for what becomes of the token.
+function tokenWords (d: Decision): string {
+  if (d.next === 'next_token') return 'invalid, next token'
+  if (d.token === 'released') return 'kept'
+  if (d.token === 'invalid') return d.discardOthers ? 'invalid, others discarded' : 'invalid, attempt ends'
+  return String(d.token)
 }
-const answer = (v: Verdict): string =>
-  v.action === 'invalidate' ? 'next token (409 `no_token` when none is left)' : v.action === 'fallback' ? 'token route' : `${v.httpStatus} \`${v.problemCode}\``
+const answer = (d: Decision): string =>
+  d.next === 'next_token' ? 'next token (409 `no_token` when none is left)' : d.next === 'token_route' ? 'token route' : `${statusOf(d.code!)} \`${d.code}\``
 
 t.test('every row of the documented decision table is what the code decides', async (t) => {
   const rows = documentedRows()
@@ -45,13 +54,13 @@ t.test('every row of the documented decision table is what the code decides', as
     const name = `${row.http} ${row.code ?? NONE}/${row.subcode ?? NONE} ${row.message}`
     const cls = classifyGraphError(row.http, { code: row.code, subcode: row.subcode, message: row.message, fbtrace_id: null })
     t.equal(cls, row.cause, `${name}: cause`)
-    const token = verdictFor(cls, 'token')
-    const window = verdictFor(cls, 'window')
-    t.equal(TOKEN_WORDS[token.action], row.token, `${name}: the token`)
+    const token = verdict(cls, 'token')
+    const window = verdict(cls, 'window')
+    t.equal(tokenWords(token), row.token, `${name}: the token`)
     t.equal(answer(token), row.tokenAnswer, `${name}: token send's answer`)
     t.equal(answer(window), row.windowAnswer, `${name}: window send's answer`)
     t.equal(token.pageUnhealthy ? 'unhealthy' : 'healthy', row.page, `${name}: the Page`)
-    t.equal(window.pageUnhealthy, token.pageUnhealthy, `${name}: the Page's health does not depend on the route`)
+    t.equal(window.pageUnhealthy ?? false, token.pageUnhealthy ?? false, `${name}: the Page's health does not depend on the route`)
   }
 })
 
@@ -64,8 +73,8 @@ t.test('a refusal that does not name the token never moves on to the next token'
   // The invariant of the table: only a cause that names the token (or its recipient) tries another.
   const movesOn = new Set<GraphErrorClass>(['token_invalid', 'outside_window'])
   for (const row of documentedRows()) {
-    const v = verdictFor(row.cause as GraphErrorClass, 'token')
-    t.equal(v.action === 'invalidate', movesOn.has(row.cause as GraphErrorClass), row.message)
+    const v = verdict(row.cause as GraphErrorClass, 'token')
+    t.equal(v.next === 'next_token', movesOn.has(row.cause as GraphErrorClass), row.message)
   }
 })
 

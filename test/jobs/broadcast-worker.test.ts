@@ -148,9 +148,10 @@ t.test('Meta rate limits pause the Page and the person is retried', async (t) =>
   t.ok(limited.length > 0, `Meta rate-limited ${limited.length} sends`)
   const retried = await w.db.selectFrom('broadcast_recipients').select(['psid', 'retries']).where('broadcast_id', '=', created.id).where('retries', '>', 0).execute()
   t.ok(retried.length > 0, 'the refused people were tried again')
-  const refused = await w.db.selectFrom('notifications').select(['http_status', 'token_state']).where('broadcast_id', '=', created.id).where('status', '=', 'failed').execute()
+  const refused = await w.db.selectFrom('notifications').select(['error', 'token_state']).where('broadcast_id', '=', created.id).where('status', '=', 'failed').execute()
   t.equal(refused.length, limited.length, 'each refused attempt is recorded')
-  t.ok(refused.every((n) => n.http_status === 429 && n.token_state === 'released'), 'as a 429 that gave its token back')
+  t.ok(refused.every((n) => (n.error as { code?: string } | null)?.code === 'graph_rate_limited' && n.token_state === 'released'),
+    'as a rate limit that gave its token back')
   // The Page pauses after a refusal: only sends already in flight (one per worker) may follow at once.
   const first = limited[0].at
   const burst = w.emulator.requests.filter((r) => r.outcome === 'accepted' && r.at > first && r.at < first + 800).length

@@ -129,7 +129,7 @@ t.test('a scheduled broadcast waits for send_at, then runs', async (t) => {
   t.same(listed.json().items.map((x: { id: string }) => x.id), [b.id])
 })
 
-t.test('cancel midway: nobody else is sent to, what was sent stays sent, no token stays reserved', async (t) => {
+t.test('cancel midway: nobody else is sent to, what was sent stays sent, no token stays held', async (t) => {
   const w = await world(t, { env: broadcastEnv({ BROADCAST_RATE_PER_SECOND: '25', BROADCAST_BATCH_SIZE: '20' }), emulator: { webhookUrl: NOWHERE } })
   await tokensFor(w, people(200, 'c'))
   const created = (await postBroadcast(w.app, { topic_id: w.topic.id, message })).json()

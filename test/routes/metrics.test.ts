@@ -170,7 +170,7 @@ t.test('backlog gauges read the database on each scrape', async (t) => {
 
   let { samples } = await scrape(app)
   t.equal(value(samples, 'otn_metrics_database_up'), 1)
-  t.equal(value(samples, 'otn_optin_tokens', { state: 'reserved' }), 2)
+  t.equal(value(samples, 'otn_tokens', { state: 'held' }), 2)
   t.equal(value(samples, 'otn_notifications', { status: 'pending' }), 2)
   const age = value(samples, 'otn_notifications_oldest_age_seconds', { status: 'pending' })!
   t.ok(age >= 599 && age < 700, `oldest pending is ~600 s old (${age})`)
@@ -179,7 +179,7 @@ t.test('backlog gauges read the database on each scrape', async (t) => {
   await db.updateTable('notifications').set({ status: 'sent', completed_at: new Date() }).where('id', '=', oldest.id).execute()
   await db.updateTable('optin_tokens').set({ state: 'used', lease_expires_at: null }).where('id', '=', tokens[0].id).execute()
   ;({ samples } = await scrape(app))
-  t.equal(value(samples, 'otn_optin_tokens', { state: 'reserved' }), 1)
+  t.equal(value(samples, 'otn_tokens', { state: 'held' }), 1)
   t.equal(value(samples, 'otn_notifications', { status: 'pending' }), 1)
   t.ok(value(samples, 'otn_notifications_oldest_age_seconds', { status: 'pending' })! < 100, 'now the 5 s old one')
 })
@@ -188,7 +188,7 @@ t.test('the scrape answers 200 with otn_metrics_database_up 0 when the database 
   const { app, goAway } = await appOnOwnDatabase(t)
   let { samples } = await scrape(app)
   t.equal(value(samples, 'otn_metrics_database_up'), 1)
-  t.type(value(samples, 'otn_optin_tokens', { state: 'reserved' }), 'number')
+  t.type(value(samples, 'otn_tokens', { state: 'held' }), 'number')
 
   await goAway()
   const res = await app.inject({ url: '/metrics' })

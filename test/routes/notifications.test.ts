@@ -1,7 +1,7 @@
 import { DEFAULT_GRAPH_VERSION } from '../../src/graph/versions.js'
 import t from 'tap'
 import { auth, build, LogCapture } from '../helper.js'
-import { NO_ANSWER_LOG } from '../../src/domain/notifications.js'
+import { NO_ANSWER_LOG } from '../../src/domain/send.js'
 import { appsecretProof } from '../../src/graph/client.js'
 import {
   APP_SECRET, FAST_TIMEOUT, giveTokens, graphEnv, newPsid, notify, openWindow, scripted, tokenStates, world,
@@ -340,20 +340,29 @@ t.test('idempotency: same key and body replays the result; another body is 422',
   t.equal(w.emulator.requests.length, 1)
 })
 
-t.test('idempotency: the same key racing on two instances sends once', async (t) => {
+t.test('idempotency: the same key racing on two instances sends once; the others are told at once to ask again', async (t) => {
   const w = await world(t)
   const second = await build(t, graphEnv(w.base))
   const psid = newPsid()
   const tokens = await giveTokens(w, psid, 3)
-  w.emulator.setFaults({ latencyMs: 100 })
+  w.emulator.setFaults({ latencyMs: 300 })
   const body = { topic_id: w.topic.id, psid, message: text() }
+  const started = Date.now()
   const answers = await Promise.all([
     notify(w.app, body, 'race-key'), notify(second, body, 'race-key'),
     notify(w.app, body, 'race-key'), notify(second, body, 'race-key'),
   ])
-  t.same(answers.map((a) => a.statusCode), [201, 201, 201, 201])
-  t.equal(new Set(answers.map((a) => a.json().id)).size, 1, 'one notification')
-  t.equal(answers.filter((a) => a.headers['idempotent-replayed'] === 'true').length, 3)
+  t.same(answers.map((a) => a.statusCode).sort(), [201, 409, 409, 409], 'one sends; the others do not wait for it')
+  const winner = answers.find((a) => a.statusCode === 201)!.json()
+  for (const a of answers.filter((x) => x.statusCode === 409)) {
+    t.match(a.json(), { code: 'idempotency_in_progress', notification: { id: winner.id, status: 'pending' } })
+    t.equal(a.headers['retry-after'], '1')
+  }
+  t.ok(Date.now() - started < 30_000)
+  const later = await notify(second, body, 'race-key')
+  t.equal(later.statusCode, 201, 'asked again once it is done: the first result')
+  t.equal(later.headers['idempotent-replayed'], 'true')
+  t.equal(later.json().id, winner.id, 'one notification')
   t.equal(w.emulator.requests.length, 1, 'one send')
   // Which token is spent is not fixed: a request that loses the race for the key may hold the
   // soonest-expiring token (SKIP LOCKED) until its statement is undone, so the winner takes the next.

@@ -1,8 +1,14 @@
 import t from 'tap'
 import { randomUUID } from 'node:crypto'
 import { sql } from 'kysely'
-import { claimToken, discardPersonTokens, extendLease, settleToken } from '../../src/domain/claims.js'
+import type { TokenOutcome } from '../../src/domain/lifecycle.js'
+import { claimToken, discardPersonTokens, expireTokens, extendLease, holdInput, settleHolds, type Hold } from '../../src/domain/token-store.js'
+import type { Database } from '../../src/db/database.js'
 import { testDatabase, uniquePageId } from '../helper.js'
+import type { TokenState } from '../../src/db/types.js'
+import { maintenanceTasks } from '../../src/tasks.js'
+import { build } from '../helper.js'
+import { uniqueToken } from '../fixtures/webhooks.js'
 
 const DAY = 24 * 60 * 60 * 1000
 
@@ -19,6 +25,12 @@ async function seed (tokens: Array<{ psid?: string, payload?: string, state?: 'a
     ids.push(row.id)
   }
   return { db, page_id, ids }
+}
+
+/** Ends one hold alone; true when this holder moved it. */
+async function settleToken (db: Database, h: Hold, to: TokenOutcome): Promise<boolean> {
+  const { rows } = await sql<{ held_by: string }>`with input as (${holdInput(h, to)}), moved as (${settleHolds('input')}) select held_by from moved`.execute(db)
+  return rows.length > 0
 }
 
 const target = (page_id: string, extra: Partial<{ psid: string, payload: string }> = {}) =>
@@ -79,7 +91,7 @@ t.test('a claim is a HOT update: no new index entries, whatever the size of the 
 t.test('a held token is left alone by other claims and by discarding; a hold always has a lease', async (t) => {
   const { db, page_id, ids } = await seed([{}, {}])
   const held = (await claimToken(db, target(page_id)))!
-  t.equal(Number((await discardPersonTokens(db, { page_id, payload: 'topic', psid: 'p1' }).executeTakeFirst()).numUpdatedRows), 1)
+  t.equal(Number(await discardPersonTokens(db, { page_id, payload: 'topic', psid: 'p1' })), 1)
   const rows = await db.selectFrom('optin_tokens').select(['id', 'state']).where('page_id', '=', page_id).orderBy('id').execute()
   t.same(rows, [{ id: held.id, state: 'available' }, { id: ids[1], state: 'discarded' }], 'only the usable token was discarded')
   t.equal(await claimToken(db, target(page_id)), undefined, 'the held token is nobody else\'s')
@@ -101,15 +113,15 @@ t.test('transitions out of a hold name the holder; a stale holder changes nothin
   const mine = { token_id: claimed.id, notification_id: a.notification_id }
   const stranger = { token_id: claimed.id, notification_id: randomUUID() }
   t.equal(await settleToken(db, stranger, 'used'), false, 'another notification cannot spend it')
-  t.equal(await settleToken(db, stranger, 'available'), false)
+  t.equal(await settleToken(db, stranger, 'released'), false)
   t.equal(await extendLease(db, mine, 600), true)
   t.equal(await settleToken(db, mine, 'used'), true)
   t.equal(await settleToken(db, mine, 'used'), false, 'only once')
-  t.equal(await settleToken(db, mine, 'available'), false, 'a used token is never released')
+  t.equal(await settleToken(db, mine, 'released'), false, 'a used token is never released')
 
   const b = target(page_id)
   const second = (await claimToken(db, b))!
-  t.equal(await settleToken(db, { token_id: second.id, notification_id: b.notification_id }, 'available'), true)
+  t.equal(await settleToken(db, { token_id: second.id, notification_id: b.notification_id }, 'released'), true)
   const released = (await states()).find((r) => r.id === second.id)!
   t.match(released, { state: 'available', notification_id: null, lease_expires_at: null })
 
@@ -125,7 +137,54 @@ t.test('transitions out of a hold name the holder; a stale holder changes nothin
   const final = await states()
   t.same(final.map((r) => r.state), ['used', 'invalid', 'unconfirmed', 'available'])
   t.same(final.map((r) => r.id), ids)
-  t.equal(Number((await discardPersonTokens(db, { page_id, payload: 'topic', psid: 'p1' }).executeTakeFirst()).numUpdatedRows), 1)
+  t.equal(Number(await discardPersonTokens(db, { page_id, payload: 'topic', psid: 'p1' })), 1)
   const { rows } = await sql<{ state: string }>`select state from optin_tokens where id = ${ids[3]}`.execute(db)
   t.equal(rows[0].state, 'discarded')
+})
+
+// ---- expiry ----
+
+
+/** `held`: an available token a send holds (claims.ts). */
+async function insertTokens (pageId: string, rows: Array<{ expiresInMs: number, state?: TokenState | 'held' }>): Promise<string[]> {
+  const { db } = await testDatabase()
+  const inserted = await db.insertInto('optin_tokens').values(rows.map((r, i) => ({
+    page_id: pageId, psid: `p${i}`, payload: 'x', token: uniqueToken(),
+    opted_in_at: new Date(Date.now() + r.expiresInMs - 365 * DAY),
+    expires_at: new Date(Date.now() + r.expiresInMs),
+    state: r.state === 'held' ? 'available' as const : r.state ?? 'available',
+    ...(r.state === 'held' ? { notification_id: randomUUID(), lease_expires_at: new Date(Date.now() + 60_000) } : {}),
+  }))).returning('id').execute()
+  return inserted.map((r) => r.id)
+}
+
+async function states (pageId: string): Promise<string[]> {
+  const { db } = await testDatabase()
+  const rows = await db.selectFrom('optin_tokens').select(['state', 'notification_id']).where('page_id', '=', pageId).orderBy('id').execute()
+  return rows.map((r) => r.state === 'available' && r.notification_id !== null ? 'held' : r.state)
+}
+
+t.test('expireTokens marks only available tokens past their expiry, in batches, once', async (t) => {
+  const { db } = await testDatabase()
+  await expireTokens(db) // what the claim tests above left past its expiry
+  const pageId = uniquePageId()
+  await insertTokens(pageId, [
+    { expiresInMs: -DAY }, { expiresInMs: -1000 }, { expiresInMs: -2 * DAY }, { expiresInMs: -3 * DAY }, { expiresInMs: -4 * DAY },
+    { expiresInMs: DAY },
+    { expiresInMs: -DAY, state: 'held' },
+    { expiresInMs: -DAY, state: 'used' },
+    { expiresInMs: -DAY, state: 'discarded' },
+  ])
+  t.equal(await expireTokens(db, 2), 5, 'five expired, two at a time')
+  t.same(await states(pageId), ['expired', 'expired', 'expired', 'expired', 'expired', 'available', 'held', 'used', 'discarded'])
+  t.equal(await expireTokens(db), 0, 'nothing left to do')
+})
+
+t.test('the sweep is a maintenance task that runs when the app starts', async (t) => {
+  t.ok(maintenanceTasks.some((task) => task.name === 'expire_tokens'))
+  const pageId = uniquePageId()
+  await insertTokens(pageId, [{ expiresInMs: -DAY }, { expiresInMs: DAY }])
+  const app = await build(t)
+  await app.ready()
+  t.same(await states(pageId), ['expired', 'available'])
 })

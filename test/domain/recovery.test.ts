@@ -1,9 +1,10 @@
 import { DEFAULT_GRAPH_VERSION } from '../../src/graph/versions.js'
 import t, { type Test } from 'tap'
 import { sql } from 'kysely'
-import { claimToken } from '../../src/domain/claims.js'
-import { recoverLeases, RECOVERY_ATTEMPTS_CAP } from '../../src/domain/leases.js'
-import type { SendDeps } from '../../src/domain/notifications.js'
+import { recoverLeases, RECOVERY_ATTEMPTS_CAP } from '../../src/domain/recovery.js'
+import { directSteps } from '../../src/domain/send-steps.js'
+import type { SendDeps } from '../../src/domain/send.js'
+import { claimToken } from '../../src/domain/token-store.js'
 import { appsecretProof, createGraphClient } from '../../src/graph/client.js'
 import type { Notification } from '../../src/db/types.js'
 import { auth, build } from '../helper.js'
@@ -14,7 +15,7 @@ const LEASE = 60
 function depsFor (t: Test, w: World, timeoutMs = 2000): SendDeps {
   const graph = createGraphClient({ baseUrl: w.base, version: DEFAULT_GRAPH_VERSION, appSecret: APP_SECRET, timeoutMs, connectTimeoutMs: 1000 })
   t.teardown(() => graph.close())
-  return { db: w.db, graph, config: { TOKEN_LEASE_SECONDS: LEASE, GRAPH_API_MAX_RETRIES: 2, GRAPH_API_TIMEOUT_MS: timeoutMs } }
+  return { db: w.db, graph, config: { TOKEN_LEASE_SECONDS: LEASE, GRAPH_API_MAX_RETRIES: 2 }, steps: directSteps(w.db, LEASE) }
 }
 
 async function pendingNotification (w: World, psid: string, extra: Partial<{ attempts: number, route: 'window' | 'token', broadcast_id: string }> = {}): Promise<Notification> {
@@ -51,7 +52,7 @@ t.test('claimed, then the process died before sending: recovery sends the same t
   const finals: string[] = []
   t.equal(await recoverLeases({ ...depsFor(t, w), onFinal: (f) => finals.push(`${f.id} ${f.status}/${f.route}`) }), 1)
   t.same(await tokenStates(w.db, tokens.map((x) => x.id)), ['used', 'available'])
-  t.match(await row(w, n.id), { status: 'sent', route: 'token', token_state: 'used', attempts: 1, http_status: 201 })
+  t.match(await row(w, n.id), { status: 'sent', route: 'token', token_state: 'used', attempts: 1 })
   t.same(finals, [`${n.id} sent/token`], 'the outcome recovery wrote is counted once (otn_notifications_total)')
   t.equal(w.emulator.inbox(w.pageId, psid).length, 1)
   t.same(w.emulator.requests.map((r) => r.recipient), [{ one_time_notif_token: tokens[0].token }])
@@ -74,7 +75,7 @@ t.test('sent and delivered, then the process died: Meta refuses the re-send, so 
 
   t.equal(await recoverLeases(depsFor(t, w)), 1)
   t.same(await tokenStates(w.db, tokens.map((x) => x.id)), ['unconfirmed', 'available'], 'never handed to another send, the next token untouched')
-  t.match(await row(w, n.id), { status: 'unconfirmed', token_state: 'unconfirmed', http_status: 504, attempts: 2 })
+  t.match(await row(w, n.id), { status: 'unconfirmed', token_state: 'unconfirmed', attempts: 2 })
   t.equal(w.emulator.inbox(w.pageId, psid).length, 1, 'the person got it once')
   t.same(w.emulator.doubleSpends(), [])
 })
@@ -100,7 +101,7 @@ t.test('nothing was ever sent and Meta refuses for another reason: the token is 
   await w.app.inject({ method: 'PUT', url: `/v1/pages/${w.pageId}`, headers: auth, payload: { name: 'Shop', access_token: 'EAArevoked' } })
   t.equal(await recoverLeases(depsFor(t, w)), 1)
   t.same(await tokenStates(w.db, [token.id]), ['available'])
-  t.match(await row(w, n.id), { status: 'failed', token_state: 'released', http_status: 502, error: { code: 'graph_page_token_invalid', graph: { code: 190 } } })
+  t.match(await row(w, n.id), { status: 'failed', token_state: 'released', error: { code: 'graph_page_token_invalid', graph: { code: 190 } } })
 })
 
 t.test('after an attempt, Meta failing or throttling cannot release the token: it waits for the next sweep, up to a cap', async (t) => {
@@ -201,7 +202,7 @@ t.test('interrupted notifications without a reservation: a window send is unconf
     .where('id', 'in', [windowSend.id, notStarted.id, broadcast.id]).execute()
 
   t.equal(await recoverLeases(depsFor(t, w)), 2)
-  t.match(await row(w, windowSend.id), { status: 'unconfirmed', route: 'window', http_status: 504, error: { code: 'graph_unconfirmed' } })
+  t.match(await row(w, windowSend.id), { status: 'unconfirmed', route: 'window', error: { code: 'graph_unconfirmed' } })
   t.match(await row(w, notStarted.id), { status: 'sent', route: 'token', token_state: 'used' })
   t.match(await row(w, broadcast.id), { status: 'pending' }, 'broadcast rows belong to the broadcast worker')
   t.match(await row(w, fresh.id), { status: 'pending' }, 'a notification in flight is left alone')
@@ -210,7 +211,7 @@ t.test('interrupted notifications without a reservation: a window send is unconf
   await w.db.updateTable('notifications').set({ status: 'failed' }).where('id', 'in', [broadcast.id, fresh.id]).execute()
 })
 
-t.test('recovery runs at start-up: a reservation left by a dead instance is resolved once the app is ready', async (t) => {
+t.test('recovery runs at start-up, in the background: a hold left by a dead instance is resolved after the app is ready', async (t) => {
   const w = await world(t)
   const psid = newPsid()
   const [token] = await giveTokens(w, psid, 1)
@@ -218,8 +219,117 @@ t.test('recovery runs at start-up: a reservation left by a dead instance is reso
   await claimAndDie(w, n)
   const restarted = await build(t, graphEnv(w.base))
   await restarted.ready()
+  await restarted.maintenance()
   t.same(await tokenStates(w.db, [token.id]), ['used'])
   const got = await restarted.inject({ method: 'GET', url: `/v1/notifications/${n.id}`, headers: auth })
   t.match(got.json(), { status: 'sent', route: 'token', token_state: 'used' })
   t.same(w.emulator.doubleSpends(), [])
+})
+
+t.test('after a crash with 200 sends held and Meta answering in 200 ms, a restarted instance is ready at once and recovers in the background', async (t) => {
+  const { spawn } = await import('node:child_process')
+  const { openDatabase } = await import('../../src/db/database.js')
+  const { migrate } = await import('../../src/db/migrate.js')
+  const { testDatabase, databaseKind } = await import('../helper.js')
+  const { startEmulator } = await import('../fixtures/otn.js')
+  const { emulator, base } = await startEmulator(t)
+  const pageId = '4200042'
+  const accessToken = 'EAA-crash-page'
+  emulator.addPage({ id: pageId, accessToken })
+
+  // What a killed instance leaves: 200 notifications, each holding a token whose lease ran out,
+  // each with its first attempt counted (the claim counts it), so maybe sent.
+  let dbUrl: string | undefined
+  let dataDir: string | undefined
+  let handle
+  if (databaseKind === 'postgres') {
+    dbUrl = (await testDatabase()).url
+    handle = await openDatabase({ databaseUrl: dbUrl, poolSize: 2 })
+  } else {
+    dataDir = t.testdir({})
+    handle = await openDatabase({ pgliteDataDir: dataDir })
+    await migrate(handle.db)
+  }
+  const db = handle.db
+  await db.insertInto('pages').values({ id: pageId, name: 'Crash', access_token: accessToken }).onConflict((oc) => oc.column('id').doNothing()).execute()
+  const topic = await db.insertInto('topics').values({ page_id: pageId, name: `crash ${Date.now()}`, title: 'Crash', payload: `crash-${Date.now()}` })
+    .returning(['id', 'payload']).executeTakeFirstOrThrow()
+  const held = 200
+  const people = Array.from({ length: held }, (_, i) => `crash${i}`)
+  const ids: string[] = []
+  const { notificationHash } = await import('../../src/domain/notifications.js')
+  const message = { text: 'back in stock' }
+  for (const psid of people) {
+    const token = emulator.issueToken(pageId, psid, topic.payload)
+    const n = await db.insertInto('notifications').values({
+      page_id: pageId, topic_id: topic.id, psid, message: JSON.stringify(message), request_hash: notificationHash({ topic_id: topic.id, psid, message }),
+      idempotency_key: `crash-key-${psid}-${topic.id}`, route: 'token', attempts: 1, updated_at: sql`now() - interval '1 hour'`,
+    }).returning('id').executeTakeFirstOrThrow()
+    const tok = await db.insertInto('optin_tokens').values({
+      page_id: pageId, psid, payload: topic.payload, token, opted_in_at: new Date(), expires_at: new Date(Date.now() + 300 * 86_400_000),
+      notification_id: n.id, lease_expires_at: sql`now() - interval '1 second'`,
+    }).returning('id').executeTakeFirstOrThrow()
+    await db.updateTable('notifications').set({ token_id: tok.id }).where('id', '=', n.id).execute()
+    ids.push(n.id)
+  }
+  if (dataDir) await handle.close() // the embedded database is one process's: the instance opens it next
+
+  emulator.setFaults({ latencyMs: 200 })
+  const child = spawn(process.execPath, ['--import', 'tsx', 'src/server.ts'], {
+    cwd: new URL('../..', import.meta.url).pathname,
+    env: {
+      PATH: process.env.PATH ?? '', API_KEYS: 'crash-test-key-123', PORT: '0', LOG_LEVEL: 'info',
+      GRAPH_API_BASE_URL: base, META_APP_SECRET: APP_SECRET, TOKEN_LEASE_SECONDS: '60', RECOVERY_CONCURRENCY: '16',
+      ...(dbUrl ? { DATABASE_URL: dbUrl } : { PGLITE_DATA_DIR: dataDir! }),
+    },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
+  t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL') })
+  const lines: Array<Record<string, any>> = []
+  let stderr = ''
+  child.stderr.on('data', (c) => { stderr += c })
+  let partial = ''
+  const address = new Promise<string>((resolve, reject) => {
+    child.stdout.on('data', (chunk) => {
+      const parts = (partial + chunk).split('\n')
+      partial = parts.pop() ?? ''
+      for (const p of parts) {
+        const line = JSON.parse(p)
+        lines.push(line)
+        if (line.docs) resolve(String(line.docs).replace(/\/docs$/, ''))
+      }
+    })
+    child.once('exit', (code) => reject(new Error(`the instance exited (${code}) before it listened: ${stderr}`)))
+  })
+  const url = await address
+  const ready = await fetch(`${url}/readyz`)
+  t.equal(ready.status, 200, 'ready while recovery has barely begun')
+  // A caller retrying one of the held sends with its key: still in progress (409, ask again after
+  // Retry-After), or, if recovery got to it already, its result.
+  const last = people[held - 1]
+  const retried = await fetch(`${url}/v1/notifications`, {
+    method: 'POST', headers: { authorization: 'Bearer crash-test-key-123', 'content-type': 'application/json', 'idempotency-key': `crash-key-${last}-${topic.id}` },
+    body: JSON.stringify({ topic_id: topic.id, psid: last, message }),
+  })
+  const answer = await retried.json() as { code?: string }
+  if (retried.status === 409) {
+    t.equal(answer.code, 'idempotency_in_progress')
+    t.equal(retried.headers.get('retry-after'), '1')
+  } else {
+    t.equal(retried.status, 201, 'already recovered: the first result, replayed')
+  }
+
+  let pending = held
+  for (let i = 0; i < 600 && pending > 0; i++) {
+    await new Promise((resolve) => setTimeout(resolve, 500))
+    const got = await fetch(`${url}/v1/notifications?status=pending&limit=200&page_id=${pageId}`, { headers: { authorization: 'Bearer crash-test-key-123' } })
+    pending = ((await got.json()) as { items: unknown[] }).items.length
+  }
+  t.equal(pending, 0, 'every held send resolved by the background recovery')
+  t.equal(child.exitCode, null, 'the instance never exited')
+  t.ok(lines.some((l) => l.task === 'recover_leases' && l.msg === 'lease recovery: progress'), 'progress is logged')
+  t.same(emulator.doubleSpends(), [], 'no token spent twice')
+  t.ok(emulator.audit().tokens_accepted >= held - 5, `Meta accepted the re-sent tokens (${emulator.audit().tokens_accepted})`)
+  child.kill('SIGTERM')
+  await new Promise((resolve) => child.once('exit', resolve))
 })

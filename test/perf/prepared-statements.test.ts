@@ -1,12 +1,11 @@
 import t from 'tap'
 import { sql } from 'kysely'
 import { openDatabase, type Database } from '../../src/db/database.js'
-import { databaseKind, testDatabase } from '../helper.js'
+import { testDatabase } from '../helper.js'
 
-// Named statements exist on Postgres connections only (PGlite is one in-process session).
-if (databaseKind !== 'postgres') {
-  t.pass('named statements are a pg Pool feature; this file runs on Postgres')
-} else {
+// Named statements exist on Postgres connections only (PGlite is one in-process session): test/perf
+// runs in the Postgres pass.
+{
   const shared = await testDatabase()
 
   /** One connection, so every statement below meets the same server session. */

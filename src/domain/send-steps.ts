@@ -1,0 +1,257 @@
+/**
+ * The statements of a send, and the one interface through which every send path writes them
+ * (SendSteps). A send is two statements, each one round trip and one commit: `start` before Meta
+ * is called (the notification inserted, its token claimed), `finish` after Meta answered (the
+ * outcome and the token's move). Batched, as built in buildApp, the starts (and the outcomes) that
+ * arrive while a statement runs share the next one (GroupCommit).
+ */
+import { sql } from 'kysely'
+import type { Database } from '../db/database.js'
+import { GroupCommit } from '../db/group-commit.js'
+import type { Notification } from '../db/types.js'
+import type { GraphError } from '../graph/errors.js'
+import type { NotificationStatus, Route, TokenOutcome } from './lifecycle.js'
+import type { NotificationInput } from './notifications.js'
+import { claimForStarts, holdInput, settleHolds, type ClaimedToken, type Hold } from './token-store.js'
+import { WINDOW_MS } from './window.js'
+
+/** What the caller is told when a send did not end `sent`; stored with the notification. */
+export interface NotificationProblem {
+  code: string
+  detail: string
+  graph?: GraphError
+  retry_after_seconds?: number
+}
+
+/** One send to start: the request, its hash and the id its notification will have. */
+export interface Starting { id: string, input: NotificationInput, hash: string }
+
+export interface SendContext {
+  topic_id: string
+  page_id: string
+  payload: string
+  access_token: string | null
+  /** An earlier notification with the same Idempotency-Key. */
+  existing_id: string | null
+}
+
+export interface Started {
+  /** Undefined: no such topic. */
+  context?: SendContext
+  /** Undefined when nothing was inserted: an earlier request has the key, or the Page cannot send. */
+  n?: Notification
+  token?: ClaimedToken
+}
+
+/** An outcome to record, with the held token's move when there is one. */
+export interface Finishing {
+  id: string
+  status: Exclude<NotificationStatus, 'pending'>
+  route: Route
+  problem?: NotificationProblem
+  graphMessageId?: string | null
+  tokenId?: string
+  tokenState?: TokenOutcome
+  tokensRefused?: number
+  move?: { hold: Hold, to: TokenOutcome }
+}
+
+/** Where every send path writes its two steps: batched (group commit) or one statement each. */
+export interface SendSteps {
+  start (item: Starting): Promise<Started>
+  /** The notification as written; undefined when nothing was (recovery took the send over). */
+  finish (item: Finishing): Promise<Notification | undefined>
+}
+
+const NO_TOKEN: NotificationProblem = { code: 'no_token', detail: 'This person holds no usable token for this topic.' }
+
+/**
+ * The first statement of any number of sends. For each, it reads the topic, its Page, the person's
+ * window and any earlier request with the Idempotency-Key; then, only when there is none and the
+ * Page can send, it inserts the notification: on the window route `pending` with its first attempt
+ * counted; on the token route with the person's soonest-expiring token claimed for it in the same
+ * statement (`pending`, first attempt counted), or final as `no_token` when they hold none. The
+ * notification's id is the caller's, so that the claim can name it. A concurrent request with the
+ * same key makes the insert fail on the key's unique index: the whole statement, claims included,
+ * is undone.
+ *
+ * Two sends of one statement must not share a person's topic or an Idempotency-Key: both would see
+ * the same token (a statement does not skip its own locks) or the same absent key (batchedSteps
+ * keeps such sends for the next statement).
+ *
+ * `limit <the batch's size>` keeps every row but makes Postgres's generic plan of the prepared
+ * statement assume one row instead of ten, so that the generic plan is chosen after five runs
+ * instead of a fresh plan on every execution (a sixth of Postgres's CPU per send when it was not;
+ * test/perf/plan-cache.test.ts holds both statements to it).
+ */
+export async function startSends (db: Database, leaseSeconds: number, items: Starting[]): Promise<Started[]> {
+  const col = <T>(f: (i: Starting) => T) => items.map(f)
+  const { rows } = await sql<StartRow>`
+    with input as (
+      select * from unnest(
+        ${col((i) => i.id)}::uuid[], ${col((i) => i.input.topic_id)}::uuid[], ${col((i) => i.input.psid)}::text[],
+        ${col((i) => JSON.stringify(i.input.message))}::jsonb[], ${col((i) => i.input.notification_type ?? 'REGULAR')}::text[],
+        ${col((i) => i.input.use_window ?? true)}::boolean[], ${col((i) => i.input.idempotency_key ?? null)}::text[],
+        ${col((i) => i.hash)}::text[], ${col((i) => i.input.broadcast_id ?? null)}::uuid[],
+        ${col((i) => i.input.messaging_type ?? 'UPDATE')}::text[], ${col((i) => i.input.tag ?? null)}::text[]
+      ) with ordinality as r(id, topic_id, psid, message, notification_type, use_window, idempotency_key, request_hash, broadcast_id,
+                             messaging_type, tag, ord)
+      limit ${items.length} -- every row (why: startSends)
+    ), ctx as (
+      select r.id, r.psid, t.id as topic_id, t.page_id, t.payload, p.access_token,
+             r.use_window and coalesce(s.last_interaction_at > now() - make_interval(secs => ${WINDOW_MS / 1000}), false) as window_open,
+             (select n.id from notifications n where n.idempotency_key = r.idempotency_key) as existing_id
+        from input r
+        join topics t on t.id = r.topic_id
+        join pages p on p.id = t.page_id
+        left join subscribers s on s.page_id = t.page_id and s.psid = r.psid
+    ), go as (
+      select * from ctx where existing_id is null and access_token is not null
+    ), ${claimForStarts('go', leaseSeconds)}, inserted as (
+      insert into notifications (id, page_id, topic_id, psid, message, notification_type, use_window, idempotency_key, request_hash,
+                                 broadcast_id, messaging_type, tag, route, attempts, token_id, status, error, completed_at)
+      select r.id, go.page_id, go.topic_id, r.psid, r.message, r.notification_type, r.use_window, r.idempotency_key, r.request_hash,
+             r.broadcast_id, r.messaging_type, r.tag,
+             case when go.window_open then 'window' else 'token' end,
+             case when go.window_open or c.id is not null then 1 else 0 end,
+             c.id,
+             case when go.window_open or c.id is not null then 'pending' else 'no_token' end,
+             case when go.window_open or c.id is not null then null else ${JSON.stringify(NO_TOKEN)}::jsonb end,
+             case when go.window_open or c.id is not null then null else now() end
+        from go join input r on r.id = go.id left join claim c on c.notification_id = go.id
+      returning *
+    )
+    select r.ord, ctx.topic_id as ctx_topic_id, ctx.page_id as ctx_page_id, ctx.payload as ctx_payload,
+           ctx.access_token as ctx_access_token, ctx.existing_id as ctx_existing_id, i.*, c.kind as claim_kind, c.token as claim_token,
+           c.expires_at as claim_expires_at, c.lease_expires_at as claim_lease_expires_at
+      from input r left join ctx on ctx.id = r.id left join inserted i on i.id = r.id left join claim c on c.notification_id = r.id`.execute(db)
+  const started: Started[] = new Array(items.length)
+  for (const row of rows) started[Number(row.ord) - 1] = startedOf(row)
+  return started
+}
+
+/** One answer row of startSends: the notification's columns (null when none was written) and the rest. */
+type StartRow = Partial<Notification> & {
+  ord: string
+  ctx_topic_id: string | null, ctx_page_id: string | null, ctx_payload: string | null, ctx_access_token: string | null, ctx_existing_id: string | null
+  claim_kind: ClaimedToken['kind'] | null, claim_token: string | null, claim_expires_at: Date | null, claim_lease_expires_at: Date | null
+}
+
+function startedOf (row: StartRow): Started {
+  const {
+    ord: _ord, ctx_topic_id: topicId, ctx_page_id: pageId, ctx_payload: payload, ctx_access_token: accessToken, ctx_existing_id: existingId,
+    claim_kind: kind, claim_token: token, claim_expires_at: expires, claim_lease_expires_at: lease, ...inserted
+  } = row
+  if (topicId === null) return {}
+  const context: SendContext = { topic_id: topicId, page_id: pageId!, payload: payload!, access_token: accessToken, existing_id: existingId }
+  if (inserted.id == null) return { context }
+  const n = inserted as Notification
+  if (n.status !== 'pending' || token === null) return { context, n }
+  return { context, n, token: { id: n.token_id!, kind: kind!, token, expires_at: expires!, lease_expires_at: lease! } }
+}
+
+/**
+ * Records outcomes, each with its token's move, in one statement for any number of them. Each is
+ * written only if its notification is still `pending` and, when it moves a token, only if that
+ * token is still held for it; otherwise nothing of it is written (recovery took it over, and what
+ * recovery records stands). Answers, per item in order, the notification as written, or undefined.
+ * The items are written in the order of their ids, so that two statements cannot deadlock.
+ */
+export async function recordOutcomes (db: Database, items: Finishing[]): Promise<Array<Notification | undefined>> {
+  const sorted = [...items].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
+  const col = <T>(f: (i: Finishing) => T) => sorted.map(f)
+  const { rows } = await sql<Notification>`
+    with outcome_input as (
+      select * from unnest(
+        ${col((i) => i.id)}::uuid[], ${col((i) => i.status)}::text[], ${col((i) => i.route)}::text[],
+        ${col((i) => (i.problem ? JSON.stringify(i.problem) : null))}::jsonb[],
+        ${col((i) => i.graphMessageId ?? null)}::text[],
+        ${col((i) => i.tokenId !== undefined)}::boolean[], ${col((i) => i.tokenId ?? null)}::bigint[],
+        ${col((i) => i.tokenState ?? null)}::text[],
+        ${col((i) => i.tokensRefused !== undefined)}::boolean[], ${col((i) => i.tokensRefused ?? null)}::int[],
+        ${col((i) => i.move?.hold.token_id ?? null)}::bigint[],
+        ${col((i) => i.move?.hold.notification_id ?? null)}::uuid[],
+        ${col((i) => i.move?.to ?? null)}::text[]
+      ) as i(id, status, route, error, graph_message_id, set_token_id, token_id, token_state,
+             set_tokens_refused, tokens_refused, held_token_id, held_by, token_to)
+      limit ${sorted.length} -- every row (why: startSends)
+    ), moved as (${settleHolds('outcome_input')}
+    )
+    update notifications n
+       set status = i.status, route = i.route, error = i.error,
+           graph_message_id = i.graph_message_id,
+           token_id = case when i.set_token_id then i.token_id else n.token_id end,
+           token_state = i.token_state,
+           tokens_refused = case when i.set_tokens_refused then i.tokens_refused else n.tokens_refused end,
+           completed_at = now(), updated_at = now()
+      from outcome_input i
+     where n.id = i.id and n.status = 'pending'
+       and (i.held_token_id is null or exists (select 1 from moved m where m.held_by = i.id))
+    returning n.*`.execute(db)
+  const written = new Map(rows.map((n) => [n.id, n]))
+  return items.map((f) => written.get(f.id))
+}
+
+/** One statement each, as they come (tests, tools). */
+export function directSteps (db: Database, leaseSeconds: number): SendSteps {
+  return {
+    start: async (item) => (await startSends(db, leaseSeconds, [item]))[0],
+    finish: async (item) => (await recordOutcomes(db, [item]))[0],
+  }
+}
+
+/**
+ * The group commit of both statements (see GroupCommit), shared by every send of the process: the
+ * starts, and the outcomes, that arrive while a statement runs go together into the next one, so
+ * that under load one statement and one commit carry several sends. Two starts for the same
+ * person's topic or with the same Idempotency-Key never share a statement (see startSends). Each
+ * caller still waits until its own step is committed: a token goes to Meta only after its claim
+ * is, and a caller is answered only after its outcome is.
+ */
+export function batchedSteps (db: Database, leaseSeconds: number, maxBatch = 100, maxInFlight = 2): SendSteps {
+  const starts = new GroupCommit<Starting, Started>((items) => startSends(db, leaseSeconds, items), maxBatch, maxInFlight, ({ input }) =>
+    [`p:${input.topic_id}:${input.psid}`, ...(input.idempotency_key === undefined ? [] : [`k:${input.idempotency_key}`])])
+  const outcomes = new GroupCommit<Finishing, Notification | undefined>((items) => recordOutcomes(db, items), maxBatch, maxInFlight)
+  return { start: (item) => starts.submit(item), finish: (item) => outcomes.submit(item) }
+}
+
+// ---- the send path's smaller statements ----
+
+/**
+ * Counts an attempt before it is made (so recovery knows whether anything may have left) and keeps
+ * the row fresh for the stale-notification sweep. False when the row is no longer this send's.
+ */
+export async function beginAttempt (db: Database, id: string, route: Route, tokenId?: string): Promise<boolean> {
+  const row = await db.updateTable('notifications')
+    .set((eb) => ({ attempts: eb('attempts', '+', 1), route, token_id: tokenId ?? null, updated_at: sql`now()` }))
+    .where('id', '=', id).where('status', '=', 'pending')
+    .returning('id').executeTakeFirst()
+  return row !== undefined
+}
+
+/**
+ * Meta refused the held token itself: it becomes `invalid` and the notification counts the refusal,
+ * together; nothing moves when recovery took the send over. False then.
+ */
+export async function refuseHeldToken (db: Database, hold: Hold, refused: number): Promise<boolean> {
+  const { rows } = await sql<{ id: string }>`
+    with input as (${holdInput(hold, 'invalid')}), moved as (${settleHolds('input')})
+    update notifications set tokens_refused = ${refused}, updated_at = now()
+     where id = ${hold.notification_id} and status = 'pending' and exists (select 1 from moved)
+    returning id`.execute(db)
+  return rows.length > 0
+}
+
+/** The window was closed after all: the row now reads as a token send, nothing having been delivered. */
+export async function switchToTokenRoute (db: Database, id: string): Promise<void> {
+  await db.updateTable('notifications').set({ route: 'token', updated_at: sql`now()` })
+    .where('id', '=', id).where('status', '=', 'pending').execute()
+}
+
+export async function getNotificationRow (db: Database, id: string): Promise<Notification | undefined> {
+  return db.selectFrom('notifications').selectAll().where('id', '=', id).executeTakeFirst()
+}
+
+export async function notificationByKey (db: Database, key: string): Promise<Notification | undefined> {
+  return db.selectFrom('notifications').selectAll().where('idempotency_key', '=', key).executeTakeFirst()
+}

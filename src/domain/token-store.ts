@@ -1,0 +1,357 @@
+/**
+ * The token store: every statement that reads or moves a token is here, and nowhere else. The
+ * lifecycle's derived states (lifecycle.ts) become SQL here, once. Statements of other modules
+ * that must move tokens in the same round trip (a send's start and outcome, webhook ingestion)
+ * take their token part from this module as a CTE.
+ *
+ * A held token keeps its state, `available`: a claim sets `notification_id` and
+ * `lease_expires_at`, columns no index names, so that Postgres makes the claim a HOT update (no
+ * new index entries) and its cost stays flat at ten million tokens (migration 20261122000000;
+ * docs/PERFORMANCE.md).
+ */
+import { sql, type Expression, type RawBuilder, type SqlBool } from 'kysely'
+import type { Database } from '../db/database.js'
+import type { TokenKind } from '../db/types.js'
+import { DERIVED_STATES, SETTLED_STATE, type TokenOutcome } from './lifecycle.js'
+
+// ---- the derived states as SQL ----
+
+function available (alias: string | undefined, holder: RawBuilder<unknown>): RawBuilder<SqlBool> {
+  const column = (name: string) => sql.ref(alias ? `${alias}.${name}` : name)
+  return sql<SqlBool>`(${column('state')} = ${sql.lit(DERIVED_STATES.usable.state)} and ${column('notification_id')} ${holder})`
+}
+
+/** Usable (lifecycle.ts), without the expiry: callers add `expires_at > now()` where it matters. */
+export function usable (alias?: string): RawBuilder<SqlBool> {
+  return available(alias, sql`is null`)
+}
+
+/** Held by `holder` (a notification id, or a reference to one). */
+export function heldBy (holder: unknown, alias?: string): RawBuilder<SqlBool> {
+  return available(alias, sql`= ${holder}`)
+}
+
+/** Held by some notification. */
+export function held (alias?: string): RawBuilder<SqlBool> {
+  return available(alias, sql`is not null`)
+}
+
+// ---- claims and holds ----
+
+/** A token held for one notification; its value goes to Meta and nowhere else. */
+export interface ClaimedToken {
+  id: string
+  kind: TokenKind
+  token: string
+  expires_at: Date
+  lease_expires_at: Date
+}
+
+export interface ClaimTarget {
+  page_id: string
+  payload: string
+  psid: string
+  notification_id: string
+  leaseSeconds: number
+}
+
+/**
+ * Holds the soonest-expiring usable token of (Page, topic payload, PSID) for one notification, in
+ * one statement. SKIP LOCKED hands concurrent claimers different rows (or none) without waiting on
+ * each other, across any number of instances. A new send makes the same choice inside its first
+ * statement (claimForStarts); this one serves the next token after a refusal.
+ */
+export async function claimToken (db: Database, target: ClaimTarget): Promise<ClaimedToken | undefined> {
+  const { rows } = await sql<ClaimedToken>`
+    update optin_tokens
+       set notification_id = ${target.notification_id},
+           lease_expires_at = now() + make_interval(secs => ${target.leaseSeconds}),
+           updated_at = now()
+     where id = (
+       select id from optin_tokens
+        where page_id = ${target.page_id} and payload = ${target.payload} and psid = ${target.psid}
+          and kind = 'one_time_notif' and ${usable()} and expires_at > now()
+        order by expires_at
+        limit 1
+        for update skip locked)
+    returning id, kind, token, expires_at, lease_expires_at`.execute(db)
+  return rows[0]
+}
+
+/**
+ * The claim of a send's first statement, as two CTEs, `pick` and `claim`: for each row of `source`
+ * (columns id: the notification's, page_id, payload, psid, window_open) whose window is closed, the
+ * person's soonest-expiring usable token, held for it with a lease of `leaseSeconds`. `claim`
+ * returns id, notification_id, kind, token, expires_at, lease_expires_at.
+ */
+export function claimForStarts (source: string, leaseSeconds: unknown): RawBuilder<unknown> {
+  const go = sql.table(source)
+  return sql`
+    pick as (
+      select go.id as notification_id, o.id
+        from ${go} go cross join lateral (
+          select o.id from optin_tokens o
+           where not go.window_open
+             and o.page_id = go.page_id and o.payload = go.payload and o.psid = go.psid
+             and o.kind = 'one_time_notif' and ${usable('o')} and o.expires_at > now()
+           order by o.expires_at
+           limit 1
+           for update of o skip locked) o
+    ), claim as (
+      update optin_tokens o
+         set lease_expires_at = now() + make_interval(secs => ${leaseSeconds}),
+             notification_id = pick.notification_id,
+             updated_at = now()
+        from pick
+       where o.id = pick.id
+      returning o.id, o.notification_id, o.kind, o.token, o.expires_at, o.lease_expires_at
+    )`
+}
+
+/** One hold: the token and the notification holding it. */
+export interface Hold { token_id: string, notification_id: string }
+
+/**
+ * The end of holds, as the body of a CTE over `input`, a relation with the columns
+ * `held_token_id` (bigint), `held_by` (uuid: the notification holding it) and `token_to` (a
+ * TokenOutcome); rows with a null `held_token_id` move nothing. Each row names the holder, so a
+ * stale holder (whose lease recovery took over) changes nothing. Returns `held_by` for each token
+ * moved, so that the caller writes the notification's side only where its token moved. A used token
+ * stays linked to its notification; a released one is usable again.
+ */
+export function settleHolds (input: string): RawBuilder<unknown> {
+  const to = (outcome: TokenOutcome) => sql.lit(SETTLED_STATE[outcome])
+  return sql`
+    update optin_tokens o
+       set state = case i.token_to when 'used' then ${to('used')} when 'invalid' then ${to('invalid')}
+                                   when 'unconfirmed' then ${to('unconfirmed')} else ${to('released')} end,
+           lease_expires_at = null,
+           notification_id = case when i.token_to = 'released' then null else o.notification_id end,
+           updated_at = now()
+      from ${sql.table(input)} i
+     where o.id = i.held_token_id and ${heldBy(sql.ref('i.held_by'), 'o')}
+    returning i.held_by`
+}
+
+/** One hold as the `input` of settleHolds. */
+export function holdInput (h: Hold, to: TokenOutcome): RawBuilder<unknown> {
+  return sql`select ${h.token_id}::bigint as held_token_id, ${h.notification_id}::uuid as held_by, ${to}::text as token_to`
+}
+
+/** Pushes the lease forward before another attempt, so recovery does not take over a live send. */
+export async function extendLease (db: Database, h: Hold, leaseSeconds: number): Promise<boolean> {
+  const result = await sql`
+    update optin_tokens set lease_expires_at = now() + make_interval(secs => ${leaseSeconds}), updated_at = now()
+     where id = ${h.token_id} and ${heldBy(h.notification_id)}`.execute(db)
+  return (result.numAffectedRows ?? 0n) > 0n
+}
+
+/** The person stopped the topic: their other usable tokens on it will never be sent. */
+export async function discardPersonTokens (db: Database, target: { page_id: string, payload: string, psid: string }): Promise<number> {
+  const result = await sql`
+    update optin_tokens set state = 'discarded', updated_at = now()
+     where page_id = ${target.page_id} and payload = ${target.payload} and psid = ${target.psid} and ${usable()}`.execute(db)
+  return Number(result.numAffectedRows ?? 0n)
+}
+
+/** Seconds left on the lease of the token `notificationId` holds, or undefined when it holds none. */
+export async function holdLeaseSeconds (db: Database, n: { id: string, page_id: string, psid: string }): Promise<number | undefined> {
+  const { rows } = await sql<{ wait: number }>`
+    select extract(epoch from (lease_expires_at - now()))::float8 as wait
+      from optin_tokens
+     where page_id = ${n.page_id} and psid = ${n.psid} and ${heldBy(n.id)}`.execute(db)
+  return rows[0]?.wait
+}
+
+// ---- recovery ----
+
+/**
+ * Tokens held past their lease, oldest lease first, found from the open notifications that hold
+ * them (the partial index on open notifications), each among its person's tokens: no index names
+ * a hold.
+ */
+export async function expiredHolds (db: Database, limit: number): Promise<string[]> {
+  const { rows } = await sql<{ id: string }>`
+    select t.id from notifications n
+      join optin_tokens t on t.page_id = n.page_id and t.psid = n.psid and ${heldBy(sql.ref('n.id'), 't')}
+     where n.completed_at is null and t.lease_expires_at < now()
+     order by t.lease_expires_at
+     limit ${limit}`.execute(db)
+  return rows.map((r) => r.id)
+}
+
+/**
+ * Takes over one expired hold with a fresh lease, guarded so that instances sweeping together take
+ * each once; undefined when another did (or the hold ended meanwhile).
+ */
+export async function takeOverHold (db: Database, tokenId: string, leaseSeconds: number)
+  : Promise<(ClaimedToken & { page_id: string, payload: string, notification_id: string }) | undefined> {
+  const { rows: [token] } = await sql<ClaimedToken & { page_id: string, payload: string, notification_id: string }>`
+    update optin_tokens set lease_expires_at = now() + make_interval(secs => ${leaseSeconds}), updated_at = now()
+     where id = ${tokenId} and ${held()} and lease_expires_at < now()
+    returning id, kind, token, expires_at, lease_expires_at, page_id, payload, notification_id`.execute(db)
+  return token
+}
+
+/** A hold whose notification is already final (never left by the send path; kept for safety): its outcome decides. */
+export async function settleOrphan (db: Database, h: Hold, sent: boolean): Promise<void> {
+  await sql`
+    update optin_tokens set state = ${sent ? 'used' : 'unconfirmed'}, lease_expires_at = null, updated_at = now()
+     where id = ${h.token_id} and ${heldBy(h.notification_id)}`.execute(db)
+}
+
+/** The condition that notification `n` (an alias of the notifications table) holds no token. */
+export function holdsNoToken (n: string): Expression<SqlBool> {
+  return sql<SqlBool>`not exists (select 1 from optin_tokens t
+    where t.page_id = ${sql.ref(`${n}.page_id`)} and t.psid = ${sql.ref(`${n}.psid`)} and ${heldBy(sql.ref(`${n}.id`), 't')})`
+}
+
+// ---- sweeps ----
+
+/**
+ * Marks usable tokens past their expiry as `expired`, in batches over the expiry index (a token a
+ * send holds is left to that send). Counts and claims already ignore such rows by time; this makes
+ * the state say so too. SKIP LOCKED leaves a row a claim holds at this moment to the next sweep, so
+ * the sweep never waits on a send, and instances sweeping together do the work once between them.
+ */
+export async function expireTokens (db: Database, batchSize = 5000): Promise<number> {
+  let total = 0
+  for (;;) {
+    const result = await sql`
+      update optin_tokens set state = 'expired', updated_at = now()
+       where id in (select id from optin_tokens where ${usable()} and expires_at <= now()
+                     order by expires_at limit ${batchSize} for update skip locked)
+         and ${usable()}`.execute(db)
+    const n = Number(result.numAffectedRows ?? 0n)
+    total += n
+    if (n < batchSize) return total
+  }
+}
+
+// ---- topics ----
+
+export interface TopicCounts { usable_tokens: number, subscribers: number, expiring_soon: number }
+
+/**
+ * A topic's counts as a lateral subquery over `topics` (an alias in scope): one index range scan
+ * over its unspent tokens (the usable index), without reading the table, so a token a send in
+ * flight holds is counted until it is spent.
+ */
+export function topicCounts (topics: string, expiringWithin: RawBuilder<unknown>): RawBuilder<TopicCounts> {
+  const t = (c: string) => sql.ref(`${topics}.${c}`)
+  return sql<TopicCounts>`lateral (
+    select count(*)::int as usable_tokens,
+           count(distinct o.psid)::int as subscribers,
+           (count(*) filter (where o.expires_at <= now() + ${expiringWithin}))::int as expiring_soon
+      from optin_tokens o
+     where o.page_id = ${t('page_id')} and o.payload = ${t('payload')}
+       and o.state = 'available' and o.expires_at > now())`
+}
+
+/** Usable tokens of a topic (Page and payload) not held by a send: counted, or with `discard`, discarded. */
+export async function topicTokens (db: Database, topic: { page_id: string, payload: string }, discard: boolean): Promise<number> {
+  const usableOnTopic = sql`select id from optin_tokens
+    where page_id = ${topic.page_id} and payload = ${topic.payload} and ${usable()} and expires_at > now()`
+  if (discard) {
+    const result = await sql`update optin_tokens set state = 'discarded', updated_at = now() where id in (${usableOnTopic})`.execute(db)
+    return Number(result.numAffectedRows ?? 0n)
+  }
+  const { rows: [row] } = await sql<{ n: number }>`select count(*)::int as n from (${usableOnTopic}) u`.execute(db)
+  return row.n
+}
+
+// ---- people ----
+
+export interface PersonToken {
+  id: string
+  token: string
+  payload: string
+  opted_in_at: Date
+  expires_at: Date
+  topic_id: string | null
+  topic_name: string | null
+}
+
+/** A person's usable tokens on a Page with the topic each belongs to (if any), soonest expiry first. */
+export async function personTokens (db: Database, pageId: string, psid: string): Promise<PersonToken[]> {
+  const { rows } = await sql<PersonToken>`
+    select t.id, t.token, t.payload, t.opted_in_at, t.expires_at, tp.id as topic_id, tp.name as topic_name
+      from optin_tokens t
+      left join topics tp on tp.page_id = t.page_id and tp.payload = t.payload
+     where t.page_id = ${pageId} and t.psid = ${psid} and ${usable('t')} and t.expires_at > now()
+     order by t.expires_at, t.id`.execute(db)
+  return rows
+}
+
+/** When a person first opted in on a Page (any token, any state), or undefined. */
+export async function firstOptinAt (db: Database, pageId: string, psid: string): Promise<Date | undefined> {
+  const { rows: [row] } = await sql<{ at: Date | null }>`
+    select min(opted_in_at) as at from optin_tokens where page_id = ${pageId} and psid = ${psid}`.execute(db)
+  return row?.at ?? undefined
+}
+
+// ---- broadcasts ----
+
+/**
+ * Distinct people holding an unspent token on (Page, payload) now, counting tokens a send in
+ * flight holds (like the topic's counts: an index-only count, however many tokens the topic has).
+ */
+export async function usableHolders (db: Database, pageId: string, payload: string): Promise<number> {
+  const { rows: [row] } = await sql<{ n: number }>`
+    select count(distinct psid)::int as n from optin_tokens
+     where page_id = ${pageId} and payload = ${payload} and kind = 'one_time_notif'
+       and state = 'available' and expires_at > now()`.execute(db)
+  return row.n
+}
+
+/** People holding a usable token on (Page, payload), after `after` in PSID order, `limit` at most: one page of an audience. */
+export function audiencePage (pageId: string, payload: string, after: string | undefined, limit: number): RawBuilder<{ psid: string }> {
+  return sql<{ psid: string }>`
+    select distinct psid from optin_tokens
+     where page_id = ${pageId} and payload = ${payload} and kind = 'one_time_notif'
+       and ${usable()} and expires_at > now()
+       ${after !== undefined ? sql`and psid > ${after}` : sql``}
+     order by psid
+     limit ${limit}`
+}
+
+// ---- ingestion ----
+
+/**
+ * New tokens of a webhook statement, as the body of a CTE: from `tokens` (a jsonb array of
+ * TokenRecord with the `ord` of their delivery) joined to `input` (the deliveries: id, ord), each
+ * token once (its earliest opt-in), a token already held left as it is. Already-expired ones are
+ * stored `expired`. Returns webhook_event_id and state of each token added.
+ */
+export function insertTokens (tokensJson: string, input: string): RawBuilder<unknown> {
+  return sql`
+    insert into optin_tokens (kind, page_id, psid, payload, token, opted_in_at, expires_at, state, webhook_event_id)
+    select distinct on (t.token) t.kind, t.page_id, t.psid, t.payload, t.token, t.opted_in_at, t.expires_at,
+           case when t.expires_at <= now() then 'expired' else 'available' end,
+           input.id
+      from jsonb_to_recordset(${tokensJson}::jsonb)
+        as t(ord int, kind text, page_id text, psid text, payload text, token text, opted_in_at timestamptz, expires_at timestamptz)
+      join ${sql.table(input)} input on input.ord = t.ord
+     order by t.token, t.opted_in_at, t.ord
+    on conflict (token) do nothing
+    returning webhook_event_id, state`
+}
+
+// ---- metrics ----
+
+export interface SendBacklog { held: number, pending: number, oldest_pending_seconds: number }
+
+/**
+ * Notifications in flight and the tokens they hold, in one read over the partial index of open
+ * notifications (each hold found among its person's tokens): what the metrics report.
+ */
+export async function sendBacklog (db: Database): Promise<SendBacklog> {
+  const { rows: [row] } = await sql<SendBacklog>`
+    select count(t.id)::float8 as held,
+           count(*)::float8 as pending,
+           coalesce(extract(epoch from now() - min(n.created_at)), 0)::float8 as oldest_pending_seconds
+      from notifications n
+      left join optin_tokens t on t.page_id = n.page_id and t.psid = n.psid and ${heldBy(sql.ref('n.id'), 't')}
+     where n.completed_at is null and n.status = 'pending'`.execute(db)
+  return row
+}
