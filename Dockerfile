@@ -3,8 +3,9 @@
 # (docs/OPERATIONS.md; docker-compose.yml runs it with Postgres).
 #
 # Node.js is pinned to an LTS release. Tested: the suite runs on Node.js 20 in CI (the floor in
-# package.json's engines) and was run on this pin, 24.21.0; the image is not built in CI (no Docker
-# engine there), test/dockerfile.test.ts checks it by construction and runs its health check.
+# package.json's engines); the app, server, start-up, lock, Docker, ops and demo tests passed on this
+# pin, 24.21.0. The image is not built in CI (no Docker engine there): test/dockerfile.test.ts checks
+# it by construction and runs its health check.
 ARG NODE_VERSION=24.21.0
 
 # Build stage: compile TypeScript with the dev dependencies, and write the empty embedded database
