@@ -1,7 +1,6 @@
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { PGlite } from '@electric-sql/pglite'
 
 // A new embedded database starts as a copy of an empty one made at build time, as Postgres copies
 // template1, instead of running initdb on every new folder: `node scripts/start-time.mjs 3` (npm
@@ -36,6 +35,8 @@ export function seedFor (dataDir: string, seedPath: string | undefined): Blob | 
 /** Writes the seed (an initdb'd, empty database) unless one for this PGlite version is there. */
 export async function writeSeed (seedPath: string): Promise<boolean> {
   if (existsSync(seedPath)) return false
+  // Imported here: the check above runs before every `npm start`, and PGlite takes a while to load.
+  const { PGlite } = await import('@electric-sql/pglite')
   const pglite = await PGlite.create('memory://')
   try {
     const tarball = await pglite.dumpDataDir('gzip')
