@@ -78,7 +78,7 @@ export async function buildApp (config: Config, deps: AppDeps = {}): Promise<Fas
   app.server.maxConnections = config.HTTP_MAX_CONNECTIONS
   app.setValidatorCompiler(validatorCompiler)
 
-  let handle: { db: Database, kind: 'postgres' | 'pglite', location: string, pool?: DatabaseHandle['pool'], close?: () => Promise<void> }
+  let handle: { db: Database, kind: 'postgres' | 'pglite', location: string, pool?: DatabaseHandle['pool'], previousHolder?: DatabaseHandle['previousHolder'], close?: () => Promise<void> }
   if (deps.db) {
     handle = { db: deps.db, kind: deps.dbKind ?? 'postgres', location: 'injected' }
   } else {
@@ -90,6 +90,8 @@ export async function buildApp (config: Config, deps: AppDeps = {}): Promise<Fas
     })
     const location = maskUrl(handle.location)
     app.log.info({ database: handle.kind, location }, `database: ${handle.kind} at ${location}`)
+    const killed = handle.previousHolder
+    if (killed) app.log.warn({ previous_pid: killed.pid, previous_host: killed.host, since: killed.since }, `the process that used ${handle.location} before (pid ${killed.pid}) stopped without closing it; the database recovers as after a crash`)
   }
 
   try {

@@ -1,30 +1,35 @@
 import closeWithGrace from 'close-with-grace'
+import type { FastifyInstance } from 'fastify'
 import { buildApp } from './app.js'
-import { ConfigError, loadConfig } from './config.js'
+import { exitWith, explainDatabaseError, explainListenError, missingSettingsWarning, startupConfig } from './startup.js'
+
+const program = 'otn-service'
 
 async function main (): Promise<void> {
-  let config
+  const { config, envFile } = startupConfig(program)
+  let app: FastifyInstance
   try {
-    config = loadConfig(process.env)
+    app = await buildApp(config)
   } catch (error) {
-    if (error instanceof ConfigError) {
-      process.stderr.write(`${error.message}\nSee .env.example for every variable and its default.\n`)
-      process.exit(78)
-    }
-    throw error
+    exitWith(program, error, explainDatabaseError(error, config))
   }
-  const app = await buildApp(config)
+  if (envFile) app.log.info({ env_file: envFile.path, variables: envFile.used, overridden_by_environment: envFile.overridden }, `read ${envFile.used.length} variable(s) from ${envFile.path}${envFile.overridden.length ? `; the environment sets ${envFile.overridden.join(', ')} instead` : ''}`)
+  const missing = missingSettingsWarning(config)
+  if (missing) app.log.warn(missing)
   closeWithGrace({ delay: config.SHUTDOWN_TIMEOUT_MS }, async ({ signal, err }) => {
     if (err) app.log.error({ err }, 'closing after an error')
     else app.log.info({ signal }, 'shutting down: finishing in-flight requests')
     await app.close()
     app.log.info('closed: in-flight requests answered, job queue and database closed')
   })
-  const address = await app.listen({ host: config.HOST, port: config.PORT })
+  let address: string
+  try {
+    address = await app.listen({ host: config.HOST, port: config.PORT })
+  } catch (error) {
+    await app.close()
+    exitWith(program, error, explainListenError(error, config))
+  }
   app.log.info({ docs: `${address}/docs` }, `listening on ${address}; API docs at ${address}/docs`)
 }
 
-main().catch((error) => {
-  process.stderr.write(`failed to start: ${error instanceof Error ? error.stack : String(error)}\n`)
-  process.exit(1)
-})
+main().catch((error) => exitWith(program, error, undefined))

@@ -2,7 +2,9 @@ import { mkdirSync } from 'node:fs'
 import { CompiledQuery, Kysely, PostgresDialect } from 'kysely'
 import { PGlite } from '@electric-sql/pglite'
 import pg from 'pg'
+import { lockDataDir, type Holder } from './data-dir-lock.js'
 import { PGliteDialect, SessionLock } from './pglite-dialect.js'
+import { defaultSeedPath, seedFor } from './pglite-seed.js'
 import { prepareStatements } from './prepared-statements.js'
 import type { DB } from './types.js'
 
@@ -15,6 +17,8 @@ export interface DatabaseHandle {
   location: string
   /** The pg Pool behind `db` (Postgres only), for its metrics. */
   pool?: pg.Pool
+  /** The process that held the embedded folder before this one and was killed without releasing it. */
+  previousHolder?: Holder
   close(): Promise<void>
 }
 
@@ -25,6 +29,8 @@ export interface DatabaseOptions {
   /** Named statements kept per connection (0: none). */
   statementCacheSize?: number
   pgliteDataDir?: string
+  /** An empty database to copy into a new folder (pglite-seed.ts); default: the one the build wrote, if any. */
+  pgliteSeed?: string
 }
 
 export async function openDatabase (options: DatabaseOptions): Promise<DatabaseHandle> {
@@ -48,9 +54,34 @@ export async function openDatabase (options: DatabaseOptions): Promise<DatabaseH
     }
   }
   const dataDir = options.pgliteDataDir ?? './data/pglite'
-  if (!dataDir.startsWith('memory://')) mkdirSync(dataDir, { recursive: true })
+  const seed = options.pgliteSeed ?? defaultSeedPath()
+  if (dataDir.startsWith('memory://')) return openPglite(dataDir, seed)
+  mkdirSync(dataDir, { recursive: true })
+  // Held until close: a second process on this folder is refused (DataDirInUseError), never run beside.
+  const folderLock = lockDataDir(dataDir)
+  try {
+    const handle = await openPglite(dataDir, seed)
+    return {
+      ...handle,
+      previousHolder: folderLock.previous,
+      close: async () => {
+        try {
+          await handle.close()
+        } finally {
+          folderLock.release()
+        }
+      },
+    }
+  } catch (error) {
+    folderLock.release()
+    throw error
+  }
+}
+
+async function openPglite (dataDir: string, seedPath: string): Promise<DatabaseHandle> {
   const pglite = await PGlite.create(dataDir, {
     parsers: { 20: (value: string) => value },
+    loadDataDir: seedFor(dataDir, seedPath),
   })
   const lock = new SessionLock()
   const db = new Kysely<DB>({ dialect: new PGliteDialect(pglite, lock) })
@@ -58,7 +89,11 @@ export async function openDatabase (options: DatabaseOptions): Promise<DatabaseH
     db,
     kind: 'pglite',
     location: dataDir,
-    close: () => db.destroy(),
+    close: async () => {
+      await db.destroy()
+      // Kysely closes PGlite only once it has run a query; one started from a seed otherwise keeps the process alive.
+      if (!pglite.closed) await pglite.close()
+    },
   }
 }
 

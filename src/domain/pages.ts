@@ -82,3 +82,10 @@ export async function recordPageError (db: Database, id: string, error: GraphErr
     .set({ healthy: false, last_error: JSON.stringify({ ...error, at: new Date().toISOString() }), updated_at: sql`now()` })
     .where('id', '=', id).execute()
 }
+
+/** Registered Pages by health, for the metrics. */
+export async function pageHealth (db: Database): Promise<{ healthy: number, unhealthy: number }> {
+  const { rows: [row] } = await sql<{ healthy: number, unhealthy: number }>`
+    select count(*) filter (where healthy)::float8 as healthy, count(*) filter (where not healthy)::float8 as unhealthy from pages`.execute(db)
+  return row
+}

@@ -9,6 +9,12 @@ const openApiInfo = {
   description: 'Keeps Messenger One-Time Notification tokens and spends each exactly once.',
 }
 
+// The service's mark in the top bar and the browser tab (in place of the Fastify logo and Swagger's icon).
+const icon = '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32"><rect width="32" height="32" rx="7" fill="#0a66c2"/><path d="M9 10h14a3 3 0 0 1 3 3v6a3 3 0 0 1-3 3h-7l-5 4v-4H9a3 3 0 0 1-3-3v-6a3 3 0 0 1 3-3z" fill="#fff"/><circle cx="21" cy="11" r="4" fill="#ffb400" stroke="#0a66c2" stroke-width="1.5"/></svg>'
+const logo = `<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 180 40" width="180" height="40"><g transform="translate(2 4)">${icon.replace(/^<svg[^>]*>|<\/svg>$/g, '')}</g><text x="44" y="27" font-family="system-ui,-apple-system,Segoe UI,Roboto,sans-serif" font-size="20" font-weight="700" fill="#fff">${openApiInfo.title}</text></svg>`
+// One definition: the top bar's definition picker has nothing to pick.
+const css = '.swagger-ui .topbar .download-url-wrapper { display: none }'
+
 export default fp(async (app) => {
   for (const schema of sharedSchemas) app.addSchema(schema)
   await app.register(swagger, {
@@ -30,6 +36,25 @@ export default fp(async (app) => {
     },
     refResolver: { buildLocalReference: (json, _base, _fragment, i) => String(json.$id ?? `def-${i}`) },
   })
-  await app.register(swaggerUi, { routePrefix: '/docs' })
+  await app.register(swaggerUi, {
+    routePrefix: '/docs',
+    // Everything the page loads is served here (no CDN, no validator badge): it works offline.
+    logo: { type: 'image/svg+xml', content: Buffer.from(logo), href: './', target: '_self' },
+    theme: {
+      title: `${openApiInfo.title}: API reference`,
+      favicon: [{ filename: 'favicon.svg', rel: 'icon', sizes: 'any', type: 'image/svg+xml', content: Buffer.from(icon) }],
+      css: [{ filename: 'theme.css', content: css }],
+    },
+    uiConfig: {
+      // The published spec, as the README and DESIGN name it. With `urls` Swagger UI loads this and
+      // not the plugin's own copy at /docs/json (which it forces as `url`).
+      urls: [{ url: '/openapi.json', name: `${openApiInfo.title} ${openApiInfo.version}` }],
+      // The API key entered in "Authorize" is kept in this browser's localStorage across reloads.
+      persistAuthorization: true,
+      displayRequestDuration: true,
+      filter: true,
+      tryItOutEnabled: true,
+    },
+  })
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger())
 }, { name: 'docs' })

@@ -1,6 +1,7 @@
 import fp from 'fastify-plugin'
 import type { FastifyInstance } from 'fastify'
 import { pacingShares, runningBroadcasts } from '../domain/broadcasts.js'
+import { pageHealth } from '../domain/pages.js'
 import { sendBacklog } from '../domain/token-store.js'
 import { IGNORED_REASONS, REJECTED_REASONS, type Delivery } from '../domain/ingest.js'
 import type { BuildInfo } from '../build-info.js'
@@ -122,11 +123,14 @@ function databaseMetrics (app: FastifyInstance, register: Registry, cacheSeconds
   const queued = new Gauge({ name: 'otn_jobs_queued', help: 'Jobs waiting in each job queue (created or retrying, not yet active).', labelNames: ['queue'] as const, registers: [register], collect })
   const remaining = new Gauge({ name: 'otn_broadcast_remaining', help: 'People still pending in each running broadcast (a broadcast leaves the metric when it ends).', labelNames: ['broadcast_id', 'page_id'] as const, registers: [register], collect })
   const share = new Gauge({ name: 'otn_broadcast_rate_share', help: 'The share of its broadcast rate a Page may use now: halved by each rate limit from Meta, given back as sends succeed (Pages that broadcast in the last 10 minutes).', labelNames: ['page_id'] as const, registers: [register], collect })
-  const fromDatabase = [tokens, notifications, oldest, queued, remaining, share]
+  
+  const pages = new Gauge({ name: 'otn_pages', help: 'Registered Pages by health: healthy="false" after a Graph API error that concerns the Page itself (its access token or permissions; GET /v1/pages/{pageId} shows last_error), until its token is replaced.', labelNames: ['healthy'] as const, registers: [register], collect })
+  const fromDatabase = [tokens, notifications, oldest, queued, remaining, share, pages]
 
   async function read (): Promise<boolean> {
     try {
       const backlog = await sendBacklog(app.db)
+      const health = await pageHealth(app.db)
       const queues: Array<[string, number]> = []
       for (const { name } of await app.jobs.getQueues()) queues.push([name, await app.jobs.getQueueSize(name)])
       const [running, shares] = [await runningBroadcasts(app.db), await pacingShares(app.db)]
@@ -137,6 +141,8 @@ function databaseMetrics (app: FastifyInstance, register: Registry, cacheSeconds
       notifications.set({ status: 'pending' }, backlog.pending)
       oldest.set({ status: 'pending' }, backlog.oldest_pending_seconds)
       for (const [queue, size] of queues) queued.set({ queue }, size)
+      pages.set({ healthy: 'true' }, health.healthy)
+      pages.set({ healthy: 'false' }, health.unhealthy)
       up.set(1)
       return true
     } catch (err) {
