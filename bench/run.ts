@@ -33,7 +33,7 @@ interface Build { name: string, dir: string, env?: Record<string, string> }
 
 /** This checkout, built; and with BENCH_BASELINE, that commit built beside it (its own node_modules when its lockfile differs). */
 function builds (): Build[] {
-  execFileSync('npx', ['tsc', '-p', 'tsconfig.build.json'], { cwd: REPO_ROOT, stdio: 'inherit' })
+  execFileSync('npm', ['run', 'build', '--silent'], { cwd: REPO_ROOT, stdio: 'inherit' })
   const out: Build[] = [{ name: 'this checkout', dir: REPO_ROOT }]
   if (BASELINE) {
     const dir = mkdtempSync(join(tmpdir(), 'otn-bench-baseline-'))
@@ -44,7 +44,7 @@ function builds (): Build[] {
     const sameLock = readFileSync(join(dir, 'package-lock.json'), 'utf8') === readFileSync(join(REPO_ROOT, 'package-lock.json'), 'utf8')
     if (sameLock) symlinkSync(join(REPO_ROOT, 'node_modules'), join(dir, 'node_modules'))
     else execFileSync('npm', ['ci', '--no-audit', '--no-fund'], { cwd: dir, stdio: 'inherit' })
-    execFileSync('npx', ['tsc', '-p', 'tsconfig.build.json'], { cwd: dir, stdio: 'inherit' })
+    execFileSync('npm', ['run', 'build', '--silent'], { cwd: dir, stdio: 'inherit' })
     out.unshift({ name: `baseline ${BASELINE}`, dir })
   }
   // BENCH_LEVER="NAME=value ...": this checkout again with those settings, measured beside it.
