@@ -6,7 +6,7 @@ import { DomainError, notFound } from './errors.js'
 import { keyRace, replayOf, requestHash as hashOf } from './idempotency.js'
 import { retryOf } from './lifecycle.js'
 import { checkLabelling, labellingOf, type Labelling, type NotificationType } from './notifications.js'
-import { afterCursor, pageOf } from './pagination.js'
+import { afterCursor, PAGE_SIZE, pageOf } from './pagination.js'
 import { recoverLeases, takeOverStale } from './recovery.js'
 import { getNotificationRow, notificationByKey, type NotificationProblem } from './send-steps.js'
 import { resumeFromStart, type Sender, type SendDeps } from './send.js'
@@ -232,7 +232,7 @@ export async function withProgress (db: Database, b: Broadcast): Promise<Broadca
 export interface BroadcastFilter {
   topic_id?: string
   state?: BroadcastState
-  limit: number
+  limit?: number
   cursor?: string
 }
 
@@ -241,8 +241,9 @@ export async function listBroadcasts (db: Database, f: BroadcastFilter): Promise
   let q = db.selectFrom('broadcasts').selectAll().where(afterCursor('broadcasts', f.cursor))
   if (f.topic_id !== undefined) q = q.where('topic_id', '=', f.topic_id)
   if (f.state !== undefined) q = q.where('state', '=', f.state)
-  const rows = await q.orderBy('created_at').orderBy('id').limit(f.limit + 1).execute()
-  const { items, next_cursor } = pageOf(rows, f.limit)
+  const limit = f.limit ?? PAGE_SIZE
+  const rows = await q.orderBy('created_at').orderBy('id').limit(limit + 1).execute()
+  const { items, next_cursor } = pageOf(rows, limit)
   const progress = await progressOf(db, items.map((b) => b.id))
   return { items: items.map((b) => broadcastView(b, progress.get(b.id)!)), next_cursor }
 }

@@ -6,7 +6,7 @@ import type { Database } from '../db/database.js'
 import type { MessagingType, Notification, NotificationStatus } from '../db/types.js'
 import { DomainError, notFound } from './errors.js'
 import { requestHash } from './idempotency.js'
-import { afterCursor, pageOf } from './pagination.js'
+import { afterCursor, PAGE_SIZE, pageOf } from './pagination.js'
 import { getNotificationRow } from './send-steps.js'
 
 export type NotificationType = 'REGULAR' | 'SILENT_PUSH' | 'NO_PUSH'
@@ -71,7 +71,7 @@ export interface NotificationFilter {
   status?: NotificationStatus
   created_after?: string
   created_before?: string
-  limit: number
+  limit?: number
   cursor?: string
 }
 
@@ -84,6 +84,7 @@ export async function listNotifications (db: Database, f: NotificationFilter) {
   if (f.status !== undefined) q = q.where('status', '=', f.status)
   if (f.created_after !== undefined) q = q.where('created_at', '>=', new Date(f.created_after))
   if (f.created_before !== undefined) q = q.where('created_at', '<', new Date(f.created_before))
-  const rows = await q.orderBy('created_at').orderBy('id').limit(f.limit + 1).execute()
-  return pageOf(rows, f.limit)
+  const limit = f.limit ?? PAGE_SIZE
+  const rows = await q.orderBy('created_at').orderBy('id').limit(limit + 1).execute()
+  return pageOf(rows, limit)
 }

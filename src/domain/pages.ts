@@ -3,7 +3,7 @@ import type { Database } from '../db/database.js'
 import type { Page } from '../db/types.js'
 import type { GraphError } from '../graph/errors.js'
 import { DomainError, notFound } from './errors.js'
-import { afterCursor, pageOf } from './pagination.js'
+import { afterCursor, PAGE_SIZE, pageOf } from './pagination.js'
 
 export interface PageView {
   id: string
@@ -54,7 +54,7 @@ export async function getPage (db: Database, id: string): Promise<Page> {
   return page
 }
 
-export async function listPages (db: Database, limit: number, cursor?: string) {
+export async function listPages (db: Database, limit: number = PAGE_SIZE, cursor?: string) {
   const rows = await db.selectFrom('pages').selectAll()
     .where(afterCursor('pages', cursor))
     .orderBy('created_at').orderBy('id').limit(limit + 1)

@@ -31,6 +31,9 @@ function decodeCursor (table: string, cursor: string | undefined): Cursor | unde
 }
 
 /** Given limit + 1 rows in (created_at, id) order, the page and the cursor of the next one. */
+/** Items per page when the caller names no limit. */
+export const PAGE_SIZE = 50
+
 export function pageOf<T extends { created_at: Date, id: string }> (rows: T[], limit: number): { items: T[], next_cursor: string | null } {
   const items = rows.slice(0, limit)
   const last = items[items.length - 1]

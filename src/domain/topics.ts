@@ -5,7 +5,7 @@ import type { Topic } from '../db/types.js'
 import { DomainError, notFound, uniqueViolation } from './errors.js'
 import { isPayload, PAYLOAD_MAX_BYTES, PAYLOAD_MAX_CHARS } from './ids.js'
 import { getPage } from './pages.js'
-import { afterCursor, pageOf } from './pagination.js'
+import { afterCursor, PAGE_SIZE, pageOf } from './pagination.js'
 import { topicCounts, topicTokens, type TopicCounts } from './token-store.js'
 
 export type { TopicCounts }
@@ -89,14 +89,15 @@ export async function getTopic (db: Database, id: string): Promise<TopicWithCoun
   return topic
 }
 
-export interface TopicFilter { page_id?: string, name?: string, limit: number, cursor?: string }
+export interface TopicFilter { page_id?: string, name?: string, limit?: number, cursor?: string }
 
 export async function listTopics (db: Database, filter: TopicFilter) {
   let query = withCounts(db).where(afterCursor('topics', filter.cursor))
   if (filter.page_id !== undefined) query = query.where('topics.page_id', '=', filter.page_id)
   if (filter.name !== undefined) query = query.where(sql`lower(topics.name)`, '=', filter.name.toLowerCase())
-  const rows = await query.orderBy('topics.created_at').orderBy('topics.id').limit(filter.limit + 1).execute()
-  return pageOf(rows, filter.limit)
+  const limit = filter.limit ?? PAGE_SIZE
+  const rows = await query.orderBy('topics.created_at').orderBy('topics.id').limit(limit + 1).execute()
+  return pageOf(rows, limit)
 }
 
 /** Rename or retitle; the id and payload key never change, so tokens already given stay with the topic. */

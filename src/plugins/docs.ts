@@ -1,7 +1,9 @@
 import fp from 'fastify-plugin'
 import swagger from '@fastify/swagger'
 import swaggerUi from '@fastify/swagger-ui'
+import { PROBLEM_CODES_LEAD } from '../schemas/common.js'
 import { sharedSchemas } from '../schemas/index.js'
+import { PROBLEMS, type ProblemCode } from '../schemas/problems.js'
 
 const openApiInfo = {
   title: 'OTN service',
@@ -15,12 +17,52 @@ const logo = `<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 180 40" width
 // One definition: the top bar's definition picker has nothing to pick.
 const css = '.swagger-ui .topbar .download-url-wrapper { display: none }'
 
+type Json = Record<string, any>
+
+const header = (description: string, schema: Json = { type: 'string' }) => ({ description, schema })
+const REQUEST_ID = header('The request\'s id, in every log line about it: the caller\'s X-Request-Id when short and of safe characters, else a new UUID.')
+const RETRY_AFTER = header('Seconds to wait before trying again.', { type: 'integer' })
+const REPLAYED = header('"true" when an earlier request with the same Idempotency-Key produced this answer; nothing was done again.', { type: 'string', enum: ['true'] })
+
+/**
+ * What the route schemas cannot say, written into the document: each error response is
+ * application/problem+json with the codes its operation can answer (an enum a client can switch
+ * on, from problems() in schemas/common.ts), the response headers every client meets, and no
+ * security on the routes that are open.
+ */
+function finishDocument ({ openapiObject }: { openapiObject: Json }): Json {
+  for (const item of Object.values(openapiObject.paths ?? {}) as Json[]) {
+    for (const op of Object.values(item) as Json[]) {
+      if (!op.security) op.security = []
+      const idempotent = (op.parameters ?? []).some((p: Json) => p.in === 'header' && p.name === 'idempotency-key')
+      for (const [status, response] of Object.entries(op.responses ?? {}) as Array<[string, Json]>) {
+        response.headers = { ...response.headers, 'X-Request-Id': REQUEST_ID }
+        const codes = String(response.description ?? '').startsWith(PROBLEM_CODES_LEAD)
+          ? String(response.description).slice(PROBLEM_CODES_LEAD.length).replace(/\.$/, '').split(', ') as ProblemCode[]
+          : undefined
+        if (codes) {
+          response.description = `A problem; \`code\` is one of: ${codes.join(', ')}.`
+          response.content = {
+            'application/problem+json': {
+              schema: { allOf: [{ $ref: '#/components/schemas/Problem' }, { type: 'object', properties: { code: { type: 'string', enum: codes } } }] },
+            },
+          }
+          if (codes.some((c) => PROBLEMS[c].retryable)) response.headers['Retry-After'] = RETRY_AFTER
+        }
+        if (idempotent && status.startsWith('2')) response.headers['Idempotent-Replayed'] = REPLAYED
+      }
+    }
+  }
+  return openapiObject
+}
+
 export default fp(async (app) => {
   for (const schema of sharedSchemas) app.addSchema(schema)
   await app.register(swagger, {
     openapi: {
       openapi: '3.1.0',
-      info: openApiInfo,
+      info: { ...openApiInfo, license: { name: 'Proprietary: the service\'s own; ask its owners', identifier: 'LicenseRef-Proprietary' } },
+      servers: [{ url: 'http://127.0.0.1:3000', description: 'npm start on this machine (HOST, PORT)' }],
       components: {
         securitySchemes: { apiKey: { type: 'http', scheme: 'bearer', description: 'A key from API_KEYS.' } },
       },
@@ -35,6 +77,7 @@ export default fp(async (app) => {
       ],
     },
     refResolver: { buildLocalReference: (json, _base, _fragment, i) => String(json.$id ?? `def-${i}`) },
+    transformObject: (doc) => finishDocument(doc as { openapiObject: Json }),
   })
   await app.register(swaggerUi, {
     routePrefix: '/docs',

@@ -5,7 +5,7 @@ import {
   BroadcastListQuerySchema, BroadcastListSchema, BroadcastParamsSchema, BroadcastSchema, CreateBroadcastBodySchema,
   CreateBroadcastHeadersSchema,
 } from '../schemas/broadcasts.js'
-import { apiKeySecurity, problems } from '../schemas/common.js'
+import { API_PROBLEMS, apiKeySecurity, BODY_PROBLEMS, named, problems } from '../schemas/common.js'
 
 const tags = ['broadcasts']
 const security = apiKeySecurity
@@ -21,7 +21,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
       tags, security,
       headers: CreateBroadcastHeadersSchema,
       body: CreateBroadcastBodySchema,
-      response: { 202: BroadcastSchema, ...problems(400, 401, 404, 409, 413, 415, 422) },
+      response: { 202: named(BroadcastSchema, 'The broadcast, accepted (also when replayed under the same Idempotency-Key)'), ...problems(...API_PROBLEMS, ...BODY_PROBLEMS, 'topic_not_found', 'page_not_found', 'page_without_access_token', 'idempotency_conflict', 'idempotency_in_progress', 'tag_required', 'tag_without_message_tag') },
     },
   }, async (request, reply) => {
     const { broadcast, replayed } = await createBroadcast(app.db, request.body, {
@@ -37,14 +37,14 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
   app.get('/broadcasts/:id', {
     schema: {
       operationId: 'getBroadcast', summary: 'Read a broadcast: state, progress counted per person, and timestamps', tags, security,
-      params: BroadcastParamsSchema, response: { 200: BroadcastSchema, ...problems(400, 401, 404) },
+      params: BroadcastParamsSchema, response: { 200: named(BroadcastSchema, 'The broadcast and its progress'), ...problems(...API_PROBLEMS, 'broadcast_not_found') },
     },
   }, async (request) => getBroadcast(app.db, request.params.id))
 
   app.get('/broadcasts', {
     schema: {
       operationId: 'listBroadcasts', summary: 'List broadcasts, oldest first, filtered by topic and state', tags, security,
-      querystring: BroadcastListQuerySchema, response: { 200: BroadcastListSchema, ...problems(400, 401) },
+      querystring: BroadcastListQuerySchema, response: { 200: named(BroadcastListSchema, 'A page of broadcasts, oldest first'), ...problems(...API_PROBLEMS, 'invalid_cursor') },
     },
   }, async (request) => listBroadcasts(app.db, request.query))
 
@@ -55,7 +55,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
       description: 'Nobody else is sent to; a send already in flight finishes and is counted. Cancelling a cancelled broadcast ' +
         'returns it unchanged; a completed one is a 409 broadcast_completed.',
       tags, security,
-      params: BroadcastParamsSchema, response: { 200: BroadcastSchema, ...problems(400, 401, 404, 409) },
+      params: BroadcastParamsSchema, response: { 200: named(BroadcastSchema, 'The broadcast, cancelled'), ...problems(...API_PROBLEMS, 'broadcast_not_found', 'broadcast_completed') },
     },
   }, async (request) => {
     const view = await cancelBroadcast(app.db, request.params.id)

@@ -10,14 +10,14 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
   app.get('/healthz', {
     schema: {
       operationId: 'healthz', summary: 'Liveness: the process answers', tags,
-      response: { 200: Type.Object({ status: Type.Literal('ok') }) },
+      response: { 200: Type.Object({ status: Type.Literal('ok') }, { description: 'The process answers' }), ...problems() },
     },
   }, async () => ({ status: 'ok' as const }))
 
   app.get('/readyz', {
     schema: {
       operationId: 'readyz', summary: 'Readiness: the database answers and every migration is applied', tags,
-      response: { 200: Type.Object({ status: Type.Literal('ready'), database: Type.String() }), ...problems(503) },
+      response: { 200: Type.Object({ status: Type.Literal('ready'), database: Type.String() }, { description: 'Ready: the database answers and every migration is applied' }), ...problems('migrations_pending') },
     },
   }, async (request, reply) => {
     try {

@@ -22,7 +22,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
       tags: ['operations'],
       response: {
         200: { description: 'Prometheus text exposition format', content: { 'text/plain; version=0.0.4': { schema: Type.String() } } },
-        ...problems(401),
+        ...problems('unauthorized'),
       },
     },
     ...(token ? { onRequest: apiKeyAuth([token], tokenMessages) } : {}),

@@ -1,7 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { DomainError, type DomainCode } from '../domain/errors.js'
 import { getNotification, listNotifications } from '../domain/notifications.js'
-import { apiKeySecurity, problems } from '../schemas/common.js'
+import { API_PROBLEMS, apiKeySecurity, BODY_PROBLEMS, named, problems } from '../schemas/common.js'
 import {
   CreateNotificationBodySchema, CreateNotificationHeadersSchema, NotificationListQuerySchema, NotificationListSchema,
   NotificationParamsSchema, NotificationSchema, notificationView,
@@ -23,7 +23,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
       tags, security,
       headers: CreateNotificationHeadersSchema,
       body: CreateNotificationBodySchema,
-      response: { 201: NotificationSchema, ...problems(400, 401, 404, 409, 413, 415, 422, 429, 502, 503, 504) },
+      response: { 201: named(NotificationSchema, 'Sent (also when replayed under the same Idempotency-Key)'), ...problems(...API_PROBLEMS, ...BODY_PROBLEMS, 'topic_not_found', 'page_without_access_token', 'no_token', 'idempotency_in_progress', 'idempotency_conflict', 'tag_required', 'tag_without_message_tag', 'graph_token_refused', 'graph_request_invalid', 'graph_message_refused', 'graph_rate_limited', 'graph_recipient_invalid', 'graph_topic_stopped', 'graph_person_unavailable', 'graph_page_restricted', 'graph_page_token_invalid', 'graph_permission_missing', 'graph_error', 'graph_temporary', 'graph_unreachable', 'graph_unconfirmed') },
     },
   }, async (request, reply) => {
     const result = await app.sender.send({ ...request.body, idempotency_key: request.headers['idempotency-key'] }, request.log)
@@ -42,7 +42,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
   app.get('/notifications/:id', {
     schema: {
       operationId: 'getNotification', summary: 'Read one notification and its outcome (never a token value)', tags, security,
-      params: NotificationParamsSchema, response: { 200: NotificationSchema, ...problems(400, 401, 404) },
+      params: NotificationParamsSchema, response: { 200: named(NotificationSchema, 'The notification and its outcome'), ...problems(...API_PROBLEMS, 'notification_not_found') },
     },
   }, async (request) => notificationView(await getNotification(app.db, request.params.id)))
 
@@ -50,7 +50,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
     schema: {
       operationId: 'listNotifications',
       summary: 'List notifications, oldest first, filtered by topic, Page, person, status and creation time', tags, security,
-      querystring: NotificationListQuerySchema, response: { 200: NotificationListSchema, ...problems(400, 401) },
+      querystring: NotificationListQuerySchema, response: { 200: named(NotificationListSchema, 'A page of notifications, oldest first'), ...problems(...API_PROBLEMS, 'invalid_cursor') },
     },
   }, async (request) => {
     const { items, next_cursor } = await listNotifications(app.db, request.query)

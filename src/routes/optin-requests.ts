@@ -1,6 +1,6 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { requestOptin } from '../domain/optin-requests.js'
-import { apiKeySecurity, problems } from '../schemas/common.js'
+import { API_PROBLEMS, apiKeySecurity, BODY_PROBLEMS, named, problems } from '../schemas/common.js'
 import { CreateOptinRequestBodySchema, OptinRequestParamsSchema, OptinRequestSchema } from '../schemas/optin-requests.js'
 
 const tags = ['topics']
@@ -17,7 +17,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
         'with `graph` (613/1893016 → 429), a lost answer is 504 graph_unconfirmed and still counts toward the throttle.',
       tags, security,
       params: OptinRequestParamsSchema, body: CreateOptinRequestBodySchema,
-      response: { 201: OptinRequestSchema, ...problems(400, 401, 404, 409, 413, 415, 422, 429, 502, 503, 504) },
+      response: { 201: named(OptinRequestSchema, 'Sent: the person sees the Notify Me request'), ...problems(...API_PROBLEMS, ...BODY_PROBLEMS, 'topic_not_found', 'page_not_found', 'page_without_access_token', 'window_closed', 'optin_request_throttled', 'graph_optin_restricted', 'graph_request_invalid', 'graph_message_refused', 'graph_rate_limited', 'graph_recipient_invalid', 'graph_topic_stopped', 'graph_person_unavailable', 'graph_page_restricted', 'graph_page_token_invalid', 'graph_permission_missing', 'graph_error', 'graph_temporary', 'graph_unreachable', 'graph_unconfirmed') },
     },
   }, async (request, reply) => {
     const sent = await requestOptin({ db: app.db, graph: app.graph, config: app.config }, request.params.id, request.body)

@@ -1,7 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
 import { deletePage, getPage, listPages, pageView, upsertPage } from '../domain/pages.js'
-import { apiKeySecurity, problems } from '../schemas/common.js'
+import { API_PROBLEMS, apiKeySecurity, BODY_PROBLEMS, named, problems } from '../schemas/common.js'
 import { PageListQuerySchema, PageListSchema, PageParamsSchema, PageSchema, PutPageBodySchema } from '../schemas/pages.js'
 
 const tags = ['pages']
@@ -12,7 +12,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
     schema: {
       operationId: 'putPage', summary: 'Register or update a Page and its access token', tags, security,
       params: PageParamsSchema, body: PutPageBodySchema,
-      response: { 200: PageSchema, 201: PageSchema, ...problems(400, 401, 413, 415) },
+      response: { 200: named(PageSchema, 'Updated'), 201: named(PageSchema, 'Registered'), ...problems(...API_PROBLEMS, ...BODY_PROBLEMS) },
     },
   }, async (request, reply) => {
     const { page, created } = await upsertPage(app.db, request.params.pageId, request.body)
@@ -22,14 +22,14 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
   app.get('/pages/:pageId', {
     schema: {
       operationId: 'getPage', summary: 'Read a Page (never its access token)', tags, security,
-      params: PageParamsSchema, response: { 200: PageSchema, ...problems(400, 401, 404) },
+      params: PageParamsSchema, response: { 200: named(PageSchema, 'The Page (never its access token)'), ...problems(...API_PROBLEMS, 'page_not_found') },
     },
   }, async (request) => pageView(await getPage(app.db, request.params.pageId)))
 
   app.get('/pages', {
     schema: {
       operationId: 'listPages', summary: 'List Pages', tags, security,
-      querystring: PageListQuerySchema, response: { 200: PageListSchema, ...problems(400, 401) },
+      querystring: PageListQuerySchema, response: { 200: named(PageListSchema, 'A page of Pages, oldest first'), ...problems(...API_PROBLEMS, 'invalid_cursor') },
     },
   }, async (request) => {
     const { items, next_cursor } = await listPages(app.db, request.query.limit, request.query.cursor)
@@ -39,7 +39,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
   app.delete('/pages/:pageId', {
     schema: {
       operationId: 'deletePage', summary: 'Delete a Page that has no topics', tags, security,
-      params: PageParamsSchema, response: { 204: Type.Null({ description: 'Deleted' }), ...problems(400, 401, 404, 409) },
+      params: PageParamsSchema, response: { 204: Type.Null({ description: 'Deleted' }), ...problems(...API_PROBLEMS, 'page_not_found', 'page_has_topics') },
     },
   }, async (request, reply) => {
     await deletePage(app.db, request.params.pageId)

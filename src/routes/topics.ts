@@ -1,6 +1,6 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { createTopic, deleteTopic, getTopic, listTopics, topicView, updateTopic } from '../domain/topics.js'
-import { apiKeySecurity, problems } from '../schemas/common.js'
+import { API_PROBLEMS, apiKeySecurity, BODY_PROBLEMS, named, problems } from '../schemas/common.js'
 import {
   CreateTopicBodySchema, DeletedTopicSchema, DeleteTopicQuerySchema, TopicListQuerySchema, TopicListSchema,
   TopicParamsSchema, TopicSchema, UpdateTopicBodySchema,
@@ -13,14 +13,14 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
   app.post('/topics', {
     schema: {
       operationId: 'createTopic', summary: 'Create an OTN topic on a Page', tags, security,
-      body: CreateTopicBodySchema, response: { 201: TopicSchema, ...problems(400, 401, 404, 409, 413, 415) },
+      body: CreateTopicBodySchema, response: { 201: named(TopicSchema, 'Created'), ...problems(...API_PROBLEMS, ...BODY_PROBLEMS, 'page_not_found', 'topic_name_taken', 'topic_payload_taken', 'invalid_payload') },
     },
   }, async (request, reply) => reply.code(201).send(topicView(await createTopic(app.db, request.body))))
 
   app.get('/topics', {
     schema: {
       operationId: 'listTopics', summary: 'List topics with their token counts', tags, security,
-      querystring: TopicListQuerySchema, response: { 200: TopicListSchema, ...problems(400, 401) },
+      querystring: TopicListQuerySchema, response: { 200: named(TopicListSchema, 'A page of topics, oldest first'), ...problems(...API_PROBLEMS, 'invalid_cursor') },
     },
   }, async (request) => {
     const { items, next_cursor } = await listTopics(app.db, request.query)
@@ -30,7 +30,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
   app.get('/topics/:id', {
     schema: {
       operationId: 'getTopic', summary: 'Read a topic with its token counts', tags, security,
-      params: TopicParamsSchema, response: { 200: TopicSchema, ...problems(400, 401, 404) },
+      params: TopicParamsSchema, response: { 200: named(TopicSchema, 'The topic and its counts'), ...problems(...API_PROBLEMS, 'topic_not_found') },
     },
   }, async (request) => topicView(await getTopic(app.db, request.params.id)))
 
@@ -38,7 +38,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
     schema: {
       operationId: 'updateTopic', summary: 'Rename or retitle a topic (id and payload stay)', tags, security,
       params: TopicParamsSchema, body: UpdateTopicBodySchema,
-      response: { 200: TopicSchema, ...problems(400, 401, 404, 409, 413, 415) },
+      response: { 200: named(TopicSchema, 'Updated'), ...problems(...API_PROBLEMS, ...BODY_PROBLEMS, 'topic_not_found', 'topic_name_taken', 'empty_update') },
     },
   }, async (request) => topicView(await updateTopic(app.db, request.params.id, request.body)))
 
@@ -46,10 +46,10 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
     schema: {
       operationId: 'deleteTopic', summary: 'Delete a topic; refused while it holds usable tokens unless force=true', tags, security,
       params: TopicParamsSchema, querystring: DeleteTopicQuerySchema,
-      response: { 200: DeletedTopicSchema, ...problems(400, 401, 404, 409) },
+      response: { 200: named(DeletedTopicSchema, 'Deleted'), ...problems(...API_PROBLEMS, 'topic_not_found', 'topic_has_tokens') },
     },
   }, async (request) => {
-    const { discarded_tokens } = await deleteTopic(app.db, request.params.id, request.query.force)
+    const { discarded_tokens } = await deleteTopic(app.db, request.params.id, request.query.force ?? false)
     return { id: request.params.id, deleted: true as const, discarded_tokens }
   })
 }

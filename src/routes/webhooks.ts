@@ -3,7 +3,7 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { DomainError } from '../domain/errors.js'
 import { DeliveryWriter, parseDelivery, receiptOf, signatureMatches } from '../domain/ingest.js'
 import { sendProblem } from '../plugins/errors.js'
-import { problems } from '../schemas/common.js'
+import { named, problems } from '../schemas/common.js'
 import {
   ChallengeSchema, VerifyQuerySchema, WebhookEnvelopeSchema, WebhookHeadersSchema, WebhookReceiptSchema,
 } from '../schemas/webhooks.js'
@@ -24,7 +24,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
     schema: {
       operationId: 'verifyWebhook', summary: "Meta's subscription handshake: echoes hub.challenge when hub.verify_token matches", tags,
       querystring: VerifyQuerySchema,
-      response: { 200: { description: 'The bare challenge', content: { 'text/plain': { schema: ChallengeSchema } } }, ...problems(403) },
+      response: { 200: { description: 'The bare challenge', content: { 'text/plain': { schema: ChallengeSchema } } }, ...problems('verification_failed') },
     },
   }, async (request, reply) => {
     const { 'hub.mode': mode, 'hub.verify_token': token, 'hub.challenge': challenge } = request.query
@@ -46,7 +46,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
     schema: {
       operationId: 'receiveWebhook', summary: 'Receive signed Messenger events: stores the delivery, its OTN tokens and interactions', tags,
       headers: WebhookHeadersSchema, body: WebhookEnvelopeSchema,
-      response: { 200: WebhookReceiptSchema, ...problems(400, 401, 413, 503) },
+      response: { 200: named(WebhookReceiptSchema, 'Stored (or already stored: the same bytes again)'), ...problems('invalid_signature', 'invalid_webhook_body', 'body_too_large', 'webhook_not_configured') },
     },
   }, async (request, reply) => {
     const secret = app.config.META_APP_SECRET

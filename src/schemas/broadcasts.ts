@@ -75,7 +75,7 @@ export const BroadcastSchema = Type.Object({
   completed_at: Type.Union([Timestamp, Type.Null()]),
   cancelled_at: Type.Union([Timestamp, Type.Null()]),
   finished_at: Type.Union([Timestamp, Type.Null()], { description: 'When it stopped: completed_at or cancelled_at.' }),
-}, { title: 'Broadcast' })
+}, { title: 'Broadcast', $id: 'Broadcast' })
 
 export const BroadcastParamsSchema = IdParamsSchema
 
@@ -84,4 +84,4 @@ export const BroadcastListQuerySchema = Type.Object({
   topic_id: Type.Optional(Uuid),
   state: Type.Optional(State),
 })
-export const BroadcastListSchema = ListOf(BroadcastSchema)
+export const BroadcastListSchema = ListOf(BroadcastSchema, 'BroadcastList')

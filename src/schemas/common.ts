@@ -1,5 +1,6 @@
-import { Type, type Static, type TSchema } from 'typebox'
+import { Type, type Static, type TSchema, type TUnsafe } from 'typebox'
 import { PAGE_ID_PATTERN, PSID_PATTERN } from '../domain/ids.js'
+import { PROBLEMS, type ProblemCode } from './problems.js'
 
 export const ProblemSchema = Type.Object({
   type: Type.String({ description: 'A URI naming the problem type.' }),
@@ -24,23 +25,49 @@ export const ProblemSchema = Type.Object({
 }, { $id: 'Problem', description: 'application/problem+json' })
 export type Problem = Static<typeof ProblemSchema>
 
-const ProblemRef = Type.Ref('Problem')
+/** Every operation may answer these: a request not received in time, a fault of ours, the database gone. */
+const EVERY_OPERATION: ProblemCode[] = ['request_timeout', 'internal_error', 'database_unavailable']
+/** Every /v1 operation: a key and a well-formed request. */
+export const API_PROBLEMS: ProblemCode[] = ['unauthorized', 'validation_failed']
+/** Every operation that takes a JSON body. */
+export const BODY_PROBLEMS: ProblemCode[] = [
+  'body_too_large', 'unsupported_media_type', 'invalid_json', 'body_too_deep', 'invalid_content_length', 'invalid_characters', 'invalid_value', 'value_too_long',
+]
 
-/** Error responses a route may answer, each the one problem shape. */
-export function problems (...codes: number[]): Record<number, TSchema> {
-  return Object.fromEntries(codes.map((c) => [c, ProblemRef]))
+/** How an error response names its codes in its description; the OpenAPI document turns them into an enum (plugins/docs.ts). */
+export const PROBLEM_CODES_LEAD = 'Problem codes: '
+
+/**
+ * The error responses of an operation that can answer `codes` (and EVERY_OPERATION's), one per
+ * status the catalogue gives them (schemas/problems.ts), each the one problem shape.
+ */
+export function problems (...codes: ProblemCode[]): Record<number, TSchema> {
+  const byStatus = new Map<number, ProblemCode[]>()
+  for (const code of new Set([...codes, ...EVERY_OPERATION])) {
+    const status = PROBLEMS[code].status
+    byStatus.set(status, [...(byStatus.get(status) ?? []), code])
+  }
+  return Object.fromEntries([...byStatus].sort(([a], [b]) => a - b).map(([status, cs]) =>
+    [status, Type.Ref('Problem', { description: `${PROBLEM_CODES_LEAD}${cs.sort().join(', ')}.` })]))
+}
+
+/** A shared schema (with an $id, in sharedSchemas) by reference: a named component in the OpenAPI document, its type kept. */
+export function named<T extends TSchema & { $id?: string }> (schema: T, description?: string): TUnsafe<Static<T>> {
+  if (!schema.$id) throw new Error('named() needs a schema with an $id')
+  return Type.Unsafe<Static<T>>(Type.Ref(schema.$id, description ? { description } : {}))
 }
 
 export const ListQuerySchema = Type.Object({
-  limit: Type.Integer({ minimum: 1, maximum: 200, default: 50, description: 'Items per page.' }),
+  limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 200, default: 50, description: 'Items per page (default 50).' })),
   cursor: Type.Optional(Type.String({ description: 'next_cursor of the previous page.', maxLength: 500 })),
 })
 
-export function ListOf<T extends TSchema> (item: T) {
+/** A page of a list of a shared schema, its items by reference. */
+export function ListOf<T extends TSchema & { $id?: string }> (item: T, $id: string) {
   return Type.Object({
-    items: Type.Array(item),
+    items: Type.Array(named(item)),
     next_cursor: Type.Union([Type.String(), Type.Null()], { description: 'Pass as cursor for the next page; null on the last.' }),
-  })
+  }, { $id })
 }
 
 export const Timestamp = Type.String({ format: 'date-time' })

@@ -1,4 +1,17 @@
+import { BroadcastListSchema, BroadcastSchema } from './broadcasts.js'
 import { ProblemSchema } from './common.js'
+import { NotificationListSchema, NotificationSchema } from './notifications.js'
+import { OptinRequestSchema } from './optin-requests.js'
+import { PageListSchema, PageSchema } from './pages.js'
+import { SubscriberSchema } from './subscribers.js'
+import { DeletedTopicSchema, TopicListSchema, TopicSchema } from './topics.js'
+import { WebhookReceiptSchema } from './webhooks.js'
 
-/** Schemas with an $id, registered once and referenced by name from routes and the OpenAPI document. */
-export const sharedSchemas = [ProblemSchema]
+/**
+ * Schemas with an $id, registered once and referenced by name from routes (named()): each is a
+ * component of the OpenAPI document, so a generated client gets a type per resource.
+ */
+export const sharedSchemas = [
+  ProblemSchema, PageSchema, PageListSchema, TopicSchema, TopicListSchema, DeletedTopicSchema, SubscriberSchema,
+  NotificationSchema, NotificationListSchema, BroadcastSchema, BroadcastListSchema, OptinRequestSchema, WebhookReceiptSchema,
+]

@@ -114,7 +114,7 @@ export const NotificationSchema = Type.Object({
   created_at: Timestamp,
   updated_at: Timestamp,
   completed_at: Type.Union([Timestamp, Type.Null()]),
-}, { title: 'Notification' })
+}, { title: 'Notification', $id: 'Notification' })
 
 export const NotificationParamsSchema = IdParamsSchema
 
@@ -127,7 +127,7 @@ export const NotificationListQuerySchema = Type.Object({
   created_after: Type.Optional(Type.String({ format: 'date-time', description: 'Inclusive lower bound on created_at.' })),
   created_before: Type.Optional(Type.String({ format: 'date-time', description: 'Exclusive upper bound on created_at.' })),
 })
-export const NotificationListSchema = ListOf(NotificationSchema)
+export const NotificationListSchema = ListOf(NotificationSchema, 'NotificationList')
 
 export type NotificationView = Static<typeof NotificationSchema>
 

@@ -29,4 +29,4 @@ export const OptinRequestSchema = Type.Object({
     ambiguous: Type.Optional(Type.Boolean({ description: 'Meta did not answer: the request may have reached the person.' })),
   })),
   created_at: Timestamp,
-}, { title: 'OptinRequest' })
+}, { title: 'OptinRequest', $id: 'OptinRequest' })

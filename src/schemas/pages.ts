@@ -27,7 +27,7 @@ export const PageSchema = Type.Object({
   })),
   created_at: Timestamp,
   updated_at: Timestamp,
-}, { title: 'Page' })
+}, { title: 'Page', $id: 'Page' })
 
-export const PageListSchema = ListOf(PageSchema)
+export const PageListSchema = ListOf(PageSchema, 'PageList')
 export const PageListQuerySchema = ListQuerySchema

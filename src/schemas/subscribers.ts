@@ -33,4 +33,4 @@ export const SubscriberSchema = Type.Object({
     opted_in_at: Timestamp,
     expires_at: Timestamp,
   }), { description: 'Usable tokens whose payload matches no topic of the Page yet, soonest expiry first.' }),
-}, { title: 'Subscriber' })
+}, { title: 'Subscriber', $id: 'Subscriber' })

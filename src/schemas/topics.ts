@@ -36,20 +36,20 @@ export const TopicSchema = Type.Object({
   }),
   created_at: Timestamp,
   updated_at: Timestamp,
-}, { title: 'Topic' })
+}, { title: 'Topic', $id: 'Topic' })
 
 export const TopicListQuerySchema = Type.Object({
   ...ListQuerySchema.properties,
   page_id: Type.Optional(PageId),
   name: Type.Optional(Type.String({ minLength: 1, maxLength: 100, description: 'Exact name, ignoring case.' })),
 })
-export const TopicListSchema = ListOf(TopicSchema)
+export const TopicListSchema = ListOf(TopicSchema, 'TopicList')
 
 export const DeleteTopicQuerySchema = Type.Object({
-  force: Type.Boolean({ default: false, description: 'Discard the usable tokens the topic still holds.' }),
+  force: Type.Optional(Type.Boolean({ default: false, description: 'Discard the usable tokens the topic still holds (default false: refuse while it holds any).' })),
 })
 export const DeletedTopicSchema = Type.Object({
   id: Uuid,
   deleted: Type.Literal(true),
   discarded_tokens: Type.Integer({ description: 'Usable tokens discarded by force.' }),
-})
+}, { title: 'DeletedTopic', $id: 'DeletedTopic' })

@@ -54,4 +54,4 @@ export const WebhookReceiptSchema = Type.Object({
     description: 'Counts by reason of what was not recorded as usable: echo, receipt, unsupported_event, unsupported_optin, not_page_object, ' +
       'changes_field, page_unknown, sender_unknown (ignored); invalid_page_id, invalid_psid, invalid_token, invalid_payload (rejected); token_expired.',
   }),
-}, { title: 'WebhookReceipt' })
+}, { title: 'WebhookReceipt', $id: 'WebhookReceipt' })
