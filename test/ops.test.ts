@@ -133,7 +133,7 @@ t.test('the Grafana dashboard: every panel on the chosen Prometheus, every query
 
 t.test('otn_pages counts Pages by health, as OTNPageUnhealthy reads it', async (t) => {
   const { db, kind } = await testDatabase()
-  const app = await buildApp(testConfig(), { db, dbKind: kind })
+  const app = await buildApp(testConfig({ METRICS_CACHE_SECONDS: '0' }), { db, dbKind: kind }) // each scrape reads the database
   t.teardown(() => app.close())
   const value = async (healthy: string) => {
     const text = (await app.inject({ url: '/metrics' })).body
