@@ -33,7 +33,7 @@ export const EnvSchema = Type.Object({
   HTTP_REQUEST_TIMEOUT_MS: Int('Time a client has to send a whole request, headers and body; then 408 and the connection is closed (the handler\'s own time is not counted). At least HTTP_HEADERS_TIMEOUT_MS.', 30000, 100, 3600000),
   HTTP_KEEP_ALIVE_TIMEOUT_MS: Int('Time an idle keep-alive connection is kept open after an answer; keep it above a load balancer\'s idle timeout (60 s on AWS ALB).', 72000, 100, 3600000),
   HTTP_MAX_CONNECTIONS: Int('Most client connections one instance keeps open at once; one over it is closed as soon as it is accepted.', 4096, 1, 1000000),
-  TOKEN_LEASE_SECONDS: Int('How long a claimed token stays held by its send before lease recovery takes the send over.', 120, 5, 86400),
+  TOKEN_LEASE_SECONDS: Int('How long a claimed token stays held by its send before lease recovery takes the send over. At least 2 × GRAPH_API_TIMEOUT_MS + 1 s (one attempt\'s longest wait), checked at start-up.', 120, 5, 86400),
   OPTIN_REQUEST_INTERVAL_SECONDS: Int('Least time between two opt-in requests to one person on one topic.', 86400, 0, 31536000),
   MAINTENANCE_INTERVAL_SECONDS: Int('Period of the expiry sweep and lease recovery (both also run at start-up, in the background).', 60, 1, 86400),
   RECOVERY_CONCURRENCY: Int('Sends lease recovery makes at once while it works through what crashed processes left (at most half of GRAPH_API_CONNECTIONS).', 32, 1, 1024),
@@ -70,6 +70,14 @@ function describe (schema: PropertySchema, fallback: string): string {
   return fallback
 }
 
+/**
+ * The shortest safe lease: an attempt waits at most GRAPH_API_TIMEOUT_MS for a connection, then
+ * GRAPH_API_TIMEOUT_MS for Meta's answer, and the lease is renewed before each attempt; a second
+ * covers the database steps around it. Shorter, and recovery could take a hold over while its
+ * attempt is still in flight.
+ */
+export const minimumLeaseMs = (graphTimeoutMs: number): number => 2 * graphTimeoutMs + 1000
+
 /** Validates the environment once; every bad value gets its own line. */
 export function loadConfig (env: Record<string, string | undefined>): Config {
   const raw: Record<string, unknown> = {}
@@ -94,6 +102,11 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
   if (typeof raw.HTTP_HEADERS_TIMEOUT_MS === 'number' && typeof raw.HTTP_REQUEST_TIMEOUT_MS === 'number' &&
     raw.HTTP_HEADERS_TIMEOUT_MS > raw.HTTP_REQUEST_TIMEOUT_MS) {
     problems.push('HTTP_HEADERS_TIMEOUT_MS: must not be above HTTP_REQUEST_TIMEOUT_MS (the headers are part of the request)')
+  }
+  if (typeof raw.TOKEN_LEASE_SECONDS === 'number' && typeof raw.GRAPH_API_TIMEOUT_MS === 'number' &&
+    raw.TOKEN_LEASE_SECONDS * 1000 < minimumLeaseMs(raw.GRAPH_API_TIMEOUT_MS)) {
+    problems.push(`TOKEN_LEASE_SECONDS: must be at least ${Math.ceil(minimumLeaseMs(raw.GRAPH_API_TIMEOUT_MS) / 1000)} with GRAPH_API_TIMEOUT_MS=${raw.GRAPH_API_TIMEOUT_MS}. ` +
+      'One attempt may wait GRAPH_API_TIMEOUT_MS for a connection and GRAPH_API_TIMEOUT_MS for the answer; a shorter lease lets recovery take over a send still in flight')
   }
   if (problems.length > 0) throw new ConfigError(problems)
   const config = raw as Static<typeof EnvSchema>

@@ -1,6 +1,6 @@
 import t from 'tap'
 import { readFileSync } from 'node:fs'
-import { ConfigError, EnvSchema, loadConfig } from '../src/config.js'
+import { ConfigError, EnvSchema, loadConfig, minimumLeaseMs } from '../src/config.js'
 
 t.test('defaults fill in everything but API_KEYS', async (t) => {
   const config = loadConfig({ API_KEYS: 'key-one-123, key-two-456' })
@@ -30,6 +30,15 @@ t.test('each bad value gets its own line naming the variable', async (t) => {
   ])
   const missing = t.throws(() => loadConfig({})) as ConfigError
   t.match(missing.problems, [/^API_KEYS: is required/])
+})
+
+t.test('a lease shorter than one attempt can take is refused', async (t) => {
+  // An attempt may wait GRAPH_API_TIMEOUT_MS for a connection and as long for Meta's answer;
+  // a shorter lease would let recovery take over a send that is still in flight.
+  const error = t.throws(() => loadConfig({ API_KEYS: 'key-one-123', TOKEN_LEASE_SECONDS: '10', GRAPH_API_TIMEOUT_MS: '5000' })) as ConfigError
+  t.match(error.problems, [/^TOKEN_LEASE_SECONDS: must be at least 11 with GRAPH_API_TIMEOUT_MS=5000/])
+  t.equal(loadConfig({ API_KEYS: 'key-one-123', TOKEN_LEASE_SECONDS: '11', GRAPH_API_TIMEOUT_MS: '5000' }).TOKEN_LEASE_SECONDS, 11)
+  t.equal(loadConfig({ API_KEYS: 'key-one-123' }).TOKEN_LEASE_SECONDS * 1000 >= minimumLeaseMs(loadConfig({ API_KEYS: 'key-one-123' }).GRAPH_API_TIMEOUT_MS), true, 'the defaults keep the rule')
 })
 
 t.test('.env.example documents every variable', async (t) => {
