@@ -406,28 +406,36 @@ export interface PacingSlots {
   waitMs: number
   /** Between two slots: 1 / the rate the Page may use now. */
   stepMs: number
+  /** False when the first slot was further than the caller would wait: nothing was taken. */
+  taken: boolean
 }
 
 /**
  * Takes the Page's next `count` send slots, shared by every worker of every instance: the slots
  * follow each other at the rate the Page may use now (its rate × its share, which each reservation
  * gives back a little of). The Page's row is locked for the statement, so racing workers take
- * consecutive slots.
+ * consecutive slots. When the first free slot is more than `maxWaitMs` away (the Page is paused),
+ * nothing is taken: slots taken and then not used would push every later send back, and workers
+ * that keep handing people back would push the Page's schedule ever further away.
  */
-export async function reservePacingSlots (db: Database, pageId: string, ratePerSecond: number, count: number): Promise<PacingSlots> {
+export async function reservePacingSlots (db: Database, pageId: string, ratePerSecond: number, count: number, maxWaitMs?: number): Promise<PacingSlots> {
   await sql`insert into broadcast_pacing (page_id, next_slot_at) values (${pageId}, clock_timestamp()) on conflict (page_id) do nothing`.execute(db)
-  const { rows: [row] } = await sql<{ wait_ms: number, rate: number }>`
+  const { rows: [row] } = await sql<{ wait_ms: number, rate: number, taken: boolean }>`
     with old as (
-      select greatest(next_slot_at, clock_timestamp()) as start, ${ratePerSecond}::float8 * rate_factor as rate, rate_factor
+      select greatest(next_slot_at, clock_timestamp()) as start,
+             (extract(epoch from (greatest(next_slot_at, clock_timestamp()) - clock_timestamp())) * 1000)::float8 as wait_ms,
+             ${ratePerSecond}::float8 * rate_factor as rate, rate_factor
         from broadcast_pacing where page_id = ${pageId} for update
+    ), taken as (
+      update broadcast_pacing p
+         set next_slot_at = old.start + make_interval(secs => ${count}::float8 / old.rate),
+             rate_factor = least(1, old.rate_factor + ${count * RATE_RECOVERY_PER_SEND})
+        from old
+       where p.page_id = ${pageId} and (${maxWaitMs ?? null}::float8 is null or old.wait_ms <= ${maxWaitMs ?? null}::float8)
+      returning 1
     )
-    update broadcast_pacing p
-       set next_slot_at = old.start + make_interval(secs => ${count}::float8 / old.rate),
-           rate_factor = least(1, old.rate_factor + ${count * RATE_RECOVERY_PER_SEND})
-      from old
-     where p.page_id = ${pageId}
-    returning (extract(epoch from (old.start - clock_timestamp())) * 1000)::float8 as wait_ms, old.rate`.execute(db)
-  return { waitMs: Math.max(0, row.wait_ms), stepMs: 1000 / row.rate }
+    select old.wait_ms, old.rate, exists (select 1 from taken) as taken from old`.execute(db)
+  return { waitMs: Math.max(0, row.wait_ms), stepMs: 1000 / row.rate, taken: row.taken }
 }
 
 /** Meta rate-limited the Page: no broadcast send on it before this many seconds, and half the share of its rate after that. */

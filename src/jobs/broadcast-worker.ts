@@ -264,9 +264,9 @@ async function sendPaced (ctx: JobContext, job: SendJob, window: SendWindow, b: 
       await drain()
       return
     }
-    const slots = state === 'running' ? await reservePacingSlots(db, b.page_id, rate, rs.length) : { waitMs: 0, stepMs: 0 }
-    if (slots.waitMs > MAX_INLINE_WAIT_MS) {
-      // The Page is paused (a rate limit): hand these people back and come back when it resumes.
+    const slots = state === 'running' ? await reservePacingSlots(db, b.page_id, rate, rs.length, MAX_INLINE_WAIT_MS) : { waitMs: 0, stepMs: 0, taken: true }
+    if (!slots.taken) {
+      // The Page is paused (a rate limit): hand these people back, their slots untaken, and come back when it resumes.
       for (const r of rs) await recordResult(db, r, { kind: 'wait', seconds: Math.ceil(slots.waitMs / 1000) })
       await drain()
       await enqueueSend(ctx, job.broadcast_id, job.batch, new Date(Date.now() + slots.waitMs))

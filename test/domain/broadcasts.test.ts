@@ -37,3 +37,20 @@ t.test('pacing: consecutive slots at the rate, shared by racing callers; a rate 
   await reservePacingSlots(db, pageId, 10, 249)
   t.equal(await share(), 1, 'given back in full after 250 sends')
 })
+
+t.test('pacing: a caller that will not wait that long takes no slot, however often it asks', async (t) => {
+  const { db } = await testDatabase()
+  const pageId = uniquePageId()
+  const slotAt = async () => (await db.selectFrom('broadcast_pacing').select('next_slot_at').where('page_id', '=', pageId).executeTakeFirstOrThrow()).next_slot_at.getTime()
+  await pausePage(db, pageId, 5)
+  const pausedUntil = await slotAt()
+  for (let i = 0; i < 20; i++) {
+    const slots = await reservePacingSlots(db, pageId, 10, 50, 2000)
+    t.equal(slots.taken, false)
+    t.ok(slots.waitMs > 4000, `it is told how long the Page is paused (${slots.waitMs} ms)`)
+  }
+  t.equal(await slotAt(), pausedUntil, 'twenty refusals of 50 slots moved the Page\'s schedule by nothing (taking them would have added 100 s at 10/s)')
+  const within = await reservePacingSlots(db, pageId, 10, 5, 10_000)
+  t.equal(within.taken, true, 'a caller that waits longer takes them')
+  t.equal(await slotAt() - pausedUntil, 1000, 'five slots at the halved share (5/s): one second')
+})
