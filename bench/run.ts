@@ -263,7 +263,7 @@ async function main (): Promise<void> {
       for (const name of SCENARIOS) {
         const scenario = scenarios[name]
         if (!scenario) throw new Error(`unknown scenario ${name} (known: ${Object.keys(scenarios).join(', ')})`)
-        for (const connections of name === 'broadcast' ? [0] : CONNECTIONS) {
+        for (const connections of name === 'broadcast' || name === 'memory' ? [0] : CONNECTIONS) {
           const key = `${embedded ? 'PGlite' : 'Postgres'}\t${name}${connections ? ` @${connections}` : ''}`
           const cells = stacks.map((s) => ({ build: s.build.name, figures: [] as Array<Measured | number> }))
           for (let round = 0; round < (name === 'broadcast' ? Math.min(ROUNDS, 2) : name === 'memory' ? 1 : ROUNDS); round++) {

@@ -10,6 +10,10 @@
  * own, so one the database refuses does not fail the others; a lone item's failure is its caller's.
  * `conflicts` names what an item must not share with another item of its statement: an item with a
  * name already taken waits for a later statement (items keep their order otherwise).
+ *
+ * Kept because it pays: when a send's two statements got it, the token route went from 0.22–0.34×
+ * to 0.40–0.59× of a bare claim on the same machine, and on the embedded database from 248 to 586
+ * sends/s (2026-11-21, 16 connections); under load a statement carries about five steps.
  */
 export class GroupCommit<I, O> {
   private queue: Array<{ item: I, resolve: (r: O) => void, reject: (e: unknown) => void }> = []

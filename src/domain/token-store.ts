@@ -6,8 +6,9 @@
  *
  * A held token keeps its state, `available`: a claim sets `notification_id` and
  * `lease_expires_at`, columns no index names, so that Postgres makes the claim a HOT update (no
- * new index entries) and its cost stays flat at ten million tokens (migration 20261122000000;
- * docs/PERFORMANCE.md).
+ * new index entries) and its cost stays flat at ten million tokens (migration 20261122000000):
+ * a committed claim's p50 at 10 M tokens went from 1.18–1.80× of its p50 at 10 k to 1.02–1.03×,
+ * and its WAL from 29.7 to 7.4 kB (2026-11-22).
  */
 import { sql, type Expression, type RawBuilder, type SqlBool } from 'kysely'
 import type { Database } from '../db/database.js'

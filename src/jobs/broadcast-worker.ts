@@ -146,6 +146,10 @@ const CLAIM_CHUNK = 50
  * Meta, is the bottleneck, more sends in flight would only wait longer, until their holds run out;
  * so the window grows only as sends finish (from FIRST_WINDOW), and never past half the Graph
  * connections, which the API's sends share.
+ *
+ * It pays: a 5,000-person broadcast with Meta answering in 200 ms ran at 17 people/s when four jobs
+ * each sent one person after another, and at about 200 on the same machine with the window
+ * (`npm run bench`, broadcast scenario, 2026-12-02).
  */
 class SendWindow {
   private inFlight = 0

@@ -38,27 +38,31 @@ t.test('1,000 people mixing tokens, open windows, no token and Meta faults: each
   t.ok(b.completed_at && b.started_at && b.planned_at)
   await accountedForOnce(t, w, b)
 
-  const rows = await w.db.selectFrom('broadcast_recipients').select(['psid', 'outcome', 'error_code', 'retries'])
+  const rows = await w.db.selectFrom('broadcast_recipients').select(['psid', 'outcome', 'error_code', 'retries', 'notification_id'])
     .where('broadcast_id', '=', b.id).execute()
   const outcome = new Map(rows.map((r) => [r.psid, r]))
   const count = (group: string[], pred: (o: { outcome: string | null, error_code: string | null }) => boolean) => group.filter((p) => pred(outcome.get(p)!)).length
   t.equal(count(nothing, (o) => o.outcome === 'no_token'), nothing.length, 'no token, no window: no_token, nothing sent')
-  // A lost answer makes a refusal ambiguous (unconfirmed): still never counted as sent.
-  t.equal(count(refused, (o) => !o.outcome!.startsWith('sent')), refused.length, 'tokens Meta refuses: never sent')
-  t.ok(count(refused, (o) => o.outcome === 'no_token') > 40, 'a refused token is invalid and, none being left, the person no_token')
-  t.equal(count(unavailable, (o) => !o.outcome!.startsWith('sent')), unavailable.length, 'unavailable people: never sent')
-  t.ok(count(unavailable, (o) => o.error_code === 'graph_person_unavailable') > 40, 'failed counted by reason')
-  t.ok(count(tokenOnly, (o) => o.outcome === 'sent_token') > 450, 'token holders: sent with a token')
-  t.ok(count(tokenAndWindow, (o) => o.outcome === 'sent_window') > 120, 'open window: standard message')
-  t.ok(count(windowOnly, (o) => o.outcome === 'sent_window') > 80)
+  // A lost answer (a reset, or on a busy machine a timeout) makes any send ambiguous: `unconfirmed`,
+  // never counted as sent, even when a later attempt is refused. Every other person ends as their
+  // group says; how many are unconfirmed depends on the machine, so the counts only ask for some.
+  const endsAs = (group: string[], expected: (o: { outcome: string | null, error_code: string | null }) => boolean) =>
+    group.filter((p) => { const o = outcome.get(p)!; return o.outcome !== 'unconfirmed' && !expected(o) })
+  t.same(endsAs(refused, (o) => o.outcome === 'no_token'), [], 'a refused token is invalid and, none being left, the person no_token')
+  t.ok(count(refused, (o) => o.outcome === 'no_token') >= 10, 'refused people were told so')
+  t.same(endsAs(unavailable, (o) => o.outcome === 'failed' && o.error_code === 'graph_person_unavailable'), [], 'failed counted by reason')
+  t.ok(count(unavailable, (o) => o.error_code === 'graph_person_unavailable') >= 10, 'unavailable people were told so')
+  t.same(endsAs(tokenOnly, (o) => o.outcome === 'sent_token'), [], 'token holders: sent with a token')
+  t.ok(count(tokenOnly, (o) => o.outcome === 'sent_token') >= 250, 'token holders were sent to')
+  t.same(endsAs([...tokenAndWindow, ...windowOnly], (o) => o.outcome === 'sent_window'), [], 'open window: standard message')
+  t.ok(count([...tokenAndWindow, ...windowOnly], (o) => o.outcome === 'sent_window') >= 125, 'open windows were sent to')
   t.ok(rows.some((r) => r.retries > 0), 'some people were retried after Meta refused for a reason that spent nothing')
-  t.ok(b.progress.failed.graph_person_unavailable >= 40)
+  t.equal(b.progress.failed.graph_person_unavailable, count(unavailable, (o) => o.error_code === 'graph_person_unavailable'), 'progress counts failures by reason')
 
   // Retries used fresh keys; the recorded notification is the one under the final key.
-  const sample = rows.find((r) => r.retries > 0)!
-  const n = await w.db.selectFrom('notifications').select(['idempotency_key']).where('broadcast_id', '=', b.id)
-    .where('psid', '=', sample.psid).orderBy('created_at', 'desc').executeTakeFirstOrThrow()
-  t.equal(n.idempotency_key, recipientKey(b.id, sample.psid, sample.retries))
+  const sample = rows.find((r) => r.retries > 0 && r.notification_id !== null)!
+  const n = await w.db.selectFrom('notifications').select(['idempotency_key']).where('id', '=', sample.notification_id!).executeTakeFirstOrThrow()
+  t.equal(n.idempotency_key, recipientKey(b.id, sample.psid, sample.retries), 'the recorded notification is the last attempt\'s')
 
   const tokensLeft = await w.db.selectFrom('optin_tokens').select(['psid', 'state']).where('page_id', '=', w.pageId).execute()
   const stateOf = new Map(tokensLeft.map((x) => [x.psid, x.state]))
