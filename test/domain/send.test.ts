@@ -1,21 +1,13 @@
-import { DEFAULT_GRAPH_VERSION } from '../../src/graph/versions.js'
-import t, { type Test } from 'tap'
+import t from 'tap'
 import { sql } from 'kysely'
 import { recoverLeases } from '../../src/domain/recovery.js'
-import { directSteps } from '../../src/domain/send-steps.js'
-import { sendNotification, type SendDeps } from '../../src/domain/send.js'
-import { createGraphClient, type GraphClient } from '../../src/graph/client.js'
-import { APP_SECRET, giveTokens, newPsid, openWindow, tokenStates, world, type World } from '../fixtures/otn.js'
-import { API_KEY, countStatements } from '../helper.js'
+import { sendNotification } from '../../src/domain/send.js'
+import type { GraphClient } from '../../src/graph/client.js'
+import { giveTokens, newPsid, sendDeps, tokenStates, world } from '../fixtures/otn.js'
+import { API_KEY } from '../helper.js'
 
 // The send path (src/domain/send.ts) through its public entry points: what survives a crash between
 // its two statements, and input the database refuses.
-
-function depsFor (t: Test, w: World, db: SendDeps['db'], graph?: GraphClient): SendDeps {
-  const client = graph ?? createGraphClient({ baseUrl: w.base, version: DEFAULT_GRAPH_VERSION, appSecret: APP_SECRET, timeoutMs: 2000, connectTimeoutMs: 1000 })
-  t.teardown(() => client.close())
-  return { db, graph: client, config: { TOKEN_LEASE_SECONDS: 60, GRAPH_API_MAX_RETRIES: 2 }, steps: directSteps(db, 60) }
-}
 
 t.test('a process that dies after the claiming insert, before Meta is asked: recovery sends that token once', async (t) => {
   const w = await world(t)
@@ -23,7 +15,7 @@ t.test('a process that dies after the claiming insert, before Meta is asked: rec
   const tokens = await giveTokens(w, psid, 2)
   // The process "dies" as it is about to send: the Graph call never returns.
   const dead: GraphClient = { sendMessage: () => new Promise(() => {}), close: async () => {} }
-  void sendNotification(depsFor(t, w, w.db, dead), { topic_id: w.topic.id, psid, message: { text: 'lost' } })
+  void sendNotification(sendDeps(t, w, w.db, dead), { topic_id: w.topic.id, psid, message: { text: 'lost' } })
   let n
   for (let i = 0; i < 100 && !n; i++) {
     n = await w.db.selectFrom('notifications').selectAll().where('psid', '=', psid).executeTakeFirst()
@@ -33,7 +25,7 @@ t.test('a process that dies after the claiming insert, before Meta is asked: rec
   t.same(await tokenStates(w.db, tokens.map((x) => x.id)), ['held', 'available'])
 
   await w.db.updateTable('optin_tokens').set({ lease_expires_at: sql`now() - interval '1 second'` }).where('id', '=', tokens[0].id).execute()
-  const resolved = await recoverLeases(depsFor(t, w, w.db))
+  const resolved = await recoverLeases(sendDeps(t, w, w.db))
   t.equal(resolved, 1)
   const final = await w.db.selectFrom('notifications').selectAll().where('id', '=', n!.id).executeTakeFirstOrThrow()
   t.match(final, { status: 'sent', route: 'token', token_state: 'used', attempts: 2 })

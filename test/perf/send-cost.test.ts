@@ -1,28 +1,17 @@
-import { DEFAULT_GRAPH_VERSION } from '../../src/graph/versions.js'
-import t, { type Test } from 'tap'
-import { sql } from 'kysely'
-import { recoverLeases } from '../../src/domain/recovery.js'
-import { directSteps } from '../../src/domain/send-steps.js'
-import { sendNotification, type SendDeps } from '../../src/domain/send.js'
-import { createGraphClient, type GraphClient } from '../../src/graph/client.js'
-import { APP_SECRET, giveTokens, newPsid, openWindow, tokenStates, world, type World } from '../fixtures/otn.js'
-import { API_KEY, countStatements } from '../helper.js'
+import t from 'tap'
+import { sendNotification } from '../../src/domain/send.js'
+import { giveTokens, newPsid, openWindow, sendDeps, tokenStates, world } from '../fixtures/otn.js'
+import { countStatements } from '../helper.js'
 
 // What a send costs the database: the hot paths are two statements, each one round trip and one
 // commit (read + claim + insert; outcome + token). A change that adds a round trip to every send
 // shows up here, not only in the benchmark.
 
 
-function depsFor (t: Test, w: World, db: SendDeps['db'], graph?: GraphClient): SendDeps {
-  const client = graph ?? createGraphClient({ baseUrl: w.base, version: DEFAULT_GRAPH_VERSION, appSecret: APP_SECRET, timeoutMs: 2000, connectTimeoutMs: 1000 })
-  t.teardown(() => client.close())
-  return { db, graph: client, config: { TOKEN_LEASE_SECONDS: 60, GRAPH_API_MAX_RETRIES: 2 }, steps: directSteps(db, 60) }
-}
-
 t.test('a token send is two statements; a window send two; no token one', async (t) => {
   const w = await world(t)
   const { counted: db, statements } = countStatements(w.db)
-  const deps = depsFor(t, w, db)
+  const deps = sendDeps(t, w, db)
   const message = { text: 'back in stock' }
 
   const tokenPsid = newPsid()
