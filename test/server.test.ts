@@ -1,33 +1,9 @@
 import t from 'tap'
-import { spawn } from 'node:child_process'
+import { startServiceProcess } from './fixtures/service-process.js'
 import { once } from 'node:events'
 
 // The real entry point as a process: start-up log lines, data kept across restarts, graceful stop.
-function start (env: Record<string, string>) {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/server.ts'], {
-    cwd: new URL('..', import.meta.url).pathname,
-    env: { PATH: process.env.PATH ?? '', API_KEYS: 'server-test-key', PORT: '0', LOG_LEVEL: 'info', ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  })
-  let out = ''
-  let err = ''
-  child.stderr.on('data', (c) => { err += c })
-  const lines: Array<Record<string, any>> = []
-  const listening = new Promise<string>((resolve, reject) => {
-    child.stdout.on('data', (chunk) => {
-      out += chunk
-      const parts = out.split('\n')
-      out = parts.pop() ?? ''
-      for (const p of parts) {
-        const line = JSON.parse(p)
-        lines.push(line)
-        if (line.docs) resolve(String(line.docs).replace(/\/docs$/, ''))
-      }
-    })
-    child.on('exit', (code) => reject(new Error(`exited ${code}: ${err}`)))
-  })
-  return { child, lines, listening, stderr: () => err }
-}
+const start = (env: Record<string, string>) => startServiceProcess({ API_KEYS: 'server-test-key', ...env })
 
 t.test('npm start on the embedded database: says where data and docs are, keeps data, stops gracefully', async (t) => {
   const dir = t.testdir({})

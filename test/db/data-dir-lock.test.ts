@@ -5,41 +5,14 @@ import { existsSync, readFileSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 import { DataDirInUseError, LOCK_FILE, lockDataDir } from '../../src/db/data-dir-lock.js'
 import { openDatabase } from '../../src/db/database.js'
+import { startServiceProcess, type ServiceProcess } from '../fixtures/service-process.js'
 
 // The embedded database's folder belongs to one process at a time. Every process here is real:
 // the service started as `npm start` starts it, or a small script holding the lock.
 const root = new URL('../..', import.meta.url).pathname
 const key = 'lock-test-api-key'
 
-interface Service { child: ChildProcess, lines: Array<Record<string, any>>, listening: Promise<string>, exited: Promise<number | null>, stderr: () => string }
-
-function startService (dataDir: string): Service {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/server.ts'], {
-    cwd: root,
-    env: { PATH: process.env.PATH ?? '', API_KEYS: key, PORT: '0', LOG_LEVEL: 'info', PGLITE_DATA_DIR: dataDir },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  })
-  let out = ''
-  let err = ''
-  const lines: Array<Record<string, any>> = []
-  child.stderr!.on('data', (c) => { err += c })
-  const exited = once(child, 'exit').then(([code]) => code as number | null)
-  const listening = new Promise<string>((resolve, reject) => {
-    child.stdout!.on('data', (chunk) => {
-      out += chunk
-      const parts = out.split('\n')
-      out = parts.pop() ?? ''
-      for (const p of parts) {
-        const line = JSON.parse(p)
-        lines.push(line)
-        if (line.docs) resolve(String(line.docs).replace(/\/docs$/, ''))
-      }
-    })
-    exited.then((code) => reject(new Error(`exited ${code}: ${err}`)))
-  })
-  listening.catch(() => {})
-  return { child, lines, listening, exited, stderr: () => err }
-}
+const startService = (dataDir: string): ServiceProcess => startServiceProcess({ API_KEYS: key, PGLITE_DATA_DIR: dataDir })
 
 const headers = { authorization: `Bearer ${key}`, 'content-type': 'application/json' }
 
