@@ -23,7 +23,8 @@ const RATE_BOUND = envInt('BENCH_RATE_BOUND', 4000)
 const BROADCAST_PEOPLE = envInt('BENCH_BROADCAST_PEOPLE', 5000)
 const META_LATENCY = envInt('BENCH_META_LATENCY_MS', 200, 0)
 const BASELINE = process.env.BENCH_BASELINE
-const PGLITE = process.env.BENCH_PGLITE === '1'
+/** The embedded database's scenarios: by default only the broadcast (what a user plans with); `1` all of them, `0` none. */
+const PGLITE_SCENARIOS = process.env.BENCH_PGLITE === '1' ? SCENARIOS : process.env.BENCH_PGLITE === '0' ? [] : SCENARIOS.filter((s) => s === 'broadcast')
 const PAGE = '1000001'
 const PAGE_TOKEN = 'bench-page-token'
 const auth = { authorization: `Bearer ${API_KEY}`, 'content-type': 'application/json' }
@@ -254,13 +255,13 @@ async function main (): Promise<void> {
   const load = () => loadavg().map((l) => l.toFixed(2)).join(' ')
   log(`machine: ${cpus().length} × ${cpus()[0]?.model ?? '?'}, ${Math.round(totalmem() / 2 ** 30)} GiB; load ${load()}`)
   log(`BENCH_SECONDS=${SECONDS} BENCH_WARMUP_SECONDS=${WARMUP} BENCH_ROUNDS=${ROUNDS} BENCH_CONNECTIONS=${CONNECTIONS.join(',')} BENCH_SCENARIOS=${SCENARIOS.join(',')}${BASELINE ? ` BENCH_BASELINE=${BASELINE}` : ''}`)
-  const databases = PGLITE ? [false, true] : [false]
+  const databases = PGLITE_SCENARIOS.length > 0 ? [false, true] : [false]
   const results = new Map<string, Cell[]>()
   for (const embedded of databases) {
     const stacks: Stack[] = []
     try {
       for (const b of bs) stacks.push(await startStack(b, embedded))
-      for (const name of SCENARIOS) {
+      for (const name of embedded ? PGLITE_SCENARIOS : SCENARIOS) {
         const scenario = scenarios[name]
         if (!scenario) throw new Error(`unknown scenario ${name} (known: ${Object.keys(scenarios).join(', ')})`)
         for (const connections of name === 'broadcast' || name === 'memory' ? [0] : CONNECTIONS) {
