@@ -88,7 +88,7 @@ export function claimForStarts (source: string, leaseSeconds: unknown): RawBuild
   const go = sql.table(source)
   return sql`
     pick as (
-      select go.id as notification_id, o.page_id, o.id
+      select go.id as notification_id, go.page_id, o.id
         from ${go} go cross join lateral (
           select o.id from optin_tokens o
            where not go.window_open
