@@ -104,6 +104,8 @@ export interface OptinRequestsTable {
 
 export interface WebhookEventsTable {
   id: Generated<string>
+  /** The Page of the body's first entry; '' when it names none (migration 20261202120000). */
+  page_id: string
   received_at: CreatedAt
   signature: string
   object: string | null
@@ -140,6 +142,8 @@ export interface BroadcastsTable {
 }
 
 export interface BroadcastRecipientsTable {
+  /** Its broadcast's Page (migration 20261202120000). */
+  page_id: string
   broadcast_id: string
   psid: string
   batch: number

@@ -95,14 +95,18 @@ const emptyProgress = (): Progress => ({
   total: 0, sent_window: 0, sent_token: 0, no_token: 0, failed: {}, unconfirmed: 0, cancelled: 0, remaining: 0, rate_per_second: 0, eta_seconds: null,
 })
 
+/** A broadcast by its key. */
+export type BroadcastRef = Pick<Broadcast, 'id' | 'page_id'>
+
 /** Progress of each broadcast, counted from its recipient rows in one grouped query. */
-async function progressOf (db: Database, ids: string[]): Promise<Map<string, Progress>> {
-  const out = new Map(ids.map((id) => [id, emptyProgress()]))
-  if (ids.length === 0) return out
+async function progressOf (db: Database, broadcasts: BroadcastRef[]): Promise<Map<string, Progress>> {
+  const out = new Map(broadcasts.map((b) => [b.id, emptyProgress()]))
+  if (broadcasts.length === 0) return out
   const rows = await db.selectFrom('broadcast_recipients')
     .select(['broadcast_id', 'state', 'outcome', 'error_code', (eb) => eb.fn.countAll<string>().as('n')])
     .select(sql<string>`count(*) filter (where completed_at > now() - make_interval(secs => ${RATE_WINDOW_SECONDS}))`.as('recent'))
-    .where('broadcast_id', 'in', ids)
+    .where('page_id', 'in', [...new Set(broadcasts.map((b) => b.page_id))])
+    .where('broadcast_id', 'in', broadcasts.map((b) => b.id))
     .groupBy(['broadcast_id', 'state', 'outcome', 'error_code'])
     .execute()
   for (const r of rows) {
@@ -149,12 +153,12 @@ export async function createBroadcast (db: Database, input: BroadcastInput, opts
   checkLabelling(input)
   const psids = input.psids === undefined ? undefined : [...new Set(input.psids)].sort()
   const hash = requestHash(input, psids)
-  if (opts.idempotencyKey !== undefined) {
-    const existing = await byKey(db, opts.idempotencyKey)
+  // A broadcast's Page is its topic's; an Idempotency-Key is unique per Page.
+  const topic = await db.selectFrom('topics').select(['id', 'page_id', 'payload']).where('id', '=', input.topic_id).executeTakeFirst()
+  if (opts.idempotencyKey !== undefined && topic) {
+    const existing = await byKey(db, topic.page_id, opts.idempotencyKey)
     if (existing) return { broadcast: replayable(existing, hash), replayed: true }
   }
-
-  const topic = await db.selectFrom('topics').select(['id', 'page_id', 'payload']).where('id', '=', input.topic_id).executeTakeFirst()
   if (!topic) throw notFound('topic', input.topic_id)
   const page = await db.selectFrom('pages').select(['id', 'access_token']).where('id', '=', topic.page_id).executeTakeFirst()
   if (!page) throw notFound('page', topic.page_id)
@@ -185,13 +189,13 @@ export async function createBroadcast (db: Database, input: BroadcastInput, opts
       planned_at: psids ? now : null,
       idempotency_key: opts.idempotencyKey ?? null,
       request_hash: hash,
-    }).onConflict((oc) => oc.column('idempotency_key').doNothing())
+    }).onConflict((oc) => oc.columns(['page_id', 'idempotency_key']).doNothing())
       .returningAll().executeTakeFirst()
     if (!b) return undefined
     if (psids) {
       for (let i = 0; i < psids.length; i += 1000) {
         await trx.insertInto('broadcast_recipients')
-          .values(psids.slice(i, i + 1000).map((psid, j) => ({ broadcast_id: b.id, psid, batch: Math.floor((i + j) / opts.batchSize) })))
+          .values(psids.slice(i, i + 1000).map((psid, j) => ({ page_id: b.page_id, broadcast_id: b.id, psid, batch: Math.floor((i + j) / opts.batchSize) })))
           .execute()
       }
     }
@@ -200,13 +204,13 @@ export async function createBroadcast (db: Database, input: BroadcastInput, opts
   })
   if (created) return { broadcast: created, replayed: false }
   // Another request with this key won the insert a moment ago.
-  const winner = await byKey(db, opts.idempotencyKey!)
+  const winner = await byKey(db, topic.page_id, opts.idempotencyKey!)
   if (!winner) throw keyRace()
   return { broadcast: replayable(winner, hash), replayed: true }
 }
 
-async function byKey (db: Database, key: string): Promise<Broadcast | undefined> {
-  return db.selectFrom('broadcasts').selectAll().where('idempotency_key', '=', key).executeTakeFirst()
+async function byKey (db: Database, pageId: string, key: string): Promise<Broadcast | undefined> {
+  return db.selectFrom('broadcasts').selectAll().where('page_id', '=', pageId).where('idempotency_key', '=', key).executeTakeFirst()
 }
 
 /** A broadcast is created whole in one transaction: one under a key is never in flight. */
@@ -214,8 +218,14 @@ function replayable (existing: Broadcast, hash: string): Broadcast {
   return replayOf(existing, hash, 'broadcast')
 }
 
-export async function getBroadcastRow (db: Database, id: string): Promise<Broadcast | undefined> {
-  return db.selectFrom('broadcasts').selectAll().where('id', '=', id).executeTakeFirst()
+/**
+ * A broadcast by id, on its Page when the caller knows it. Without a Page (GET
+ * /v1/broadcasts/{id}) it is a lookup on every shard once sharded (docs/SCALING.md).
+ */
+export async function getBroadcastRow (db: Database, id: string, pageId?: string): Promise<Broadcast | undefined> {
+  let q = db.selectFrom('broadcasts').selectAll().where('id', '=', id)
+  if (pageId !== undefined) q = q.where('page_id', '=', pageId)
+  return q.executeTakeFirst()
 }
 
 export async function getBroadcast (db: Database, id: string): Promise<BroadcastView> {
@@ -225,7 +235,7 @@ export async function getBroadcast (db: Database, id: string): Promise<Broadcast
 }
 
 export async function withProgress (db: Database, b: Broadcast): Promise<BroadcastView> {
-  const progress = await progressOf(db, [b.id])
+  const progress = await progressOf(db, [b])
   return broadcastView(b, progress.get(b.id)!)
 }
 
@@ -244,7 +254,7 @@ export async function listBroadcasts (db: Database, f: BroadcastFilter): Promise
   const limit = f.limit ?? PAGE_SIZE
   const rows = await q.orderBy('created_at').orderBy('id').limit(limit + 1).execute()
   const { items, next_cursor } = pageOf(rows, limit)
-  const progress = await progressOf(db, items.map((b) => b.id))
+  const progress = await progressOf(db, items)
   return { items: items.map((b) => broadcastView(b, progress.get(b.id)!)), next_cursor }
 }
 
@@ -254,19 +264,21 @@ export function recipientKey (broadcastId: string, psid: string, retries: number
 }
 
 const recipientKeySql = sql`'broadcast:' || r.broadcast_id || ':' || r.psid || case when r.retries > 0 then ':retry' || r.retries else '' end`
+/** The notification of recipient `r`'s current send exists (on the broadcast's Page, where its key is unique). */
+const recipientStarted = sql`exists (select 1 from notifications n where n.page_id = r.page_id and n.idempotency_key = ${recipientKeySql})`
 
 /**
  * Pending recipients nobody is sending to (no live lease) and whose current send never started
  * become cancelled. The others are in flight: their worker records what happened to them. The
  * lease id stays, so that a holder that stalled past its lease still records a send it made.
  */
-export async function cancelPendingRecipients (db: Database, broadcastId: string): Promise<number> {
+export async function cancelPendingRecipients (db: Database, b: BroadcastRef): Promise<number> {
   const result = await sql`
     update broadcast_recipients r
        set state = 'cancelled', next_attempt_at = null, updated_at = now(), completed_at = now()
-     where r.broadcast_id = ${broadcastId} and r.state = 'pending'
+     where r.page_id = ${b.page_id} and r.broadcast_id = ${b.id} and r.state = 'pending'
        and (r.lease_id is null or r.next_attempt_at <= now())
-       and not exists (select 1 from notifications n where n.idempotency_key = ${recipientKeySql})`.execute(db)
+       and not ${recipientStarted}`.execute(db)
   return Number(result.numAffectedRows ?? 0n)
 }
 
@@ -276,25 +288,24 @@ export async function cancelBroadcast (db: Database, id: string): Promise<Broadc
     .set({ state: 'cancelled', cancelled_at: sql`now()`, updated_at: sql`now()` })
     .where('id', '=', id).where('state', 'in', ['scheduled', 'running'])
     .returningAll().executeTakeFirst()
-  if (!b) {
-    const existing = await getBroadcastRow(db, id)
-    if (!existing) throw notFound('broadcast', id)
-    if (existing.state === 'completed') {
-      throw new DomainError('broadcast_completed', `Broadcast ${id} has already completed; there is nothing left to cancel.`)
-    }
+  const existing = b ?? await getBroadcastRow(db, id)
+  if (!existing) throw notFound('broadcast', id)
+  if (!b && existing.state === 'completed') {
+    throw new DomainError('broadcast_completed', `Broadcast ${id} has already completed; there is nothing left to cancel.`)
   }
-  await cancelPendingRecipients(db, id)
-  return getBroadcast(db, id)
+  await cancelPendingRecipients(db, existing)
+  const now = await getBroadcastRow(db, id, existing.page_id)
+  return withProgress(db, now!)
 }
 
 // ---- execution (used by the job worker) ----
 
 /** The broadcast begins at its send time: scheduled becomes running. */
-export async function startBroadcast (db: Database, id: string): Promise<Broadcast | undefined> {
+export async function startBroadcast (db: Database, b: BroadcastRef): Promise<Broadcast | undefined> {
   await db.updateTable('broadcasts')
     .set({ state: 'running', started_at: sql`coalesce(started_at, now())`, updated_at: sql`now()` })
-    .where('id', '=', id).where('state', '=', 'scheduled').execute()
-  return getBroadcastRow(db, id)
+    .where('page_id', '=', b.page_id).where('id', '=', b.id).where('state', '=', 'scheduled').execute()
+  return getBroadcastRow(db, b.id, b.page_id)
 }
 
 /**
@@ -303,46 +314,48 @@ export async function startBroadcast (db: Database, id: string): Promise<Broadca
  * under the same batch number and insert it once. Undefined when the audience is exhausted.
  */
 export async function planNextBatch (db: Database, b: Broadcast, batchSize: number): Promise<{ batch: number, inserted: number } | undefined> {
-  const topic = await db.selectFrom('topics').select(['page_id', 'payload']).where('id', '=', b.topic_id).executeTakeFirst()
+  const topic = await db.selectFrom('topics').select(['page_id', 'payload'])
+    .where('page_id', '=', b.page_id).where('id', '=', b.topic_id).executeTakeFirst()
   if (!topic) return undefined
   const last = await db.selectFrom('broadcast_recipients').select(['psid', 'batch'])
-    .where('broadcast_id', '=', b.id).orderBy('psid', 'desc').limit(1).executeTakeFirst()
+    .where('page_id', '=', b.page_id).where('broadcast_id', '=', b.id).orderBy('psid', 'desc').limit(1).executeTakeFirst()
   const batch = last ? last.batch + 1 : 0
   const { rows: [row] } = await sql<{ listed: number, inserted: number }>`
     with audience as (${audiencePage(topic.page_id, topic.payload, last?.psid, batchSize)}),
     added as (
-      insert into broadcast_recipients (broadcast_id, psid, batch)
-      select ${b.id}, psid, ${batch} from audience
+      insert into broadcast_recipients (page_id, broadcast_id, psid, batch)
+      select ${b.page_id}, ${b.id}, psid, ${batch} from audience
       on conflict do nothing
       returning psid)
     select (select count(*) from audience)::int as listed, (select count(*) from added)::int as inserted`.execute(db)
   return row.listed > 0 ? { batch, inserted: row.inserted } : undefined
 }
 
-export async function markPlanned (db: Database, id: string): Promise<void> {
+export async function markPlanned (db: Database, b: BroadcastRef): Promise<void> {
   await db.updateTable('broadcasts').set({ planned_at: sql`now()`, updated_at: sql`now()` })
-    .where('id', '=', id).where('planned_at', 'is', null).execute()
+    .where('page_id', '=', b.page_id).where('id', '=', b.id).where('planned_at', 'is', null).execute()
 }
 
 /** Batches of a broadcast that still have someone pending. */
-export async function pendingBatches (db: Database, broadcastId: string): Promise<number[]> {
+export async function pendingBatches (db: Database, b: BroadcastRef): Promise<number[]> {
   const rows = await db.selectFrom('broadcast_recipients').select('batch').distinct()
-    .where('broadcast_id', '=', broadcastId).where('state', '=', 'pending').orderBy('batch').execute()
+    .where('page_id', '=', b.page_id).where('broadcast_id', '=', b.id).where('state', '=', 'pending').orderBy('batch').execute()
   return rows.map((r) => r.batch)
 }
 
 /** A running, fully listed broadcast with nobody pending is completed. */
-export async function completeIfDone (db: Database, broadcastId: string): Promise<boolean> {
+export async function completeIfDone (db: Database, b: BroadcastRef): Promise<boolean> {
   const result = await db.updateTable('broadcasts')
     .set({ state: 'completed', completed_at: sql`now()`, updated_at: sql`now()` })
-    .where('id', '=', broadcastId).where('state', '=', 'running').where('planned_at', 'is not', null)
+    .where('page_id', '=', b.page_id).where('id', '=', b.id).where('state', '=', 'running').where('planned_at', 'is not', null)
     .where(({ not, exists, selectFrom }) => not(exists(selectFrom('broadcast_recipients').select('psid')
-      .where('broadcast_id', '=', broadcastId).where('state', '=', 'pending'))))
+      .where('page_id', '=', b.page_id).where('broadcast_id', '=', b.id).where('state', '=', 'pending'))))
     .executeTakeFirst()
   return result.numUpdatedRows > 0n
 }
 
 export interface ClaimedRecipient {
+  page_id: string
   broadcast_id: string
   psid: string
   retries: number
@@ -354,31 +367,31 @@ export interface ClaimedRecipient {
 }
 
 /** Takes up to `count` pending people of a batch at once (one lease for them all), in PSID order; SKIP LOCKED lets workers share a batch. */
-export async function claimRecipients (db: Database, broadcastId: string, batch: number, count: number, leaseSeconds: number): Promise<ClaimedRecipient[]> {
+export async function claimRecipients (db: Database, b: BroadcastRef, batch: number, count: number, leaseSeconds: number): Promise<ClaimedRecipient[]> {
   const { rows } = await sql<ClaimedRecipient>`
     update broadcast_recipients r
        set lease_id = ${randomUUID()}, next_attempt_at = now() + make_interval(secs => ${leaseSeconds}), updated_at = now()
-     where r.broadcast_id = ${broadcastId} and r.psid in (
+     where r.page_id = ${b.page_id} and r.broadcast_id = ${b.id} and r.psid in (
        select psid from broadcast_recipients
-        where broadcast_id = ${broadcastId} and batch = ${batch} and state = 'pending'
+        where page_id = ${b.page_id} and broadcast_id = ${b.id} and batch = ${batch} and state = 'pending'
           and (next_attempt_at is null or next_attempt_at <= now())
         order by psid
         limit ${count}
         for update skip locked)
        and r.state = 'pending'
-    returning r.broadcast_id, r.psid, r.retries, r.lease_id,
-      (select b.state from broadcasts b where b.id = r.broadcast_id) as broadcast_state,
-      exists (select 1 from notifications n where n.idempotency_key = ${recipientKeySql}) as started`.execute(db)
+    returning r.page_id, r.broadcast_id, r.psid, r.retries, r.lease_id,
+      (select b.state from broadcasts b where b.page_id = r.page_id and b.id = r.broadcast_id) as broadcast_state,
+      ${recipientStarted} as started`.execute(db)
   return rows.sort((a, b) => (a.psid < b.psid ? -1 : a.psid > b.psid ? 1 : 0))
 }
 
 /** Seconds until someone of the batch may be tried (0: now), or undefined when nobody is pending. */
-export async function batchWaitSeconds (db: Database, broadcastId: string, batch: number): Promise<number | undefined> {
+export async function batchWaitSeconds (db: Database, b: BroadcastRef, batch: number): Promise<number | undefined> {
   const { rows: [row] } = await sql<{ pending: number, wait: number | null }>`
     select count(*)::int as pending,
            extract(epoch from (min(coalesce(next_attempt_at, now())) - now()))::float8 as wait
       from broadcast_recipients
-     where broadcast_id = ${broadcastId} and batch = ${batch} and state = 'pending'`.execute(db)
+     where page_id = ${b.page_id} and broadcast_id = ${b.id} and batch = ${batch} and state = 'pending'`.execute(db)
   return row.pending === 0 ? undefined : Math.max(0, row.wait ?? 0)
 }
 
@@ -456,7 +469,7 @@ export async function pacingShares (db: Database): Promise<Array<{ page_id: stri
 export async function runningBroadcasts (db: Database): Promise<Array<{ id: string, page_id: string, remaining: number }>> {
   const { rows } = await sql<{ id: string, page_id: string, remaining: number }>`
     select b.id, b.page_id,
-           (select count(*) from broadcast_recipients r where r.broadcast_id = b.id and r.state = 'pending')::float8 as remaining
+           (select count(*) from broadcast_recipients r where r.page_id = b.page_id and r.broadcast_id = b.id and r.state = 'pending')::float8 as remaining
       from broadcasts b where b.state = 'running'`.execute(db)
   return rows
 }
@@ -484,7 +497,7 @@ const LEFT_BEFORE_SEND = new Set(['topic_not_found', 'page_not_found', 'page_wit
 export async function sendToRecipient (deps: RecipientDeps, b: Broadcast, r: ClaimedRecipient): Promise<RecipientResult> {
   const key = recipientKey(b.id, r.psid, r.retries)
   const send = deps.sender.deps
-  const existing = r.started ? await notificationByKey(send.db, key) : undefined
+  const existing = r.started ? await notificationByKey(send.db, b.page_id, key) : undefined
   if (existing && existing.broadcast_id !== b.id) {
     // A caller of POST /v1/notifications chose this very key: never send under someone else's record.
     return { kind: 'done', outcome: 'failed', error_code: 'idempotency_conflict', notification_id: null }
@@ -550,13 +563,13 @@ async function resolveInterrupted (deps: SendDeps, n: Notification): Promise<Not
     if (wait > 0) return { wait: Math.ceil(wait) }
     await recoverLeases(deps)
   } else {
-    const taken = await takeOverStale(deps, n.id, lease)
+    const taken = await takeOverStale(deps, n, lease)
     if (taken) {
       deps.log?.info({ notification_id: n.id, broadcast_id: n.broadcast_id }, 'broadcast: resuming an interrupted send')
       return resumeFromStart(deps, taken)
     }
   }
-  const now = await getNotificationRow(deps.db, n.id)
+  const now = await getNotificationRow(deps.db, n.id, n.page_id)
   if (now && now.status !== 'pending') return now
   const age = now ? (Date.now() - now.updated_at.getTime()) / 1000 : 0
   return { wait: Math.max(1, Math.ceil(lease - age)) }
@@ -565,7 +578,7 @@ async function resolveInterrupted (deps: SendDeps, n: Notification): Promise<Not
 /** Records a result under the claim; false when the claim was lost (another worker took over). */
 export async function recordResult (db: Database, r: ClaimedRecipient, result: RecipientResult): Promise<boolean> {
   const mine = db.updateTable('broadcast_recipients')
-    .where('broadcast_id', '=', r.broadcast_id).where('psid', '=', r.psid).where('lease_id', '=', r.lease_id)
+    .where('page_id', '=', r.page_id).where('broadcast_id', '=', r.broadcast_id).where('psid', '=', r.psid).where('lease_id', '=', r.lease_id)
   let changed: { numUpdatedRows: bigint }
   switch (result.kind) {
     case 'done':
@@ -596,18 +609,20 @@ export async function recordResult (db: Database, r: ClaimedRecipient, result: R
 }
 
 /** Work the queue may have lost (a job that ran out of retries, a crash between steps): what the sweep re-enqueues. */
-export async function unfinishedWork (db: Database): Promise<{ toPlan: string[], batches: Array<{ broadcast_id: string, batch: number }>, toComplete: string[] }> {
-  const toPlan = await db.selectFrom('broadcasts').select('id')
+export async function unfinishedWork (db: Database)
+  : Promise<{ toPlan: BroadcastRef[], batches: Array<{ page_id: string, broadcast_id: string, batch: number }>, toComplete: BroadcastRef[] }> {
+  const toPlan = await db.selectFrom('broadcasts').select(['page_id', 'id'])
     .where('state', 'in', ['scheduled', 'running']).where('planned_at', 'is', null)
     .where('send_at', '<=', sql<Date>`now()`).execute()
-  const batches = await db.selectFrom('broadcast_recipients as r').innerJoin('broadcasts as b', 'b.id', 'r.broadcast_id')
-    .select(['r.broadcast_id', 'r.batch']).distinct()
+  const batches = await db.selectFrom('broadcast_recipients as r')
+    .innerJoin('broadcasts as b', (j) => j.onRef('b.page_id', '=', 'r.page_id').onRef('b.id', '=', 'r.broadcast_id'))
+    .select(['r.page_id', 'r.broadcast_id', 'r.batch']).distinct()
     .where('r.state', '=', 'pending').where('b.state', 'in', ['running', 'cancelled']).where('b.planned_at', 'is not', null)
     .execute()
-  const toComplete = await db.selectFrom('broadcasts').select('id')
+  const toComplete = await db.selectFrom('broadcasts').select(['page_id', 'id'])
     .where('state', '=', 'running').where('planned_at', 'is not', null)
     .where(({ not, exists, selectFrom }) => not(exists(selectFrom('broadcast_recipients as r').select('r.psid')
-      .whereRef('r.broadcast_id', '=', 'broadcasts.id').where('r.state', '=', 'pending'))))
+      .whereRef('r.page_id', '=', 'broadcasts.page_id').whereRef('r.broadcast_id', '=', 'broadcasts.id').where('r.state', '=', 'pending'))))
     .execute()
-  return { toPlan: toPlan.map((r) => r.id), batches, toComplete: toComplete.map((r) => r.id) }
+  return { toPlan, batches, toComplete }
 }

@@ -50,6 +50,12 @@ const REJECTED = new Set<SkipReason>(REJECTED_REASONS)
 
 export interface Delivery {
   object: string
+  /**
+   * The Page the stored body belongs to: its first entry's id when that is a Page id, else '' (none
+   * known). Meta may batch several Pages' entries in one body; it is stored whole, once, on this Page
+   * (migration 20261202120000 gave stored bodies the same rule).
+   */
+  page_id: string
   /** One per distinct token. */
   tokens: TokenRecord[]
   /** One per (page, person): the earliest first-seen and latest interaction of the delivery. */
@@ -132,8 +138,9 @@ export function parseDelivery (raw: Buffer, receivedAt: Date = new Date()): Deli
   }
 
   // Meta always names the object; some clients' test harnesses leave it out of Messenger bodies.
+  const first = idOf(body.entry[0])
   const delivery: Delivery = {
-    object, tokens: [], subscribers: [], interactions: 0, ignored_events: 0, rejected_events: 0, skipped: {}, restamped_events: 0,
+    object, page_id: first !== undefined && isPageId(first) ? first : '', tokens: [], subscribers: [], interactions: 0, ignored_events: 0, rejected_events: 0, skipped: {}, restamped_events: 0,
   }
   const skip = (reason: SkipReason, count = 1): void => {
     if (count === 0) return
@@ -286,15 +293,15 @@ export async function recordDeliveries (db: Database, inputs: DeliveryInput[]): 
   // deliveries whose own row was stored, and the sorts below read all of it before writing.
   const { rows } = await sql<Recorded>`
     with input as (
-      select nextval(pg_get_serial_sequence('webhook_events', 'id')) as id, e.ord, e.signature, e.object, e.body, e.digest
-        from unnest(${inputs.map((_, i) => i)}::int[], ${inputs.map((i) => i.signature)}::text[],
-                    ${inputs.map((i) => i.delivery.object)}::text[], ${inputs.map((i) => i.raw)}::bytea[],
-                    ${digests}::bytea[]) as e(ord, signature, object, body, digest)
+      select nextval(pg_get_serial_sequence('webhook_events', 'id')) as id, e.ord, e.page_id, e.signature, e.object, e.body, e.digest
+        from unnest(${inputs.map((_, i) => i)}::int[], ${inputs.map((i) => i.delivery.page_id)}::text[],
+                    ${inputs.map((i) => i.signature)}::text[], ${inputs.map((i) => i.delivery.object)}::text[],
+                    ${inputs.map((i) => i.raw)}::bytea[], ${digests}::bytea[]) as e(ord, page_id, signature, object, body, digest)
     ), event as (
-      insert into webhook_events (id, signature, object, body, digest) overriding system value
-      select distinct on (digest) id, signature, object, body, digest from input order by digest, ord
-      on conflict (digest) where digest is not null do update set digest = excluded.digest
-      returning id, digest
+      insert into webhook_events (id, page_id, signature, object, body, digest) overriding system value
+      select distinct on (page_id, digest) id, page_id, signature, object, body, digest from input order by page_id, digest, ord
+      on conflict (page_id, digest) where digest is not null do update set digest = excluded.digest
+      returning id, page_id, digest
     ), fresh as (
       select input.ord, input.id from input join event on event.id = input.id
     ), new_tokens as (${insertTokens(JSON.stringify(tokens), 'fresh')}
@@ -316,7 +323,7 @@ export async function recordDeliveries (db: Database, inputs: DeliveryInput[]): 
            count(new_tokens.webhook_event_id) filter (where new_tokens.state = 'available')::int as tokens_recorded,
            count(new_tokens.webhook_event_id) filter (where new_tokens.state = 'expired')::int as tokens_expired
       from input
-      join event on event.digest = input.digest
+      join event on event.page_id = input.page_id and event.digest = input.digest
       left join new_tokens on new_tokens.webhook_event_id = input.id
      group by input.ord, input.id, event.id
      order by input.ord

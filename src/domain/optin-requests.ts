@@ -84,7 +84,7 @@ export async function requestOptin (deps: OptinRequestDeps, topicId: string, inp
     message: { attachment: { type: 'template', payload: { template_type: 'one_time_notif_req', title, payload: topic.payload } } },
   })
   if (outcome.kind === 'ok') {
-    return optinRequestView(await settle(db, row.id, 'sent', outcome.messageId, null))
+    return optinRequestView(await settle(db, row, 'sent', outcome.messageId, null))
   }
   if (outcome.kind === 'no_answer') {
     const error: StoredError = {
@@ -92,13 +92,13 @@ export async function requestOptin (deps: OptinRequestDeps, topicId: string, inp
       message: outcome.sent ? `No answer from the Graph API (${outcome.reason}); the request may have reached the person.` : `The Graph API could not be reached (${outcome.detail}).`,
       ...(outcome.sent ? { ambiguous: true } : {}),
     }
-    const failed = optinRequestView(await settle(db, row.id, 'failed', null, error))
+    const failed = optinRequestView(await settle(db, row, 'failed', null, error))
     throw outcome.sent
       ? new DomainError('graph_unconfirmed', `${error.message} It is not sent again, and counts toward the throttle.`, { optin_request: failed })
       : new DomainError('graph_unreachable', `${error.message} Nothing was sent.`, { retryAfterSeconds: TEMPORARY_RETRY_AFTER_SECONDS, optin_request: failed })
   }
 
-  const failed = optinRequestView(await settle(db, row.id, 'failed', null, outcome.error))
+  const failed = optinRequestView(await settle(db, row, 'failed', null, outcome.error))
   const extra = { graph: outcome.error, optin_request: failed }
   if (alreadyAsked(outcome.error)) {
     // Meta does not say for how long; the next request waits our own interval, refused here without a Graph call.
@@ -137,7 +137,7 @@ async function reserveSlot (deps: OptinRequestDeps, values: { topic_id: string, 
       const { rows: [last] } = await sql<{ wait: number }>`
         select ceil(extract(epoch from (created_at + make_interval(secs => ${interval}) - now())))::int as wait
           from optin_requests
-         where topic_id = ${values.topic_id} and psid = ${values.psid}
+         where page_id = ${values.page_id} and topic_id = ${values.topic_id} and psid = ${values.psid}
            and (status in ('pending', 'sent')
                 or (status = 'failed' and ((error ->> 'ambiguous')::boolean
                                            or ((error ->> 'code')::int = ${ALREADY_ASKED.code} and (error ->> 'subcode')::int = ${ALREADY_ASKED.subcode}))))
@@ -155,8 +155,8 @@ async function reserveSlot (deps: OptinRequestDeps, values: { topic_id: string, 
   }) as Promise<OptinRequestRow>
 }
 
-async function settle (db: Database, id: string, status: 'sent' | 'failed', graphMessageId: string | null, error: StoredError | null): Promise<OptinRequestRow> {
+async function settle (db: Database, row: { id: string, page_id: string }, status: 'sent' | 'failed', graphMessageId: string | null, error: StoredError | null): Promise<OptinRequestRow> {
   return db.updateTable('optin_requests')
     .set({ status, graph_message_id: graphMessageId, error: error ? JSON.stringify(error) : null })
-    .where('id', '=', id).returningAll().executeTakeFirstOrThrow() as Promise<OptinRequestRow>
+    .where('page_id', '=', row.page_id).where('id', '=', row.id).returningAll().executeTakeFirstOrThrow() as Promise<OptinRequestRow>
 }

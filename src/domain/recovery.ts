@@ -17,7 +17,7 @@
  */
 import { sql } from 'kysely'
 import type { Notification } from '../db/types.js'
-import { getNotificationRow } from './send-steps.js'
+import { getNotificationRow, type NotificationRef } from './send-steps.js'
 import { resumeFromStart, resumeWithToken, type SendDeps } from './send.js'
 import { expiredHolds, holdsNoToken, settleOrphan, takeOverHold } from './token-store.js'
 
@@ -63,9 +63,9 @@ export async function recoverLeases (deps: SendDeps, opts: RecoveryOptions = {})
     await inParallel(ids, concurrency, async (id) => {
       const token = await takeOverHold(deps.db, id, lease)
       if (!token) return
-      const n = await getNotificationRow(deps.db, token.notification_id)
+      const n = await getNotificationRow(deps.db, token.notification_id, token.page_id)
       if (!n || n.status !== 'pending') {
-        await settleOrphan(deps.db, { token_id: token.id, notification_id: token.notification_id }, n?.status === 'sent')
+        await settleOrphan(deps.db, { page_id: token.page_id, token_id: token.id, notification_id: token.notification_id }, n?.status === 'sent')
         progress.resolved++
         return
       }
@@ -83,14 +83,14 @@ export async function recoverLeases (deps: SendDeps, opts: RecoveryOptions = {})
   }
 
   for (;;) {
-    const stale = await deps.db.selectFrom('notifications as n').select('n.id')
+    const stale = await deps.db.selectFrom('notifications as n').select(['n.page_id', 'n.id'])
       .where('n.completed_at', 'is', null).where('n.status', '=', 'pending').where('n.broadcast_id', 'is', null)
       .where('n.updated_at', '<', sql<Date>`now() - make_interval(secs => ${lease})`)
       .where(holdsNoToken('n'))
       .orderBy('n.updated_at').limit(batchSize).execute()
     if (stale.length === 0) break
-    await inParallel(stale, concurrency, async ({ id }) => {
-      const n = await takeOverStale(deps, id, lease)
+    await inParallel(stale, concurrency, async (ref) => {
+      const n = await takeOverStale(deps, ref, lease)
       if (!n) return
       const final = await resumeFromStart(deps, n)
       progress.resolved++
@@ -103,8 +103,8 @@ export async function recoverLeases (deps: SendDeps, opts: RecoveryOptions = {})
 }
 
 /** Takes over a pending notification untouched for a lease (guarded: one instance gets it). */
-export async function takeOverStale (deps: Pick<SendDeps, 'db'>, id: string, leaseSeconds: number): Promise<Notification | undefined> {
+export async function takeOverStale (deps: Pick<SendDeps, 'db'>, n: NotificationRef, leaseSeconds: number): Promise<Notification | undefined> {
   return deps.db.updateTable('notifications').set({ updated_at: sql`now()` })
-    .where('id', '=', id).where('status', '=', 'pending').where('updated_at', '<', sql<Date>`now() - make_interval(secs => ${leaseSeconds})`)
+    .where('page_id', '=', n.page_id).where('id', '=', n.id).where('status', '=', 'pending').where('updated_at', '<', sql<Date>`now() - make_interval(secs => ${leaseSeconds})`)
     .returningAll().executeTakeFirst()
 }

@@ -46,6 +46,7 @@ export interface Started {
 /** An outcome to record, with the held token's move when there is one. */
 export interface Finishing {
   id: string
+  page_id: string
   status: Exclude<NotificationStatus, 'pending'>
   route: Route
   problem?: NotificationProblem
@@ -71,8 +72,9 @@ const NO_TOKEN: NotificationProblem = { code: 'no_token', detail: 'This person h
  * Page can send, it inserts the notification: on the window route `pending` with its first attempt
  * counted; on the token route with the person's soonest-expiring token claimed for it in the same
  * statement (`pending`, first attempt counted), or final as `no_token` when they hold none. The
- * notification's id is the caller's, so that the claim can name it. A concurrent request with the
- * same key makes the insert fail on the key's unique index: the whole statement, claims included,
+ * notification's id is the caller's, so that the claim can name it. An Idempotency-Key is unique per
+ * Page (the topic's). A concurrent request with the same key on the same Page makes the insert fail
+ * on the key's unique index: the whole statement, claims included,
  * is undone.
  *
  * Two sends of one statement must not share a person's topic or an Idempotency-Key: both would see
@@ -100,7 +102,7 @@ export async function startSends (db: Database, leaseSeconds: number, items: Sta
     ), ctx as (
       select r.id, r.psid, t.id as topic_id, t.page_id, t.payload, p.access_token,
              r.use_window and coalesce(s.last_interaction_at > now() - make_interval(secs => ${WINDOW_MS / 1000}), false) as window_open,
-             (select n.id from notifications n where n.idempotency_key = r.idempotency_key) as existing_id
+             (select n.id from notifications n where n.page_id = t.page_id and n.idempotency_key = r.idempotency_key) as existing_id
         from input r
         join topics t on t.id = r.topic_id
         join pages p on p.id = t.page_id
@@ -163,17 +165,17 @@ export async function recordOutcomes (db: Database, items: Finishing[]): Promise
   const { rows } = await sql<Notification>`
     with outcome_input as (
       select * from unnest(
-        ${col((i) => i.id)}::uuid[], ${col((i) => i.status)}::text[], ${col((i) => i.route)}::text[],
+        ${col((i) => i.id)}::uuid[], ${col((i) => i.page_id)}::text[], ${col((i) => i.status)}::text[], ${col((i) => i.route)}::text[],
         ${col((i) => (i.problem ? JSON.stringify(i.problem) : null))}::jsonb[],
         ${col((i) => i.graphMessageId ?? null)}::text[],
         ${col((i) => i.tokenId !== undefined)}::boolean[], ${col((i) => i.tokenId ?? null)}::bigint[],
         ${col((i) => i.tokenState ?? null)}::text[],
         ${col((i) => i.tokensRefused !== undefined)}::boolean[], ${col((i) => i.tokensRefused ?? null)}::int[],
-        ${col((i) => i.move?.hold.token_id ?? null)}::bigint[],
+        ${col((i) => i.move?.hold.page_id ?? null)}::text[], ${col((i) => i.move?.hold.token_id ?? null)}::bigint[],
         ${col((i) => i.move?.hold.notification_id ?? null)}::uuid[],
         ${col((i) => i.move?.to ?? null)}::text[]
-      ) as i(id, status, route, error, graph_message_id, set_token_id, token_id, token_state,
-             set_tokens_refused, tokens_refused, held_token_id, held_by, token_to)
+      ) as i(id, page_id, status, route, error, graph_message_id, set_token_id, token_id, token_state,
+             set_tokens_refused, tokens_refused, held_page_id, held_token_id, held_by, token_to)
       limit ${sorted.length} -- every row (why: startSends)
     ), moved as (${settleHolds('outcome_input')}
     )
@@ -185,7 +187,7 @@ export async function recordOutcomes (db: Database, items: Finishing[]): Promise
            tokens_refused = case when i.set_tokens_refused then i.tokens_refused else n.tokens_refused end,
            completed_at = now(), updated_at = now()
       from outcome_input i
-     where n.id = i.id and n.status = 'pending'
+     where n.page_id = i.page_id and n.id = i.id and n.status = 'pending'
        and (i.held_token_id is null or exists (select 1 from moved m where m.held_by = i.id))
     returning n.*`.execute(db)
   const written = new Map(rows.map((n) => [n.id, n]))
@@ -221,10 +223,10 @@ export function batchedSteps (db: Database, leaseSeconds: number, maxBatch = 100
  * Counts an attempt before it is made (so recovery knows whether anything may have left) and keeps
  * the row fresh for the stale-notification sweep. False when the row is no longer this send's.
  */
-export async function beginAttempt (db: Database, id: string, route: Route, tokenId?: string): Promise<boolean> {
+export async function beginAttempt (db: Database, n: NotificationRef, route: Route, tokenId?: string): Promise<boolean> {
   const row = await db.updateTable('notifications')
     .set((eb) => ({ attempts: eb('attempts', '+', 1), route, token_id: tokenId ?? null, updated_at: sql`now()` }))
-    .where('id', '=', id).where('status', '=', 'pending')
+    .where('page_id', '=', n.page_id).where('id', '=', n.id).where('status', '=', 'pending')
     .returning('id').executeTakeFirst()
   return row !== undefined
 }
@@ -237,21 +239,31 @@ export async function refuseHeldToken (db: Database, hold: Hold, refused: number
   const { rows } = await sql<{ id: string }>`
     with input as (${holdInput(hold, 'invalid')}), moved as (${settleHolds('input')})
     update notifications set tokens_refused = ${refused}, updated_at = now()
-     where id = ${hold.notification_id} and status = 'pending' and exists (select 1 from moved)
+     where page_id = ${hold.page_id} and id = ${hold.notification_id} and status = 'pending' and exists (select 1 from moved)
     returning id`.execute(db)
   return rows.length > 0
 }
 
 /** The window was closed after all: the row now reads as a token send, nothing having been delivered. */
-export async function switchToTokenRoute (db: Database, id: string): Promise<void> {
+export async function switchToTokenRoute (db: Database, n: NotificationRef): Promise<void> {
   await db.updateTable('notifications').set({ route: 'token', updated_at: sql`now()` })
-    .where('id', '=', id).where('status', '=', 'pending').execute()
+    .where('page_id', '=', n.page_id).where('id', '=', n.id).where('status', '=', 'pending').execute()
 }
 
-export async function getNotificationRow (db: Database, id: string): Promise<Notification | undefined> {
-  return db.selectFrom('notifications').selectAll().where('id', '=', id).executeTakeFirst()
+/** A notification by its key. */
+export interface NotificationRef { page_id: string, id: string }
+
+/**
+ * A notification by id, on its Page when the caller knows it. Without a Page (GET
+ * /v1/notifications/{id}) it is a lookup on every shard once sharded (docs/SCALING.md).
+ */
+export async function getNotificationRow (db: Database, id: string, pageId?: string): Promise<Notification | undefined> {
+  let q = db.selectFrom('notifications').selectAll().where('id', '=', id)
+  if (pageId !== undefined) q = q.where('page_id', '=', pageId)
+  return q.executeTakeFirst()
 }
 
-export async function notificationByKey (db: Database, key: string): Promise<Notification | undefined> {
-  return db.selectFrom('notifications').selectAll().where('idempotency_key', '=', key).executeTakeFirst()
+/** The notification under an Idempotency-Key, which is unique per Page. */
+export async function notificationByKey (db: Database, pageId: string, key: string): Promise<Notification | undefined> {
+  return db.selectFrom('notifications').selectAll().where('page_id', '=', pageId).where('idempotency_key', '=', key).executeTakeFirst()
 }

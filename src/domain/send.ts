@@ -17,7 +17,7 @@ import { checkLabelling, notificationHash, type NotificationInput } from './noti
 import { recordPageError } from './pages.js'
 import {
   beginAttempt, getNotificationRow, notificationByKey, recordOutcomes, refuseHeldToken, switchToTokenRoute,
-  type Finishing, type NotificationProblem, type SendSteps, type Starting,
+  type Finishing, type NotificationProblem, type NotificationRef, type SendSteps, type Starting,
 } from './send-steps.js'
 import { claimToken, discardPersonTokens, extendLease, type ClaimedToken, type Hold } from './token-store.js'
 import { windowIsOpen } from './window.js'
@@ -95,14 +95,15 @@ export async function sendNotification (deps: SendDeps, input: NotificationInput
   } catch (error) {
     if ((error as { code?: string }).code !== '23505' || input.idempotency_key === undefined) throw error
     // Another request with this key won the insert a moment ago (maybe on another instance); this
-    // statement, claim included, was undone.
-    const winner = await notificationByKey(deps.db, input.idempotency_key)
+    // statement, claim included, was undone. Keys are unique per Page: the topic's.
+    const topic = await deps.db.selectFrom('topics').select('page_id').where('id', '=', input.topic_id).executeTakeFirst()
+    const winner = topic && await notificationByKey(deps.db, topic.page_id, input.idempotency_key)
     if (!winner) throw keyRace()
     return replay(winner, item.hash)
   }
   const { context, n, token } = started
   if (!context) throw notFound('topic', input.topic_id)
-  if (context.existing_id !== null) return replay(await current(deps.db, context.existing_id), item.hash)
+  if (context.existing_id !== null) return replay(await current(deps.db, { id: context.existing_id, page_id: context.page_id }), item.hash)
   if (context.access_token === null || !n) {
     throw new DomainError('page_without_access_token',
       `Page ${context.page_id} has no access token; PUT /v1/pages/${context.page_id} with one first.`)
@@ -151,6 +152,7 @@ async function finish (deps: SendDeps, n: Notification, decision: Decision, deta
   }
   const item: Finishing = {
     id: n.id,
+    page_id: n.page_id,
     status: decision.status!,
     route: details.route,
     ...(problem ? { problem } : {}),
@@ -173,7 +175,7 @@ async function finish (deps: SendDeps, n: Notification, decision: Decision, deta
     row = await deps.steps.finish(item)
   }
   if (row) deps.onFinal?.(row)
-  const final = row ?? await current(deps.db, n.id)
+  const final = row ?? await current(deps.db, n)
   deps.log?.info({
     notification_id: n.id, status: final.status, route: final.route, attempts: final.attempts,
     ...(details.graph ? { graph_code: details.graph.code, graph_subcode: details.graph.subcode } : {}),
@@ -182,8 +184,8 @@ async function finish (deps: SendDeps, n: Notification, decision: Decision, deta
   return final
 }
 
-async function current (db: Database, id: string): Promise<Notification> {
-  return (await getNotificationRow(db, id))!
+async function current (db: Database, n: NotificationRef): Promise<Notification> {
+  return (await getNotificationRow(db, n.id, n.page_id))!
 }
 
 function eventOf (outcome: SendOutcome): SendEvent {
@@ -208,7 +210,7 @@ async function sendThroughWindow (deps: SendDeps, n: Notification, target: Targe
   }
   for (let attempt = 0; ; attempt++) {
     if (attempt > 0) await pause(deps, attempt)
-    if (!(attempt === 0 && counted) && !(await beginAttempt(deps.db, n.id, 'window'))) return current(deps.db, n.id)
+    if (!(attempt === 0 && counted) && !(await beginAttempt(deps.db, n, 'window'))) return current(deps.db, n)
     const outcome = await deps.graph.sendMessage(target.page, body)
     const situation: SendSituation = {
       kind: 'one_time_notif', route: 'window', ambiguous: false, exhausted: attempt >= deps.config.GRAPH_API_MAX_RETRIES, recovering: false,
@@ -218,7 +220,7 @@ async function sendThroughWindow (deps: SendDeps, n: Notification, target: Targe
     if (decision.next === 'token_route') {
       const error = outcome.kind === 'graph_error' ? outcome.error : undefined
       deps.log?.info({ notification_id: n.id, graph_code: error?.code, graph_subcode: error?.subcode }, 'window closed at Meta; falling back to a token')
-      await switchToTokenRoute(deps.db, n.id)
+      await switchToTokenRoute(deps.db, n)
       return undefined
     }
     return finish(deps, n, decision, {
@@ -266,13 +268,13 @@ async function tokenRoute (deps: SendDeps, n: Notification, target: Target, resu
         detail: refused > 0 ? `Meta refused ${refused} token(s) this person held for the topic; none is left.` : 'This person holds no usable token for this topic.',
       })
     }
-    const hold: Hold = { token_id: claimed.id, notification_id: n.id }
+    const hold: Hold = { page_id: n.page_id, token_id: claimed.id, notification_id: n.id }
     const spent = await spendToken(deps, n, target, claimed, spend)
-    if (spent.kind === 'lost' || spent.decision.next === 'defer') return current(deps.db, n.id)
+    if (spent.kind === 'lost' || spent.decision.next === 'defer') return current(deps.db, n)
     const { decision, outcome } = spent
     if (decision.next === 'next_token') {
       // The token and the count move together; nothing moves when recovery took the send over.
-      if (!(await refuseHeldToken(deps.db, hold, refused + 1))) return current(deps.db, n.id)
+      if (!(await refuseHeldToken(deps.db, hold, refused + 1))) return current(deps.db, n)
       refused++
       lastRefusal = outcome.kind === 'graph_error' ? outcome.error : undefined
       deps.log?.info({ notification_id: n.id, token_id: claimed.id, graph_code: lastRefusal?.code, graph_subcode: lastRefusal?.subcode },
@@ -308,12 +310,12 @@ async function spendToken (deps: SendDeps, n: Notification, target: Target, clai
     notification_type: n.notification_type,
     message: n.message,
   }
-  const hold: Hold = { token_id: claimed.id, notification_id: n.id }
+  const hold: Hold = { page_id: n.page_id, token_id: claimed.id, notification_id: n.id }
   let ambiguous = opts.ambiguous
   for (let attempt = 0; ; attempt++) {
     if (attempt > 0) await pause(deps, attempt)
     if (attempt > 0 && !(await extendLease(deps.db, hold, deps.config.TOKEN_LEASE_SECONDS))) return { kind: 'lost' }
-    if (!(attempt === 0 && opts.counted) && !(await beginAttempt(deps.db, n.id, 'token', claimed.id))) return { kind: 'lost' }
+    if (!(attempt === 0 && opts.counted) && !(await beginAttempt(deps.db, n, 'token', claimed.id))) return { kind: 'lost' }
     const outcome = await deps.graph.sendMessage(target.page, body)
     const event = eventOf(outcome)
     const decision = decide({
@@ -347,7 +349,7 @@ export async function resumeWithToken (deps: SendDeps, n: Notification, token: C
   if ('missing' in target) {
     const decision = decide({ kind: token.kind, route: 'token', ambiguous: opts.mayHaveBeenSent, exhausted: true, recovering: false },
       { kind: 'target_gone', code: target.missing.code })
-    return finish(deps, n, decision, { route: 'token', hold: { token_id: token.id, notification_id: n.id }, detail: target.missing.detail })
+    return finish(deps, n, decision, { route: 'token', hold: { page_id: n.page_id, token_id: token.id, notification_id: n.id }, detail: target.missing.detail })
   }
   return tokenRoute(deps, n, target, { token, ambiguous: opts.mayHaveBeenSent, recovering: opts.recovering })
 }
@@ -381,7 +383,7 @@ export async function resumeFromStart (deps: SendDeps, n: Notification): Promise
 async function targetOf (db: Database, n: Notification, token?: { page_id: string, payload: string }): Promise<Target | { missing: NotificationProblem }> {
   const topic = n.topic_id === null
     ? undefined
-    : await db.selectFrom('topics').select(['page_id', 'payload']).where('id', '=', n.topic_id).executeTakeFirst()
+    : await db.selectFrom('topics').select(['page_id', 'payload']).where('id', '=', n.topic_id).where('page_id', '=', n.page_id).executeTakeFirst()
   const where = token ?? topic
   if (!where) return { missing: { code: 'topic_not_found', detail: `Topic ${n.topic_id} no longer exists.` } }
   const page = await db.selectFrom('pages').select(['id', 'access_token']).where('id', '=', n.page_id).executeTakeFirst()

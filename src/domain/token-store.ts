@@ -68,7 +68,7 @@ export async function claimToken (db: Database, target: ClaimTarget): Promise<Cl
        set notification_id = ${target.notification_id},
            lease_expires_at = now() + make_interval(secs => ${target.leaseSeconds}),
            updated_at = now()
-     where id = (
+     where page_id = ${target.page_id} and id = (
        select id from optin_tokens
         where page_id = ${target.page_id} and payload = ${target.payload} and psid = ${target.psid}
           and kind = 'one_time_notif' and ${usable()} and expires_at > now()
@@ -89,7 +89,7 @@ export function claimForStarts (source: string, leaseSeconds: unknown): RawBuild
   const go = sql.table(source)
   return sql`
     pick as (
-      select go.id as notification_id, o.id
+      select go.id as notification_id, go.page_id, o.id
         from ${go} go cross join lateral (
           select o.id from optin_tokens o
            where not go.window_open
@@ -104,18 +104,18 @@ export function claimForStarts (source: string, leaseSeconds: unknown): RawBuild
              notification_id = pick.notification_id,
              updated_at = now()
         from pick
-       where o.id = pick.id
+       where o.page_id = pick.page_id and o.id = pick.id
       returning o.id, o.notification_id, o.kind, o.token, o.expires_at, o.lease_expires_at
     )`
 }
 
-/** One hold: the token and the notification holding it. */
-export interface Hold { token_id: string, notification_id: string }
+/** One hold: the token and the notification holding it, and their Page. */
+export interface Hold { page_id: string, token_id: string, notification_id: string }
 
 /**
  * The end of holds, as the body of a CTE over `input`, a relation with the columns
- * `held_token_id` (bigint), `held_by` (uuid: the notification holding it) and `token_to` (a
- * TokenOutcome); rows with a null `held_token_id` move nothing. Each row names the holder, so a
+ * `held_page_id` (text), `held_token_id` (bigint), `held_by` (uuid: the notification holding it) and
+ * `token_to` (a TokenOutcome); rows with a null `held_token_id` move nothing. Each row names the holder, so a
  * stale holder (whose lease recovery took over) changes nothing. Returns `held_by` for each token
  * moved, so that the caller writes the notification's side only where its token moved. A used token
  * stays linked to its notification; a released one is usable again.
@@ -130,20 +130,21 @@ export function settleHolds (input: string): RawBuilder<unknown> {
            notification_id = case when i.token_to = 'released' then null else o.notification_id end,
            updated_at = now()
       from ${sql.table(input)} i
-     where o.id = i.held_token_id and ${heldBy(sql.ref('i.held_by'), 'o')}
+     where o.page_id = i.held_page_id and o.id = i.held_token_id and ${heldBy(sql.ref('i.held_by'), 'o')}
     returning i.held_by`
 }
 
 /** One hold as the `input` of settleHolds. */
 export function holdInput (h: Hold, to: TokenOutcome): RawBuilder<unknown> {
-  return sql`select ${h.token_id}::bigint as held_token_id, ${h.notification_id}::uuid as held_by, ${to}::text as token_to`
+  return sql`select ${h.page_id}::text as held_page_id, ${h.token_id}::bigint as held_token_id, ${h.notification_id}::uuid as held_by,
+                    ${to}::text as token_to`
 }
 
 /** Pushes the lease forward before another attempt, so recovery does not take over a live send. */
 export async function extendLease (db: Database, h: Hold, leaseSeconds: number): Promise<boolean> {
   const result = await sql`
     update optin_tokens set lease_expires_at = now() + make_interval(secs => ${leaseSeconds}), updated_at = now()
-     where id = ${h.token_id} and ${heldBy(h.notification_id)}`.execute(db)
+     where page_id = ${h.page_id} and id = ${h.token_id} and ${heldBy(h.notification_id)}`.execute(db)
   return (result.numAffectedRows ?? 0n) > 0n
 }
 
@@ -166,30 +167,33 @@ export async function holdLeaseSeconds (db: Database, n: { id: string, page_id: 
 
 // ---- recovery ----
 
+/** A token by its key. */
+export interface TokenRef { page_id: string, id: string }
+
 /**
  * Tokens held past their lease, oldest lease first, found from the open notifications that hold
  * them (the partial index on open notifications), each among its person's tokens: no index names
- * a hold.
+ * a hold. A sweep across every Page.
  */
-export async function expiredHolds (db: Database, limit: number): Promise<string[]> {
-  const { rows } = await sql<{ id: string }>`
-    select t.id from notifications n
+export async function expiredHolds (db: Database, limit: number): Promise<TokenRef[]> {
+  const { rows } = await sql<TokenRef>`
+    select t.page_id, t.id from notifications n
       join optin_tokens t on t.page_id = n.page_id and t.psid = n.psid and ${heldBy(sql.ref('n.id'), 't')}
      where n.completed_at is null and t.lease_expires_at < now()
      order by t.lease_expires_at
      limit ${limit}`.execute(db)
-  return rows.map((r) => r.id)
+  return rows
 }
 
 /**
  * Takes over one expired hold with a fresh lease, guarded so that instances sweeping together take
  * each once; undefined when another did (or the hold ended meanwhile).
  */
-export async function takeOverHold (db: Database, tokenId: string, leaseSeconds: number)
+export async function takeOverHold (db: Database, hold: TokenRef, leaseSeconds: number)
   : Promise<(ClaimedToken & { page_id: string, payload: string, notification_id: string }) | undefined> {
   const { rows: [token] } = await sql<ClaimedToken & { page_id: string, payload: string, notification_id: string }>`
     update optin_tokens set lease_expires_at = now() + make_interval(secs => ${leaseSeconds}), updated_at = now()
-     where id = ${tokenId} and ${held()} and lease_expires_at < now()
+     where page_id = ${hold.page_id} and id = ${hold.id} and ${held()} and lease_expires_at < now()
     returning id, kind, token, expires_at, lease_expires_at, page_id, payload, notification_id`.execute(db)
   return token
 }
@@ -198,7 +202,7 @@ export async function takeOverHold (db: Database, tokenId: string, leaseSeconds:
 export async function settleOrphan (db: Database, h: Hold, sent: boolean): Promise<void> {
   await sql`
     update optin_tokens set state = ${sent ? 'used' : 'unconfirmed'}, lease_expires_at = null, updated_at = now()
-     where id = ${h.token_id} and ${heldBy(h.notification_id)}`.execute(db)
+     where page_id = ${h.page_id} and id = ${h.token_id} and ${heldBy(h.notification_id)}`.execute(db)
 }
 
 /** The condition that notification `n` (an alias of the notifications table) holds no token. */
@@ -220,7 +224,7 @@ export async function expireTokens (db: Database, batchSize = 5000): Promise<num
   for (;;) {
     const result = await sql`
       update optin_tokens set state = 'expired', updated_at = now()
-       where id in (select id from optin_tokens where ${usable()} and expires_at <= now()
+       where (page_id, id) in (select page_id, id from optin_tokens where ${usable()} and expires_at <= now()
                      order by expires_at limit ${batchSize} for update skip locked)
          and ${usable()}`.execute(db)
     const n = Number(result.numAffectedRows ?? 0n)
@@ -254,7 +258,8 @@ export async function topicTokens (db: Database, topic: { page_id: string, paylo
   const usableOnTopic = sql`select id from optin_tokens
     where page_id = ${topic.page_id} and payload = ${topic.payload} and ${usable()} and expires_at > now()`
   if (discard) {
-    const result = await sql`update optin_tokens set state = 'discarded', updated_at = now() where id in (${usableOnTopic})`.execute(db)
+    const result = await sql`update optin_tokens set state = 'discarded', updated_at = now()
+      where page_id = ${topic.page_id} and id in (${usableOnTopic})`.execute(db)
     return Number(result.numAffectedRows ?? 0n)
   }
   const { rows: [row] } = await sql<{ n: number }>`select count(*)::int as n from (${usableOnTopic}) u`.execute(db)
@@ -327,14 +332,14 @@ export function audiencePage (pageId: string, payload: string, after: string | u
 export function insertTokens (tokensJson: string, input: string): RawBuilder<unknown> {
   return sql`
     insert into optin_tokens (kind, page_id, psid, payload, token, opted_in_at, expires_at, state, webhook_event_id)
-    select distinct on (t.token) t.kind, t.page_id, t.psid, t.payload, t.token, t.opted_in_at, t.expires_at,
+    select distinct on (t.page_id, t.token) t.kind, t.page_id, t.psid, t.payload, t.token, t.opted_in_at, t.expires_at,
            case when t.expires_at <= now() then 'expired' else 'available' end,
            input.id
       from jsonb_to_recordset(${tokensJson}::jsonb)
         as t(ord int, kind text, page_id text, psid text, payload text, token text, opted_in_at timestamptz, expires_at timestamptz)
       join ${sql.table(input)} input on input.ord = t.ord
-     order by t.token, t.opted_in_at, t.ord
-    on conflict (token) do nothing
+     order by t.page_id, t.token, t.opted_in_at, t.ord
+    on conflict (page_id, token) do nothing
     returning webhook_event_id, state`
 }
 

@@ -135,7 +135,7 @@ export async function deleteTopic (db: Database, id: string, force: boolean): Pr
           { usable_tokens: Number(n) })
       }
     }
-    await trx.deleteFrom('topics').where('id', '=', id).execute()
+    await trx.deleteFrom('topics').where('page_id', '=', topic.page_id).where('id', '=', id).execute()
     return { discarded_tokens: discarded }
   })
 }

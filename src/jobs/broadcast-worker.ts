@@ -5,7 +5,7 @@ import type { Broadcast, BroadcastState } from '../db/types.js'
 import {
   batchWaitSeconds, broadcastRate, cancelPendingRecipients, claimRecipients, completeIfDone, getBroadcastRow, markPlanned,
   pausePage, pendingBatches, planNextBatch, recordResult, reservePacingSlots, sendToRecipient, startBroadcast,
-  unfinishedWork, type ClaimedRecipient, type RecipientDeps, type RecipientResult,
+  unfinishedWork, type BroadcastRef, type ClaimedRecipient, type RecipientDeps, type RecipientResult,
 } from '../domain/broadcasts.js'
 import { ensureQueue, inTransaction, type JobContext, type JobQueue } from './queue.js'
 
@@ -13,8 +13,10 @@ const PLAN_QUEUE = 'broadcast-plan'
 const SEND_QUEUE = 'broadcast-send'
 export const SWEEP_QUEUE = 'broadcast-sweep'
 
-interface PlanJob { broadcast_id: string }
-interface SendJob { broadcast_id: string, batch: number }
+// page_id: the broadcast's Page, so that every statement of a job names its shard (docs/SCALING.md).
+// Absent from jobs enqueued before migration 20261202120000: read from the broadcast then.
+interface PlanJob { broadcast_id: string, page_id?: string }
+interface SendJob { broadcast_id: string, page_id?: string, batch: number }
 
 /** A handler works this long, then hands the rest to a fresh job, so no job nears its expiry. */
 const JOB_BUDGET_MS = 120_000
@@ -29,7 +31,7 @@ const queueOptions: Omit<PgBoss.Queue, 'name'> = {
 
 /** Sends the first job of a broadcast inside its creating transaction: planning starts at send_at. */
 export async function enqueueBroadcast (boss: JobQueue, trx: Database, b: Broadcast): Promise<void> {
-  await boss.send(PLAN_QUEUE, { broadcast_id: b.id } satisfies PlanJob,
+  await boss.send(PLAN_QUEUE, { broadcast_id: b.id, page_id: b.page_id } satisfies PlanJob,
     { singletonKey: b.id, startAfter: b.send_at, ...inTransaction(trx) })
 }
 
@@ -56,7 +58,7 @@ export async function broadcastWorkers (ctx: JobContext): Promise<void> {
     }
   }
 
-  await boss.work<PlanJob>(PLAN_QUEUE, polling, ([job]) => run(PLAN_QUEUE, job.data, (d) => plan(ctx, d.broadcast_id, wake)))
+  await boss.work<PlanJob>(PLAN_QUEUE, polling, ([job]) => run(PLAN_QUEUE, job.data, (d) => plan(ctx, d, wake)))
   for (let i = 0; i < config.BROADCAST_CONCURRENCY; i++) {
     sendWorkers.push(await boss.work<SendJob>(SEND_QUEUE, polling, ([job]) => run(SEND_QUEUE, job.data, (d) => sendBatch(ctx, d, window))))
   }
@@ -66,15 +68,21 @@ export async function broadcastWorkers (ctx: JobContext): Promise<void> {
   await boss.send(SWEEP_QUEUE, {}, { singletonKey: 'sweep' })
 }
 
-async function enqueueSend (ctx: JobContext, broadcastId: string, batch: number, startAfter?: Date): Promise<void> {
-  await ctx.boss.send(SEND_QUEUE, { broadcast_id: broadcastId, batch } satisfies SendJob, {
-    singletonKey: `${broadcastId}:${batch}`,
+async function enqueueSend (ctx: JobContext, b: BroadcastRef, batch: number, startAfter?: Date): Promise<void> {
+  await ctx.boss.send(SEND_QUEUE, { broadcast_id: b.id, page_id: b.page_id, batch } satisfies SendJob, {
+    singletonKey: `${b.id}:${batch}`,
     ...(startAfter ? { startAfter } : {}),
   })
 }
 
-async function enqueuePlan (ctx: JobContext, broadcastId: string): Promise<void> {
-  await ctx.boss.send(PLAN_QUEUE, { broadcast_id: broadcastId } satisfies PlanJob, { singletonKey: broadcastId })
+async function enqueuePlan (ctx: JobContext, b: BroadcastRef): Promise<void> {
+  await ctx.boss.send(PLAN_QUEUE, { broadcast_id: b.id, page_id: b.page_id } satisfies PlanJob, { singletonKey: b.id })
+}
+
+/** The broadcast a job names, with its Page (read from the broadcast for a job enqueued without it). */
+async function refOf (ctx: JobContext, job: PlanJob | SendJob): Promise<BroadcastRef | undefined> {
+  if (job.page_id !== undefined) return { id: job.broadcast_id, page_id: job.page_id }
+  return ctx.db.selectFrom('broadcasts').select(['id', 'page_id']).where('id', '=', job.broadcast_id).executeTakeFirst()
 }
 
 /**
@@ -82,42 +90,45 @@ async function enqueuePlan (ctx: JobContext, broadcastId: string): Promise<void>
  * send job per page as it goes. Runs concurrently with itself safely: pages are keyed by their
  * first person and inserted with ON CONFLICT DO NOTHING.
  */
-async function plan (ctx: JobContext, broadcastId: string, wake: () => void): Promise<void> {
+async function plan (ctx: JobContext, job: PlanJob, wake: () => void): Promise<void> {
   const { db, config } = ctx
-  let b = await startBroadcast(db, broadcastId)
+  const ref = await refOf(ctx, job)
+  if (!ref) return
+  let b = await startBroadcast(db, ref)
   if (!b || b.state === 'completed') return
   if (b.state === 'cancelled') {
-    await cancelPendingRecipients(db, broadcastId)
+    await cancelPendingRecipients(db, ref)
     return
   }
   const deadline = Date.now() + JOB_BUDGET_MS
   const fresh = b.audience === 'topic' && b.planned_at === null &&
-    !(await db.selectFrom('broadcast_recipients').select('psid').where('broadcast_id', '=', broadcastId).limit(1).executeTakeFirst())
+    !(await db.selectFrom('broadcast_recipients').select('psid')
+      .where('page_id', '=', ref.page_id).where('broadcast_id', '=', ref.id).limit(1).executeTakeFirst())
   while (b.planned_at === null) {
     if (ctx.stopping() || Date.now() > deadline) {
-      await enqueuePlan(ctx, broadcastId)
+      await enqueuePlan(ctx, ref)
       return
     }
     const page = await planNextBatch(db, b, config.BROADCAST_BATCH_SIZE)
     if (!page) {
-      await markPlanned(db, broadcastId)
+      await markPlanned(db, ref)
     } else if (page.inserted > 0) {
-      await enqueueSend(ctx, broadcastId, page.batch)
+      await enqueueSend(ctx, ref, page.batch)
       wake()
     }
-    b = (await getBroadcastRow(db, broadcastId))!
+    b = (await getBroadcastRow(db, ref.id, ref.page_id))!
     if (b.state === 'cancelled') {
-      await cancelPendingRecipients(db, broadcastId)
+      await cancelPendingRecipients(db, ref)
       return
     }
   }
   if (!fresh) {
     // An explicit audience, or a resumed plan: make sure every unfinished batch has its job.
-    for (const batch of await pendingBatches(db, broadcastId)) await enqueueSend(ctx, broadcastId, batch)
+    for (const batch of await pendingBatches(db, ref)) await enqueueSend(ctx, ref, batch)
     wake()
   }
-  if (await completeIfDone(db, broadcastId)) ctx.log.info({ broadcast_id: broadcastId }, 'broadcast completed')
-  else ctx.log.info({ broadcast_id: broadcastId }, 'broadcast audience listed')
+  if (await completeIfDone(db, ref)) ctx.log.info({ broadcast_id: ref.id }, 'broadcast completed')
+  else ctx.log.info({ broadcast_id: ref.id }, 'broadcast audience listed')
 }
 
 /** A send's own time besides Meta's answer (its two statements and the result's), in the window of sends in flight. */
@@ -198,7 +209,9 @@ class SendWindow {
 }
 
 async function sendBatch (ctx: JobContext, job: SendJob, window: SendWindow): Promise<void> {
-  const found = await getBroadcastRow(ctx.db, job.broadcast_id)
+  const found = job.page_id !== undefined
+    ? await getBroadcastRow(ctx.db, job.broadcast_id, job.page_id)
+    : await getBroadcastRow(ctx.db, job.broadcast_id)
   if (!found || found.state === 'completed') return
   const page = await ctx.db.selectFrom('pages').select('broadcast_rate_per_second').where('id', '=', found.page_id).executeTakeFirst()
   const rate = broadcastRate(found.message, page?.broadcast_rate_per_second ?? null, ctx.config.BROADCAST_RATE_PER_SECOND)
@@ -239,7 +252,7 @@ async function sendPaced (ctx: JobContext, job: SendJob, window: SendWindow, b: 
   for (;;) {
     if (ctx.stopping() || Date.now() > deadline) {
       await drain()
-      await enqueueSend(ctx, job.broadcast_id, job.batch)
+      await enqueueSend(ctx, b, job.batch)
       return
     }
     const room = window.room()
@@ -247,19 +260,19 @@ async function sendPaced (ctx: JobContext, job: SendJob, window: SendWindow, b: 
       await Promise.race([window.changed(), ...inFlight])
       continue
     }
-    const rs = await claimRecipients(db, job.broadcast_id, job.batch, Math.min(room, CLAIM_CHUNK), config.TOKEN_LEASE_SECONDS)
+    const rs = await claimRecipients(db, b, job.batch, Math.min(room, CLAIM_CHUNK), config.TOKEN_LEASE_SECONDS)
     if (rs.length === 0) {
       if (inFlight.size > 0) {
         await Promise.race(inFlight)
         continue
       }
-      const wait = await batchWaitSeconds(db, job.broadcast_id, job.batch)
+      const wait = await batchWaitSeconds(db, b, job.batch)
       if (wait === undefined) {
-        if (await completeIfDone(db, job.broadcast_id)) ctx.log.info({ broadcast_id: job.broadcast_id }, 'broadcast completed')
+        if (await completeIfDone(db, b)) ctx.log.info({ broadcast_id: b.id }, 'broadcast completed')
         return
       }
       // Someone is in flight elsewhere or waiting out a back-off: look again when that ends.
-      await enqueueSend(ctx, job.broadcast_id, job.batch, new Date(Date.now() + Math.max(wait, 0.5) * 1000))
+      await enqueueSend(ctx, b, job.batch, new Date(Date.now() + Math.max(wait, 0.5) * 1000))
       return
     }
     state = rs[0].broadcast_state
@@ -273,7 +286,7 @@ async function sendPaced (ctx: JobContext, job: SendJob, window: SendWindow, b: 
       // The Page is paused (a rate limit): hand these people back, their slots untaken, and come back when it resumes.
       for (const r of rs) await recordResult(db, r, { kind: 'wait', seconds: Math.ceil(slots.waitMs / 1000) })
       await drain()
-      await enqueueSend(ctx, job.broadcast_id, job.batch, new Date(Date.now() + slots.waitMs))
+      await enqueueSend(ctx, b, job.batch, new Date(Date.now() + slots.waitMs))
       return
     }
     const now = Date.now()
@@ -293,8 +306,8 @@ async function sendPaced (ctx: JobContext, job: SendJob, window: SendWindow, b: 
 /** Re-enqueues work whose job was lost; every enqueue is deduplicated, so running it anywhere, any time, is safe. */
 async function sweep (ctx: JobContext, wake: () => void): Promise<void> {
   const { toPlan, batches, toComplete } = await unfinishedWork(ctx.db)
-  for (const id of toPlan) await enqueuePlan(ctx, id)
-  for (const { broadcast_id, batch } of batches) await enqueueSend(ctx, broadcast_id, batch)
-  for (const id of toComplete) await completeIfDone(ctx.db, id)
+  for (const b of toPlan) await enqueuePlan(ctx, b)
+  for (const { page_id, broadcast_id, batch } of batches) await enqueueSend(ctx, { id: broadcast_id, page_id }, batch)
+  for (const b of toComplete) await completeIfDone(ctx.db, b)
   if (batches.length > 0) wake()
 }

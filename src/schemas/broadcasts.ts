@@ -29,7 +29,7 @@ export type CreateBroadcastBody = Static<typeof CreateBroadcastBodySchema>
 export const CreateBroadcastHeadersSchema = Type.Object({
   'idempotency-key': Type.Optional(Type.String({
     minLength: 1, maxLength: 255,
-    description: 'Recommended. The same key with the same body returns the broadcast created the first time (202, header idempotent-replayed); with another body it is a 422 idempotency_conflict.',
+    description: 'Recommended. The same key with the same body returns the broadcast created the first time (202, header idempotent-replayed); with another body it is a 422 idempotency_conflict. A key is scoped to the topic\'s Page: the same key for another Page\'s topic is another broadcast.',
   })),
 })
 

@@ -67,7 +67,7 @@ export type CreateNotificationBody = Static<typeof CreateNotificationBodySchema>
 export const CreateNotificationHeadersSchema = Type.Object({
   'idempotency-key': Type.Optional(Type.String({
     minLength: 1, maxLength: 255,
-    description: 'Recommended. The same key with the same body returns the first result (same status) and sends nothing more, also when the two requests race; the same key with another body is a 422 idempotency_conflict. Keys are kept with the notification.',
+    description: 'Recommended. The same key with the same body returns the first result (same status) and sends nothing more, also when the two requests race; the same key with another body is a 422 idempotency_conflict. Keys are kept with the notification, scoped to the topic\'s Page: the same key for another Page\'s topic is another request.',
   })),
 })
 

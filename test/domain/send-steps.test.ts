@@ -121,7 +121,7 @@ t.test('concurrent sends through the group commit: each person gets exactly one 
 
 
 /** A pending notification on the token route holding one claimed token, as startSend leaves it. */
-async function pendingWithToken (w: World): Promise<{ id: string, tokenId: string }> {
+async function pendingWithToken (w: World): Promise<{ id: string, pageId: string, tokenId: string }> {
   const psid = newPsid()
   await giveTokens(w, psid, 1)
   const id = randomUUID()
@@ -130,11 +130,14 @@ async function pendingWithToken (w: World): Promise<{ id: string, tokenId: strin
   }).execute()
   const claimed = await claimToken(w.db, { page_id: w.pageId, payload: w.topic.payload, psid, notification_id: id, leaseSeconds: 60 })
   await w.db.updateTable('notifications').set({ token_id: claimed!.id }).where('id', '=', id).execute()
-  return { id, tokenId: claimed!.id }
+  return { id, pageId: w.pageId, tokenId: claimed!.id }
 }
 
-function spent (n: { id: string, tokenId: string }, to: TokenOutcome, status: Finishing['status'], extra: Partial<Finishing> = {}): Finishing {
-  return { id: n.id, status, route: 'token', tokenId: n.tokenId, ...extra, move: { hold: { token_id: n.tokenId, notification_id: n.id }, to } }
+function spent (n: { id: string, pageId: string, tokenId: string }, to: TokenOutcome, status: Finishing['status'], extra: Partial<Finishing> = {}): Finishing {
+  return {
+    id: n.id, page_id: n.pageId, status, route: 'token', tokenId: n.tokenId, ...extra,
+    move: { hold: { page_id: n.pageId, token_id: n.tokenId, notification_id: n.id }, to },
+  }
 }
 
 async function notifications (db: Database, ids: string[]) {
@@ -158,7 +161,7 @@ t.test('outcomes submitted in the same turn are one statement, each with its tok
     writer.finish(spent(a, 'used', 'sent', { graphMessageId: 'm.a', tokenState: 'used' })),
     writer.finish(spent(b, 'released', 'failed', { tokenState: 'released', problem: { code: 'graph_person_unavailable', detail: 'x' } })),
     writer.finish(spent(c, 'unconfirmed', 'unconfirmed', { tokenState: 'unconfirmed', tokensRefused: 3 })),
-    writer.finish({ id: windowId, status: 'sent', route: 'window', graphMessageId: 'm.w' }),
+    writer.finish({ id: windowId, page_id: w.pageId, status: 'sent', route: 'window', graphMessageId: 'm.w' }),
   ])
   t.equal(statements.length, 1, 'four outcomes, one statement')
   t.same(rows.map((r) => r?.status), ['sent', 'failed', 'unconfirmed', 'sent'], 'each caller gets its own row, in its order')

@@ -110,8 +110,8 @@ t.test('transitions out of a hold name the holder; a stale holder changes nothin
 
   const a = target(page_id)
   const claimed = (await claimToken(db, a))!
-  const mine = { token_id: claimed.id, notification_id: a.notification_id }
-  const stranger = { token_id: claimed.id, notification_id: randomUUID() }
+  const mine = { page_id, token_id: claimed.id, notification_id: a.notification_id }
+  const stranger = { page_id, token_id: claimed.id, notification_id: randomUUID() }
   t.equal(await settleToken(db, stranger, 'used'), false, 'another notification cannot spend it')
   t.equal(await settleToken(db, stranger, 'released'), false)
   t.equal(await extendLease(db, mine, 600), true)
@@ -121,18 +121,18 @@ t.test('transitions out of a hold name the holder; a stale holder changes nothin
 
   const b = target(page_id)
   const second = (await claimToken(db, b))!
-  t.equal(await settleToken(db, { token_id: second.id, notification_id: b.notification_id }, 'released'), true)
+  t.equal(await settleToken(db, { page_id, token_id: second.id, notification_id: b.notification_id }, 'released'), true)
   const released = (await states()).find((r) => r.id === second.id)!
   t.match(released, { state: 'available', notification_id: null, lease_expires_at: null })
 
   const c = target(page_id)
   const third = (await claimToken(db, c))!
   t.equal(third.id, second.id, 'a released token is claimable again')
-  t.equal(await settleToken(db, { token_id: third.id, notification_id: c.notification_id }, 'invalid'), true)
+  t.equal(await settleToken(db, { page_id, token_id: third.id, notification_id: c.notification_id }, 'invalid'), true)
   const d = target(page_id)
   const fourth = (await claimToken(db, d))!
-  t.equal(await settleToken(db, { token_id: fourth.id, notification_id: d.notification_id }, 'unconfirmed'), true)
-  t.equal(await extendLease(db, { token_id: fourth.id, notification_id: d.notification_id }, 60), false, 'no lease on a settled token')
+  t.equal(await settleToken(db, { page_id, token_id: fourth.id, notification_id: d.notification_id }, 'unconfirmed'), true)
+  t.equal(await extendLease(db, { page_id, token_id: fourth.id, notification_id: d.notification_id }, 60), false, 'no lease on a settled token')
 
   const final = await states()
   t.same(final.map((r) => r.state), ['used', 'invalid', 'unconfirmed', 'available'])

@@ -34,8 +34,8 @@ t.test('the two statements of a send are planned once per connection, then reuse
     return items
   }
   const sent = (started: Awaited<ReturnType<typeof startSends>>): Finishing[] => started.map((s) => ({
-    id: s.n!.id, status: 'sent', route: 'token', graphMessageId: `m.${s.n!.id}`, tokenId: s.token!.id, tokenState: 'used',
-    move: { hold: { token_id: s.token!.id, notification_id: s.n!.id }, to: 'used' },
+    id: s.n!.id, page_id: s.n!.page_id, status: 'sent', route: 'token', graphMessageId: `m.${s.n!.id}`, tokenId: s.token!.id, tokenState: 'used',
+    move: { hold: { page_id: s.n!.page_id, token_id: s.token!.id, notification_id: s.n!.id }, to: 'used' },
   }))
   for (let run = 0; run < runs; run++) {
     const started = await startSends(one.db, 60, await newStarts())

@@ -1,6 +1,6 @@
 import t from 'tap'
 import { recipientKey } from '../../src/domain/broadcasts.js'
-import { auth } from '../helper.js'
+import { auth, uniquePageId } from '../helper.js'
 import { world } from '../fixtures/otn.js'
 import {
   accountedForOnce, broadcastEnv, NOWHERE, people, postBroadcast, readBroadcast, seeded, settled, sumOf, tokensFor, until, windowsFor,
@@ -182,6 +182,26 @@ t.test('cancelling a scheduled broadcast: it never starts', async (t) => {
   })
   t.equal(w.emulator.requests.length, 0)
   t.match(await readBroadcast(w.app, created.id), { state: 'cancelled', started_at: null })
+})
+
+t.test('Idempotency-Key is scoped to the Page: the same key for two Pages\' topics makes two broadcasts', async (t) => {
+  const w = await world(t, { env: broadcastEnv(), emulator: { webhookUrl: NOWHERE } })
+  const otherPageId = uniquePageId()
+  await w.app.inject({ method: 'PUT', url: `/v1/pages/${otherPageId}`, headers: auth, payload: { name: 'Other', access_token: `EAA-${otherPageId}` } })
+  const otherTopic = (await w.app.inject({ method: 'POST', url: '/v1/topics', headers: auth, payload: { page_id: otherPageId, name: `Other ${otherPageId}` } })).json()
+  const later = new Date(Date.now() + 60_000).toISOString()
+  const first = await postBroadcast(w.app, { topic_id: w.topic.id, message, psids: ['a1'], send_at: later }, 'spring-sale')
+  const second = await postBroadcast(w.app, { topic_id: otherTopic.id, message, psids: ['b1'], send_at: later }, 'spring-sale')
+  t.equal(first.statusCode, 202)
+  t.equal(second.statusCode, 202, 'not a conflict: another Page')
+  t.not(second.headers['idempotent-replayed'], 'true')
+  t.not(second.json().id, first.json().id)
+  t.equal(second.json().page_id, otherPageId)
+  const replay = await postBroadcast(w.app, { topic_id: otherTopic.id, message, psids: ['b1'], send_at: later }, 'spring-sale')
+  t.equal(replay.headers['idempotent-replayed'], 'true')
+  t.equal(replay.json().id, second.json().id)
+  const conflict = await postBroadcast(w.app, { topic_id: w.topic.id, message, psids: ['b1'], send_at: later }, 'spring-sale')
+  t.equal(conflict.statusCode, 422, "the first Page's key keeps its first body")
 })
 
 t.test('validation, unknown ids, auth, Idempotency-Key, listing', async (t) => {

@@ -377,7 +377,7 @@ t.test('a running broadcast shows the people it has left, and a rate-limited Pag
     page_id: pageId, topic_id: topic.id, message: JSON.stringify({ text: 'hi' }), audience: 'explicit', audience_estimate: 3,
     state: 'running', send_at: new Date(), started_at: new Date(),
   }).returning('id').executeTakeFirstOrThrow()
-  await db.insertInto('broadcast_recipients').values(['a', 'b', 'c'].map((psid) => ({ broadcast_id: b.id, psid, batch: 0 }))).execute()
+  await db.insertInto('broadcast_recipients').values(['a', 'b', 'c'].map((psid) => ({ page_id: pageId, broadcast_id: b.id, psid, batch: 0 }))).execute()
   await db.updateTable('broadcast_recipients').set({ state: 'done', outcome: 'sent_token', completed_at: new Date() }).where('psid', '=', 'a').execute()
   const { pausePage } = await import('../../src/domain/broadcasts.js')
   await pausePage(db, pageId, 1)

@@ -1,6 +1,6 @@
 import { DEFAULT_GRAPH_VERSION } from '../../src/graph/versions.js'
 import t from 'tap'
-import { auth, build, LogCapture } from '../helper.js'
+import { auth, build, LogCapture, uniquePageId } from '../helper.js'
 import { NO_ANSWER_LOG } from '../../src/domain/send.js'
 import { appsecretProof } from '../../src/graph/client.js'
 import {
@@ -338,6 +338,34 @@ t.test('idempotency: same key and body replays the result; another body is 422',
   t.equal(replayed.statusCode, 409)
   t.equal(replayed.json().notification.id, failed.json().notification.id)
   t.equal(w.emulator.requests.length, 1)
+})
+
+t.test('idempotency: a key is scoped to the Page; the same key on two Pages is two requests, each replayed on its own Page', async (t) => {
+  const w = await world(t)
+  const otherPageId = uniquePageId()
+  const otherToken = `EAApage-token-${otherPageId}`
+  w.emulator.addPage({ id: otherPageId, accessToken: otherToken })
+  await w.app.inject({ method: 'PUT', url: `/v1/pages/${otherPageId}`, headers: auth, payload: { name: 'Other shop', access_token: otherToken } })
+  const otherTopic = (await w.app.inject({ method: 'POST', url: '/v1/topics', headers: auth, payload: { page_id: otherPageId, name: `Restock ${otherPageId}` } })).json()
+  const psid = newPsid()
+  await giveTokens(w, psid, 1)
+  await giveTokens({ ...w, pageId: otherPageId, topic: otherTopic }, psid, 1)
+
+  const onFirst = await notify(w.app, { topic_id: w.topic.id, psid, message: text() }, 'order-7')
+  const onOther = await notify(w.app, { topic_id: otherTopic.id, psid, message: text('another message') }, 'order-7')
+  t.equal(onFirst.statusCode, 201)
+  t.equal(onOther.statusCode, 201, 'not a conflict: another Page, another request (before migration 20261202120000 this was a 422)')
+  t.not(onOther.json().id, onFirst.json().id)
+  t.equal(onOther.json().page_id, otherPageId)
+  t.equal(w.emulator.requests.length, 2, 'one send on each Page')
+
+  const replayOther = await notify(w.app, { topic_id: otherTopic.id, psid, message: text('another message') }, 'order-7')
+  t.equal(replayOther.headers['idempotent-replayed'], 'true')
+  t.equal(replayOther.json().id, onOther.json().id, "each Page's key replays its own request")
+  const conflict = await notify(w.app, { topic_id: w.topic.id, psid, message: text('another message') }, 'order-7')
+  t.equal(conflict.statusCode, 422, "the first Page's key still belongs to its first request")
+  t.match(conflict.json(), { code: 'idempotency_conflict', notification: { id: onFirst.json().id } })
+  t.equal(w.emulator.requests.length, 2)
 })
 
 t.test('idempotency: the same key racing on two instances sends once; the others are told at once to ask again', async (t) => {
