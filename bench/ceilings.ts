@@ -20,6 +20,8 @@ const env = (name: string): string => {
 const db = new pg.Pool({ connectionString: env('DATABASE_URL'), max: Number(process.env.POOL_SIZE ?? 10) })
 const graph = new Pool(env('GRAPH_URL'), { connections: 512 })
 const accessToken = env('PAGE_ACCESS_TOKEN')
+/** The Page every body names (the service reads it from the body; the least an ingestion does is know it). */
+const pageId = env('PAGE_ID')
 const app = Fastify({ logger: false })
 
 app.post<{ Body: { topic_id: string, psid: string, message: Record<string, unknown> } }>('/send', async (request, reply) => {
@@ -64,8 +66,8 @@ await app.register(async (raw) => {
   raw.post('/insert', async (request, reply) => {
     await db.query({
       name: 'ceiling-insert',
-      text: 'insert into webhook_events (signature, object, body) values ($1, $2, $3)',
-      values: [String(request.headers['x-hub-signature-256'] ?? ''), 'page', request.body as Buffer],
+      text: 'insert into webhook_events (page_id, signature, object, body) values ($1, $2, $3, $4)',
+      values: [pageId, String(request.headers['x-hub-signature-256'] ?? ''), 'page', request.body as Buffer],
     })
     return reply.code(200).send({ ok: true })
   })
