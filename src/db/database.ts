@@ -35,7 +35,12 @@ export interface DatabaseOptions {
 
 export async function openDatabase (options: DatabaseOptions): Promise<DatabaseHandle> {
   if (options.databaseUrl) {
-    const pool = new pg.Pool({ connectionString: options.databaseUrl, max: options.poolSize ?? 10 })
+    // Every statement is planned for its own parameters (named statements still save the parse). A
+    // generic plan is made once per connection, often while the tables are still small, and kept:
+    // with keys that share the `page_id` prefix (docs/SCALING.md) it took an index on page_id alone
+    // and scanned every row of the Page, and the window route fell from 1,069–1,267 to 249–316
+    // sends/s at 64 connections (2026-12-02, bench, after the shard-key migration).
+    const pool = new pg.Pool({ connectionString: options.databaseUrl, max: options.poolSize ?? 10, options: '-c plan_cache_mode=force_custom_plan' })
     // An idle client losing its server (a Postgres restart) must not crash the process.
     pool.on('error', () => {})
     // Nor must a client losing it while checked out (inside a transaction): its query rejects and

@@ -81,10 +81,8 @@ const NO_TOKEN: NotificationProblem = { code: 'no_token', detail: 'This person h
  * the same token (a statement does not skip its own locks) or the same absent key (batchedSteps
  * keeps such sends for the next statement).
  *
- * `limit <the batch's size>` keeps every row but makes Postgres's generic plan of the prepared
- * statement assume one row instead of ten, so that the generic plan is chosen after five runs
- * instead of a fresh plan on every execution (a sixth of Postgres's CPU per send when it was not;
- * test/perf/plan-cache.test.ts holds both statements to it).
+ * `limit <the batch's size>` keeps every row and tells the planner how many there are (an unnest
+ * of a parameter is otherwise estimated at ten rows).
  */
 export async function startSends (db: Database, leaseSeconds: number, items: Starting[]): Promise<Started[]> {
   const col = <T>(f: (i: Starting) => T) => items.map(f)
