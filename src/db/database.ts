@@ -35,18 +35,24 @@ export interface DatabaseOptions {
 
 export async function openDatabase (options: DatabaseOptions): Promise<DatabaseHandle> {
   if (options.databaseUrl) {
-    // Every statement is planned for its own parameters (named statements still save the parse). A
-    // generic plan is made once per connection, often while the tables are still small, and kept:
+    // Named statements are planned for each execution's own parameters (they still save the parse).
+    // A generic plan is made once per connection, often while the tables are still small, and kept:
     // with keys that share the `page_id` prefix (docs/SCALING.md) it took an index on page_id alone
     // and scanned every row of the Page, and the window route fell from 1,069–1,267 to 249–316
-    // sends/s at 64 connections (2026-12-02, bench, after the shard-key migration).
-    const pool = new pg.Pool({ connectionString: options.databaseUrl, max: options.poolSize ?? 10, options: '-c plan_cache_mode=force_custom_plan' })
+    // sends/s at 64 connections (2026-12-02, bench, after the shard-key migration). Unnamed
+    // statements (a cache of 0, behind a pooler that would refuse the start-up option) always are.
+    const statementCacheSize = options.statementCacheSize ?? 100
+    const pool = new pg.Pool({
+      connectionString: options.databaseUrl,
+      max: options.poolSize ?? 10,
+      ...(statementCacheSize > 0 ? { options: '-c plan_cache_mode=force_custom_plan' } : {}),
+    })
     // An idle client losing its server (a Postgres restart) must not crash the process.
     pool.on('error', () => {})
     // Nor must a client losing it while checked out (inside a transaction): its query rejects and
     // the caller answers 503; an unhandled 'error' event would kill the process (seen in the soak).
     pool.on('connect', (client) => { client.on('error', () => {}) })
-    prepareStatements(pool, options.statementCacheSize ?? 100)
+    prepareStatements(pool, statementCacheSize)
     const db = new Kysely<DB>({ dialect: new PostgresDialect({ pool }) })
     const url = new URL(options.databaseUrl)
     url.password = url.password ? '***' : ''
