@@ -38,9 +38,9 @@ export interface SoakReport {
   logsKeptIn?: string
 }
 
-// A token a send holds is `available` with a notification_id (src/domain/claims.ts); the audit calls it reserved.
+// A token a send holds is `available` with a notification_id (src/domain/lifecycle.ts: held); the audit calls it held.
 const HELD = "state = 'available' and notification_id is not null"
-const STATE = `case when ${HELD} then 'reserved' else state end`
+const STATE = `case when ${HELD} then 'held' else state end`
 const PAGE_ID = '4242000001'
 const ACCESS_TOKEN = 'soak-page-access-token'
 const PERSONS = 400
@@ -368,14 +368,14 @@ export async function runSoak (opts: SoakOptions): Promise<SoakReport> {
     cleanups.unshift(() => db.end())
     const open = async () => {
       const { rows: [r] } = await db.query(`select
-          (select count(*) from optin_tokens where ${HELD})::int as reserved,
+          (select count(*) from optin_tokens where ${HELD})::int as held,
           (select count(*) from notifications where status = 'pending')::int as pending`)
-      return r as { reserved: number, pending: number }
+      return r as { held: number, pending: number }
     }
     const settleEnds = Date.now() + settleSeconds * 1000
     let left = await open()
-    say(`load over; waiting for lease recovery (${left.reserved} reserved, ${left.pending} pending)`)
-    while ((left.reserved > 0 || left.pending > 0) && Date.now() < settleEnds) {
+    say(`load over; waiting for lease recovery (${left.held} held, ${left.pending} pending)`)
+    while ((left.held > 0 || left.pending > 0) && Date.now() < settleEnds) {
       await sleep(500)
       left = await open()
     }
@@ -432,7 +432,7 @@ export async function runSoak (opts: SoakOptions): Promise<SoakReport> {
     ]
     const mustBeZero: Array<[string, number]> = [
       ['tokens accepted twice', audit.double_spends],
-      ['tokens stuck reserved', left.reserved],
+      ['tokens stuck held', left.held],
       ['notifications not in a final state', left.pending],
       ['webhook POSTs answered 200 but missing from the database', missing],
       ['opt-in tokens answered 200 but not recorded', tokensMissing],

@@ -159,7 +159,7 @@ const CLAIM_CHUNK = 50
  * connections, which the API's sends share.
  *
  * It pays: a 5,000-person broadcast with Meta answering in 200 ms ran at 17 people/s when four jobs
- * each sent one person after another, and at about 200 on the same machine with the window
+ * each sent one person after another, and at 218–240 on the same machine with the window
  * (`npm run bench`, broadcast scenario, 2026-12-02).
  */
 class SendWindow {
