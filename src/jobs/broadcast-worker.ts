@@ -2,9 +2,10 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import type PgBoss from 'pg-boss'
 import type { Database } from '../db/database.js'
 import type { Broadcast, BroadcastState } from '../db/types.js'
+import { broadcastRate, pausePage, reservePacingSlots } from '../domain/broadcast-pacing.js'
 import {
-  batchWaitSeconds, broadcastRate, cancelPendingRecipients, claimRecipients, completeIfDone, getBroadcastRow, markPlanned,
-  pausePage, pendingBatches, planNextBatch, recordResult, reservePacingSlots, sendToRecipient, startBroadcast,
+  batchWaitSeconds, cancelPendingRecipients, claimRecipients, completeIfDone, getBroadcastRow, markPlanned,
+  pendingBatches, planNextBatch, recordResult, sendToRecipient, startBroadcast,
   unfinishedWork, type BroadcastRef, type ClaimedRecipient, type RecipientDeps, type RecipientResult,
 } from '../domain/broadcasts.js'
 import { ensureQueue, inTransaction, type JobContext, type JobQueue } from './queue.js'

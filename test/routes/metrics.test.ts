@@ -379,7 +379,7 @@ t.test('a running broadcast shows the people it has left, and a rate-limited Pag
   }).returning('id').executeTakeFirstOrThrow()
   await db.insertInto('broadcast_recipients').values(['a', 'b', 'c'].map((psid) => ({ page_id: pageId, broadcast_id: b.id, psid, batch: 0 }))).execute()
   await db.updateTable('broadcast_recipients').set({ state: 'done', outcome: 'sent_token', completed_at: new Date() }).where('psid', '=', 'a').execute()
-  const { pausePage } = await import('../../src/domain/broadcasts.js')
+  const { pausePage } = await import('../../src/domain/broadcast-pacing.js')
   await pausePage(db, pageId, 1)
   await pausePage(db, pageId, 1)
   const { samples } = await scrape(app)

@@ -1,5 +1,5 @@
 import t from 'tap'
-import { broadcastRate, META_RATE_LIMITS, pausePage, reservePacingSlots } from '../../src/domain/broadcasts.js'
+import { broadcastRate, META_RATE_LIMITS, pausePage, reservePacingSlots } from '../../src/domain/broadcast-pacing.js'
 import { testDatabase, uniquePageId } from '../helper.js'
 
 t.test("a broadcast's rate: the Page's own, else the service's, else Meta's limit for what the message carries", async (t) => {
