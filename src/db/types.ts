@@ -19,6 +19,8 @@ export interface PagesTable {
   access_token: string | null
   /** Broadcast sends per second for this Page (migration 20261202010000); null: the service's default. */
   broadcast_rate_per_second: ColumnType<number | null, number | null | undefined, number | null>
+  /** IANA time zone of the Page's calendar (recurring notifications' periods; migration 20261202150000). */
+  timezone: ColumnType<string, string | undefined, string>
   healthy: Generated<boolean>
   last_error: Json<GraphError & { at: string }> | null
   created_at: CreatedAt
@@ -50,7 +52,21 @@ export interface OptinTokensTable {
   webhook_event_id: string | null
   created_at: CreatedAt
   updated_at: Timestamp
+  // Recurring tokens (migration 20261202150000); null on one-time tokens.
+  title: string | null
+  frequency: RecurringFrequency | null
+  timezone: string | null
+  user_token_status: string | null
+  /** The person stopped the topic (null: active). */
+  stopped_at: Timestamp | null
+  /** The event time of the latest opt-in, stop or resume applied. */
+  status_at: Timestamp | null
+  last_sent_at: Timestamp | null
+  /** The token may send from then on (null: now). */
+  next_send_at: Timestamp | null
 }
+
+export type RecurringFrequency = 'DAILY' | 'WEEKLY' | 'MONTHLY'
 
 export interface SubscribersTable {
   page_id: string
@@ -97,6 +113,7 @@ export interface OptinRequestsTable {
   title: string
   payload: string
   status: 'pending' | 'sent' | 'failed'
+  kind: ColumnType<TokenKind, TokenKind | undefined, TokenKind>
   graph_message_id: string | null
   error: Json<GraphError> | null
   created_at: CreatedAt
@@ -116,7 +133,7 @@ export interface WebhookEventsTable {
 
 export type BroadcastState = 'scheduled' | 'running' | 'completed' | 'cancelled'
 export type BroadcastRecipientState = 'pending' | 'done' | 'cancelled'
-export type BroadcastOutcome = 'sent_window' | 'sent_token' | 'no_token' | 'failed' | 'unconfirmed'
+export type BroadcastOutcome = 'sent_window' | 'sent_token' | 'sent_recurring' | 'no_token' | 'cooldown' | 'failed' | 'unconfirmed'
 
 export interface BroadcastsTable {
   id: Generated<string>
@@ -127,6 +144,8 @@ export interface BroadcastsTable {
   use_window: ColumnType<boolean, boolean | undefined, boolean>
   audience: 'topic' | 'explicit'
   audience_estimate: number
+  /** A person whose recurring token is cooling down waits for it (true) or is skipped as `cooldown`. */
+  defer_cooldown: ColumnType<boolean, boolean | undefined, boolean>
   messaging_type: MessagingType | null
   tag: string | null
   state: BroadcastState

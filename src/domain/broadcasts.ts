@@ -27,7 +27,11 @@ export interface Progress {
   total: number
   sent_window: number
   sent_token: number
+  /** Sent with a recurring token. */
+  sent_recurring: number
   no_token: number
+  /** Skipped: their recurring token was cooling down (the broadcast does not wait: defer_cooldown false). */
+  cooldown: number
   failed: Record<string, number>
   unconfirmed: number
   cancelled: number
@@ -92,7 +96,7 @@ function broadcastView (b: Broadcast, progress: Progress): BroadcastView {
 }
 
 const emptyProgress = (): Progress => ({
-  total: 0, sent_window: 0, sent_token: 0, no_token: 0, failed: {}, unconfirmed: 0, cancelled: 0, remaining: 0, rate_per_second: 0, eta_seconds: null,
+  total: 0, sent_window: 0, sent_token: 0, sent_recurring: 0, no_token: 0, cooldown: 0, failed: {}, unconfirmed: 0, cancelled: 0, remaining: 0, rate_per_second: 0, eta_seconds: null,
 })
 
 /** A broadcast by its key. */

@@ -16,8 +16,12 @@
  *   **unconfirmed** (Meta may have spent it: never handed out again).
  * - **expired**, **discarded**: a token that was never sent (past its year; its topic deleted or
  *   the person stopped the topic).
+ * - **recurring** tokens (`notification_messages`) are reusable: a send that Meta accepted leaves the
+ *   token usable and starts its **pacing** (`next_send_at`: one message per calendar period of its
+ *   frequency and a cooldown); the person may **stop** them (`stopped_at`, not usable) and resume
+ *   them; a newer opt-in on the same topic **replaces** the older token (state `replaced`).
  * - **route**: how a notification goes out: `window` (a standard message inside the 24-hour
- *   window, no token) or `token`.
+ *   window, no token), `recurring` (a recurring token) or `token` (a one-time token).
  * - **attempt**: one request to the Graph API; **ambiguous**: an earlier attempt went unanswered,
  *   so Meta may already have delivered the message.
  * - **outcome**: the notification's final status and the caller-facing code that says why.
@@ -26,9 +30,16 @@ import type { GraphErrorClass } from '../graph/errors.js'
 
 export type TokenKind = 'one_time_notif' | 'notification_messages'
 /** What the token table stores; `held` is derived (below), not a state of its own. */
-export type TokenState = 'available' | 'used' | 'invalid' | 'expired' | 'discarded' | 'unconfirmed'
+export type TokenState = 'available' | 'used' | 'invalid' | 'expired' | 'discarded' | 'unconfirmed' | 'replaced'
 export type NotificationStatus = 'pending' | 'sent' | 'no_token' | 'failed' | 'unconfirmed'
-export type Route = 'window' | 'token'
+export type Route = 'window' | 'token' | 'recurring'
+/** The two routes that send with a token. */
+export type TokenRoute = Exclude<Route, 'window'>
+
+/** The route a send with a token of this kind takes. */
+export function routeOf (kind: TokenKind): TokenRoute {
+  return kind === 'notification_messages' ? 'recurring' : 'token'
+}
 
 /**
  * The derived states, defined once: the token store writes them as SQL. A held token keeps the
@@ -39,14 +50,53 @@ export const DERIVED_STATES = {
   usable: { state: 'available', holder: 'none' },
   /** A send in flight holds it. */
   held: { state: 'available', holder: 'some' },
+  /** A recurring token the person stopped: `stopped_at` set; a resume clears it. */
+  stopped: { state: 'available', stopped: true },
 } as const
 
 /** What a settled hold does to its token. */
-export type TokenOutcome = 'used' | 'invalid' | 'released' | 'unconfirmed'
-/** Where a settled token goes in the table (`released` makes it usable again). */
-export const SETTLED_STATE: Record<TokenOutcome, TokenState> = {
-  used: 'used', invalid: 'invalid', released: 'available', unconfirmed: 'unconfirmed',
+export type TokenOutcome = 'used' | 'invalid' | 'released' | 'unconfirmed' | 'stopped' | 'deferred'
+
+/** Where a settled token goes: its state, whether it is stopped, and whether its pacing moves. */
+export interface Settled {
+  state: TokenState
+  /** The person stopped the topic (recurring: `stopped_at` is set). */
+  stops?: boolean
+  /** `sent`: the message may have gone out, so the cooldown starts now (`last_sent_at` too); `later`: Meta said not yet, so only `next_send_at` moves. */
+  paces?: 'sent' | 'later'
 }
+
+/**
+ * Where a settled token goes, by kind: the one rule of what each outcome does to a token. A
+ * one-time token is spent by one message; a recurring one stays usable and starts its pacing, even
+ * when Meta's answer was lost (it may have arrived: sending again inside the cooldown could deliver
+ * twice). A token that ends `available` has no holder.
+ */
+export const SETTLED: Record<TokenKind, Record<TokenOutcome, Settled>> = {
+  one_time_notif: {
+    used: { state: 'used' },
+    invalid: { state: 'invalid' },
+    released: { state: 'available' },
+    unconfirmed: { state: 'unconfirmed' },
+    stopped: { state: 'invalid' },
+    deferred: { state: 'available' },
+  },
+  notification_messages: {
+    used: { state: 'available', paces: 'sent' },
+    invalid: { state: 'invalid' },
+    released: { state: 'available' },
+    unconfirmed: { state: 'available', paces: 'sent' },
+    stopped: { state: 'available', stops: true },
+    deferred: { state: 'available', paces: 'later' },
+  },
+}
+
+/**
+ * Whether a token may be sent again after an attempt that went unanswered. Meta refuses a spent
+ * one-time token, so re-sending it can never deliver twice; a recurring token is reusable, so a
+ * re-send could (docs/RECURRING.md).
+ */
+export const RESEND_AFTER_NO_ANSWER: Record<TokenKind, boolean> = { one_time_notif: true, notification_messages: false }
 
 /** What happened on one attempt, as the send path sees it. */
 export type SendEvent =
@@ -63,6 +113,8 @@ export type SendEvent =
   | { kind: 'token_limit' }
   /** Recovery found the send's topic or Page gone (`code` says which): it cannot go on. */
   | { kind: 'target_gone', code: string }
+  /** The only way to the person is a recurring token that may not send yet (nothing was sent). */
+  | { kind: 'cooling' }
 
 /** Where the send stands when the event happens. */
 export interface SendSituation {
@@ -126,7 +178,8 @@ export interface Transition {
 export const RATE_LIMIT_RETRY_AFTER_SECONDS = 60
 export const TEMPORARY_RETRY_AFTER_SECONDS = 5
 
-const TRANSIENT: readonly Cause[] = ['temporary', 'rate_limited']
+const TRANSIENT: readonly Cause[] = ['temporary', 'rate_limited', 'frequency_limited']
+const TOKEN_ROUTES: readonly Route[] = ['token', 'recurring']
 const UNCONFIRMED: Decision = {
   next: 'finish', status: 'unconfirmed', token: 'unconfirmed', code: 'graph_unconfirmed',
   detail: 'The Graph API did not answer (or answered only after a lost attempt): the message may or may not have been delivered. ' +
@@ -140,7 +193,7 @@ function refusal (code: string, detail: string, extra: Partial<Decision> = {}): 
 
 /**
  * The transition table, read top to bottom. Columns left out match anything. Both token kinds
- * share these rows today; recurring tokens add their own rows above the shared ones.
+ * share the token rows; recurring tokens have their own rows above them.
  */
 export const TRANSITIONS: readonly Transition[] = [
   // ---- the window route (no token held) ----
@@ -153,35 +206,44 @@ export const TRANSITIONS: readonly Transition[] = [
   { kind: '*', route: 'window', event: 'unreachable', then: { next: 'finish', status: 'failed', code: 'graph_unreachable', retryAfterSeconds: TEMPORARY_RETRY_AFTER_SECONDS, detail: 'The Graph API could not be reached; nothing was sent.' } },
   { kind: '*', route: 'window', event: 'target_gone', then: { next: 'finish', status: 'failed' } },
 
+  // ---- recurring tokens: reusable, so a lost answer is never re-sent (RESEND_AFTER_NO_ANSWER) ----
+  { kind: 'notification_messages', route: 'recurring', event: 'cooling', then: { next: 'finish', status: 'failed', code: 'recurring_cooldown', detail: 'This person can be reached only with a recurring token that may not send yet (its calendar period or cooldown). Try again at next_send_at.' } },
+  { kind: 'notification_messages', route: 'recurring', event: 'unanswered', then: { ...UNCONFIRMED, detail: 'The Graph API did not answer: the message may or may not have been delivered. A recurring token is reusable, so it is not sent again; the token stays usable after its cooldown.' } },
+  { kind: 'notification_messages', route: 'recurring', event: 'refused', ambiguous: true, then: UNCONFIRMED },
+  { kind: 'notification_messages', route: 'recurring', event: 'unreachable', ambiguous: true, then: UNCONFIRMED },
+  { kind: 'notification_messages', route: 'recurring', event: 'refused', cause: 'frequency_limited', then: { next: 'finish', status: 'failed', token: 'deferred', code: 'recurring_cooldown', retryAfterSeconds: RATE_LIMIT_RETRY_AFTER_SECONDS, detail: 'Meta refused the recurring token for now (its frequency limit); the token is kept and waits for its next period.' } },
+  { kind: 'notification_messages', route: 'recurring', event: 'refused', cause: 'topic_stopped', then: { next: 'finish', status: 'failed', token: 'stopped', code: 'graph_topic_stopped', detail: 'The person stopped these recurring notifications; the token is stopped until they resume them.' } },
+
   // ---- the token route ----
-  { kind: '*', route: 'token', event: 'target_gone', ambiguous: true, then: { ...UNCONFIRMED, code: undefined, detail: undefined } },
-  { kind: '*', route: 'token', event: 'target_gone', then: { next: 'finish', status: 'failed', token: 'released' } },
-  { kind: '*', route: 'token', event: 'token_limit', then: { next: 'finish', status: 'failed', code: 'graph_token_refused', detail: 'Meta refused several tokens in a row; stopped trying so as not to burn more. Check the message and the Page.' } },
-  { kind: '*', route: 'token', event: 'no_token', then: { next: 'finish', status: 'no_token', code: 'no_token', detail: 'This person holds no usable token for this topic.' } },
-  { kind: '*', route: 'token', event: 'accepted', then: { next: 'finish', status: 'sent', token: 'used', code: 'sent' } },
+  { kind: '*', route: TOKEN_ROUTES, event: 'target_gone', ambiguous: true, then: { ...UNCONFIRMED, code: undefined, detail: undefined } },
+  { kind: '*', route: TOKEN_ROUTES, event: 'target_gone', then: { next: 'finish', status: 'failed', token: 'released' } },
+  { kind: '*', route: TOKEN_ROUTES, event: 'token_limit', then: { next: 'finish', status: 'failed', code: 'graph_token_refused', detail: 'Meta refused several tokens in a row; stopped trying so as not to burn more. Check the message and the Page.' } },
+  { kind: '*', route: TOKEN_ROUTES, event: 'no_token', then: { next: 'finish', status: 'no_token', code: 'no_token', detail: 'This person holds no usable token for this topic.' } },
+  { kind: '*', route: TOKEN_ROUTES, event: 'accepted', then: { next: 'finish', status: 'sent', token: 'used', code: 'sent' } },
   // After a lost answer the token may be spent: only a passing failure is worth another try, and
   // any other refusal ("already used" included: our own earlier attempt may have arrived) is unconfirmed.
-  { kind: '*', route: 'token', event: 'refused', cause: TRANSIENT, ambiguous: true, exhausted: false, then: { next: 'retry' } },
-  { kind: '*', route: 'token', event: 'refused', cause: TRANSIENT, ambiguous: true, recovering: true, then: { next: 'defer' } },
-  { kind: '*', route: 'token', event: 'refused', ambiguous: true, then: UNCONFIRMED },
-  { kind: '*', route: 'token', event: 'unanswered', exhausted: false, then: { next: 'retry' } },
-  { kind: '*', route: 'token', event: 'unanswered', recovering: true, then: { next: 'defer' } },
-  { kind: '*', route: 'token', event: 'unanswered', then: UNCONFIRMED },
-  { kind: '*', route: 'token', event: 'unreachable', exhausted: false, then: { next: 'retry' } },
-  { kind: '*', route: 'token', event: 'unreachable', ambiguous: true, recovering: true, then: { next: 'defer' } },
-  { kind: '*', route: 'token', event: 'unreachable', ambiguous: true, then: UNCONFIRMED },
-  { kind: '*', route: 'token', event: 'unreachable', then: refusal('graph_unreachable', 'The Graph API could not be reached; nothing was sent and the token is kept.', { retryAfterSeconds: TEMPORARY_RETRY_AFTER_SECONDS }) },
+  { kind: '*', route: TOKEN_ROUTES, event: 'refused', cause: TRANSIENT, ambiguous: true, exhausted: false, then: { next: 'retry' } },
+  { kind: '*', route: TOKEN_ROUTES, event: 'refused', cause: TRANSIENT, ambiguous: true, recovering: true, then: { next: 'defer' } },
+  { kind: '*', route: TOKEN_ROUTES, event: 'refused', ambiguous: true, then: UNCONFIRMED },
+  { kind: '*', route: TOKEN_ROUTES, event: 'unanswered', exhausted: false, then: { next: 'retry' } },
+  { kind: '*', route: TOKEN_ROUTES, event: 'unanswered', recovering: true, then: { next: 'defer' } },
+  { kind: '*', route: TOKEN_ROUTES, event: 'unanswered', then: UNCONFIRMED },
+  { kind: '*', route: TOKEN_ROUTES, event: 'unreachable', exhausted: false, then: { next: 'retry' } },
+  { kind: '*', route: TOKEN_ROUTES, event: 'unreachable', ambiguous: true, recovering: true, then: { next: 'defer' } },
+  { kind: '*', route: TOKEN_ROUTES, event: 'unreachable', ambiguous: true, then: UNCONFIRMED },
+  { kind: '*', route: TOKEN_ROUTES, event: 'unreachable', then: refusal('graph_unreachable', 'The Graph API could not be reached; nothing was sent and the token is kept.', { retryAfterSeconds: TEMPORARY_RETRY_AFTER_SECONDS }) },
   // Meta names the token (or the recipient it stands for) unusable: the next token may do.
-  { kind: '*', route: 'token', event: 'refused', cause: ['token_invalid', 'outside_window'], then: { next: 'next_token', token: 'invalid' } },
+  { kind: '*', route: TOKEN_ROUTES, event: 'refused', cause: ['token_invalid', 'outside_window'], then: { next: 'next_token', token: 'invalid' } },
   // The bare (#100): the message or the token, Meta does not say. At most this one token, and stop.
-  { kind: '*', route: 'token', event: 'refused', cause: 'message_refused', then: { next: 'finish', status: 'failed', token: 'invalid', code: 'graph_message_refused', detail: 'Meta refused the request with a bare "Invalid parameter", its answer both to a message it will not send and to a spent token: check the message. The token it was sent with is set aside; the person\'s other tokens are kept.' } },
-  { kind: '*', route: 'token', event: 'refused', cause: 'topic_stopped', then: { next: 'finish', status: 'failed', token: 'invalid', discardOthers: true, code: 'graph_topic_stopped', detail: 'The person stopped notifications on this topic. The token is spent and the person\'s other tokens on this topic are discarded.' } },
+  { kind: '*', route: TOKEN_ROUTES, event: 'refused', cause: 'message_refused', then: { next: 'finish', status: 'failed', token: 'invalid', code: 'graph_message_refused', detail: 'Meta refused the request with a bare "Invalid parameter", its answer both to a message it will not send and to a spent token: check the message. The token it was sent with is set aside; the person\'s other tokens are kept.' } },
+  { kind: '*', route: TOKEN_ROUTES, event: 'refused', cause: 'topic_stopped', then: { next: 'finish', status: 'failed', token: 'invalid', discardOthers: true, code: 'graph_topic_stopped', detail: 'The person stopped notifications on this topic. The token is spent and the person\'s other tokens on this topic are discarded.' } },
 
   // ---- refusals that mean the same on both routes (the token, if any, is kept) ----
   { kind: '*', route: '*', event: 'refused', cause: 'message_refused', then: refusal('graph_message_refused', 'Meta refused the message ("Invalid parameter"); check the message.') },
   { kind: '*', route: '*', event: 'refused', cause: 'topic_stopped', then: refusal('graph_topic_stopped', 'The person stopped notifications on this topic.') },
   { kind: '*', route: '*', event: 'refused', cause: 'temporary', then: refusal('graph_temporary', 'The Graph API failed temporarily; try again shortly.', { retryAfterSeconds: TEMPORARY_RETRY_AFTER_SECONDS }) },
   { kind: '*', route: '*', event: 'refused', cause: 'rate_limited', then: refusal('graph_rate_limited', 'Meta rate-limited this Page; try again later.', { retryAfterSeconds: RATE_LIMIT_RETRY_AFTER_SECONDS }) },
+  { kind: '*', route: '*', event: 'refused', cause: 'frequency_limited', then: refusal('graph_frequency_limited', 'Meta refused this person\'s notification for now (its frequency limit); try again later.', { retryAfterSeconds: RATE_LIMIT_RETRY_AFTER_SECONDS }) },
   { kind: '*', route: '*', event: 'refused', cause: 'person_unavailable', then: refusal('graph_person_unavailable', 'The person cannot receive messages from this Page right now.') },
   { kind: '*', route: '*', event: 'refused', cause: 'page_restricted', then: refusal('graph_page_restricted', 'Meta restricted this Page.') },
   { kind: '*', route: '*', event: 'refused', cause: 'page_token_invalid', then: refusal('graph_page_token_invalid', 'Meta rejected the Page access token; give the Page a new one.') },

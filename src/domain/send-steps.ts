@@ -54,7 +54,8 @@ export interface Finishing {
   tokenId?: string
   tokenState?: TokenOutcome
   tokensRefused?: number
-  move?: { hold: Hold, to: TokenOutcome }
+  /** The held token's move; `cooldownSeconds`: a recurring token's cooldown from now (RECURRING_COOLDOWN_HOURS). */
+  move?: { hold: Hold, to: TokenOutcome, cooldownSeconds?: number }
 }
 
 /** Where every send path writes its two steps: batched (group commit) or one statement each. */
@@ -171,9 +172,9 @@ export async function recordOutcomes (db: Database, items: Finishing[]): Promise
         ${col((i) => i.tokensRefused !== undefined)}::boolean[], ${col((i) => i.tokensRefused ?? null)}::int[],
         ${col((i) => i.move?.hold.page_id ?? null)}::text[], ${col((i) => i.move?.hold.token_id ?? null)}::bigint[],
         ${col((i) => i.move?.hold.notification_id ?? null)}::uuid[],
-        ${col((i) => i.move?.to ?? null)}::text[]
+        ${col((i) => i.move?.to ?? null)}::text[], ${col((i) => i.move?.cooldownSeconds ?? 0)}::float8[]
       ) as i(id, page_id, status, route, error, graph_message_id, set_token_id, token_id, token_state,
-             set_tokens_refused, tokens_refused, held_page_id, held_token_id, held_by, token_to)
+             set_tokens_refused, tokens_refused, held_page_id, held_token_id, held_by, token_to, cooldown_seconds)
       limit ${sorted.length} -- every row (why: startSends)
     ), moved as (${settleHolds('outcome_input')}
     )

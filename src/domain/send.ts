@@ -12,7 +12,7 @@ import type { GraphClient, PageCredentials, SendOutcome } from '../graph/client.
 import { classifyGraphError, type GraphError } from '../graph/errors.js'
 import { DomainError, notFound } from './errors.js'
 import { keyRace, replayOf } from './idempotency.js'
-import { decide, MAX_TOKENS_PER_NOTIFICATION, type Decision, type SendEvent, type SendSituation } from './lifecycle.js'
+import { decide, MAX_TOKENS_PER_NOTIFICATION, type Decision, type Route, type SendEvent, type SendSituation } from './lifecycle.js'
 import { checkLabelling, notificationHash, type NotificationInput } from './notifications.js'
 import { recordPageError } from './pages.js'
 import {
@@ -134,7 +134,7 @@ function replay (existing: Notification, hash: string): SendResult {
 
 /** Records the final outcome `decision` for notification `n` (the token's move with it) and reports it. */
 async function finish (deps: SendDeps, n: Notification, decision: Decision, details: {
-  route: 'window' | 'token'
+  route: Route
   graph?: GraphError
   graphMessageId?: string | null
   hold?: Hold

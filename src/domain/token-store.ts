@@ -13,7 +13,7 @@
 import { sql, type Expression, type RawBuilder, type SqlBool } from 'kysely'
 import type { Database } from '../db/database.js'
 import type { TokenKind } from '../db/types.js'
-import { DERIVED_STATES, SETTLED_STATE, type TokenOutcome } from './lifecycle.js'
+import { DERIVED_STATES, SETTLED, type Settled, type TokenOutcome } from './lifecycle.js'
 
 // ---- the derived states as SQL ----
 
@@ -112,22 +112,49 @@ export function claimForStarts (source: string, leaseSeconds: unknown): RawBuild
 /** One hold: the token and the notification holding it, and their Page. */
 export interface Hold { page_id: string, token_id: string, notification_id: string }
 
+/** SETTLED as SQL: for each (kind, outcome) pair of token `o` and input `i` that `when` picks, `then`. */
+function bySettled (when: (s: Settled) => boolean, then: RawBuilder<unknown>, otherwise: RawBuilder<unknown>): RawBuilder<unknown> {
+  const pairs = Object.entries(SETTLED).flatMap(([kind, outcomes]) =>
+    Object.entries(outcomes).filter(([, s]) => when(s)).map(([outcome]) => sql`(o.kind = ${sql.lit(kind)} and i.token_to = ${sql.lit(outcome)})`))
+  return pairs.length === 0 ? otherwise : sql`case when ${sql.join(pairs, sql` or `)} then ${then} else ${otherwise} end`
+}
+
+/**
+ * When recurring token `alias` may send again if it sends now (its pacing): after the cooldown of
+ * `cooldownSeconds`, and not before the next calendar period of its frequency (day; week, Monday to
+ * Sunday; month) in its time zone, else its Page's, else UTC.
+ */
+export function nextSendAt (alias: string, cooldownSeconds: unknown): RawBuilder<Date> {
+  const c = (name: string) => sql.ref(`${alias}.${name}`)
+  const tz = sql`coalesce(${c('timezone')}, (select p.timezone from pages p where p.id = ${c('page_id')}), 'UTC')`
+  const next = (unit: string) => sql`((date_trunc(${sql.lit(unit)}, now() at time zone ${tz}) + ${sql.lit(`1 ${unit}`)}::interval) at time zone ${tz})`
+  return sql<Date>`greatest(now() + make_interval(secs => ${cooldownSeconds}),
+    case ${c('frequency')} when 'DAILY' then ${next('day')} when 'WEEKLY' then ${next('week')} when 'MONTHLY' then ${next('month')} end)`
+}
+
 /**
  * The end of holds, as the body of a CTE over `input`, a relation with the columns
- * `held_page_id` (text), `held_token_id` (bigint), `held_by` (uuid: the notification holding it) and
- * `token_to` (a TokenOutcome); rows with a null `held_token_id` move nothing. Each row names the holder, so a
- * stale holder (whose lease recovery took over) changes nothing. Returns `held_by` for each token
- * moved, so that the caller writes the notification's side only where its token moved. A used token
- * stays linked to its notification; a released one is usable again.
+ * `held_page_id` (text), `held_token_id` (bigint), `held_by` (uuid: the notification holding it),
+ * `token_to` (a TokenOutcome) and `cooldown_seconds` (float8: a recurring token's cooldown); rows
+ * with a null `held_token_id` move nothing. Each row names the holder, so a stale holder (whose lease
+ * recovery took over) changes nothing. Returns `held_by` for each token moved, so that the caller
+ * writes the notification's side only where its token moved. What each outcome does to a token of
+ * each kind is SETTLED (lifecycle.ts): a spent one-time token stays linked to its notification; a
+ * token that stays usable (released, or recurring) is free again, its pacing moved as SETTLED says.
  */
 export function settleHolds (input: string): RawBuilder<unknown> {
-  const to = (outcome: TokenOutcome) => sql.lit(SETTLED_STATE[outcome])
+  const stateCases = Object.entries(SETTLED).flatMap(([kind, outcomes]) => Object.entries(outcomes).map(([outcome, settled]) =>
+    sql`when o.kind = ${sql.lit(kind)} and i.token_to = ${sql.lit(outcome)} then ${sql.lit(settled.state)}`))
+  const state = sql`(case ${sql.join(stateCases, sql` `)} end)`
   return sql`
     update optin_tokens o
-       set state = case i.token_to when 'used' then ${to('used')} when 'invalid' then ${to('invalid')}
-                                   when 'unconfirmed' then ${to('unconfirmed')} else ${to('released')} end,
+       set state = ${state},
            lease_expires_at = null,
-           notification_id = case when i.token_to = 'released' then null else o.notification_id end,
+           notification_id = case when ${state} = ${sql.lit(DERIVED_STATES.usable.state)} then null else o.notification_id end,
+           stopped_at = ${bySettled((s) => s.stops === true, sql`now()`, sql`o.stopped_at`)},
+           last_sent_at = ${bySettled((s) => s.paces === 'sent', sql`now()`, sql`o.last_sent_at`)},
+           next_send_at = ${bySettled((s) => s.paces !== undefined,
+             sql`greatest(o.next_send_at, ${nextSendAt('o', sql.ref('i.cooldown_seconds'))})`, sql`o.next_send_at`)},
            updated_at = now()
       from ${sql.table(input)} i
      where o.page_id = i.held_page_id and o.id = i.held_token_id and ${heldBy(sql.ref('i.held_by'), 'o')}
@@ -135,9 +162,9 @@ export function settleHolds (input: string): RawBuilder<unknown> {
 }
 
 /** One hold as the `input` of settleHolds. */
-export function holdInput (h: Hold, to: TokenOutcome): RawBuilder<unknown> {
+export function holdInput (h: Hold, to: TokenOutcome, cooldownSeconds = 0): RawBuilder<unknown> {
   return sql`select ${h.page_id}::text as held_page_id, ${h.token_id}::bigint as held_token_id, ${h.notification_id}::uuid as held_by,
-                    ${to}::text as token_to`
+                    ${to}::text as token_to, ${cooldownSeconds}::float8 as cooldown_seconds`
 }
 
 /** Pushes the lease forward before another attempt, so recovery does not take over a live send. */

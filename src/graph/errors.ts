@@ -13,6 +13,7 @@ export interface GraphError {
 export type GraphErrorClass =
   | 'temporary'
   | 'rate_limited'
+  | 'frequency_limited'
   | 'outside_window'
   | 'person_unavailable'
   | 'topic_stopped'
@@ -52,6 +53,7 @@ const WINDOW_TEXT = /outside of (?:the )?allowed window/i
 
 export const CLASS_RULES: readonly ClassRule[] = [
   { code: [1, 2, 1200], class: 'temporary', note: 'Meta failed temporarily' },
+  { code: 4, subcode: 2018354, class: 'frequency_limited', note: 'the notification frequency limit of a recurring token: not now, for this person only' },
   { code: [4, 17, 32, 341, 613], class: 'rate_limited', note: 'throttled: app, user, Page or Send API rate limits, whatever the subcode' },
   { code: 10, subcode: [2018278, 2018065, 2534022], class: 'outside_window', note: 'outside the allowed window' },
   { code: 10, subcode: 2018108, class: 'person_unavailable', note: 'the person cannot receive messages now' },

@@ -40,7 +40,9 @@ const State = Type.Union([Type.Literal('scheduled'), Type.Literal('running'), Ty
 const ProgressSchema = Type.Object({
   total: Type.Integer({ description: 'People listed so far (grows while the topic audience is being listed, see planned_at).' }),
   sent_window: Type.Integer({ description: 'Sent as a standard message inside the 24-hour window (no token spent).' }),
-  sent_token: Type.Integer({ description: 'Sent with a token.' }),
+  sent_token: Type.Integer({ description: 'Sent with a one-time (OTN) token.' }),
+  sent_recurring: Type.Integer({ description: 'Sent with a recurring notification token.' }),
+  cooldown: Type.Integer({ description: 'Skipped: their recurring token was cooling down (defer_cooldown false).' }),
   no_token: Type.Integer({ description: 'Held no usable token (any more) when their turn came.' }),
   failed: Type.Record(Type.String(), Type.Integer(), {
     description: 'Failures by problem code (as the notifications API answers them), e.g. graph_person_unavailable; tokens were kept.',
@@ -50,7 +52,7 @@ const ProgressSchema = Type.Object({
   remaining: Type.Integer({ description: 'Still pending (including people waiting out a rate limit).' }),
   rate_per_second: Type.Number({ description: 'People brought to an outcome per second over the last 10 seconds.' }),
   eta_seconds: Type.Union([Type.Integer(), Type.Null()], { description: 'remaining ÷ rate_per_second while it moves; null otherwise.' }),
-}, { description: 'Counted from the per-person records: total = sent_window + sent_token + no_token + sum(failed) + unconfirmed + cancelled + remaining.' })
+}, { description: 'Counted from the per-person records: total = sent_window + sent_token + sent_recurring + no_token + cooldown + sum(failed) + unconfirmed + cancelled + remaining.' })
 
 export const BroadcastSchema = Type.Object({
   id: Uuid,

@@ -88,8 +88,8 @@ export const NotificationSchema = Type.Object({
   page_id: PageId,
   psid: Psid,
   status: Status,
-  route: Type.Union([Type.Literal('window'), Type.Literal('token'), Type.Null()], {
-    description: 'window: a standard message inside the 24-hour window (no token spent); token: an OTN token. null until decided.',
+  route: Type.Union([Type.Literal('window'), Type.Literal('recurring'), Type.Literal('token'), Type.Null()], {
+    description: 'window: a standard message inside the 24-hour window (no token spent); recurring: a recurring notification token (kept for later messages); token: a one-time (OTN) token. null until decided.',
   }),
   message: Type.Object({}, { additionalProperties: true }),
   notification_type: Type.String(),
@@ -105,8 +105,9 @@ export const NotificationSchema = Type.Object({
     retry_after_seconds: Type.Optional(Type.Integer()),
   })),
   http_status: Type.Optional(Type.Integer({ description: 'The status the send was answered with (and is replayed with).' })),
-  token_state: Type.Optional(Type.Union([Type.Literal('used'), Type.Literal('released'), Type.Literal('invalid'), Type.Literal('unconfirmed')], {
-    description: 'What became of the token this notification claimed: used; released (kept for a later send); invalid (Meta refused it); unconfirmed (maybe spent, never reused). The token value is never shown.',
+  token_state: Type.Optional(Type.Union([Type.Literal('used'), Type.Literal('released'), Type.Literal('invalid'), Type.Literal('unconfirmed'),
+    Type.Literal('stopped'), Type.Literal('deferred')], {
+    description: 'What became of the token this notification claimed: used (a one-time token is spent; a recurring one starts its cooldown); released (kept for a later send); invalid (Meta refused it); unconfirmed (maybe delivered: a one-time token is never reused, a recurring one starts its cooldown); stopped (recurring: the person stopped the topic); deferred (recurring: Meta\'s frequency limit, kept for its next period). The token value is never shown.',
   })),
   tokens_refused: Type.Integer({ description: 'Tokens Meta refused before the outcome (each marked invalid).' }),
   attempts: Type.Integer({ description: 'Requests made to the Graph API.' }),
