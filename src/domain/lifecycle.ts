@@ -54,6 +54,19 @@ export const DERIVED_STATES = {
   stopped: { state: 'available', stopped: true },
 } as const
 
+/**
+ * The expiry stored for a recurring token that has none (Meta stopped expiring them in August 2023,
+ * and an opt-in without frequency or `token_expiry_timestamp` names none): far enough never to
+ * pass; the API shows it as null.
+ */
+export const NO_EXPIRY = new Date('9999-12-31T00:00:00.000Z')
+
+/**
+ * How long a recurring opt-in lasts when Meta gives a frequency but no `token_expiry_timestamp`
+ * (the product's brief): daily 6 months, weekly 9 months, monthly 12 months.
+ */
+export const RECURRING_LIFETIME_MONTHS = { DAILY: 6, WEEKLY: 9, MONTHLY: 12 } as const
+
 /** What a settled hold does to its token. */
 export type TokenOutcome = 'used' | 'invalid' | 'released' | 'unconfirmed' | 'stopped' | 'deferred'
 
