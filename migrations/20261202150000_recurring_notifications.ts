@@ -41,6 +41,11 @@ export async function up (db: Kysely<any>): Promise<void> {
   await sql`alter table notifications add constraint notifications_token_state_check
             check (token_state in ('used', 'released', 'invalid', 'unconfirmed', 'stopped', 'deferred'))`.execute(db)
 
+  // The kind of token a send may use (null: any), as the caller asked: kept for the send's next token and for recovery.
+  await db.schema.alterTable('notifications')
+    .addColumn('token_kind', 'text', (c) => c.check(sql`token_kind in ('one_time_notif', 'notification_messages')`))
+    .execute()
+
   await db.schema.alterTable('optin_requests')
     .addColumn('kind', 'text', (c) => c.notNull().defaultTo('one_time_notif').check(sql`kind in ('one_time_notif', 'notification_messages')`))
     .execute()
@@ -65,6 +70,7 @@ export async function down (db: Kysely<any>): Promise<void> {
   await db.schema.alterTable('broadcasts').dropColumn('defer_cooldown').execute()
   await sql`drop index optin_requests_recurring_idx`.execute(db)
   await db.schema.alterTable('optin_requests').dropColumn('kind').execute()
+  await db.schema.alterTable('notifications').dropColumn('token_kind').execute()
   await sql`alter table notifications drop constraint notifications_token_state_check`.execute(db)
   await sql`update notifications set token_state = case token_state when 'stopped' then 'invalid' else 'released' end
              where token_state in ('stopped', 'deferred')`.execute(db)

@@ -1,6 +1,7 @@
 import { Type, type Static } from 'typebox'
 import { Compile } from 'typebox/compile'
 import { DEFAULT_GRAPH_VERSION, VERSION_WARNING_DAYS } from './graph/versions.js'
+import { RECURRING_COOLDOWN_HOURS } from './domain/lifecycle.js'
 
 const Int = (description: string, def: number, minimum: number, maximum: number) =>
   Type.Integer({ description, default: def, minimum, maximum })
@@ -37,7 +38,7 @@ export const EnvSchema = Type.Object({
   MAINTENANCE_INTERVAL_SECONDS: Int('Period of the expiry sweep and lease recovery (both also run at start-up, in the background).', 60, 1, 86400),
   RECOVERY_CONCURRENCY: Int('Sends lease recovery makes at once while it works through what crashed processes left (at most half of GRAPH_API_CONNECTIONS).', 32, 1, 1024),
   SHUTDOWN_TIMEOUT_MS: Int('Longest wait for in-flight requests on SIGTERM/SIGINT.', 10000, 100, 600000),
-  RECURRING_COOLDOWN_HOURS: Type.Number({ description: 'Hours after a recurring notification before the same token may send again (Meta\'s 48-hour cooldown since September 2025, enforced here before calling Meta; docs/RECURRING.md). 0 leaves only the calendar period of the token\'s frequency.', default: 48, minimum: 0, maximum: 8760 }),
+  RECURRING_COOLDOWN_HOURS: Type.Number({ description: 'Hours after a recurring notification before the same token may send again (Meta\'s 48-hour cooldown since September 2025, enforced here before calling Meta; docs/RECURRING.md). 0 leaves only the calendar period of the token\'s frequency.', default: RECURRING_COOLDOWN_HOURS, minimum: 0, maximum: 8760 }),
   JOB_POLL_INTERVAL_SECONDS: Type.Number({ description: 'How often each job worker asks the queue (pg-boss) for work when idle.', default: 2, minimum: 0.5, maximum: 60 }),
   BROADCAST_RATE_PER_SECOND: Type.Optional(Type.Integer({ description: 'Broadcast sends per second per Page, shared by every worker of every instance. Unset: Meta\'s limit for the message (300 for text, links and stickers; 10 with audio or video); a Page\'s own broadcast_rate_per_second wins over both.', minimum: 1, maximum: 1000 })),
   BROADCAST_BATCH_SIZE: Int('People per broadcast send job (and per page when the audience is listed).', 500, 1, 10000),

@@ -103,6 +103,8 @@ export interface NotificationsTable {
   /** Sent with a window send (migration 20261202000000); null on older rows, which went out as RESPONSE. */
   messaging_type: MessagingType | null
   tag: string | null
+  /** The kind of token the caller allowed (migration 20261202150000); null: any. */
+  token_kind: TokenKind | null
 }
 
 export interface OptinRequestsTable {

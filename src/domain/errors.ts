@@ -13,7 +13,7 @@ export const DOMAIN_CODES = [
   'page_without_access_token', 'window_closed', 'topic_name_taken', 'topic_payload_taken', 'topic_has_tokens', 'page_has_topics',
   'broadcast_completed', 'no_token', 'idempotency_in_progress', 'idempotency_conflict', 'webhook_not_configured',
   // we hold back, or Meta did
-  'optin_request_throttled', 'graph_rate_limited',
+  'optin_request_throttled', 'graph_rate_limited', 'recurring_cooldown', 'graph_frequency_limited',
   // Meta refused (the message, the person, the Page or the token)
   'graph_request_invalid', 'graph_message_refused', 'graph_token_refused', 'graph_recipient_invalid', 'graph_topic_stopped',
   'graph_person_unavailable', 'graph_page_restricted', 'graph_page_token_invalid', 'graph_permission_missing',

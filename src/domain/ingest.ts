@@ -2,10 +2,11 @@ import { createHash, createHmac, timingSafeEqual } from 'node:crypto'
 import { sql } from 'kysely'
 import type { Database } from '../db/database.js'
 import { GroupCommit } from '../db/group-commit.js'
-import type { TokenKind } from '../db/types.js'
+import type { RecurringFrequency, TokenKind } from '../db/types.js'
 import { DomainError } from './errors.js'
-import { isPageId, isPayload, isPsid, isToken } from './ids.js'
-import { insertTokens } from './token-store.js'
+import { isPageId, isPayload, isPsid, isTimeZone, isToken } from './ids.js'
+import { NO_EXPIRY, RECURRING_LIFETIME_MONTHS } from './lifecycle.js'
+import { insertTokens, recordRecurring } from './token-store.js'
 import { OTN_TOKEN_LIFETIME_MS } from './window.js'
 
 /**
@@ -26,6 +27,27 @@ export interface TokenRecord {
   payload: string
   token: string
   opted_in_at: string
+  expires_at: string
+}
+
+/**
+ * One `notification_messages` event (an opt-in, a re-opt-in, a stop or a resume): the token store
+ * applies them in event-time order, so that duplicates and late deliveries change nothing.
+ */
+export interface RecurringRecord {
+  page_id: string
+  psid: string
+  payload: string
+  token: string
+  /** The event's time (ISO). */
+  at: string
+  /** `optin` (the person agreed, or Meta refreshed the token), `stop` or `resume`. */
+  event: 'optin' | 'stop' | 'resume'
+  title: string | null
+  frequency: RecurringFrequency | null
+  timezone: string | null
+  user_token_status: string | null
+  /** `token_expiry_timestamp`; else the brief's lifetime for the frequency from the event; else NO_EXPIRY. */
   expires_at: string
 }
 
@@ -56,8 +78,10 @@ export interface Delivery {
    * (migration 20261202120000 gave stored bodies the same rule).
    */
   page_id: string
-  /** One per distinct token. */
+  /** One per distinct one-time token. */
   tokens: TokenRecord[]
+  /** Every recurring (`notification_messages`) event, as delivered. */
+  recurring: RecurringRecord[]
   /** One per (page, person): the earliest first-seen and latest interaction of the delivery. */
   subscribers: SubscriberTouch[]
   interactions: number
@@ -102,13 +126,14 @@ export function eventTimeMs (value: unknown, receivedAt: number): number | undef
   return ms >= EARLIEST_EVENT_MS && ms <= receivedAt + LATEST_SKEW_MS ? ms : undefined
 }
 
-type EventKind = 'otn_optin' | 'interaction' | SkipReason
+type EventKind = 'otn_optin' | 'recurring' | 'interaction' | SkipReason
 
 function kindOf (event: Json): EventKind {
   if (isObject(event.optin)) {
-    const { type, one_time_notif_token: token } = event.optin
-    if (type !== 'one_time_notif_req') return 'unsupported_optin'
-    return typeof token === 'string' ? 'otn_optin' : 'invalid_token'
+    const { type } = event.optin
+    if (type === 'one_time_notif_req') return typeof event.optin.one_time_notif_token === 'string' ? 'otn_optin' : 'invalid_token'
+    if (type === 'notification_messages') return typeof event.optin.notification_messages_token === 'string' ? 'recurring' : 'invalid_token'
+    return 'unsupported_optin'
   }
   if (isObject(event.message)) return event.message.is_echo === true ? 'echo' : 'interaction'
   if (isObject(event.postback) || isObject(event.reaction) || isObject(event.referral)) return 'interaction'
@@ -140,7 +165,7 @@ export function parseDelivery (raw: Buffer, receivedAt: Date = new Date()): Deli
   // Meta always names the object; some clients' test harnesses leave it out of Messenger bodies.
   const first = idOf(body.entry[0])
   const delivery: Delivery = {
-    object, page_id: first !== undefined && isPageId(first) ? first : '', tokens: [], subscribers: [], interactions: 0, ignored_events: 0, rejected_events: 0, skipped: {}, restamped_events: 0,
+    object, page_id: first !== undefined && isPageId(first) ? first : '', tokens: [], recurring: [], subscribers: [], interactions: 0, ignored_events: 0, rejected_events: 0, skipped: {}, restamped_events: 0,
   }
   const skip = (reason: SkipReason, count = 1): void => {
     if (count === 0) return
@@ -179,7 +204,7 @@ export function parseDelivery (raw: Buffer, receivedAt: Date = new Date()): Deli
         continue
       }
       const kind = kindOf(event)
-      if (kind !== 'otn_optin' && kind !== 'interaction') {
+      if (kind !== 'otn_optin' && kind !== 'recurring' && kind !== 'interaction') {
         skip(kind)
         continue
       }
@@ -199,6 +224,13 @@ export function parseDelivery (raw: Buffer, receivedAt: Date = new Date()): Deli
         continue
       }
       const optin = event.optin as Json
+      if (kind === 'recurring') {
+        const record = recurringRecord(optin, pageId, psid, at)
+        if (typeof record === 'string') { skip(record); continue }
+        touch(pageId, psid, at, false)
+        delivery.recurring.push(record)
+        continue
+      }
       const token = optin.one_time_notif_token as string
       const payload = typeof optin.payload === 'string' ? optin.payload : ''
       if (!isToken(token)) { skip('invalid_token'); continue }
@@ -229,6 +261,57 @@ export function parseDelivery (raw: Buffer, receivedAt: Date = new Date()): Deli
   return delivery
 }
 
+const FREQUENCIES = new Set<string>(['DAILY', 'WEEKLY', 'MONTHLY'])
+
+/** A status as Meta spells it, either way (`STOP NOTIFICATIONS`, `STOP_NOTIFICATIONS`). */
+function statusOf (value: unknown): 'stop' | 'resume' | undefined {
+  const status = typeof value === 'string' ? value.trim().toUpperCase().replace(/[\s_]+/g, '_') : ''
+  return status === 'STOP_NOTIFICATIONS' ? 'stop' : status === 'RESUME_NOTIFICATIONS' ? 'resume' : undefined
+}
+
+/** `token_expiry_timestamp` in epoch milliseconds (or seconds, as a number or numeric string). */
+function expiryMs (value: unknown): number | undefined {
+  const n = typeof value === 'number' ? value : typeof value === 'string' && NUMERIC.test(value) ? Number(value) : NaN
+  if (!Number.isFinite(n) || n <= 0) return undefined
+  const ms = Math.round(n < SECONDS_BELOW ? n * 1000 : n)
+  return ms >= EARLIEST_EVENT_MS && ms < NO_EXPIRY.getTime() ? ms : undefined
+}
+
+function addMonths (ms: number, months: number): number {
+  const d = new Date(ms)
+  d.setUTCMonth(d.getUTCMonth() + months)
+  return d.getTime()
+}
+
+/** A recurring event as the token store applies it, or why it cannot be kept. */
+function recurringRecord (optin: Json, pageId: string, psid: string, at: number): RecurringRecord | SkipReason {
+  const token = optin.notification_messages_token as string
+  const payload = typeof optin.payload === 'string' ? optin.payload : ''
+  if (!isToken(token)) return 'invalid_token'
+  if (payload !== '' && !isPayload(payload)) return 'invalid_payload'
+  const frequency = typeof optin.notification_messages_frequency === 'string' && FREQUENCIES.has(optin.notification_messages_frequency.toUpperCase())
+    ? optin.notification_messages_frequency.toUpperCase() as RecurringFrequency
+    : null
+  // A zone this runtime does not know would break the pacing's calendar: the Page's zone stands in.
+  const timezone = typeof optin.notification_messages_timezone === 'string' && isTimeZone(optin.notification_messages_timezone)
+    ? optin.notification_messages_timezone
+    : null
+  const expires = expiryMs(optin.token_expiry_timestamp) ?? (frequency ? addMonths(at, RECURRING_LIFETIME_MONTHS[frequency]) : NO_EXPIRY.getTime())
+  return {
+    page_id: pageId,
+    psid,
+    payload,
+    token,
+    at: new Date(at).toISOString(),
+    event: statusOf(optin.notification_messages_status) ?? 'optin',
+    title: typeof optin.title === 'string' ? optin.title : null,
+    frequency,
+    timezone,
+    user_token_status: typeof optin.user_token_status === 'string' ? optin.user_token_status : null,
+    expires_at: new Date(expires).toISOString(),
+  }
+}
+
 export interface Recorded {
   /** The stored delivery: this one's, or for a duplicate the one stored first. */
   event_id: string
@@ -242,7 +325,7 @@ export interface Recorded {
 
 /** What a delivery changed, as the webhook answers it (WebhookReceiptSchema). */
 export function receiptOf (delivery: Delivery, recorded: Recorded) {
-  const received = delivery.tokens.length
+  const received = delivery.tokens.length + new Set(delivery.recurring.filter((r) => r.event === 'optin').map((r) => `${r.page_id}\u0000${r.token}`)).size
   const reasons: Record<string, number> = { ...delivery.skipped }
   if (recorded.tokens_expired > 0) reasons.token_expired = recorded.tokens_expired
   return {
@@ -257,6 +340,8 @@ export function receiptOf (delivery: Delivery, recorded: Recorded) {
     ignored_events: delivery.ignored_events,
     rejected_events: delivery.rejected_events,
     restamped_events: delivery.restamped_events,
+    recurring_stops: delivery.recurring.filter((r) => r.event === 'stop').length,
+    recurring_resumes: delivery.recurring.filter((r) => r.event === 'resume').length,
     reasons,
   }
 }
@@ -284,6 +369,7 @@ export interface DeliveryInput {
  */
 export async function recordDeliveries (db: Database, inputs: DeliveryInput[]): Promise<Recorded[]> {
   const tokens = inputs.flatMap(({ delivery }, ord) => delivery.tokens.map((t) => ({ ...t, ord })))
+  const recurring = inputs.flatMap(({ delivery }, ord) => delivery.recurring.map((r) => ({ ...r, ord })))
   const people = inputs.flatMap(({ delivery }, ord) => delivery.subscribers.map((p) => ({ ...p, ord })))
   const digests = inputs.map((i) => createHash('sha256').update(i.raw).digest())
   // Across the deliveries of one statement, the rules parseDelivery applies within one body: a token
@@ -305,6 +391,10 @@ export async function recordDeliveries (db: Database, inputs: DeliveryInput[]): 
     ), fresh as (
       select input.ord, input.id from input join event on event.id = input.id
     ), new_tokens as (${insertTokens(JSON.stringify(tokens), 'fresh')}
+    ), ${recordRecurring(JSON.stringify(recurring), 'fresh')}, added as (
+      select webhook_event_id, state from new_tokens
+      union all
+      select webhook_event_id, state from rec_written where inserted
     ), touched as (
       insert into subscribers (page_id, psid, first_seen_at, last_interaction_at)
       select s.page_id, s.psid, least(min(s.first_seen_at), now()),
@@ -320,11 +410,11 @@ export async function recordDeliveries (db: Database, inputs: DeliveryInput[]): 
         updated_at = now()
     )
     select event.id::text as event_id, event.id <> input.id as duplicate,
-           count(new_tokens.webhook_event_id) filter (where new_tokens.state = 'available')::int as tokens_recorded,
-           count(new_tokens.webhook_event_id) filter (where new_tokens.state = 'expired')::int as tokens_expired
+           count(added.webhook_event_id) filter (where added.state = 'available')::int as tokens_recorded,
+           count(added.webhook_event_id) filter (where added.state = 'expired')::int as tokens_expired
       from input
       join event on event.page_id = input.page_id and event.digest = input.digest
-      left join new_tokens on new_tokens.webhook_event_id = input.id
+      left join added on added.webhook_event_id = input.id
      group by input.ord, input.id, event.id
      order by input.ord
   `.execute(db)

@@ -67,6 +67,11 @@ export const NO_EXPIRY = new Date('9999-12-31T00:00:00.000Z')
  */
 export const RECURRING_LIFETIME_MONTHS = { DAILY: 6, WEEKLY: 9, MONTHLY: 12 } as const
 
+/** Meta's cooldown between two recurring notifications on one token (since September 2025): RECURRING_COOLDOWN_HOURS's default. */
+export const RECURRING_COOLDOWN_HOURS = 48
+const DEFAULT_COOLDOWN_SECONDS = RECURRING_COOLDOWN_HOURS * 3600
+export { DEFAULT_COOLDOWN_SECONDS }
+
 /** What a settled hold does to its token. */
 export type TokenOutcome = 'used' | 'invalid' | 'released' | 'unconfirmed' | 'stopped' | 'deferred'
 

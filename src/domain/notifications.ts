@@ -3,7 +3,7 @@
  * and the reads (one, and lists). Sending is send.ts.
  */
 import type { Database } from '../db/database.js'
-import type { MessagingType, Notification, NotificationStatus } from '../db/types.js'
+import type { MessagingType, Notification, NotificationStatus, TokenKind } from '../db/types.js'
 import { DomainError, notFound } from './errors.js'
 import { requestHash } from './idempotency.js'
 import { afterCursor, PAGE_SIZE, pageOf } from './pagination.js'
@@ -41,6 +41,8 @@ export interface NotificationInput extends Labelling {
   message: Record<string, unknown>
   notification_type?: NotificationType
   use_window?: boolean
+  /** The kind of token the send may use when the window is closed; omitted: any (a recurring token that may send now, else a one-time one). */
+  token_kind?: TokenKind
   /** Same key and body: the stored result, nothing sent again. Same key, other body: refused. */
   idempotency_key?: string
   broadcast_id?: string
@@ -54,6 +56,7 @@ export function notificationHash (input: NotificationInput): string {
     message: input.message,
     notification_type: input.notification_type ?? 'REGULAR',
     use_window: input.use_window ?? true,
+    ...(input.token_kind !== undefined ? { token_kind: input.token_kind } : {}),
     ...labellingOf(input),
   })
 }

@@ -10,7 +10,7 @@ import type { Database } from '../db/database.js'
 import { GroupCommit } from '../db/group-commit.js'
 import type { Notification } from '../db/types.js'
 import type { GraphError } from '../graph/errors.js'
-import type { NotificationStatus, Route, TokenOutcome } from './lifecycle.js'
+import { DEFAULT_COOLDOWN_SECONDS, decide, type NotificationStatus, type Route, type TokenOutcome } from './lifecycle.js'
 import type { NotificationInput } from './notifications.js'
 import { claimForStarts, holdInput, settleHolds, type ClaimedToken, type Hold } from './token-store.js'
 import { WINDOW_MS } from './window.js'
@@ -21,6 +21,8 @@ export interface NotificationProblem {
   detail: string
   graph?: GraphError
   retry_after_seconds?: number
+  /** recurring_cooldown: when the person's recurring token may send again (ISO). */
+  next_send_at?: string
 }
 
 /** One send to start: the request, its hash and the id its notification will have. */
@@ -54,8 +56,7 @@ export interface Finishing {
   tokenId?: string
   tokenState?: TokenOutcome
   tokensRefused?: number
-  /** The held token's move; `cooldownSeconds`: a recurring token's cooldown from now (RECURRING_COOLDOWN_HOURS). */
-  move?: { hold: Hold, to: TokenOutcome, cooldownSeconds?: number }
+  move?: { hold: Hold, to: TokenOutcome }
 }
 
 /** Where every send path writes its two steps: batched (group commit) or one statement each. */
@@ -66,6 +67,9 @@ export interface SendSteps {
 }
 
 const NO_TOKEN: NotificationProblem = { code: 'no_token', detail: 'This person holds no usable token for this topic.' }
+/** The lifecycle's answer when the only way to the person is a recurring token that may not send yet. */
+const COOLING = decide({ kind: 'notification_messages', route: 'recurring', ambiguous: false, exhausted: false, recovering: false }, { kind: 'cooling' }) as
+  { code: string, detail: string }
 
 /**
  * The first statement of any number of sends. For each, it reads the topic, its Page, the person's
@@ -85,7 +89,7 @@ const NO_TOKEN: NotificationProblem = { code: 'no_token', detail: 'This person h
  * `limit <the batch's size>` keeps every row and tells the planner how many there are (an unnest
  * of a parameter is otherwise estimated at ten rows).
  */
-export async function startSends (db: Database, leaseSeconds: number, items: Starting[]): Promise<Started[]> {
+export async function startSends (db: Database, leaseSeconds: number, items: Starting[], cooldownSeconds = DEFAULT_COOLDOWN_SECONDS): Promise<Started[]> {
   const col = <T>(f: (i: Starting) => T) => items.map(f)
   const { rows } = await sql<StartRow>`
     with input as (
@@ -94,12 +98,13 @@ export async function startSends (db: Database, leaseSeconds: number, items: Sta
         ${col((i) => JSON.stringify(i.input.message))}::jsonb[], ${col((i) => i.input.notification_type ?? 'REGULAR')}::text[],
         ${col((i) => i.input.use_window ?? true)}::boolean[], ${col((i) => i.input.idempotency_key ?? null)}::text[],
         ${col((i) => i.hash)}::text[], ${col((i) => i.input.broadcast_id ?? null)}::uuid[],
-        ${col((i) => i.input.messaging_type ?? 'UPDATE')}::text[], ${col((i) => i.input.tag ?? null)}::text[]
+        ${col((i) => i.input.messaging_type ?? 'UPDATE')}::text[], ${col((i) => i.input.tag ?? null)}::text[],
+        ${col((i) => i.input.token_kind ?? null)}::text[]
       ) with ordinality as r(id, topic_id, psid, message, notification_type, use_window, idempotency_key, request_hash, broadcast_id,
-                             messaging_type, tag, ord)
+                             messaging_type, tag, token_kind, ord)
       limit ${items.length} -- every row (why: startSends)
     ), ctx as (
-      select r.id, r.psid, t.id as topic_id, t.page_id, t.payload, p.access_token,
+      select r.id, r.psid, r.token_kind, t.id as topic_id, t.page_id, t.payload, p.access_token,
              r.use_window and coalesce(s.last_interaction_at > now() - make_interval(secs => ${WINDOW_MS / 1000}), false) as window_open,
              (select n.id from notifications n where n.page_id = t.page_id and n.idempotency_key = r.idempotency_key) as existing_id
         from input r
@@ -108,18 +113,24 @@ export async function startSends (db: Database, leaseSeconds: number, items: Sta
         left join subscribers s on s.page_id = t.page_id and s.psid = r.psid
     ), go as (
       select * from ctx where existing_id is null and access_token is not null
-    ), ${claimForStarts('go', leaseSeconds)}, inserted as (
+    ), ${claimForStarts('go', leaseSeconds, cooldownSeconds)}, inserted as (
       insert into notifications (id, page_id, topic_id, psid, message, notification_type, use_window, idempotency_key, request_hash,
-                                 broadcast_id, messaging_type, tag, route, attempts, token_id, status, error, completed_at)
+                                 broadcast_id, messaging_type, tag, token_kind, route, attempts, token_id, status, error, completed_at)
       select r.id, go.page_id, go.topic_id, r.psid, r.message, r.notification_type, r.use_window, r.idempotency_key, r.request_hash,
-             r.broadcast_id, r.messaging_type, r.tag,
-             case when go.window_open then 'window' else 'token' end,
+             r.broadcast_id, r.messaging_type, r.tag, r.token_kind,
+             case when go.window_open then 'window' when c.kind = 'notification_messages' or cl.until is not null then 'recurring' else 'token' end,
              case when go.window_open or c.id is not null then 1 else 0 end,
              c.id,
-             case when go.window_open or c.id is not null then 'pending' else 'no_token' end,
-             case when go.window_open or c.id is not null then null else ${JSON.stringify(NO_TOKEN)}::jsonb end,
+             case when go.window_open or c.id is not null then 'pending' when cl.until is not null then 'failed' else 'no_token' end,
+             case when go.window_open or c.id is not null then null
+                  when cl.until is not null then jsonb_build_object(
+                    'code', ${COOLING.code}::text, 'detail', ${COOLING.detail}::text,
+                    'next_send_at', to_char(cl.until at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
+                    'retry_after_seconds', greatest(1, ceil(extract(epoch from cl.until - now())))::int)
+                  else ${JSON.stringify(NO_TOKEN)}::jsonb end,
              case when go.window_open or c.id is not null then null else now() end
         from go join input r on r.id = go.id left join claim c on c.notification_id = go.id
+        left join cooling cl on cl.notification_id = go.id
       returning *
     )
     select r.ord, ctx.topic_id as ctx_topic_id, ctx.page_id as ctx_page_id, ctx.payload as ctx_payload,
@@ -158,7 +169,7 @@ function startedOf (row: StartRow): Started {
  * recovery records stands). Answers, per item in order, the notification as written, or undefined.
  * The items are written in the order of their ids, so that two statements cannot deadlock.
  */
-export async function recordOutcomes (db: Database, items: Finishing[]): Promise<Array<Notification | undefined>> {
+export async function recordOutcomes (db: Database, items: Finishing[], cooldownSeconds = DEFAULT_COOLDOWN_SECONDS): Promise<Array<Notification | undefined>> {
   const sorted = [...items].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
   const col = <T>(f: (i: Finishing) => T) => sorted.map(f)
   const { rows } = await sql<Notification>`
@@ -172,11 +183,11 @@ export async function recordOutcomes (db: Database, items: Finishing[]): Promise
         ${col((i) => i.tokensRefused !== undefined)}::boolean[], ${col((i) => i.tokensRefused ?? null)}::int[],
         ${col((i) => i.move?.hold.page_id ?? null)}::text[], ${col((i) => i.move?.hold.token_id ?? null)}::bigint[],
         ${col((i) => i.move?.hold.notification_id ?? null)}::uuid[],
-        ${col((i) => i.move?.to ?? null)}::text[], ${col((i) => i.move?.cooldownSeconds ?? 0)}::float8[]
+        ${col((i) => i.move?.to ?? null)}::text[]
       ) as i(id, page_id, status, route, error, graph_message_id, set_token_id, token_id, token_state,
-             set_tokens_refused, tokens_refused, held_page_id, held_token_id, held_by, token_to, cooldown_seconds)
+             set_tokens_refused, tokens_refused, held_page_id, held_token_id, held_by, token_to)
       limit ${sorted.length} -- every row (why: startSends)
-    ), moved as (${settleHolds('outcome_input')}
+    ), moved as (${settleHolds('outcome_input', cooldownSeconds)}
     )
     update notifications n
        set status = i.status, route = i.route, error = i.error,
@@ -194,10 +205,10 @@ export async function recordOutcomes (db: Database, items: Finishing[]): Promise
 }
 
 /** One statement each, as they come (tests, tools). */
-export function directSteps (db: Database, leaseSeconds: number): SendSteps {
+export function directSteps (db: Database, leaseSeconds: number, cooldownSeconds = DEFAULT_COOLDOWN_SECONDS): SendSteps {
   return {
-    start: async (item) => (await startSends(db, leaseSeconds, [item]))[0],
-    finish: async (item) => (await recordOutcomes(db, [item]))[0],
+    start: async (item) => (await startSends(db, leaseSeconds, [item], cooldownSeconds))[0],
+    finish: async (item) => (await recordOutcomes(db, [item], cooldownSeconds))[0],
   }
 }
 
@@ -209,10 +220,10 @@ export function directSteps (db: Database, leaseSeconds: number): SendSteps {
  * caller still waits until its own step is committed: a token goes to Meta only after its claim
  * is, and a caller is answered only after its outcome is.
  */
-export function batchedSteps (db: Database, leaseSeconds: number, maxBatch = 100, maxInFlight = 2): SendSteps {
-  const starts = new GroupCommit<Starting, Started>((items) => startSends(db, leaseSeconds, items), maxBatch, maxInFlight, ({ input }) =>
+export function batchedSteps (db: Database, leaseSeconds: number, maxBatch = 100, maxInFlight = 2, cooldownSeconds = DEFAULT_COOLDOWN_SECONDS): SendSteps {
+  const starts = new GroupCommit<Starting, Started>((items) => startSends(db, leaseSeconds, items, cooldownSeconds), maxBatch, maxInFlight, ({ input }) =>
     [`p:${input.topic_id}:${input.psid}`, ...(input.idempotency_key === undefined ? [] : [`k:${input.idempotency_key}`])])
-  const outcomes = new GroupCommit<Finishing, Notification | undefined>((items) => recordOutcomes(db, items), maxBatch, maxInFlight)
+  const outcomes = new GroupCommit<Finishing, Notification | undefined>((items) => recordOutcomes(db, items, cooldownSeconds), maxBatch, maxInFlight)
   return { start: (item) => starts.submit(item), finish: (item) => outcomes.submit(item) }
 }
 
@@ -236,7 +247,7 @@ export async function beginAttempt (db: Database, n: NotificationRef, route: Rou
  */
 export async function refuseHeldToken (db: Database, hold: Hold, refused: number): Promise<boolean> {
   const { rows } = await sql<{ id: string }>`
-    with input as (${holdInput(hold, 'invalid')}), moved as (${settleHolds('input')})
+    with input as (${holdInput(hold, 'invalid')}), moved as (${settleHolds('input', DEFAULT_COOLDOWN_SECONDS)})
     update notifications set tokens_refused = ${refused}, updated_at = now()
      where page_id = ${hold.page_id} and id = ${hold.notification_id} and status = 'pending' and exists (select 1 from moved)
     returning id`.execute(db)

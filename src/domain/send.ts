@@ -12,7 +12,9 @@ import type { GraphClient, PageCredentials, SendOutcome } from '../graph/client.
 import { classifyGraphError, type GraphError } from '../graph/errors.js'
 import { DomainError, notFound } from './errors.js'
 import { keyRace, replayOf } from './idempotency.js'
-import { decide, MAX_TOKENS_PER_NOTIFICATION, type Decision, type Route, type SendEvent, type SendSituation } from './lifecycle.js'
+import {
+  decide, MAX_TOKENS_PER_NOTIFICATION, RESEND_AFTER_NO_ANSWER, routeOf, type Decision, type Route, type SendEvent, type SendSituation,
+} from './lifecycle.js'
 import { checkLabelling, notificationHash, type NotificationInput } from './notifications.js'
 import { recordPageError } from './pages.js'
 import {
@@ -257,7 +259,7 @@ async function tokenRoute (deps: SendDeps, n: Notification, target: Target, resu
       })
     }
     const claimed = next?.token ?? await claimToken(deps.db, {
-      page_id: target.page_id, payload: target.payload, psid: n.psid, notification_id: n.id, leaseSeconds: deps.config.TOKEN_LEASE_SECONDS,
+      page_id: target.page_id, payload: target.payload, psid: n.psid, notification_id: n.id, kind: n.token_kind, leaseSeconds: deps.config.TOKEN_LEASE_SECONDS,
     })
     const recovering = next?.recovering ?? false
     const spend = { ambiguous: next?.ambiguous ?? false, recovering, counted: next?.counted ?? false, sends: recovering ? 1 : deps.config.GRAPH_API_MAX_RETRIES + 1 }
@@ -282,7 +284,7 @@ async function tokenRoute (deps: SendDeps, n: Notification, target: Target, resu
       continue
     }
     return finish(deps, n, decision, {
-      route: 'token',
+      route: routeOf(claimed.kind),
       hold,
       target,
       tokensRefused: refused + (decision.token === 'invalid' ? 1 : 0),
@@ -312,14 +314,20 @@ async function spendToken (deps: SendDeps, n: Notification, target: Target, clai
   }
   const hold: Hold = { page_id: n.page_id, token_id: claimed.id, notification_id: n.id }
   let ambiguous = opts.ambiguous
+  if (ambiguous && !RESEND_AFTER_NO_ANSWER[claimed.kind]) {
+    // A reusable token whose earlier attempt went unanswered (a recovered send): sending it again could deliver twice.
+    const outcome: SendOutcome = { kind: 'no_answer', reason: 'timeout', sent: true, detail: 'an earlier attempt went unanswered' }
+    const situation = { kind: claimed.kind, route: routeOf(claimed.kind), ambiguous, exhausted: true, recovering: opts.recovering }
+    return { kind: 'decided', decision: decide(situation, { kind: 'unanswered' }), outcome }
+  }
   for (let attempt = 0; ; attempt++) {
     if (attempt > 0) await pause(deps, attempt)
     if (attempt > 0 && !(await extendLease(deps.db, hold, deps.config.TOKEN_LEASE_SECONDS))) return { kind: 'lost' }
-    if (!(attempt === 0 && opts.counted) && !(await beginAttempt(deps.db, n, 'token', claimed.id))) return { kind: 'lost' }
+    if (!(attempt === 0 && opts.counted) && !(await beginAttempt(deps.db, n, routeOf(claimed.kind), claimed.id))) return { kind: 'lost' }
     const outcome = await deps.graph.sendMessage(target.page, body)
     const event = eventOf(outcome)
     const decision = decide({
-      kind: claimed.kind, route: 'token', ambiguous, exhausted: attempt + 1 >= opts.sends, recovering: opts.recovering,
+      kind: claimed.kind, route: routeOf(claimed.kind), ambiguous, exhausted: attempt + 1 >= opts.sends, recovering: opts.recovering,
     }, event)
     if (outcome.kind === 'no_answer') {
       deps.log?.warn({ notification_id: n.id, token_id: claimed.id, attempt: attempt + 1, reason: outcome.reason, retrying: decision.next === 'retry' },
@@ -347,9 +355,9 @@ export async function resumeWithToken (deps: SendDeps, n: Notification, token: C
   opts: { mayHaveBeenSent: boolean, recovering: boolean }): Promise<Notification> {
   const target = await targetOf(deps.db, n, token)
   if ('missing' in target) {
-    const decision = decide({ kind: token.kind, route: 'token', ambiguous: opts.mayHaveBeenSent, exhausted: true, recovering: false },
+    const decision = decide({ kind: token.kind, route: routeOf(token.kind), ambiguous: opts.mayHaveBeenSent, exhausted: true, recovering: false },
       { kind: 'target_gone', code: target.missing.code })
-    return finish(deps, n, decision, { route: 'token', hold: { page_id: n.page_id, token_id: token.id, notification_id: n.id }, detail: target.missing.detail })
+    return finish(deps, n, decision, { route: routeOf(token.kind), hold: { page_id: n.page_id, token_id: token.id, notification_id: n.id }, detail: target.missing.detail })
   }
   return tokenRoute(deps, n, target, { token, ambiguous: opts.mayHaveBeenSent, recovering: opts.recovering })
 }

@@ -13,7 +13,9 @@
 import { sql, type Expression, type RawBuilder, type SqlBool } from 'kysely'
 import type { Database } from '../db/database.js'
 import type { TokenKind } from '../db/types.js'
-import { DERIVED_STATES, SETTLED, type Settled, type TokenOutcome } from './lifecycle.js'
+import { DERIVED_STATES, NO_EXPIRY, SETTLED, type Settled, type TokenOutcome } from './lifecycle.js'
+
+const NO_EXPIRY_SQL = sql`${sql.lit(NO_EXPIRY.toISOString())}::timestamptz`
 
 // ---- the derived states as SQL ----
 
@@ -24,7 +26,23 @@ function available (alias: string | undefined, holder: RawBuilder<unknown>): Raw
 
 /** Usable (lifecycle.ts), without the expiry: callers add `expires_at > now()` where it matters. */
 export function usable (alias?: string): RawBuilder<SqlBool> {
-  return available(alias, sql`is null`)
+  return sql<SqlBool>`(${available(alias, sql`is null`)} and ${sql.ref(alias ? `${alias}.stopped_at` : 'stopped_at')} is null)`
+}
+
+/**
+ * What a send may claim now: usable, not expired, of the kind asked for (`kind`: a TokenKind or a
+ * reference to one, null: any) and, for a recurring token, past its pacing (`next_send_at`).
+ */
+function sendable (alias: string, kind: unknown): RawBuilder<SqlBool> {
+  const c = (name: string) => sql.ref(`${alias}.${name}`)
+  return sql<SqlBool>`(${usable(alias)} and ${c('expires_at')} > now()
+    and (${kind}::text is null or ${c('kind')} = ${kind}::text)
+    and (${c('kind')} = 'one_time_notif' or ${c('next_send_at')} is null or ${c('next_send_at')} <= now()))`
+}
+
+/** The order a send takes a person's tokens in: a recurring one first (it stays usable), then the soonest to expire. */
+function sendOrder (alias: string): RawBuilder<unknown> {
+  return sql`(${sql.ref(`${alias}.kind`)} = 'one_time_notif'), ${sql.ref(`${alias}.expires_at`)}`
 }
 
 /** Held by `holder` (a notification id, or a reference to one). */
@@ -53,14 +71,18 @@ export interface ClaimTarget {
   payload: string
   psid: string
   notification_id: string
+  /** The kind the send may use; null or absent: any. */
+  kind?: TokenKind | null
   leaseSeconds: number
 }
 
 /**
- * Holds the soonest-expiring usable token of (Page, topic payload, PSID) for one notification, in
- * one statement. SKIP LOCKED hands concurrent claimers different rows (or none) without waiting on
- * each other, across any number of instances. A new send makes the same choice inside its first
- * statement (claimForStarts); this one serves the next token after a refusal.
+ * Holds the person's next sendable token of (Page, topic payload, PSID) for one notification, in
+ * one statement: a recurring one that may send now, else the soonest-expiring one-time one. SKIP
+ * LOCKED hands concurrent claimers different rows (or none) without waiting on each other, across
+ * any number of instances; a held recurring token is not usable, so two sends never share one. A
+ * new send makes the same choice inside its first statement (claimForStarts); this one serves the
+ * next token after a refusal.
  */
 export async function claimToken (db: Database, target: ClaimTarget): Promise<ClaimedToken | undefined> {
   const { rows } = await sql<ClaimedToken>`
@@ -69,10 +91,10 @@ export async function claimToken (db: Database, target: ClaimTarget): Promise<Cl
            lease_expires_at = now() + make_interval(secs => ${target.leaseSeconds}),
            updated_at = now()
      where page_id = ${target.page_id} and id = (
-       select id from optin_tokens
-        where page_id = ${target.page_id} and payload = ${target.payload} and psid = ${target.psid}
-          and kind = 'one_time_notif' and ${usable()} and expires_at > now()
-        order by expires_at
+       select o.id from optin_tokens o
+        where o.page_id = ${target.page_id} and o.payload = ${target.payload} and o.psid = ${target.psid}
+          and ${sendable('o', target.kind ?? null)}
+        order by ${sendOrder('o')}
         limit 1
         for update skip locked)
     returning id, kind, token, expires_at, lease_expires_at`.execute(db)
@@ -80,12 +102,15 @@ export async function claimToken (db: Database, target: ClaimTarget): Promise<Cl
 }
 
 /**
- * The claim of a send's first statement, as two CTEs, `pick` and `claim`: for each row of `source`
- * (columns id: the notification's, page_id, payload, psid, window_open) whose window is closed, the
- * person's soonest-expiring usable token, held for it with a lease of `leaseSeconds`. `claim`
- * returns id, notification_id, kind, token, expires_at, lease_expires_at.
+ * The claim of a send's first statement, as three CTEs, `pick`, `claim` and `cooling`: for each
+ * row of `source` (columns id: the notification's, page_id, payload, psid, window_open, token_kind)
+ * whose window is closed, the person's next sendable token (as claimToken chooses), held for it with
+ * a lease of `leaseSeconds`. `claim` returns id, notification_id, kind, token, expires_at,
+ * lease_expires_at. `cooling` (notification_id, until) names, for each row that claimed nothing,
+ * when its recurring token may send next, if it holds one that is only waiting for its pacing (or
+ * that another send is using now: then a cooldown from now).
  */
-export function claimForStarts (source: string, leaseSeconds: unknown): RawBuilder<unknown> {
+export function claimForStarts (source: string, leaseSeconds: unknown, cooldownSeconds: unknown): RawBuilder<unknown> {
   const go = sql.table(source)
   return sql`
     pick as (
@@ -94,8 +119,8 @@ export function claimForStarts (source: string, leaseSeconds: unknown): RawBuild
           select o.id from optin_tokens o
            where not go.window_open
              and o.page_id = go.page_id and o.payload = go.payload and o.psid = go.psid
-             and o.kind = 'one_time_notif' and ${usable('o')} and o.expires_at > now()
-           order by o.expires_at
+             and ${sendable('o', sql.ref('go.token_kind'))}
+           order by ${sendOrder('o')}
            limit 1
            for update of o skip locked) o
     ), claim as (
@@ -106,6 +131,15 @@ export function claimForStarts (source: string, leaseSeconds: unknown): RawBuild
         from pick
        where o.page_id = pick.page_id and o.id = pick.id
       returning o.id, o.notification_id, o.kind, o.token, o.expires_at, o.lease_expires_at
+    ), cooling as (
+      select go.id as notification_id, (
+        select min(case when o.next_send_at > now() then o.next_send_at else now() + make_interval(secs => ${cooldownSeconds}) end)
+          from optin_tokens o
+         where o.page_id = go.page_id and o.payload = go.payload and o.psid = go.psid and o.kind = 'notification_messages'
+           and o.state = ${sql.lit(DERIVED_STATES.usable.state)} and o.stopped_at is null and o.expires_at > now()
+           and (go.token_kind is null or go.token_kind = 'notification_messages')) as until
+        from ${go} go
+       where not go.window_open and not exists (select 1 from pick where pick.notification_id = go.id)
     )`
 }
 
@@ -135,14 +169,14 @@ export function nextSendAt (alias: string, cooldownSeconds: unknown): RawBuilder
 /**
  * The end of holds, as the body of a CTE over `input`, a relation with the columns
  * `held_page_id` (text), `held_token_id` (bigint), `held_by` (uuid: the notification holding it),
- * `token_to` (a TokenOutcome) and `cooldown_seconds` (float8: a recurring token's cooldown); rows
- * with a null `held_token_id` move nothing. Each row names the holder, so a stale holder (whose lease
+ * and `token_to` (a TokenOutcome); rows with a null `held_token_id` move nothing. A recurring token
+ * that sent starts a cooldown of `cooldownSeconds`. Each row names the holder, so a stale holder (whose lease
  * recovery took over) changes nothing. Returns `held_by` for each token moved, so that the caller
  * writes the notification's side only where its token moved. What each outcome does to a token of
  * each kind is SETTLED (lifecycle.ts): a spent one-time token stays linked to its notification; a
  * token that stays usable (released, or recurring) is free again, its pacing moved as SETTLED says.
  */
-export function settleHolds (input: string): RawBuilder<unknown> {
+export function settleHolds (input: string, cooldownSeconds: number): RawBuilder<unknown> {
   const stateCases = Object.entries(SETTLED).flatMap(([kind, outcomes]) => Object.entries(outcomes).map(([outcome, settled]) =>
     sql`when o.kind = ${sql.lit(kind)} and i.token_to = ${sql.lit(outcome)} then ${sql.lit(settled.state)}`))
   const state = sql`(case ${sql.join(stateCases, sql` `)} end)`
@@ -154,7 +188,7 @@ export function settleHolds (input: string): RawBuilder<unknown> {
            stopped_at = ${bySettled((s) => s.stops === true, sql`now()`, sql`o.stopped_at`)},
            last_sent_at = ${bySettled((s) => s.paces === 'sent', sql`now()`, sql`o.last_sent_at`)},
            next_send_at = ${bySettled((s) => s.paces !== undefined,
-             sql`greatest(o.next_send_at, ${nextSendAt('o', sql.ref('i.cooldown_seconds'))})`, sql`o.next_send_at`)},
+             sql`greatest(o.next_send_at, ${nextSendAt('o', cooldownSeconds)})`, sql`o.next_send_at`)},
            updated_at = now()
       from ${sql.table(input)} i
      where o.page_id = i.held_page_id and o.id = i.held_token_id and ${heldBy(sql.ref('i.held_by'), 'o')}
@@ -162,9 +196,9 @@ export function settleHolds (input: string): RawBuilder<unknown> {
 }
 
 /** One hold as the `input` of settleHolds. */
-export function holdInput (h: Hold, to: TokenOutcome, cooldownSeconds = 0): RawBuilder<unknown> {
+export function holdInput (h: Hold, to: TokenOutcome): RawBuilder<unknown> {
   return sql`select ${h.page_id}::text as held_page_id, ${h.token_id}::bigint as held_token_id, ${h.notification_id}::uuid as held_by,
-                    ${to}::text as token_to, ${cooldownSeconds}::float8 as cooldown_seconds`
+                    ${to}::text as token_to`
 }
 
 /** Pushes the lease forward before another attempt, so recovery does not take over a live send. */
@@ -368,6 +402,86 @@ export function insertTokens (tokensJson: string, input: string): RawBuilder<unk
      order by t.page_id, t.token, t.opted_in_at, t.ord
     on conflict (page_id, token) do nothing
     returning webhook_event_id, state`
+}
+
+/**
+ * Recurring events of a webhook statement (RecurringRecord, with the `ord` of their delivery, joined
+ * to `input`: the deliveries stored now, columns id and ord), applied as CTEs named `rec_in`,
+ * `rec_token`, `rec_replaced` and `rec_written`; `rec_written` returns the event id (`webhook_event_id` of
+ * the delivery that brought it), `state` and `inserted` of each token written. The latest event by
+ * event time wins (an opt-in or resume makes a token active, a stop stops it), so a duplicate or an
+ * older event delivered late changes nothing. A person holds one active recurring token per topic:
+ * a newer opt-in (Meta's re-opt-in, `REFRESHED`) replaces older ones, which carry their pacing over
+ * (a refresh must not open a second message inside the cooldown). A token a send holds is left to
+ * that send. A token value already held as a one-time token is left as it is.
+ */
+export function recordRecurring (recordsJson: string, input: string): RawBuilder<unknown> {
+  const NM = sql.lit('notification_messages')
+  const sameTopic = (a: string, b: string) => sql`${sql.ref(`${a}.page_id`)} = ${sql.ref(`${b}.page_id`)} and ${sql.ref(`${a}.psid`)} = ${sql.ref(`${b}.psid`)}
+    and ${sql.ref(`${a}.payload`)} = ${sql.ref(`${b}.payload`)}`
+  return sql`
+    rec_in as (
+      select r.*, i.id as event_id
+        from jsonb_to_recordset(${recordsJson}::jsonb)
+          as r(ord int, page_id text, psid text, payload text, token text, at timestamptz, event text, title text, frequency text,
+               timezone text, user_token_status text, expires_at timestamptz)
+        join ${sql.table(input)} i on i.ord = r.ord
+    ), rec_token as (
+      select r.page_id, r.token,
+             (array_agg(r.psid order by r.at desc))[1] as psid,
+             (array_agg(r.payload order by r.at desc))[1] as payload,
+             (array_agg(r.event_id order by r.at, r.ord))[1] as event_id,
+             min(r.at) as first_at,
+             min(r.at) filter (where r.event = 'optin') as optin_at,
+             max(r.at) as status_at,
+             (array_agg(case when r.event = 'stop' then r.at end order by r.at desc))[1] as stopped_at,
+             (array_agg(r.title order by r.at desc) filter (where r.title is not null))[1] as title,
+             (array_agg(r.frequency order by r.at desc) filter (where r.frequency is not null))[1] as frequency,
+             (array_agg(r.timezone order by r.at desc) filter (where r.timezone is not null))[1] as timezone,
+             (array_agg(r.user_token_status order by r.at desc) filter (where r.user_token_status is not null))[1] as user_token_status,
+             coalesce(max(r.expires_at) filter (where r.expires_at < ${NO_EXPIRY_SQL}), ${NO_EXPIRY_SQL}) as expires_at
+        from rec_in r
+       group by r.page_id, r.token
+    ), rec_newer as (
+      -- Whether a newer opt-in on the same topic (stored, or in this statement) supersedes each token.
+      select r.*, (
+        exists (select 1 from optin_tokens o where ${sameTopic('o', 'r')} and o.kind = ${NM} and o.token <> r.token
+                   and o.state in ('available', 'replaced') and o.opted_in_at > r.first_at)
+        or exists (select 1 from rec_token n where ${sameTopic('n', 'r')} and n.token <> r.token and n.optin_at > r.first_at)
+      ) as superseded
+        from rec_token r
+    ), rec_replaced as (
+      update optin_tokens o set state = 'replaced', updated_at = now()
+        from rec_token r
+       where ${sameTopic('o', 'r')} and o.kind = ${NM} and o.token <> r.token and r.optin_at is not null and o.opted_in_at < r.optin_at
+         and ${usable('o')}
+         and not exists (select 1 from rec_token x where x.page_id = o.page_id and x.token = o.token)
+      returning o.id
+    ), rec_written as (
+      insert into optin_tokens (kind, page_id, psid, payload, token, opted_in_at, expires_at, state, webhook_event_id, title, frequency,
+                                timezone, user_token_status, stopped_at, status_at, last_sent_at, next_send_at)
+      select ${NM}, r.page_id, r.psid, r.payload, r.token, r.first_at, r.expires_at,
+             case when r.expires_at <= now() then 'expired' when r.superseded then 'replaced' else 'available' end,
+             r.event_id, r.title, r.frequency, r.timezone, r.user_token_status, r.stopped_at, r.status_at,
+             (select max(o.last_sent_at) from optin_tokens o where ${sameTopic('o', 'r')} and o.kind = ${NM}),
+             (select max(o.next_send_at) from optin_tokens o where ${sameTopic('o', 'r')} and o.kind = ${NM})
+        from rec_newer r
+       order by r.page_id, r.token
+      on conflict (page_id, token) do update set
+        stopped_at = case when excluded.status_at > coalesce(optin_tokens.status_at, '-infinity') then excluded.stopped_at else optin_tokens.stopped_at end,
+        status_at = greatest(optin_tokens.status_at, excluded.status_at),
+        opted_in_at = least(optin_tokens.opted_in_at, excluded.opted_in_at),
+        title = coalesce(optin_tokens.title, excluded.title),
+        frequency = coalesce(optin_tokens.frequency, excluded.frequency),
+        timezone = coalesce(optin_tokens.timezone, excluded.timezone),
+        user_token_status = coalesce(excluded.user_token_status, optin_tokens.user_token_status),
+        expires_at = case when excluded.expires_at < ${NO_EXPIRY_SQL} and (optin_tokens.expires_at >= ${NO_EXPIRY_SQL} or excluded.expires_at > optin_tokens.expires_at)
+                          then excluded.expires_at else optin_tokens.expires_at end,
+        state = case when excluded.state = 'replaced' and ${usable('optin_tokens')} then 'replaced' else optin_tokens.state end,
+        updated_at = now()
+       where optin_tokens.kind = ${NM}
+      returning webhook_event_id, state, (xmax = 0) as inserted
+    )`
 }
 
 // ---- metrics ----

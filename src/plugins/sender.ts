@@ -14,7 +14,7 @@ declare module 'fastify' {
  * (every send, whichever path it comes by, shares it), the Graph client, and the outcome counter.
  */
 export default fp(async (app) => {
-  const steps = batchedSteps(app.db, app.config.TOKEN_LEASE_SECONDS)
+  const steps = batchedSteps(app.db, app.config.TOKEN_LEASE_SECONDS, 100, 2, app.config.RECURRING_COOLDOWN_HOURS * 3600)
   app.decorate('sender', createSender({
     db: app.db, graph: app.graph, config: app.config, steps, log: app.log, onFinal: app.notificationFinished,
   }))

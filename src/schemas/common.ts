@@ -19,6 +19,7 @@ export const ProblemSchema = Type.Object({
     fbtrace_id: Type.Union([Type.String(), Type.Null()]),
   }, { description: 'What the Graph API answered, when Meta refused.' })),
   retry_after_seconds: Type.Optional(Type.Integer()),
+  next_send_at: Type.Optional(Type.String({ format: 'date-time', description: 'recurring_cooldown: when the person\'s recurring token may send again.' })),
   usable_tokens: Type.Optional(Type.Integer()),
   notification: Type.Optional(Type.Any({ description: 'The recorded attempt, when one was recorded.' })),
   optin_request: Type.Optional(Type.Any({ description: 'The recorded opt-in request, when one was sent.' })),

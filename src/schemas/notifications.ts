@@ -59,7 +59,13 @@ export const CreateNotificationBodySchema = Type.Object({
   tag: Type.Optional(MessageTagSchema),
   use_window: Type.Optional(Type.Boolean({
     default: true,
-    description: 'When the person wrote to the Page in the last 24 hours, send a standard message and keep the token. false: always spend a token.',
+    description: 'When the person wrote to the Page in the last 24 hours, send a standard message and keep the token. false: always use a token.',
+  })),
+  token_kind: Type.Optional(Type.Union([Type.Literal('one_time_notif'), Type.Literal('notification_messages')], {
+    description: 'The kind of token the send may use when the window is closed (or use_window is false). Omitted: any — a recurring ' +
+      'notification token that may send now, else a one-time (OTN) token. notification_messages: only a recurring token (429 ' +
+      'recurring_cooldown while it may not send yet); one_time_notif: only a one-time token.',
+    examples: ['notification_messages'],
   })),
 }, { additionalProperties: false })
 export type CreateNotificationBody = Static<typeof CreateNotificationBodySchema>

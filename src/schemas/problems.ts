@@ -37,6 +37,7 @@ export const PROBLEMS: Record<ProblemCode, ProblemKind> = {
   path_parameter_too_long: problem(414), body_too_large: problem(413), unsupported_media_type: problem(415),
   idempotency_conflict: problem(422), graph_request_invalid: problem(422), graph_message_refused: problem(422),
   optin_request_throttled: problem(429, true), graph_rate_limited: problem(429, true),
+  recurring_cooldown: problem(429, true), graph_frequency_limited: problem(429, true),
   graph_token_refused: problem(502), graph_recipient_invalid: problem(502), graph_topic_stopped: problem(502),
   graph_person_unavailable: problem(502), graph_page_restricted: problem(502), graph_page_token_invalid: problem(502),
   graph_permission_missing: problem(502), graph_optin_restricted: problem(502), graph_error: problem(502),

@@ -1,6 +1,6 @@
 import { readdirSync, readFileSync } from 'node:fs'
 import t from 'tap'
-import { eventTimeMs, parseDelivery, type Delivery } from '../../src/domain/ingest.js'
+import { eventTimeMs, parseDelivery, type Delivery, type RecurringRecord } from '../../src/domain/ingest.js'
 import { OTN_TOKEN_LIFETIME_MS } from '../../src/domain/window.js'
 
 const RECEIVED = new Date('2026-12-02T10:00:00.000Z')
@@ -29,7 +29,8 @@ t.test('event times: milliseconds, seconds, numeric strings; absent or implausib
 })
 
 /** Every real body we hold: what it parses to (its source: test/fixtures/meta/SOURCES.md). */
-const EXPECTED: Record<string, Partial<Delivery> | 'invalid'> = {
+type Expected = Omit<Partial<Delivery>, 'recurring'> & { recurring?: Array<Partial<RecurringRecord>> }
+const EXPECTED: Record<string, Expected | 'invalid'> = {
   'botman-checkbox-optin-no-sender.json': { interactions: 0, skipped: { unsupported_optin: 1 } },
   'botman-echo.json': { interactions: 0, skipped: { echo: 1 } },
   'botman-read.json': { interactions: 0, skipped: { receipt: 1 } },
@@ -40,8 +41,8 @@ const EXPECTED: Record<string, Partial<Delivery> | 'invalid'> = {
   'courier-echo-no-entry-time.json': { interactions: 0, skipped: { echo: 1 } },
   'courier-instagram-echo.json': { object: 'instagram', interactions: 0, skipped: { not_page_object: 1 } },
   'courier-instagram-like-heart.json': { object: 'instagram', interactions: 0, skipped: { not_page_object: 1 } },
-  'courier-notification-messages-optin.json': { interactions: 0, skipped: { unsupported_optin: 1 } },
-  'courier-notification-messages-stop.json': { interactions: 0, skipped: { unsupported_optin: 1 } },
+  'courier-notification-messages-optin.json': { interactions: 0, skipped: {}, recurring: [{ event: 'optin' }] },
+  'courier-notification-messages-stop.json': { interactions: 0, skipped: {}, recurring: [{ event: 'stop' }] },
   'courier-optin-ref.json': { interactions: 0, skipped: { unsupported_optin: 1 } },
   'courier-optin-user-ref.json': { interactions: 0, skipped: { unsupported_optin: 1 } },
   'courier-postback-referral.json': { interactions: 1, skipped: {} },
@@ -56,7 +57,8 @@ const EXPECTED: Record<string, Partial<Delivery> | 'invalid'> = {
   'meta-docs-echo-standby-template.json': { interactions: 0, skipped: { echo: 1 } },
   'meta-docs-message-attachment-entry.json': { interactions: 0, rejected_events: 1, skipped: { invalid_page_id: 1 } },
   'meta-docs-message-text-quick-reply.json': { interactions: 0, rejected_events: 1, skipped: { invalid_page_id: 1 } },
-  'meta-docs-notification-messages-optin-placeholders.json': { interactions: 0, skipped: { unsupported_optin: 1 } },
+  // Meta's placeholders ("<PAGE_ID>") are no ids: the recurring opt-in is read, and rejected for its Page.
+  'meta-docs-notification-messages-optin-placeholders.json': { interactions: 0, rejected_events: 1, skipped: { invalid_page_id: 1 } },
   // Meta's field/value sample is not a delivery (the App Dashboard wraps it in entry[].changes).
   'meta-docs-postbacks-field-value-string-timestamp.json': 'invalid',
   'meta-docs-reaction.json': { interactions: 0, rejected_events: 1, skipped: { invalid_page_id: 1 } },
@@ -171,4 +173,61 @@ t.test('ids, tokens and payloads the service could never address are rejected pe
   t.same(d.tokens.map((x) => x.token), ['tok-good', 'tok-json-payload'])
   t.same(d.skipped, { invalid_psid: 2, invalid_page_id: 1, invalid_token: 3, invalid_payload: 1 })
   t.equal(d.rejected_events, 7)
+})
+
+t.test("recurring opt-ins as Meta delivers them: courier's opt-in (frequency, expiry) and stop; Meta's documented fields with real ids", async (t) => {
+  const optin = parseDelivery(Buffer.from(fixture('courier-notification-messages-optin.json')), RECEIVED)
+  t.same(optin.recurring, [{
+    page_id: '1234567890', psid: '5678', payload: '3456', token: '12345678901234567890', at: new Date(1459991487970).toISOString(),
+    event: 'optin', title: 'Bird Facts', frequency: 'DAILY', timezone: 'UTC', user_token_status: 'NOT_REFRESHED',
+    expires_at: new Date(2145916800000).toISOString(),
+  }])
+  t.same(optin.tokens, [], 'not a one-time token')
+  t.same(optin.subscribers.map((s) => s.last_interaction_at), [null], 'an opt-in does not open the window')
+  const stop = parseDelivery(Buffer.from(fixture('courier-notification-messages-stop.json')), RECEIVED)
+  t.match(stop.recurring, [{ page_id: '12345', token: '12345678901234567890', event: 'stop', timezone: null }])
+
+  // Meta's reference example with its placeholders replaced, as a real delivery has them: the status with a space.
+  const raw = fixture('meta-docs-notification-messages-optin-placeholders.json')
+    .replace(/PAGE-ID/g, '1000001').replace(/"PSID"/g, '"4242"').replace(/"TIMESTAMP"/g, '"1764669000000"')
+    .replace('FREQUENCY', 'WEEKLY').replace('TIMEZONE-ID', 'Europe/Berlin').replace('TOKEN-STATUS', 'REFRESHED')
+    .replace('NOTIFICATION-STATUS', 'STOP NOTIFICATIONS')
+  const d = parseDelivery(Buffer.from(raw), RECEIVED)
+  t.match(d.recurring, [{ event: 'stop', frequency: 'WEEKLY', timezone: 'Europe/Berlin', user_token_status: 'REFRESHED', title: 'TITLE',
+    at: '2025-12-02T09:50:00.000Z', expires_at: '2025-12-02T09:50:00.000Z' }])
+})
+
+t.test('recurring events: both spellings of the status, expiry from the frequency when Meta gives none, none without frequency', async (t) => {
+  const at = Date.UTC(2026, 0, 31, 12)
+  const ev = (token: string, extra: Record<string, unknown>) => ({
+    sender: { id: '4242' }, recipient: { id: '1000001' }, timestamp: at,
+    optin: { type: 'notification_messages', payload: 'deals', notification_messages_token: token, title: 'Deals', ...extra },
+  })
+  const body = {
+    object: 'page',
+    entry: [{
+      id: '1000001',
+      messaging: [
+        ev('tok-daily', { notification_messages_frequency: 'DAILY' }),
+        ev('tok-weekly', { notification_messages_frequency: 'weekly' }),
+        ev('tok-monthly', { notification_messages_frequency: 'MONTHLY', token_expiry_timestamp: '1780000000' }),
+        ev('tok-none', { notification_messages_timezone: 'Mars/Olympus_Mons' }),
+        ev('tok-stop-space', { notification_messages_status: 'STOP NOTIFICATIONS' }),
+        ev('tok-stop-underscore', { notification_messages_status: 'STOP_NOTIFICATIONS' }),
+        ev('tok-resume', { notification_messages_status: 'RESUME NOTIFICATIONS' }),
+        ev('tok-resume-underscore', { notification_messages_status: 'resume_notifications' }),
+        { sender: { id: '4242' }, recipient: { id: '1000001' }, optin: { type: 'notification_messages', payload: 'deals' } },
+      ],
+    }],
+  }
+  const d = parseDelivery(Buffer.from(JSON.stringify(body)), RECEIVED)
+  const by = Object.fromEntries(d.recurring.map((r) => [r.token, r]))
+  t.equal(by['tok-daily'].expires_at, '2026-07-31T12:00:00.000Z', 'daily: 6 months')
+  t.equal(by['tok-weekly'].expires_at, '2026-10-31T12:00:00.000Z', 'weekly (any case): 9 months')
+  t.equal(by['tok-weekly'].frequency, 'WEEKLY')
+  t.equal(by['tok-monthly'].expires_at, new Date(1780000000 * 1000).toISOString(), "Meta's expiry wins (here in seconds)")
+  t.equal(by['tok-none'].expires_at, '9999-12-31T00:00:00.000Z', 'no frequency, no expiry: none')
+  t.equal(by['tok-none'].timezone, null, 'an unknown time zone is not kept')
+  t.same(d.recurring.map((r) => r.event), ['optin', 'optin', 'optin', 'optin', 'stop', 'stop', 'resume', 'resume'])
+  t.same(d.skipped, { invalid_token: 1 }, 'no token: rejected')
 })

@@ -9,6 +9,7 @@ import type { GraphErrorClass } from '../../src/graph/errors.js'
 
 const at = (s: Partial<SendSituation>): SendSituation =>
   ({ kind: 'one_time_notif', route: 'token', ambiguous: false, exhausted: false, recovering: false, ...s })
+const rec = (s: Partial<SendSituation>): SendSituation => at({ kind: 'notification_messages', route: 'recurring', ...s })
 const refused = (cause: GraphErrorClass): SendEvent => ({ kind: 'refused', cause })
 
 const CASES: Array<[string, SendSituation, SendEvent, Partial<Decision>]> = [
@@ -39,11 +40,21 @@ const CASES: Array<[string, SendSituation, SendEvent, Partial<Decision>]> = [
   ['token: Meta names the token', at({}), refused('token_invalid'), { next: 'next_token', token: 'invalid' }],
   ['token: bare (#100)', at({}), refused('message_refused'), { status: 'failed', token: 'invalid', code: 'graph_message_refused', discardOthers: undefined }],
   ['token: topic stopped', at({}), refused('topic_stopped'), { status: 'failed', token: 'invalid', discardOthers: true, code: 'graph_topic_stopped' }],
+  // recurring tokens: reusable, never re-sent after a lost answer
+  ['recurring: cooling down', rec({}), { kind: 'cooling' }, { next: 'finish', status: 'failed', code: 'recurring_cooldown', token: undefined }],
+  ['recurring: unanswered is not re-sent', rec({}), { kind: 'unanswered' }, { next: 'finish', status: 'unconfirmed', token: 'unconfirmed', code: 'graph_unconfirmed' }],
+  ['recurring: a refusal after a lost answer (recovery)', rec({ ambiguous: true, recovering: true }), refused('temporary'), { status: 'unconfirmed', token: 'unconfirmed' }],
+  ['recurring: unreachable after a lost answer (recovery)', rec({ ambiguous: true, recovering: true }), { kind: 'unreachable' }, { status: 'unconfirmed', token: 'unconfirmed' }],
+  ['recurring: Meta\'s frequency limit', rec({}), refused('frequency_limited'), { status: 'failed', token: 'deferred', code: 'recurring_cooldown', retryAfterSeconds: RATE_LIMIT_RETRY_AFTER_SECONDS }],
+  ['recurring: stopped at Meta', rec({}), refused('topic_stopped'), { status: 'failed', token: 'stopped', code: 'graph_topic_stopped', discardOthers: undefined }],
+  ['recurring: accepted (the shared row)', rec({}), { kind: 'accepted' }, { status: 'sent', token: 'used', code: 'sent' }],
+  ['recurring: unreachable, tries left (the shared row)', rec({}), { kind: 'unreachable' }, { next: 'retry' }],
   // both routes
   ['window: bare (#100)', at({ route: 'window' }), refused('message_refused'), { status: 'failed', code: 'graph_message_refused' }],
   ['window: topic stopped', at({ route: 'window' }), refused('topic_stopped'), { status: 'failed', code: 'graph_topic_stopped', discardOthers: undefined }],
   ['temporary', at({}), refused('temporary'), { status: 'failed', token: 'released', code: 'graph_temporary', retryAfterSeconds: TEMPORARY_RETRY_AFTER_SECONDS }],
   ['rate limited', at({ route: 'window' }), refused('rate_limited'), { status: 'failed', code: 'graph_rate_limited', retryAfterSeconds: RATE_LIMIT_RETRY_AFTER_SECONDS }],
+  ['frequency limit off the recurring route', at({}), refused('frequency_limited'), { status: 'failed', token: 'released', code: 'graph_frequency_limited', retryAfterSeconds: RATE_LIMIT_RETRY_AFTER_SECONDS }],
   ['person unavailable', at({}), refused('person_unavailable'), { status: 'failed', token: 'released', code: 'graph_person_unavailable', pageUnhealthy: undefined }],
   ['Page restricted', at({}), refused('page_restricted'), { status: 'failed', token: 'released', code: 'graph_page_restricted', pageUnhealthy: true }],
   ['Page token invalid', at({ route: 'window' }), refused('page_token_invalid'), { code: 'graph_page_token_invalid', pageUnhealthy: true }],
@@ -63,16 +74,18 @@ t.test('one case per row of the transition table: the row it meets, and what it 
 })
 
 t.test('every situation meets a row, and each decision is complete', async (t) => {
-  const kinds: TokenKind[] = ['one_time_notif', 'notification_messages']
-  const routes: Route[] = ['window', 'token']
-  const causes: GraphErrorClass[] = ['temporary', 'rate_limited', 'outside_window', 'person_unavailable', 'topic_stopped', 'page_restricted',
+  // Each kind on the routes it can take.
+  const paths: Array<[TokenKind, Route]> = [['one_time_notif', 'window'], ['notification_messages', 'window'], ['one_time_notif', 'token'], ['notification_messages', 'recurring']]
+  const causes: GraphErrorClass[] = ['temporary', 'rate_limited', 'frequency_limited', 'outside_window', 'person_unavailable', 'topic_stopped', 'page_restricted',
     'token_invalid', 'message_refused', 'page_token_invalid', 'permission', 'request_invalid', 'unknown']
   const events: SendEvent[] = [{ kind: 'accepted' }, { kind: 'unanswered' }, { kind: 'unreachable' }, { kind: 'target_gone', code: 'topic_not_found' },
     ...causes.map(refused)]
   let checked = 0
-  for (const kind of kinds) {
-    for (const route of routes) {
-      for (const event of [...events, ...(route === 'token' ? [{ kind: 'no_token' } as const, { kind: 'token_limit' } as const] : [])]) {
+  for (const [kind, route] of paths) {
+    {
+      const tokenRoute = route !== 'window'
+      for (const event of [...events, ...(tokenRoute ? [{ kind: 'no_token' } as const, { kind: 'token_limit' } as const] : []),
+        ...(route === 'recurring' ? [{ kind: 'cooling' } as const] : [])]) {
         for (const ambiguous of [false, true]) {
           for (const exhausted of [false, true]) {
             for (const recovering of [false, true]) {
@@ -81,12 +94,13 @@ t.test('every situation meets a row, and each decision is complete', async (t) =
               const name = JSON.stringify({ kind, route, event, ambiguous, exhausted, recovering })
               if (d.next === 'finish') {
                 t.ok(d.status && d.code, `${name}: a final status and a code`)
-                if (route === 'token' && d.status !== 'no_token' && event.kind !== 'token_limit') t.ok(d.token, `${name}: the held token's fate`)
+                if (tokenRoute && d.status !== 'no_token' && event.kind !== 'token_limit' && event.kind !== 'cooling') t.ok(d.token, `${name}: the held token's fate`)
               }
               if (d.next === 'defer') t.ok(recovering, `${name}: only recovery defers`)
               if (d.status === 'sent') t.equal(event.kind, 'accepted', `${name}: only Meta's acceptance is sent`)
-              const holds = event.kind !== 'no_token' && event.kind !== 'token_limit'
-              if (ambiguous && route === 'token' && holds && d.next === 'finish') t.ok(['used', 'unconfirmed'].includes(d.token!), `${name}: after a lost answer a token is never released`)
+              const holds = event.kind !== 'no_token' && event.kind !== 'token_limit' && event.kind !== 'cooling'
+              if (route === 'recurring' && (ambiguous || event.kind === 'unanswered')) t.not(d.next, 'retry', `${name}: a recurring token is never re-sent after a lost answer`)
+              if (ambiguous && tokenRoute && holds && d.next === 'finish') t.ok(['used', 'unconfirmed'].includes(d.token!), `${name}: after a lost answer a token is never released`)
               if (event.kind === 'refused') t.equal(d.pageUnhealthy ?? false, PAGE_LEVEL.has(event.cause), `${name}: the Page's health follows the cause`)
             }
           }

@@ -29,14 +29,14 @@ async function seed (tokens: Array<{ psid?: string, payload?: string, state?: 'a
 
 /** Ends one hold alone; true when this holder moved it. */
 async function settleToken (db: Database, h: Hold, to: TokenOutcome): Promise<boolean> {
-  const { rows } = await sql<{ held_by: string }>`with input as (${holdInput(h, to)}), moved as (${settleHolds('input')}) select held_by from moved`.execute(db)
+  const { rows } = await sql<{ held_by: string }>`with input as (${holdInput(h, to)}), moved as (${settleHolds('input', 0)}) select held_by from moved`.execute(db)
   return rows.length > 0
 }
 
 const target = (page_id: string, extra: Partial<{ psid: string, payload: string }> = {}) =>
   ({ page_id, payload: 'topic', psid: 'p1', notification_id: randomUUID(), leaseSeconds: 60, ...extra })
 
-t.test('claims the soonest-expiring usable token of that person and topic, and only such', async (t) => {
+t.test('claims a recurring token that may send, else the soonest-expiring one-time token of that person and topic, and only such', async (t) => {
   const { db, page_id, ids } = await seed([
     { expiresInDays: 30 },
     { expiresInDays: 5 },
@@ -46,9 +46,10 @@ t.test('claims the soonest-expiring usable token of that person and topic, and o
     { expiresInDays: 1, payload: 'other-topic' },
     { expiresInDays: 1, kind: 'notification_messages' },
   ])
+  t.equal((await claimToken(db, target(page_id)))?.id, ids[6], 'a recurring token that may send now comes first')
   const first = target(page_id)
   const claimed = await claimToken(db, first)
-  t.equal(claimed?.id, ids[1], 'soonest expiry first')
+  t.equal(claimed?.id, ids[1], 'then the soonest expiry')
   t.equal(claimed?.token, `tok-${page_id}-1`)
   t.ok(claimed!.lease_expires_at.getTime() > Date.now() + 50_000, 'the lease runs from now')
   const row = await db.selectFrom('optin_tokens').selectAll().where('id', '=', ids[1]).executeTakeFirstOrThrow()

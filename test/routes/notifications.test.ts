@@ -4,7 +4,7 @@ import { auth, build, LogCapture, uniquePageId } from '../helper.js'
 import { NO_ANSWER_LOG } from '../../src/domain/send.js'
 import { appsecretProof } from '../../src/graph/client.js'
 import {
-  APP_SECRET, FAST_TIMEOUT, giveTokens, graphEnv, newPsid, notify, openWindow, scripted, tokenStates, world,
+  APP_SECRET, FAST_TIMEOUT, giveTokens, graphEnv, newPsid, notify, openWindow, recurringEvent, recurringRows, scripted, tokenStates, world,
 } from '../fixtures/otn.js'
 
 const text = (s = 'Your size is back in stock') => ({ text: s })
@@ -133,7 +133,7 @@ t.test('a token Meta refuses is marked invalid and the next one is tried; none l
 t.test('Meta refusals that are not about the token give it back and answer what the caller can act on', async (t) => {
   const cases = [
     { name: 'rate limit', faults: { errorRate: 1, error: { code: 613 } }, status: 429, code: 'graph_rate_limited', graph: { code: 613 }, retryAfter: '60' },
-    { name: 'frequency limit', faults: { errorRate: 1, error: { code: 4, subcode: 2018354 } }, status: 429, code: 'graph_rate_limited', graph: { code: 4, subcode: 2018354 }, retryAfter: '60' },
+    { name: 'frequency limit (on a one-time token)', faults: { errorRate: 1, error: { code: 4, subcode: 2018354 } }, status: 429, code: 'graph_frequency_limited', graph: { code: 4, subcode: 2018354 }, retryAfter: '60' },
     { name: 'temporary', faults: { errorRate: 1, error: { code: 2, subcode: 2018344 } }, status: 503, code: 'graph_temporary', graph: { code: 2 }, retryAfter: '5' },
     { name: 'HTTP 5xx without a Graph body', faults: { http5xxRate: 1 }, status: 503, code: 'graph_temporary', graph: { code: null } },
     { name: 'page restricted', faults: { errorRate: 1, error: { code: 10, subcode: 1893063 } }, status: 502, code: 'graph_page_restricted', graph: { code: 10, subcode: 1893063 }, unhealthy: true },
@@ -607,7 +607,7 @@ t.test("person-level refusals keep the token and leave the Page healthy; Page-le
 t.test('every throttling answer Meta documents is a 429 with Retry-After, and the token is kept', async (t) => {
   const w = await world(t)
   const throttles: Array<{ code: number, subcode?: number }> = [
-    { code: 4 }, { code: 4, subcode: 2018354 }, { code: 17 }, { code: 32 }, { code: 341 }, { code: 613 }, { code: 613, subcode: 2534040 }, { code: 613, subcode: 1893016 },
+    { code: 4 }, { code: 17 }, { code: 32 }, { code: 341 }, { code: 613 }, { code: 613, subcode: 2534040 }, { code: 613, subcode: 1893016 },
   ]
   for (const error of throttles) {
     const name = `${error.code}/${error.subcode ?? '-'}`
@@ -677,4 +677,175 @@ t.test('Meta answering HTTP 200 with an error body: nothing was sent, the token 
   t.equal(res.statusCode, 502)
   t.match(res.json(), { code: 'graph_error', graph: { code: 36000, message: 'The image size is too large.' }, notification: { status: 'failed', token_state: 'released' } })
   t.same(await tokenStates(w.db, [token.id]), ['available'])
+})
+
+// ---- recurring notifications (notification_messages) ----
+
+const HOUR_MS = 3_600_000
+
+/** The first instant after `from` at which it is 00:00 on `weekday` (0 = Sunday … 1 = Monday), or on any day, in `timeZone`, found by walking quarter hours. */
+function nextLocalMidnight (from: number, timeZone: string, weekday?: number): number {
+  const parts = new Intl.DateTimeFormat('en-US', { timeZone, weekday: 'short', hour: '2-digit', minute: '2-digit', hourCycle: 'h23' })
+  const days = ['Sun', 'Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat']
+  for (let at = Math.ceil((from + 1) / 900_000) * 900_000; ; at += 900_000) {
+    const p = Object.fromEntries(parts.formatToParts(new Date(at)).map((x) => [x.type, x.value]))
+    if (p.hour === '00' && p.minute === '00' && (weekday === undefined || days.indexOf(p.weekday) === weekday)) return at
+  }
+}
+
+t.test('recurring: the window closed, a recurring token sends, stays usable and starts its cooldown; the next send is a 429 with next_send_at', async (t) => {
+  const logs = new LogCapture()
+  const w = await world(t, { env: { LOG_LEVEL: 'info' }, deps: { logStream: logs } })
+  const psid = newPsid()
+  const token = await recurringEvent(w, psid, { frequency: 'DAILY', timezone: 'UTC' })
+
+  const res = await notify(w.app, { topic_id: w.topic.id, psid, message: text('Deal of the day') })
+  t.equal(res.statusCode, 201, res.body)
+  t.match(res.json(), { status: 'sent', route: 'recurring', token_state: 'used', attempts: 1 })
+  const [request] = w.emulator.requests
+  t.same(request.recipient, { notification_messages_token: token }, 'Meta gets the recurring token as the recipient')
+  t.equal(request.messagingType, 'UPDATE')
+  t.equal(w.emulator.inbox(w.pageId, psid)[0]?.via, 'notification_messages_token')
+
+  const [row] = await recurringRows(w.db, w.pageId, psid)
+  t.match(row, { state: 'available', notification_id: null, lease_expires_at: null, stopped_at: null }, 'kept: usable again after its pacing')
+  const sentAt = row.last_sent_at!.getTime()
+  t.ok(Math.abs(sentAt - Date.now()) < 60_000, 'last_sent_at is the send')
+  t.equal(row.next_send_at!.getTime(), sentAt + 48 * HOUR_MS, 'the 48-hour cooldown outlasts the day')
+
+  const again = await notify(w.app, { topic_id: w.topic.id, psid, message: text('Another deal') })
+  t.equal(again.statusCode, 429, again.body)
+  const problem = again.json()
+  t.match(problem, { code: 'recurring_cooldown', next_send_at: row.next_send_at!.toISOString(), notification: { status: 'failed', route: 'recurring', attempts: 0 } })
+  const retryAfter = Number(again.headers['retry-after'])
+  t.ok(Math.abs(retryAfter - (row.next_send_at!.getTime() - Date.now()) / 1000) < 5, `Retry-After ${retryAfter} s is the wait until next_send_at`)
+  t.equal(w.emulator.requests.length, 1, 'nothing went to Meta')
+  t.notOk(logs.text.includes(token), 'the token is not logged')
+  t.notOk(again.body.includes(token) || res.body.includes(token), 'nor answered')
+
+  // A one-time token on the same topic is the way when the recurring one must wait.
+  const [otn] = await giveTokens(w, psid, 1)
+  const third = await notify(w.app, { topic_id: w.topic.id, psid, message: text('Restocked') })
+  t.equal(third.statusCode, 201, third.body)
+  t.match(third.json(), { route: 'token' })
+  t.same(await tokenStates(w.db, [otn.id]), ['used'])
+  t.same(w.emulator.requests[1].recipient, { one_time_notif_token: otn.token })
+
+  // The caller may insist on a kind.
+  const onlyRecurring = await notify(w.app, { topic_id: w.topic.id, psid, message: text(), token_kind: 'notification_messages' })
+  t.equal(onlyRecurring.statusCode, 429)
+  t.match(onlyRecurring.json(), { code: 'recurring_cooldown' })
+  const onlyOtn = await notify(w.app, { topic_id: w.topic.id, psid, message: text(), token_kind: 'one_time_notif' })
+  t.equal(onlyOtn.statusCode, 409)
+  t.match(onlyOtn.json(), { code: 'no_token' })
+})
+
+t.test('recurring: the window first (the token untouched), a stopped token never sends, resume brings it back', async (t) => {
+  const w = await world(t)
+  const psid = newPsid()
+  const t0 = Date.now() - 60_000
+  await recurringEvent(w, psid, { at: t0 })
+  await openWindow(w, psid)
+  const inWindow = await notify(w.app, { topic_id: w.topic.id, psid, message: text() })
+  t.match(inWindow.json(), { status: 'sent', route: 'window' })
+  t.match((await recurringRows(w.db, w.pageId, psid))[0], { last_sent_at: null, next_send_at: null }, 'the window spends no pacing')
+
+  const other = newPsid()
+  const token = await recurringEvent(w, other, { at: t0 })
+  await recurringEvent(w, other, { token, at: t0 + 1000, status: 'STOP NOTIFICATIONS' })
+  const stopped = await notify(w.app, { topic_id: w.topic.id, psid: other, message: text() })
+  t.equal(stopped.statusCode, 409)
+  t.match(stopped.json(), { code: 'no_token' })
+  await recurringEvent(w, other, { token, at: t0 + 2000, status: 'RESUME_NOTIFICATIONS' })
+  const resumed = await notify(w.app, { topic_id: w.topic.id, psid: other, message: text() })
+  t.equal(resumed.statusCode, 201, resumed.body)
+  t.match(resumed.json(), { route: 'recurring' })
+})
+
+t.test("recurring: Meta's answers — frequency limit keeps the token and records when, a stop at Meta stops it, an invalid token is set aside for the next", async (t) => {
+  const w = await world(t)
+  const limited = newPsid()
+  await recurringEvent(w, limited)
+  w.emulator.setFaults({ errorRate: 1, error: { code: 4, subcode: 2018354, message: '(#4) Notification frequency limit reached' } })
+  const res = await notify(w.app, { topic_id: w.topic.id, psid: limited, message: text() })
+  t.equal(res.statusCode, 429, res.body)
+  t.match(res.json(), { code: 'recurring_cooldown', graph: { code: 4, subcode: 2018354 }, notification: { token_state: 'deferred', route: 'recurring' } })
+  t.equal(res.headers['retry-after'], '60')
+  const [kept] = await recurringRows(w.db, w.pageId, limited)
+  t.match(kept, { state: 'available', notification_id: null, last_sent_at: null, stopped_at: null })
+  t.ok(kept.next_send_at!.getTime() > Date.now() + 47 * HOUR_MS, 'the next send time is recorded')
+
+  const stopping = newPsid()
+  await recurringEvent(w, stopping)
+  w.emulator.setFaults({ errorRate: 1, error: { code: 10, subcode: 1893015, message: '(#10) This person has stopped these notifications' } })
+  const stoppedRes = await notify(w.app, { topic_id: w.topic.id, psid: stopping, message: text() })
+  t.equal(stoppedRes.statusCode, 502, stoppedRes.body)
+  t.match(stoppedRes.json(), { code: 'graph_topic_stopped', notification: { token_state: 'stopped' } })
+  const [stoppedRow] = await recurringRows(w.db, w.pageId, stopping)
+  t.match(stoppedRow, { state: 'available', notification_id: null })
+  t.type(stoppedRow.stopped_at, Date, 'stopped until the person resumes')
+
+  w.emulator.clearFaults()
+  const refused = newPsid()
+  await recurringEvent(w, refused, { token: 'rec-token-meta-does-not-know-0001' })
+  const [otn] = await giveTokens(w, refused, 1)
+  const next = await notify(w.app, { topic_id: w.topic.id, psid: refused, message: text() })
+  t.equal(next.statusCode, 201, next.body)
+  t.match(next.json(), { route: 'token', tokens_refused: 1 })
+  t.match((await recurringRows(w.db, w.pageId, refused))[0], { state: 'invalid' })
+  t.same(await tokenStates(w.db, [otn.id]), ['used'])
+})
+
+t.test('recurring: no answer is never re-sent with a reusable token; it ends unconfirmed and keeps the cooldown', async (t) => {
+  const w = await world(t, { env: FAST_TIMEOUT })
+  const psid = newPsid()
+  await recurringEvent(w, psid)
+  w.emulator.setFaults({ hangRate: 1 })
+  const res = await notify(w.app, { topic_id: w.topic.id, psid, message: text() })
+  t.equal(res.statusCode, 504, res.body)
+  t.match(res.json(), { code: 'graph_unconfirmed', notification: { status: 'unconfirmed', attempts: 1, token_state: 'unconfirmed', route: 'recurring' } })
+  t.equal(w.emulator.requests.length, 1, 'one attempt, not GRAPH_API_MAX_RETRIES + 1')
+  const [row] = await recurringRows(w.db, w.pageId, psid)
+  t.match(row, { state: 'available', notification_id: null })
+  t.ok(row.next_send_at!.getTime() > Date.now() + 47 * HOUR_MS, 'the cooldown holds: the message may have arrived')
+  w.emulator.clearFaults()
+  const again = await notify(w.app, { topic_id: w.topic.id, psid, message: text() })
+  t.equal(again.statusCode, 429)
+})
+
+t.test('recurring: one message per calendar period in the token\'s time zone, else the Page\'s; Retry-After and next_send_at across the boundary', async (t) => {
+  const w = await world(t, { env: { RECURRING_COOLDOWN_HOURS: '0' } })
+  const cases = [
+    { name: 'weekly in Pacific/Auckland (the token\'s zone)', event: { frequency: 'WEEKLY', timezone: 'Pacific/Auckland' } as const, zone: 'Pacific/Auckland', weekday: 1 },
+    { name: 'daily in America/Los_Angeles (the Page\'s zone)', event: { frequency: 'DAILY' } as const, zone: 'America/Los_Angeles', page: 'America/Los_Angeles' },
+    { name: 'daily without any zone: UTC', event: { frequency: 'DAILY' } as const, zone: 'UTC' },
+  ]
+  for (const c of cases) {
+    await w.db.updateTable('pages').set({ timezone: c.page ?? 'UTC' }).where('id', '=', w.pageId).execute()
+    const psid = newPsid()
+    await recurringEvent(w, psid, c.event)
+    const sent = await notify(w.app, { topic_id: w.topic.id, psid, message: text() })
+    t.equal(sent.statusCode, 201, `${c.name}: ${sent.body}`)
+    const expected = nextLocalMidnight(Date.now() - 5_000, c.zone, c.weekday)
+    const [row] = await recurringRows(w.db, w.pageId, psid)
+    t.equal(row.next_send_at!.toISOString(), new Date(expected).toISOString(), `${c.name}: the next period starts at local midnight`)
+    const again = await notify(w.app, { topic_id: w.topic.id, psid, message: text() })
+    t.equal(again.statusCode, 429, c.name)
+    t.equal(again.json().next_send_at, new Date(expected).toISOString(), `${c.name}: next_send_at`)
+    const retryAfter = Number(again.headers['retry-after'])
+    t.ok(Math.abs(retryAfter - (expected - Date.now()) / 1000) <= 5, `${c.name}: Retry-After ${retryAfter} s`)
+  }
+})
+
+t.test('recurring: concurrent sends on one token across two instances — exactly one goes to Meta', async (t) => {
+  const w = await world(t)
+  const second = await build(t, graphEnv(w.base))
+  const psid = newPsid()
+  await recurringEvent(w, psid)
+  const results = await Promise.all(Array.from({ length: 12 }, (_, i) =>
+    notify(i % 2 === 0 ? w.app : second, { topic_id: w.topic.id, psid, message: text(`deal ${i}`) })))
+  const statuses = results.map((r) => r.statusCode).sort()
+  t.same(statuses, [201, ...Array(11).fill(429)], statuses.join(','))
+  t.equal(w.emulator.requests.filter((r) => r.recipient.notification_messages_token !== undefined).length, 1, 'Meta saw one recurring send')
+  t.equal(w.emulator.inbox(w.pageId, psid).length, 1)
 })
