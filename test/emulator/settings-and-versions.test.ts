@@ -52,7 +52,7 @@ t.test('GET/PUT /_emulator/settings round-trip; reset restores the creation-time
     { optin_request_cooldown_ms: -1 },
     { optin_request_cooldown_ms: 1.5 },
     { recurring_cooldown_hours: -1 },
-    { recurring_cooldown_hours: '48' },
+    { recurring_cooldown_hours: 'two days' },
     { tokenRefusal: 'outside_window' },
   ]) {
     const res = await call('PUT', '/_emulator/settings', bad)
