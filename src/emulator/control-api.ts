@@ -5,6 +5,7 @@ import { fromWire, toWire } from './settings.js'
 import { EmulatorError } from './state.js'
 import {
   PARAM_ERRORS,
+  STATUS_SPELLINGS,
   TOKEN_REFUSALS,
   UNAVAILABLE_REASONS,
   WEBHOOK_STAMPS,
@@ -12,6 +13,8 @@ import {
   type Emulator,
   type FaultConfig,
   type RecordedRequest,
+  type RecurringTokenView,
+  type WebhookResult,
 } from './types.js'
 
 export interface ControlDeps {
@@ -64,12 +67,33 @@ const SettingsBody = Type.Object(
     token_refusal: Type.Optional(oneOf(TOKEN_REFUSALS)),
     // One schema with both types: Ajv's type coercion would turn null into 0 in an anyOf.
     optin_request_cooldown_ms: Type.Optional(Type.Unsafe<number | null>({ type: ['integer', 'null'], minimum: 0 })),
+    recurring_cooldown_hours: Type.Optional(Type.Number({ minimum: 0 })),
   },
   { additionalProperties: false },
 )
 
 function mask(token: string): string {
   return token.length <= 8 ? '****' : `${token.slice(0, 4)}…${token.slice(-4)}`
+}
+
+function webhookOutcome(result: WebhookResult) {
+  return { webhook_status: result.status, ...(result.error ? { webhook_error: result.error } : {}) }
+}
+
+function recurringWire(v: RecurringTokenView) {
+  return {
+    token: mask(v.token),
+    payload: v.payload,
+    title: v.title,
+    frequency: v.frequency ?? null,
+    timezone: v.timezone,
+    status: v.status,
+    user_token_status: v.userTokenStatus,
+    opted_in_at: v.optedInAt,
+    expires_at: v.expiresAt,
+    last_sent_at: v.lastSentAt ?? null,
+    uses: v.uses,
+  }
 }
 
 function maskDelivered(d: DeliveredMessage) {
@@ -169,6 +193,67 @@ export async function controlApi(app: FastifyInstance, deps: ControlDeps): Promi
       }
     },
   )
+
+  const RecurringChangeBody = Type.Object(
+    { payload: Type.Optional(Type.String({ minLength: 1 })), spelling: Type.Optional(oneOf(STATUS_SPELLINGS)) },
+    { additionalProperties: false },
+  )
+
+  // The person's side of Meta's recurring notifications (notification_messages); each posts the
+  // signed opt-in webhook Meta would. Tokens are masked here: the service gets them from the webhook.
+  api.post(
+    '/persons/:pageId/:psid/recurring/accept',
+    {
+      schema: {
+        params: PersonParams,
+        body: Type.Object(
+          { payload: Type.Optional(Type.String({ minLength: 1 })), timezone: Type.Optional(Type.String({ minLength: 1 })) },
+          { additionalProperties: false },
+        ),
+      },
+    },
+    async (request) => {
+      const { pageId, psid } = request.params
+      requirePage(pageId)
+      const result = await emulator.acceptRecurring(pageId, psid, request.body)
+      return { token_issued: true, token: mask(result.token), ...webhookOutcome(result) }
+    },
+  )
+
+  for (const [action, change] of [['stop', 'stopRecurring'], ['resume', 'resumeRecurring']] as const) {
+    api.post(
+      `/persons/:pageId/:psid/recurring/${action}`,
+      { schema: { params: PersonParams, body: RecurringChangeBody } },
+      async (request) => {
+        const { pageId, psid } = request.params
+        requirePage(pageId)
+        const result = await emulator[change](pageId, psid, request.body)
+        return { token: mask(result.token), ...webhookOutcome(result) }
+      },
+    )
+  }
+
+  api.post(
+    '/persons/:pageId/:psid/recurring/refresh',
+    {
+      schema: {
+        params: PersonParams,
+        body: Type.Object({ payload: Type.Optional(Type.String({ minLength: 1 })) }, { additionalProperties: false }),
+      },
+    },
+    async (request) => {
+      const { pageId, psid } = request.params
+      requirePage(pageId)
+      const result = await emulator.refreshRecurring(pageId, psid, request.body)
+      return { token: mask(result.token), replaced: mask(result.replaced), ...webhookOutcome(result) }
+    },
+  )
+
+  api.get('/persons/:pageId/:psid/recurring', { schema: { params: PersonParams } }, async (request) => {
+    const { pageId, psid } = request.params
+    requirePage(pageId)
+    return { items: emulator.recurringTokens(pageId, psid).map(recurringWire) }
+  })
 
   api.post(
     '/pages/:pageId/crowd',

@@ -6,16 +6,22 @@ import Fastify, { type FastifyError, type FastifyReply, type FastifyRequest } fr
 import { controlApi } from './control-api.js'
 import { Faults } from './faults.js'
 import { customError, errors, graphErrorBody, type GraphError } from './graph-errors.js'
+import { DEFAULT_RECURRING_TITLE, isTimeZone } from './recurring.js'
+import { acceptRecurring, changeRecurring, recurringTokens, refreshRecurring, type PersonDeps } from './recurring-person.js'
 import { processSend } from './send-api.js'
 import { mergeSettings, settingsFromOptions } from './settings.js'
 import { EmulatorError, EmulatorState, OTN_TOKEN_LIFETIME_MS, messageId } from './state.js'
 import {
+  FREQUENCIES,
+  STATUS_SPELLINGS,
   UNAVAILABLE_REASONS,
   type Emulator,
   type EmulatorOptions,
   type EmulatorSettings,
   type FaultConfig,
+  type Frequency,
   type RecordedRequest,
+  type StatusSpelling,
   type WebhookResult,
 } from './types.js'
 import { servedVersion } from './versions.js'
@@ -28,9 +34,12 @@ export type {
   EmulatorOptions,
   EmulatorSettings,
   FaultConfig,
+  Frequency,
   InjectedFault,
   ParamErrors,
   RecordedRequest,
+  RecurringTokenView,
+  StatusSpelling,
   SentWebhook,
   TokenKind,
   TokenRefusal,
@@ -43,6 +52,7 @@ export { appsecretProof } from './send-api.js'
 export { signatureHeaders } from './webhooks.js'
 
 const FORM_JSON_FIELDS = ['recipient', 'message']
+const HOUR_MS = 60 * 60 * 1000
 
 type Params = { version: string; pageId?: string }
 
@@ -61,6 +71,30 @@ function pathOf(url: string): string {
 
 function redactUrl(url: string): string {
   return url.replace(/([?&](?:access_token|appsecret_proof)=)[^&]*/g, '$1[redacted]')
+}
+
+function spelled(opts: { payload?: string; spelling?: StatusSpelling }) {
+  if (opts.spelling !== undefined && !STATUS_SPELLINGS.includes(opts.spelling)) {
+    throw new RangeError(`spelling must be one of ${STATUS_SPELLINGS.join(', ')}, got ${JSON.stringify(opts.spelling)}`)
+  }
+  return opts
+}
+
+/** The recurring state of a token issued directly (issueToken), checked like a template's options. */
+function recurringOptions(o: { frequency?: Frequency; timezone?: string; title?: string }) {
+  if (o.frequency !== undefined && !FREQUENCIES.includes(o.frequency)) {
+    throw new RangeError(`frequency must be one of ${FREQUENCIES.join(', ')}, got ${JSON.stringify(o.frequency)}`)
+  }
+  if (o.timezone !== undefined && !isTimeZone(o.timezone)) {
+    throw new RangeError(`timezone must be an IANA time zone, got ${JSON.stringify(o.timezone)}`)
+  }
+  return {
+    title: o.title ?? DEFAULT_RECURRING_TITLE,
+    ...(o.frequency !== undefined ? { frequency: o.frequency } : {}),
+    timezone: o.timezone ?? 'UTC',
+    stopped: false,
+    userTokenStatus: 'NOT_REFRESHED' as const,
+  }
 }
 
 export function createEmulator(opts: EmulatorOptions = {}): Emulator {
@@ -179,6 +213,7 @@ export function createEmulator(opts: EmulatorOptions = {}): Emulator {
         tokenRefusal: settings.tokenRefusal,
         optinRequestCooldownMs: settings.optinRequestCooldownMs ?? undefined,
         paramErrors: settings.paramErrors,
+        recurringCooldownMs: settings.recurringCooldownHours * HOUR_MS,
       },
       { pathPageId, accessToken, proof: str(query.appsecret_proof) ?? str(body.appsecret_proof), body },
     )
@@ -246,6 +281,12 @@ export function createEmulator(opts: EmulatorOptions = {}): Emulator {
     const result = await postWebhook(opts.webhookUrl, body, opts.appSecret)
     state.webhooks.push({ at, pageId, psid, event: kind, body, ...result })
     return result
+  }
+
+  const personDeps: PersonDeps = {
+    state,
+    now,
+    webhook: (pageId, psid, event) => webhook(pageId, psid, 'optin', event),
   }
 
   const emulator: Emulator = {
@@ -317,7 +358,9 @@ export function createEmulator(opts: EmulatorOptions = {}): Emulator {
       state.requirePage(pageId)
       const { payload } = clickOpts
       const request = state.optinRequests.findLast(
-        (r) => r.pageId === pageId && r.psid === psid && !r.answered && (payload === undefined || r.payload === payload),
+        (r) =>
+          r.kind === 'one_time_notif' && r.pageId === pageId && r.psid === psid && !r.answered &&
+          (payload === undefined || r.payload === payload),
       )
       if (!request && payload === undefined) {
         throw new EmulatorError(409, `no unanswered one_time_notif_req was delivered to ${psid} on page ${pageId}`)
@@ -331,13 +374,38 @@ export function createEmulator(opts: EmulatorOptions = {}): Emulator {
       return { token, ...result }
     },
 
+    async acceptRecurring(pageId, psid, acceptOpts = {}) {
+      if (acceptOpts.timezone !== undefined && !isTimeZone(acceptOpts.timezone)) {
+        throw new RangeError(`timezone must be an IANA time zone, got ${JSON.stringify(acceptOpts.timezone)}`)
+      }
+      return acceptRecurring(personDeps, pageId, psid, acceptOpts)
+    },
+
+    async stopRecurring(pageId, psid, changeOpts = {}) {
+      return changeRecurring(personDeps, pageId, psid, 'STOP', spelled(changeOpts))
+    },
+
+    async resumeRecurring(pageId, psid, changeOpts = {}) {
+      return changeRecurring(personDeps, pageId, psid, 'RESUME', spelled(changeOpts))
+    },
+
+    async refreshRecurring(pageId, psid, refreshOpts = {}) {
+      return refreshRecurring(personDeps, pageId, psid, refreshOpts)
+    },
+
+    recurringTokens(pageId, psid) {
+      state.requirePage(pageId)
+      return recurringTokens(state, pageId, psid, now())
+    },
+
     issueToken(pageId, psid, payload, issueOpts = {}) {
       state.requirePage(pageId)
       const kind = issueOpts.kind ?? 'one_time_notif'
       const optedInAt = issueOpts.optedInAt ?? now()
       const defaultExpiry = kind === 'one_time_notif' ? optedInAt + OTN_TOKEN_LIFETIME_MS : null
       const expiresAt = issueOpts.expiresAt === undefined ? defaultExpiry : issueOpts.expiresAt
-      return state.issueToken({ kind, pageId, psid, payload, optedInAt, expiresAt }).token
+      const recurring = kind === 'notification_messages' ? recurringOptions(issueOpts) : undefined
+      return state.issueToken({ kind, pageId, psid, payload, optedInAt, expiresAt, ...(recurring ? { recurring } : {}) }).token
     },
 
     setPersonAvailable(pageId, psid, available, reason = 'unavailable') {

@@ -24,6 +24,8 @@ export interface EmulatorEnvConfig {
   optinRequestCooldownMs?: number
   /** Unset: every request is kept for GET /_emulator/requests. */
   recordLimit?: number
+  /** Unset: Meta's 48 hours. */
+  recurringCooldownHours?: number
 }
 
 function parsePages(spec: string): { id: string; accessToken: string }[] {
@@ -86,7 +88,17 @@ export function configFromEnv(env: NodeJS.ProcessEnv): EmulatorEnvConfig {
     tokenRefusal: parseChoice('EMULATOR_TOKEN_REFUSAL', TOKEN_REFUSALS, env.EMULATOR_TOKEN_REFUSAL, 'invalid_parameter'),
     optinRequestCooldownMs: parseCooldown(env.EMULATOR_OPTIN_REQUEST_COOLDOWN_MS),
     recordLimit: parseRecordLimit(env.EMULATOR_RECORD_LIMIT),
+    recurringCooldownHours: parseHours(env.EMULATOR_RECURRING_COOLDOWN_HOURS),
   }
+}
+
+function parseHours(value: string | undefined): number | undefined {
+  if (value === undefined || value.trim() === '') return undefined
+  const n = Number(value)
+  if (!/^\s*\d+(\.\d+)?\s*$/.test(value) || !Number.isFinite(n)) {
+    throw new Error(`EMULATOR_RECURRING_COOLDOWN_HOURS: expected a number of hours >= 0, got "${value}"`)
+  }
+  return n
 }
 
 /** Requests kept for GET /_emulator/requests (the audit counts every one); unset: all. */
@@ -115,6 +127,7 @@ export async function startFromEnv(
     tokenRefusal: config.tokenRefusal,
     optinRequestCooldownMs: config.optinRequestCooldownMs,
     recordLimit: config.recordLimit,
+    recurringCooldownHours: config.recurringCooldownHours,
   })
   for (const page of config.pages) emulator.addPage(page)
   const url = await emulator.listen(config.port, config.host)

@@ -83,6 +83,11 @@ export const errors = {
   outsideWindow: () => oauth(10, '(#10) This message is sent outside of allowed window.', 2018278),
   invalidOtnToken: () => oauth(100, '(#100) The parameter one_time_notif_token is invalid'),
   invalidRecurringToken: () => oauth(100, '(#100) The parameter notification_messages_token is invalid'),
+  /** Meta's error-code table words 4/2018354 this way ("Marketing Messages – There has to be a minimum delay…"). */
+  recurringFrequencyLimit: () =>
+    oauth(4, '(#4) There has to be a minimum delay between 2 notifications for the given notification', 2018354),
+  /** Meta publishes the code (10/1893015) but no text; this is the wording docs/NOTIFICATIONS.md uses. */
+  recurringStopped: () => oauth(10, '(#10) The person stopped notifications on this topic.', 1893015),
   personUnavailable: () => oauth(551, "(#551) This person isn't available right now.", 1545041),
   personNotReceiving: () => oauth(200, "(#200) This person isn't receiving messages from you right now."),
   personBlocked: () => oauth(10, "(#10) This person isn't available right now."),

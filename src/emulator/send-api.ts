@@ -1,7 +1,15 @@
 import { createHmac, timingSafeEqual } from 'node:crypto'
 import { errors, type GraphError } from './graph-errors.js'
+import {
+  CTA_TEXTS,
+  DEFAULT_RECURRING_TITLE,
+  MAX_RECURRING_TITLE,
+  REOPTIN_VALUES,
+  isTimeZone,
+  overFrequencyLimit,
+} from './recurring.js'
 import { DAY_MS, WINDOW_MS, messageId, type EmulatorState, type PageRecord, type Person } from './state.js'
-import type { DeliveredMessage, ParamErrors, TokenRefusal } from './types.js'
+import { FREQUENCIES, type DeliveredMessage, type Frequency, type ParamErrors, type TokenRefusal } from './types.js'
 
 const MESSAGING_TYPES = new Set(['RESPONSE', 'UPDATE', 'MESSAGE_TAG'])
 const NOTIFICATION_TYPES = new Set(['REGULAR', 'SILENT_PUSH', 'NO_PUSH'])
@@ -22,6 +30,8 @@ export interface SendContext {
   optinRequestCooldownMs?: number
   /** 'generic': every parameter refusal is the bare "(#100) Invalid parameter". Default 'detailed'. */
   paramErrors?: ParamErrors
+  /** The time between two sends with one recurring token (default none). */
+  recurringCooldownMs?: number
 }
 
 export interface SendInput {
@@ -37,6 +47,8 @@ export type SendResult =
 
 type Recipient = { field: (typeof RECIPIENT_FIELDS)[number]; value: string }
 type OtnRequest = { title: string; payload: string }
+type RecurringRequest = { title: string; payload: string; frequency?: Frequency; timezone?: string }
+type OptinRequest = { kind: 'one_time_notif' | 'notification_messages' } & RecurringRequest
 type ParamError = (message: string) => GraphError
 
 const fail = (error: GraphError): SendResult => ({ ok: false, error })
@@ -155,19 +167,21 @@ export function processSend(ctx: SendContext, input: SendInput): SendResult {
     if (!person) return fail(errors.noMatchingUser())
     const refusal = personRefusal(person)
     if (refusal) return fail(refusal)
-    const otnRequest = message.otnRequest
-    const allowance = otnRequest ? WINDOW_MS : windowFor(messagingType === 'MESSAGE_TAG' ? (tag as string) : undefined)
+    const optinRequest = message.optinRequest
+    // Opt-in requests of both kinds may only be sent inside the standard window, whatever the tag.
+    const allowance = optinRequest ? WINDOW_MS : windowFor(messagingType === 'MESSAGE_TAG' ? (tag as string) : undefined)
     if (!withinWindow(person, now, allowance)) return fail(errors.outsideWindow())
-    if (otnRequest) {
-      const repeated = optinRequestRepeated(ctx, page.id, psid, otnRequest.payload)
+    if (optinRequest) {
+      const repeated = optinRequest.kind === 'one_time_notif' ? optinRequestRepeated(ctx, page.id, psid, optinRequest.payload) : null
       if (repeated) return fail(repeated)
-      state.optinRequests.push({ pageId: page.id, psid, ...otnRequest, at: now, messageId: delivered.messageId, answered: false })
+      state.optinRequests.push({ pageId: page.id, psid, ...optinRequest, at: now, messageId: delivered.messageId, answered: false })
     }
     return accept(ctx, page, psid, { ...delivered, via: 'window' })
   }
 
-  if (message.otnRequest) {
-    return fail(param('The one_time_notif_req template can only be sent to a recipient id'))
+  if (message.optinRequest) {
+    const template = message.optinRequest.kind === 'one_time_notif' ? 'one_time_notif_req' : 'notification_messages'
+    return fail(param(`The ${template} template can only be sent to a recipient id`))
   }
 
   const token = state.tokens.get(recipient.value)
@@ -191,11 +205,16 @@ export function processSend(ctx: SendContext, input: SendInput): SendResult {
     token !== undefined &&
     token.kind === 'notification_messages' &&
     token.pageId === page.id &&
+    token.recurring?.replacedBy === undefined &&
     (token.expiresAt === null || now < token.expiresAt)
   if (!usable) return fail(errors.invalidRecurringToken())
+  if (token.recurring?.stopped) return fail(errors.recurringStopped())
   const refusal = personRefusal(state.person(page.id, token.psid))
   if (refusal) return fail(refusal)
+  if (overFrequencyLimit(token, now, ctx.recurringCooldownMs ?? 0)) return fail(errors.recurringFrequencyLimit())
+  // A recurring token stays usable after a send; the send starts its cooldown and fills its period.
   token.uses += 1
+  if (token.recurring) token.recurring.lastSentAt = now
   return accept(ctx, page, token.psid, { ...delivered, via: 'notification_messages_token', token: token.token })
 }
 
@@ -245,7 +264,7 @@ function optinRequestRepeated(ctx: SendContext, pageId: string, psid: string, pa
   const cooldown = ctx.optinRequestCooldownMs
   if (cooldown === undefined) return null
   const recent = ctx.state.optinRequests.some(
-    (r) => r.pageId === pageId && r.psid === psid && r.payload === payload && ctx.now - r.at < cooldown,
+    (r) => r.kind === 'one_time_notif' && r.pageId === pageId && r.psid === psid && r.payload === payload && ctx.now - r.at < cooldown,
   )
   return recent ? errors.optinRequestRepeated() : null
 }
@@ -268,7 +287,7 @@ function parseRecipient(raw: unknown, param: ParamError): Recipient | { error: G
   return { field, value }
 }
 
-function validateMessage(raw: unknown, param: ParamError): { otnRequest?: OtnRequest } | { error: GraphError } {
+function validateMessage(raw: unknown, param: ParamError): { optinRequest?: OptinRequest } | { error: GraphError } {
   if (raw === undefined || raw === null) return { error: param('param message must be non-empty.') }
   if (!isRecord(raw)) return { error: param('param message must be a JSON object') }
   const hasText = raw.text !== undefined
@@ -298,18 +317,69 @@ function validateMessage(raw: unknown, param: ParamError): { otnRequest?: OtnReq
   if (typeof payload.template_type !== 'string' || payload.template_type === '') {
     return { error: param('param message[attachment][payload][template_type] must be non-empty.') }
   }
+  if (payload.template_type === 'notification_messages') {
+    const recurring = validateRecurringTemplate(payload, param)
+    return 'error' in recurring ? recurring : { optinRequest: { kind: 'notification_messages', ...recurring } }
+  }
   if (payload.template_type !== 'one_time_notif_req') return {}
+  const otn = validateOtnTemplate(payload, param)
+  return 'error' in otn ? otn : { optinRequest: { kind: 'one_time_notif', ...otn } }
+}
+
+const PAYLOAD_FIELD = 'param message[attachment][payload]'
+
+function validateTitle(title: unknown, max: number, param: ParamError): { error: GraphError } | null {
+  if (typeof title !== 'string' || title.trim() === '') return { error: param(`${PAYLOAD_FIELD}[title] must be non-empty.`) }
+  if (!withinCodePoints(title, max)) return { error: param(`Length of ${PAYLOAD_FIELD}[title] must be less than or equal to ${max}`) }
+  return null
+}
+
+function validateTemplatePayload(value: unknown, param: ParamError): { error: GraphError } | null {
+  if (typeof value !== 'string' || value === '') return { error: param(`${PAYLOAD_FIELD}[payload] must be a non-empty string`) }
+  return null
+}
+
+function validateOtnTemplate(payload: Record<string, unknown>, param: ParamError): OtnRequest | { error: GraphError } {
   const { title, payload: otnPayload } = payload
-  if (typeof title !== 'string' || title.trim() === '') {
-    return { error: param('param message[attachment][payload][title] must be non-empty.') }
+  const bad = validateTitle(title, MAX_OTN_TITLE, param) ?? validateTemplatePayload(otnPayload, param)
+  return bad ?? { title: title as string, payload: otnPayload as string }
+}
+
+/** An optional enum field of the template: absent, or one of `allowed`. */
+function enumField(payload: Record<string, unknown>, name: string, allowed: readonly string[], param: ParamError) {
+  const value = payload[name]
+  if (value === undefined || (typeof value === 'string' && allowed.includes(value))) return null
+  return { error: param(`${PAYLOAD_FIELD}[${name}] must be one of {${allowed.join(', ')}}`) }
+}
+
+/**
+ * Meta's notification_messages template: `payload` required; `title` optional (≤ 65, Meta's default
+ * "Updates and promotions"); `image_url`, `notification_messages_frequency` (older API versions),
+ * `notification_messages_cta_text`, `notification_messages_reoptin`, `notification_messages_timezone`
+ * (IANA) optional.
+ */
+function validateRecurringTemplate(payload: Record<string, unknown>, param: ParamError): RecurringRequest | { error: GraphError } {
+  const title = payload.title ?? DEFAULT_RECURRING_TITLE
+  const timezone = payload.notification_messages_timezone
+  const imageUrl = payload.image_url
+  const bad =
+    validateTitle(title, MAX_RECURRING_TITLE, param) ??
+    validateTemplatePayload(payload.payload, param) ??
+    enumField(payload, 'notification_messages_frequency', FREQUENCIES, param) ??
+    enumField(payload, 'notification_messages_cta_text', CTA_TEXTS, param) ??
+    enumField(payload, 'notification_messages_reoptin', REOPTIN_VALUES, param) ??
+    enumField(payload, 'image_aspect_ratio', ['HORIZONTAL', 'SQUARE'], param)
+  if (bad) return bad
+  if (imageUrl !== undefined && !(typeof imageUrl === 'string' && /^https?:\/\/\S+$/.test(imageUrl))) {
+    return { error: param(`${PAYLOAD_FIELD}[image_url] should represent a valid URL`) }
   }
-  if (!withinCodePoints(title, MAX_OTN_TITLE)) {
-    return {
-      error: param(`Length of param message[attachment][payload][title] must be less than or equal to ${MAX_OTN_TITLE}`),
-    }
+  if (timezone !== undefined && !(typeof timezone === 'string' && isTimeZone(timezone))) {
+    return { error: param(`${PAYLOAD_FIELD}[notification_messages_timezone] must be a valid time zone`) }
   }
-  if (typeof otnPayload !== 'string' || otnPayload === '') {
-    return { error: param('param message[attachment][payload][payload] must be a non-empty string') }
+  return {
+    title: title as string,
+    payload: payload.payload as string,
+    ...(payload.notification_messages_frequency !== undefined ? { frequency: payload.notification_messages_frequency as Frequency } : {}),
+    ...(timezone !== undefined ? { timezone: timezone as string } : {}),
   }
-  return { otnRequest: { title, payload: otnPayload } }
 }

@@ -16,6 +16,7 @@ export interface WireSettings {
   param_errors: ParamErrors
   token_refusal: TokenRefusal
   optin_request_cooldown_ms: number | null
+  recurring_cooldown_hours: number
 }
 
 function oneOf<T extends string>(name: string, allowed: readonly T[], value: unknown): T {
@@ -33,6 +34,13 @@ function cooldown(value: unknown): number | null {
   return value
 }
 
+function hours(value: unknown): number {
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < 0) {
+    throw new RangeError(`recurringCooldownHours must be a number >= 0, got ${JSON.stringify(value)}`)
+  }
+  return value
+}
+
 /** `current` with `patch` merged in; throws RangeError, changing nothing, when a value is invalid. */
 export function mergeSettings(current: EmulatorSettings, patch: Partial<EmulatorSettings>): EmulatorSettings {
   const next = { ...current }
@@ -44,6 +52,7 @@ export function mergeSettings(current: EmulatorSettings, patch: Partial<Emulator
   if (patch.paramErrors !== undefined) next.paramErrors = oneOf('paramErrors', PARAM_ERRORS, patch.paramErrors)
   if (patch.tokenRefusal !== undefined) next.tokenRefusal = oneOf('tokenRefusal', TOKEN_REFUSALS, patch.tokenRefusal)
   if (patch.optinRequestCooldownMs !== undefined) next.optinRequestCooldownMs = cooldown(patch.optinRequestCooldownMs)
+  if (patch.recurringCooldownHours !== undefined) next.recurringCooldownHours = hours(patch.recurringCooldownHours)
   return next
 }
 
@@ -54,6 +63,8 @@ export function settingsFromOptions(opts: EmulatorOptions): EmulatorSettings {
     paramErrors: 'detailed',
     tokenRefusal: 'invalid_parameter',
     optinRequestCooldownMs: null,
+    // Meta's subscription_token cooldown since September 1, 2025 (24 hours before).
+    recurringCooldownHours: 48,
   }
   return mergeSettings(defaults, {
     webhookStamps: opts.webhookStamps,
@@ -61,6 +72,7 @@ export function settingsFromOptions(opts: EmulatorOptions): EmulatorSettings {
     paramErrors: opts.paramErrors,
     tokenRefusal: opts.tokenRefusal,
     optinRequestCooldownMs: opts.optinRequestCooldownMs,
+    recurringCooldownHours: opts.recurringCooldownHours,
   })
 }
 
@@ -71,6 +83,7 @@ export function toWire(s: EmulatorSettings): WireSettings {
     param_errors: s.paramErrors,
     token_refusal: s.tokenRefusal,
     optin_request_cooldown_ms: s.optinRequestCooldownMs,
+    recurring_cooldown_hours: s.recurringCooldownHours,
   }
 }
 
@@ -81,5 +94,6 @@ export function fromWire(w: Partial<WireSettings>): Partial<EmulatorSettings> {
     paramErrors: w.param_errors,
     tokenRefusal: w.token_refusal,
     optinRequestCooldownMs: w.optin_request_cooldown_ms,
+    recurringCooldownHours: w.recurring_cooldown_hours,
   }
 }

@@ -1,5 +1,5 @@
 import { randomBase64url } from './random.js'
-import type { DeliveredMessage, RecordedRequest, SentWebhook, TokenKind, UnavailableReason } from './types.js'
+import type { DeliveredMessage, Frequency, RecordedRequest, SentWebhook, TokenKind, UnavailableReason } from './types.js'
 
 const HOUR_MS = 60 * 60 * 1000
 export const DAY_MS = 24 * HOUR_MS
@@ -20,6 +20,8 @@ export interface Person {
   available: boolean
   /** Why sends are refused while `available` is false (default 'unavailable'). */
   unavailableReason?: UnavailableReason
+  /** The person's IANA time zone, given to a recurring opt-in whose template named none (default UTC). */
+  timezone?: string
 }
 
 export interface TokenRecord {
@@ -31,9 +33,27 @@ export interface TokenRecord {
   optedInAt: number
   expiresAt: number | null
   uses: number
+  /** Recurring tokens only: what the opt-in request asked and what the person did since. */
+  recurring?: RecurringState
+}
+
+export interface RecurringState {
+  title: string
+  /** Only when the request asked one (older API versions); the token's calendar period. */
+  frequency?: Frequency
+  /** The token's time zone: the template's, else the person's. Its calendar periods are counted in it. */
+  timezone: string
+  stopped: boolean
+  /** Set by Meta's re-opt-in refresh: the token that replaced this one, which is then refused as invalid. */
+  replacedBy?: string
+  /** The last accepted send, for the cooldown and the calendar period. */
+  lastSentAt?: number
+  /** REFRESHED once the token came from Meta's re-opt-in. */
+  userTokenStatus: 'NOT_REFRESHED' | 'REFRESHED'
 }
 
 export interface OptinRequestRecord {
+  kind: TokenKind
   pageId: string
   psid: string
   title: string
@@ -41,6 +61,9 @@ export interface OptinRequestRecord {
   at: number
   messageId: string
   answered: boolean
+  /** notification_messages requests only: the template's options. */
+  frequency?: Frequency
+  timezone?: string
 }
 
 export class EmulatorError extends Error {

@@ -2,6 +2,14 @@ import type { FastifyInstance } from 'fastify'
 
 export type TokenKind = 'one_time_notif' | 'notification_messages'
 
+/** A recurring opt-in's frequency, asked by the template on older API versions. */
+export type Frequency = 'DAILY' | 'WEEKLY' | 'MONTHLY'
+export const FREQUENCIES: readonly Frequency[] = ['DAILY', 'WEEKLY', 'MONTHLY']
+
+/** How a stop/resume webhook spells `notification_messages_status`: Meta's table has a space, real bodies an underscore. */
+export type StatusSpelling = 'underscore' | 'space'
+export const STATUS_SPELLINGS: readonly StatusSpelling[] = ['underscore', 'space']
+
 /**
  * How webhooks stamp `timestamp` and `entry[].time`: epoch ms numbers; integer epoch seconds; the ms
  * value as a decimal string; no `timestamp` on the event (entry.time in ms); or 'mixed', one webhook
@@ -49,6 +57,8 @@ export interface EmulatorOptions {
   paramErrors?: ParamErrors
   /** Keep only about this many recent entries in `requests` (long soaks); audit() and tokenUses() still count everything. */
   recordLimit?: number
+  /** Hours between two sends with one recurring token (Meta: 48 since September 2025, 24 before). Default 48. */
+  recurringCooldownHours?: number
 }
 
 /** The options that can change at run time (`settings()`, `/_emulator/settings`); reset() restores the creation-time ones. */
@@ -59,6 +69,8 @@ export interface EmulatorSettings {
   tokenRefusal: TokenRefusal
   /** null: repeated opt-in requests are not limited. */
   optinRequestCooldownMs: number | null
+  /** Hours between two sends with one recurring (notification_messages) token; 0: no cooldown. */
+  recurringCooldownHours: number
 }
 
 export interface FaultConfig {
@@ -121,6 +133,23 @@ export interface WebhookResult {
   error?: string
 }
 
+/** A recurring (notification_messages) token as the emulator holds it. */
+export interface RecurringTokenView {
+  token: string
+  payload: string
+  title: string
+  frequency?: Frequency
+  timezone: string
+  /** replaced: Meta's refresh issued a newer one; refused as invalid like an expired one. */
+  status: 'active' | 'stopped' | 'replaced' | 'expired'
+  userTokenStatus: 'NOT_REFRESHED' | 'REFRESHED'
+  optedInAt: number
+  expiresAt: number | null
+  lastSentAt?: number
+  /** Accepted sends. */
+  uses: number
+}
+
 /** Totals since start or reset(), independent of recordLimit. */
 export interface Audit {
   requests: number
@@ -143,11 +172,32 @@ export interface Emulator {
    * in `webhooks`.
    */
   crowd(pageId: string, opts: { people: number; psidPrefix: string; payload?: string; tokensPerPerson?: number; writes?: boolean; perDelivery?: number }): Promise<{ people: number; events: number; deliveries: number; failedDeliveries: number }>
+  /**
+   * The person accepts Meta's notification_messages request: the latest unanswered one, or the latest
+   * on `payload` (with `payload` and none delivered, a token on it all the same). Issues a recurring
+   * token and posts the signed opt-in webhook. `timezone` is the person's (IANA), used when the
+   * template named none; default UTC.
+   */
+  acceptRecurring(pageId: string, psid: string, opts?: { payload?: string; timezone?: string }): Promise<{ token: string } & WebhookResult>
+  /** The person stops the topic of their latest recurring token (on `payload` when given): 10/1893015 until resumed. */
+  stopRecurring(pageId: string, psid: string, opts?: { payload?: string; spelling?: StatusSpelling }): Promise<{ token: string } & WebhookResult>
+  resumeRecurring(pageId: string, psid: string, opts?: { payload?: string; spelling?: StatusSpelling }): Promise<{ token: string } & WebhookResult>
+  /** Meta's re-opt-in: a new token (REFRESHED, new expiry) replaces the latest one, which is then invalid. */
+  refreshRecurring(pageId: string, psid: string, opts?: { payload?: string }): Promise<{ token: string; replaced: string } & WebhookResult>
+  recurringTokens(pageId: string, psid: string): RecurringTokenView[]
   issueToken(
     pageId: string,
     psid: string,
     payload: string,
-    opts?: { optedInAt?: number; kind?: TokenKind; expiresAt?: number | null },
+    opts?: {
+      optedInAt?: number
+      kind?: TokenKind
+      expiresAt?: number | null
+      /** notification_messages only: the opt-in's frequency, time zone (default UTC) and title. */
+      frequency?: Frequency
+      timezone?: string
+      title?: string
+    },
   ): string
   /**
    * A person who cannot be messaged: sends spend nothing and get, by reason, 551/1545041

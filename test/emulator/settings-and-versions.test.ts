@@ -10,6 +10,7 @@ const DEFAULTS = {
   param_errors: 'detailed',
   token_refusal: 'invalid_parameter',
   optin_request_cooldown_ms: null,
+  recurring_cooldown_hours: 48,
 }
 
 t.test('GET/PUT /_emulator/settings round-trip; reset restores the creation-time options', async (t) => {
@@ -29,6 +30,7 @@ t.test('GET/PUT /_emulator/settings round-trip; reset restores the creation-time
     param_errors: 'generic',
     token_refusal: 'generic_parameter',
     optin_request_cooldown_ms: null,
+    recurring_cooldown_hours: 24,
   }
   t.same((await call('PUT', '/_emulator/settings', all)).json, all)
   t.same((await call('GET', '/_emulator/settings')).json, all)
@@ -39,6 +41,7 @@ t.test('GET/PUT /_emulator/settings round-trip; reset restores the creation-time
     paramErrors: 'generic',
     tokenRefusal: 'generic_parameter',
     optinRequestCooldownMs: null,
+    recurringCooldownHours: 24,
   })
 
   for (const bad of [
@@ -48,6 +51,8 @@ t.test('GET/PUT /_emulator/settings round-trip; reset restores the creation-time
     { token_refusal: 'nope' },
     { optin_request_cooldown_ms: -1 },
     { optin_request_cooldown_ms: 1.5 },
+    { recurring_cooldown_hours: -1 },
+    { recurring_cooldown_hours: 'two days' },
     { tokenRefusal: 'outside_window' },
   ]) {
     const res = await call('PUT', '/_emulator/settings', bad)
@@ -67,6 +72,7 @@ t.test('GET/PUT /_emulator/settings round-trip; reset restores the creation-time
 
   t.throws(() => emu.settings({ paramErrors: 'loud' as any }), RangeError)
   t.throws(() => emu.settings({ optinRequestCooldownMs: -5 }), RangeError)
+  t.throws(() => emu.settings({ recurringCooldownHours: Number.NaN }), /recurringCooldownHours/)
   t.throws(() => emu.settings({ webhookStamps: 'seconds', tokenRefusal: 'x' as any }), RangeError)
   t.equal(emu.settings().webhookStamps, 'milliseconds', 'a refused patch changes nothing, not even its valid fields')
 })
@@ -165,8 +171,16 @@ t.test('settings from the environment', async (t) => {
       EMULATOR_PARAM_ERRORS: 'generic',
       EMULATOR_TOKEN_REFUSAL: 'generic_parameter',
       EMULATOR_OPTIN_REQUEST_COOLDOWN_MS: '60000',
+      EMULATOR_RECURRING_COOLDOWN_HOURS: '24',
     }),
-    { webhookStamps: 'mixed', omitRecipient: true, paramErrors: 'generic', tokenRefusal: 'generic_parameter', optinRequestCooldownMs: 60000 },
+    {
+      webhookStamps: 'mixed',
+      omitRecipient: true,
+      paramErrors: 'generic',
+      tokenRefusal: 'generic_parameter',
+      optinRequestCooldownMs: 60000,
+      recurringCooldownHours: 24,
+    },
   )
   t.match(
     configFromEnv({ EMULATOR_WEBHOOK_STAMPS: '', EMULATOR_OMIT_RECIPIENT: '0', EMULATOR_OPTIN_REQUEST_COOLDOWN_MS: '' }),
@@ -186,6 +200,7 @@ t.test('settings from the environment', async (t) => {
     [{ EMULATOR_OPTIN_REQUEST_COOLDOWN_MS: '-5' }, 'EMULATOR_OPTIN_REQUEST_COOLDOWN_MS: expected a whole number of milliseconds >= 0, got "-5"'],
     [{ EMULATOR_OPTIN_REQUEST_COOLDOWN_MS: '1.5' }, 'EMULATOR_OPTIN_REQUEST_COOLDOWN_MS: expected a whole number of milliseconds >= 0, got "1.5"'],
     [{ EMULATOR_OPTIN_REQUEST_COOLDOWN_MS: '1m' }, 'EMULATOR_OPTIN_REQUEST_COOLDOWN_MS: expected a whole number of milliseconds >= 0, got "1m"'],
+    [{ EMULATOR_RECURRING_COOLDOWN_HOURS: '-1' }, 'EMULATOR_RECURRING_COOLDOWN_HOURS: expected a number of hours >= 0, got "-1"'],
   ]
   for (const [env, message] of errors) t.throws(() => configFromEnv(env), { message }, message)
 
@@ -196,6 +211,7 @@ t.test('settings from the environment', async (t) => {
       EMULATOR_PARAM_ERRORS: 'generic',
       EMULATOR_OPTIN_REQUEST_COOLDOWN_MS: '60000',
       EMULATOR_WEBHOOK_STAMPS: 'seconds',
+      EMULATOR_RECURRING_COOLDOWN_HOURS: '12',
     },
     { logger: false },
   )
@@ -206,6 +222,7 @@ t.test('settings from the environment', async (t) => {
     webhook_stamps: 'seconds',
     param_errors: 'generic',
     optin_request_cooldown_ms: 60000,
+    recurring_cooldown_hours: 12,
   })
 
   const post = async (body: unknown) => {
