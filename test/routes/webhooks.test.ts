@@ -1,4 +1,5 @@
 import t, { type Test } from 'tap'
+import { readFileSync } from 'node:fs'
 import pg from 'pg'
 import { Kysely, PostgresDialect, sql } from 'kysely'
 import { PGliteDialect, SessionLock } from '../../src/db/pglite-dialect.js'
@@ -501,7 +502,7 @@ t.test('one bad event among good ones: the good ones are recorded, the bad one c
 t.test("real bodies from Meta's docs and open-source clients: each is answered 200 and stored raw (test/fixtures/meta)", async (t) => {
   const app = await build(t, webhookEnv)
   const dir = new URL('../fixtures/meta/webhooks/', import.meta.url)
-  const { readdirSync, readFileSync } = await import('node:fs')
+  const { readdirSync } = await import('node:fs')
   for (const file of readdirSync(dir).filter((f) => f.endsWith('.json'))) {
     const raw = readFileSync(new URL(file, dir))
     const res = await signedPost(app, raw)
@@ -567,4 +568,83 @@ t.test('against the emulator playing Meta with times in ms, seconds, strings and
     const [row] = (await tokenRows(pageId)).filter((r) => r.psid === psid)
     t.ok(row.opted_in_at.getTime() >= started - 1000 && row.state === 'available', `${psid}: opted in now`)
   }
+})
+
+/**
+ * A recurring fixture in Meta's shape (test/fixtures/meta/webhooks/recurring, sources in
+ * SOURCES.md) with its placeholders filled for this test: ids, payload, token and time.
+ */
+function recurringFixture (name: string, fill: { pageId: string, psid: string, payload: string, token: string, at: number, entryTime?: number }): string {
+  const body = JSON.parse(readFileSync(new URL(`../fixtures/meta/webhooks/recurring/${name}`, import.meta.url), 'utf8'))
+  const entry = body.entry[0]
+  entry.id = fill.pageId
+  entry.time = fill.entryTime ?? fill.at
+  const event = entry.messaging[0]
+  event.sender.id = fill.psid
+  event.recipient.id = fill.pageId
+  event.timestamp = fill.at
+  event.optin.payload = fill.payload
+  event.optin.notification_messages_token = fill.token
+  return JSON.stringify(body)
+}
+
+t.test("recurring opt-ins in Meta's shapes: stop, resume and refresh apply in event-time order; duplicates and late deliveries change nothing", async (t) => {
+  const app = await build(t, webhookEnv)
+  const pageId = uniquePageId()
+  const psid = uniquePsid()
+  const payload = 'weekly-deals'
+  const [a, b, c] = [uniqueToken(), uniqueToken(), uniqueToken()]
+  const t0 = Date.now() - 10 * 60_000
+  const post = async (name: string, token: string, at: number, entryTime?: number) => {
+    const res = await signedPost(app, recurringFixture(name, { pageId, psid, payload, token, at, entryTime }))
+    t.equal(res.statusCode, 200, res.body)
+    return res.json()
+  }
+  const row = async (token: string) => (await db()).selectFrom('optin_tokens').selectAll().where('page_id', '=', pageId).where('token', '=', token).executeTakeFirstOrThrow()
+
+  // Meta's Marketing Messages FAQ opt-in: no frequency, no expiry.
+  const first = await post('meta-docs-mm-faq-optin-no-frequency.json', a, t0)
+  t.match(first, { tokens_received: 1, tokens_recorded: 1, recurring_stops: 0 })
+  t.match(await row(a), {
+    kind: 'notification_messages', psid, payload, state: 'available', stopped_at: null, frequency: null, timezone: 'UTC',
+    user_token_status: 'NOT_REFRESHED', title: '<TITLE-FOR-THE-NOTIFICATION>', notification_id: null,
+  })
+  t.equal((await row(a)).expires_at.toISOString(), '9999-12-31T00:00:00.000Z', 'no expiry')
+  t.equal((await row(a)).opted_in_at.getTime(), t0)
+
+  const stop = await post('meta-docs-optin-stop-space-filled.json', a, t0 + 1000)
+  t.match(stop, { tokens_received: 0, tokens_recorded: 0, recurring_stops: 1 })
+  t.equal((await row(a)).stopped_at?.getTime(), t0 + 1000, '"STOP NOTIFICATIONS" (with a space) stops it')
+  await post('meta-docs-mm-faq-optin-no-frequency.json', a, t0, t0 + 5) // the opt-in again, in other bytes
+  t.equal((await row(a)).stopped_at?.getTime(), t0 + 1000, 'a late opt-in does not undo a later stop')
+
+  const resume = await post('meta-docs-optin-resume-space-filled.json', a, t0 + 3000)
+  t.match(resume, { recurring_resumes: 1 })
+  t.equal((await row(a)).stopped_at, null, 'resumed')
+  await post('meta-docs-optin-stop-space-filled.json', a, t0 + 2000)
+  t.equal((await row(a)).stopped_at, null, 'a stop older than the resume, delivered late, changes nothing')
+  t.equal((await row(a)).opted_in_at.getTime(), t0, 'the opt-in time stays the first')
+
+  // Meta's re-opt-in: a new token replaces the old one and inherits its pacing.
+  const sentAt = new Date(t0 + 3500)
+  const nextAt = new Date(t0 + 48 * 3_600_000)
+  await (await db()).updateTable('optin_tokens').set({ last_sent_at: sentAt, next_send_at: nextAt }).where('page_id', '=', pageId).where('token', '=', a).execute()
+  const refreshed = await post('meta-docs-optin-refreshed-filled.json', b, t0 + 4000)
+  t.match(refreshed, { tokens_received: 1, tokens_recorded: 1 })
+  t.match(await row(a), { state: 'replaced' })
+  t.match(await row(b), { state: 'available', user_token_status: 'REFRESHED', frequency: 'WEEKLY' })
+  t.equal((await row(b)).expires_at.getTime(), 2145916800000, "Meta's token_expiry_timestamp")
+  t.same([(await row(b)).last_sent_at, (await row(b)).next_send_at], [sentAt, nextAt], 'the cooldown carries over to the new token')
+
+  // An older token delivered after the refresh arrives already replaced.
+  await post('meta-docs-mm-faq-optin-no-frequency.json', c, t0 - 10_000)
+  t.match(await row(c), { state: 'replaced' })
+  t.match(await row(b), { state: 'available' })
+
+  // The same bytes again: a duplicate, nothing changes.
+  const raw = recurringFixture('meta-docs-optin-stop-space-filled.json', { pageId, psid, payload, token: b, at: t0 + 5000 })
+  t.equal((await signedPost(app, raw)).json().duplicate, false)
+  t.equal((await row(b)).stopped_at?.getTime(), t0 + 5000)
+  t.equal((await signedPost(app, raw)).json().duplicate, true)
+  t.equal((await row(b)).stopped_at?.getTime(), t0 + 5000)
 })
