@@ -19,6 +19,8 @@ export interface BroadcastInput extends Labelling {
   /** ISO time; absent or past: now. */
   send_at?: string
   use_window?: boolean
+  /** Wait for people whose recurring token is cooling down (true), or skip them as `cooldown` (false, the default). */
+  defer_cooldown?: boolean
   /** An explicit audience instead of everyone holding a usable token on the topic. */
   psids?: string[]
 }
@@ -54,6 +56,7 @@ export interface BroadcastView {
   message: Record<string, unknown>
   notification_type: string
   use_window: boolean
+  defer_cooldown: boolean
   messaging_type?: string
   tag?: string
   send_at: string
@@ -81,6 +84,7 @@ function broadcastView (b: Broadcast, progress: Progress): BroadcastView {
     message: b.message,
     notification_type: b.notification_type,
     use_window: b.use_window,
+    defer_cooldown: b.defer_cooldown,
     ...(b.messaging_type !== null ? { messaging_type: b.messaging_type } : {}),
     ...(b.tag !== null ? { tag: b.tag } : {}),
     send_at: b.send_at.toISOString(),
@@ -136,6 +140,7 @@ function requestHash (input: BroadcastInput, psids: string[] | undefined): strin
     message: input.message,
     notification_type: input.notification_type ?? 'REGULAR',
     use_window: input.use_window ?? true,
+    ...(input.defer_cooldown ? { defer_cooldown: true } : {}),
     send_at: input.send_at === undefined ? null : new Date(input.send_at).toISOString(),
     psids: psids ?? null,
     ...labellingOf(input),
@@ -183,6 +188,7 @@ export async function createBroadcast (db: Database, input: BroadcastInput, opts
       message: JSON.stringify(input.message),
       notification_type: input.notification_type ?? 'REGULAR',
       use_window: input.use_window ?? true,
+      defer_cooldown: input.defer_cooldown ?? false,
       messaging_type: input.messaging_type ?? 'UPDATE',
       tag: input.tag ?? null,
       audience: psids ? 'explicit' : 'topic',
@@ -438,7 +444,7 @@ export async function sendToRecipient (deps: RecipientDeps, b: Broadcast, r: Cla
   }
   if (existing) {
     const n = existing.status === 'pending' ? await resolveInterrupted(send, existing) : existing
-    return 'wait' in n ? { kind: 'wait', seconds: n.wait } : resultOf(deps, n, r)
+    return 'wait' in n ? { kind: 'wait', seconds: n.wait } : resultOf(deps, b, n, r)
   }
   if (r.broadcast_state === 'cancelled') return { kind: 'cancelled' }
   if (r.broadcast_state !== 'running') return { kind: 'wait', seconds: Math.max(1, (b.send_at.getTime() - Date.now()) / 1000) }
@@ -454,7 +460,7 @@ export async function sendToRecipient (deps: RecipientDeps, b: Broadcast, r: Cla
       idempotency_key: key,
       broadcast_id: b.id,
     })
-    return resultOf(deps, result.notification, r)
+    return resultOf(deps, b, result.notification, r)
   } catch (error) {
     if (!(error instanceof DomainError)) throw error
     if (error.code === 'idempotency_in_progress') return { kind: 'wait', seconds: 1 }
@@ -463,16 +469,23 @@ export async function sendToRecipient (deps: RecipientDeps, b: Broadcast, r: Cla
   }
 }
 
-function resultOf (deps: RecipientDeps, n: Notification, r: ClaimedRecipient): RecipientResult {
+function resultOf (deps: RecipientDeps, b: Broadcast, n: Notification, r: ClaimedRecipient): RecipientResult {
   const done = (outcome: BroadcastOutcome, code: string | null = null): RecipientResult =>
     ({ kind: 'done', outcome, error_code: code, notification_id: n.id })
   switch (n.status) {
-    case 'sent': return done(n.route === 'window' ? 'sent_window' : 'sent_token')
+    case 'sent': return done(n.route === 'window' ? 'sent_window' : n.route === 'recurring' ? 'sent_recurring' : 'sent_token')
     case 'no_token': return done('no_token')
     case 'unconfirmed': return done('unconfirmed')
     case 'pending': return { kind: 'wait', seconds: 1 }
     case 'failed': {
       const problem = n.error as unknown as NotificationProblem | null
+      if (problem?.code === 'recurring_cooldown') {
+        // The person's recurring token may send later: skip them, or wait for it under the next key (not
+        // counted against maxAttempts: the wait is the token's pacing, not a failure).
+        if (!b.defer_cooldown) return done('cooldown', problem.code)
+        const until = problem.next_send_at !== undefined ? Date.parse(problem.next_send_at) : Date.now() + (problem.retry_after_seconds ?? 60) * 1000
+        return { kind: 'retry', afterSeconds: Math.max(1, Math.ceil((until - Date.now()) / 1000)) }
+      }
       // A refusal with a Retry-After spent nothing and kept the token: the person may be tried again.
       const retry = problem ? retryOf(problem.code, problem.retry_after_seconds) : undefined
       if (retry && r.retries + 1 < deps.maxAttempts) {

@@ -360,22 +360,27 @@ export async function firstOptinAt (db: Database, pageId: string, psid: string):
 // ---- broadcasts ----
 
 /**
- * Distinct people holding an unspent token on (Page, payload) now, counting tokens a send in
- * flight holds (like the topic's counts: an index-only count, however many tokens the topic has).
+ * Distinct people holding an unspent token on (Page, payload) now — a one-time token, or a recurring
+ * one the person has not stopped (cooling down or not) — counting tokens a send in flight holds
+ * (like the topic's counts: an index-only count, however many tokens the topic has).
  */
 export async function usableHolders (db: Database, pageId: string, payload: string): Promise<number> {
   const { rows: [row] } = await sql<{ n: number }>`
     select count(distinct psid)::int as n from optin_tokens
-     where page_id = ${pageId} and payload = ${payload} and kind = 'one_time_notif'
-       and state = 'available' and expires_at > now()`.execute(db)
+     where page_id = ${pageId} and payload = ${payload}
+       and state = 'available' and stopped_at is null and expires_at > now()`.execute(db)
   return row.n
 }
 
-/** People holding a usable token on (Page, payload), after `after` in PSID order, `limit` at most: one page of an audience. */
+/**
+ * People holding a usable token of either kind on (Page, payload), after `after` in PSID order,
+ * `limit` at most: one page of an audience. A recurring token cooling down still counts: its person
+ * is waited for or skipped as `cooldown` when their turn comes (the broadcast's defer_cooldown).
+ */
 export function audiencePage (pageId: string, payload: string, after: string | undefined, limit: number): RawBuilder<{ psid: string }> {
   return sql<{ psid: string }>`
     select distinct psid from optin_tokens
-     where page_id = ${pageId} and payload = ${payload} and kind = 'one_time_notif'
+     where page_id = ${pageId} and payload = ${payload}
        and ${usable()} and expires_at > now()
        ${after !== undefined ? sql`and psid > ${after}` : sql``}
      order by psid

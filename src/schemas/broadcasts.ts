@@ -16,7 +16,12 @@ export const CreateBroadcastBodySchema = Type.Object({
   })),
   use_window: Type.Optional(Type.Boolean({
     default: true,
-    description: 'People who wrote to the Page in the last 24 hours get a standard message and keep their token. false: always spend a token.',
+    description: 'People who wrote to the Page in the last 24 hours get a standard message and keep their token. false: always use a token.',
+  })),
+  defer_cooldown: Type.Optional(Type.Boolean({
+    default: false,
+    description: 'A person whose only way is a recurring notification token that may not send yet (its calendar period or cooldown): ' +
+      'true waits until it may (the broadcast runs on until then); false (default) skips them, counted as cooldown.',
   })),
   psids: Type.Optional(Type.Array(Psid, {
     minItems: 1, maxItems: MAX_EXPLICIT_AUDIENCE,
@@ -60,12 +65,13 @@ export const BroadcastSchema = Type.Object({
   page_id: PageId,
   state: State,
   audience: Type.Union([Type.Literal('topic'), Type.Literal('explicit')], {
-    description: 'topic: everyone holding a usable token on the topic when sending starts; explicit: the psids given.',
+    description: 'topic: everyone holding a usable token on the topic when sending starts (a one-time token, or an active recurring one); explicit: the psids given.',
   }),
   audience_estimate: Type.Integer({ description: 'At creation: people holding a usable token on the topic, or the size of the explicit list.' }),
   message: Type.Object({}, { additionalProperties: true }),
   notification_type: Type.String(),
   use_window: Type.Boolean(),
+  defer_cooldown: Type.Boolean({ description: 'People whose recurring token is cooling down are waited for (true) or skipped as cooldown (false).' }),
   messaging_type: Type.Optional(Type.String({ description: 'The messaging_type of its window sends.' })),
   tag: Type.Optional(Type.String()),
   send_at: Timestamp,

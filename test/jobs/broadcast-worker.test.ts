@@ -6,7 +6,7 @@ import { SWEEP_QUEUE } from '../../src/jobs/broadcast-worker.js'
 import { build, LogCapture } from '../helper.js'
 import { APP_SECRET, graphEnv, heldTokens, world } from '../fixtures/otn.js'
 import {
-  accountedForOnce, broadcastEnv, NOWHERE, people, postBroadcast, readBroadcast, settled, tokensFor, until,
+  accountedForOnce, broadcastEnv, NOWHERE, people, postBroadcast, readBroadcast, recurringFor, settled, tokensFor, until, windowsFor,
 } from '../fixtures/broadcasts.js'
 
 const message = { text: 'Back in stock' }
@@ -214,4 +214,65 @@ t.test('planners racing on one audience list each person once', async (t) => {
   for (const r of rows) sizes.set(r.batch, (sizes.get(r.batch) ?? 0) + 1)
   t.ok([...sizes.values()].every((n) => n <= 10), 'no batch larger than BROADCAST_BATCH_SIZE')
   t.same([...sizes.keys()].sort((x, y) => x - y), [...sizes.keys()].map((_, i) => i), 'batches numbered from 0 without gaps')
+})
+
+t.test('a broadcast mixing one-time, recurring and window people survives an instance dying mid-run: a recurring token is never sent twice inside its cooldown', async (t) => {
+  const env = broadcastEnv({ BROADCAST_CONCURRENCY: '2', BROADCAST_BATCH_SIZE: '25', MAINTENANCE_INTERVAL_SECONDS: '3600' })
+  const zombie = freezingGraph(20)
+  const w = await world(t, { env: { ...env, LOG_LEVEL: 'warn' }, emulator: { webhookUrl: NOWHERE }, deps: { graph: zombie.client } })
+  const real = realGraph(w.base)
+  t.teardown(() => real.close())
+  zombie.to(real)
+  const oneTime = people(30, 'o')
+  const recurring = people(30, 'r')
+  const inWindow = people(15, 'w')
+  const cooling = people(10, 'c')
+  await tokensFor(w, [...oneTime, ...inWindow])
+  await windowsFor(w, inWindow)
+  await recurringFor(w, recurring)
+  await recurringFor(w, cooling, { coolingUntil: new Date(Date.now() + 40 * 3_600_000) })
+
+  const mixed = { text: 'Flash sale' }
+  const created = (await postBroadcast(w.app, { topic_id: w.topic.id, message: mixed })).json()
+  t.equal(created.audience_estimate, 85, 'the audience counts recurring holders, cooling ones too')
+  let seen = -1
+  await until('instance A to freeze', async () => {
+    const now = zombie.frozen.length
+    if (now > 1 && now === seen) return true
+    seen = now
+    await new Promise((resolve) => setTimeout(resolve, 500))
+    return undefined
+  })
+  await w.app.jobs.stop({ graceful: false, wait: false, close: false })
+
+  const b = await build(t, graphEnv(w.base, env), { graph: countingGraph(real) })
+  const done = await settled(b, created.id)
+  t.equal(done.progress.total, 85)
+  await accountedForOnce(t, w, done)
+  t.equal(done.progress.cooldown, 10, 'people whose recurring token is cooling down are skipped, not sent')
+  const outcomes = await w.db.selectFrom('broadcast_recipients').select(['psid', 'outcome']).where('broadcast_id', '=', done.id).execute()
+  const of = (group: string[]) => outcomes.filter((r) => group.includes(r.psid)).map((r) => r.outcome)
+  t.ok(of(recurring).every((o) => o === 'sent_recurring' || o === 'unconfirmed'), 'recurring people: sent with their token, or unconfirmed when A froze on them')
+  t.ok(of(recurring).filter((o) => o === 'sent_recurring').length >= 15, `${of(recurring).filter((o) => o === 'sent_recurring').length} sent with a recurring token`)
+  t.ok(of(oneTime).every((o) => o === 'sent_token' || o === 'unconfirmed'))
+  t.ok(of(inWindow).every((o) => o === 'sent_window' || o === 'unconfirmed'), 'window people keep their token')
+  t.equal(done.progress.sent_recurring, of(recurring).filter((o) => o === 'sent_recurring').length)
+
+  const recurringTokens = await w.db.selectFrom('optin_tokens').selectAll().where('page_id', '=', w.pageId)
+    .where('kind', '=', 'notification_messages').where('psid', 'in', recurring).execute()
+  t.equal(recurringTokens.filter((r) => r.state === 'available' && r.notification_id === null && r.next_send_at !== null &&
+    r.next_send_at.getTime() > Date.now() + 47 * 3_600_000).length, 30, 'every recurring token stays usable and cools down, sent or unconfirmed')
+  const uses = w.emulator.tokenUses()
+  t.ok(recurringTokens.every((r) => (uses.get(r.token) ?? 0) <= 1), 'Meta took each recurring token at most once')
+
+  // The next broadcast inside the cooldown: the recurring people are skipped, nobody gets a second message.
+  const second = (await postBroadcast(b, { topic_id: w.topic.id, message: { text: 'Second sale' } })).json()
+  const again = await settled(b, second.id)
+  t.equal(again.progress.sent_recurring, 0)
+  t.equal(again.progress.cooldown, 40, 'the 30 just sent (or unconfirmed) and the 10 cooling')
+  for (const psid of [...recurring, ...cooling]) {
+    if (w.emulator.inbox(w.pageId, psid).length > 1) t.fail(`${psid} got two messages inside a cooldown`)
+  }
+  t.same(w.emulator.doubleSpends(), [])
+  zombie.release()
 })
