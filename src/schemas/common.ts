@@ -19,6 +19,11 @@ export const ProblemSchema = Type.Object({
     fbtrace_id: Type.Union([Type.String(), Type.Null()]),
   }, { description: 'What the Graph API answered, when Meta refused.' })),
   retry_after_seconds: Type.Optional(Type.Integer()),
+  next_request_at: Type.Optional(Type.String({
+    format: 'date-time',
+    description: 'recurring_optin_weekly_limit: when Meta\'s weekly rule lets this title be asked of this person again.',
+    examples: ['2026-12-09T15:04:05.000Z'],
+  })),
   usable_tokens: Type.Optional(Type.Integer()),
   notification: Type.Optional(Type.Any({ description: 'The recorded attempt, when one was recorded.' })),
   optin_request: Type.Optional(Type.Any({ description: 'The recorded opt-in request, when one was sent.' })),
