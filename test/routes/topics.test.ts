@@ -87,7 +87,7 @@ t.test('counts: usable tokens, people holding one, expiring within 7 days; spent
   await addTokens(pageId, topic.payload, ['e'], -1)
   await addTokens(pageId, 'other-payload', ['f'])
   const got = (await app.inject({ method: 'GET', url: `/v1/topics/${topic.id}`, headers: auth })).json()
-  t.same(got.counts, { usable_tokens: 4, subscribers: 3, expiring_soon: 1 })
+  t.same(got.counts, { usable_tokens: 4, subscribers: 3, expiring_soon: 1, recurring: { active: 0, stopped: 0 } })
 })
 
 t.test('list topics: filter by Page and by name, cursor pagination', async (t) => {
