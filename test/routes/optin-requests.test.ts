@@ -308,3 +308,23 @@ t.test('recurring: a request Meta refused does not count toward the week; a lost
   t.equal(again.json().code, 'recurring_optin_weekly_limit')
   t.equal(w.emulator.requests.filter((r) => r.recipient?.id === lost).length, 1, 'not sent again')
 })
+
+t.test("recurring: Meta's \"already asked\" (613/1893016) starts the week like a sent request; the next one is refused here", async (t) => {
+  const w = await world(t)
+  const psid = newPsid()
+  await openWindow(w, psid)
+  w.emulator.setFaults({ errorRate: 1, error: { code: 613, subcode: 1893016 } })
+  const first = await recurring(w, { psid })
+  w.emulator.clearFaults()
+  t.equal(first.statusCode, 429)
+  t.match(first.json(), { code: 'recurring_optin_weekly_limit', graph: { code: 613, subcode: 1893016 }, optin_request: { status: 'failed', kind: 'notification_messages' } })
+  const wait = Number(first.headers['retry-after'])
+  t.ok(wait > WEEK_S - 60 && wait <= WEEK_S, `Retry-After ${wait}`)
+  const calls = () => w.emulator.requests.filter((r) => r.recipient?.id === psid).length
+  const sentBefore = calls()
+  const second = await recurring(w, { psid })
+  t.equal(second.statusCode, 429)
+  t.notOk('graph' in second.json(), 'decided here')
+  t.equal(second.json().next_request_at, first.json().next_request_at)
+  t.equal(calls(), sentBefore, 'no Graph call')
+})
