@@ -9,11 +9,14 @@ export const DOMAIN_CODES = [
   'topic_not_found', 'page_not_found', 'notification_not_found', 'broadcast_not_found', 'subscriber_not_found',
   // the request is malformed in a way the schema cannot say
   'invalid_webhook_body', 'invalid_payload', 'invalid_cursor', 'empty_update', 'tag_required', 'tag_without_message_tag',
+  'invalid_timezone',
   // the state of things refuses it
   'page_without_access_token', 'window_closed', 'topic_name_taken', 'topic_payload_taken', 'topic_has_tokens', 'page_has_topics',
   'broadcast_completed', 'no_token', 'idempotency_in_progress', 'idempotency_conflict', 'webhook_not_configured',
   // we hold back, or Meta did
   'optin_request_throttled', 'graph_rate_limited', 'recurring_cooldown', 'graph_frequency_limited',
+  // Meta's rule for recurring opt-in requests: one per title, person and week
+  'recurring_optin_weekly_limit',
   // Meta refused (the message, the person, the Page or the token)
   'graph_request_invalid', 'graph_message_refused', 'graph_token_refused', 'graph_recipient_invalid', 'graph_topic_stopped',
   'graph_person_unavailable', 'graph_page_restricted', 'graph_page_token_invalid', 'graph_permission_missing',

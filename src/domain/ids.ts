@@ -40,14 +40,3 @@ const TOKEN_CHARS = /^[\x21-\x7e]+$/
 export function isToken (value: string): boolean {
   return value.length > 0 && value.length <= TOKEN_MAX_BYTES && TOKEN_CHARS.test(value)
 }
-
-/** An IANA time zone name this runtime knows (`Europe/Berlin`, `UTC`). */
-export function isTimeZone (value: string): boolean {
-  if (value.length === 0 || value.length > 64) return false
-  try {
-    new Intl.DateTimeFormat('en', { timeZone: value }) // eslint-disable-line no-new
-    return true
-  } catch {
-    return false
-  }
-}

@@ -4,7 +4,8 @@ import type { Database } from '../db/database.js'
 import { GroupCommit } from '../db/group-commit.js'
 import type { RecurringFrequency, TokenKind } from '../db/types.js'
 import { DomainError } from './errors.js'
-import { isPageId, isPayload, isPsid, isTimeZone, isToken } from './ids.js'
+import { isPageId, isPayload, isPsid, isToken } from './ids.js'
+import { isTimeZoneName } from './timezones.js'
 import { NO_EXPIRY, RECURRING_LIFETIME_MONTHS } from './lifecycle.js'
 import { insertTokens, recordRecurring } from './token-store.js'
 import { OTN_TOKEN_LIFETIME_MS } from './window.js'
@@ -293,7 +294,7 @@ function recurringRecord (optin: Json, pageId: string, psid: string, at: number)
     ? optin.notification_messages_frequency.toUpperCase() as RecurringFrequency
     : null
   // A zone this runtime does not know would break the pacing's calendar: the Page's zone stands in.
-  const timezone = typeof optin.notification_messages_timezone === 'string' && isTimeZone(optin.notification_messages_timezone)
+  const timezone = typeof optin.notification_messages_timezone === 'string' && isTimeZoneName(optin.notification_messages_timezone)
     ? optin.notification_messages_timezone
     : null
   const expires = expiryMs(optin.token_expiry_timestamp) ?? (frequency ? addMonths(at, RECURRING_LIFETIME_MONTHS[frequency]) : NO_EXPIRY.getTime())

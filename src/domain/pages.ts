@@ -4,12 +4,14 @@ import type { Page } from '../db/types.js'
 import type { GraphError } from '../graph/errors.js'
 import { DomainError, notFound } from './errors.js'
 import { afterCursor, PAGE_SIZE, pageOf } from './pagination.js'
+import { timeZone } from './timezones.js'
 
 export interface PageView {
   id: string
   name: string
   has_access_token: boolean
   broadcast_rate_per_second: number | null
+  timezone: string
   healthy: boolean
   last_error?: GraphError & { at: string }
   created_at: string
@@ -22,6 +24,7 @@ export function pageView (page: Page): PageView {
     name: page.name,
     has_access_token: page.access_token !== null,
     broadcast_rate_per_second: page.broadcast_rate_per_second,
+    timezone: page.timezone,
     healthy: page.healthy,
     ...(page.last_error ? { last_error: page.last_error } : {}),
     created_at: page.created_at.toISOString(),
@@ -29,14 +32,19 @@ export function pageView (page: Page): PageView {
   }
 }
 
-/** Registers or updates a Page; a new access token clears the Page's last Graph error. */
-export async function upsertPage (db: Database, id: string, input: { name: string, access_token?: string, broadcast_rate_per_second?: number | null }): Promise<{ page: Page, created: boolean }> {
+/**
+ * Registers or updates a Page; a new access token clears the Page's last Graph error. `timezone`
+ * (IANA, validated: invalid_timezone) is UTC on a new Page and kept when omitted on an update.
+ */
+export async function upsertPage (db: Database, id: string, input: { name: string, access_token?: string, broadcast_rate_per_second?: number | null, timezone?: string }): Promise<{ page: Page, created: boolean }> {
+  const zone = input.timezone !== undefined ? await timeZone(db, input.timezone) : undefined
   const row = await db.insertInto('pages')
-    .values({ id, name: input.name, access_token: input.access_token ?? null, broadcast_rate_per_second: input.broadcast_rate_per_second ?? null })
+    .values({ id, name: input.name, access_token: input.access_token ?? null, broadcast_rate_per_second: input.broadcast_rate_per_second ?? null, ...(zone !== undefined ? { timezone: zone } : {}) })
     .onConflict((oc) => oc.column('id').doUpdateSet((eb) => ({
       name: eb.ref('excluded.name'),
       updated_at: sql`now()`,
       ...(input.broadcast_rate_per_second !== undefined ? { broadcast_rate_per_second: eb.ref('excluded.broadcast_rate_per_second') } : {}),
+      ...(zone !== undefined ? { timezone: eb.ref('excluded.timezone') } : {}),
       ...(input.access_token !== undefined
         ? { access_token: eb.ref('excluded.access_token'), healthy: true, last_error: null }
         : {}),

@@ -12,7 +12,7 @@
  */
 import { sql, type Expression, type RawBuilder, type SqlBool } from 'kysely'
 import type { Database } from '../db/database.js'
-import type { TokenKind } from '../db/types.js'
+import type { RecurringFrequency, TokenKind } from '../db/types.js'
 import { DERIVED_STATES, NO_EXPIRY, SETTLED, type Settled, type TokenOutcome } from './lifecycle.js'
 
 const NO_EXPIRY_SQL = sql`${sql.lit(NO_EXPIRY.toISOString())}::timestamptz`
@@ -296,19 +296,34 @@ export async function expireTokens (db: Database, batchSize = 5000): Promise<num
 
 // ---- topics ----
 
-export interface TopicCounts { usable_tokens: number, subscribers: number, expiring_soon: number }
+export interface TopicCounts {
+  usable_tokens: number
+  subscribers: number
+  expiring_soon: number
+  /** People holding an active recurring token on the topic (held or not). */
+  recurring_active: number
+  /** People holding a stopped recurring token on the topic. */
+  recurring_stopped: number
+}
 
 /**
  * A topic's counts as a lateral subquery over `topics` (an alias in scope): one index range scan
- * over its unspent tokens (the usable index), without reading the table, so a token a send in
- * flight holds is counted until it is spent.
+ * over its unspent tokens (the usable index), so a token a send in flight holds is counted until it
+ * is spent. `usable_tokens` and `expiring_soon` count one-time tokens; `subscribers` the people a
+ * send could reach with either kind (a stopped recurring token reaches nobody); `recurring_*` the
+ * people with an active (usable or held) or a stopped recurring token. Replaced, expired and other
+ * spent tokens are not `available`, so they count nowhere.
  */
 export function topicCounts (topics: string, expiringWithin: RawBuilder<unknown>): RawBuilder<TopicCounts> {
   const t = (c: string) => sql.ref(`${topics}.${c}`)
+  const otn = sql`o.kind = 'one_time_notif'`
+  const recurring = sql`o.kind = 'notification_messages'`
   return sql<TopicCounts>`lateral (
-    select count(*)::int as usable_tokens,
-           count(distinct o.psid)::int as subscribers,
-           (count(*) filter (where o.expires_at <= now() + ${expiringWithin}))::int as expiring_soon
+    select (count(*) filter (where ${otn}))::int as usable_tokens,
+           (count(distinct o.psid) filter (where ${otn} or o.stopped_at is null))::int as subscribers,
+           (count(*) filter (where ${otn} and o.expires_at <= now() + ${expiringWithin}))::int as expiring_soon,
+           (count(distinct o.psid) filter (where ${recurring} and o.stopped_at is null))::int as recurring_active,
+           (count(distinct o.psid) filter (where ${recurring} and o.stopped_at is not null))::int as recurring_stopped
       from optin_tokens o
      where o.page_id = ${t('page_id')} and o.payload = ${t('payload')}
        and o.state = 'available' and o.expires_at > now())`
@@ -339,13 +354,13 @@ export interface PersonToken {
   topic_name: string | null
 }
 
-/** A person's usable tokens on a Page with the topic each belongs to (if any), soonest expiry first. */
+/** A person's usable one-time tokens on a Page with the topic each belongs to (if any), soonest expiry first (recurring ones: personRecurringTokens). */
 export async function personTokens (db: Database, pageId: string, psid: string): Promise<PersonToken[]> {
   const { rows } = await sql<PersonToken>`
     select t.id, t.token, t.payload, t.opted_in_at, t.expires_at, tp.id as topic_id, tp.name as topic_name
       from optin_tokens t
       left join topics tp on tp.page_id = t.page_id and tp.payload = t.payload
-     where t.page_id = ${pageId} and t.psid = ${psid} and ${usable('t')} and t.expires_at > now()
+     where t.page_id = ${pageId} and t.psid = ${psid} and t.kind = 'one_time_notif' and ${usable('t')} and t.expires_at > now()
      order by t.expires_at, t.id`.execute(db)
   return rows
 }
@@ -506,4 +521,38 @@ export async function sendBacklog (db: Database): Promise<SendBacklog> {
       left join optin_tokens t on t.page_id = n.page_id and t.psid = n.psid and ${heldBy(sql.ref('n.id'), 't')}
      where n.completed_at is null and n.status = 'pending'`.execute(db)
   return row
+}
+
+// ---- recurring views ----
+
+/** One of a person's recurring tokens as the inbox shows it (the value is masked by the caller). */
+export interface PersonRecurringToken {
+  id: string
+  token: string
+  payload: string
+  topic_id: string | null
+  topic_name: string | null
+  stopped: boolean
+  frequency: RecurringFrequency | null
+  timezone: string | null
+  expires_at: Date
+  last_sent_at: Date | null
+  next_send_at: Date | null
+}
+
+/**
+ * A person's live recurring tokens on a Page: active (usable or held by a send) and stopped, not
+ * replaced, expired or otherwise gone; with the topic each belongs to (if any), by topic name then
+ * the newest opt-in first.
+ */
+export async function personRecurringTokens (db: Database, pageId: string, psid: string): Promise<PersonRecurringToken[]> {
+  const { rows } = await sql<PersonRecurringToken>`
+    select t.id, t.token, t.payload, tp.id as topic_id, tp.name as topic_name, t.stopped_at is not null as stopped,
+           t.frequency, t.timezone, t.expires_at, t.last_sent_at, t.next_send_at
+      from optin_tokens t
+      left join topics tp on tp.page_id = t.page_id and tp.payload = t.payload
+     where t.page_id = ${pageId} and t.psid = ${psid} and t.kind = 'notification_messages'
+       and t.state = ${sql.lit(DERIVED_STATES.stopped.state)} and t.expires_at > now()
+     order by tp.name nulls last, t.payload, t.opted_in_at desc, t.id`.execute(db)
+  return rows
 }

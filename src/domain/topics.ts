@@ -21,7 +21,12 @@ export interface TopicView {
   name: string
   title: string
   payload: string
-  counts: TopicCounts
+  counts: {
+    usable_tokens: number
+    subscribers: number
+    expiring_soon: number
+    recurring: { active: number, stopped: number }
+  }
   created_at: string
   updated_at: string
 }
@@ -33,7 +38,12 @@ export function topicView (t: TopicWithCounts): TopicView {
     name: t.name,
     title: t.title,
     payload: t.payload,
-    counts: { usable_tokens: t.usable_tokens, subscribers: t.subscribers, expiring_soon: t.expiring_soon },
+    counts: {
+      usable_tokens: t.usable_tokens,
+      subscribers: t.subscribers,
+      expiring_soon: t.expiring_soon,
+      recurring: { active: t.recurring_active, stopped: t.recurring_stopped },
+    },
     created_at: t.created_at.toISOString(),
     updated_at: t.updated_at.toISOString(),
   }
@@ -45,6 +55,8 @@ function withCounts (db: Database) {
     .select(sql<number>`c.usable_tokens`.as('usable_tokens'))
     .select(sql<number>`c.subscribers`.as('subscribers'))
     .select(sql<number>`c.expiring_soon`.as('expiring_soon'))
+    .select(sql<number>`c.recurring_active`.as('recurring_active'))
+    .select(sql<number>`c.recurring_stopped`.as('recurring_stopped'))
     .innerJoin(topicCounts('topics', EXPIRING_SOON).as('c'), (join) => join.onTrue())
 }
 

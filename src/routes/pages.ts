@@ -12,7 +12,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
     schema: {
       operationId: 'putPage', summary: 'Register or update a Page and its access token', tags, security,
       params: PageParamsSchema, body: PutPageBodySchema,
-      response: { 200: named(PageSchema, 'Updated'), 201: named(PageSchema, 'Registered'), ...problems(...API_PROBLEMS, ...BODY_PROBLEMS) },
+      response: { 200: named(PageSchema, 'Updated'), 201: named(PageSchema, 'Registered'), ...problems(...API_PROBLEMS, ...BODY_PROBLEMS, 'invalid_timezone') },
     },
   }, async (request, reply) => {
     const { page, created } = await upsertPage(app.db, request.params.pageId, request.body)

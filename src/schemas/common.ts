@@ -20,6 +20,11 @@ export const ProblemSchema = Type.Object({
   }, { description: 'What the Graph API answered, when Meta refused.' })),
   retry_after_seconds: Type.Optional(Type.Integer()),
   next_send_at: Type.Optional(Type.String({ format: 'date-time', description: 'recurring_cooldown: when the person\'s recurring token may send again.' })),
+  next_request_at: Type.Optional(Type.String({
+    format: 'date-time',
+    description: 'recurring_optin_weekly_limit: when Meta\'s weekly rule lets this title be asked of this person again.',
+    examples: ['2026-12-09T15:04:05.000Z'],
+  })),
   usable_tokens: Type.Optional(Type.Integer()),
   notification: Type.Optional(Type.Any({ description: 'The recorded attempt, when one was recorded.' })),
   optin_request: Type.Optional(Type.Any({ description: 'The recorded opt-in request, when one was sent.' })),

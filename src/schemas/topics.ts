@@ -30,9 +30,19 @@ export const TopicSchema = Type.Object({
   title: Type.String(),
   payload: Type.String(),
   counts: Type.Object({
-    usable_tokens: Type.Integer({ description: 'Tokens that can still be spent (a token a send in flight holds counts until it is spent or released).' }),
-    subscribers: Type.Integer({ description: 'People holding at least one usable token.' }),
-    expiring_soon: Type.Integer({ description: 'Usable tokens that expire within 7 days.' }),
+    usable_tokens: Type.Integer({ description: 'One-time tokens that can still be spent (a token a send in flight holds counts until it is spent or released).' }),
+    subscribers: Type.Integer({ description: 'People a notification on the topic could reach: holding a usable one-time token or an active recurring token.' }),
+    expiring_soon: Type.Integer({ description: 'Usable one-time tokens that expire within 7 days.' }),
+    recurring: Type.Object({
+      active: Type.Integer({
+        description: 'People (distinct PSIDs) holding an active recurring token on the topic: not stopped, not expired, whether or not it may send right now (its pacing) and whether or not a send holds it.',
+        examples: [42],
+      }),
+      stopped: Type.Integer({
+        description: 'People holding a recurring token on the topic that they stopped (Meta\'s STOP NOTIFICATIONS); a resume makes it active again. Replaced and expired tokens count nowhere.',
+        examples: [3],
+      }),
+    }, { description: 'Recurring notifications (notification_messages) on the topic, counted in people; a person holds at most one live recurring token per topic (a re-opt-in replaces it).' }),
   }),
   created_at: Timestamp,
   updated_at: Timestamp,

@@ -116,3 +116,35 @@ t.test("a Page's own broadcast rate: set, kept when omitted, cleared with null, 
   t.equal((await put({ name: 'Shop', broadcast_rate_per_second: null })).json().broadcast_rate_per_second, null, 'cleared')
   for (const bad of [0, 1001, 2.5, 'fast']) t.equal((await put({ name: 'Shop', broadcast_rate_per_second: bad })).statusCode, 400, String(bad))
 })
+
+t.test("a Page's time zone: UTC by default, an IANA name set and kept when omitted, an unknown one refused with invalid_timezone", async (t) => {
+  const app = await build(t)
+  const { db } = await testDatabase()
+  const id = uniquePageId()
+  const put = (payload: Record<string, unknown>) => app.inject({ method: 'PUT', url: `/v1/pages/${id}`, headers: auth, payload })
+  const get = async () => (await app.inject({ method: 'GET', url: `/v1/pages/${id}`, headers: auth })).json()
+  const created = await put({ name: 'Shop' })
+  t.equal(created.statusCode, 201)
+  t.equal(created.json().timezone, 'UTC', 'the default')
+  t.equal((await put({ name: 'Shop', timezone: 'Europe/Berlin' })).json().timezone, 'Europe/Berlin')
+  t.equal((await get()).timezone, 'Europe/Berlin', 'GET shows it')
+  t.equal((await put({ name: 'Shop renamed' })).json().timezone, 'Europe/Berlin', 'kept when omitted')
+  t.equal((await put({ name: 'Shop', timezone: 'america/new_york' })).json().timezone, 'America/New_York', 'spelled as IANA does')
+  t.equal((await put({ name: 'Shop', timezone: 'Asia/Kolkata' })).json().timezone, 'Asia/Kolkata', 'an alias is kept as given')
+
+  for (const bad of ['Mars/Olympus_Mons', 'Europe/Berlinn', '+01:00', 'UTC+1', 'local', ' ']) {
+    const res = await put({ name: 'Shop', timezone: bad })
+    t.equal(res.statusCode, 400, bad)
+    t.equal(res.headers['content-type'], 'application/problem+json; charset=utf-8')
+    t.match(res.json(), { status: 400, code: 'invalid_timezone', detail: /not an IANA time zone name/ }, bad)
+  }
+  t.equal((await put({ name: 'Shop', timezone: '' })).json().code, 'validation_failed', 'empty: the schema says so')
+  t.equal((await get()).timezone, 'Asia/Kolkata', 'a refused PUT changed nothing')
+  const row = await db.selectFrom('pages').select(['timezone', 'name']).where('id', '=', id).executeTakeFirstOrThrow()
+  t.same(row, { timezone: 'Asia/Kolkata', name: 'Shop' })
+
+  const fresh = uniquePageId()
+  const refused = await app.inject({ method: 'PUT', url: `/v1/pages/${fresh}`, headers: auth, payload: { name: 'New', timezone: 'Nowhere/Land' } })
+  t.equal(refused.statusCode, 400)
+  t.equal((await app.inject({ method: 'GET', url: `/v1/pages/${fresh}`, headers: auth })).statusCode, 404, 'a refused PUT registers nothing')
+})

@@ -4,6 +4,7 @@ import type { TokenState } from '../../src/db/types.js'
 import { WINDOW_MS } from '../../src/domain/window.js'
 import { auth, build, testDatabase, uniquePageId } from '../helper.js'
 import { envelope, messageEvent, optinEvent, signedPost, uniquePsid, uniqueToken, webhookEnv } from '../fixtures/webhooks.js'
+import { seedRecurring } from '../fixtures/recurring.js'
 
 const HOUR = 3_600_000
 const DAY = 24 * HOUR
@@ -120,4 +121,56 @@ t.test('tokens without a subscriber row still make a person (first seen = first 
   await insertToken(pageId, psid, 'x', uniqueToken(), { expiresAt, state: 'used' })
   const view = (await app.inject({ method: 'GET', url: `/v1/pages/${pageId}/subscribers/${psid}`, headers: auth })).json()
   t.match(view, { psid, first_seen_at: new Date(expiresAt - 365 * DAY).toISOString(), last_interaction_at: null, topics: [], unmatched_tokens: [] })
+})
+
+t.test('the recurring list: active (held or not) and stopped tokens masked, with pacing; replaced, expired and invalid ones gone; one-time lists unchanged', async (t) => {
+  const app = await build(t)
+  const { db } = await testDatabase()
+  const pageId = uniquePageId()
+  const psid = uniquePsid()
+  await app.inject({ method: 'PUT', url: `/v1/pages/${pageId}`, headers: auth, payload: { name: 'Shop', timezone: 'Europe/Berlin' } })
+  const deals = (await app.inject({ method: 'POST', url: '/v1/topics', headers: auth, payload: { page_id: pageId, name: 'Deals', payload: 'deals' } })).json()
+  const news = (await app.inject({ method: 'POST', url: '/v1/topics', headers: auth, payload: { page_id: pageId, name: 'News', payload: 'news' } })).json()
+  const now = Date.now()
+  const token = (c: string) => `${c.repeat(4)}${'x'.repeat(32)}${c}${c}zz` // 40 characters: the mask shows 4 and 4
+  const lastSent = new Date(now - 2 * DAY)
+  const nextSend = new Date(now + DAY)
+  const expires = new Date(now + 100 * DAY)
+  const seeded = {
+    active: await seedRecurring(db, { pageId, psid, payload: 'deals', token: token('A'), frequency: 'WEEKLY', timezone: 'America/New_York', lastSentAt: lastSent, nextSendAt: nextSend }),
+    stopped: await seedRecurring(db, { pageId, psid, payload: 'news', token: token('S'), expiresAt: expires }),
+    held: await seedRecurring(db, { pageId, psid, payload: 'elsewhere', token: token('H') }),
+    replaced: await seedRecurring(db, { pageId, psid, payload: 'deals', token: token('R'), status: 'replaced' }),
+    expired: await seedRecurring(db, { pageId, psid, payload: 'news', token: token('E'), status: 'expired' }),
+    invalid: await seedRecurring(db, { pageId, psid, payload: 'deals', token: token('I'), status: 'invalid' }),
+  }
+  await db.updateTable('optin_tokens').set({ stopped_at: new Date(now - HOUR) }).where('page_id', '=', pageId).where('token', '=', seeded.stopped.token).execute()
+  await db.updateTable('optin_tokens').set({ notification_id: randomUUID(), lease_expires_at: new Date(now + 60_000) }).where('page_id', '=', pageId).where('token', '=', seeded.held.token).execute()
+  const otn = uniqueToken()
+  await insertToken(pageId, psid, 'deals', otn, { expiresAt: now + 200 * DAY })
+
+  const got = await app.inject({ method: 'GET', url: `/v1/pages/${pageId}/subscribers/${psid}`, headers: auth })
+  t.equal(got.statusCode, 200)
+  const view = got.json()
+  const mask = (x: string) => `${x.slice(0, 4)}…${x.slice(-4)}`
+  t.same(view.recurring, [
+    { topic_id: deals.id, name: 'Deals', payload: 'deals', token: mask(seeded.active.token), status: 'active', frequency: 'WEEKLY', timezone: 'America/New_York',
+      expires_at: null, last_sent_at: lastSent.toISOString(), next_send_at: nextSend.toISOString() },
+    { topic_id: news.id, name: 'News', payload: 'news', token: mask(seeded.stopped.token), status: 'stopped', frequency: null, timezone: null,
+      expires_at: expires.toISOString(), last_sent_at: null, next_send_at: null },
+    { topic_id: null, name: null, payload: 'elsewhere', token: mask(seeded.held.token), status: 'active', frequency: null, timezone: null,
+      expires_at: null, last_sent_at: null, next_send_at: null },
+  ], 'by topic name, unmatched last; NO_EXPIRY shows as null; a token a send holds is still active')
+  t.equal(mask(seeded.active.token), 'AAAA…AAzz')
+  t.same(view.topics.map((x: { topic_id: string, tokens: unknown[] }) => [x.topic_id, x.tokens.length]), [[deals.id, 1]], 'the one-time list holds the one-time token only')
+  t.equal(view.topics[0].tokens[0].token, mask(otn))
+  t.same(view.unmatched_tokens, [], 'a recurring token with no topic is not an unmatched one-time token')
+  for (const { token: value } of Object.values(seeded)) t.notOk(got.body.includes(value), 'no raw token in the body')
+  t.notOk(got.body.includes(otn))
+
+  // A person with only a stopped recurring token is still a person the Page knows.
+  const quiet = uniquePsid()
+  await seedRecurring(db, { pageId, psid: quiet, payload: 'news', status: 'stopped' })
+  const view2 = (await app.inject({ method: 'GET', url: `/v1/pages/${pageId}/subscribers/${quiet}`, headers: auth })).json()
+  t.match(view2, { topics: [], unmatched_tokens: [], recurring: [{ topic_id: news.id, status: 'stopped' }] })
 })

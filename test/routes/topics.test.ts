@@ -2,6 +2,7 @@ import t from 'tap'
 import { sql } from 'kysely'
 import type { FastifyInstance } from 'fastify'
 import { auth, build, testDatabase, uniquePageId } from '../helper.js'
+import { seedRecurring } from '../fixtures/recurring.js'
 
 async function page (app: FastifyInstance): Promise<string> {
   const id = uniquePageId()
@@ -87,7 +88,38 @@ t.test('counts: usable tokens, people holding one, expiring within 7 days; spent
   await addTokens(pageId, topic.payload, ['e'], -1)
   await addTokens(pageId, 'other-payload', ['f'])
   const got = (await app.inject({ method: 'GET', url: `/v1/topics/${topic.id}`, headers: auth })).json()
-  t.same(got.counts, { usable_tokens: 4, subscribers: 3, expiring_soon: 1 })
+  t.same(got.counts, { usable_tokens: 4, subscribers: 3, expiring_soon: 1, recurring: { active: 0, stopped: 0 } })
+})
+
+t.test('counts with recurring tokens: one-time counts stay one-time, subscribers reach either kind, recurring counts active and stopped people', async (t) => {
+  const app = await build(t)
+  const { db } = await testDatabase()
+  const pageId = await page(app)
+  const topic = (await app.inject({ method: 'POST', url: '/v1/topics', headers: auth, payload: { page_id: pageId, name: 'Recurring counts' } })).json()
+  const payload = topic.payload
+  await addTokens(pageId, payload, ['a'])
+  await addTokens(pageId, payload, ['b'], 3)
+  await seedRecurring(db, { pageId, psid: 'a', payload, status: 'active' }) // a holds both kinds: one person
+  await seedRecurring(db, { pageId, psid: 'c', payload, status: 'active', frequency: 'WEEKLY', expiresAt: new Date(Date.now() + 3 * 86400_000) })
+  await seedRecurring(db, { pageId, psid: 'd', payload, status: 'held' })
+  await seedRecurring(db, { pageId, psid: 'e', payload, status: 'stopped' })
+  await seedRecurring(db, { pageId, psid: 'f', payload, status: 'replaced' })
+  await seedRecurring(db, { pageId, psid: 'g', payload, status: 'expired' })
+  await seedRecurring(db, { pageId, psid: 'h', payload, status: 'invalid' })
+  await seedRecurring(db, { pageId, psid: 'i', payload: 'other-payload', status: 'active' })
+  const expected = { usable_tokens: 2, subscribers: 4, expiring_soon: 1, recurring: { active: 3, stopped: 1 } }
+  const got = (await app.inject({ method: 'GET', url: `/v1/topics/${topic.id}`, headers: auth })).json()
+  t.same(got.counts, expected, 'usable_tokens a, b; expiring_soon b (a recurring expiry is not counted); subscribers a, b, c, d; active a, c, d; stopped e')
+  const listed = (await app.inject({ method: 'GET', url: `/v1/topics?page_id=${pageId}`, headers: auth })).json()
+  t.same(listed.items.find((x: { id: string }) => x.id === topic.id).counts, expected, 'the list counts alike')
+
+  // A resume makes the stopped person active again; a stop takes the person out of subscribers.
+  await db.updateTable('optin_tokens').set({ stopped_at: null }).where('page_id', '=', pageId).where('psid', '=', 'e').execute()
+  await db.updateTable('optin_tokens').set({ stopped_at: new Date() }).where('page_id', '=', pageId).where('psid', '=', 'c').execute()
+  const after = (await app.inject({ method: 'GET', url: `/v1/topics/${topic.id}`, headers: auth })).json()
+  t.same(after.counts, { usable_tokens: 2, subscribers: 4, expiring_soon: 1, recurring: { active: 3, stopped: 1 } }, 'e in, c out')
+  await db.updateTable('optin_tokens').set({ state: 'replaced' }).where('page_id', '=', pageId).where('psid', '=', 'c').execute()
+  t.same((await app.inject({ method: 'GET', url: `/v1/topics/${topic.id}`, headers: auth })).json().counts.recurring, { active: 3, stopped: 0 }, 'replaced counts nowhere')
 })
 
 t.test('list topics: filter by Page and by name, cursor pagination', async (t) => {

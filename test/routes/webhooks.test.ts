@@ -277,7 +277,7 @@ t.test('an opt-in for an unknown Page and topic is kept and shows up once both e
 
   const topic = (await app.inject({ method: 'POST', url: '/v1/topics', headers: auth, payload: { page_id: pageId, name: 'Restock', payload: 'back-in-stock' } })).json()
   const counted = (await app.inject({ method: 'GET', url: `/v1/topics/${topic.id}`, headers: auth })).json()
-  t.same(counted.counts, { usable_tokens: 1, subscribers: 1, expiring_soon: 0 })
+  t.same(counted.counts, { usable_tokens: 1, subscribers: 1, expiring_soon: 0, recurring: { active: 0, stopped: 0 } })
   const matched = (await app.inject({ method: 'GET', url, headers: auth })).json()
   t.match(matched.topics, [{ topic_id: topic.id, name: 'Restock', payload: 'back-in-stock', usable_tokens: 1 }])
   t.same(matched.unmatched_tokens, [])
