@@ -69,6 +69,15 @@ t.test('the README demo, run as written', async (t) => {
     t.equal(lines.length, expected.length, `run ${run}: every line it prints is in the README's Expected\n${steps.output()}`)
     expected.forEach((line, i) => t.match(lines[i], matcher(line), `run ${run}, line ${i + 1}`))
     t.notMatch(lines[2], /"token":"[A-Za-z0-9_-]{20,}"/, 'the emulator shows the token masked')
+
+    const recurring = bash(swap(block('recurring')), {})
+    const [rcode] = await new Promise<[number | null]>((resolve) => recurring.on('exit', (c) => resolve([c])))
+    t.equal(rcode, 0, recurring.output())
+    const rlines = recurring.output().trim().split('\n')
+    const rexpected = block('recurring-expected', 'text').split('\n')
+    t.equal(rlines.length, rexpected.length, `run ${run}, recurring: every line it prints is in the README's Expected\n${recurring.output()}`)
+    rexpected.forEach((line, i) => t.match(rlines[i], matcher(line), `run ${run}, recurring line ${i + 1}`))
+    t.notMatch(rlines.at(-1), /"token":"[A-Za-z0-9_-]{20,}"/, 'the service shows the recurring token masked')
   }
 })
 
