@@ -5,7 +5,7 @@ export const OptinRequestParamsSchema = IdParamsSchema
 
 const kinds = () => [Type.Literal('one_time_notif'), Type.Literal('notification_messages')] as const
 /** Meta's `notification_messages_cta_text`: the words on the opt-in button. */
-const ctaTexts = () => [Type.Literal('ALLOW'), Type.Literal('FREQUENCY'), Type.Literal('GET'), Type.Literal('GET_UPDATES'), Type.Literal('OPT_IN'), Type.Literal('SIGN_UP')] as const
+const ctaTexts = () => [Type.Literal('ALLOW'), Type.Literal('GET'), Type.Literal('GET_UPDATES'), Type.Literal('OPT_IN'), Type.Literal('SIGN_UP')] as const
 /** The options only a recurring request (kind notification_messages) takes. */
 export const RECURRING_OPTIONS = ['frequency', 'image_url', 'cta_text', 'reoptin', 'timezone'] as const
 
@@ -35,7 +35,7 @@ export const CreateOptinRequestBodySchema = Type.Object({
     examples: ['https://shop.example/img/deals.png'],
   })),
   cta_text: Type.Optional(Type.Union([...ctaTexts()], {
-    description: 'Recurring only: the words on the opt-in button, Meta\'s notification_messages_cta_text (default Meta\'s: FREQUENCY, "Get messages").',
+    description: 'Recurring only: the words on the opt-in button, Meta\'s notification_messages_cta_text (Meta\'s attachment reference lists these; its default is GET_UPDATES).',
     examples: ['SIGN_UP'],
   })),
   reoptin: Type.Optional(Type.Boolean({
