@@ -44,7 +44,7 @@ t.test('the committed contract passes Redocly\'s recommended rules without a war
 t.test('error responses are problems listing the codes the operation can answer; open routes need no key', async (t) => {
   const doc = JSON.parse(await openApiDocument())
   const send = doc.paths['/v1/notifications'].post.responses
-  t.same(send['429'].content['application/problem+json'].schema.allOf[1].properties.code.enum, ['graph_rate_limited'])
+  t.same(send['429'].content['application/problem+json'].schema.allOf[1].properties.code.enum, ['graph_frequency_limited', 'graph_rate_limited', 'recurring_cooldown'])
   t.ok(send['429'].headers['Retry-After'] && send['201'].headers['Idempotent-Replayed'] && send['201'].headers['X-Request-Id'])
   t.same(send['201'].content['application/json'].schema, { $ref: '#/components/schemas/Notification' })
   t.same(doc.paths['/healthz'].get.security, [])
