@@ -85,7 +85,8 @@ function template (kind: TokenKind, title: string, payload: string, input: Optin
     ...(input.image_url !== undefined ? { image_url: input.image_url } : {}),
     ...(input.frequency !== undefined ? { notification_messages_frequency: input.frequency } : {}),
     ...(input.cta_text !== undefined ? { notification_messages_cta_text: input.cta_text } : {}),
-    ...(input.reoptin !== undefined ? { notification_messages_reoptin: input.reoptin ? 'ENABLED' : 'DISABLED' } : {}),
+    // Meta documents only ENABLED: without it, Meta does not ask the person to re-opt-in.
+    ...(input.reoptin === true ? { notification_messages_reoptin: 'ENABLED' } : {}),
     notification_messages_timezone: timezone,
   }
 }

@@ -12,7 +12,7 @@ import type { Notification } from '../db/types.js'
 import type { GraphError } from '../graph/errors.js'
 import { DEFAULT_COOLDOWN_SECONDS, decide, type NotificationStatus, type Route, type TokenOutcome } from './lifecycle.js'
 import type { NotificationInput } from './notifications.js'
-import { claimForStarts, holdInput, settleHolds, type ClaimedToken, type Hold } from './token-store.js'
+import { carryPacing, claimForStarts, holdInput, settleHolds, type ClaimedToken, type Hold } from './token-store.js'
 import { WINDOW_MS } from './window.js'
 
 /** What the caller is told when a send did not end `sent`; stored with the notification. */
@@ -188,6 +188,7 @@ export async function recordOutcomes (db: Database, items: Finishing[], cooldown
              set_tokens_refused, tokens_refused, held_page_id, held_token_id, held_by, token_to)
       limit ${sorted.length} -- every row (why: startSends)
     ), moved as (${settleHolds('outcome_input', cooldownSeconds)}
+    ), paced as (${carryPacing('moved')}
     )
     update notifications n
        set status = i.status, route = i.route, error = i.error,

@@ -131,7 +131,8 @@ export function claimForStarts (source: string, leaseSeconds: unknown, cooldownS
         from pick
        where o.page_id = pick.page_id and o.id = pick.id
       returning o.id, o.notification_id, o.kind, o.token, o.expires_at, o.lease_expires_at
-    ), cooling as (
+    ), cooling as materialized (
+      -- Materialized: computed once for each row that claimed nothing, not once per row of the insert's join.
       select go.id as notification_id, (
         select min(case when o.next_send_at > now() then o.next_send_at else now() + make_interval(secs => ${cooldownSeconds}) end)
           from optin_tokens o
@@ -192,7 +193,23 @@ export function settleHolds (input: string, cooldownSeconds: number): RawBuilder
            updated_at = now()
       from ${sql.table(input)} i
      where o.page_id = i.held_page_id and o.id = i.held_token_id and ${heldBy(sql.ref('i.held_by'), 'o')}
-    returning i.held_by`
+    returning i.held_by, o.id, o.kind, o.page_id, o.psid, o.payload, o.last_sent_at, o.next_send_at`
+}
+
+/**
+ * After settleHolds (`moved`, its relation): a recurring token's pacing also holds for the person's
+ * other recurring tokens on that topic, as the body of a CTE. Normally there is none (a newer
+ * opt-in replaces the older token), but a re-opt-in that arrived while a send held the old token
+ * leaves both: without this the new one could send inside the cooldown the old one just started.
+ */
+export function carryPacing (moved: string): RawBuilder<unknown> {
+  return sql`
+    update optin_tokens s
+       set last_sent_at = greatest(s.last_sent_at, m.last_sent_at), next_send_at = greatest(s.next_send_at, m.next_send_at), updated_at = now()
+      from ${sql.table(moved)} m
+     where m.kind = 'notification_messages' and m.next_send_at is not null
+       and s.page_id = m.page_id and s.psid = m.psid and s.payload = m.payload and s.kind = 'notification_messages' and s.id <> m.id
+       and s.state = ${sql.lit(DERIVED_STATES.usable.state)}`
 }
 
 /** One hold as the `input` of settleHolds. */

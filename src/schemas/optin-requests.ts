@@ -39,8 +39,8 @@ export const CreateOptinRequestBodySchema = Type.Object({
     examples: ['SIGN_UP'],
   })),
   reoptin: Type.Optional(Type.Boolean({
-    description: 'Recurring only: whether Meta asks the person to re-opt-in before the opt-in ends (notification_messages_reoptin ENABLED or ' +
-      'DISABLED; omitted: Meta\'s default). Meta stopped expiring tokens in August 2023, so it matters only to older opt-ins.',
+    description: 'Recurring only: true asks Meta to invite the person to re-opt-in before the opt-in ends (notification_messages_reoptin ENABLED, ' +
+      'the only value Meta documents); false or omitted sends nothing. Meta stopped expiring tokens in August 2023, so it matters only to older opt-ins.',
     examples: [true],
   })),
   timezone: Type.Optional(Type.String({

@@ -4,7 +4,7 @@ import { auth, build, LogCapture, uniquePageId } from '../helper.js'
 import { NO_ANSWER_LOG } from '../../src/domain/send.js'
 import { appsecretProof } from '../../src/graph/client.js'
 import {
-  APP_SECRET, FAST_TIMEOUT, giveTokens, graphEnv, newPsid, notify, openWindow, recurringEvent, recurringRows, scripted, tokenStates, world,
+  APP_SECRET, FAST_TIMEOUT, giveTokens, graphEnv, heldTokens, newPsid, notify, openWindow, recurringEvent, recurringRows, scripted, tokenStates, world,
 } from '../fixtures/otn.js'
 
 const text = (s = 'Your size is back in stock') => ({ text: s })
@@ -847,5 +847,26 @@ t.test('recurring: concurrent sends on one token across two instances — exactl
   const statuses = results.map((r) => r.statusCode).sort()
   t.same(statuses, [201, ...Array(11).fill(429)], statuses.join(','))
   t.equal(w.emulator.requests.filter((r) => r.recipient.notification_messages_token !== undefined).length, 1, 'Meta saw one recurring send')
+  t.equal(w.emulator.inbox(w.pageId, psid).length, 1)
+})
+
+t.test('recurring: a re-opt-in while a send holds the old token cannot open a second message inside the cooldown', async (t) => {
+  const w = await world(t)
+  const psid = newPsid()
+  const old = await recurringEvent(w, psid, { at: Date.now() - 60_000 })
+  w.emulator.setFaults({ latencyMs: 1000 }, w.pageId)
+  const sending = notify(w.app, { topic_id: w.topic.id, psid, message: text('First') })
+  for (let i = 0; i < 100 && (await heldTokens(w.db, w.pageId)).length === 0; i++) await new Promise((resolve) => setTimeout(resolve, 20))
+  t.equal((await heldTokens(w.db, w.pageId)).length, 1, 'the send holds the old token')
+  const fresh = await recurringEvent(w, psid, { userTokenStatus: 'REFRESHED' })
+  const first = await sending
+  t.equal(first.statusCode, 201, first.body)
+  w.emulator.clearFaults()
+  const rows = await recurringRows(w.db, w.pageId, psid)
+  t.same(rows.map((r) => [r.token === old ? 'old' : r.token === fresh ? 'fresh' : '?', r.state]), [['old', 'available'], ['fresh', 'available']],
+    'the held token was not replaced under its send')
+  t.same(rows[1].next_send_at, rows[0].next_send_at, "the send's cooldown holds for the new token too")
+  const second = await notify(w.app, { topic_id: w.topic.id, psid, message: text('Second') })
+  t.equal(second.statusCode, 429, second.body)
   t.equal(w.emulator.inbox(w.pageId, psid).length, 1)
 })

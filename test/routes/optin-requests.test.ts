@@ -205,13 +205,13 @@ t.test('recurring: the notification_messages template with the options under Met
   t.equal(body.graph_message_id, request.messageId)
   t.match(await rows(w, psid), [{ id: body.id, status: 'sent', kind: 'notification_messages', title: w.topic.title }])
 
-  // Without options: only what Meta needs, the time zone the Page's, reoptin false says DISABLED.
+  // Without options: only what Meta needs, the time zone the Page's; reoptin false sends nothing (Meta documents only ENABLED).
   const plain = newPsid()
   await openWindow(w, plain)
   t.equal((await recurring(w, { psid: plain, title: 'Deals, every week', reoptin: false })).statusCode, 201)
   t.same(w.emulator.requests.at(-1)!.message.attachment.payload, {
     template_type: 'notification_messages', title: 'Deals, every week', payload: w.topic.payload,
-    notification_messages_reoptin: 'DISABLED', notification_messages_timezone: 'Europe/Berlin',
+    notification_messages_timezone: 'Europe/Berlin',
   })
 
   // The default kind is unchanged: one_time_notif_req, recorded as one_time_notif.
