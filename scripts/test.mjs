@@ -1,6 +1,6 @@
 // Runs the tap suite on embedded PGlite, and again on Postgres when TEST_DATABASE_URL names a
 // server; prints one closing line "N passed, N failed" over both runs (tap's summary is not read by CI).
-// test/perf (what a send costs Postgres in statements) runs in the Postgres pass only.
+// test/perf (statement counts, plans, prepared statements: Postgres's own) runs in the Postgres pass only.
 import { spawn } from 'node:child_process'
 
 const files = process.argv.slice(2)

@@ -85,6 +85,7 @@ export async function buildApp (config: Config, deps: AppDeps = {}): Promise<Fas
     handle = await openDatabase({
       databaseUrl: config.DATABASE_URL,
       poolSize: config.DATABASE_POOL_SIZE,
+      statementCacheSize: config.DATABASE_STATEMENT_CACHE_SIZE,
       pgliteDataDir: config.PGLITE_DATA_DIR,
     })
     const location = maskUrl(handle.location)

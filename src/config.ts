@@ -10,6 +10,7 @@ const Int = (description: string, def: number, minimum: number, maximum: number)
 export const EnvSchema = Type.Object({
   DATABASE_URL: Type.Optional(Type.String({ description: 'Postgres connection string. Unset: embedded PGlite in PGLITE_DATA_DIR.', pattern: '^postgres(ql)?://' })),
   DATABASE_POOL_SIZE: Int('Connections in the pg Pool (Postgres only).', 10, 1, 200),
+  DATABASE_STATEMENT_CACHE_SIZE: Int('Named (prepared) statements kept per Postgres connection; 0 sends every statement unnamed (for a pooler that cannot keep them).', 100, 0, 10000),
   PGLITE_DATA_DIR: Type.String({ description: 'Folder of the embedded database (used when DATABASE_URL is unset). "memory://" keeps it in memory.', default: './data/pglite', minLength: 1 }),
   HOST: Type.String({ description: 'Address to listen on (0.0.0.0 in containers).', default: '127.0.0.1', minLength: 1 }),
   PORT: Int('TCP port to listen on.', 3000, 0, 65535),

@@ -32,13 +32,6 @@ t.test('each bad value gets its own line naming the variable', async (t) => {
   t.match(missing.problems, [/^API_KEYS: is required/])
 })
 
-t.test('a variable the service does not read is ignored (one an older release read, too)', async (t) => {
-  // DATABASE_STATEMENT_CACHE_SIZE was removed; a deployment that still sets it must start as before.
-  const config = loadConfig({ API_KEYS: 'key-one-123', DATABASE_STATEMENT_CACHE_SIZE: '100', SOMETHING_ELSE: 'x' })
-  t.equal(config.DATABASE_POOL_SIZE, 10)
-  t.notOk('DATABASE_STATEMENT_CACHE_SIZE' in config)
-})
-
 t.test('a lease shorter than one attempt can take is refused', async (t) => {
   // An attempt may wait GRAPH_API_TIMEOUT_MS for a connection and as long for Meta's answer;
   // a shorter lease would let recovery take over a send that is still in flight.

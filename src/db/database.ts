@@ -5,6 +5,7 @@ import pg from 'pg'
 import { lockDataDir, type Holder } from './data-dir-lock.js'
 import { PGliteDialect, SessionLock } from './pglite-dialect.js'
 import { defaultSeedPath, seedFor } from './pglite-seed.js'
+import { prepareStatements } from './prepared-statements.js'
 import type { DB } from './types.js'
 
 export type Database = Kysely<DB>
@@ -25,6 +26,8 @@ export interface DatabaseHandle {
 export interface DatabaseOptions {
   databaseUrl?: string
   poolSize?: number
+  /** Named statements kept per connection (0: none). */
+  statementCacheSize?: number
   pgliteDataDir?: string
   /** An empty database to copy into a new folder (pglite-seed.ts); default: the one the build wrote, if any. */
   pgliteSeed?: string
@@ -32,16 +35,24 @@ export interface DatabaseOptions {
 
 export async function openDatabase (options: DatabaseOptions): Promise<DatabaseHandle> {
   if (options.databaseUrl) {
-    // Statements go unnamed (Kysely's way), so Postgres plans each execution for its own parameters.
-    // Named ones may switch to a generic plan after five executions, kept for the connection's life:
-    // made while the tables were small, it scanned whole Pages (the window route at a quarter of its
-    // rate, 2026-12-02).
-    const pool = new pg.Pool({ connectionString: options.databaseUrl, max: options.poolSize ?? 10 })
+    // Named statements are planned for each execution's own parameters (they still save the parse).
+    // A generic plan is made once per connection, often while the tables are still small, and kept:
+    // with keys that share the `page_id` prefix (docs/SCALING.md) it took an index on page_id alone
+    // and scanned every row of the Page, and the window route fell from 1,069–1,267 to 249–316
+    // sends/s at 64 connections (2026-12-02, bench, after the shard-key migration). Unnamed
+    // statements (a cache of 0, behind a pooler that would refuse the start-up option) always are.
+    const statementCacheSize = options.statementCacheSize ?? 100
+    const pool = new pg.Pool({
+      connectionString: options.databaseUrl,
+      max: options.poolSize ?? 10,
+      ...(statementCacheSize > 0 ? { options: '-c plan_cache_mode=force_custom_plan' } : {}),
+    })
     // An idle client losing its server (a Postgres restart) must not crash the process.
     pool.on('error', () => {})
     // Nor must a client losing it while checked out (inside a transaction): its query rejects and
     // the caller answers 503; an unhandled 'error' event would kill the process (seen in the soak).
     pool.on('connect', (client) => { client.on('error', () => {}) })
+    prepareStatements(pool, statementCacheSize)
     const db = new Kysely<DB>({ dialect: new PostgresDialect({ pool }) })
     const url = new URL(options.databaseUrl)
     url.password = url.password ? '***' : ''
