@@ -65,7 +65,7 @@ export async function recoverLeases (deps: SendDeps, opts: RecoveryOptions = {})
       if (!token) return
       const n = await getNotificationRow(deps.db, token.notification_id, token.page_id)
       if (!n || n.status !== 'pending') {
-        await settleOrphan(deps.db, { page_id: token.page_id, token_id: token.id, notification_id: token.notification_id }, n?.status === 'sent')
+        await settleOrphan(deps.db, { page_id: token.page_id, token_id: token.id, notification_id: token.notification_id, kind: token.kind }, n?.status === 'sent')
         progress.resolved++
         return
       }

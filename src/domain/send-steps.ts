@@ -12,7 +12,7 @@ import type { Notification } from '../db/types.js'
 import type { GraphError } from '../graph/errors.js'
 import { DEFAULT_COOLDOWN_SECONDS, decide, type NotificationStatus, type Route, type TokenOutcome } from './lifecycle.js'
 import type { NotificationInput } from './notifications.js'
-import { carryPacing, claimForStarts, holdInput, settleHolds, type ClaimedToken, type Hold } from './token-store.js'
+import { carryPacing, claimForStarts, holdInput, settledOf, settleHolds, type ClaimedToken, type Hold } from './token-store.js'
 import { WINDOW_MS } from './window.js'
 
 /** What the caller is told when a send did not end `sent`; stored with the notification. */
@@ -172,6 +172,9 @@ function startedOf (row: StartRow): Started {
 export async function recordOutcomes (db: Database, items: Finishing[], cooldownSeconds = DEFAULT_COOLDOWN_SECONDS): Promise<Array<Notification | undefined>> {
   const sorted = [...items].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
   const col = <T>(f: (i: Finishing) => T) => sorted.map(f)
+  const settled = (i: Finishing) => (i.move ? settledOf(i.move.hold, i.move.to) : undefined)
+  // Only a recurring token's send moves pacing: a batch of one-time sends plans without it.
+  const pacing = sorted.some((i) => settled(i)?.paces !== undefined || settled(i)?.stops === true)
   const { rows } = await sql<Notification>`
     with outcome_input as (
       select * from unnest(
@@ -183,13 +186,13 @@ export async function recordOutcomes (db: Database, items: Finishing[], cooldown
         ${col((i) => i.tokensRefused !== undefined)}::boolean[], ${col((i) => i.tokensRefused ?? null)}::int[],
         ${col((i) => i.move?.hold.page_id ?? null)}::text[], ${col((i) => i.move?.hold.token_id ?? null)}::bigint[],
         ${col((i) => i.move?.hold.notification_id ?? null)}::uuid[],
-        ${col((i) => i.move?.to ?? null)}::text[]
+        ${col((i) => settled(i)?.state ?? null)}::text[], ${col((i) => settled(i)?.stops ?? false)}::boolean[],
+        ${col((i) => settled(i)?.paces ?? null)}::text[]
       ) as i(id, page_id, status, route, error, graph_message_id, set_token_id, token_id, token_state,
-             set_tokens_refused, tokens_refused, held_page_id, held_token_id, held_by, token_to)
+             set_tokens_refused, tokens_refused, held_page_id, held_token_id, held_by, state_to, stops, paces)
       limit ${sorted.length} -- every row (why: startSends)
-    ), moved as (${settleHolds('outcome_input', cooldownSeconds)}
-    ), paced as (${carryPacing('moved')}
-    )
+    ), moved as (${settleHolds('outcome_input', cooldownSeconds, pacing)}
+    )${pacing ? sql`, paced as (${carryPacing('moved')})` : sql``}
     update notifications n
        set status = i.status, route = i.route, error = i.error,
            graph_message_id = i.graph_message_id,
@@ -248,7 +251,7 @@ export async function beginAttempt (db: Database, n: NotificationRef, route: Rou
  */
 export async function refuseHeldToken (db: Database, hold: Hold, refused: number): Promise<boolean> {
   const { rows } = await sql<{ id: string }>`
-    with input as (${holdInput(hold, 'invalid')}), moved as (${settleHolds('input', DEFAULT_COOLDOWN_SECONDS)})
+    with input as (${holdInput(hold, 'invalid')}), moved as (${settleHolds('input', DEFAULT_COOLDOWN_SECONDS, false)})
     update notifications set tokens_refused = ${refused}, updated_at = now()
      where page_id = ${hold.page_id} and id = ${hold.notification_id} and status = 'pending' and exists (select 1 from moved)
     returning id`.execute(db)

@@ -270,7 +270,7 @@ async function tokenRoute (deps: SendDeps, n: Notification, target: Target, resu
         detail: refused > 0 ? `Meta refused ${refused} token(s) this person held for the topic; none is left.` : 'This person holds no usable token for this topic.',
       })
     }
-    const hold: Hold = { page_id: n.page_id, token_id: claimed.id, notification_id: n.id }
+    const hold: Hold = { page_id: n.page_id, token_id: claimed.id, notification_id: n.id, kind: claimed.kind }
     const spent = await spendToken(deps, n, target, claimed, spend)
     if (spent.kind === 'lost' || spent.decision.next === 'defer') return current(deps.db, n)
     const { decision, outcome } = spent
@@ -312,7 +312,7 @@ async function spendToken (deps: SendDeps, n: Notification, target: Target, clai
     notification_type: n.notification_type,
     message: n.message,
   }
-  const hold: Hold = { page_id: n.page_id, token_id: claimed.id, notification_id: n.id }
+  const hold: Hold = { page_id: n.page_id, token_id: claimed.id, notification_id: n.id, kind: claimed.kind }
   let ambiguous = opts.ambiguous
   if (ambiguous && !RESEND_AFTER_NO_ANSWER[claimed.kind]) {
     // A reusable token whose earlier attempt went unanswered (a recovered send): sending it again could deliver twice.
@@ -357,7 +357,7 @@ export async function resumeWithToken (deps: SendDeps, n: Notification, token: C
   if ('missing' in target) {
     const decision = decide({ kind: token.kind, route: routeOf(token.kind), ambiguous: opts.mayHaveBeenSent, exhausted: true, recovering: false },
       { kind: 'target_gone', code: target.missing.code })
-    return finish(deps, n, decision, { route: routeOf(token.kind), hold: { page_id: n.page_id, token_id: token.id, notification_id: n.id }, detail: target.missing.detail })
+    return finish(deps, n, decision, { route: routeOf(token.kind), hold: { page_id: n.page_id, token_id: token.id, notification_id: n.id, kind: token.kind }, detail: target.missing.detail })
   }
   return tokenRoute(deps, n, target, { token, ambiguous: opts.mayHaveBeenSent, recovering: opts.recovering })
 }

@@ -13,7 +13,7 @@
 import { sql, type Expression, type RawBuilder, type SqlBool } from 'kysely'
 import type { Database } from '../db/database.js'
 import type { RecurringFrequency, TokenKind } from '../db/types.js'
-import { DERIVED_STATES, NO_EXPIRY, SETTLED, type Settled, type TokenOutcome } from './lifecycle.js'
+import { DEFAULT_COOLDOWN_SECONDS, DERIVED_STATES, NO_EXPIRY, SETTLED, type Settled, type TokenOutcome } from './lifecycle.js'
 
 const NO_EXPIRY_SQL = sql`${sql.lit(NO_EXPIRY.toISOString())}::timestamptz`
 
@@ -144,14 +144,12 @@ export function claimForStarts (source: string, leaseSeconds: unknown, cooldownS
     )`
 }
 
-/** One hold: the token and the notification holding it, and their Page. */
-export interface Hold { page_id: string, token_id: string, notification_id: string }
+/** One hold: the token and the notification holding it, and their Page; `kind`: the token's (default one-time). */
+export interface Hold { page_id: string, token_id: string, notification_id: string, kind?: TokenKind }
 
-/** SETTLED as SQL: for each (kind, outcome) pair of token `o` and input `i` that `when` picks, `then`. */
-function bySettled (when: (s: Settled) => boolean, then: RawBuilder<unknown>, otherwise: RawBuilder<unknown>): RawBuilder<unknown> {
-  const pairs = Object.entries(SETTLED).flatMap(([kind, outcomes]) =>
-    Object.entries(outcomes).filter(([, s]) => when(s)).map(([outcome]) => sql`(o.kind = ${sql.lit(kind)} and i.token_to = ${sql.lit(outcome)})`))
-  return pairs.length === 0 ? otherwise : sql`case when ${sql.join(pairs, sql` or `)} then ${then} else ${otherwise} end`
+/** Where a hold's token goes, as settleHolds reads it: SETTLED (lifecycle.ts) for its kind and outcome. */
+export function settledOf (h: Hold, to: TokenOutcome): Settled {
+  return SETTLED[h.kind ?? 'one_time_notif'][to]
 }
 
 /**
@@ -169,27 +167,26 @@ export function nextSendAt (alias: string, cooldownSeconds: unknown): RawBuilder
 
 /**
  * The end of holds, as the body of a CTE over `input`, a relation with the columns
- * `held_page_id` (text), `held_token_id` (bigint), `held_by` (uuid: the notification holding it),
- * and `token_to` (a TokenOutcome); rows with a null `held_token_id` move nothing. A recurring token
- * that sent starts a cooldown of `cooldownSeconds`. Each row names the holder, so a stale holder (whose lease
- * recovery took over) changes nothing. Returns `held_by` for each token moved, so that the caller
- * writes the notification's side only where its token moved. What each outcome does to a token of
- * each kind is SETTLED (lifecycle.ts): a spent one-time token stays linked to its notification; a
- * token that stays usable (released, or recurring) is free again, its pacing moved as SETTLED says.
+ * `held_page_id` (text), `held_token_id` (bigint), `held_by` (uuid: the notification holding it) and
+ * where its token goes, as settledOf gives it: `state_to` (text), `stops` (boolean), `paces` (text:
+ * `sent`, `later` or null); rows with a null `held_token_id` move nothing. Each row names the holder,
+ * so a stale holder (whose lease recovery took over) changes nothing. Returns `held_by` for each
+ * token moved (and what carryPacing needs), so that the caller writes the notification's side only
+ * where its token moved. A token that stays usable is free again; one that paces (a recurring
+ * token's send) gets its next send time from now and `cooldownSeconds` (`pacing`: some row paces;
+ * without, the statement leaves the pacing columns out, so a one-time send plans no more than it needs).
  */
-export function settleHolds (input: string, cooldownSeconds: number): RawBuilder<unknown> {
-  const stateCases = Object.entries(SETTLED).flatMap(([kind, outcomes]) => Object.entries(outcomes).map(([outcome, settled]) =>
-    sql`when o.kind = ${sql.lit(kind)} and i.token_to = ${sql.lit(outcome)} then ${sql.lit(settled.state)}`))
-  const state = sql`(case ${sql.join(stateCases, sql` `)} end)`
+export function settleHolds (input: string, cooldownSeconds: number, pacing = true): RawBuilder<unknown> {
   return sql`
     update optin_tokens o
-       set state = ${state},
+       set state = i.state_to,
            lease_expires_at = null,
-           notification_id = case when ${state} = ${sql.lit(DERIVED_STATES.usable.state)} then null else o.notification_id end,
-           stopped_at = ${bySettled((s) => s.stops === true, sql`now()`, sql`o.stopped_at`)},
-           last_sent_at = ${bySettled((s) => s.paces === 'sent', sql`now()`, sql`o.last_sent_at`)},
-           next_send_at = ${bySettled((s) => s.paces !== undefined,
-             sql`greatest(o.next_send_at, ${nextSendAt('o', cooldownSeconds)})`, sql`o.next_send_at`)},
+           notification_id = case when i.state_to = ${sql.lit(DERIVED_STATES.usable.state)} then null else o.notification_id end,
+           ${pacing
+             ? sql`stopped_at = case when i.stops then now() else o.stopped_at end,
+           last_sent_at = case when i.paces = 'sent' then now() else o.last_sent_at end,
+           next_send_at = case when i.paces is not null then greatest(o.next_send_at, ${nextSendAt('o', cooldownSeconds)}) else o.next_send_at end,`
+             : sql``}
            updated_at = now()
       from ${sql.table(input)} i
      where o.page_id = i.held_page_id and o.id = i.held_token_id and ${heldBy(sql.ref('i.held_by'), 'o')}
@@ -214,8 +211,9 @@ export function carryPacing (moved: string): RawBuilder<unknown> {
 
 /** One hold as the `input` of settleHolds. */
 export function holdInput (h: Hold, to: TokenOutcome): RawBuilder<unknown> {
+  const settled = settledOf(h, to)
   return sql`select ${h.page_id}::text as held_page_id, ${h.token_id}::bigint as held_token_id, ${h.notification_id}::uuid as held_by,
-                    ${to}::text as token_to`
+                    ${settled.state}::text as state_to, ${settled.stops ?? false}::boolean as stops, ${settled.paces ?? null}::text as paces`
 }
 
 /** Pushes the lease forward before another attempt, so recovery does not take over a live send. */
@@ -276,11 +274,9 @@ export async function takeOverHold (db: Database, hold: TokenRef, leaseSeconds: 
   return token
 }
 
-/** A hold whose notification is already final (never left by the send path; kept for safety): its outcome decides. */
-export async function settleOrphan (db: Database, h: Hold, sent: boolean): Promise<void> {
-  await sql`
-    update optin_tokens set state = ${sent ? 'used' : 'unconfirmed'}, lease_expires_at = null, updated_at = now()
-     where page_id = ${h.page_id} and id = ${h.token_id} and ${heldBy(h.notification_id)}`.execute(db)
+/** A hold whose notification is already final (never left by the send path; kept for safety): its outcome decides, as SETTLED says. */
+export async function settleOrphan (db: Database, h: Hold, sent: boolean, cooldownSeconds = DEFAULT_COOLDOWN_SECONDS): Promise<void> {
+  await sql`with input as (${holdInput(h, sent ? 'used' : 'unconfirmed')}), moved as (${settleHolds('input', cooldownSeconds)}) select 1`.execute(db)
 }
 
 /** The condition that notification `n` (an alias of the notifications table) holds no token. */
