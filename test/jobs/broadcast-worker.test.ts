@@ -53,6 +53,17 @@ function freezingGraph (healthy: number) {
     client,
     frozen,
     to (target: GraphClient) { real = target },
+    /** Waits until the frozen calls stop growing: every worker of the process is stuck. */
+    async settled () {
+      let seen = -1
+      await until('instance A to freeze', async () => {
+        const now = frozen.length
+        if (now > 1 && now === seen) return true
+        seen = now
+        await new Promise((resolve) => setTimeout(resolve, 500))
+        return undefined
+      })
+    },
     /** Lets the zombie's calls return (as never sent), to prove it then changes nothing. */
     release () {
       dead = true
@@ -77,14 +88,7 @@ t.test('an instance dies mid-send holding reservations; another resumes with no 
   // A keeps as many sends in flight as the pace needs: after 30 healthy ones, every later send
   // freezes on the wire (every other one reached Meta first), until both its workers' batches are stuck.
   await until('A to record its 30 sends', async () => (await getBroadcast(w.db, created.id)).progress.sent_token === 30 ? true : undefined)
-  let seen = -1
-  await until('instance A to freeze', async () => {
-    const now = zombie.frozen.length
-    if (now > 1 && now === seen) return true
-    seen = now
-    await new Promise((resolve) => setTimeout(resolve, 500))
-    return undefined
-  })
+  await zombie.settled()
   const frozen = zombie.frozen.length
   t.ok(frozen >= 2 && frozen <= 50, `${frozen} sends frozen mid-flight`)
   t.equal((await heldTokens(w.db, w.pageId)).length, frozen, 'A left each of them holding its token')
@@ -235,14 +239,7 @@ t.test('a broadcast mixing one-time, recurring and window people survives an ins
   const mixed = { text: 'Flash sale' }
   const created = (await postBroadcast(w.app, { topic_id: w.topic.id, message: mixed })).json()
   t.equal(created.audience_estimate, 85, 'the audience counts recurring holders, cooling ones too')
-  let seen = -1
-  await until('instance A to freeze', async () => {
-    const now = zombie.frozen.length
-    if (now > 1 && now === seen) return true
-    seen = now
-    await new Promise((resolve) => setTimeout(resolve, 500))
-    return undefined
-  })
+  await zombie.settled()
   await w.app.jobs.stop({ graceful: false, wait: false, close: false })
 
   const b = await build(t, graphEnv(w.base, env), { graph: countingGraph(real) })
