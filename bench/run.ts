@@ -21,6 +21,8 @@ const SCENARIOS = (process.env.BENCH_SCENARIOS ?? 'token,minimal,webhook,insert,
 /** Sends per second a scenario may reach at most: what sizes the seeded supply of tokens. */
 const RATE_BOUND = envInt('BENCH_RATE_BOUND', 4000)
 const BROADCAST_PEOPLE = envInt('BENCH_BROADCAST_PEOPLE', 5000)
+/** The memory scenario's first broadcast; its second is four times larger. */
+const MEMORY_PEOPLE = envInt('BENCH_MEMORY_PEOPLE', 5000)
 const META_LATENCY = envInt('BENCH_META_LATENCY_MS', 200, 0)
 const BASELINE = process.env.BENCH_BASELINE
 /** The embedded database's scenarios: by default only the broadcast (what a user plans with); `1` all of them, `0` none. */
@@ -237,14 +239,14 @@ const scenarios: Record<string, Scenario> = {
   },
   /** A broadcast to BENCH_BROADCAST_PEOPLE token holders with Meta answering in BENCH_META_LATENCY_MS: people per second. */
   broadcast: (s, _connections, round) => broadcast(s, BROADCAST_PEOPLE, `b${round}`),
-  /** Resident memory after a 5,000-person broadcast, then after a 20,000-person one: the second over the first. */
+  /** Resident memory after a BENCH_MEMORY_PEOPLE (5,000) broadcast, then after one four times larger: the second over the first. */
   async memory (s, _connections, round) {
-    await broadcast(s, 5000, `mem5k${round}`)
-    const after5k = await rssMb(s)
-    await broadcast(s, 20_000, `mem20k${round}`)
-    const after20k = await rssMb(s)
-    log(`${s.build.name}: resident memory ${Math.round(after5k)} MB after 5,000 people, ${Math.round(after20k)} MB after 20,000`)
-    return after20k / after5k
+    await broadcast(s, MEMORY_PEOPLE, `memA${round}`)
+    const small = await rssMb(s)
+    await broadcast(s, 4 * MEMORY_PEOPLE, `memB${round}`)
+    const large = await rssMb(s)
+    log(`${s.build.name}: resident memory ${Math.round(small)} MB after ${fmt.rps(MEMORY_PEOPLE)} people, ${Math.round(large)} MB after ${fmt.rps(4 * MEMORY_PEOPLE)}`)
+    return large / small
   },
 }
 
