@@ -16,6 +16,8 @@ export interface MaintenanceContext {
   log: FastifyBaseLogger
   /** Lease recovery finishes sends through the one send path. */
   sender: Sender
+  /** The embedded database needs the vacuuming a Postgres server does itself. */
+  dbKind: 'postgres' | 'pglite'
 }
 
 /**
@@ -49,7 +51,7 @@ async function runMaintenance (ctx: MaintenanceContext, tasks: MaintenanceTask[]
 export function scheduleMaintenance (app: FastifyInstance, tasks: MaintenanceTask[]): void {
   let timer: NodeJS.Timeout | undefined
   let running: Promise<unknown> = Promise.resolve()
-  const ctx = (): MaintenanceContext => ({ db: app.db, config: app.config, log: app.log, sender: app.sender })
+  const ctx = (): MaintenanceContext => ({ db: app.db, config: app.config, log: app.log, sender: app.sender, dbKind: app.dbKind })
   app.decorate('maintenance', () => running)
   app.addHook('onReady', async () => {
     running = runMaintenance(ctx(), tasks)

@@ -1,3 +1,4 @@
+import { vacuumChangedTables } from './db/embedded-vacuum.js'
 import { recoverLeases } from './domain/recovery.js'
 import { expireTokens } from './domain/token-store.js'
 import type { MaintenanceTask } from './maintenance.js'
@@ -13,4 +14,5 @@ export const maintenanceTasks: MaintenanceTask[] = [
       progress: (p) => { if (p.resolved + p.deferred > 0) log.info({ task: 'recover_leases', ...p }, 'lease recovery: progress') },
     }),
   },
+  { name: 'vacuum_embedded', run: ({ db, dbKind }) => dbKind === 'pglite' ? vacuumChangedTables(db) : Promise.resolve(0) },
 ]
