@@ -17,7 +17,7 @@ const SECONDS = envInt('BENCH_SECONDS', 5)
 const WARMUP = envInt('BENCH_WARMUP_SECONDS', 3, 0)
 const ROUNDS = envInt('BENCH_ROUNDS', 3)
 const CONNECTIONS = (process.env.BENCH_CONNECTIONS ?? '16,64').split(',').map(Number)
-const SCENARIOS = (process.env.BENCH_SCENARIOS ?? 'token,minimal,webhook,insert,window,broadcast,memory').split(',')
+const SCENARIOS = (process.env.BENCH_SCENARIOS ?? 'token,minimal,webhook,insert,window,broadcast,pages,memory').split(',')
 /** Sends per second a scenario may reach at most: what sizes the seeded supply of tokens. */
 const RATE_BOUND = envInt('BENCH_RATE_BOUND', 4000)
 const BROADCAST_PEOPLE = envInt('BENCH_BROADCAST_PEOPLE', 5000)
@@ -29,6 +29,9 @@ const BASELINE = process.env.BENCH_BASELINE
 const PGLITE_SCENARIOS = process.env.BENCH_PGLITE === '1' ? SCENARIOS : process.env.BENCH_PGLITE === '0' ? [] : SCENARIOS.filter((s) => s === 'broadcast')
 const PAGE = '1000001'
 const PAGE_TOKEN = 'bench-page-token'
+/** The second Page of the `pages` scenario. */
+const PAGE2 = '1000002'
+const PAGE2_TOKEN = 'bench-page-token-2'
 const auth = { authorization: `Bearer ${API_KEY}`, 'content-type': 'application/json' }
 
 /** A build to measure; `env`: settings of its service (a lever). */
@@ -95,7 +98,7 @@ interface Topic { id: string, payload: string }
 async function startStack (build: Build, embedded: boolean): Promise<Stack> {
   const [servicePort, emulatorPort] = [await freePort(), await freePort()]
   const emulator = await startProcess('emulator', join(REPO_ROOT, 'dist/src/emulator/main.js'), {
-    EMULATOR_PORT: String(emulatorPort), META_APP_SECRET: APP_SECRET, EMULATOR_PAGES: `${PAGE}:${PAGE_TOKEN}`,
+    EMULATOR_PORT: String(emulatorPort), META_APP_SECRET: APP_SECRET, EMULATOR_PAGES: `${PAGE}:${PAGE_TOKEN},${PAGE2}:${PAGE2_TOKEN}`,
     EMULATOR_WEBHOOK_URL: `http://127.0.0.1:${servicePort}/webhooks/messenger`, EMULATOR_RECORD_LIMIT: '1000',
   }, emulatorPort, '/_emulator/pages')
   const db = embedded ? undefined : await createDatabase(ADMIN_URL, 'otn_bench')
@@ -106,6 +109,7 @@ async function startStack (build: Build, embedded: boolean): Promise<Stack> {
     ...(db ? { DATABASE_URL: db.url } : { PGLITE_DATA_DIR: dataDir! }),
     ...build.env,
   }, servicePort, '/readyz')
+  await call(`${service.url}/v1/pages/${PAGE2}`, 'PUT', { name: 'Bench Page 2', access_token: PAGE2_TOKEN })
   // The ceilings run on this checkout's database only (they share its tables), never at the same time as the service's scenarios.
   const ceilingsPort = await freePort()
   const ceilings = db && build.name === 'this checkout'
@@ -132,16 +136,16 @@ async function call<T> (url: string, method: string, body?: unknown): Promise<T>
   return (res.status === 204 ? undefined : await res.json()) as T
 }
 
-async function topic (s: Stack, name: string): Promise<Topic> {
-  const t = await call<Topic>(`${s.service.url}/v1/topics`, 'POST', { page_id: PAGE, name: `${name} ${randomBytes(3).toString('hex')}` })
+async function topic (s: Stack, name: string, page = PAGE): Promise<Topic> {
+  const t = await call<Topic>(`${s.service.url}/v1/topics`, 'POST', { page_id: page, name: `${name} ${randomBytes(3).toString('hex')}` })
   s.topics.set(name, t)
   return t
 }
 
 /** People who opt in (`payload`) and/or write (their window opens), delivered by the emulator as Meta batches them. */
-async function crowd (s: Stack, people: number, prefix: string, opts: { payload?: string, writes?: boolean }): Promise<void> {
+async function crowd (s: Stack, people: number, prefix: string, opts: { payload?: string, writes?: boolean, page?: string }): Promise<void> {
   for (let done = 0; done < people; done += 20_000) {
-    const r = await call<{ failed_deliveries: number }>(`${s.emulator.url}/_emulator/pages/${PAGE}/crowd`, 'POST', {
+    const r = await call<{ failed_deliveries: number }>(`${s.emulator.url}/_emulator/pages/${opts.page ?? PAGE}/crowd`, 'POST', {
       people: Math.min(20_000, people - done), psid_prefix: `${prefix}x${done}x`, ...(opts.payload ? { payload: opts.payload } : {}), writes: opts.writes ?? false,
     })
     if (r.failed_deliveries > 0) throw new Error(`${r.failed_deliveries} seeding deliveries failed`)
@@ -158,16 +162,33 @@ async function rssMb (s: Stack): Promise<number> {
 
 /** A broadcast to `people` token holders with Meta answering in BENCH_META_LATENCY_MS: people per second. */
 async function broadcast (s: Stack, people: number, prefix: string): Promise<number> {
-  const t = await topic(s, `broadcast ${prefix}`)
-  await crowd(s, people, prefix, { payload: t.payload })
-  await call(`${s.emulator.url}/_emulator/faults`, 'PUT', { page_id: PAGE, latencyMs: META_LATENCY })
+  const [rate] = await broadcastsAtOnce(s, [PAGE], people, prefix)
+  return rate
+}
+
+/** One broadcast on each of `pages` at the same time, each to `people` token holders: each one's people per second. */
+async function broadcastsAtOnce (s: Stack, pages: string[], people: number, prefix: string): Promise<number[]> {
+  const topics: Topic[] = []
+  for (const [i, page] of pages.entries()) {
+    const t = await topic(s, `broadcast ${prefix} ${page}`, page)
+    await crowd(s, people, `${prefix}p${i}`, { payload: t.payload, page })
+    topics.push(t)
+  }
+  await call(`${s.emulator.url}/_emulator/faults`, 'PUT', { latencyMs: META_LATENCY })
   try {
-    const b = await call<{ id: string }>(`${s.service.url}/v1/broadcasts`, 'POST', { topic_id: t.id, message: { text: 'Flash sale' } })
-    for (;;) {
-      const got = await call<{ state: string, started_at: string, completed_at: string | null, progress: { sent_token: number } }>(`${s.service.url}/v1/broadcasts/${b.id}`, 'GET')
-      if (got.state === 'completed') return got.progress.sent_token / ((Date.parse(got.completed_at!) - Date.parse(got.started_at)) / 1000)
-      await sleep(500)
+    const ids = await Promise.all(topics.map(async (t) => (await call<{ id: string }>(`${s.service.url}/v1/broadcasts`, 'POST', { topic_id: t.id, message: { text: 'Flash sale' } })).id))
+    const rates: number[] = []
+    for (const id of ids) {
+      for (;;) {
+        const got = await call<{ state: string, started_at: string, completed_at: string | null, progress: { sent_token: number } }>(`${s.service.url}/v1/broadcasts/${id}`, 'GET')
+        if (got.state === 'completed') {
+          rates.push(got.progress.sent_token / ((Date.parse(got.completed_at!) - Date.parse(got.started_at)) / 1000))
+          break
+        }
+        await sleep(500)
+      }
     }
+    return rates
   } finally {
     await call(`${s.emulator.url}/_emulator/faults`, 'DELETE')
   }
@@ -239,6 +260,12 @@ const scenarios: Record<string, Scenario> = {
   },
   /** A broadcast to BENCH_BROADCAST_PEOPLE token holders with Meta answering in BENCH_META_LATENCY_MS: people per second. */
   broadcast: (s, _connections, round) => broadcast(s, BROADCAST_PEOPLE, `b${round}`),
+  /** Two Pages broadcasting at once, BENCH_BROADCAST_PEOPLE each: people per second on both together (each Page's in the log). */
+  async pages (s, _connections, round) {
+    const [a, b] = await broadcastsAtOnce(s, [PAGE, PAGE2], BROADCAST_PEOPLE, `p${round}`)
+    log(`${s.build.name}: two Pages at once: ${fmt.rps(a)} and ${fmt.rps(b)} people/s (the slower at ${fmt.ratio(Math.min(a, b) / Math.max(a, b))} of the faster)`)
+    return a + b
+  },
   /** Resident memory after a BENCH_MEMORY_PEOPLE (5,000) broadcast, then after one four times larger: the second over the first. */
   async memory (s, _connections, round) {
     await broadcast(s, MEMORY_PEOPLE, `memA${round}`)
@@ -266,10 +293,10 @@ async function main (): Promise<void> {
       for (const name of embedded ? PGLITE_SCENARIOS : SCENARIOS) {
         const scenario = scenarios[name]
         if (!scenario) throw new Error(`unknown scenario ${name} (known: ${Object.keys(scenarios).join(', ')})`)
-        for (const connections of name === 'broadcast' || name === 'memory' ? [0] : CONNECTIONS) {
+        for (const connections of name === 'broadcast' || name === 'pages' || name === 'memory' ? [0] : CONNECTIONS) {
           const key = `${embedded ? 'PGlite' : 'Postgres'}\t${name}${connections ? ` @${connections}` : ''}`
           const cells = stacks.map((s) => ({ build: s.build.name, figures: [] as Array<Measured | number> }))
-          for (let round = 0; round < (name === 'broadcast' ? Math.min(ROUNDS, 2) : name === 'memory' ? 1 : ROUNDS); round++) {
+          for (let round = 0; round < (name === 'broadcast' || name === 'pages' ? Math.min(ROUNDS, 2) : name === 'memory' ? 1 : ROUNDS); round++) {
             // Alternate the order: the second of two runs one after the other was measured faster.
             const order = round % 2 === 0 ? stacks.map((_, i) => i) : stacks.map((_, i) => i).reverse()
             for (const i of order) {

@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url'
 // server named by TEST_DATABASE_URL; test/perf runs in the Postgres pass only.
 
 const root = fileURLToPath(new URL('../..', import.meta.url))
-const SCENARIOS = ['token', 'window', 'minimal', 'webhook', 'insert', 'broadcast', 'memory']
+const SCENARIOS = ['token', 'window', 'minimal', 'webhook', 'insert', 'broadcast', 'pages', 'memory']
 
 t.test('npm run bench runs every scenario to a figure', async (t) => {
   const env = {
