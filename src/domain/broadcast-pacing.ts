@@ -40,8 +40,9 @@ export interface PacingSlots {
  * that keep handing people back would push the Page's schedule ever further away.
  */
 export async function reservePacingSlots (db: Database, pageId: string, ratePerSecond: number, count: number, maxWaitMs?: number): Promise<PacingSlots> {
-  await sql`insert into broadcast_pacing (page_id, next_slot_at) values (${pageId}, clock_timestamp()) on conflict (page_id) do nothing`.execute(db)
-  const { rows: [row] } = await sql<{ wait_ms: number, rate: number, taken: boolean }>`
+  // One round trip once the Page has its row (from its first reservation on): the row is made
+  // only when the statement found none.
+  const take = async () => (await sql<{ wait_ms: number, rate: number, taken: boolean }>`
     with old as (
       select greatest(next_slot_at, clock_timestamp()) as start,
              (extract(epoch from (greatest(next_slot_at, clock_timestamp()) - clock_timestamp())) * 1000)::float8 as wait_ms,
@@ -55,7 +56,12 @@ export async function reservePacingSlots (db: Database, pageId: string, ratePerS
        where p.page_id = ${pageId} and (${maxWaitMs ?? null}::float8 is null or old.wait_ms <= ${maxWaitMs ?? null}::float8)
       returning 1
     )
-    select old.wait_ms, old.rate, exists (select 1 from taken) as taken from old`.execute(db)
+    select old.wait_ms, old.rate, exists (select 1 from taken) as taken from old`.execute(db)).rows[0]
+  let row = await take()
+  if (!row) {
+    await sql`insert into broadcast_pacing (page_id, next_slot_at) values (${pageId}, clock_timestamp()) on conflict (page_id) do nothing`.execute(db)
+    row = await take()
+  }
   return { waitMs: Math.max(0, row.wait_ms), stepMs: 1000 / row.rate, taken: row.taken }
 }
 
