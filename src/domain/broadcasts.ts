@@ -11,7 +11,7 @@ import { afterCursor, PAGE_SIZE, pageOf } from './pagination.js'
 import { recoverLeases, takeOverStale } from './recovery.js'
 import { getNotificationRow, notificationByKey, type NotificationProblem } from './send-steps.js'
 import { resumeFromStart, type Sender, type SendDeps } from './send.js'
-import { audiencePage, holdLeaseSeconds } from './token-store.js'
+import { audiencePage, holdLeaseSeconds, noTokenReason } from './token-store.js'
 
 export interface BroadcastInput extends Labelling {
   topic_id: string
@@ -35,6 +35,8 @@ export interface Progress {
   /** Sent with a recurring token. */
   sent_recurring: number
   no_token: number
+  /** no_token by why the person held no usable token when their turn came (token-store's NoTokenReason). */
+  no_token_by_reason: Record<string, number>
   /** Skipped: their recurring token was cooling down (the broadcast does not wait: defer_cooldown false). */
   cooldown: number
   failed: Record<string, number>
@@ -110,7 +112,7 @@ function broadcastView (b: Broadcast, progress: Progress): BroadcastView {
 }
 
 const emptyProgress = (): Progress => ({
-  total: 0, sent_window: 0, sent_token: 0, sent_recurring: 0, no_token: 0, cooldown: 0, failed: {}, unconfirmed: 0, cancelled: 0, remaining: 0, rate_per_second: 0, eta_seconds: null,
+  total: 0, sent_window: 0, sent_token: 0, sent_recurring: 0, no_token: 0, no_token_by_reason: {}, cooldown: 0, failed: {}, unconfirmed: 0, cancelled: 0, remaining: 0, rate_per_second: 0, eta_seconds: null,
 })
 
 /** A broadcast by its key. */
@@ -136,6 +138,7 @@ async function progressOf (db: Database, broadcasts: BroadcastRef[]): Promise<Ma
     else if (r.state === 'cancelled') p.cancelled += n
     else if (r.outcome === 'failed') p.failed[r.error_code ?? 'failed'] = (p.failed[r.error_code ?? 'failed'] ?? 0) + n
     else if (r.outcome !== null) p[r.outcome] += n
+    if (r.outcome === 'no_token' && r.error_code !== null) p.no_token_by_reason[r.error_code] = (p.no_token_by_reason[r.error_code] ?? 0) + n
   }
   for (const p of out.values()) {
     p.rate_per_second = Math.round(p.rate_per_second * 10) / 10
@@ -460,7 +463,7 @@ export async function sendToRecipient (deps: RecipientDeps, b: Broadcast, r: Cla
   }
   if (existing) {
     const n = existing.status === 'pending' ? await resolveInterrupted(send, existing) : existing
-    return 'wait' in n ? { kind: 'wait', seconds: n.wait } : resultOf(deps, b, n, r)
+    return 'wait' in n ? { kind: 'wait', seconds: n.wait } : withReason(send.db, b, r, resultOf(deps, b, n, r))
   }
   if (r.broadcast_state === 'cancelled') return { kind: 'cancelled' }
   if (r.broadcast_state !== 'running') return { kind: 'wait', seconds: Math.max(1, (b.send_at.getTime() - Date.now()) / 1000) }
@@ -477,13 +480,19 @@ export async function sendToRecipient (deps: RecipientDeps, b: Broadcast, r: Cla
       broadcast_id: b.id,
       ...(b.audience_filter?.token_kind !== undefined && b.audience_filter.token_kind !== 'any' ? { token_kind: b.audience_filter.token_kind } : {}),
     })
-    return resultOf(deps, b, result.notification, r)
+    return await withReason(send.db, b, r, resultOf(deps, b, result.notification, r))
   } catch (error) {
     if (!(error instanceof DomainError)) throw error
     if (error.code === 'idempotency_in_progress') return { kind: 'wait', seconds: 1 }
     if (LEFT_BEFORE_SEND.has(error.code)) return { kind: 'done', outcome: 'failed', error_code: error.code, notification_id: null }
     throw error
   }
+}
+
+/** A person the send found without a usable token is recorded with why (the audience was frozen at planning). */
+async function withReason (db: Database, b: Broadcast, r: ClaimedRecipient, result: RecipientResult): Promise<RecipientResult> {
+  if (result.kind !== 'done' || result.outcome !== 'no_token') return result
+  return { ...result, error_code: await noTokenReason(db, { page_id: b.page_id, topic_id: b.topic_id, psid: r.psid }) }
 }
 
 function resultOf (deps: RecipientDeps, b: Broadcast, n: Notification, r: ClaimedRecipient): RecipientResult {

@@ -487,6 +487,28 @@ export function audienceEstimate (q: AudienceQuery, windowSeconds: number, useWi
       ) r`
 }
 
+/**
+ * Why someone a broadcast listed holds no usable token on its topic when their turn comes (the
+ * send answered no_token), from the person's most recently changed token there: `opted_out` (they
+ * stopped it, or the topic), `token_spent` (used, refused, unconfirmed, replaced, or held by another
+ * send), `token_expired`, or `no_record` (no token on record: erased, or never opted in).
+ */
+export type NoTokenReason = 'opted_out' | 'token_spent' | 'token_expired' | 'no_record'
+
+export async function noTokenReason (db: Database, target: { page_id: string, topic_id: string, psid: string }): Promise<NoTokenReason> {
+  const { rows: [last] } = await sql<{ state: string, stopped: boolean, expired: boolean }>`
+    select o.state, o.stopped_at is not null as stopped, o.expires_at <= now() as expired
+      from optin_tokens o
+     where o.page_id = ${target.page_id} and o.psid = ${target.psid}
+       and o.payload = (select t.payload from topics t where t.page_id = ${target.page_id} and t.id = ${target.topic_id})
+     order by o.updated_at desc, o.id desc
+     limit 1`.execute(db)
+  if (!last) return 'no_record'
+  if (last.stopped || last.state === 'discarded') return 'opted_out'
+  if (last.state === 'expired' || (last.state === 'available' && last.expired)) return 'token_expired'
+  return 'token_spent'
+}
+
 // ---- ingestion ----
 
 /**

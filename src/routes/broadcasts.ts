@@ -15,10 +15,12 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
   app.post('/broadcasts', {
     schema: {
       operationId: 'createBroadcast',
-      summary: 'Send one message on a topic to everyone holding a usable token (or to a list), now or at send_at',
+      summary: 'Send one message on a topic to everyone holding a usable token (narrowed by audience filters, or to a list), now or at send_at',
       description: '202: accepted; it runs on the job queue (any instance, surviving restarts), each person at most once, ' +
         'through the same window/token path as POST /v1/notifications, at BROADCAST_RATE_PER_SECOND per Page. ' +
-        'Poll GET /v1/broadcasts/{id} for progress. 404 unknown topic; 409 page_without_access_token; 422 idempotency_conflict.',
+        'The audience is frozen when planning runs (send_at): audience_final beside audience_estimate. ' +
+        'Poll GET /v1/broadcasts/{id} for progress. 404 unknown topic; 409 page_without_access_token; 422 idempotency_conflict, audience_topic_not_found; ' +
+        '400 audience_range_empty, audience_with_psids.',
       tags, security,
       headers: CreateBroadcastHeadersSchema,
       body: CreateBroadcastBodySchema,

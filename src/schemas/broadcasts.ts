@@ -97,6 +97,11 @@ const ProgressSchema = Type.Object({
   sent_recurring: Type.Integer({ description: 'Sent with a recurring notification token.' }),
   cooldown: Type.Integer({ description: 'Skipped: their recurring token was cooling down (defer_cooldown false).' }),
   no_token: Type.Integer({ description: 'Held no usable token (any more) when their turn came.' }),
+  no_token_by_reason: Type.Record(Type.String(), Type.Integer(), {
+    description: 'no_token by why, as of their turn (the audience is frozen at planning): opted_out (stopped the topic), token_spent ' +
+      '(used, refused or held by another send since), token_expired, no_record (no token on record: erased, or never opted in; an explicit list\'s strangers).',
+    examples: [{ opted_out: 3, token_spent: 12, no_record: 1 }],
+  }),
   failed: Type.Record(Type.String(), Type.Integer(), {
     description: 'Failures by problem code (as the notifications API answers them), e.g. graph_person_unavailable; tokens were kept.',
   }),
