@@ -8,6 +8,7 @@ import { mkdtempSync, readFileSync, rmSync, symlinkSync } from 'node:fs'
 import { cpus, loadavg, tmpdir, totalmem } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
+import pg from 'pg'
 import {
   ADMIN_URL, API_KEY, APP_SECRET, REPO_ROOT, createDatabase, envInt, fmt, freePort, log, measure, medianInterval, table,
   type Measured, type ScratchDatabase,
@@ -17,12 +18,13 @@ const SECONDS = envInt('BENCH_SECONDS', 5)
 const WARMUP = envInt('BENCH_WARMUP_SECONDS', 3, 0)
 const ROUNDS = envInt('BENCH_ROUNDS', 3)
 const CONNECTIONS = (process.env.BENCH_CONNECTIONS ?? '16,64').split(',').map(Number)
-const SCENARIOS = (process.env.BENCH_SCENARIOS ?? 'token,minimal,webhook,insert,window,broadcast,pages,memory').split(',')
+const SCENARIOS = (process.env.BENCH_SCENARIOS ?? 'token,minimal,webhook,insert,window,broadcast,pages,memory,audience').split(',')
 /** Sends per second a scenario may reach at most: what sizes the seeded supply of tokens. */
 const RATE_BOUND = envInt('BENCH_RATE_BOUND', 4000)
 const BROADCAST_PEOPLE = envInt('BENCH_BROADCAST_PEOPLE', 5000)
 /** The memory scenario's first broadcast; its second is four times larger. */
 const MEMORY_PEOPLE = envInt('BENCH_MEMORY_PEOPLE', 5000)
+const AUDIENCE_TOKENS = envInt('BENCH_AUDIENCE_TOKENS', 1_000_000)
 const META_LATENCY = envInt('BENCH_META_LATENCY_MS', 200, 0)
 const BASELINE = process.env.BENCH_BASELINE
 /** The embedded database's scenarios: by default only the broadcast (what a user plans with); `1` all of them, `0` none. */
@@ -194,6 +196,63 @@ async function broadcastsAtOnce (s: Stack, pages: string[], people: number, pref
   }
 }
 
+/**
+ * `tokens` one-time tokens on the topic (opted in over the last year; a tenth of the people wrote in
+ * the last day), written straight into the database: a million opt-ins through the webhook would
+ * take longer than the measure. Postgres only.
+ */
+async function seedAudience (url: string, payload: string, tokens: number): Promise<void> {
+  const client = new pg.Client({ connectionString: url })
+  await client.connect()
+  try {
+    for (let from = 0; from < tokens; from += 100_000) {
+      await client.query(`insert into optin_tokens (page_id, psid, payload, token, opted_in_at, expires_at)
+        select $1, 'aud' || i, $2, 'aud-' || i || '-' || md5(random()::text), now() - make_interval(days => i % 365), now() - make_interval(days => i % 365) + interval '365 days'
+          from generate_series($3::int, $4::int) i`, [PAGE, payload, from, Math.min(tokens, from + 100_000) - 1])
+    }
+    await client.query(`insert into subscribers (page_id, psid, first_seen_at, last_interaction_at)
+      select $1, 'aud' || i, now() - interval '400 days', now() - interval '1 hour' from generate_series(0, $2::int - 1, 10) i
+      on conflict do nothing`, [PAGE, tokens])
+    await client.query('analyze optin_tokens; analyze subscribers')
+  } finally {
+    await client.end()
+  }
+}
+
+/**
+ * Planning a BENCH_AUDIENCE_TOKENS audience with filters (a recipe of docs/BROADCASTS.md): people
+ * listed per second. Logs the estimate's time, and the service's resident memory before planning
+ * and at its peak while planning (flat: planning holds one page of people at a time). Then cancels.
+ */
+async function audience (s: Stack): Promise<number | undefined> {
+  if (!s.db) return undefined
+  const t = await topic(s, `audience ${randomBytes(2).toString('hex')}`)
+  await seedAudience(s.db.url, t.payload, AUDIENCE_TOKENS)
+  const day = 86_400_000
+  const body = {
+    topic_id: t.id, message: { text: 'Restock' },
+    audience: { opted_in_after: new Date(Date.now() - 200 * day).toISOString(), window: 'closed', not_notified_since: new Date(Date.now() - 7 * day).toISOString() },
+  }
+  const asked = performance.now()
+  const estimate = await call<{ audience: number }>(`${s.service.url}/v1/broadcasts/estimate`, 'POST', body)
+  const estimateMs = performance.now() - asked
+  const before = await rssMb(s)
+  let peak = before
+  const b = await call<{ id: string }>(`${s.service.url}/v1/broadcasts`, 'POST', body)
+  for (;;) {
+    const got = await call<{ started_at: string, planned_at: string | null, audience_final: number | null }>(`${s.service.url}/v1/broadcasts/${b.id}`, 'GET')
+    peak = Math.max(peak, await rssMb(s))
+    if (got.planned_at !== null) {
+      await call(`${s.service.url}/v1/broadcasts/${b.id}/cancel`, 'POST')
+      const seconds = (Date.parse(got.planned_at) - Date.parse(got.started_at)) / 1000
+      log(`${s.build.name}: audience of ${fmt.rps(got.audience_final!)} people (estimate ${fmt.rps(estimate.audience)}, in ${fmt.ms(estimateMs)} ms) ` +
+        `out of ${fmt.rps(AUDIENCE_TOKENS)} tokens, planned in ${seconds.toFixed(1)} s; resident memory ${Math.round(before)} MB before, ${Math.round(peak)} MB at most while planning`)
+      return got.audience_final! / seconds
+    }
+    await sleep(500)
+  }
+}
+
 /** One signed delivery of one opt-in from a new person, as Meta sends a click. */
 function webhookBody (tag: string, i: number) {
   const at = Date.now()
@@ -275,6 +334,8 @@ const scenarios: Record<string, Scenario> = {
     log(`${s.build.name}: resident memory ${Math.round(small)} MB after ${fmt.rps(MEMORY_PEOPLE)} people, ${Math.round(large)} MB after ${fmt.rps(4 * MEMORY_PEOPLE)}`)
     return large / small
   },
+  /** Planning a BENCH_AUDIENCE_TOKENS (1,000,000) audience with filters, Postgres: people listed per second (memory logged). */
+  audience: (s) => audience(s),
 }
 
 interface Cell { build: string, figures: Array<Measured | number> }
@@ -293,10 +354,10 @@ async function main (): Promise<void> {
       for (const name of embedded ? PGLITE_SCENARIOS : SCENARIOS) {
         const scenario = scenarios[name]
         if (!scenario) throw new Error(`unknown scenario ${name} (known: ${Object.keys(scenarios).join(', ')})`)
-        for (const connections of name === 'broadcast' || name === 'pages' || name === 'memory' ? [0] : CONNECTIONS) {
+        for (const connections of ['broadcast', 'pages', 'memory', 'audience'].includes(name) ? [0] : CONNECTIONS) {
           const key = `${embedded ? 'PGlite' : 'Postgres'}\t${name}${connections ? ` @${connections}` : ''}`
           const cells = stacks.map((s) => ({ build: s.build.name, figures: [] as Array<Measured | number> }))
-          for (let round = 0; round < (name === 'broadcast' || name === 'pages' ? Math.min(ROUNDS, 2) : name === 'memory' ? 1 : ROUNDS); round++) {
+          for (let round = 0; round < (name === 'broadcast' || name === 'pages' ? Math.min(ROUNDS, 2) : name === 'memory' || name === 'audience' ? 1 : ROUNDS); round++) {
             // Alternate the order: the second of two runs one after the other was measured faster.
             const order = round % 2 === 0 ? stacks.map((_, i) => i) : stacks.map((_, i) => i).reverse()
             for (const i of order) {

@@ -1,5 +1,6 @@
 import type { ColumnType, Generated, Insertable, Selectable } from 'kysely'
 import type { GraphError } from '../graph/errors.js'
+import type { AudienceFilter } from '../domain/audience.js'
 import type { NotificationStatus, Route, TokenKind, TokenOutcome, TokenState } from '../domain/lifecycle.js'
 
 type Timestamp = ColumnType<Date, Date | string | undefined, Date | string>
@@ -146,6 +147,10 @@ export interface BroadcastsTable {
   use_window: ColumnType<boolean, boolean | undefined, boolean>
   audience: 'topic' | 'explicit'
   audience_estimate: number
+  /** The filters of a topic audience (migration 20261202180000); null: everyone holding a usable token. */
+  audience_filter: Json<AudienceFilter> | null
+  /** People listed when planning ended; null until then. */
+  audience_final: ColumnType<number | null, number | null | undefined, number | null>
   /** A person whose recurring token is cooling down waits for it (true) or is skipped as `cooldown`. */
   defer_cooldown: ColumnType<boolean, boolean | undefined, boolean>
   messaging_type: MessagingType | null

@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto'
 import { sql } from 'kysely'
 import type { Database } from '../db/database.js'
 import type { Broadcast, BroadcastOutcome, BroadcastState, Notification } from '../db/types.js'
+import { audienceOf, audienceQuery, estimateOf, WINDOW_SECONDS, type AudienceFilter } from './audience.js'
 import { DomainError, notFound } from './errors.js'
 import { keyRace, replayOf, requestHash as hashOf } from './idempotency.js'
 import { retryOf } from './lifecycle.js'
@@ -10,7 +11,7 @@ import { afterCursor, PAGE_SIZE, pageOf } from './pagination.js'
 import { recoverLeases, takeOverStale } from './recovery.js'
 import { getNotificationRow, notificationByKey, type NotificationProblem } from './send-steps.js'
 import { resumeFromStart, type Sender, type SendDeps } from './send.js'
-import { audiencePage, holdLeaseSeconds, usableHolders } from './token-store.js'
+import { audiencePage, holdLeaseSeconds, noTokenReason } from './token-store.js'
 
 export interface BroadcastInput extends Labelling {
   topic_id: string
@@ -23,6 +24,8 @@ export interface BroadcastInput extends Labelling {
   defer_cooldown?: boolean
   /** An explicit audience instead of everyone holding a usable token on the topic. */
   psids?: string[]
+  /** Filters of the topic audience (src/domain/audience.ts). */
+  audience?: AudienceFilter
 }
 
 export interface Progress {
@@ -32,6 +35,8 @@ export interface Progress {
   /** Sent with a recurring token. */
   sent_recurring: number
   no_token: number
+  /** no_token by why the person held no usable token when their turn came (token-store's NoTokenReason). */
+  no_token_by_reason: Record<string, number>
   /** Skipped: their recurring token was cooling down (the broadcast does not wait: defer_cooldown false). */
   cooldown: number
   failed: Record<string, number>
@@ -53,6 +58,10 @@ export interface BroadcastView {
   state: BroadcastState
   audience: 'topic' | 'explicit'
   audience_estimate: number
+  audience_filter: AudienceFilter | null
+  /** People listed when planning ended (null until then), and how many more (or fewer) than estimated at creation. */
+  audience_final: number | null
+  audience_change: number | null
   message: Record<string, unknown>
   notification_type: string
   use_window: boolean
@@ -81,6 +90,9 @@ function broadcastView (b: Broadcast, progress: Progress): BroadcastView {
     state: b.state,
     audience: b.audience,
     audience_estimate: b.audience_estimate,
+    audience_filter: b.audience_filter,
+    audience_final: b.audience_final,
+    audience_change: b.audience_final === null ? null : b.audience_final - b.audience_estimate,
     message: b.message,
     notification_type: b.notification_type,
     use_window: b.use_window,
@@ -100,7 +112,7 @@ function broadcastView (b: Broadcast, progress: Progress): BroadcastView {
 }
 
 const emptyProgress = (): Progress => ({
-  total: 0, sent_window: 0, sent_token: 0, sent_recurring: 0, no_token: 0, cooldown: 0, failed: {}, unconfirmed: 0, cancelled: 0, remaining: 0, rate_per_second: 0, eta_seconds: null,
+  total: 0, sent_window: 0, sent_token: 0, sent_recurring: 0, no_token: 0, no_token_by_reason: {}, cooldown: 0, failed: {}, unconfirmed: 0, cancelled: 0, remaining: 0, rate_per_second: 0, eta_seconds: null,
 })
 
 /** A broadcast by its key. */
@@ -126,6 +138,7 @@ async function progressOf (db: Database, broadcasts: BroadcastRef[]): Promise<Ma
     else if (r.state === 'cancelled') p.cancelled += n
     else if (r.outcome === 'failed') p.failed[r.error_code ?? 'failed'] = (p.failed[r.error_code ?? 'failed'] ?? 0) + n
     else if (r.outcome !== null) p[r.outcome] += n
+    if (r.outcome === 'no_token' && r.error_code !== null) p.no_token_by_reason[r.error_code] = (p.no_token_by_reason[r.error_code] ?? 0) + n
   }
   for (const p of out.values()) {
     p.rate_per_second = Math.round(p.rate_per_second * 10) / 10
@@ -134,7 +147,7 @@ async function progressOf (db: Database, broadcasts: BroadcastRef[]): Promise<Ma
   return out
 }
 
-function requestHash (input: BroadcastInput, psids: string[] | undefined): string {
+function requestHash (input: BroadcastInput, psids: string[] | undefined, filter: AudienceFilter | undefined): string {
   return hashOf({
     topic_id: input.topic_id,
     message: input.message,
@@ -143,6 +156,7 @@ function requestHash (input: BroadcastInput, psids: string[] | undefined): strin
     ...(input.defer_cooldown ? { defer_cooldown: true } : {}),
     send_at: input.send_at === undefined ? null : new Date(input.send_at).toISOString(),
     psids: psids ?? null,
+    ...(filter ? { audience: filter } : {}),
     ...labellingOf(input),
   })
 }
@@ -160,8 +174,8 @@ export interface CreateOptions {
  */
 export async function createBroadcast (db: Database, input: BroadcastInput, opts: CreateOptions): Promise<{ broadcast: Broadcast, replayed: boolean }> {
   checkLabelling(input)
-  const psids = input.psids === undefined ? undefined : [...new Set(input.psids)].sort()
-  const hash = requestHash(input, psids)
+  const { psids, filter } = audienceOf(input)
+  const hash = requestHash(input, psids, filter)
   // A broadcast's Page is its topic's; an Idempotency-Key is unique per Page.
   const topic = await db.selectFrom('topics').select(['id', 'page_id', 'payload']).where('id', '=', input.topic_id).executeTakeFirst()
   if (opts.idempotencyKey !== undefined && topic) {
@@ -179,7 +193,7 @@ export async function createBroadcast (db: Database, input: BroadcastInput, opts
   const now = new Date()
   const sendAt = input.send_at === undefined ? now : new Date(input.send_at)
   const scheduled = sendAt.getTime() > now.getTime()
-  const estimate = psids ? psids.length : await usableHolders(db, topic.page_id, topic.payload)
+  const estimate = psids ? psids.length : (await estimateOf(db, await audienceQuery(db, topic, filter, true), input.use_window ?? true)).audience
 
   const created = await db.transaction().execute(async (trx) => {
     const b = await trx.insertInto('broadcasts').values({
@@ -193,6 +207,8 @@ export async function createBroadcast (db: Database, input: BroadcastInput, opts
       tag: input.tag ?? null,
       audience: psids ? 'explicit' : 'topic',
       audience_estimate: estimate,
+      audience_filter: filter ? JSON.stringify(filter) : null,
+      audience_final: psids ? psids.length : null,
       state: scheduled ? 'scheduled' : 'running',
       send_at: scheduled ? sendAt : now,
       started_at: scheduled ? null : now,
@@ -330,8 +346,9 @@ export async function planNextBatch (db: Database, b: Broadcast, batchSize: numb
   const last = await db.selectFrom('broadcast_recipients').select(['psid', 'batch'])
     .where('page_id', '=', b.page_id).where('broadcast_id', '=', b.id).orderBy('psid', 'desc').limit(1).executeTakeFirst()
   const batch = last ? last.batch + 1 : 0
+  const q = await audienceQuery(db, topic, b.audience_filter ?? undefined, false)
   const { rows: [row] } = await sql<{ listed: number, inserted: number }>`
-    with audience as (${audiencePage(topic.page_id, topic.payload, last?.psid, batchSize)}),
+    with audience as (${audiencePage(q, WINDOW_SECONDS, last?.psid, batchSize)}),
     added as (
       insert into broadcast_recipients (page_id, broadcast_id, psid, batch)
       select ${b.page_id}, ${b.id}, psid, ${batch} from audience
@@ -341,8 +358,10 @@ export async function planNextBatch (db: Database, b: Broadcast, batchSize: numb
   return row.listed > 0 ? { batch, inserted: row.inserted } : undefined
 }
 
+/** Planning ended: the audience is frozen, and its size recorded beside the estimate. */
 export async function markPlanned (db: Database, b: BroadcastRef): Promise<void> {
-  await db.updateTable('broadcasts').set({ planned_at: sql`now()`, updated_at: sql`now()` })
+  const listed = sql<number>`(select count(*)::int from broadcast_recipients r where r.page_id = ${b.page_id} and r.broadcast_id = ${b.id})`
+  await db.updateTable('broadcasts').set({ planned_at: sql`now()`, audience_final: listed, updated_at: sql`now()` })
     .where('page_id', '=', b.page_id).where('id', '=', b.id).where('planned_at', 'is', null).execute()
 }
 
@@ -444,7 +463,7 @@ export async function sendToRecipient (deps: RecipientDeps, b: Broadcast, r: Cla
   }
   if (existing) {
     const n = existing.status === 'pending' ? await resolveInterrupted(send, existing) : existing
-    return 'wait' in n ? { kind: 'wait', seconds: n.wait } : resultOf(deps, b, n, r)
+    return 'wait' in n ? { kind: 'wait', seconds: n.wait } : withReason(send.db, b, r, resultOf(deps, b, n, r))
   }
   if (r.broadcast_state === 'cancelled') return { kind: 'cancelled' }
   if (r.broadcast_state !== 'running') return { kind: 'wait', seconds: Math.max(1, (b.send_at.getTime() - Date.now()) / 1000) }
@@ -459,14 +478,21 @@ export async function sendToRecipient (deps: RecipientDeps, b: Broadcast, r: Cla
       ...(b.tag !== null ? { tag: b.tag } : {}),
       idempotency_key: key,
       broadcast_id: b.id,
+      ...(b.audience_filter?.token_kind !== undefined && b.audience_filter.token_kind !== 'any' ? { token_kind: b.audience_filter.token_kind } : {}),
     })
-    return resultOf(deps, b, result.notification, r)
+    return await withReason(send.db, b, r, resultOf(deps, b, result.notification, r))
   } catch (error) {
     if (!(error instanceof DomainError)) throw error
     if (error.code === 'idempotency_in_progress') return { kind: 'wait', seconds: 1 }
     if (LEFT_BEFORE_SEND.has(error.code)) return { kind: 'done', outcome: 'failed', error_code: error.code, notification_id: null }
     throw error
   }
+}
+
+/** A person the send found without a usable token is recorded with why (the audience was frozen at planning). */
+async function withReason (db: Database, b: Broadcast, r: ClaimedRecipient, result: RecipientResult): Promise<RecipientResult> {
+  if (result.kind !== 'done' || result.outcome !== 'no_token') return result
+  return { ...result, error_code: await noTokenReason(db, { page_id: b.page_id, topic_id: b.topic_id, psid: r.psid }) }
 }
 
 function resultOf (deps: RecipientDeps, b: Broadcast, n: Notification, r: ClaimedRecipient): RecipientResult {

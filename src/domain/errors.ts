@@ -9,7 +9,7 @@ export const DOMAIN_CODES = [
   'topic_not_found', 'page_not_found', 'notification_not_found', 'broadcast_not_found', 'subscriber_not_found',
   // the request is malformed in a way the schema cannot say
   'invalid_webhook_body', 'invalid_payload', 'invalid_cursor', 'empty_update', 'tag_required', 'tag_without_message_tag',
-  'invalid_timezone',
+  'invalid_timezone', 'audience_range_empty', 'audience_with_psids', 'audience_topic_not_found',
   // the state of things refuses it
   'page_without_access_token', 'window_closed', 'topic_name_taken', 'topic_payload_taken', 'topic_has_tokens', 'page_has_topics',
   'broadcast_completed', 'no_token', 'idempotency_in_progress', 'idempotency_conflict', 'webhook_not_configured',

@@ -1,9 +1,10 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { estimateBroadcast } from '../domain/audience.js'
 import { cancelBroadcast, createBroadcast, getBroadcast, listBroadcasts, withProgress } from '../domain/broadcasts.js'
 import { enqueueBroadcast } from '../jobs/broadcast-worker.js'
 import {
   BroadcastListQuerySchema, BroadcastListSchema, BroadcastParamsSchema, BroadcastSchema, CreateBroadcastBodySchema,
-  CreateBroadcastHeadersSchema,
+  CreateBroadcastHeadersSchema, EstimateSchema,
 } from '../schemas/broadcasts.js'
 import { API_PROBLEMS, apiKeySecurity, BODY_PROBLEMS, named, problems } from '../schemas/common.js'
 
@@ -14,14 +15,16 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
   app.post('/broadcasts', {
     schema: {
       operationId: 'createBroadcast',
-      summary: 'Send one message on a topic to everyone holding a usable token (or to a list), now or at send_at',
+      summary: 'Send one message on a topic to everyone holding a usable token (narrowed by audience filters, or to a list), now or at send_at',
       description: '202: accepted; it runs on the job queue (any instance, surviving restarts), each person at most once, ' +
         'through the same window/token path as POST /v1/notifications, at BROADCAST_RATE_PER_SECOND per Page. ' +
-        'Poll GET /v1/broadcasts/{id} for progress. 404 unknown topic; 409 page_without_access_token; 422 idempotency_conflict.',
+        'The audience is frozen when planning runs (send_at): audience_final beside audience_estimate. ' +
+        'Poll GET /v1/broadcasts/{id} for progress. 404 unknown topic; 409 page_without_access_token; 422 idempotency_conflict, audience_topic_not_found; ' +
+        '400 audience_range_empty, audience_with_psids.',
       tags, security,
       headers: CreateBroadcastHeadersSchema,
       body: CreateBroadcastBodySchema,
-      response: { 202: named(BroadcastSchema, 'The broadcast, accepted (also when replayed under the same Idempotency-Key)'), ...problems(...API_PROBLEMS, ...BODY_PROBLEMS, 'topic_not_found', 'page_not_found', 'page_without_access_token', 'idempotency_conflict', 'idempotency_in_progress', 'tag_required', 'tag_without_message_tag') },
+      response: { 202: named(BroadcastSchema, 'The broadcast, accepted (also when replayed under the same Idempotency-Key)'), ...problems(...API_PROBLEMS, ...BODY_PROBLEMS, 'topic_not_found', 'page_not_found', 'page_without_access_token', 'idempotency_conflict', 'idempotency_in_progress', 'tag_required', 'tag_without_message_tag', 'audience_range_empty', 'audience_with_psids', 'audience_topic_not_found') },
     },
   }, async (request, reply) => {
     const { broadcast, replayed } = await createBroadcast(app.db, request.body, {
@@ -33,6 +36,18 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
     else request.log.info({ broadcast_id: broadcast.id, topic_id: broadcast.topic_id, state: broadcast.state }, 'broadcast created')
     return reply.code(202).send(await withProgress(app.db, broadcast))
   })
+
+  app.post('/broadcasts/estimate', {
+    schema: {
+      operationId: 'estimateBroadcast',
+      summary: 'Count the audience a broadcast with this body would have now, by route, without creating anything',
+      description: 'The same body as POST /v1/broadcasts. One index-backed count over the same rows planning lists, so with nothing ' +
+        'changed in between it equals the planned audience (audience_final). 404 unknown topic; 422 audience_topic_not_found.',
+      tags, security,
+      body: CreateBroadcastBodySchema,
+      response: { 200: named(EstimateSchema, 'The audience now and the route each person would take'), ...problems(...API_PROBLEMS, ...BODY_PROBLEMS, 'topic_not_found', 'audience_range_empty', 'audience_with_psids', 'audience_topic_not_found') },
+    },
+  }, async (request) => estimateBroadcast(app.db, request.body))
 
   app.get('/broadcasts/:id', {
     schema: {

@@ -1,4 +1,4 @@
-import { BroadcastListSchema, BroadcastSchema } from './broadcasts.js'
+import { BroadcastListSchema, BroadcastSchema, EstimateSchema } from './broadcasts.js'
 import { ProblemSchema } from './common.js'
 import { NotificationListSchema, NotificationSchema } from './notifications.js'
 import { OptinRequestSchema } from './optin-requests.js'
@@ -13,5 +13,5 @@ import { WebhookReceiptSchema } from './webhooks.js'
  */
 export const sharedSchemas = [
   ProblemSchema, PageSchema, PageListSchema, TopicSchema, TopicListSchema, DeletedTopicSchema, SubscriberSchema,
-  NotificationSchema, NotificationListSchema, BroadcastSchema, BroadcastListSchema, OptinRequestSchema, WebhookReceiptSchema,
+  NotificationSchema, NotificationListSchema, BroadcastSchema, EstimateSchema, BroadcastListSchema, OptinRequestSchema, WebhookReceiptSchema,
 ]

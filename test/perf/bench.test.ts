@@ -8,14 +8,14 @@ import { fileURLToPath } from 'node:url'
 // server named by TEST_DATABASE_URL; test/perf runs in the Postgres pass only.
 
 const root = fileURLToPath(new URL('../..', import.meta.url))
-const SCENARIOS = ['token', 'window', 'minimal', 'webhook', 'insert', 'broadcast', 'pages', 'memory']
+const SCENARIOS = ['token', 'window', 'minimal', 'webhook', 'insert', 'broadcast', 'pages', 'memory', 'audience']
 
 t.test('npm run bench runs every scenario to a figure', async (t) => {
   const env = {
     ...process.env,
     BENCH_DATABASE_URL: process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres',
     BENCH_SCENARIOS: SCENARIOS.join(','), BENCH_CONNECTIONS: '2', BENCH_SECONDS: '1', BENCH_WARMUP_SECONDS: '0', BENCH_ROUNDS: '1',
-    BENCH_RATE_BOUND: '1000', BENCH_BROADCAST_PEOPLE: '40', BENCH_MEMORY_PEOPLE: '20', BENCH_META_LATENCY_MS: '20', BENCH_PGLITE: '',
+    BENCH_RATE_BOUND: '1000', BENCH_BROADCAST_PEOPLE: '40', BENCH_MEMORY_PEOPLE: '20', BENCH_AUDIENCE_TOKENS: '2000', BENCH_META_LATENCY_MS: '20', BENCH_PGLITE: '',
   }
   const { code, out, err } = await new Promise<{ code: number | null, out: string, err: string }>((resolve) => {
     const child = spawn('npx', ['tsx', 'bench/run.ts'], { cwd: root, env, stdio: ['ignore', 'pipe', 'pipe'] })

@@ -3,7 +3,7 @@ import { recipientKey } from '../../src/domain/broadcasts.js'
 import { auth, uniquePageId } from '../helper.js'
 import { world } from '../fixtures/otn.js'
 import {
-  accountedForOnce, broadcastEnv, NOWHERE, people, postBroadcast, readBroadcast, seeded, settled, sumOf, tokensFor, until, windowsFor,
+  accountedForOnce, broadcastEnv, NOWHERE, people, postBroadcast, readBroadcast, recurringFor, seeded, settled, sumOf, tokensFor, until, windowsFor,
 } from '../fixtures/broadcasts.js'
 
 const message = { text: 'The jacket you asked about is back in stock' }
@@ -287,4 +287,87 @@ t.test("a broadcast's messaging_type and tag label its window sends; its token s
   const sent = w.emulator.requests.filter((r) => r.outcome === 'accepted')
   t.same(sent.filter((r) => r.recipient?.id).map((r) => [r.messagingType, r.tag]), Array(3).fill(['MESSAGE_TAG', 'ACCOUNT_UPDATE']))
   t.same(sent.filter((r) => r.recipient?.one_time_notif_token).map((r) => [r.messagingType, r.tag]), Array(2).fill(['UPDATE', undefined]))
+})
+
+t.test('audience filters: the estimate, then a broadcast that records it and plans exactly that audience, sending only with the kind asked', async (t) => {
+  const w = await world(t, { env: broadcastEnv({ BROADCAST_BATCH_SIZE: '4' }), emulator: { webhookUrl: NOWHERE } })
+  const oneTime = people(10, 'ot')
+  const both = people(2, 'bo')
+  const recurringOnly = people(4, 'rc')
+  await tokensFor(w, [...oneTime, ...both])
+  await recurringFor(w, [...both, ...recurringOnly])
+  await windowsFor(w, oneTime.slice(1, 4))
+  const audience = { token_kind: 'one_time_notif', exclude_psids: [oneTime[0]] }
+  const body = { topic_id: w.topic.id, message: { text: 'One-time holders only' }, audience }
+
+  const estimate = await w.app.inject({ method: 'POST', url: '/v1/broadcasts/estimate', headers: auth, payload: body })
+  t.equal(estimate.statusCode, 200, estimate.body)
+  t.same(estimate.json(), { audience: 11, by_route: { window: 3, recurring: 0, token: 8, without_token: 0 } },
+    'ten one-time holders and two with both kinds, less one excluded; three of them in their window')
+  t.equal(Number((await w.db.selectFrom('broadcasts').select((eb) => eb.fn.countAll<string>().as('n')).where('page_id', '=', w.pageId).executeTakeFirstOrThrow()).n), 0,
+    'an estimate creates nothing')
+
+  const res = await postBroadcast(w.app, body)
+  t.equal(res.statusCode, 202, res.body)
+  t.match(res.json(), { audience: 'topic', audience_estimate: 11, audience_filter: { token_kind: 'one_time_notif', exclude_psids: [oneTime[0]] } })
+  const b = await settled(w.app, res.json().id)
+  t.match(b, { audience_estimate: 11, audience_final: 11, audience_change: 0 }, 'nothing changed in between: the estimate is the planned audience')
+  t.match(b.progress, { total: 11, sent_window: 3, sent_token: 8, sent_recurring: 0, no_token: 0 })
+  await accountedForOnce(t, w, b)
+  t.same([...recurringOnly, oneTime[0]].filter((p) => w.emulator.inbox(w.pageId, p).length > 0), [], 'the excluded and the recurring-only were not sent to')
+  t.same(both.map((p) => w.emulator.inbox(w.pageId, p).map((m) => m.via)), [['one_time_notif_token'], ['one_time_notif_token']],
+    'people holding both kinds were reached with their one-time token, as token_kind asked')
+})
+
+t.test('audience: bad input is refused with a stable code and creates nothing; the explicit list and idempotency', async (t) => {
+  const w = await world(t, { env: broadcastEnv(), emulator: { webhookUrl: NOWHERE } })
+  const holders = people(3, 'ex')
+  await tokensFor(w, holders)
+  const message = { text: 'Filtered' }
+  const later = new Date(Date.now() + 60_000).toISOString()
+  const unknownTopic = '00000000-0000-4000-8000-000000000000'
+  const refusals: Array<[Record<string, unknown>, number, string]> = [
+    [{ psids: holders, audience: { window: 'open' } }, 400, 'audience_with_psids'],
+    [{ audience: { opted_in_after: '2026-11-02T00:00:00Z', opted_in_before: '2026-11-01T00:00:00Z' } }, 400, 'audience_range_empty'],
+    [{ audience: { holds_topics: [w.topic.id], excludes_topics: [w.topic.id] } }, 400, 'audience_range_empty'],
+    [{ audience: { holds_topics: [unknownTopic] } }, 422, 'audience_topic_not_found'],
+    [{ audience: { window: 'ajar' } }, 400, 'validation_failed'],
+    [{ audience: { token_kind: 'OTN' } }, 400, 'validation_failed'],
+    [{ audience: { opted_in_after: 'last week' } }, 400, 'validation_failed'],
+    [{ audience: { psids: [] } }, 400, 'validation_failed'],
+    [{ audience: { holds_topics: ['not-a-uuid'] } }, 400, 'validation_failed'],
+    [{ audience: { everyone: true } }, 400, 'validation_failed'],
+  ]
+  for (const [extra, status, code] of refusals) {
+    for (const url of ['/v1/broadcasts', '/v1/broadcasts/estimate']) {
+      const res = await w.app.inject({ method: 'POST', url, headers: auth, payload: { topic_id: w.topic.id, message, send_at: later, ...extra } })
+      t.equal(res.statusCode, status, `${url} ${JSON.stringify(extra)}`)
+      t.equal(res.json().code, code, `${url} ${JSON.stringify(extra)}: ${res.json().detail}`)
+    }
+  }
+  const otherPage = uniquePageId()
+  await w.app.inject({ method: 'PUT', url: `/v1/pages/${otherPage}`, headers: auth, payload: { name: 'Other', access_token: `EAA-${otherPage}` } })
+  const foreign = (await w.app.inject({ method: 'POST', url: '/v1/topics', headers: auth, payload: { page_id: otherPage, name: `Foreign ${otherPage}` } })).json()
+  const crossPage = await postBroadcast(w.app, { topic_id: w.topic.id, message, send_at: later, audience: { excludes_topics: [foreign.id] } })
+  t.equal(crossPage.json().code, 'audience_topic_not_found', "another Page's topic is not one of this Page's")
+  t.equal(Number((await w.db.selectFrom('broadcasts').select((eb) => eb.fn.countAll<string>().as('n')).where('page_id', '=', w.pageId).executeTakeFirstOrThrow()).n), 0,
+    'nothing was created by a refused request')
+  const missing = await w.app.inject({ method: 'POST', url: '/v1/broadcasts/estimate', headers: auth, payload: { topic_id: unknownTopic, message } })
+  t.equal(missing.statusCode, 404)
+  t.equal(missing.json().code, 'topic_not_found')
+
+  const explicit = await w.app.inject({ method: 'POST', url: '/v1/broadcasts/estimate', headers: auth, payload: { topic_id: w.topic.id, message, psids: [...holders, 'nobody1', 'nobody1'] } })
+  t.same(explicit.json(), { audience: 4, by_route: { window: 0, recurring: 0, token: 3, without_token: 1 } }, 'an explicit list: as given, duplicates once')
+
+  const filtered = { topic_id: w.topic.id, message, send_at: later, audience: { window: 'closed', psids: [holders[1], holders[0]] } }
+  const first = await postBroadcast(w.app, filtered, 'filtered-1')
+  t.equal(first.statusCode, 202, first.body)
+  t.match(first.json(), { audience_estimate: 2, audience_final: null, audience_change: null, audience_filter: { window: 'closed', psids: [holders[0], holders[1]].sort() } })
+  const replay = await postBroadcast(w.app, { ...filtered, audience: { psids: [holders[0], holders[1], holders[0]], window: 'closed', token_kind: 'any' } }, 'filtered-1')
+  t.equal(replay.headers['idempotent-replayed'], 'true', 'the same filter in another order is the same request')
+  t.equal(replay.json().id, first.json().id)
+  const conflict = await postBroadcast(w.app, { ...filtered, audience: { window: 'open' } }, 'filtered-1')
+  t.equal(conflict.statusCode, 422)
+  t.equal(conflict.json().code, 'idempotency_conflict')
+  await w.app.inject({ method: 'POST', url: `/v1/broadcasts/${first.json().id}/cancel`, headers: auth })
 })
