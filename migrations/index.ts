@@ -9,6 +9,7 @@ import * as broadcastPace from './20261202010000_broadcast_pace.js'
 import * as addWebhookEventDigest from './20261202090000_add_webhook_event_digest.js'
 import * as contractShardKeysByPage from './20261202120000_contract_shard_keys_by_page.js'
 import * as recurringNotifications from './20261202150000_recurring_notifications.js'
+import * as consentHistoryAndRetention from './20261202200000_consent_history_and_retention.js'
 
 // Listed here (not read from the folder) so the same list works from .ts sources and compiled .js.
 export const migrations: Record<string, Migration> = {
@@ -22,4 +23,5 @@ export const migrations: Record<string, Migration> = {
   '20261202090000_add_webhook_event_digest': addWebhookEventDigest,
   '20261202120000_contract_shard_keys_by_page': contractShardKeysByPage,
   '20261202150000_recurring_notifications': recurringNotifications,
+  '20261202200000_consent_history_and_retention': consentHistoryAndRetention,
 }

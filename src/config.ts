@@ -37,6 +37,8 @@ export const EnvSchema = Type.Object({
   TOKEN_LEASE_SECONDS: Int('How long a claimed token stays held by its send before lease recovery takes the send over. At least 2 × GRAPH_API_TIMEOUT_MS + 1 s (one attempt\'s longest wait), checked at start-up.', 120, 5, 86400),
   OPTIN_REQUEST_INTERVAL_SECONDS: Int('Least time between two opt-in requests to one person on one topic.', 86400, 0, 31536000),
   MAINTENANCE_INTERVAL_SECONDS: Int('Period of the expiry sweep and lease recovery (both also run at start-up, in the background).', 60, 1, 86400),
+  WEBHOOK_BODY_RETENTION_DAYS: Int('Days a raw webhook body is kept (for audit and replay) before the maintenance task removes it; 0 keeps it forever (docs/PRIVACY.md).', 30, 0, 36500),
+  MESSAGE_BODY_RETENTION_DAYS: Int('Days a notification\'s message is kept before the maintenance task empties it (the notification, its status and outcome stay); 0 keeps it forever (docs/PRIVACY.md).', 90, 0, 36500),
   RECOVERY_CONCURRENCY: Int('Sends lease recovery makes at once while it works through what crashed processes left (at most half of GRAPH_API_CONNECTIONS).', 32, 1, 1024),
   SHUTDOWN_TIMEOUT_MS: Int('Longest wait for in-flight requests on SIGTERM/SIGINT.', 10000, 100, 600000),
   RECURRING_COOLDOWN_HOURS: Type.Number({ description: 'Hours after a recurring notification before the same token may send again (Meta\'s 48-hour cooldown since September 2025, enforced here before calling Meta; docs/RECURRING.md). 0 leaves only the calendar period of the token\'s frequency.', default: RECURRING_COOLDOWN_HOURS, minimum: 0, maximum: 8760 }),
