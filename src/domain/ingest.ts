@@ -7,6 +7,7 @@ import { DomainError } from './errors.js'
 import { isPageId, isPayload, isPsid, isToken } from './ids.js'
 import { isTimeZoneName } from './timezones.js'
 import { NO_EXPIRY, RECURRING_LIFETIME_MONTHS } from './lifecycle.js'
+import { ingestHistory } from './consent-history.js'
 import { insertTokens, recordRecurring } from './token-store.js'
 import { OTN_TOKEN_LIFETIME_MS } from './window.js'
 
@@ -392,7 +393,8 @@ export async function recordDeliveries (db: Database, inputs: DeliveryInput[]): 
     ), fresh as (
       select input.ord, input.id from input join event on event.id = input.id
     ), new_tokens as (${insertTokens(JSON.stringify(tokens), 'fresh')}
-    ), ${recordRecurring(JSON.stringify(recurring), 'fresh')}, added as (
+    ), ${recordRecurring(JSON.stringify(recurring), 'fresh')}, history as (${ingestHistory('new_tokens', 'rec_in', 'rec_written')}
+    ), added as (
       select webhook_event_id, state from new_tokens
       union all
       select webhook_event_id, state from rec_written where inserted

@@ -13,6 +13,7 @@
 import { sql, type Expression, type RawBuilder, type SqlBool } from 'kysely'
 import type { Database } from '../db/database.js'
 import type { RecurringFrequency, TokenKind } from '../db/types.js'
+import { tokenHistory } from './consent-history.js'
 import { DEFAULT_COOLDOWN_SECONDS, DERIVED_STATES, NO_EXPIRY, SETTLED, type Settled, type TokenOutcome } from './lifecycle.js'
 
 const NO_EXPIRY_SQL = sql`${sql.lit(NO_EXPIRY.toISOString())}::timestamptz`
@@ -190,7 +191,7 @@ export function settleHolds (input: string, cooldownSeconds: number, pacing = tr
            updated_at = now()
       from ${sql.table(input)} i
      where o.page_id = i.held_page_id and o.id = i.held_token_id and ${heldBy(sql.ref('i.held_by'), 'o')}
-    returning i.held_by, o.id, o.kind, o.page_id, o.psid, o.payload, o.last_sent_at, o.next_send_at`
+    returning i.held_by, o.id, o.kind, o.page_id, o.psid, o.payload, o.last_sent_at, o.next_send_at, o.expires_at, o.state`
 }
 
 /**
@@ -226,10 +227,14 @@ export async function extendLease (db: Database, h: Hold, leaseSeconds: number):
 
 /** The person stopped the topic: their other usable tokens on it will never be sent. */
 export async function discardPersonTokens (db: Database, target: { page_id: string, payload: string, psid: string }): Promise<number> {
-  const result = await sql`
-    update optin_tokens set state = 'discarded', updated_at = now()
-     where page_id = ${target.page_id} and payload = ${target.payload} and psid = ${target.psid} and ${usable()}`.execute(db)
-  return Number(result.numAffectedRows ?? 0n)
+  const { rows: [{ n }] } = await sql<{ n: number }>`
+    with discarded as (
+      update optin_tokens set state = 'discarded', updated_at = now()
+       where page_id = ${target.page_id} and payload = ${target.payload} and psid = ${target.psid} and ${usable()}
+      returning page_id, psid, payload, kind, id, expires_at
+    ), history as (${tokenHistory('discarded', 'token_discarded')})
+    select count(*)::int as n from discarded`.execute(db)
+  return n
 }
 
 /** Seconds left on the lease of the token `notificationId` holds, or undefined when it holds none. */
@@ -276,7 +281,8 @@ export async function takeOverHold (db: Database, hold: TokenRef, leaseSeconds: 
 
 /** A hold whose notification is already final (never left by the send path; kept for safety): its outcome decides, as SETTLED says. */
 export async function settleOrphan (db: Database, h: Hold, sent: boolean, cooldownSeconds = DEFAULT_COOLDOWN_SECONDS): Promise<void> {
-  await sql`with input as (${holdInput(h, sent ? 'used' : 'unconfirmed')}), moved as (${settleHolds('input', cooldownSeconds)}) select 1`.execute(db)
+  await sql`with input as (${holdInput(h, sent ? 'used' : 'unconfirmed')}), moved as (${settleHolds('input', cooldownSeconds)}),
+    history as (${tokenHistory('moved', sql`case when x.state = 'used' and x.kind = 'one_time_notif' then 'token_used' end`)}) select 1`.execute(db)
 }
 
 /** The condition that notification `n` (an alias of the notifications table) holds no token. */
@@ -296,12 +302,15 @@ export function holdsNoToken (n: string): Expression<SqlBool> {
 export async function expireTokens (db: Database, batchSize = 5000): Promise<number> {
   let total = 0
   for (;;) {
-    const result = await sql`
-      update optin_tokens set state = 'expired', updated_at = now()
-       where (page_id, id) in (select page_id, id from optin_tokens where ${usable()} and expires_at <= now()
-                     order by expires_at limit ${batchSize} for update skip locked)
-         and ${usable()}`.execute(db)
-    const n = Number(result.numAffectedRows ?? 0n)
+    const { rows: [{ n }] } = await sql<{ n: number }>`
+      with expired as (
+        update optin_tokens set state = 'expired', updated_at = now()
+         where (page_id, id) in (select page_id, id from optin_tokens where ${usable()} and expires_at <= now()
+                       order by expires_at limit ${batchSize} for update skip locked)
+           and ${usable()}
+        returning page_id, psid, payload, kind, id, expires_at
+      ), history as (${tokenHistory('expired', 'token_expired')})
+      select count(*)::int as n from expired`.execute(db)
     total += n
     if (n < batchSize) return total
   }
@@ -347,9 +356,14 @@ export async function topicTokens (db: Database, topic: { page_id: string, paylo
   const usableOnTopic = sql`select id from optin_tokens
     where page_id = ${topic.page_id} and payload = ${topic.payload} and ${usable()} and expires_at > now()`
   if (discard) {
-    const result = await sql`update optin_tokens set state = 'discarded', updated_at = now()
-      where page_id = ${topic.page_id} and id in (${usableOnTopic})`.execute(db)
-    return Number(result.numAffectedRows ?? 0n)
+    const { rows: [{ n }] } = await sql<{ n: number }>`
+      with discarded as (
+        update optin_tokens set state = 'discarded', updated_at = now()
+         where page_id = ${topic.page_id} and id in (${usableOnTopic})
+        returning page_id, psid, payload, kind, id, expires_at
+      ), history as (${tokenHistory('discarded', 'token_discarded')})
+      select count(*)::int as n from discarded`.execute(db)
+    return n
   }
   const { rows: [row] } = await sql<{ n: number }>`select count(*)::int as n from (${usableOnTopic}) u`.execute(db)
   return row.n
@@ -434,7 +448,7 @@ export function insertTokens (tokensJson: string, input: string): RawBuilder<unk
       join ${sql.table(input)} input on input.ord = t.ord
      order by t.page_id, t.token, t.opted_in_at, t.ord
     on conflict (page_id, token) do nothing
-    returning webhook_event_id, state`
+    returning webhook_event_id, state, id, page_id, psid, payload, kind, opted_in_at, expires_at`
 }
 
 /**
@@ -513,7 +527,7 @@ export function recordRecurring (recordsJson: string, input: string): RawBuilder
         state = case when excluded.state = 'replaced' and ${usable('optin_tokens')} then 'replaced' else optin_tokens.state end,
         updated_at = now()
        where optin_tokens.kind = ${NM}
-      returning webhook_event_id, state, (xmax = 0) as inserted
+      returning webhook_event_id, state, (xmax = 0) as inserted, id, page_id, token, expires_at
     )`
 }
 
