@@ -37,6 +37,7 @@ export const EnvSchema = Type.Object({
   TOKEN_LEASE_SECONDS: Int('How long a claimed token stays held by its send before lease recovery takes the send over. At least 2 × GRAPH_API_TIMEOUT_MS + 1 s (one attempt\'s longest wait), checked at start-up.', 120, 5, 86400),
   OPTIN_REQUEST_INTERVAL_SECONDS: Int('Least time between two opt-in requests to one person on one topic.', 86400, 0, 31536000),
   MAINTENANCE_INTERVAL_SECONDS: Int('Period of the expiry sweep and lease recovery (both also run at start-up, in the background).', 60, 1, 86400),
+  ERASURE_KEY: Type.Optional(Type.String({ description: 'Key of the digest an erasure leaves instead of the person\'s id, so that a webhook re-delivered after it is recognised (at least 16 characters; keep it at least 36 hours after an erasure). Unset: derived from META_APP_SECRET (docs/PRIVACY.md).', minLength: 16 })),
   WEBHOOK_BODY_RETENTION_DAYS: Int('Days a raw webhook body is kept (for audit and replay) before the maintenance task removes it; 0 keeps it forever (docs/PRIVACY.md).', 30, 0, 36500),
   MESSAGE_BODY_RETENTION_DAYS: Int('Days a notification\'s message is kept before the maintenance task empties it (the notification, its status and outcome stay); 0 keeps it forever (docs/PRIVACY.md).', 90, 0, 36500),
   RECOVERY_CONCURRENCY: Int('Sends lease recovery makes at once while it works through what crashed processes left (at most half of GRAPH_API_CONNECTIONS).', 32, 1, 1024),

@@ -432,12 +432,13 @@ export function audiencePage (pageId: string, payload: string, after: string | u
 // ---- ingestion ----
 
 /**
- * New tokens of a webhook statement, as the body of a CTE: from `tokens` (a jsonb array of
+ * New tokens of a webhook statement, as the body of a CTE: from `tokensJson` (a jsonb array, or an
+ * expression of one, of
  * TokenRecord with the `ord` of their delivery) joined to `input` (the deliveries: id, ord), each
  * token once (its earliest opt-in), a token already held left as it is. Already-expired ones are
  * stored `expired`. Returns webhook_event_id and state of each token added.
  */
-export function insertTokens (tokensJson: string, input: string): RawBuilder<unknown> {
+export function insertTokens (tokensJson: string | RawBuilder<unknown>, input: string): RawBuilder<unknown> {
   return sql`
     insert into optin_tokens (kind, page_id, psid, payload, token, opted_in_at, expires_at, state, webhook_event_id)
     select distinct on (t.page_id, t.token) t.kind, t.page_id, t.psid, t.payload, t.token, t.opted_in_at, t.expires_at,
@@ -462,7 +463,7 @@ export function insertTokens (tokensJson: string, input: string): RawBuilder<unk
  * (a refresh must not open a second message inside the cooldown). A token a send holds is left to
  * that send. A token value already held as a one-time token is left as it is.
  */
-export function recordRecurring (recordsJson: string, input: string): RawBuilder<unknown> {
+export function recordRecurring (recordsJson: string | RawBuilder<unknown>, input: string): RawBuilder<unknown> {
   const NM = sql.lit('notification_messages')
   const sameTopic = (a: string, b: string) => sql`${sql.ref(`${a}.page_id`)} = ${sql.ref(`${b}.page_id`)} and ${sql.ref(`${a}.psid`)} = ${sql.ref(`${b}.psid`)}
     and ${sql.ref(`${a}.payload`)} = ${sql.ref(`${b}.payload`)}`
@@ -582,4 +583,43 @@ export async function personRecurringTokens (db: Database, pageId: string, psid:
        and t.state = ${sql.lit(DERIVED_STATES.stopped.state)} and t.expires_at > now()
      order by tp.name nulls last, t.payload, t.opted_in_at desc, t.id`.execute(db)
   return rows
+}
+
+// ---- a person's data (export and erasure: consent-export.ts, erasure.ts) ----
+
+/** One of a person's tokens as the export shows it (the value is masked by the caller). */
+export interface ExportedToken {
+  id: string
+  kind: TokenKind
+  topic_id: string | null
+  payload: string
+  token: string
+  state: string
+  opted_in_at: Date
+  expires_at: Date
+  title: string | null
+  frequency: RecurringFrequency | null
+  timezone: string | null
+  user_token_status: string | null
+  stopped_at: Date | null
+  last_sent_at: Date | null
+  next_send_at: Date | null
+}
+
+/** Every token of a person on a Page, in any state, oldest opt-in first. */
+export async function personTokensForExport (db: Database, pageId: string, psid: string): Promise<ExportedToken[]> {
+  const { rows } = await sql<ExportedToken>`
+    select t.id::text as id, t.kind, tp.id as topic_id, t.payload, t.token, t.state, t.opted_in_at, t.expires_at, t.title, t.frequency,
+           t.timezone, t.user_token_status, t.stopped_at, t.last_sent_at, t.next_send_at
+      from optin_tokens t
+      left join topics tp on tp.page_id = t.page_id and tp.payload = t.payload
+     where t.page_id = ${pageId} and t.psid = ${psid}
+     order by t.opted_in_at, t.id`.execute(db)
+  return rows
+}
+
+/** Deletes every token of a person on a Page, in any state (a send holding one finds it gone and records nothing). */
+export async function erasePersonTokens (db: Database, pageId: string, psid: string): Promise<number> {
+  const result = await sql`delete from optin_tokens where page_id = ${pageId} and psid = ${psid}`.execute(db)
+  return Number(result.numAffectedRows ?? 0n)
 }

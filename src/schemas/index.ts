@@ -1,6 +1,6 @@
 import { BroadcastListSchema, BroadcastSchema } from './broadcasts.js'
 import { ProblemSchema } from './common.js'
-import { HistoryEntrySchema, HistoryListSchema } from './consent.js'
+import { ConsentExportSchema, ErasureSchema, HistoryEntrySchema, HistoryListSchema } from './consent.js'
 import { NotificationListSchema, NotificationSchema } from './notifications.js'
 import { OptinRequestSchema } from './optin-requests.js'
 import { PageListSchema, PageSchema } from './pages.js'
@@ -15,5 +15,5 @@ import { WebhookReceiptSchema } from './webhooks.js'
 export const sharedSchemas = [
   ProblemSchema, PageSchema, PageListSchema, TopicSchema, TopicListSchema, DeletedTopicSchema, SubscriberSchema,
   NotificationSchema, NotificationListSchema, BroadcastSchema, BroadcastListSchema, OptinRequestSchema, WebhookReceiptSchema,
-  HistoryEntrySchema, HistoryListSchema,
+  HistoryEntrySchema, HistoryListSchema, ConsentExportSchema, ErasureSchema,
 ]

@@ -1,6 +1,7 @@
 import t from 'tap'
 import { randomUUID } from 'node:crypto'
 import { expireTokens } from '../../src/domain/token-store.js'
+import { maskToken } from '../../src/domain/window.js'
 import { auth } from '../helper.js'
 import { newPsid, world, type World } from '../fixtures/otn.js'
 import { story } from '../fixtures/consent.js'
@@ -78,4 +79,38 @@ t.test('bad input: unknown Page, unknown topic, forged cursor, unknown type', as
   t.match((await history(w, psid, '?cursor=bm90LW91cnM')).json(), { status: 400, code: 'invalid_cursor' })
   t.match((await history(w, psid, '?type=loved')).json(), { status: 400, code: 'validation_failed' })
   t.equal((await w.app.inject({ method: 'GET', url: `/v1/pages/${w.pageId}/subscribers/${psid}/history` })).statusCode, 401)
+})
+
+t.test('the export holds everything about the person, tokens masked, and matches the story step by step', async (t) => {
+  const w = await world(t)
+  const psid = newPsid()
+  const { steps, tokens, sent, none, asked } = await story(w, psid)
+  await story(w, newPsid())
+  const res = await w.app.inject({ method: 'GET', url: `/v1/pages/${w.pageId}/subscribers/${psid}/export`, headers: auth })
+  t.equal(res.statusCode, 200)
+  const doc = res.json()
+  t.match(doc, { page_id: w.pageId, psid, exported_at: String, subscriber: { first_seen_at: String, last_interaction_at: String } })
+  t.same(doc.history, await allEntries(w, psid), 'the history as GET .../history lists it')
+  t.same(doc.history.map((e: { type: string }) => e.type), steps.flatMap((s) => s.types))
+  t.match(doc.tokens, [
+    { kind: 'one_time_notif', state: 'used', topic_id: w.topic.id, payload: w.topic.payload },
+    { kind: 'one_time_notif', state: 'available' },
+    { kind: 'notification_messages', state: 'available', stopped_at: null, frequency: 'WEEKLY' },
+  ], 'every token in any state, oldest opt-in first')
+  t.same(doc.tokens.map((x: { token: string }) => x.token), tokens.map(maskToken), 'masked')
+  t.match(doc.notifications, [
+    { id: sent.id, status: 'sent', route: 'token', message: { text: 'Back in stock: the red shoes' }, graph_message_id: sent.graph_message_id },
+    { id: none.notification.id, status: 'no_token', message: { text: 'Again?' }, error: { code: 'no_token' } },
+  ], 'every notification with its message')
+  t.match(doc.optin_requests, [{ id: asked.id, topic_id: w.topic.id, status: 'sent', kind: 'one_time_notif' }])
+  for (const token of tokens) t.notOk(res.body.includes(token), 'no token value')
+
+  const unknown = (await w.app.inject({ method: 'GET', url: `/v1/pages/${w.pageId}/subscribers/${newPsid()}/export`, headers: auth })).json()
+  t.match(unknown, { subscriber: null, tokens: [], history: [], notifications: [], optin_requests: [] }, 'a person never seen: nothing')
+  t.match((await w.app.inject({ method: 'GET', url: `/v1/pages/9${w.pageId}/subscribers/${psid}/export`, headers: auth })).json(), { code: 'page_not_found' })
+
+  await w.app.inject({ method: 'DELETE', url: `/v1/pages/${w.pageId}/subscribers/${psid}`, headers: auth })
+  const erased = (await w.app.inject({ method: 'GET', url: `/v1/pages/${w.pageId}/subscribers/${psid}/export`, headers: auth })).json()
+  t.match(erased, { subscriber: null, tokens: [], notifications: [], optin_requests: [], history: [{ type: 'erased' }] }, 'after an erasure: only the erased entry')
+  t.equal(erased.history.length, 1)
 })
