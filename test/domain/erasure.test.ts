@@ -101,3 +101,27 @@ t.test('bad input: unknown Page, malformed PSID; a person never seen is erased a
   const none = await erase(w, newPsid())
   t.match(none.json(), { erased: { optin_tokens: 0, subscribers: 0, notifications: 0, optin_requests: 0, broadcast_recipients: 0, webhook_events: 0, consent_history: 0 } })
 })
+
+t.test('a broadcast in progress skips an erased person: their pending recipient row is settled no_token, its PSID replaced', async (t) => {
+  const w = await world(t)
+  const psid = newPsid()
+  const other = newPsid()
+  await optIn(w, psid)
+  await optIn(w, other)
+  const { db } = await testDatabase()
+  const broadcast = await db.insertInto('broadcasts').values({
+    page_id: w.pageId, topic_id: w.topic.id, message: JSON.stringify({ text: 'Sale' }), audience: 'topic', audience_estimate: 2,
+    state: 'running', send_at: new Date(),
+  }).returning('id').executeTakeFirstOrThrow()
+  await db.insertInto('broadcast_recipients').values([psid, other].map((p) => ({ page_id: w.pageId, broadcast_id: broadcast.id, psid: p, batch: 0 }))).execute()
+
+  const res = await erase(w, psid)
+  t.equal(res.json().erased.broadcast_recipients, 1)
+  const rows = await db.selectFrom('broadcast_recipients').select(['psid', 'state', 'outcome', 'error_code'])
+    .where('broadcast_id', '=', broadcast.id).orderBy('state').execute()
+  t.match(rows, [
+    { psid: /^erased-/, state: 'done', outcome: 'no_token', error_code: 'no_token' },
+    { psid: other, state: 'pending', outcome: null },
+  ], 'the erased person is done (no token: nothing is sent), the other still pending')
+  t.notOk(holds(await dump(), psid), 'the dump does not hold their id')
+})
