@@ -27,6 +27,7 @@ import notificationRoutes from './routes/notifications.js'
 import optinRequestRoutes from './routes/optin-requests.js'
 import pageRoutes from './routes/pages.js'
 import subscriberRoutes from './routes/subscribers.js'
+import consentRoutes from './routes/consent.js'
 import topicRoutes from './routes/topics.js'
 import webhookRoutes from './routes/webhooks.js'
 import { loggerOptions, maskUrl, requestId, RequestLog } from './logger.js'
@@ -146,6 +147,7 @@ export async function buildApp (config: Config, deps: AppDeps = {}): Promise<Fas
     await v1.register(pageRoutes)
     await v1.register(topicRoutes)
     await v1.register(subscriberRoutes)
+    await v1.register(consentRoutes)
     await v1.register(notificationRoutes)
     await v1.register(broadcastRoutes)
     await v1.register(optinRequestRoutes)

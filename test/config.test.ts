@@ -47,3 +47,13 @@ t.test('.env.example documents every variable', async (t) => {
     t.match(example, new RegExp(`^#? ?${key}=`, 'm'), key)
   }
 })
+
+t.test('retention days and the erasure key: defaults, 0 keeps forever, bad values named', async (t) => {
+  const config = loadConfig({ API_KEYS: 'key-one-123' })
+  t.equal(config.WEBHOOK_BODY_RETENTION_DAYS, 30)
+  t.equal(config.MESSAGE_BODY_RETENTION_DAYS, 90)
+  t.equal(config.ERASURE_KEY, undefined)
+  t.equal(loadConfig({ API_KEYS: 'key-one-123', WEBHOOK_BODY_RETENTION_DAYS: '0' }).WEBHOOK_BODY_RETENTION_DAYS, 0)
+  const error = t.throws(() => loadConfig({ API_KEYS: 'key-one-123', ERASURE_KEY: 'short', MESSAGE_BODY_RETENTION_DAYS: '-1' })) as ConfigError
+  t.match(error.problems, [/^ERASURE_KEY: /, /^MESSAGE_BODY_RETENTION_DAYS: /])
+})

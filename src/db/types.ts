@@ -191,6 +191,27 @@ export interface BroadcastPacingTable {
   rate_factor: ColumnType<number, number | undefined, number>
 }
 
+export interface ConsentHistoryTable {
+  id: Generated<string>
+  page_id: string
+  /** Null only on an `erased` entry (migration 20261202200000). */
+  psid: string | null
+  /** An `erased` entry's keyed digest of Page and PSID (src/domain/erasure.ts). */
+  subject: Uint8Array | null
+  type: string
+  payload: string | null
+  kind: TokenKind | null
+  token_id: string | null
+  notification_id: string | null
+  optin_request_id: string | null
+  route: string | null
+  status: string | null
+  expires_at: Timestamp | null
+  detail: Json<Record<string, unknown>> | null
+  at: Timestamp
+  created_at: CreatedAt
+}
+
 export interface DB {
   pages: PagesTable
   topics: TopicsTable
@@ -202,6 +223,7 @@ export interface DB {
   broadcasts: BroadcastsTable
   broadcast_recipients: BroadcastRecipientsTable
   broadcast_pacing: BroadcastPacingTable
+  consent_history: ConsentHistoryTable
 }
 
 export type Page = Selectable<PagesTable>

@@ -7,6 +7,8 @@ import { DomainError } from './errors.js'
 import { isPageId, isPayload, isPsid, isToken } from './ids.js'
 import { isTimeZoneName } from './timezones.js'
 import { NO_EXPIRY, RECURRING_LIFETIME_MONTHS } from './lifecycle.js'
+import { ingestHistory } from './consent-history.js'
+import { erasureKey, notErased, subjectOf } from './erasure.js'
 import { insertTokens, recordRecurring } from './token-store.js'
 import { OTN_TOKEN_LIFETIME_MS } from './window.js'
 
@@ -368,10 +370,12 @@ export interface DeliveryInput {
  * database's clock are held at its `now()`: a skewed clock must not keep the window open longer than
  * it is.
  */
-export async function recordDeliveries (db: Database, inputs: DeliveryInput[]): Promise<Recorded[]> {
-  const tokens = inputs.flatMap(({ delivery }, ord) => delivery.tokens.map((t) => ({ ...t, ord })))
-  const recurring = inputs.flatMap(({ delivery }, ord) => delivery.recurring.map((r) => ({ ...r, ord })))
-  const people = inputs.flatMap(({ delivery }, ord) => delivery.subscribers.map((p) => ({ ...p, ord })))
+export async function recordDeliveries (db: Database, inputs: DeliveryInput[], subjectKey: Buffer = erasureKey({})): Promise<Recorded[]> {
+  // Each person's erasure digest (erasure.ts): an event about an erased person older than the erasure is not recorded.
+  const subject = (r: { page_id: string, psid: string }): string => subjectOf(subjectKey, r.page_id, r.psid).toString('hex')
+  const tokens = inputs.flatMap(({ delivery }, ord) => delivery.tokens.map((t) => ({ ...t, ord, subject: subject(t) })))
+  const recurring = inputs.flatMap(({ delivery }, ord) => delivery.recurring.map((r) => ({ ...r, ord, subject: subject(r) })))
+  const people = inputs.flatMap(({ delivery }, ord) => delivery.subscribers.map((p) => ({ ...p, ord, subject: subject(p), at: p.last_interaction_at ?? p.first_seen_at })))
   const digests = inputs.map((i) => createHash('sha256').update(i.raw).digest())
   // Across the deliveries of one statement, the rules parseDelivery applies within one body: a token
   // is recorded once, from its earliest opt-in (for that delivery); a person is written once, with
@@ -391,8 +395,9 @@ export async function recordDeliveries (db: Database, inputs: DeliveryInput[]): 
       returning id, page_id, digest
     ), fresh as (
       select input.ord, input.id from input join event on event.id = input.id
-    ), new_tokens as (${insertTokens(JSON.stringify(tokens), 'fresh')}
-    ), ${recordRecurring(JSON.stringify(recurring), 'fresh')}, added as (
+    ), new_tokens as (${insertTokens(notErased(JSON.stringify(tokens), 'opted_in_at'), 'fresh')}
+    ), ${recordRecurring(notErased(JSON.stringify(recurring), 'at'), 'fresh')}, history as (${ingestHistory('new_tokens', 'rec_in', 'rec_written')}
+    ), added as (
       select webhook_event_id, state from new_tokens
       union all
       select webhook_event_id, state from rec_written where inserted
@@ -400,7 +405,7 @@ export async function recordDeliveries (db: Database, inputs: DeliveryInput[]): 
       insert into subscribers (page_id, psid, first_seen_at, last_interaction_at)
       select s.page_id, s.psid, least(min(s.first_seen_at), now()),
              case when max(s.last_interaction_at) is not null then least(max(s.last_interaction_at), now()) end
-      from jsonb_to_recordset(${JSON.stringify(people)}::jsonb)
+      from jsonb_to_recordset(${notErased(JSON.stringify(people), 'at')})
         as s(ord int, page_id text, psid text, first_seen_at timestamptz, last_interaction_at timestamptz)
         join fresh on fresh.ord = s.ord
       group by s.page_id, s.psid
@@ -427,7 +432,8 @@ export async function recordDeliveries (db: Database, inputs: DeliveryInput[]): 
  * is committed; deliveries that arrive while a statement runs go together in the next one.
  */
 export class DeliveryWriter extends GroupCommit<DeliveryInput, Recorded> {
-  constructor (db: Database, maxBatch = 100, maxInFlight = 2) {
-    super((inputs) => recordDeliveries(db, inputs), maxBatch, maxInFlight)
+  /** `subjectKey`: the erasure digest's key (erasureKey of the config). */
+  constructor (db: Database, maxBatch = 100, maxInFlight = 2, subjectKey: Buffer = erasureKey({})) {
+    super((inputs) => recordDeliveries(db, inputs, subjectKey), maxBatch, maxInFlight)
   }
 }

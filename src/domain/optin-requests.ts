@@ -4,6 +4,7 @@ import type { Database } from '../db/database.js'
 import type { OptinRequestsTable, RecurringFrequency, TokenKind } from '../db/types.js'
 import type { GraphClient } from '../graph/client.js'
 import { classifyGraphError, type GraphError } from '../graph/errors.js'
+import { recordHistory } from './consent-history.js'
 import { DomainError, notFound, type DomainCode } from './errors.js'
 import { decide, TEMPORARY_RETRY_AFTER_SECONDS } from './lifecycle.js'
 import { recordPageError } from './pages.js'
@@ -246,8 +247,18 @@ async function reserveSlot (deps: OptinRequestDeps, values: NewRequest): Promise
   }) as Promise<OptinRequestRow>
 }
 
+/** The request's outcome; one that went out is in the person's consent history, written with it. */
 async function settle (db: Database, row: { id: string, page_id: string }, status: 'sent' | 'failed', graphMessageId: string | null, error: StoredError | null): Promise<OptinRequestRow> {
-  return db.updateTable('optin_requests')
-    .set({ status, graph_message_id: graphMessageId, error: error ? JSON.stringify(error) : null })
-    .where('page_id', '=', row.page_id).where('id', '=', row.id).returningAll().executeTakeFirstOrThrow() as Promise<OptinRequestRow>
+  return db.transaction().execute(async (trx) => {
+    const settled = await trx.updateTable('optin_requests')
+      .set({ status, graph_message_id: graphMessageId, error: error ? JSON.stringify(error) : null })
+      .where('page_id', '=', row.page_id).where('id', '=', row.id).returningAll().executeTakeFirstOrThrow() as OptinRequestRow
+    if (status === 'sent') {
+      await recordHistory(trx, [{
+        page_id: settled.page_id, psid: settled.psid, type: 'optin_requested', payload: settled.payload, kind: settled.kind,
+        optin_request_id: settled.id, status: 'sent', detail: { title: settled.title, graph_message_id: graphMessageId },
+      }])
+    }
+    return settled
+  })
 }

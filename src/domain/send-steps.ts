@@ -14,6 +14,7 @@ import { DEFAULT_COOLDOWN_SECONDS, decide, type NotificationStatus, type Route, 
 import type { NotificationInput } from './notifications.js'
 import { carryPacing, claimForStarts, holdInput, settledOf, settleHolds, type ClaimedToken, type Hold } from './token-store.js'
 import { WINDOW_MS } from './window.js'
+import { sendHistory, tokenHistory } from './consent-history.js'
 
 /** What the caller is told when a send did not end `sent`; stored with the notification. */
 export interface NotificationProblem {
@@ -132,6 +133,7 @@ export async function startSends (db: Database, leaseSeconds: number, items: Sta
         from go join input r on r.id = go.id left join claim c on c.notification_id = go.id
         left join cooling cl on cl.notification_id = go.id
       returning *
+    ), history as (${sendHistory('inserted', null)}
     )
     select r.ord, ctx.topic_id as ctx_topic_id, ctx.page_id as ctx_page_id, ctx.payload as ctx_payload,
            ctx.access_token as ctx_access_token, ctx.existing_id as ctx_existing_id, i.*, c.kind as claim_kind, c.token as claim_token,
@@ -192,7 +194,7 @@ export async function recordOutcomes (db: Database, items: Finishing[], cooldown
              set_tokens_refused, tokens_refused, held_page_id, held_token_id, held_by, state_to, stops, paces)
       limit ${sorted.length} -- every row (why: startSends)
     ), moved as (${settleHolds('outcome_input', cooldownSeconds, pacing)}
-    )${pacing ? sql`, paced as (${carryPacing('moved')})` : sql``}
+    )${pacing ? sql`, paced as (${carryPacing('moved')})` : sql``}, written as (
     update notifications n
        set status = i.status, route = i.route, error = i.error,
            graph_message_id = i.graph_message_id,
@@ -203,7 +205,9 @@ export async function recordOutcomes (db: Database, items: Finishing[], cooldown
       from outcome_input i
      where n.page_id = i.page_id and n.id = i.id and n.status = 'pending'
        and (i.held_token_id is null or exists (select 1 from moved m where m.held_by = i.id))
-    returning n.*`.execute(db)
+    returning n.*
+    ), history as (${sendHistory('written', 'moved')})
+    select * from written`.execute(db)
   const written = new Map(rows.map((n) => [n.id, n]))
   return items.map((f) => written.get(f.id))
 }
@@ -251,7 +255,8 @@ export async function beginAttempt (db: Database, n: NotificationRef, route: Rou
  */
 export async function refuseHeldToken (db: Database, hold: Hold, refused: number): Promise<boolean> {
   const { rows } = await sql<{ id: string }>`
-    with input as (${holdInput(hold, 'invalid')}), moved as (${settleHolds('input', DEFAULT_COOLDOWN_SECONDS, false)})
+    with input as (${holdInput(hold, 'invalid')}), moved as (${settleHolds('input', DEFAULT_COOLDOWN_SECONDS, false)}),
+    history as (${tokenHistory('moved', 'token_invalid')})
     update notifications set tokens_refused = ${refused}, updated_at = now()
      where page_id = ${hold.page_id} and id = ${hold.notification_id} and status = 'pending' and exists (select 1 from moved)
     returning id`.execute(db)

@@ -13,6 +13,7 @@
 import { sql, type Expression, type RawBuilder, type SqlBool } from 'kysely'
 import type { Database } from '../db/database.js'
 import type { RecurringFrequency, TokenKind } from '../db/types.js'
+import { tokenHistory } from './consent-history.js'
 import { DEFAULT_COOLDOWN_SECONDS, DERIVED_STATES, NO_EXPIRY, SETTLED, type Settled, type TokenOutcome } from './lifecycle.js'
 
 const NO_EXPIRY_SQL = sql`${sql.lit(NO_EXPIRY.toISOString())}::timestamptz`
@@ -190,7 +191,7 @@ export function settleHolds (input: string, cooldownSeconds: number, pacing = tr
            updated_at = now()
       from ${sql.table(input)} i
      where o.page_id = i.held_page_id and o.id = i.held_token_id and ${heldBy(sql.ref('i.held_by'), 'o')}
-    returning i.held_by, o.id, o.kind, o.page_id, o.psid, o.payload, o.last_sent_at, o.next_send_at`
+    returning i.held_by, o.id, o.kind, o.page_id, o.psid, o.payload, o.last_sent_at, o.next_send_at, o.expires_at, o.state`
 }
 
 /**
@@ -226,10 +227,14 @@ export async function extendLease (db: Database, h: Hold, leaseSeconds: number):
 
 /** The person stopped the topic: their other usable tokens on it will never be sent. */
 export async function discardPersonTokens (db: Database, target: { page_id: string, payload: string, psid: string }): Promise<number> {
-  const result = await sql`
-    update optin_tokens set state = 'discarded', updated_at = now()
-     where page_id = ${target.page_id} and payload = ${target.payload} and psid = ${target.psid} and ${usable()}`.execute(db)
-  return Number(result.numAffectedRows ?? 0n)
+  const { rows: [{ n }] } = await sql<{ n: number }>`
+    with discarded as (
+      update optin_tokens set state = 'discarded', updated_at = now()
+       where page_id = ${target.page_id} and payload = ${target.payload} and psid = ${target.psid} and ${usable()}
+      returning page_id, psid, payload, kind, id, expires_at
+    ), history as (${tokenHistory('discarded', 'token_discarded')})
+    select count(*)::int as n from discarded`.execute(db)
+  return n
 }
 
 /** Seconds left on the lease of the token `notificationId` holds, or undefined when it holds none. */
@@ -276,7 +281,8 @@ export async function takeOverHold (db: Database, hold: TokenRef, leaseSeconds: 
 
 /** A hold whose notification is already final (never left by the send path; kept for safety): its outcome decides, as SETTLED says. */
 export async function settleOrphan (db: Database, h: Hold, sent: boolean, cooldownSeconds = DEFAULT_COOLDOWN_SECONDS): Promise<void> {
-  await sql`with input as (${holdInput(h, sent ? 'used' : 'unconfirmed')}), moved as (${settleHolds('input', cooldownSeconds)}) select 1`.execute(db)
+  await sql`with input as (${holdInput(h, sent ? 'used' : 'unconfirmed')}), moved as (${settleHolds('input', cooldownSeconds)}),
+    history as (${tokenHistory('moved', sql`case when x.state = 'used' and x.kind = 'one_time_notif' then 'token_used' end`)}) select 1`.execute(db)
 }
 
 /** The condition that notification `n` (an alias of the notifications table) holds no token. */
@@ -296,12 +302,15 @@ export function holdsNoToken (n: string): Expression<SqlBool> {
 export async function expireTokens (db: Database, batchSize = 5000): Promise<number> {
   let total = 0
   for (;;) {
-    const result = await sql`
-      update optin_tokens set state = 'expired', updated_at = now()
-       where (page_id, id) in (select page_id, id from optin_tokens where ${usable()} and expires_at <= now()
-                     order by expires_at limit ${batchSize} for update skip locked)
-         and ${usable()}`.execute(db)
-    const n = Number(result.numAffectedRows ?? 0n)
+    const { rows: [{ n }] } = await sql<{ n: number }>`
+      with expired as (
+        update optin_tokens set state = 'expired', updated_at = now()
+         where (page_id, id) in (select page_id, id from optin_tokens where ${usable()} and expires_at <= now()
+                       order by expires_at limit ${batchSize} for update skip locked)
+           and ${usable()}
+        returning page_id, psid, payload, kind, id, expires_at
+      ), history as (${tokenHistory('expired', 'token_expired')})
+      select count(*)::int as n from expired`.execute(db)
     total += n
     if (n < batchSize) return total
   }
@@ -347,9 +356,14 @@ export async function topicTokens (db: Database, topic: { page_id: string, paylo
   const usableOnTopic = sql`select id from optin_tokens
     where page_id = ${topic.page_id} and payload = ${topic.payload} and ${usable()} and expires_at > now()`
   if (discard) {
-    const result = await sql`update optin_tokens set state = 'discarded', updated_at = now()
-      where page_id = ${topic.page_id} and id in (${usableOnTopic})`.execute(db)
-    return Number(result.numAffectedRows ?? 0n)
+    const { rows: [{ n }] } = await sql<{ n: number }>`
+      with discarded as (
+        update optin_tokens set state = 'discarded', updated_at = now()
+         where page_id = ${topic.page_id} and id in (${usableOnTopic})
+        returning page_id, psid, payload, kind, id, expires_at
+      ), history as (${tokenHistory('discarded', 'token_discarded')})
+      select count(*)::int as n from discarded`.execute(db)
+    return n
   }
   const { rows: [row] } = await sql<{ n: number }>`select count(*)::int as n from (${usableOnTopic}) u`.execute(db)
   return row.n
@@ -512,12 +526,13 @@ export async function noTokenReason (db: Database, target: { page_id: string, to
 // ---- ingestion ----
 
 /**
- * New tokens of a webhook statement, as the body of a CTE: from `tokens` (a jsonb array of
+ * New tokens of a webhook statement, as the body of a CTE: from `tokensJson` (a jsonb array, or an
+ * expression of one, of
  * TokenRecord with the `ord` of their delivery) joined to `input` (the deliveries: id, ord), each
  * token once (its earliest opt-in), a token already held left as it is. Already-expired ones are
  * stored `expired`. Returns webhook_event_id and state of each token added.
  */
-export function insertTokens (tokensJson: string, input: string): RawBuilder<unknown> {
+export function insertTokens (tokensJson: string | RawBuilder<unknown>, input: string): RawBuilder<unknown> {
   return sql`
     insert into optin_tokens (kind, page_id, psid, payload, token, opted_in_at, expires_at, state, webhook_event_id)
     select distinct on (t.page_id, t.token) t.kind, t.page_id, t.psid, t.payload, t.token, t.opted_in_at, t.expires_at,
@@ -528,7 +543,7 @@ export function insertTokens (tokensJson: string, input: string): RawBuilder<unk
       join ${sql.table(input)} input on input.ord = t.ord
      order by t.page_id, t.token, t.opted_in_at, t.ord
     on conflict (page_id, token) do nothing
-    returning webhook_event_id, state`
+    returning webhook_event_id, state, id, page_id, psid, payload, kind, opted_in_at, expires_at`
 }
 
 /**
@@ -542,7 +557,7 @@ export function insertTokens (tokensJson: string, input: string): RawBuilder<unk
  * (a refresh must not open a second message inside the cooldown). A token a send holds is left to
  * that send. A token value already held as a one-time token is left as it is.
  */
-export function recordRecurring (recordsJson: string, input: string): RawBuilder<unknown> {
+export function recordRecurring (recordsJson: string | RawBuilder<unknown>, input: string): RawBuilder<unknown> {
   const NM = sql.lit('notification_messages')
   const sameTopic = (a: string, b: string) => sql`${sql.ref(`${a}.page_id`)} = ${sql.ref(`${b}.page_id`)} and ${sql.ref(`${a}.psid`)} = ${sql.ref(`${b}.psid`)}
     and ${sql.ref(`${a}.payload`)} = ${sql.ref(`${b}.payload`)}`
@@ -607,7 +622,7 @@ export function recordRecurring (recordsJson: string, input: string): RawBuilder
         state = case when excluded.state = 'replaced' and ${usable('optin_tokens')} then 'replaced' else optin_tokens.state end,
         updated_at = now()
        where optin_tokens.kind = ${NM}
-      returning webhook_event_id, state, (xmax = 0) as inserted
+      returning webhook_event_id, state, (xmax = 0) as inserted, id, page_id, token, expires_at
     )`
 }
 
@@ -662,4 +677,43 @@ export async function personRecurringTokens (db: Database, pageId: string, psid:
        and t.state = ${sql.lit(DERIVED_STATES.stopped.state)} and t.expires_at > now()
      order by tp.name nulls last, t.payload, t.opted_in_at desc, t.id`.execute(db)
   return rows
+}
+
+// ---- a person's data (export and erasure: consent-export.ts, erasure.ts) ----
+
+/** One of a person's tokens as the export shows it (the value is masked by the caller). */
+export interface ExportedToken {
+  id: string
+  kind: TokenKind
+  topic_id: string | null
+  payload: string
+  token: string
+  state: string
+  opted_in_at: Date
+  expires_at: Date
+  title: string | null
+  frequency: RecurringFrequency | null
+  timezone: string | null
+  user_token_status: string | null
+  stopped_at: Date | null
+  last_sent_at: Date | null
+  next_send_at: Date | null
+}
+
+/** Every token of a person on a Page, in any state, oldest opt-in first. */
+export async function personTokensForExport (db: Database, pageId: string, psid: string): Promise<ExportedToken[]> {
+  const { rows } = await sql<ExportedToken>`
+    select t.id::text as id, t.kind, tp.id as topic_id, t.payload, t.token, t.state, t.opted_in_at, t.expires_at, t.title, t.frequency,
+           t.timezone, t.user_token_status, t.stopped_at, t.last_sent_at, t.next_send_at
+      from optin_tokens t
+      left join topics tp on tp.page_id = t.page_id and tp.payload = t.payload
+     where t.page_id = ${pageId} and t.psid = ${psid}
+     order by t.opted_in_at, t.id`.execute(db)
+  return rows
+}
+
+/** Deletes every token of a person on a Page, in any state (a send holding one finds it gone and records nothing). */
+export async function erasePersonTokens (db: Database, pageId: string, psid: string): Promise<number> {
+  const result = await sql`delete from optin_tokens where page_id = ${pageId} and psid = ${psid}`.execute(db)
+  return Number(result.numAffectedRows ?? 0n)
 }

@@ -70,6 +70,7 @@ export default fp(async (app) => {
         { name: 'pages', description: 'Facebook Pages the service sends for' },
         { name: 'topics', description: 'OTN topics and their token counts' },
         { name: 'subscribers', description: 'People and their tokens' },
+        { name: 'consent', description: 'A person\'s consent history, export and erasure (docs/PRIVACY.md)' },
         { name: 'notifications', description: 'Sending the one follow-up message' },
         { name: 'broadcasts', description: 'One message on a topic to everyone who opted in, now or later' },
         { name: 'webhooks', description: 'Meta webhook deliveries' },

@@ -1,6 +1,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { DomainError } from '../domain/errors.js'
+import { erasureKey } from '../domain/erasure.js'
 import { DeliveryWriter, parseDelivery, receiptOf, signatureMatches } from '../domain/ingest.js'
 import { sendProblem } from '../plugins/errors.js'
 import { named, problems } from '../schemas/common.js'
@@ -18,7 +19,7 @@ const digest = (value: string): Buffer => createHash('sha256').update(value).dig
 const routes: FastifyPluginAsyncTypebox = async (app) => {
   app.removeAllContentTypeParsers()
   app.addContentTypeParser('*', { parseAs: 'buffer' }, (_request, body, done) => { done(null, body) })
-  const writer = new DeliveryWriter(app.db)
+  const writer = new DeliveryWriter(app.db, undefined, undefined, erasureKey(app.config))
 
   app.get('/webhooks/messenger', {
     schema: {

@@ -1,5 +1,6 @@
 import { BroadcastListSchema, BroadcastSchema, EstimateSchema } from './broadcasts.js'
 import { ProblemSchema } from './common.js'
+import { ConsentExportSchema, ErasureSchema, HistoryEntrySchema, HistoryListSchema } from './consent.js'
 import { NotificationListSchema, NotificationSchema } from './notifications.js'
 import { OptinRequestSchema } from './optin-requests.js'
 import { PageListSchema, PageSchema } from './pages.js'
@@ -14,4 +15,5 @@ import { WebhookReceiptSchema } from './webhooks.js'
 export const sharedSchemas = [
   ProblemSchema, PageSchema, PageListSchema, TopicSchema, TopicListSchema, DeletedTopicSchema, SubscriberSchema,
   NotificationSchema, NotificationListSchema, BroadcastSchema, EstimateSchema, BroadcastListSchema, OptinRequestSchema, WebhookReceiptSchema,
+  HistoryEntrySchema, HistoryListSchema, ConsentExportSchema, ErasureSchema,
 ]

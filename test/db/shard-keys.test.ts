@@ -9,6 +9,7 @@ import { testDatabase } from '../helper.js'
 /** Tables that grow with traffic: distributed by page_id. */
 const GROWING = [
   'optin_tokens', 'subscribers', 'notifications', 'optin_requests', 'webhook_events', 'broadcasts', 'broadcast_recipients', 'topics',
+  'consent_history',
 ]
 /** Tables that do not: reference or coordinator tables (the job queue has its own schema). */
 const REFERENCE = ['pages', 'broadcast_pacing', 'kysely_migration', 'kysely_migration_lock']

@@ -1,0 +1,127 @@
+import t from 'tap'
+import { execFileSync } from 'node:child_process'
+import { sql } from 'kysely'
+import { erasureKey, subjectOf } from '../../src/domain/erasure.js'
+import { auth, testDatabase } from '../helper.js'
+import { APP_SECRET, newPsid, world, type World } from '../fixtures/otn.js'
+import { optIn, story } from '../fixtures/consent.js'
+import { signedPost } from '../fixtures/webhooks.js'
+
+/**
+ * The whole database as text, from outside: pg_dump on Postgres; on PGlite (no pg_dump) every row of
+ * every table of every schema, as JSON.
+ */
+async function dump (): Promise<string> {
+  const { db, kind, url } = await testDatabase()
+  if (kind === 'postgres') return execFileSync('pg_dump', ['--no-owner', url!], { maxBuffer: 512 * 1024 * 1024 }).toString()
+  const { rows: tables } = await sql<{ schema: string, name: string }>`
+    select table_schema as schema, table_name as name from information_schema.tables
+     where table_type = 'BASE TABLE' and table_schema not in ('pg_catalog', 'information_schema')`.execute(db)
+  const out: string[] = []
+  for (const { schema, name } of tables) {
+    const { rows } = await sql<{ row: string }>`select row_to_json(x)::text as row from ${sql.table(`${schema}.${name}`)} x`.execute(db)
+    out.push(`-- ${schema}.${name}`, ...rows.map((r) => r.row))
+  }
+  return out.join('\n')
+}
+
+/** Whether the dump holds `value`, as text or as the hex of its bytes (bytea columns: raw webhook bodies). */
+const holds = (text: string, value: string): boolean => text.includes(value) || text.includes(Buffer.from(value).toString('hex'))
+
+const erase = (w: World, psid: string) => w.app.inject({ method: 'DELETE', url: `/v1/pages/${w.pageId}/subscribers/${psid}`, headers: auth })
+
+t.test('after an erasure a dump of the database holds neither the person\'s id nor any of their tokens; others are untouched', async (t) => {
+  const w = await world(t)
+  const psid = newPsid()
+  const other = newPsid()
+  const mine = await story(w, psid)
+  const theirs = await story(w, other)
+  const before = await dump()
+  t.ok(holds(before, psid) && mine.tokens.every((token) => holds(before, token)), 'the dump holds the person before')
+
+  const res = await erase(w, psid)
+  t.equal(res.statusCode, 200)
+  t.match(res.json(), {
+    page_id: w.pageId,
+    erased: { optin_tokens: 3, subscribers: 1, notifications: 2, optin_requests: 1, broadcast_recipients: 0, consent_history: 9 },
+  })
+  t.ok(res.json().erased.webhook_events >= 5, 'every raw body that mentions them')
+
+  const after = await dump()
+  t.notOk(holds(after, psid), 'not their id')
+  for (const token of mine.tokens) t.notOk(holds(after, token), 'not one of their tokens')
+  t.ok(holds(after, other), 'the other person is still there')
+  for (const token of theirs.tokens) t.ok(holds(after, token), 'with their tokens')
+
+  const history = (await w.app.inject({ method: 'GET', url: `/v1/pages/${w.pageId}/subscribers/${psid}/history`, headers: auth })).json()
+  t.match(history.items, [{ type: 'erased', at: res.json().erased_at, detail: { erased: res.json().erased } }], 'only the erased entry')
+  t.equal(history.items.length, 1)
+  const subscriber = await w.app.inject({ method: 'GET', url: `/v1/pages/${w.pageId}/subscribers/${psid}`, headers: auth })
+  t.equal(subscriber.json().code, 'subscriber_not_found')
+  const kept = await w.app.inject({ method: 'GET', url: `/v1/pages/${w.pageId}/subscribers/${other}/history`, headers: auth })
+  t.equal(kept.json().items.length, 9, 'the other person\'s history is whole')
+})
+
+t.test('a re-delivered opt-in older than the erasure is not recorded; a new opt-in after it is new consent', async (t) => {
+  const w = await world(t)
+  const psid = newPsid()
+  const old = await optIn(w, psid, Date.now() - 60_000)
+  t.equal(old.res.json().tokens_recorded, 1)
+  t.equal((await erase(w, psid)).json().erased.optin_tokens, 1)
+
+  const again = await signedPost(w.app, old.body, APP_SECRET)
+  t.equal(again.statusCode, 200, 'Meta is answered 200 (or it retries for 36 hours)')
+  t.match(again.json(), { duplicate: false, tokens_received: 1, tokens_recorded: 0 }, 'the body was erased with the person, so it is not a duplicate')
+  const { db } = await testDatabase()
+  const tokens = await db.selectFrom('optin_tokens').select('token').where('page_id', '=', w.pageId).execute()
+  t.same(tokens, [], 'no token came back')
+  const people = await db.selectFrom('subscribers').select('psid').where('page_id', '=', w.pageId).execute()
+  t.same(people, [], 'nor the person')
+  const history = (await w.app.inject({ method: 'GET', url: `/v1/pages/${w.pageId}/subscribers/${psid}/history`, headers: auth })).json()
+  t.same(history.items.map((e: { type: string }) => e.type), ['erased'])
+
+  const fresh = await optIn(w, psid, Date.now() + 1000)
+  t.equal(fresh.res.json().tokens_recorded, 1, 'a new opt-in after the erasure is recorded')
+  const types = (await w.app.inject({ method: 'GET', url: `/v1/pages/${w.pageId}/subscribers/${psid}/history`, headers: auth })).json()
+    .items.map((e: { type: string }) => e.type)
+  t.same(types, ['erased', 'opted_in'])
+})
+
+t.test('the erasure marker names the person by a keyed digest, never by their id', async (t) => {
+  const key = erasureKey({ ERASURE_KEY: 'k'.repeat(32), META_APP_SECRET: undefined })
+  t.not(subjectOf(key, '1', '2').toString('hex'), subjectOf(erasureKey({ ERASURE_KEY: 'j'.repeat(32), META_APP_SECRET: undefined }), '1', '2').toString('hex'), 'another key, another digest')
+  t.not(subjectOf(key, '1', '23').toString('hex'), subjectOf(key, '12', '3').toString('hex'), 'Page and PSID are kept apart')
+  t.not(erasureKey({ META_APP_SECRET: 'a' }).toString('hex'), erasureKey({ META_APP_SECRET: 'b' }).toString('hex'), 'derived from the App Secret when unset')
+})
+
+t.test('bad input: unknown Page, malformed PSID; a person never seen is erased all the same (zeros)', async (t) => {
+  const w = await world(t)
+  t.match((await w.app.inject({ method: 'DELETE', url: `/v1/pages/9${w.pageId}/subscribers/${newPsid()}`, headers: auth })).json(), { status: 404, code: 'page_not_found' })
+  t.match((await w.app.inject({ method: 'DELETE', url: `/v1/pages/${w.pageId}/subscribers/no%20spaces`, headers: auth })).json(), { status: 400, code: 'validation_failed' })
+  const none = await erase(w, newPsid())
+  t.match(none.json(), { erased: { optin_tokens: 0, subscribers: 0, notifications: 0, optin_requests: 0, broadcast_recipients: 0, webhook_events: 0, consent_history: 0 } })
+})
+
+t.test('a broadcast in progress skips an erased person: their pending recipient row is settled no_token, its PSID replaced', async (t) => {
+  const w = await world(t)
+  const psid = newPsid()
+  const other = newPsid()
+  await optIn(w, psid)
+  await optIn(w, other)
+  const { db } = await testDatabase()
+  const broadcast = await db.insertInto('broadcasts').values({
+    page_id: w.pageId, topic_id: w.topic.id, message: JSON.stringify({ text: 'Sale' }), audience: 'topic', audience_estimate: 2,
+    state: 'running', send_at: new Date(),
+  }).returning('id').executeTakeFirstOrThrow()
+  await db.insertInto('broadcast_recipients').values([psid, other].map((p) => ({ page_id: w.pageId, broadcast_id: broadcast.id, psid: p, batch: 0 }))).execute()
+
+  const res = await erase(w, psid)
+  t.equal(res.json().erased.broadcast_recipients, 1)
+  const rows = await db.selectFrom('broadcast_recipients').select(['psid', 'state', 'outcome', 'error_code'])
+    .where('broadcast_id', '=', broadcast.id).orderBy('state').execute()
+  t.match(rows, [
+    { psid: /^erased-/, state: 'done', outcome: 'no_token', error_code: 'no_token' },
+    { psid: other, state: 'pending', outcome: null },
+  ], 'the erased person is done (no token: nothing is sent), the other still pending')
+  t.notOk(holds(await dump(), psid), 'the dump does not hold their id')
+})
