@@ -225,16 +225,23 @@ export async function extendLease (db: Database, h: Hold, leaseSeconds: number):
   return (result.numAffectedRows ?? 0n) > 0n
 }
 
+/**
+ * Moves the tokens `where` picks to a final state (expired, discarded) and writes each one's
+ * consent history entry in the same statement: how many moved.
+ */
+async function retireTokens (db: Database, state: 'expired' | 'discarded', where: RawBuilder<unknown>): Promise<number> {
+  const { rows: [{ n }] } = await sql<{ n: number }>`
+    with moved as (
+      update optin_tokens set state = ${state}, updated_at = now() where ${where}
+      returning page_id, psid, payload, kind, id, expires_at
+    ), history as (${tokenHistory('moved', state === 'expired' ? 'token_expired' : 'token_discarded')})
+    select count(*)::int as n from moved`.execute(db)
+  return n
+}
+
 /** The person stopped the topic: their other usable tokens on it will never be sent. */
 export async function discardPersonTokens (db: Database, target: { page_id: string, payload: string, psid: string }): Promise<number> {
-  const { rows: [{ n }] } = await sql<{ n: number }>`
-    with discarded as (
-      update optin_tokens set state = 'discarded', updated_at = now()
-       where page_id = ${target.page_id} and payload = ${target.payload} and psid = ${target.psid} and ${usable()}
-      returning page_id, psid, payload, kind, id, expires_at
-    ), history as (${tokenHistory('discarded', 'token_discarded')})
-    select count(*)::int as n from discarded`.execute(db)
-  return n
+  return retireTokens(db, 'discarded', sql`page_id = ${target.page_id} and payload = ${target.payload} and psid = ${target.psid} and ${usable()}`)
 }
 
 /** Seconds left on the lease of the token `notificationId` holds, or undefined when it holds none. */
@@ -302,15 +309,9 @@ export function holdsNoToken (n: string): Expression<SqlBool> {
 export async function expireTokens (db: Database, batchSize = 5000): Promise<number> {
   let total = 0
   for (;;) {
-    const { rows: [{ n }] } = await sql<{ n: number }>`
-      with expired as (
-        update optin_tokens set state = 'expired', updated_at = now()
-         where (page_id, id) in (select page_id, id from optin_tokens where ${usable()} and expires_at <= now()
+    const n = await retireTokens(db, 'expired', sql`(page_id, id) in (select page_id, id from optin_tokens where ${usable()} and expires_at <= now()
                        order by expires_at limit ${batchSize} for update skip locked)
-           and ${usable()}
-        returning page_id, psid, payload, kind, id, expires_at
-      ), history as (${tokenHistory('expired', 'token_expired')})
-      select count(*)::int as n from expired`.execute(db)
+           and ${usable()}`)
     total += n
     if (n < batchSize) return total
   }
@@ -356,14 +357,7 @@ export async function topicTokens (db: Database, topic: { page_id: string, paylo
   const usableOnTopic = sql`select id from optin_tokens
     where page_id = ${topic.page_id} and payload = ${topic.payload} and ${usable()} and expires_at > now()`
   if (discard) {
-    const { rows: [{ n }] } = await sql<{ n: number }>`
-      with discarded as (
-        update optin_tokens set state = 'discarded', updated_at = now()
-         where page_id = ${topic.page_id} and id in (${usableOnTopic})
-        returning page_id, psid, payload, kind, id, expires_at
-      ), history as (${tokenHistory('discarded', 'token_discarded')})
-      select count(*)::int as n from discarded`.execute(db)
-    return n
+    return retireTokens(db, 'discarded', sql`page_id = ${topic.page_id} and id in (${usableOnTopic})`)
   }
   const { rows: [row] } = await sql<{ n: number }>`select count(*)::int as n from (${usableOnTopic}) u`.execute(db)
   return row.n
