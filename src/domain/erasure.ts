@@ -7,7 +7,8 @@
  *   placeholder; a recipient still pending is settled `no_token` (it holds no token any more), so a
  *   broadcast in progress skips the person.
  * - webhook_events: every raw body that mentions the PSID is deleted (with the other events it
- *   carried: their tokens and people are recorded already).
+ *   carried: their tokens and people are recorded already). A re-delivery of a deleted body is
+ *   stored without it (ingest.ts, `withheld`).
  * - consent_history: the person's entries are deleted, and one `erased` entry is written with no
  *   personal data: the Page, the time, the counts above, and `subject`, a keyed digest of Page and
  *   PSID. A webhook event about the person older than that entry (Meta re-delivers for up to 36

@@ -377,14 +377,28 @@ export async function recordDeliveries (db: Database, inputs: DeliveryInput[], s
   const recurring = inputs.flatMap(({ delivery }, ord) => delivery.recurring.map((r) => ({ ...r, ord, subject: subject(r) })))
   const people = inputs.flatMap(({ delivery }, ord) => delivery.subscribers.map((p) => ({ ...p, ord, subject: subject(p), at: p.last_interaction_at ?? p.first_seen_at })))
   const digests = inputs.map((i) => createHash('sha256').update(i.raw).digest())
+  // A delivery that mentions a person in an event older than their erasure (Meta re-delivering what
+  // the erasure deleted) is stored without its body: its digest still answers a later re-delivery as
+  // a duplicate, and the person's id does not come back into webhook_events.
+  const mentions = [...tokens.map((t) => ({ ord: t.ord, page_id: t.page_id, subject: t.subject, at: t.opted_in_at })),
+    ...recurring.map((r) => ({ ord: r.ord, page_id: r.page_id, subject: r.subject, at: r.at })),
+    ...people.map((p) => ({ ord: p.ord, page_id: p.page_id, subject: p.subject, at: p.at }))]
   // Across the deliveries of one statement, the rules parseDelivery applies within one body: a token
   // is recorded once, from its earliest opt-in (for that delivery); a person is written once, with
   // the earliest first sight and the latest interaction. The no-op update on a digest already stored
   // returns that row (waiting for a concurrent statement that stores it to commit); `fresh` holds the
   // deliveries whose own row was stored, and the sorts below read all of it before writing.
   const { rows } = await sql<Recorded>`
-    with input as (
-      select nextval(pg_get_serial_sequence('webhook_events', 'id')) as id, e.ord, e.page_id, e.signature, e.object, e.body, e.digest
+    with withheld as (
+      select distinct (m.value ->> 'ord')::int as ord
+        from jsonb_array_elements(${JSON.stringify(mentions)}::jsonb) m
+       where exists (select 1 from consent_history h
+                      where h.type = 'erased' and h.page_id = m.value ->> 'page_id'
+                        and h.subject = decode(m.value ->> 'subject', 'hex')
+                        and h.at >= (m.value ->> 'at')::timestamptz)
+    ), input as (
+      select nextval(pg_get_serial_sequence('webhook_events', 'id')) as id, e.ord, e.page_id, e.signature, e.object,
+             case when e.ord in (select ord from withheld) then ''::bytea else e.body end as body, e.digest
         from unnest(${inputs.map((_, i) => i)}::int[], ${inputs.map((i) => i.delivery.page_id)}::text[],
                     ${inputs.map((i) => i.signature)}::text[], ${inputs.map((i) => i.delivery.object)}::text[],
                     ${inputs.map((i) => i.raw)}::bytea[], ${digests}::bytea[]) as e(ord, page_id, signature, object, body, digest)

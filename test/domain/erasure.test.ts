@@ -79,6 +79,9 @@ t.test('a re-delivered opt-in older than the erasure is not recorded; a new opt-
   t.same(people, [], 'nor the person')
   const history = (await w.app.inject({ method: 'GET', url: `/v1/pages/${w.pageId}/subscribers/${psid}/history`, headers: auth })).json()
   t.same(history.items.map((e: { type: string }) => e.type), ['erased'])
+  t.notOk(holds(await dump(), psid), 'the re-delivered body is not stored again: the dump does not hold their id')
+  const third = await signedPost(w.app, old.body, APP_SECRET)
+  t.match(third.json(), { duplicate: true, event_id: again.json().event_id, tokens_recorded: 0 }, 'a further re-delivery is known by its digest')
 
   const fresh = await optIn(w, psid, Date.now() + 1000)
   t.equal(fresh.res.json().tokens_recorded, 1, 'a new opt-in after the erasure is recorded')
