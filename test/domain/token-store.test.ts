@@ -190,3 +190,18 @@ t.test('the sweep is a maintenance task that runs when the app starts', async (t
   await app.maintenance() // it runs in the background, once the app is ready
   t.same(await states(pageId), ['expired', 'available'])
 })
+
+t.test('every statement on optin_tokens lives in src/domain/token-store/ (issue 25): no other module of src names the table in SQL', async (t) => {
+  const { readdirSync, readFileSync } = await import('node:fs')
+  const { join } = await import('node:path')
+  const root = new URL('../../src/', import.meta.url).pathname
+  const files = (readdirSync(root, { recursive: true }) as string[]).filter((f) => f.endsWith('.ts')).map((f) => f.split('\\').join('/'))
+  // SQL names a table after these words, and Kysely's builder names it as a string argument.
+  const statement = /\b(?:from|join|into|update|table)\s+optin_tokens\b|\(\s*'optin_tokens'/i
+  const found = files
+    .filter((f) => !f.startsWith('domain/token-store/') && f !== 'db/types.ts')
+    .filter((f) => statement.test(readFileSync(join(root, f), 'utf8')))
+  t.same(found, [], 'token SQL outside the token store')
+  t.ok(files.filter((f) => f.startsWith('domain/token-store/')).every((f) => statement.test(readFileSync(join(root, f), 'utf8')) || f.endsWith('states.ts')),
+    'the pattern finds the store\'s own statements (so it can find a stray one)')
+})
