@@ -4,10 +4,10 @@ import type { Database } from '../db/database.js'
 import type { Broadcast, BroadcastState } from '../db/types.js'
 import { broadcastRate, pausePage, reservePacingSlots } from '../domain/broadcast-pacing.js'
 import {
-  batchWaitSeconds, cancelPendingRecipients, claimRecipients, completeIfDone, getBroadcastRow, markPlanned,
-  pendingBatches, planNextBatch, recordResult, sendToRecipient, startBroadcast,
-  unfinishedWork, type BroadcastRef, type ClaimedRecipient, type RecipientDeps, type RecipientResult,
-} from '../domain/broadcasts.js'
+  batchWaitSeconds, claimRecipients, completeIfDone, markPlanned, pendingBatches, planNextBatch, recordResult,
+  sendToRecipient, startBroadcast, unfinishedWork, type ClaimedRecipient, type RecipientDeps, type RecipientResult,
+} from '../domain/broadcast-run.js'
+import { cancelPendingRecipients, getBroadcastRow, type BroadcastRef } from '../domain/broadcasts.js'
 import { ensureQueue, inTransaction, type JobContext, type JobQueue } from './queue.js'
 
 const PLAN_QUEUE = 'broadcast-plan'

@@ -1,7 +1,7 @@
 import fp from 'fastify-plugin'
 import type { FastifyInstance } from 'fastify'
 import { pacingShares } from '../domain/broadcast-pacing.js'
-import { runningBroadcasts } from '../domain/broadcasts.js'
+import { runningBroadcasts } from '../domain/broadcast-run.js'
 import { pageHealth } from '../domain/pages.js'
 import { sendBacklog } from '../domain/token-store.js'
 import { IGNORED_REASONS, REJECTED_REASONS, type Delivery } from '../domain/ingest.js'

@@ -1,6 +1,7 @@
 import t from 'tap'
 import { sql } from 'kysely'
-import { createBroadcast, getBroadcastRow, markPlanned, planNextBatch, startBroadcast } from '../../src/domain/broadcasts.js'
+import { markPlanned, planNextBatch, startBroadcast } from '../../src/domain/broadcast-run.js'
+import { createBroadcast, getBroadcastRow } from '../../src/domain/broadcasts.js'
 import { SWEEP_QUEUE } from '../../src/jobs/broadcast-worker.js'
 import { auth } from '../helper.js'
 import { world } from '../fixtures/otn.js'

@@ -1,6 +1,7 @@
 import { DEFAULT_GRAPH_VERSION } from '../../src/graph/versions.js'
 import t from 'tap'
-import { createBroadcast, getBroadcast, getBroadcastRow, planNextBatch } from '../../src/domain/broadcasts.js'
+import { planNextBatch } from '../../src/domain/broadcast-run.js'
+import { createBroadcast, getBroadcast, getBroadcastRow } from '../../src/domain/broadcasts.js'
 import { createGraphClient, type GraphClient, type SendOutcome } from '../../src/graph/client.js'
 import { SWEEP_QUEUE } from '../../src/jobs/broadcast-worker.js'
 import { build, LogCapture } from '../helper.js'
