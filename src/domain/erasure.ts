@@ -66,35 +66,94 @@ export interface Erasure { page_id: string, erased_at: Date, erased: ErasedCount
 
 const count = (result: { numAffectedRows?: bigint }): number => Number(result.numAffectedRows ?? 0n)
 
-/** Erases the person (see above); a person the service holds nothing about gets an erasure of zeros and its entry all the same. */
-export async function erasePerson (db: Database, key: Buffer, pageId: string, psid: string): Promise<Erasure> {
+/**
+ * The second pass's bounds: `events`, the erasure's time (rows about a person's events: an opt-in, an
+ * interaction, an entry at its event's time); `writes`, the first pass's commit (rows a request wrote
+ * at its own start: an opt-in request, a raw body, an `optin_requested` entry).
+ */
+interface UpTo { events: Date, writes: Date }
+
+/** Deletes the person's rows (see above); with `upTo` (the second pass), only those older than its bounds. */
+async function eraseRows (db: Database, pageId: string, psid: string, subject: Buffer, upTo?: UpTo): Promise<ErasedCounts> {
+  const bound = (column: string) => upTo !== undefined ? sql`and ${sql.ref(column)} <= ${upTo.writes}` : sql``
+  return {
+    optin_tokens: await erasePersonTokens(db, pageId, psid, upTo?.events),
+    subscribers: count(await sql`delete from subscribers where page_id = ${pageId} and psid = ${psid}
+      ${upTo !== undefined ? sql`and coalesce(last_interaction_at, first_seen_at) <= ${upTo.events}` : sql``}`.execute(db)),
+    notifications: upTo !== undefined ? 0 : count(await sql`delete from notifications where page_id = ${pageId} and psid = ${psid}`.execute(db)),
+    optin_requests: count(await sql`delete from optin_requests where page_id = ${pageId} and psid = ${psid} ${bound('created_at')}`.execute(db)),
+    broadcast_recipients: upTo !== undefined ? 0 : count(await sql`
+      update broadcast_recipients
+         set psid = 'erased-' || gen_random_uuid(), notification_id = null, lease_id = null,
+             outcome = case when state = 'pending' then 'no_token' else outcome end,
+             error_code = case when state = 'pending' then 'no_token' else error_code end,
+             completed_at = case when state = 'pending' then now() else completed_at end,
+             state = case when state = 'pending' then 'done' else state end,
+             updated_at = now()
+       where page_id = ${pageId} and psid = ${psid}`.execute(db)),
+    // A raw body may be stored on another Page's id (Meta batches Pages' entries): every body is searched.
+    webhook_events: count(await sql`delete from webhook_events where position(convert_to(${psid}, 'UTF8') in body) > 0 ${bound('received_at')}`.execute(db)),
+    consent_history: count(await sql`
+      delete from consent_history
+       where page_id = ${pageId}
+         and ${upTo !== undefined
+              ? sql`psid = ${psid} and (at <= ${upTo.events} or (type = 'optin_requested' and created_at <= ${upTo.writes}))`
+              : sql`(psid = ${psid} or (type = 'erased' and subject = ${subject}))`}`.execute(db)),
+  }
+}
+
+/** How long the second pass waits for transactions that began before the erasure committed. */
+const STRAGGLER_WAIT_MS = 10_000
+
+/**
+ * Waits until no other session of this database runs a transaction begun before `committed` (or
+ * `STRAGGLER_WAIT_MS` passed: false then). Such a transaction may hold a snapshot older than the
+ * erasure, or rows it wrote before it. Read from pg_stat_activity, so it sees every instance; the
+ * embedded database (one connection) has none.
+ */
+async function stragglersEnded (db: Database, committed: Date): Promise<boolean> {
+  const deadline = Date.now() + STRAGGLER_WAIT_MS
+  for (let pause = 5; ; pause = Math.min(pause * 2, 200)) {
+    const { rows: [left] } = await sql<{ n: number }>`
+      select count(*)::int as n from pg_stat_activity
+       where datname = current_database() and backend_type = 'client backend' and pid <> pg_backend_pid()
+         and state <> 'idle' and xact_start < ${committed}`.execute(db)
+    if (left.n === 0) return true
+    if (Date.now() > deadline) return false
+    await new Promise((resolve) => setTimeout(resolve, pause))
+  }
+}
+
+/**
+ * Erases the person (see above) and answers what went, by table; a person the service holds nothing
+ * about gets an erasure of zeros and its entry all the same.
+ *
+ * A webhook statement that began before the erasure committed did not see its `erased` entry and
+ * may commit a pre-erasure opt-in after it. So, once committed, the erasure waits for every
+ * transaction then in progress to end (at most STRAGGLER_WAIT_MS) and erases again what is about
+ * events at or before `erased_at`; anything begun after the commit sees the entry and records nothing
+ * older. The second pass's counts are added to the answer and to the entry.
+ */
+export async function erasePerson (db: Database, key: Buffer, pageId: string, psid: string): Promise<Erasure & { complete: boolean }> {
   await getPage(db, pageId)
   const subject = subjectOf(key, pageId, psid)
-  return db.transaction().execute(async (trx) => {
-    const erased: ErasedCounts = {
-      optin_tokens: await erasePersonTokens(trx, pageId, psid),
-      subscribers: count(await sql`delete from subscribers where page_id = ${pageId} and psid = ${psid}`.execute(trx)),
-      notifications: count(await sql`delete from notifications where page_id = ${pageId} and psid = ${psid}`.execute(trx)),
-      optin_requests: count(await sql`delete from optin_requests where page_id = ${pageId} and psid = ${psid}`.execute(trx)),
-      broadcast_recipients: count(await sql`
-        update broadcast_recipients
-           set psid = 'erased-' || gen_random_uuid(), notification_id = null, lease_id = null,
-               outcome = case when state = 'pending' then 'no_token' else outcome end,
-               error_code = case when state = 'pending' then 'no_token' else error_code end,
-               completed_at = case when state = 'pending' then now() else completed_at end,
-               state = case when state = 'pending' then 'done' else state end,
-               updated_at = now()
-         where page_id = ${pageId} and psid = ${psid}`.execute(trx)),
-      // A raw body may be stored on another Page's id (Meta batches Pages' entries): every body is searched.
-      webhook_events: count(await sql`delete from webhook_events where position(convert_to(${psid}, 'UTF8') in body) > 0`.execute(trx)),
-      consent_history: count(await sql`
-        delete from consent_history
-         where page_id = ${pageId} and (psid = ${psid} or (type = 'erased' and subject = ${subject}))`.execute(trx)),
-    }
-    const { rows: [entry] } = await sql<{ at: Date }>`
+  const first = await db.transaction().execute(async (trx) => {
+    const erased = await eraseRows(trx, pageId, psid, subject)
+    const { rows: [entry] } = await sql<{ id: string, at: Date }>`
       insert into consent_history (page_id, psid, subject, type, detail, at)
       values (${pageId}, null, ${subject}, 'erased', ${JSON.stringify({ erased })}::jsonb, now())
-      returning at`.execute(trx)
-    return { page_id: pageId, erased_at: entry.at, erased }
+      returning id::text as id, at`.execute(trx)
+    return { entry, erased }
   })
+  const { rows: [{ committed }] } = await sql<{ committed: Date }>`select now() as committed`.execute(db)
+  const complete = await stragglersEnded(db, committed)
+  const late = await db.transaction().execute(async (trx) => {
+    const counts = await eraseRows(trx, pageId, psid, subject, { events: first.entry.at, writes: committed })
+    const erased = Object.fromEntries(Object.entries(first.erased).map(([table, n]) => [table, n + counts[table as keyof ErasedCounts]])) as unknown as ErasedCounts
+    if (Object.values(counts).some((n) => n > 0)) {
+      await sql`update consent_history set detail = ${JSON.stringify({ erased })}::jsonb where page_id = ${pageId} and id = ${first.entry.id}`.execute(trx)
+    }
+    return erased
+  })
+  return { page_id: pageId, erased_at: first.entry.at, erased: late, complete }
 }

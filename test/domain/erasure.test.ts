@@ -1,11 +1,12 @@
 import t from 'tap'
 import { execFileSync } from 'node:child_process'
 import { sql } from 'kysely'
-import { erasureKey, subjectOf } from '../../src/domain/erasure.js'
+import { erasePerson, erasureKey, subjectOf } from '../../src/domain/erasure.js'
+import { parseDelivery, recordDeliveries } from '../../src/domain/ingest.js'
 import { auth, testDatabase } from '../helper.js'
 import { APP_SECRET, newPsid, world, type World } from '../fixtures/otn.js'
 import { optIn, story } from '../fixtures/consent.js'
-import { signedPost } from '../fixtures/webhooks.js'
+import { envelope, optinEvent, signedPost } from '../fixtures/webhooks.js'
 
 /**
  * The whole database as text, from outside: pg_dump on Postgres; on PGlite (no pg_dump) every row of
@@ -88,6 +89,48 @@ t.test('a re-delivered opt-in older than the erasure is not recorded; a new opt-
   const types = (await w.app.inject({ method: 'GET', url: `/v1/pages/${w.pageId}/subscribers/${psid}/history`, headers: auth })).json()
     .items.map((e: { type: string }) => e.type)
   t.same(types, ['erased', 'opted_in'])
+})
+
+t.test('a webhook statement that began before the erasure committed and commits after it leaves nothing older than the erasure', async (t) => {
+  const { db, kind } = await testDatabase()
+  // The embedded database has one connection: statements never interleave, so this race cannot happen there.
+  if (kind !== 'postgres') return t.pass('one connection on the embedded database: no race to close')
+  const w = await world(t)
+  const psid = newPsid()
+  const key = erasureKey({ ERASURE_KEY: undefined, META_APP_SECRET: APP_SECRET })
+  const token = w.emulator.issueToken(w.pageId, psid, w.topic.payload)
+  const raw = Buffer.from(JSON.stringify(envelope([optinEvent({ pageId: w.pageId, psid, payload: w.topic.payload, token, timestamp: Date.now() - 60_000 })])))
+
+  // The webhook statement runs in a transaction left open (as if it were still writing) while the erasure commits.
+  let release!: () => void
+  const held = new Promise<void>((resolve) => { release = resolve })
+  let recorded!: () => void
+  const written = new Promise<void>((resolve) => { recorded = resolve })
+  const ingest = db.transaction().execute(async (trx) => {
+    await recordDeliveries(trx, [{ raw, signature: 'sha256=test', delivery: parseDelivery(raw) }], key)
+    recorded()
+    await held
+  })
+  await written
+  let erasedAt: number | undefined
+  const erasure = erasePerson(db, key, w.pageId, psid).then((e) => { erasedAt = Date.now(); return e })
+  await new Promise((resolve) => setTimeout(resolve, 300))
+  t.equal(erasedAt, undefined, 'the erasure waits for the transaction that began before it')
+  const committed = Date.now()
+  release()
+  await ingest
+  const result = await erasure
+  t.ok(erasedAt! >= committed, 'and answers once it has ended')
+  t.equal(result.complete, true)
+  t.match(result.erased, { optin_tokens: 1, subscribers: 1, consent_history: 1 }, 'what it committed is erased by the second pass, and counted')
+  t.ok(result.erased.webhook_events >= 1, 'with its raw body')
+  t.same(await db.selectFrom('optin_tokens').select('id').where('page_id', '=', w.pageId).execute(), [], 'no token survives')
+  t.notOk(holds(await dump(), psid), 'a dump does not hold their id')
+  const entry = (await w.app.inject({ method: 'GET', url: `/v1/pages/${w.pageId}/subscribers/${psid}/history`, headers: auth })).json().items
+  t.match(entry, [{ type: 'erased', detail: { erased: result.erased } }], 'the erased entry counts both passes')
+
+  const fresh = await optIn(w, psid, Date.now() + 1000)
+  t.equal(fresh.res.json().tokens_recorded, 1, 'a new opt-in after the erasure is still new consent')
 })
 
 t.test('the erasure marker names the person by a keyed digest, never by their id', async (t) => {

@@ -100,8 +100,12 @@ export async function personTokensForExport (db: Database, pageId: string, psid:
   return rows
 }
 
-/** Deletes every token of a person on a Page, in any state (a send holding one finds it gone and records nothing). */
-export async function erasePersonTokens (db: Database, pageId: string, psid: string): Promise<number> {
-  const result = await sql`delete from optin_tokens where page_id = ${pageId} and psid = ${psid}`.execute(db)
+/**
+ * Deletes every token of a person on a Page, in any state (a send holding one finds it gone and
+ * records nothing); with `optedInUpTo`, only those opted in at or before it (erasure.ts, second pass).
+ */
+export async function erasePersonTokens (db: Database, pageId: string, psid: string, optedInUpTo?: Date): Promise<number> {
+  const result = await sql`delete from optin_tokens where page_id = ${pageId} and psid = ${psid}
+    ${optedInUpTo !== undefined ? sql`and opted_in_at <= ${optedInUpTo}` : sql``}`.execute(db)
   return Number(result.numAffectedRows ?? 0n)
 }
