@@ -12,6 +12,8 @@
  *   personal data: the Page, the time, the counts above, and `subject`, a keyed digest of Page and
  *   PSID. A webhook event about the person older than that entry (Meta re-delivers for up to 36
  *   hours) is not recorded again (`notErased`); a newer one is new consent.
+ * - events: the outbound events about the person (docs/EVENTS.md) are deleted, their deliveries with
+ *   them, sent or not.
  */
 import { createHmac } from 'node:crypto'
 import { sql, type RawBuilder } from 'kysely'
@@ -59,6 +61,7 @@ export interface ErasedCounts {
   broadcast_recipients: number
   webhook_events: number
   consent_history: number
+  events: number
 }
 
 export interface Erasure { page_id: string, erased_at: Date, erased: ErasedCounts }
@@ -89,6 +92,8 @@ export async function erasePerson (db: Database, key: Buffer, pageId: string, ps
       consent_history: count(await sql`
         delete from consent_history
          where page_id = ${pageId} and (psid = ${psid} or (type = 'erased' and subject = ${subject}))`.execute(trx)),
+      // Outbound events about them (docs/EVENTS.md), with their deliveries and attempts (cascade); one already sent stays with its receiver.
+      events: count(await sql`delete from events where page_id = ${pageId} and psid = ${psid}`.execute(trx)),
     }
     const { rows: [entry] } = await sql<{ at: Date }>`
       insert into consent_history (page_id, psid, subject, type, detail, at)
