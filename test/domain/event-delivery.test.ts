@@ -68,6 +68,22 @@ t.test('a delivery claimed by an instance that died is claimed again once its le
   t.equal(n.n, 1, 'one attempt recorded')
 })
 
+t.test('a redirect is not followed: the attempt failed with its status and is retried', async (t) => {
+  const { db } = await testDatabase()
+  const receiver = await startReceiver(t)
+  receiver.answers.push(302)
+  const { subscription } = await createSubscription(db, policy, { url: receiver.url, events: ['*'] })
+  const { delivery_id: id } = await sendPing(db, subscription.id)
+  const agent = deliveryAgent(opts)
+  t.teardown(() => agent.close())
+  const outcomes: string[] = []
+  await deliverDue(db, agent, opts, (o) => outcomes.push(o))
+  t.same(outcomes, ['retried'])
+  t.equal(receiver.received.length, 1, 'one request, no second to the Location')
+  const { rows: [d] } = await sql<{ state: string, last_status: number }>`select state, last_status from event_deliveries where id = ${id}`.execute(db)
+  t.same(d, { state: 'pending', last_status: 302 })
+})
+
 t.test('attempts exhausted: failed; an unreachable endpoint and a refused address are recorded as errors', async (t) => {
   const { db } = await testDatabase()
   const { subscription } = await createSubscription(db, policy, { url: 'http://127.0.0.1:9/nothing', events: ['*'] })
