@@ -1,7 +1,8 @@
 /**
  * Where events may be sent (docs/EVENTS.md): https (http only with EVENTS_ALLOW_HTTP), no
  * credentials in the URL, and no loopback, private, link-local, metadata or otherwise
- * non-public destination unless EVENTS_ALLOW_PRIVATE_NETWORKS. Checked when a subscription is
+ * non-public destination unless EVENTS_ALLOW_PRIVATE_NETWORKS, or EVENTS_ALLOWED_HOSTS names its host
+ * or a range holding its address. Checked when a subscription is
  * written (the name resolved then) and again at every delivery on the address actually connected
  * to (checkedLookup), so that a name re-pointed after the check (DNS rebinding) is still refused.
  */
@@ -13,6 +14,39 @@ import { DomainError } from './errors.js'
 export interface AddressPolicy {
   allowHttp: boolean
   allowPrivateNetworks: boolean
+  /** EVENTS_ALLOWED_HOSTS: non-public destinations admitted by name or address range. */
+  allowedHosts?: AllowedHosts
+}
+
+/** Host names and address ranges (CIDR) admitted although not public. */
+export interface AllowedHosts { names: Set<string>, ranges: BlockList }
+
+/** Parses EVENTS_ALLOWED_HOSTS ("hooks.internal, 10.1.0.0/16, 192.168.1.5"); throws on a malformed range. */
+export function parseAllowedHosts (text: string | undefined): AllowedHosts {
+  const names = new Set<string>()
+  const ranges = new BlockList()
+  for (const item of (text ?? '').split(',').map((x) => x.trim().toLowerCase()).filter(Boolean)) {
+    const [address, prefix] = item.split('/')
+    const family = isIP(address)
+    if (family === 0) {
+      if (prefix !== undefined) throw new Error(`${item}: not an address range`)
+      names.add(item)
+      continue
+    }
+    const bits = prefix === undefined ? (family === 4 ? 32 : 128) : Number(prefix)
+    if (!Number.isInteger(bits) || bits < 0 || bits > (family === 4 ? 32 : 128)) throw new Error(`${item}: not an address range`)
+    ranges.addSubnet(address, bits, family === 4 ? 'ipv4' : 'ipv6')
+  }
+  return { names, ranges }
+}
+
+/** Whether EVENTS_ALLOWED_HOSTS admits this host name or address. */
+export function isAllowedHost (allowed: AllowedHosts | undefined, host: string, address?: string): boolean {
+  if (!allowed) return false
+  if (allowed.names.has(host.toLowerCase())) return true
+  const a = address ?? host
+  const family = isIP(a)
+  return family !== 0 && allowed.ranges.check(a, family === 4 ? 'ipv4' : 'ipv6')
 }
 
 const blocked = new BlockList()
@@ -58,7 +92,7 @@ export function checkUrlForm (raw: string, policy: AddressPolicy): URL {
 function refusePrivate (host: string, address: string): never {
   throw new DomainError('event_url_private_address',
     `${host} is${host === address ? '' : ` (resolves to ${address})`} a loopback, private, link-local or otherwise non-public address; ` +
-    'events go there only with EVENTS_ALLOW_PRIVATE_NETWORKS=true.')
+    'events go there only when EVENTS_ALLOWED_HOSTS names it (or with EVENTS_ALLOW_PRIVATE_NETWORKS=true).')
 }
 
 /**
@@ -69,6 +103,7 @@ export async function checkDestination (raw: string, policy: AddressPolicy): Pro
   const url = checkUrlForm(raw, policy)
   if (policy.allowPrivateNetworks) return url.toString()
   const host = hostOf(url)
+  if (isAllowedHost(policy.allowedHosts, host)) return url.toString()
   if (isIP(host)) {
     if (isNonPublicAddress(host)) refusePrivate(host, host)
     return url.toString()
@@ -78,7 +113,7 @@ export async function checkDestination (raw: string, policy: AddressPolicy): Pro
   try {
     addresses = await dns.lookup(host, { all: true, verbatim: true })
   } catch {}
-  for (const a of addresses) if (isNonPublicAddress(a.address)) refusePrivate(host, a.address)
+  for (const a of addresses) if (isNonPublicAddress(a.address) && !isAllowedHost(policy.allowedHosts, host, a.address)) refusePrivate(host, a.address)
   return url.toString()
 }
 
@@ -88,12 +123,12 @@ type LookupCallback = (err: NodeJS.ErrnoException | null, address: string | Look
  * A `lookup` for net.connect that resolves as usual and fails the connection when an address is
  * not public (unless allowed): the check and the connection use the same answer.
  */
-export function checkedLookup (allowPrivateNetworks: boolean) {
+export function checkedLookup (allowPrivateNetworks: boolean, allowedHosts?: AllowedHosts) {
   return (hostname: string, options: { all?: boolean }, callback: LookupCallback): void => {
     dnsLookup(hostname, { ...options, all: true }, (err, addresses) => {
       if (err) return callback(err, [])
       const list = addresses as LookupAddress[]
-      const bad = allowPrivateNetworks ? undefined : list.find((a) => isNonPublicAddress(a.address))
+      const bad = allowPrivateNetworks ? undefined : list.find((a) => isNonPublicAddress(a.address) && !isAllowedHost(allowedHosts, hostname, a.address))
       if (bad) {
         const e = new Error(`${hostname} resolves to ${bad.address}, a non-public address`) as NodeJS.ErrnoException
         e.code = 'EVENT_ADDRESS_REFUSED'
@@ -106,9 +141,10 @@ export function checkedLookup (allowPrivateNetworks: boolean) {
 }
 
 /** An IP-literal URL is connected to without a lookup: checked here before each delivery. */
-export function literalRefused (url: URL, allowPrivateNetworks: boolean): string | undefined {
+export function literalRefused (url: URL, allowPrivateNetworks: boolean, allowedHosts?: AllowedHosts): string | undefined {
   if (allowPrivateNetworks) return undefined
   const host = hostOf(url)
+  if (isAllowedHost(allowedHosts, host)) return undefined
   if (isIP(host) && isNonPublicAddress(host)) return `${host} is a non-public address`
   if (host === 'localhost' || host.endsWith('.localhost')) return `${host} is a loopback name`
   return undefined

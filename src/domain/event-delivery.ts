@@ -11,7 +11,7 @@ import { createHmac } from 'node:crypto'
 import { sql } from 'kysely'
 import { Agent, request } from 'undici'
 import type { Database } from '../db/database.js'
-import { checkedLookup, literalRefused } from './event-addresses.js'
+import { checkedLookup, literalRefused, type AllowedHosts } from './event-addresses.js'
 import { disableSubscription } from './events.js'
 
 export interface DeliveryOptions {
@@ -21,6 +21,7 @@ export interface DeliveryOptions {
   /** 0: never disabled for failing. */
   disableAfterHours: number
   allowPrivateNetworks: boolean
+  allowedHosts?: AllowedHosts
 }
 
 export type DeliveryOutcome = 'delivered' | 'retried' | 'failed' | 'gone' | 'cancelled'
@@ -105,7 +106,7 @@ async function attempt (agent: Agent, d: Claimed, body: string, opts: DeliveryOp
   } catch {
     return done(null, 'invalid url')
   }
-  const refused = literalRefused(url, opts.allowPrivateNetworks)
+  const refused = literalRefused(url, opts.allowPrivateNetworks, opts.allowedHosts)
   if (refused) return done(null, `refused: ${refused}`)
   const timestamp = Math.floor(Date.now() / 1000)
   const secrets = [d.secret, ...(d.previous_secret && d.previous_secret_expires_at && d.previous_secret_expires_at > new Date() ? [d.previous_secret] : [])]
@@ -135,9 +136,9 @@ async function attempt (agent: Agent, d: Claimed, body: string, opts: DeliveryOp
 }
 
 /** An undici Agent that connects only to addresses the policy admits (checked on the resolved address). */
-export function deliveryAgent (opts: Pick<DeliveryOptions, 'attemptTimeoutMs' | 'allowPrivateNetworks'>): Agent {
+export function deliveryAgent (opts: Pick<DeliveryOptions, 'attemptTimeoutMs' | 'allowPrivateNetworks' | 'allowedHosts'>): Agent {
   return new Agent({
-    connect: { timeout: opts.attemptTimeoutMs, lookup: checkedLookup(opts.allowPrivateNetworks) as never },
+    connect: { timeout: opts.attemptTimeoutMs, lookup: checkedLookup(opts.allowPrivateNetworks, opts.allowedHosts) as never },
     headersTimeout: opts.attemptTimeoutMs,
     bodyTimeout: opts.attemptTimeoutMs,
     connections: 8,

@@ -1,5 +1,6 @@
 import fp from 'fastify-plugin'
 import type { Config } from '../config.js'
+import { parseAllowedHosts } from '../domain/event-addresses.js'
 import { deliverDue, deliveryAgent, type DeliveryOptions, type DeliveryOutcome } from '../domain/event-delivery.js'
 
 declare module 'fastify' {
@@ -16,6 +17,7 @@ export function deliveryOptions (config: Config): DeliveryOptions & { concurrenc
     maxAttempts: config.EVENTS_MAX_ATTEMPTS,
     disableAfterHours: config.EVENTS_DISABLE_AFTER_HOURS,
     allowPrivateNetworks: config.EVENTS_ALLOW_PRIVATE_NETWORKS,
+    allowedHosts: parseAllowedHosts(config.EVENTS_ALLOWED_HOSTS),
     concurrency: config.EVENTS_CONCURRENCY,
   }
 }

@@ -1,5 +1,6 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
+import { parseAllowedHosts } from '../domain/event-addresses.js'
 import {
   createSubscription, deleteSubscription, getSubscription, listDeliveries, listSubscriptions, redeliverEvent, rotateSecret,
   sendPing, subscriptionView, updateSubscription,
@@ -16,7 +17,11 @@ const security = apiKeySecurity
 
 /** Outbound events (docs/EVENTS.md): subscriptions, their deliveries, redelivery and the test ping. */
 const routes: FastifyPluginAsyncTypebox = async (app) => {
-  const policy = { allowHttp: app.config.EVENTS_ALLOW_HTTP, allowPrivateNetworks: app.config.EVENTS_ALLOW_PRIVATE_NETWORKS }
+  const policy = {
+    allowHttp: app.config.EVENTS_ALLOW_HTTP,
+    allowPrivateNetworks: app.config.EVENTS_ALLOW_PRIVATE_NETWORKS,
+    allowedHosts: parseAllowedHosts(app.config.EVENTS_ALLOWED_HOSTS),
+  }
   const URL_PROBLEMS = ['event_url_invalid', 'event_url_not_https', 'event_url_private_address'] as const
 
   app.post('/event-subscriptions', {

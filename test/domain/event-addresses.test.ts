@@ -1,5 +1,5 @@
 import t from 'tap'
-import { checkDestination, checkedLookup, isNonPublicAddress } from '../../src/domain/event-addresses.js'
+import { checkDestination, checkedLookup, isAllowedHost, isNonPublicAddress, parseAllowedHosts } from '../../src/domain/event-addresses.js'
 
 t.test('non-public addresses: loopback, private, link-local (metadata), CGNAT, multicast, IPv6 local and mapped forms', async (t) => {
   for (const a of ['127.0.0.1', '10.0.0.5', '172.16.3.4', '192.168.1.1', '169.254.169.254', '100.64.0.1', '0.0.0.0', '224.0.0.1',
@@ -26,4 +26,18 @@ t.test('at delivery the resolved address is checked: a name that resolves to loo
   const allowed = await lookup(true)
   t.equal(allowed.err, null)
   t.ok(isNonPublicAddress(String(allowed.address)))
+})
+
+t.test('EVENTS_ALLOWED_HOSTS admits the non-public hosts and ranges it names, and only those', async (t) => {
+  const allowedHosts = parseAllowedHosts(' hooks.localhost , 10.20.0.0/16,127.0.0.1 ')
+  const policy = { allowHttp: false, allowPrivateNetworks: false, allowedHosts }
+  t.equal(await checkDestination('https://10.20.3.4/x', policy), 'https://10.20.3.4/x', 'in a named range')
+  t.equal(await checkDestination('https://127.0.0.1:8443/x', policy), 'https://127.0.0.1:8443/x', 'a named address')
+  t.equal(await checkDestination('https://hooks.localhost/x', policy), 'https://hooks.localhost/x', 'a named host')
+  await t.rejects(checkDestination('https://10.21.0.1/x', policy), { code: 'event_url_private_address' }, 'outside the range')
+  await t.rejects(checkDestination('https://other.localhost/x', policy), { code: 'event_url_private_address' })
+  t.ok(isAllowedHost(allowedHosts, 'anything', '10.20.255.1'), 'a name that resolves into a range, at delivery')
+  t.notOk(isAllowedHost(allowedHosts, 'anything', '10.21.0.1'))
+  t.throws(() => parseAllowedHosts('10.0.0.0/33'), /not an address range/)
+  t.throws(() => parseAllowedHosts('hooks.internal/8'), /not an address range/)
 })

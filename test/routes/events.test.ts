@@ -233,6 +233,17 @@ t.test('addresses: https only, and no private destination, unless configured', a
   const http = await build(t, { EVENTS_ALLOW_HTTP: 'true' })
   t.match((await http.inject({ method: 'POST', url: '/v1/event-subscriptions', headers: auth, payload: { url: 'http://127.0.0.1:9/', events: ['*'] } })).json(), { code: 'event_url_private_address' }, 'http admitted, the address still not')
   await sql`delete from event_subscriptions`.execute(app.db)
+
+  const receiver = await startReceiver(t)
+  const named = await build(t, { ...eventsEnv, EVENTS_ALLOW_PRIVATE_NETWORKS: 'false', EVENTS_ALLOWED_HOSTS: '127.0.0.1' })
+  const sub = await named.inject({ method: 'POST', url: '/v1/event-subscriptions', headers: auth, payload: { url: receiver.url, events: ['*'] } })
+  t.equal(sub.statusCode, 201, 'EVENTS_ALLOWED_HOSTS names it')
+  t.match((await named.inject({ method: 'POST', url: '/v1/event-subscriptions', headers: auth, payload: { url: 'http://127.0.0.2:9/', events: ['*'] } })).json(),
+    { code: 'event_url_private_address' }, 'and nothing else')
+  await named.inject({ method: 'POST', url: `/v1/event-subscriptions/${sub.json().id}/test`, headers: auth })
+  const got = await until('the ping', () => receiver.received[0])
+  t.ok(receiver.verify(got, sub.json().secret), 'delivered to the named host')
+  await sql`delete from event_subscriptions`.execute(app.db)
 })
 
 t.test('metrics: deliveries by outcome, backlog and oldest waiting per subscription', async (t) => {
