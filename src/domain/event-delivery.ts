@@ -97,7 +97,7 @@ interface AttemptResult { status: number | null, error: string | null, durationM
 /** How many bytes of an answer's body are read (then dropped): enough to keep the connection reusable. */
 const BODY_READ_LIMIT = 16 * 1024
 
-async function attempt (agent: Agent, d: Claimed, body: string, opts: DeliveryOptions): Promise<AttemptResult> {
+async function attempt (agent: Agent, d: Claimed, body: string, opts: DeliveryOptions, stop?: AbortSignal): Promise<AttemptResult> {
   const started = performance.now()
   const done = (status: number | null, error: string | null): AttemptResult => ({ status, error, durationMs: Math.round(performance.now() - started) })
   let url: URL
@@ -122,12 +122,13 @@ async function attempt (agent: Agent, d: Claimed, body: string, opts: DeliveryOp
         'webhook-timestamp': String(timestamp),
         'webhook-signature': signatures(secrets, d.event_id, timestamp, body),
       },
-      signal: AbortSignal.timeout(opts.attemptTimeoutMs),
+      signal: stop ? AbortSignal.any([AbortSignal.timeout(opts.attemptTimeoutMs), stop]) : AbortSignal.timeout(opts.attemptTimeoutMs),
     })
     await res.body.dump({ limit: BODY_READ_LIMIT }).catch(() => {})
     return done(res.statusCode, res.statusCode >= 200 && res.statusCode < 300 ? null : `HTTP ${res.statusCode}`)
   } catch (err) {
     const e = err as { name?: string, code?: string, message?: string, cause?: { code?: string, message?: string } }
+    if (stop?.aborted) return done(null, 'the instance stopped during the attempt')
     if (e.name === 'TimeoutError' || e.name === 'AbortError') return done(null, `timeout after ${opts.attemptTimeoutMs} ms`)
     const code = e.cause?.code ?? e.code
     const message = (e.cause?.message ?? e.message ?? 'request failed').slice(0, 300)
@@ -184,27 +185,28 @@ async function record (db: Database, d: Claimed, r: AttemptResult, opts: Deliver
 }
 
 /** One attempt at a claimed delivery, start to record. */
-export async function deliverOne (db: Database, agent: Agent, d: Claimed, opts: DeliveryOptions): Promise<DeliveryOutcome> {
+export async function deliverOne (db: Database, agent: Agent, d: Claimed, opts: DeliveryOptions, stop?: AbortSignal): Promise<DeliveryOutcome> {
   if (!d.enabled) {
     await sql`update event_deliveries set state = 'cancelled', next_attempt_at = null, last_error = 'subscription disabled'
                where page_id = ${d.page_id} and id = ${d.id} and state = 'delivering'`.execute(db)
     return 'cancelled'
   }
   const body = await eventBody(db, d)
-  return record(db, d, await attempt(agent, d, body, opts), opts)
+  return record(db, d, await attempt(agent, d, body, opts, stop), opts)
 }
 
 /**
- * Delivers what is due, `concurrency` at a time, until nothing is or `stopping()`; each outcome is
+ * Delivers what is due, `concurrency` at a time, until nothing is or `stop` is aborted (which also
+ * ends the attempts in flight: recorded as failed, retried after the usual pause); each outcome is
  * reported to `onOutcome` (metrics). Returns the number of attempts made.
  */
 export async function deliverDue (db: Database, agent: Agent, opts: DeliveryOptions & { concurrency: number },
-  onOutcome: (o: DeliveryOutcome) => void = () => {}, stopping: () => boolean = () => false): Promise<number> {
+  onOutcome: (o: DeliveryOutcome) => void = () => {}, stop?: AbortSignal): Promise<number> {
   let total = 0
   const leaseMs = opts.attemptTimeoutMs + 30_000
-  while (!stopping()) {
+  while (!stop?.aborted) {
     const claimed = await claimDue(db, opts.concurrency, leaseMs)
-    await Promise.all(claimed.map(async (d) => onOutcome(await deliverOne(db, agent, d, opts))))
+    await Promise.all(claimed.map(async (d) => onOutcome(await deliverOne(db, agent, d, opts, stop))))
     total += claimed.length
     if (claimed.length < opts.concurrency) break
   }

@@ -26,17 +26,16 @@ export function deliveryOptions (config: Config): DeliveryOptions & { concurrenc
  * Event delivery (docs/EVENTS.md): every instance looks for due deliveries each
  * EVENTS_POLL_INTERVAL_MS and works through them; the claim (SKIP LOCKED, with a lease) is what
  * shares them between instances, as the maintenance sweeps do. One round at a time per instance;
- * on close the round in flight finishes (its attempts are bounded by EVENTS_ATTEMPT_TIMEOUT_MS)
- * before the database goes.
+ * on close its attempts in flight are ended and recorded before the database goes.
  */
 export default fp<{ onOutcome?: (o: DeliveryOutcome) => void }>(async (app, { onOutcome }) => {
   const opts = deliveryOptions(app.config)
   const agent = deliveryAgent(opts)
-  let stopping = false
+  const stop = new AbortController()
   let timer: NodeJS.Timeout | undefined
   let running: Promise<number> = Promise.resolve(0)
   const round = (): Promise<number> => {
-    running = running.catch(() => 0).then(() => stopping ? 0 : deliverDue(app.db, agent, opts, onOutcome, () => stopping))
+    running = running.catch(() => 0).then(() => stop.signal.aborted ? 0 : deliverDue(app.db, agent, opts, onOutcome, stop.signal))
       .catch((err: unknown) => { app.log.warn({ err }, 'event delivery round failed; the next one retries'); return 0 })
     return running
   }
@@ -52,7 +51,8 @@ export default fp<{ onOutcome?: (o: DeliveryOutcome) => void }>(async (app, { on
     timer.unref()
   })
   app.addHook('onClose', async () => {
-    stopping = true
+    // Attempts in flight end now (each is recorded and retried), so closing never waits for a slow receiver.
+    stop.abort()
     clearInterval(timer)
     await running
     await agent.close()

@@ -4,7 +4,7 @@ import { Webhook } from 'standardwebhooks'
 import { claimDue, deliverDue, deliverOne, deliveryAgent, retryDelaySeconds, signatures } from '../../src/domain/event-delivery.js'
 import { createSubscription, newSecret, sendPing } from '../../src/domain/events.js'
 import { testDatabase } from '../helper.js'
-import { startReceiver } from '../fixtures/event-receiver.js'
+import { startReceiver, until } from '../fixtures/event-receiver.js'
 
 const opts = { attemptTimeoutMs: 1000, retryBaseSeconds: 0.05, maxAttempts: 3, disableAfterHours: 0, allowPrivateNetworks: true, concurrency: 4 }
 const policy = { allowHttp: true, allowPrivateNetworks: true }
@@ -104,4 +104,26 @@ t.test('attempts exhausted: failed; an unreachable endpoint and a refused addres
   await deliverDue(db, agent, { ...opts, allowPrivateNetworks: false })
   const { rows: [d] } = await sql<{ last_error: string }>`select last_error from event_deliveries where id = ${again.delivery_id}`.execute(db)
   t.match(d.last_error, /refused: localhost is a loopback name/, 'the address is checked again at delivery')
+})
+
+t.test('stopping ends the attempts in flight at once: recorded, and retried later', async (t) => {
+  const { db } = await testDatabase()
+  const receiver = await startReceiver(t)
+  receiver.answers.push('hang')
+  const { subscription } = await createSubscription(db, policy, { url: receiver.url, events: ['*'] })
+  const { delivery_id: id } = await sendPing(db, subscription.id)
+  const slow = { ...opts, attemptTimeoutMs: 20_000 }
+  const agent = deliveryAgent(slow)
+  t.teardown(() => agent.close())
+  const stop = new AbortController()
+  const outcomes: string[] = []
+  const round = deliverDue(db, agent, slow, (o) => outcomes.push(o), stop.signal)
+  await until('the request', () => receiver.received[0])
+  const started = Date.now()
+  stop.abort()
+  await round
+  t.ok(Date.now() - started < 2000, 'not the 20 s timeout')
+  t.same(outcomes, ['retried'])
+  const { rows: [d] } = await sql<{ state: string, last_error: string }>`select state, last_error from event_deliveries where id = ${id}`.execute(db)
+  t.same(d, { state: 'pending', last_error: 'the instance stopped during the attempt' })
 })
