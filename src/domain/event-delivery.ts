@@ -196,19 +196,35 @@ export async function deliverOne (db: Database, agent: Agent, d: Claimed, opts: 
 }
 
 /**
- * Delivers what is due, `concurrency` at a time, until nothing is or `stop` is aborted (which also
- * ends the attempts in flight: recorded as failed, retried after the usual pause); each outcome is
- * reported to `onOutcome` (metrics). Returns the number of attempts made.
+ * Delivers what is due, up to `concurrency` attempts in flight: a window that claims the next due
+ * delivery as each attempt ends, so one slow receiver holds one slot, not the round. Stops when
+ * nothing is due or `stop` is aborted (which also ends the attempts in flight: recorded as failed,
+ * retried after the usual pause); each outcome is reported to `onOutcome` (metrics). Returns the
+ * number of attempts made. An idle round is one claim statement.
  */
 export async function deliverDue (db: Database, agent: Agent, opts: DeliveryOptions & { concurrency: number },
   onOutcome: (o: DeliveryOutcome) => void = () => {}, stop?: AbortSignal): Promise<number> {
-  let total = 0
   const leaseMs = opts.attemptTimeoutMs + 30_000
-  while (!stop?.aborted) {
-    const claimed = await claimDue(db, opts.concurrency, leaseMs)
-    await Promise.all(claimed.map(async (d) => onOutcome(await deliverOne(db, agent, d, opts, stop))))
-    total += claimed.length
-    if (claimed.length < opts.concurrency) break
+  const queue = await claimDue(db, opts.concurrency, leaseMs)
+  let more = queue.length === opts.concurrency
+  let total = 0
+  const slot = async (): Promise<void> => {
+    while (!stop?.aborted) {
+      let d = queue.shift()
+      if (d === undefined && more) {
+        [d] = await claimDue(db, 1, leaseMs)
+        if (d === undefined) more = false
+      }
+      if (d === undefined) return
+      onOutcome(await deliverOne(db, agent, d, opts, stop))
+      total++
+    }
+  }
+  await Promise.all(Array.from({ length: Math.min(opts.concurrency, Math.max(queue.length, 1)) }, slot))
+  // Stopped with claims not yet attempted: hand them back as they were.
+  for (const d of queue) {
+    await sql`update event_deliveries set state = 'pending', attempts = attempts - 1, next_attempt_at = now()
+               where page_id = ${d.page_id} and id = ${d.id} and state = 'delivering' and attempts = ${d.attempts}`.execute(db)
   }
   return total
 }

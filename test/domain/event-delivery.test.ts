@@ -127,3 +127,22 @@ t.test('stopping ends the attempts in flight at once: recorded, and retried late
   const { rows: [d] } = await sql<{ state: string, last_error: string }>`select state, last_error from event_deliveries where id = ${id}`.execute(db)
   t.same(d, { state: 'pending', last_error: 'the instance stopped during the attempt' })
 })
+
+t.test('one slow receiver holds one slot: the others are delivered meanwhile', async (t) => {
+  const { db } = await testDatabase()
+  const slowReceiver = await startReceiver(t)
+  slowReceiver.answers.push('hang')
+  const fast = await startReceiver(t)
+  const slowSub = (await createSubscription(db, policy, { url: slowReceiver.url, events: ['*'] })).subscription
+  const fastSub = (await createSubscription(db, policy, { url: fast.url, events: ['*'] })).subscription
+  await sendPing(db, slowSub.id)
+  for (let i = 0; i < 4; i++) await sendPing(db, fastSub.id)
+  const window = { ...opts, attemptTimeoutMs: 3000, concurrency: 2 }
+  const agent = deliveryAgent(window)
+  t.teardown(() => agent.close())
+  const started = Date.now()
+  const round = deliverDue(db, agent, window)
+  await until('the fast ones', () => fast.received.length === 4 ? true : undefined)
+  t.ok(Date.now() - started < 2500, 'before the slow attempt timed out')
+  t.equal(await round, 5, 'five attempts in the round')
+})
