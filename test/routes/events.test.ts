@@ -262,3 +262,31 @@ t.test('metrics: deliveries by outcome, backlog and oldest waiting per subscript
   t.match(text, new RegExp(`otn_event_deliveries_oldest_waiting_seconds\\{subscription_id="${slow.id}"\\} [0-9.]+`))
   t.notMatch(text, new RegExp(`otn_event_deliveries_waiting\\{subscription_id="${sub.id}"\\}`), 'a subscription with nothing waiting is not listed')
 })
+
+t.test('the README\'s receiver (scripts/event-receiver.mjs) verifies and prints what the service sends, and refuses a forgery', async (t) => {
+  const { spawn } = await import('node:child_process')
+  const { createServer } = await import('node:net')
+  const port = await new Promise<number>((resolve) => {
+    const s = createServer().listen(0, '127.0.0.1', () => { const p = (s.address() as { port: number }).port; s.close(() => resolve(p)) })
+  })
+  const app = await build(t, eventsEnv)
+  await sql`delete from event_subscriptions`.execute(app.db)
+  const sub = (await app.inject({ method: 'POST', url: '/v1/event-subscriptions', headers: auth, payload: { url: `http://127.0.0.1:${port}/`, events: ['*'] } })).json()
+  const child = spawn(process.execPath, [new URL('../../scripts/event-receiver.mjs', import.meta.url).pathname], { env: { ...process.env, OTN_EVENTS_SECRET: sub.secret, PORT: String(port) } })
+  t.teardown(() => { child.kill() })
+  let out = ''
+  let err = ''
+  child.stdout.on('data', (c) => { out += c })
+  child.stderr.on('data', (c) => { err += c })
+  await until('listening', () => out.includes('listening') ? true : undefined)
+  const ping = (await app.inject({ method: 'POST', url: `/v1/event-subscriptions/${sub.id}/test`, headers: auth })).json()
+  const line = await until('a printed event', () => out.split('\n').find((l) => l.startsWith('{')))
+  t.match(JSON.parse(line), { id: ping.event_id, type: 'ping', data: { subscription_id: sub.id } })
+  const forged = await fetch(`http://127.0.0.1:${port}/`, {
+    method: 'POST', body: '{"type":"ping"}',
+    headers: { 'webhook-id': 'x', 'webhook-timestamp': String(Math.floor(Date.now() / 1000)), 'webhook-signature': 'v1,AAAA' },
+  })
+  t.equal(forged.status, 400)
+  await until('the refusal', () => err.includes('refused') ? true : undefined)
+  await sql`delete from event_subscriptions`.execute(app.db)
+})
