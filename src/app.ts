@@ -18,7 +18,9 @@ import errors, { clientErrors, frameworkErrors, routeNotFound } from './plugins/
 import jobs from './plugins/jobs.js'
 import sender from './plugins/sender.js'
 import jsonBody from './plugins/json-body.js'
-import metrics, { notificationCounter, webhookCounter } from './plugins/metrics.js'
+import metrics, { eventDeliveryCounter, notificationCounter, webhookCounter } from './plugins/metrics.js'
+import events from './plugins/events.js'
+import eventRoutes from './routes/events.js'
 import { broadcastWorkers } from './jobs/broadcast-worker.js'
 import broadcastRoutes from './routes/broadcasts.js'
 import healthRoutes from './routes/health.js'
@@ -135,6 +137,7 @@ export async function buildApp (config: Config, deps: AppDeps = {}): Promise<Fas
   await app.register(database, { db: handle.db, close: handle.close })
   await app.register(sender)
   await app.register(jobs, { workers: [broadcastWorkers] })
+  await app.register(events, register ? { onOutcome: eventDeliveryCounter(register) } : {})
   if (register) await app.register(metrics, { register, pool: handle.pool, build: buildInfo(config.BUILD_COMMIT), cacheSeconds: config.METRICS_CACHE_SECONDS })
   await app.register(docs)
   await app.register(healthRoutes)
@@ -151,6 +154,7 @@ export async function buildApp (config: Config, deps: AppDeps = {}): Promise<Fas
     await v1.register(notificationRoutes)
     await v1.register(broadcastRoutes)
     await v1.register(optinRequestRoutes)
+    await v1.register(eventRoutes)
   }, { prefix: '/v1' })
 
   scheduleMaintenance(app, maintenanceTasks)

@@ -2,6 +2,7 @@ import { Type, type Static } from 'typebox'
 import { Compile } from 'typebox/compile'
 import { DEFAULT_GRAPH_VERSION, VERSION_WARNING_DAYS } from './graph/versions.js'
 import { RECURRING_COOLDOWN_HOURS } from './domain/lifecycle.js'
+import { parseAllowedHosts } from './domain/event-addresses.js'
 
 const Int = (description: string, def: number, minimum: number, maximum: number) =>
   Type.Integer({ description, default: def, minimum, maximum })
@@ -49,6 +50,17 @@ export const EnvSchema = Type.Object({
   BROADCAST_CONCURRENCY: Int('Broadcast send jobs one instance works on at once.', 4, 1, 64),
   BROADCAST_MAX_ATTEMPTS: Int('Sends tried per person when Meta rate-limits or fails temporarily (nothing sent) before the person counts as failed.', 5, 1, 50),
   BROADCAST_BACKOFF_SECONDS: Int('Longest pause after such a refusal: the Page\'s broadcasts pause on a rate limit, the person is retried later on a temporary failure.', 60, 1, 3600),
+  EVENTS_ALLOW_HTTP: Type.Boolean({ description: 'Admit http:// event subscription URLs (development only); otherwise only https (docs/EVENTS.md).', default: false }),
+  EVENTS_ALLOW_PRIVATE_NETWORKS: Type.Boolean({ description: 'Admit event destinations on loopback, private, link-local and other non-public addresses (checked when a subscription is written and at every delivery on the resolved address). Development and tests only.', default: false }),
+  EVENTS_ALLOWED_HOSTS: Type.Optional(Type.String({ description: 'Comma-separated host names, addresses and CIDR ranges (e.g. "hooks.internal,10.20.0.0/16") that event subscriptions may reach although they are not public; checked on the resolved address at every delivery.', pattern: '^\\s*[^,\\s]+\\s*(,\\s*[^,\\s]+\\s*)*$' })),
+  EVENTS_ATTEMPT_TIMEOUT_MS: Int('Time one event delivery attempt may take, connecting included, before it counts as failed and is retried.', 15000, 100, 120000),
+  EVENTS_RETRY_BASE_SECONDS: Type.Number({ description: 'Pause after the first failed event delivery attempt; each later pause is three times longer, up to 8,640 times this (12 hours at the default 5), each ±20% at random, so that EVENTS_MAX_ATTEMPTS=15 spans about three days (docs/EVENTS.md).', default: 5, minimum: 0.001, maximum: 3600 }),
+  EVENTS_MAX_ATTEMPTS: Int('Attempts at one event delivery before it is recorded failed.', 15, 1, 50),
+  EVENTS_DISABLE_AFTER_HOURS: Type.Number({ description: 'Hours a subscription may fail without a single success before it is disabled (with disabled_reason); 0 never disables it for failing.', default: 120, minimum: 0, maximum: 8760 }),
+  EVENTS_SECRET_GRACE_HOURS: Type.Number({ description: 'Hours after rotate-secret during which deliveries are signed with both the new and the previous secret.', default: 24, minimum: 0, maximum: 720 }),
+  EVENTS_RETENTION_DAYS: Int('Days an event is kept once none of its deliveries is pending; then the maintenance task removes it with its deliveries. 0 keeps them forever.', 30, 0, 36500),
+  EVENTS_POLL_INTERVAL_MS: Int('How often each instance looks for event deliveries that are due.', 1000, 10, 60000),
+  EVENTS_CONCURRENCY: Int('Event deliveries one instance has in flight at once.', 16, 1, 256),
   METRICS_ENABLED: Type.Boolean({ description: 'Serve Prometheus metrics at /metrics (true or false).', default: true }),
   METRICS_CACHE_SECONDS: Type.Number({ description: 'How long the gauges read from the database (backlog, job queues) are reused by later scrapes; concurrent scrapes always share one read. 0: read at every scrape.', default: 5, minimum: 0, maximum: 300 }),
   BUILD_COMMIT: Type.Optional(Type.String({ description: 'Source commit of this build, shown in otn_build_info (the image build sets it). Unset: read from .git when there is one, else "unknown".', pattern: '^[0-9A-Za-z._-]{1,64}$' })),
@@ -112,6 +124,13 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
     raw.TOKEN_LEASE_SECONDS * 1000 < minimumLeaseMs(raw.GRAPH_API_TIMEOUT_MS)) {
     problems.push(`TOKEN_LEASE_SECONDS: must be at least ${Math.ceil(minimumLeaseMs(raw.GRAPH_API_TIMEOUT_MS) / 1000)} with GRAPH_API_TIMEOUT_MS=${raw.GRAPH_API_TIMEOUT_MS}. ` +
       'One attempt may wait GRAPH_API_TIMEOUT_MS for a connection and GRAPH_API_TIMEOUT_MS for the answer; a shorter lease lets recovery take over a send still in flight')
+  }
+  if (typeof raw.EVENTS_ALLOWED_HOSTS === 'string') {
+    try {
+      parseAllowedHosts(raw.EVENTS_ALLOWED_HOSTS)
+    } catch (err) {
+      problems.push(`EVENTS_ALLOWED_HOSTS: ${(err as Error).message}`)
+    }
   }
   if (problems.length > 0) throw new ConfigError(problems)
   const config = raw as Static<typeof EnvSchema>

@@ -1,6 +1,6 @@
 import { vacuumChangedTables } from './db/embedded-vacuum.js'
 import { recoverLeases } from './domain/recovery.js'
-import { removeOldMessageBodies, removeOldWebhookBodies } from './domain/retention.js'
+import { removeOldEvents, removeOldMessageBodies, removeOldWebhookBodies } from './domain/retention.js'
 import { expireTokens } from './domain/token-store.js'
 import type { MaintenanceTask } from './maintenance.js'
 
@@ -9,6 +9,7 @@ export const maintenanceTasks: MaintenanceTask[] = [
   { name: 'expire_tokens', run: ({ db }) => expireTokens(db) },
   { name: 'remove_old_webhook_bodies', run: ({ db, config }) => removeOldWebhookBodies(db, config.WEBHOOK_BODY_RETENTION_DAYS) },
   { name: 'remove_old_message_bodies', run: ({ db, config }) => removeOldMessageBodies(db, config.MESSAGE_BODY_RETENTION_DAYS) },
+  { name: 'remove_old_events', run: ({ db, config }) => removeOldEvents(db, config.EVENTS_RETENTION_DAYS) },
   {
     name: 'recover_leases',
     // Sends in flight at once: a share of the Graph connections, so recovery never starves live sends.

@@ -57,3 +57,15 @@ t.test('retention days and the erasure key: defaults, 0 keeps forever, bad value
   const error = t.throws(() => loadConfig({ API_KEYS: 'key-one-123', ERASURE_KEY: 'short', MESSAGE_BODY_RETENTION_DAYS: '-1' })) as ConfigError
   t.match(error.problems, [/^ERASURE_KEY: /, /^MESSAGE_BODY_RETENTION_DAYS: /])
 })
+
+t.test('events: safe defaults, short values for tests, bad values named', async (t) => {
+  const config = loadConfig({ API_KEYS: 'key-one-123' })
+  t.match(config, {
+    EVENTS_ALLOW_HTTP: false, EVENTS_ALLOW_PRIVATE_NETWORKS: false, EVENTS_ALLOWED_HOSTS: undefined, EVENTS_ATTEMPT_TIMEOUT_MS: 15000,
+    EVENTS_RETRY_BASE_SECONDS: 5, EVENTS_MAX_ATTEMPTS: 15, EVENTS_DISABLE_AFTER_HOURS: 120, EVENTS_SECRET_GRACE_HOURS: 24, EVENTS_RETENTION_DAYS: 30,
+  })
+  t.equal(loadConfig({ API_KEYS: 'key-one-123', EVENTS_RETRY_BASE_SECONDS: '0.05', EVENTS_ALLOW_HTTP: 'true' }).EVENTS_RETRY_BASE_SECONDS, 0.05)
+  t.equal(loadConfig({ API_KEYS: 'key-one-123', EVENTS_ALLOWED_HOSTS: 'hooks.internal, 10.0.0.0/8' }).EVENTS_ALLOWED_HOSTS, 'hooks.internal, 10.0.0.0/8')
+  const error = t.throws(() => loadConfig({ API_KEYS: 'key-one-123', EVENTS_ALLOWED_HOSTS: '10.0.0.0/40', EVENTS_MAX_ATTEMPTS: '0', EVENTS_ALLOW_HTTP: 'yes' })) as ConfigError
+  t.match(error.problems, [/^EVENTS_ALLOW_HTTP: /, /^EVENTS_MAX_ATTEMPTS: /, /^EVENTS_ALLOWED_HOSTS: 10.0.0.0\/40: not an address range/])
+})

@@ -212,6 +212,62 @@ export interface ConsentHistoryTable {
   created_at: CreatedAt
 }
 
+/** Outbound events (migration 20261203000000, docs/EVENTS.md). */
+export interface EventSubscriptionsTable {
+  id: Generated<string>
+  url: string
+  events: string[]
+  page_ids: string[] | null
+  description: string | null
+  include_message: ColumnType<boolean, boolean | undefined, boolean>
+  enabled: ColumnType<boolean, boolean | undefined, boolean>
+  disabled_reason: string | null
+  secret: string
+  previous_secret: string | null
+  previous_secret_expires_at: Timestamp | null
+  failing_since: Timestamp | null
+  created_at: CreatedAt
+  updated_at: Timestamp
+}
+
+export interface EventsTable {
+  id: Generated<string>
+  page_id: string
+  psid: string | null
+  type: string
+  data: Json<Record<string, unknown>>
+  sequence: ColumnType<string, never, never>
+  occurred_at: Timestamp
+  created_at: CreatedAt
+}
+
+export type EventDeliveryState = 'pending' | 'delivering' | 'delivered' | 'failed' | 'cancelled'
+
+export interface EventDeliveriesTable {
+  id: Generated<string>
+  page_id: string
+  event_id: string
+  subscription_id: string
+  state: ColumnType<EventDeliveryState, EventDeliveryState | undefined, EventDeliveryState>
+  attempts: ColumnType<number, number | undefined, number>
+  next_attempt_at: Timestamp | null
+  last_status: number | null
+  last_error: string | null
+  last_duration_ms: number | null
+  created_at: CreatedAt
+  delivered_at: Timestamp | null
+}
+
+export interface EventDeliveryAttemptsTable {
+  id: Generated<string>
+  page_id: string
+  delivery_id: string
+  at: CreatedAt
+  duration_ms: number
+  response_status: number | null
+  error: string | null
+}
+
 export interface DB {
   pages: PagesTable
   topics: TopicsTable
@@ -224,6 +280,10 @@ export interface DB {
   broadcast_recipients: BroadcastRecipientsTable
   broadcast_pacing: BroadcastPacingTable
   consent_history: ConsentHistoryTable
+  event_subscriptions: EventSubscriptionsTable
+  events: EventsTable
+  event_deliveries: EventDeliveriesTable
+  event_delivery_attempts: EventDeliveryAttemptsTable
 }
 
 export type Page = Selectable<PagesTable>

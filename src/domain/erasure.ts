@@ -13,6 +13,8 @@
  *   personal data: the Page, the time, the counts above, and `subject`, a keyed digest of Page and
  *   PSID. A webhook event about the person older than that entry (Meta re-delivers for up to 36
  *   hours) is not recorded again (`notErased`); a newer one is new consent.
+ * - events: the outbound events about the person (docs/EVENTS.md) are deleted, their deliveries with
+ *   them, sent or not.
  */
 import { createHmac } from 'node:crypto'
 import { sql, type RawBuilder } from 'kysely'
@@ -60,6 +62,7 @@ export interface ErasedCounts {
   broadcast_recipients: number
   webhook_events: number
   consent_history: number
+  events: number
 }
 
 export interface Erasure { page_id: string, erased_at: Date, erased: ErasedCounts }
@@ -99,6 +102,8 @@ async function eraseRows (db: Database, pageId: string, psid: string, subject: B
          and ${upTo !== undefined
               ? sql`psid = ${psid} and (at <= ${upTo.events} or (type = 'optin_requested' and created_at <= ${upTo.writes}))`
               : sql`(psid = ${psid} or (type = 'erased' and subject = ${subject}))`}`.execute(db)),
+    // Outbound events about them (docs/EVENTS.md), with their deliveries and attempts (cascade); one already sent stays with its receiver.
+    events: count(await sql`delete from events where page_id = ${pageId} and psid = ${psid} ${bound('created_at')}`.execute(db)),
   }
 }
 

@@ -7,12 +7,15 @@ import type { GraphError } from '../graph/errors.js'
 export const DOMAIN_CODES = [
   // the request names something that does not exist
   'topic_not_found', 'page_not_found', 'notification_not_found', 'broadcast_not_found', 'subscriber_not_found',
+  'event_subscription_not_found', 'event_not_found',
   // the request is malformed in a way the schema cannot say
   'invalid_webhook_body', 'invalid_payload', 'invalid_cursor', 'empty_update', 'tag_required', 'tag_without_message_tag',
   'invalid_timezone', 'audience_range_empty', 'audience_with_psids', 'audience_topic_not_found',
+  // an event subscription's url (docs/EVENTS.md)
+  'event_url_invalid', 'event_url_not_https', 'event_url_private_address',
   // the state of things refuses it
   'page_without_access_token', 'window_closed', 'topic_name_taken', 'topic_payload_taken', 'topic_has_tokens', 'page_has_topics',
-  'broadcast_completed', 'no_token', 'idempotency_in_progress', 'idempotency_conflict', 'webhook_not_configured',
+  'broadcast_completed', 'event_subscription_disabled', 'no_token', 'idempotency_in_progress', 'idempotency_conflict', 'webhook_not_configured',
   // we hold back, or Meta did
   'optin_request_throttled', 'graph_rate_limited', 'recurring_cooldown', 'graph_frequency_limited',
   // Meta's rule for recurring opt-in requests: one per title, person and week
@@ -43,10 +46,10 @@ export class DomainError extends Error {
   }
 }
 
-type Findable = 'topic' | 'page' | 'notification' | 'broadcast' | 'subscriber'
+type Findable = 'topic' | 'page' | 'notification' | 'broadcast' | 'subscriber' | 'event_subscription' | 'event'
 
 export const notFound = (what: Findable, id: string): DomainError =>
-  new DomainError(`${what}_not_found`, `No ${what} with id ${id}.`)
+  new DomainError(`${what}_not_found`, `No ${what.replace('_', ' ')} with id ${id}.`)
 
 /** Postgres unique violation, the same code on pg and PGlite. */
 export function uniqueViolation (error: unknown): string | undefined {

@@ -61,3 +61,22 @@ export async function removeOldMessageBodies (db: Database, days: number, batchS
     return Number(result.numAffectedRows ?? 0n)
   }, batchSize)
 }
+
+/**
+ * Deletes outbound events created more than `days` ago whose deliveries have all ended (delivered,
+ * failed or cancelled), with those deliveries and their attempts (docs/EVENTS.md). An event still
+ * waiting to be delivered stays until it is.
+ */
+export async function removeOldEvents (db: Database, days: number, batchSize = RETENTION_BATCH_SIZE): Promise<number> {
+  if (days === 0) return 0
+  return inBatches(async () => {
+    const result = await sql`
+      delete from events
+       where (page_id, id) in (select e.page_id, e.id from events e
+                                where e.created_at < now() - make_interval(days => ${days})
+                                  and not exists (select 1 from event_deliveries d
+                                                   where d.page_id = e.page_id and d.event_id = e.id and d.state in ('pending', 'delivering'))
+                                order by e.created_at limit ${batchSize} for update skip locked)`.execute(db)
+    return Number(result.numAffectedRows ?? 0n)
+  }, batchSize)
+}

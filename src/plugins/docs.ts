@@ -3,6 +3,7 @@ import swagger from '@fastify/swagger'
 import swaggerUi from '@fastify/swagger-ui'
 import { PROBLEM_CODES_LEAD } from '../schemas/common.js'
 import { sharedSchemas } from '../schemas/index.js'
+import { EventSchemas } from '../schemas/events.js'
 import { PROBLEMS, type ProblemCode } from '../schemas/problems.js'
 
 const openApiInfo = {
@@ -53,7 +54,38 @@ function finishDocument ({ openapiObject }: { openapiObject: Json }): Json {
       }
     }
   }
+  openapiObject.webhooks = eventWebhooks()
   return openapiObject
+}
+
+/**
+ * The outbound events (docs/EVENTS.md) as OpenAPI 3.1 webhooks: what a subscription's URL receives,
+ * one POST per event type, its body the Event_<type> schema, signed per Standard Webhooks.
+ */
+function eventWebhooks (): Json {
+  const header = (name: string, description: string) => ({ name, in: 'header', required: true, description, schema: { type: 'string' } })
+  return Object.fromEntries((EventSchemas as Json[]).map((schema) => {
+    const type = String(schema.properties.type.const)
+    return [type, {
+      post: {
+        operationId: `event_${type.replace('.', '_')}`,
+        summary: String(schema.description ?? type),
+        tags: ['events'],
+        // The receiver authenticates the sender by the signature, not by a key.
+        security: [],
+        parameters: [
+          header('webhook-id', 'The event id: the same on every retry and redelivery (deduplicate on it).'),
+          header('webhook-timestamp', 'Seconds since the epoch when this attempt was signed.'),
+          header('webhook-signature', 'Space-separated `v1,<base64 HMAC-SHA256>` signatures (two during a secret rotation\'s grace period).'),
+        ],
+        requestBody: { required: true, content: { 'application/json': { schema: { $ref: `#/components/schemas/${String(schema.$id)}` } } } },
+        responses: {
+          200: { description: 'Any 2xx ends the delivery.' },
+          410: { description: 'Disables the subscription.' },
+        },
+      },
+    }]
+  }))
 }
 
 export default fp(async (app) => {
@@ -73,6 +105,7 @@ export default fp(async (app) => {
         { name: 'consent', description: 'A person\'s consent history, export and erasure (docs/PRIVACY.md)' },
         { name: 'notifications', description: 'Sending the one follow-up message' },
         { name: 'broadcasts', description: 'One message on a topic to everyone who opted in, now or later' },
+        { name: 'events', description: 'Outbound events to client apps: subscriptions, deliveries, redelivery (docs/EVENTS.md). Each event payload is a component schema named Event_<type>.' },
         { name: 'webhooks', description: 'Meta webhook deliveries' },
         { name: 'operations', description: 'Health, readiness and metrics' },
       ],

@@ -4,6 +4,7 @@ import { pacingShares } from '../domain/broadcast-pacing.js'
 import { runningBroadcasts } from '../domain/broadcast-run.js'
 import { pageHealth } from '../domain/pages.js'
 import { sendBacklog } from '../domain/token-store.js'
+import { DELIVERY_OUTCOMES, deliveryBacklog, type DeliveryOutcome } from '../domain/event-delivery.js'
 import { IGNORED_REASONS, REJECTED_REASONS, type Delivery } from '../domain/ingest.js'
 import type { BuildInfo } from '../build-info.js'
 import type pg from 'pg'
@@ -97,6 +98,18 @@ export function webhookCounter (register: Registry): (delivery: Delivery, duplic
   }
 }
 
+/** Event delivery attempts by outcome (delivered, retried, failed, gone: 410, cancelled), counted by the instance that made them. */
+export function eventDeliveryCounter (register: Registry): (outcome: DeliveryOutcome) => void {
+  const counter = new Counter({
+    name: 'otn_event_deliveries_total',
+    help: 'Event delivery attempts by outcome: delivered (2xx), retried, failed (attempts exhausted), gone (410: subscription disabled), cancelled (subscription disabled or taken over).',
+    labelNames: ['outcome'] as const,
+    registers: [register],
+  })
+  for (const outcome of DELIVERY_OUTCOMES) counter.inc({ outcome }, 0)
+  return (outcome) => counter.inc({ outcome })
+}
+
 /**
  * Backlog gauges, by a query on the partial index notifications_open_idx and pg-boss's queue size,
  * read at a scrape and reused for `cacheSeconds` by later ones; scrapes that come while a read is
@@ -126,7 +139,9 @@ function databaseMetrics (app: FastifyInstance, register: Registry, cacheSeconds
   const share = new Gauge({ name: 'otn_broadcast_rate_share', help: 'The share of its broadcast rate a Page may use now: halved by each rate limit from Meta, given back as sends succeed (Pages that broadcast in the last 10 minutes).', labelNames: ['page_id'] as const, registers: [register], collect })
   
   const pages = new Gauge({ name: 'otn_pages', help: 'Registered Pages by health: healthy="false" after a Graph API error that concerns the Page itself (its access token or permissions; GET /v1/pages/{pageId} shows last_error), until its token is replaced.', labelNames: ['healthy'] as const, registers: [register], collect })
-  const fromDatabase = [tokens, notifications, oldest, queued, remaining, share, pages]
+  const eventBacklog = new Gauge({ name: 'otn_event_deliveries_waiting', help: 'Event deliveries not yet ended (pending or being attempted), per subscription (docs/EVENTS.md).', labelNames: ['subscription_id'] as const, registers: [register], collect })
+  const eventOldest = new Gauge({ name: 'otn_event_deliveries_oldest_waiting_seconds', help: 'Age of the oldest event delivery not yet ended, per subscription.', labelNames: ['subscription_id'] as const, registers: [register], collect })
+  const fromDatabase = [tokens, notifications, oldest, queued, remaining, share, pages, eventBacklog, eventOldest]
 
   async function read (): Promise<boolean> {
     try {
@@ -135,6 +150,7 @@ function databaseMetrics (app: FastifyInstance, register: Registry, cacheSeconds
       const queues: Array<[string, number]> = []
       for (const { name } of await app.jobs.getQueues()) queues.push([name, await app.jobs.getQueueSize(name)])
       const [running, shares] = [await runningBroadcasts(app.db), await pacingShares(app.db)]
+      const events = await deliveryBacklog(app.db)
       for (const gauge of fromDatabase) gauge.reset()
       for (const b of running) remaining.set({ broadcast_id: b.id, page_id: b.page_id }, b.remaining)
       for (const p of shares) share.set({ page_id: p.page_id }, p.rate_factor)
@@ -144,6 +160,10 @@ function databaseMetrics (app: FastifyInstance, register: Registry, cacheSeconds
       for (const [queue, size] of queues) queued.set({ queue }, size)
       pages.set({ healthy: 'true' }, health.healthy)
       pages.set({ healthy: 'false' }, health.unhealthy)
+      for (const e of events) {
+        eventBacklog.set({ subscription_id: e.subscription_id }, e.waiting)
+        eventOldest.set({ subscription_id: e.subscription_id }, e.oldest_seconds)
+      }
       up.set(1)
       return true
     } catch (err) {

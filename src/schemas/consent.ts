@@ -134,5 +134,6 @@ export const ErasureSchema = Type.Object({
     broadcast_recipients: Type.Integer({ description: 'Broadcast recipient rows kept for the broadcast\'s counts with the PSID replaced; one still pending is settled no_token.' }),
     webhook_events: Type.Integer({ description: 'Raw webhook bodies that mentioned the person, deleted.' }),
     consent_history: Type.Integer({ description: 'History entries deleted; one `erased` entry without personal data is left.' }),
+    events: Type.Integer({ description: 'Outbound events about the person deleted, with their deliveries (sent or not; docs/EVENTS.md).' }),
   }),
 }, { $id: 'Erasure', title: 'What an erasure removed, by table' })

@@ -1,5 +1,6 @@
 import { BroadcastListSchema, BroadcastSchema, EstimateSchema } from './broadcasts.js'
 import { ProblemSchema } from './common.js'
+import { EventDeliveryListSchema, EventDeliverySchema, EventSchemas, EventSubscriptionListSchema, EventSubscriptionSchema, EventSubscriptionWithSecretSchema } from './events.js'
 import { ConsentExportSchema, ErasureSchema, HistoryEntrySchema, HistoryListSchema } from './consent.js'
 import { NotificationListSchema, NotificationSchema } from './notifications.js'
 import { OptinRequestSchema } from './optin-requests.js'
@@ -16,4 +17,6 @@ export const sharedSchemas = [
   ProblemSchema, PageSchema, PageListSchema, TopicSchema, TopicListSchema, DeletedTopicSchema, SubscriberSchema,
   NotificationSchema, NotificationListSchema, BroadcastSchema, EstimateSchema, BroadcastListSchema, OptinRequestSchema, WebhookReceiptSchema,
   HistoryEntrySchema, HistoryListSchema, ConsentExportSchema, ErasureSchema,
+  EventSubscriptionSchema, EventSubscriptionWithSecretSchema, EventSubscriptionListSchema, EventDeliverySchema, EventDeliveryListSchema,
+  ...EventSchemas,
 ]

@@ -25,6 +25,9 @@ const problem = (status: number, retryable = false): ProblemKind => ({ status, r
 export const PROBLEMS: Record<ProblemCode, ProblemKind> = {
   topic_not_found: problem(404), page_not_found: problem(404), notification_not_found: problem(404),
   broadcast_not_found: problem(404), subscriber_not_found: problem(404), route_not_found: problem(404),
+  event_subscription_not_found: problem(404), event_not_found: problem(404),
+  event_url_invalid: problem(400), event_url_not_https: problem(400), event_url_private_address: problem(400),
+  event_subscription_disabled: problem(409),
   invalid_webhook_body: problem(400), invalid_payload: problem(400), invalid_cursor: problem(400), empty_update: problem(400),
   tag_required: problem(400), tag_without_message_tag: problem(400), validation_failed: problem(400), bad_request: problem(400),
   bad_url: problem(400), invalid_content_length: problem(400), invalid_json: problem(400), invalid_characters: problem(400),

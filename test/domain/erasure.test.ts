@@ -171,3 +171,26 @@ t.test('a broadcast in progress skips an erased person: their pending recipient 
   ], 'the erased person is done (no token: nothing is sent), the other still pending')
   t.notOk(holds(await dump(), psid), 'the dump does not hold their id')
 })
+
+t.test('the erasure deletes the person\'s outbound events and their deliveries: a dump holds no psid', async (t) => {
+  const { eventsEnv } = await import('../fixtures/event-receiver.js')
+  const w = await world(t, { env: { ...eventsEnv, EVENTS_POLL_INTERVAL_MS: '60000' } })
+  await sql`delete from event_subscriptions`.execute(w.db)
+  // Nothing listens there: the deliveries stay pending, the events with them.
+  const sub = await w.app.inject({ method: 'POST', url: '/v1/event-subscriptions', headers: auth, payload: { url: 'http://127.0.0.1:9/x', events: ['*'] } })
+  t.equal(sub.statusCode, 201)
+  const psid = newPsid()
+  const other = newPsid()
+  await story(w, psid)
+  await story(w, other)
+  const count = async (who: string) => (await sql<{ n: string }>`select count(*)::text as n from events e join event_deliveries d on d.page_id = e.page_id and d.event_id = e.id
+                                                   where e.page_id = ${w.pageId} and e.psid = ${who}`.execute(w.db)).rows[0].n
+  t.ok(Number(await count(psid)) >= 5, 'the story gave events with deliveries')
+  t.ok(holds(await dump(), psid), 'the dump holds the person before')
+  const res = await erase(w, psid)
+  t.equal(res.json().erased.events, Number(await count(other)), 'as many as the same story gave another person')
+  t.equal(await count(psid), '0')
+  t.notOk(holds(await dump(), psid), 'no psid in the dump')
+  t.ok(Number(await count(other)) >= 5, 'the other person\'s events stay')
+  await sql`delete from event_subscriptions`.execute(w.db)
+})

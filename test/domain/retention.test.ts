@@ -1,7 +1,7 @@
 import t, { type Test } from 'tap'
 import { randomUUID } from 'node:crypto'
 import { sql } from 'kysely'
-import { removeOldMessageBodies, removeOldWebhookBodies } from '../../src/domain/retention.js'
+import { removeOldEvents, removeOldMessageBodies, removeOldWebhookBodies } from '../../src/domain/retention.js'
 import { maintenanceTasks } from '../../src/tasks.js'
 import { auth, build, testDatabase, uniquePageId } from '../helper.js'
 import { envelope, optinEvent, signedPost, uniquePsid, uniqueToken, webhookEnv } from '../fixtures/webhooks.js'
@@ -86,4 +86,29 @@ t.test('both are maintenance tasks that run with the configured limits', async (
   t.same(await bodiesOf(pageId), [3])
   const row = await db.selectFrom('notifications').select('message').where('id', '=', message).executeTakeFirstOrThrow()
   t.same(row.message, {})
+})
+
+t.test('outbound events older than the limit whose deliveries all ended are removed with them; one still waiting stays', async (t) => {
+  const { db } = await testDatabase()
+  const pageId = uniquePageId()
+  const { rows: [sub] } = await sql<{ id: string }>`insert into event_subscriptions (url, events, secret, enabled) values ('https://example.com/x', '{*}', 'whsec_x', false) returning id`.execute(db)
+  const event = async (ageDays: number, state: string) => {
+    const { rows: [e] } = await sql<{ id: string }>`
+      insert into events (page_id, type, data, created_at) values (${pageId}, 'page.healthy', '{}'::jsonb, now() - make_interval(days => ${ageDays})) returning id`.execute(db)
+    const { rows: [d] } = await sql<{ id: string }>`
+      insert into event_deliveries (page_id, event_id, subscription_id, state) values (${pageId}, ${e.id}, ${sub.id}, ${state}) returning id`.execute(db)
+    await sql`insert into event_delivery_attempts (page_id, delivery_id, duration_ms, response_status) values (${pageId}, ${d.id}, 5, 200)`.execute(db)
+    return e.id
+  }
+  const kept = [await event(1, 'delivered'), await event(40, 'pending'), await event(45, 'delivering')]
+  await event(31, 'delivered'); await event(40, 'failed'); await event(50, 'cancelled')
+  const left = async () => (await sql<{ id: string }>`select id from events where page_id = ${pageId} order by created_at desc`.execute(db)).rows.map((r) => r.id)
+  t.equal(await removeOldEvents(db, 30, 2), 3, 'three, in batches of two')
+  t.same((await left()).sort(), [...kept].sort(), 'the young one and those still waiting stay')
+  const { rows: [n] } = await sql<{ d: string, a: string }>`select (select count(*) from event_deliveries where page_id = ${pageId})::text as d,
+                                                                    (select count(*) from event_delivery_attempts where page_id = ${pageId})::text as a`.execute(db)
+  t.same(n, { d: '3', a: '3' }, 'their deliveries and attempts went with them')
+  t.equal(await removeOldEvents(db, 0), 0, '0 keeps forever')
+  t.ok(maintenanceTasks.some((task) => task.name === 'remove_old_events'))
+  await sql`delete from event_subscriptions where id = ${sub.id}`.execute(db)
 })
