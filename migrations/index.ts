@@ -11,6 +11,7 @@ import * as contractShardKeysByPage from './20261202120000_contract_shard_keys_b
 import * as recurringNotifications from './20261202150000_recurring_notifications.js'
 import * as broadcastAudiences from './20261202180000_broadcast_audiences.js'
 import * as consentHistoryAndRetention from './20261202200000_consent_history_and_retention.js'
+import * as scopedKeysAndAudit from './20261203010000_scoped_keys_and_audit.js'
 
 // Listed here (not read from the folder) so the same list works from .ts sources and compiled .js.
 export const migrations: Record<string, Migration> = {
@@ -26,4 +27,5 @@ export const migrations: Record<string, Migration> = {
   '20261202150000_recurring_notifications': recurringNotifications,
   '20261202180000_broadcast_audiences': broadcastAudiences,
   '20261202200000_consent_history_and_retention': consentHistoryAndRetention,
+  '20261203010000_scoped_keys_and_audit': scopedKeysAndAudit,
 }
