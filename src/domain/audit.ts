@@ -19,10 +19,13 @@ export interface AuditRecord {
   resource_id: string | null
   status: number
   request_id: string | null
+  /** When the answer was given. */
+  at: Date
 }
 
 export async function recordAudit (db: Database, r: AuditRecord): Promise<void> {
-  await db.insertInto('audit_log').values({ ...r, page_id: r.page_id ?? '' }).execute()
+  const { at, ...entry } = r
+  await db.insertInto('audit_log').values({ ...entry, page_id: r.page_id ?? '', created_at: at }).execute()
 }
 
 export interface AuditFilter {

@@ -26,9 +26,10 @@ const text = (bag: unknown, field: string): string | undefined => {
 }
 
 const ruleOf = (request: FastifyRequest): AccessRule => request.routeOptions.schema?.['x-access'] ?? defaultRule(request.method)
-/** A call that may change something: audited. */
+const READS = new Set(['GET', 'HEAD', 'OPTIONS'])
+/** A call that may change something (not a GET, not declared a read): audited, whatever its answer. */
 const audited = (request: FastifyRequest): boolean => request.apiKey !== undefined && request.routeOptions.url !== undefined &&
-  ruleOf(request).rights !== 'read'
+  !READS.has(request.method) && ruleOf(request).rights !== 'read'
 
 /** Adds `codes` to the route's error response of `status` (the problem codes documented per status, schemas/common.ts). */
 function documentCodes (route: RouteOptions, status: number, codes: ProblemCode[]): void {
@@ -102,6 +103,7 @@ async function access (app: FastifyInstance, opts: { writes: Set<Promise<void>> 
   app.addHook('onResponse', async (request, reply) => {
     if (!audited(request)) return
     const rule = ruleOf(request)
+    const at = new Date()
     const write = (async () => {
       let pageId = text(request.params, 'pageId') ?? text(request.body, 'page_id') ?? request.auditTarget?.page_id
       const ownerId = rule.owner ? text(rule.owner.in === 'params' ? request.params : request.body, rule.owner.field) : undefined
@@ -116,6 +118,7 @@ async function access (app: FastifyInstance, opts: { writes: Set<Promise<void>> 
         resource_id: text(request.params, 'id') ?? request.auditTarget?.resource_id ?? null,
         status: reply.statusCode,
         request_id: request.id,
+        at,
       })
     })().catch((err) => { request.log.error({ err }, 'audit entry not written') })
     writing.add(write)
