@@ -23,9 +23,12 @@ export interface AuditRecord {
   at: Date
 }
 
-export async function recordAudit (db: Database, r: AuditRecord): Promise<void> {
-  const { at, ...entry } = r
-  await db.insertInto('audit_log').values({ ...entry, page_id: r.page_id ?? '', created_at: at }).execute()
+/** Writes entries in one statement (the app batches them: plugins/access.ts). */
+export async function recordAudit (db: Database, ...records: AuditRecord[]): Promise<void> {
+  if (records.length === 0) return
+  await db.insertInto('audit_log')
+    .values(records.map(({ at, page_id: pageId, ...entry }) => ({ ...entry, page_id: pageId ?? '', created_at: at })))
+    .execute()
 }
 
 export interface AuditFilter {

@@ -36,7 +36,7 @@ t.test('entries older than AUDIT_RETENTION_DAYS are removed in batches, oldest f
   t.ok(maintenanceTasks.some((task) => task.name === 'remove_old_audit_entries'), 'the maintenance job runs it')
 })
 
-t.test('the listing: oldest first, by key, Page and time, page by page; an entry without a Page is kept under ''', async (t) => {
+t.test('the listing: oldest first, by key, Page and time, page by page; an entry without a Page is kept under an empty page_id', async (t) => {
   const a = await entries([3, 2, 1], 'shop-a')
   const b = await entries([2], 'shop-b')
   const { db } = a
