@@ -5,6 +5,7 @@ import { defaultRule, holds, maySee, type AccessRule } from '../domain/access.js
 import { GroupCommit } from '../db/group-commit.js'
 import { recordAudit, type AuditRecord } from '../domain/audit.js'
 import { notFound } from '../domain/errors.js'
+import { isPageId } from '../domain/ids.js'
 import { PROBLEM_CODES_LEAD } from '../schemas/common.js'
 import type { ProblemCode } from '../schemas/problems.js'
 import { sendProblem } from './errors.js'
@@ -25,6 +26,12 @@ const text = (bag: unknown, field: string): string | undefined => {
   const v = (bag as Bag)?.[field]
   return typeof v === 'string' ? v : undefined
 }
+
+// What an audit entry may hold of what the caller sent: ids of the forms the API accepts, nothing else
+// (a call refused as invalid carries its values unchecked).
+const RESOURCE_ID = /^[A-Za-z0-9._:-]{1,64}$/
+const pageIdOf = (value: string | undefined): string | undefined => value !== undefined && isPageId(value) ? value : undefined
+const resourceIdOf = (value: string | undefined): string | undefined => value !== undefined && RESOURCE_ID.test(value) ? value : undefined
 
 const ruleOf = (request: FastifyRequest): AccessRule => request.routeOptions.schema?.['x-access'] ?? defaultRule(request.method)
 const READS = new Set(['GET', 'HEAD', 'OPTIONS'])
@@ -112,17 +119,19 @@ async function access (app: FastifyInstance, opts: { writes: Set<Promise<void>> 
     const rule = ruleOf(request)
     const at = new Date()
     const write = (async () => {
-      let pageId = text(request.params, 'pageId') ?? text(request.body, 'page_id') ?? request.auditTarget?.page_id
+      let pageId = pageIdOf(text(request.params, 'pageId') ?? text(request.body, 'page_id') ?? request.auditTarget?.page_id)
       const ownerId = rule.owner ? text(rule.owner.in === 'params' ? request.params : request.body, rule.owner.field) : undefined
-      if (pageId === undefined && rule.owner && ownerId !== undefined) {
-        pageId = (await app.db.selectFrom(rule.owner.table).select('page_id').where('id', '=', ownerId).executeTakeFirst())?.page_id
+      // Only an id that passed validation is looked up (a 400 carries it unchecked).
+      if (pageId === undefined && rule.owner && ownerId !== undefined && reply.statusCode !== 400) {
+        pageId = (await app.db.selectFrom(rule.owner.table).select('page_id').where('id', '=', ownerId).executeTakeFirst()
+          .catch(() => undefined))?.page_id
       }
       await entries.submit({
         key_name: request.apiKey!.name,
         method: request.method,
         route: request.routeOptions.url!,
         page_id: pageId ?? null,
-        resource_id: text(request.params, 'id') ?? request.auditTarget?.resource_id ?? null,
+        resource_id: resourceIdOf(text(request.params, 'id') ?? request.auditTarget?.resource_id) ?? null,
         status: reply.statusCode,
         request_id: request.id,
         at,

@@ -209,7 +209,21 @@ t.test('the audit: admin keys only; one entry per changing call with the key\'s 
     const res = await app.inject({ method: 'GET', url: '/v1/audit', headers: bearer(secret) })
     t.same([res.statusCode, res.json().code], [403, 'forbidden'], 'not for a scoped or read-only key')
   }
-  const since = new Date().toISOString()
+  // Calls refused as invalid carry their values unchecked: the entry keeps ids of the API's forms only.
+  const junk = await app.inject({ method: 'POST', url: '/v1/topics', headers: bearer(SECRETS.ops), payload: { page_id: 'not-a-page-id', name: 1 } })
+  t.equal(junk.statusCode, 400)
+  const badId = await app.inject({ method: 'PATCH', url: '/v1/topics/not-a-uuid%00', headers: bearer(SECRETS.ops), payload: { name: 'x' } })
+  t.equal(badId.statusCode, 400)
+  await app.auditWritten()
+  const afterJunk = await app.inject({ method: 'GET', url: '/v1/audit?key_name=ops&limit=200', headers: auth })
+  t.equal(afterJunk.statusCode, 200, afterJunk.body.slice(0, 300))
+  t.match(afterJunk.json().items.slice(-2), [
+    { route: '/v1/topics', status: 400, page_id: null, resource_id: null },
+    { route: '/v1/topics/:id', status: 400, page_id: null, resource_id: null },
+  ], 'recorded, without the junk')
+  // Entries are timed to the millisecond: start past the last one.
+  const since = new Date(Date.now() + 1).toISOString()
+  while (Date.now() <= Date.parse(since)) await new Promise((resolve) => setImmediate(resolve))
   const topic = await app.inject({ method: 'POST', url: '/v1/topics', headers: bearer(SECRETS.shopA), payload: { page_id: s.pageA, name: 'Audited' } })
   t.equal(topic.statusCode, 201)
   const renamed = await app.inject({ method: 'PATCH', url: `/v1/topics/${topic.json().id}`, headers: bearer(SECRETS.ops), payload: { name: 'Audited 2' } })
