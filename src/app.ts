@@ -11,7 +11,8 @@ import { upsertPage } from './domain/pages.js'
 import { createGraphClient, type GraphClient } from './graph/client.js'
 import { instrumentGraphClient } from './graph/instrumented.js'
 import { versionStatus, versionWarning } from './graph/versions.js'
-import { apiKeyAuth } from './plugins/auth.js'
+import access from './plugins/access.js'
+import { v1KeyAuth } from './plugins/auth.js'
 import database from './plugins/database.js'
 import docs from './plugins/docs.js'
 import errors, { clientErrors, frameworkErrors, routeNotFound } from './plugins/errors.js'
@@ -27,6 +28,7 @@ import healthRoutes from './routes/health.js'
 import metricsRoutes from './routes/metrics.js'
 import notificationRoutes from './routes/notifications.js'
 import optinRequestRoutes from './routes/optin-requests.js'
+import auditRoutes from './routes/audit.js'
 import pageRoutes from './routes/pages.js'
 import subscriberRoutes from './routes/subscribers.js'
 import consentRoutes from './routes/consent.js'
@@ -46,6 +48,8 @@ declare module 'fastify' {
     notificationFinished: (n: Notification) => void
     /** Counts a signed delivery answered 200 and its events (otn_webhook_*_total); does nothing when metrics are off. */
     webhookReceived: (delivery: Delivery, duplicate: boolean) => void
+    /** Resolves when the audit entries of every answered request are written (tests; closing waits for them too). */
+    auditWritten: () => Promise<void>
   }
 }
 
@@ -143,8 +147,13 @@ export async function buildApp (config: Config, deps: AppDeps = {}): Promise<Fas
   await app.register(healthRoutes)
   if (register) await app.register(metricsRoutes)
   await app.register(webhookRoutes)
+  const auditWrites = new Set<Promise<void>>()
+  app.decorate('auditWritten', async () => { await Promise.all([...auditWrites]) })
+  app.addHook('preClose', async () => { await app.auditWritten() })
   await app.register(async (v1) => {
-    v1.addHook('onRequest', apiKeyAuth(config.apiKeys))
+    v1.addHook('onRequest', v1KeyAuth(config.apiKeys))
+    // The access rule and the audit of every /v1 route (docs/SECURITY.md), declared per route as x-access.
+    await v1.register(access, { writes: auditWrites })
     // An unknown /v1 path is a 404 only to a caller with a key: without one, 401 like every /v1 path.
     v1.setNotFoundHandler(routeNotFound)
     await v1.register(pageRoutes)
@@ -155,6 +164,7 @@ export async function buildApp (config: Config, deps: AppDeps = {}): Promise<Fas
     await v1.register(broadcastRoutes)
     await v1.register(optinRequestRoutes)
     await v1.register(eventRoutes)
+    await v1.register(auditRoutes)
   }, { prefix: '/v1' })
 
   scheduleMaintenance(app, maintenanceTasks)

@@ -3,6 +3,7 @@ import { Compile } from 'typebox/compile'
 import { DEFAULT_GRAPH_VERSION, VERSION_WARNING_DAYS } from './graph/versions.js'
 import { RECURRING_COOLDOWN_HOURS } from './domain/lifecycle.js'
 import { parseAllowedHosts } from './domain/event-addresses.js'
+import { parseApiKeys, type ApiKey } from './domain/access.js'
 
 const Int = (description: string, def: number, minimum: number, maximum: number) =>
   Type.Integer({ description, default: def, minimum, maximum })
@@ -16,7 +17,7 @@ export const EnvSchema = Type.Object({
   HOST: Type.String({ description: 'Address to listen on (0.0.0.0 in containers).', default: '127.0.0.1', minLength: 1 }),
   PORT: Int('TCP port to listen on.', 3000, 0, 65535),
   LOG_LEVEL: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)), { description: 'pino log level.', default: 'info' }),
-  API_KEYS: Type.String({ description: 'Comma-separated API keys accepted as "Authorization: Bearer <key>" on /v1 (each at least 8 characters; list several to rotate).', pattern: '^\\s*[^,\\s]{8,}\\s*(,\\s*[^,\\s]{8,}\\s*)*$' }),
+  API_KEYS: Type.String({ description: 'Comma-separated API keys accepted as "Authorization: Bearer <secret>" on /v1 (list several to rotate). Each entry is a bare secret (an admin key named key-<position>), or <name>:<secret>, optionally followed by scope parts :pages=<id>[+<id>...] (only those Pages) and :read-only (no changes); secrets are at least 8 characters without spaces, commas or colons (docs/SECURITY.md).', minLength: 1 }),
   META_APP_SECRET: Type.Optional(Type.String({ description: 'App Secret: verifies webhook signatures and signs appsecret_proof. Unset: webhook deliveries are refused (503).', minLength: 1 })),
   META_VERIFY_TOKEN: Type.Optional(Type.String({ description: 'Token Meta echoes in the webhook verification handshake. Unset: the handshake is refused.', minLength: 1 })),
   GRAPH_API_BASE_URL: Type.String({ description: 'Graph API origin; tests and the demo point it at the emulator.', default: 'https://graph.facebook.com', pattern: '^https?://[^/]+$' }),
@@ -41,6 +42,7 @@ export const EnvSchema = Type.Object({
   ERASURE_KEY: Type.Optional(Type.String({ description: 'Key of the digest an erasure leaves instead of the person\'s id, so that a webhook re-delivered after it is recognised (at least 16 characters; keep it at least 36 hours after an erasure). Unset: derived from META_APP_SECRET (docs/PRIVACY.md).', minLength: 16 })),
   WEBHOOK_BODY_RETENTION_DAYS: Int('Days a raw webhook body is kept (for audit and replay) before the maintenance task removes it; 0 keeps it forever (docs/PRIVACY.md).', 30, 0, 36500),
   MESSAGE_BODY_RETENTION_DAYS: Int('Days a notification\'s message is kept before the maintenance task empties it (the notification, its status and outcome stay); 0 keeps it forever (docs/PRIVACY.md).', 90, 0, 36500),
+  AUDIT_RETENTION_DAYS: Int('Days an audit entry (who changed what through /v1) is kept before the maintenance task removes it; 0 keeps it forever (docs/SECURITY.md).', 365, 0, 36500),
   RECOVERY_CONCURRENCY: Int('Sends lease recovery makes at once while it works through what crashed processes left (at most half of GRAPH_API_CONNECTIONS).', 32, 1, 1024),
   SHUTDOWN_TIMEOUT_MS: Int('Longest wait for in-flight requests on SIGTERM/SIGINT.', 10000, 100, 600000),
   RECURRING_COOLDOWN_HOURS: Type.Number({ description: 'Hours after a recurring notification before the same token may send again (Meta\'s 48-hour cooldown since September 2025, enforced here before calling Meta; docs/RECURRING.md). 0 leaves only the calendar period of the token\'s frequency.', default: RECURRING_COOLDOWN_HOURS, minimum: 0, maximum: 8760 }),
@@ -67,7 +69,7 @@ export const EnvSchema = Type.Object({
   METRICS_TOKEN: Type.Optional(Type.String({ description: 'When set, /metrics requires "Authorization: Bearer <token>" (at least 8 characters, no spaces). Unset: /metrics is open, like /healthz (keep it on an internal network).', pattern: '^\\S{8,}$' })),
 })
 
-export type Config = Static<typeof EnvSchema> & { apiKeys: string[] }
+export type Config = Static<typeof EnvSchema> & { apiKeys: ApiKey[] }
 
 export class ConfigError extends Error {
   constructor (public readonly problems: string[]) {
@@ -132,7 +134,10 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
       problems.push(`EVENTS_ALLOWED_HOSTS: ${(err as Error).message}`)
     }
   }
+  // One line per bad entry, naming it by position (never quoting a secret).
+  const keys = typeof raw.API_KEYS === 'string' ? parseApiKeys(raw.API_KEYS) : { keys: [], problems: [] }
+  for (const p of keys.problems) problems.push(`API_KEYS: ${p}. ${properties.API_KEYS.description}`)
   if (problems.length > 0) throw new ConfigError(problems)
   const config = raw as Static<typeof EnvSchema>
-  return { ...config, apiKeys: config.API_KEYS.split(',').map((k) => k.trim()) }
+  return { ...config, apiKeys: keys.keys }
 }

@@ -1,4 +1,5 @@
 import { vacuumChangedTables } from './db/embedded-vacuum.js'
+import { removeOldAuditEntries } from './domain/audit.js'
 import { recoverLeases } from './domain/recovery.js'
 import { removeOldEvents, removeOldMessageBodies, removeOldWebhookBodies } from './domain/retention.js'
 import { expireTokens } from './domain/token-store.js'
@@ -10,6 +11,7 @@ export const maintenanceTasks: MaintenanceTask[] = [
   { name: 'remove_old_webhook_bodies', run: ({ db, config }) => removeOldWebhookBodies(db, config.WEBHOOK_BODY_RETENTION_DAYS) },
   { name: 'remove_old_message_bodies', run: ({ db, config }) => removeOldMessageBodies(db, config.MESSAGE_BODY_RETENTION_DAYS) },
   { name: 'remove_old_events', run: ({ db, config }) => removeOldEvents(db, config.EVENTS_RETENTION_DAYS) },
+  { name: 'remove_old_audit_entries', run: ({ db, config }) => removeOldAuditEntries(db, config.AUDIT_RETENTION_DAYS) },
   {
     name: 'recover_leases',
     // Sends in flight at once: a share of the Graph connections, so recovery never starves live sends.

@@ -4,7 +4,11 @@ import { ConfigError, EnvSchema, loadConfig, minimumLeaseMs } from '../src/confi
 
 t.test('defaults fill in everything but API_KEYS', async (t) => {
   const config = loadConfig({ API_KEYS: 'key-one-123, key-two-456' })
-  t.same(config.apiKeys, ['key-one-123', 'key-two-456'])
+  t.same(config.apiKeys, [
+    { name: 'key-1', secret: 'key-one-123', pages: null, readOnly: false },
+    { name: 'key-2', secret: 'key-two-456', pages: null, readOnly: false },
+  ], 'bare keys are admin keys named by their position, as before scopes existed')
+  t.equal(config.AUDIT_RETENTION_DAYS, 365)
   t.equal(config.PORT, 3000)
   t.equal(config.HOST, '127.0.0.1')
   t.equal(config.PGLITE_DATA_DIR, './data/pglite')
@@ -24,9 +28,9 @@ t.test('each bad value gets its own line naming the variable', async (t) => {
     /^DATABASE_URL: must match pattern/,
     /^PORT: must be integer/,
     /^LOG_LEVEL: must be one of fatal, error, warn, info, debug, trace, silent/,
-    /^API_KEYS: must match pattern/,
     /^GRAPH_API_VERSION: must match pattern/,
     /^PAGE_ID and PAGE_ACCESS_TOKEN: set both or neither/,
+    /^API_KEYS: entry 1: a key is at least 8 characters/,
   ])
   const missing = t.throws(() => loadConfig({})) as ConfigError
   t.match(missing.problems, [/^API_KEYS: is required/])
@@ -68,4 +72,49 @@ t.test('events: safe defaults, short values for tests, bad values named', async 
   t.equal(loadConfig({ API_KEYS: 'key-one-123', EVENTS_ALLOWED_HOSTS: 'hooks.internal, 10.0.0.0/8' }).EVENTS_ALLOWED_HOSTS, 'hooks.internal, 10.0.0.0/8')
   const error = t.throws(() => loadConfig({ API_KEYS: 'key-one-123', EVENTS_ALLOWED_HOSTS: '10.0.0.0/40', EVENTS_MAX_ATTEMPTS: '0', EVENTS_ALLOW_HTTP: 'yes' })) as ConfigError
   t.match(error.problems, [/^EVENTS_ALLOW_HTTP: /, /^EVENTS_MAX_ATTEMPTS: /, /^EVENTS_ALLOWED_HOSTS: 10.0.0.0\/40: not an address range/])
+})
+
+t.test('API_KEYS: every form of entry, each with its name, Pages and rights', async (t) => {
+  const config = loadConfig({
+    API_KEYS: ' bare-secret-1 , ops:ops-secret-22, shop-a:shop-secret-a:pages=1001+1002,reports:report-secret:read-only,' +
+      'Shop_B.2:b-secret-xyz:read-only:pages=2002, mixed:m-secret-123:pages=3003:read-only',
+  })
+  t.same(config.apiKeys, [
+    { name: 'key-1', secret: 'bare-secret-1', pages: null, readOnly: false },
+    { name: 'ops', secret: 'ops-secret-22', pages: null, readOnly: false },
+    { name: 'shop-a', secret: 'shop-secret-a', pages: ['1001', '1002'], readOnly: false },
+    { name: 'reports', secret: 'report-secret', pages: null, readOnly: true },
+    { name: 'Shop_B.2', secret: 'b-secret-xyz', pages: ['2002'], readOnly: true },
+    { name: 'mixed', secret: 'm-secret-123', pages: ['3003'], readOnly: true },
+  ])
+})
+
+t.test('API_KEYS: a malformed entry stops start-up with a line naming it, never its secret', async (t) => {
+  const cases: Array<[string, RegExp]> = [
+    ['short', /^API_KEYS: entry 1: a key is at least 8 characters/],
+    ['good-key-123,,other-key-456', /^API_KEYS: entry 2 is empty/],
+    ['bad name!:secret-secret', /^API_KEYS: entry 1: the name before the first colon/],
+    [':secret-secret', /^API_KEYS: entry 1: the name before the first colon/],
+    ['shop:tiny', /^API_KEYS: entry 1 \(shop\): the secret is at least 8 characters/],
+    ['shop:secret-secret:pages=', /^API_KEYS: entry 1 \(shop\): pages= takes Page ids/],
+    ['shop:secret-secret:pages=12a', /^API_KEYS: entry 1 \(shop\): pages= takes Page ids/],
+    ['shop:secret-secret:pages=1+', /^API_KEYS: entry 1 \(shop\): pages= takes Page ids/],
+    ['shop:secret-secret:pages=1:pages=2', /^API_KEYS: entry 1 \(shop\): pages= is given twice/],
+    ['shop:secret-secret:read-only:read-only', /^API_KEYS: entry 1 \(shop\): read-only is given twice/],
+    ['shop:secret-secret:readonly', /^API_KEYS: entry 1 \(shop\): unknown scope "readonly"/],
+    ['shop:secret-secret:', /^API_KEYS: entry 1 \(shop\): unknown scope ""/],
+    ['a:secret-one-1,a:secret-two-2', /^API_KEYS: the name a is given to two keys/],
+    ['a:same-secret-1,b:same-secret-1', /^API_KEYS: key b: the same secret is listed twice/],
+    ['key-2:own-secret-1,bare-secret-2', /^API_KEYS: the name key-2 is given to two keys/],
+  ]
+  for (const [value, expected] of cases) {
+    const error = t.throws(() => loadConfig({ API_KEYS: value }), value) as ConfigError
+    t.type(error, ConfigError)
+    t.match(error.problems, [expected], value)
+    for (const secret of ['secret-secret', 'secret-one-1', 'secret-two-2', 'same-secret-1', 'own-secret-1', 'tiny']) {
+      if (value.includes(secret)) t.notOk(error.message.includes(secret), `${value}: the message does not quote the secret`)
+    }
+  }
+  const two = t.throws(() => loadConfig({ API_KEYS: 'short,x:y' })) as ConfigError
+  t.equal(two.problems.length, 2, 'every bad entry at once')
 })

@@ -24,6 +24,8 @@ export interface PagesTable {
   timezone: ColumnType<string, string | undefined, string>
   healthy: Generated<boolean>
   last_error: Json<GraphError & { at: string }> | null
+  /** The name of the API key that created it (migration 20261203010000); null: before that, or not by a key. */
+  created_by: ColumnType<string | null, string | null | undefined, never>
   created_at: CreatedAt
   updated_at: Timestamp
 }
@@ -34,6 +36,8 @@ export interface TopicsTable {
   name: string
   title: string
   payload: string
+  /** The name of the API key that created it (migration 20261203010000); null: before that, or not by a key. */
+  created_by: ColumnType<string | null, string | null | undefined, never>
   created_at: CreatedAt
   updated_at: Timestamp
 }
@@ -95,6 +99,8 @@ export interface NotificationsTable {
   http_status: number | null
   attempts: ColumnType<number, number | undefined, number>
   broadcast_id: string | null
+  /** The name of the API key that created it (migration 20261203010000); null: before that, or not by a key. */
+  created_by: ColumnType<string | null, string | null | undefined, never>
   created_at: CreatedAt
   updated_at: Timestamp
   completed_at: Timestamp | null
@@ -119,6 +125,8 @@ export interface OptinRequestsTable {
   kind: ColumnType<TokenKind, TokenKind | undefined, TokenKind>
   graph_message_id: string | null
   error: Json<GraphError> | null
+  /** The name of the API key that created it (migration 20261203010000); null: before that, or not by a key. */
+  created_by: ColumnType<string | null, string | null | undefined, never>
   created_at: CreatedAt
 }
 
@@ -159,6 +167,8 @@ export interface BroadcastsTable {
   send_at: Timestamp
   idempotency_key: string | null
   request_hash: string | null
+  /** The name of the API key that created it (migration 20261203010000); null: before that, or not by a key. */
+  created_by: ColumnType<string | null, string | null | undefined, never>
   created_at: CreatedAt
   updated_at: Timestamp
   started_at: Timestamp | null
@@ -268,6 +278,19 @@ export interface EventDeliveryAttemptsTable {
   error: string | null
 }
 
+export interface AuditLogTable {
+  id: Generated<string>
+  /** '' when the call named no Page the service knows. */
+  page_id: string
+  key_name: string
+  method: string
+  route: string
+  resource_id: string | null
+  status: number
+  request_id: string | null
+  created_at: CreatedAt
+}
+
 export interface DB {
   pages: PagesTable
   topics: TopicsTable
@@ -284,6 +307,7 @@ export interface DB {
   events: EventsTable
   event_deliveries: EventDeliveriesTable
   event_delivery_attempts: EventDeliveryAttemptsTable
+  audit_log: AuditLogTable
 }
 
 export type Page = Selectable<PagesTable>
@@ -293,3 +317,4 @@ export type NewOptinToken = Insertable<OptinTokensTable>
 export type Notification = Selectable<NotificationsTable>
 export type Broadcast = Selectable<BroadcastsTable>
 export type BroadcastRecipient = Selectable<BroadcastRecipientsTable>
+export type AuditEntry = Selectable<AuditLogTable>

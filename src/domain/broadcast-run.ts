@@ -170,6 +170,7 @@ export async function sendToRecipient (deps: RecipientDeps, b: Broadcast, r: Cla
       ...(b.tag !== null ? { tag: b.tag } : {}),
       idempotency_key: key,
       broadcast_id: b.id,
+      created_by: b.created_by,
       ...(b.audience_filter?.token_kind !== undefined && b.audience_filter.token_kind !== 'any' ? { token_kind: b.audience_filter.token_kind } : {}),
     })
     return await withReason(send.db, b, r, resultOf(deps, b, result.notification, r))

@@ -157,6 +157,8 @@ function requestHash (input: BroadcastInput, psids: string[] | undefined, filter
 
 export interface CreateOptions {
   idempotencyKey?: string
+  /** The name of the API key creating it (also on each of its notifications). */
+  createdBy?: string
   batchSize: number
   /** Runs inside the creating transaction, so the broadcast and its first job exist together or not at all. */
   enqueue: (trx: Database, broadcast: Broadcast) => Promise<void>
@@ -209,6 +211,7 @@ export async function createBroadcast (db: Database, input: BroadcastInput, opts
       planned_at: psids ? now : null,
       idempotency_key: opts.idempotencyKey ?? null,
       request_hash: hash,
+      created_by: opts.createdBy ?? null,
     }).onConflict((oc) => oc.columns(['page_id', 'idempotency_key']).doNothing())
       .returningAll().executeTakeFirst()
     if (!b) return undefined
@@ -264,11 +267,14 @@ export interface BroadcastFilter {
   state?: BroadcastState
   limit?: number
   cursor?: string
+  /** Only broadcasts of these Pages (a key's); null or undefined: all. */
+  pages?: readonly string[] | null
 }
 
 /** Oldest first, keyset-paginated like every list. */
 export async function listBroadcasts (db: Database, f: BroadcastFilter): Promise<{ items: BroadcastView[], next_cursor: string | null }> {
   let q = db.selectFrom('broadcasts').selectAll().where(afterCursor('broadcasts', f.cursor))
+  if (f.pages) q = q.where('page_id', 'in', f.pages.length > 0 ? [...f.pages] : [''])
   if (f.topic_id !== undefined) q = q.where('topic_id', '=', f.topic_id)
   if (f.state !== undefined) q = q.where('state', '=', f.state)
   const limit = f.limit ?? PAGE_SIZE

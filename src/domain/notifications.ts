@@ -46,6 +46,10 @@ export interface NotificationInput extends Labelling {
   /** Same key and body: the stored result, nothing sent again. Same key, other body: refused. */
   idempotency_key?: string
   broadcast_id?: string
+  /** The name of the API key that asked for the send (the notification's created_by); not part of the request's hash. */
+  created_by?: string | null
+  /** The Pages the caller may send for (an API key's); a topic of another Page is not found. Null or undefined: every Page. */
+  pages?: readonly string[] | null
 }
 
 /** The hash an Idempotency-Key stands for: the request with its defaults applied. */
@@ -76,11 +80,14 @@ export interface NotificationFilter {
   created_before?: string
   limit?: number
   cursor?: string
+  /** Only notifications of these Pages (a key's); null or undefined: all. */
+  pages?: readonly string[] | null
 }
 
 /** Oldest first, keyset-paginated: a walk through the pages never skips a row, even while sends go on. */
 export async function listNotifications (db: Database, f: NotificationFilter) {
   let q = db.selectFrom('notifications').selectAll().where(afterCursor('notifications', f.cursor))
+  if (f.pages) q = q.where('page_id', 'in', f.pages.length > 0 ? [...f.pages] : [''])
   if (f.topic_id !== undefined) q = q.where('topic_id', '=', f.topic_id)
   if (f.page_id !== undefined) q = q.where('page_id', '=', f.page_id)
   if (f.psid !== undefined) q = q.where('psid', '=', f.psid)

@@ -101,7 +101,8 @@ function template (kind: TokenKind, title: string, payload: string, input: Optin
  * that go to Meta are recorded with their kind and outcome; refusals decided here (window closed,
  * throttled, bad time zone) send nothing and record nothing.
  */
-export async function requestOptin (deps: OptinRequestDeps, topicId: string, input: OptinRequestInput): Promise<OptinRequestView> {
+/** `createdBy`: the name of the API key asking (the request's created_by). */
+export async function requestOptin (deps: OptinRequestDeps, topicId: string, input: OptinRequestInput, createdBy?: string): Promise<OptinRequestView> {
   const { db } = deps
   const kind: TokenKind = input.kind ?? 'one_time_notif'
   const topic = await db.selectFrom('topics').select(['id', 'page_id', 'title', 'payload']).where('id', '=', topicId).executeTakeFirst()
@@ -119,7 +120,7 @@ export async function requestOptin (deps: OptinRequestDeps, topicId: string, inp
       'Meta lets a Page ask for an opt-in only within 24 hours of the person\'s last message; this person has not written since.')
   }
   const title = input.title ?? topic.title
-  const values = { topic_id: topic.id, page_id: topic.page_id, psid: input.psid, title, payload: topic.payload, kind }
+  const values = { topic_id: topic.id, page_id: topic.page_id, psid: input.psid, title, payload: topic.payload, kind, created_by: createdBy ?? null }
   const row = kind === 'notification_messages' ? await reserveWeek(db, values) : await reserveSlot(deps, values)
 
   const outcome = await deps.graph.sendMessage({ id: page.id, accessToken: page.access_token }, {

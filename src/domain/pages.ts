@@ -36,10 +36,11 @@ export function pageView (page: Page): PageView {
  * Registers or updates a Page; a new access token clears the Page's last Graph error. `timezone`
  * (IANA, validated: invalid_timezone) is UTC on a new Page and kept when omitted on an update.
  */
-export async function upsertPage (db: Database, id: string, input: { name: string, access_token?: string, broadcast_rate_per_second?: number | null, timezone?: string }): Promise<{ page: Page, created: boolean }> {
+/** `createdBy`: the name of the API key registering it (kept from the first registration). */
+export async function upsertPage (db: Database, id: string, input: { name: string, access_token?: string, broadcast_rate_per_second?: number | null, timezone?: string }, createdBy?: string): Promise<{ page: Page, created: boolean }> {
   const zone = input.timezone !== undefined ? await timeZone(db, input.timezone) : undefined
   const row = await db.insertInto('pages')
-    .values({ id, name: input.name, access_token: input.access_token ?? null, broadcast_rate_per_second: input.broadcast_rate_per_second ?? null, ...(zone !== undefined ? { timezone: zone } : {}) })
+    .values({ id, name: input.name, access_token: input.access_token ?? null, broadcast_rate_per_second: input.broadcast_rate_per_second ?? null, ...(zone !== undefined ? { timezone: zone } : {}), created_by: createdBy ?? null })
     .onConflict((oc) => oc.column('id').doUpdateSet((eb) => ({
       name: eb.ref('excluded.name'),
       updated_at: sql`now()`,
@@ -62,9 +63,11 @@ export async function getPage (db: Database, id: string): Promise<Page> {
   return page
 }
 
-export async function listPages (db: Database, limit: number = PAGE_SIZE, cursor?: string) {
-  const rows = await db.selectFrom('pages').selectAll()
-    .where(afterCursor('pages', cursor))
+/** `pages`: only these (a key's Pages); null or undefined: all. */
+export async function listPages (db: Database, limit: number = PAGE_SIZE, cursor?: string, pages?: readonly string[] | null) {
+  let query = db.selectFrom('pages').selectAll().where(afterCursor('pages', cursor))
+  if (pages) query = query.where('id', 'in', pages.length > 0 ? [...pages] : [''])
+  const rows = await query
     .orderBy('created_at').orderBy('id').limit(limit + 1)
     .execute()
   return pageOf(rows, limit)

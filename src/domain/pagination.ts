@@ -10,7 +10,7 @@ function encodeCursor (at: Date, id: string): string {
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
 // What each listed table's id looks like; a cursor naming another is not one of ours.
-const idForms: Record<string, (id: string) => boolean> = { pages: isPageId, consent_history: (id) => /^\d{1,19}$/.test(id) }
+const idForms: Record<string, (id: string) => boolean> = { pages: isPageId, consent_history: (id) => /^\d{1,19}$/.test(id), audit_log: (id) => /^\d{1,19}$/.test(id) }
 const isUuid = (id: string): boolean => UUID.test(id)
 
 // Every time this service writes is after 1970 and before 10000: a cursor beyond is forged, and

@@ -100,25 +100,26 @@ export async function startSends (db: Database, leaseSeconds: number, items: Sta
         ${col((i) => i.input.use_window ?? true)}::boolean[], ${col((i) => i.input.idempotency_key ?? null)}::text[],
         ${col((i) => i.hash)}::text[], ${col((i) => i.input.broadcast_id ?? null)}::uuid[],
         ${col((i) => i.input.messaging_type ?? 'UPDATE')}::text[], ${col((i) => i.input.tag ?? null)}::text[],
-        ${col((i) => i.input.token_kind ?? null)}::text[]
+        ${col((i) => i.input.token_kind ?? null)}::text[], ${col((i) => i.input.created_by ?? null)}::text[],
+        ${col((i) => i.input.pages ? i.input.pages.join(',') : null)}::text[]
       ) with ordinality as r(id, topic_id, psid, message, notification_type, use_window, idempotency_key, request_hash, broadcast_id,
-                             messaging_type, tag, token_kind, ord)
+                             messaging_type, tag, token_kind, created_by, pages, ord)
       limit ${items.length} -- every row (why: startSends)
     ), ctx as (
       select r.id, r.psid, r.token_kind, t.id as topic_id, t.page_id, t.payload, p.access_token,
              r.use_window and coalesce(s.last_interaction_at > now() - make_interval(secs => ${WINDOW_MS / 1000}), false) as window_open,
              (select n.id from notifications n where n.page_id = t.page_id and n.idempotency_key = r.idempotency_key) as existing_id
         from input r
-        join topics t on t.id = r.topic_id
+        join topics t on t.id = r.topic_id and (r.pages is null or t.page_id = any (string_to_array(r.pages, ',')))
         join pages p on p.id = t.page_id
         left join subscribers s on s.page_id = t.page_id and s.psid = r.psid
     ), go as (
       select * from ctx where existing_id is null and access_token is not null
     ), ${claimForStarts('go', leaseSeconds, cooldownSeconds)}, inserted as (
       insert into notifications (id, page_id, topic_id, psid, message, notification_type, use_window, idempotency_key, request_hash,
-                                 broadcast_id, messaging_type, tag, token_kind, route, attempts, token_id, status, error, completed_at)
+                                 broadcast_id, messaging_type, tag, token_kind, created_by, route, attempts, token_id, status, error, completed_at)
       select r.id, go.page_id, go.topic_id, r.psid, r.message, r.notification_type, r.use_window, r.idempotency_key, r.request_hash,
-             r.broadcast_id, r.messaging_type, r.tag, r.token_kind,
+             r.broadcast_id, r.messaging_type, r.tag, r.token_kind, r.created_by,
              case when go.window_open then 'window' when c.kind = 'notification_messages' or cl.until is not null then 'recurring' else 'token' end,
              case when go.window_open or c.id is not null then 1 else 0 end,
              c.id,

@@ -75,7 +75,8 @@ function defaultTitle (name: string): string {
   return name.slice(0, TITLE_MAX)
 }
 
-export async function createTopic (db: Database, input: { page_id: string, name: string, title?: string, payload?: string }): Promise<TopicWithCounts> {
+/** `createdBy`: the name of the API key creating it. */
+export async function createTopic (db: Database, input: { page_id: string, name: string, title?: string, payload?: string }, createdBy?: string): Promise<TopicWithCounts> {
   if (input.payload !== undefined && !isPayload(input.payload)) {
     throw new DomainError('invalid_payload',
       `A payload is 1 to ${PAYLOAD_MAX_CHARS} characters and at most ${PAYLOAD_MAX_BYTES} bytes in UTF-8.`)
@@ -88,6 +89,7 @@ export async function createTopic (db: Database, input: { page_id: string, name:
       name: input.name,
       title: input.title ?? defaultTitle(input.name),
       payload,
+      created_by: createdBy ?? null,
     }).returning('id').executeTakeFirstOrThrow()
     return await getTopic(db, id)
   } catch (error) {
@@ -101,11 +103,13 @@ export async function getTopic (db: Database, id: string): Promise<TopicWithCoun
   return topic
 }
 
-export interface TopicFilter { page_id?: string, name?: string, limit?: number, cursor?: string }
+/** `pages`: only topics of these Pages (a key's); null or undefined: all. */
+export interface TopicFilter { page_id?: string, name?: string, limit?: number, cursor?: string, pages?: readonly string[] | null }
 
 export async function listTopics (db: Database, filter: TopicFilter) {
   let query = withCounts(db).where(afterCursor('topics', filter.cursor))
   if (filter.page_id !== undefined) query = query.where('topics.page_id', '=', filter.page_id)
+  if (filter.pages) query = query.where('topics.page_id', 'in', filter.pages.length > 0 ? [...filter.pages] : [''])
   if (filter.name !== undefined) query = query.where(sql`lower(topics.name)`, '=', filter.name.toLowerCase())
   const limit = filter.limit ?? PAGE_SIZE
   const rows = await query.orderBy('topics.created_at').orderBy('topics.id').limit(limit + 1).execute()

@@ -96,7 +96,7 @@ export default fp(async (app) => {
       info: { ...openApiInfo, license: { name: 'Proprietary: the service\'s own; ask its owners', identifier: 'LicenseRef-Proprietary' } },
       servers: [{ url: 'http://127.0.0.1:3000', description: 'npm start on this machine (HOST, PORT)' }],
       components: {
-        securitySchemes: { apiKey: { type: 'http', scheme: 'bearer', description: 'A key from API_KEYS.' } },
+        securitySchemes: { apiKey: { type: 'http', scheme: 'bearer', description: 'A key from API_KEYS. A key may be limited to some Pages (their resources only; others answer 404 as if absent) and to reading (a change answers 403 forbidden); each operation\'s x-access says what it needs (docs/SECURITY.md).' } },
       },
       tags: [
         { name: 'pages', description: 'Facebook Pages the service sends for' },
@@ -106,6 +106,7 @@ export default fp(async (app) => {
         { name: 'notifications', description: 'Sending the one follow-up message' },
         { name: 'broadcasts', description: 'One message on a topic to everyone who opted in, now or later' },
         { name: 'events', description: 'Outbound events to client apps: subscriptions, deliveries, redelivery (docs/EVENTS.md). Each event payload is a component schema named Event_<type>.' },
+        { name: 'audit', description: 'Who changed what through /v1 (admin keys only)' },
         { name: 'webhooks', description: 'Meta webhook deliveries' },
         { name: 'operations', description: 'Health, readiness and metrics' },
       ],

@@ -19,7 +19,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
       operationId: 'getConsentHistory',
       summary: "A person's consent history, oldest first: opt-ins, stops, what became of each token, what was sent (never a message or a token)",
       description: 'An empty list when the service holds nothing about the person; after an erasure, its `erased` entry (and what came after it).',
-      tags, security, params: SubscriberParamsSchema, querystring: HistoryQuerySchema,
+      tags, security, 'x-access': { rights: 'read' }, params: SubscriberParamsSchema, querystring: HistoryQuerySchema,
       response: { 200: named(HistoryListSchema, 'A page of entries, oldest first'), ...problems(...API_PROBLEMS, 'page_not_found', 'topic_not_found', 'invalid_cursor') },
     },
   }, async (request) => {
@@ -34,7 +34,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
       operationId: 'exportSubscriber',
       summary: 'Everything the service holds about a person on a Page, in one document: subscriber, tokens (masked), history, notifications with their messages, opt-in requests',
       description: 'Empty lists (and a null subscriber) when the service holds nothing about the person.',
-      tags, security, params: SubscriberParamsSchema,
+      tags, security, 'x-access': { rights: 'read' }, params: SubscriberParamsSchema,
       response: { 200: named(ConsentExportSchema, 'The person\'s data'), ...problems(...API_PROBLEMS, 'page_not_found') },
     },
   }, async (request) => {
@@ -48,7 +48,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
       summary: 'Erase a person on a Page in one transaction: tokens, subscriber, notifications, opt-in requests, raw webhook bodies that mention them, their history but one `erased` entry',
       description: 'Answers what was erased, by table. A webhook event about the person older than the erasure is not recorded again; a newer opt-in is new consent. ' +
         'A person the service holds nothing about is erased all the same (zeros). What Meta holds is not erased (docs/PRIVACY.md).',
-      tags, security, params: SubscriberParamsSchema,
+      tags, security, 'x-access': { rights: 'write' }, params: SubscriberParamsSchema,
       response: { 200: named(ErasureSchema, 'What was erased, by table'), ...problems(...API_PROBLEMS, 'page_not_found') },
     },
   }, async (request) => {

@@ -26,7 +26,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
 
   app.post('/event-subscriptions', {
     schema: {
-      operationId: 'createEventSubscription',
+      operationId: 'createEventSubscription', 'x-access': { rights: 'admin' },
       summary: 'Subscribe a URL to events; the answer holds the signing secret, shown only here',
       tags, security, body: CreateEventSubscriptionBodySchema,
       response: { 201: named(EventSubscriptionWithSecretSchema, 'Created, with its secret'), ...problems(...API_PROBLEMS, ...BODY_PROBLEMS, ...URL_PROBLEMS) },
@@ -38,7 +38,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
 
   app.get('/event-subscriptions', {
     schema: {
-      operationId: 'listEventSubscriptions', summary: 'List event subscriptions, oldest first (never their secrets)', tags, security,
+      operationId: 'listEventSubscriptions', 'x-access': { rights: 'admin' }, summary: 'List event subscriptions, oldest first (never their secrets)', tags, security,
       querystring: EventSubscriptionListQuerySchema,
       response: { 200: named(EventSubscriptionListSchema, 'A page of subscriptions'), ...problems(...API_PROBLEMS, 'invalid_cursor') },
     },
@@ -49,14 +49,14 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
 
   app.get('/event-subscriptions/:id', {
     schema: {
-      operationId: 'getEventSubscription', summary: 'Read an event subscription (never its secret)', tags, security, params: IdParamsSchema,
+      operationId: 'getEventSubscription', 'x-access': { rights: 'admin' }, summary: 'Read an event subscription (never its secret)', tags, security, params: IdParamsSchema,
       response: { 200: named(EventSubscriptionSchema, 'The subscription'), ...problems(...API_PROBLEMS, 'event_subscription_not_found') },
     },
   }, async (request) => subscriptionView(await getSubscription(app.db, request.params.id)))
 
   app.patch('/event-subscriptions/:id', {
     schema: {
-      operationId: 'updateEventSubscription', summary: 'Change an event subscription\'s url, events, Page filter, description, include_message or enabled',
+      operationId: 'updateEventSubscription', 'x-access': { rights: 'admin' }, summary: 'Change an event subscription\'s url, events, Page filter, description, include_message or enabled',
       tags, security, params: IdParamsSchema, body: UpdateEventSubscriptionBodySchema,
       response: { 200: named(EventSubscriptionSchema, 'Updated'), ...problems(...API_PROBLEMS, ...BODY_PROBLEMS, ...URL_PROBLEMS, 'event_subscription_not_found', 'empty_update') },
     },
@@ -64,7 +64,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
 
   app.delete('/event-subscriptions/:id', {
     schema: {
-      operationId: 'deleteEventSubscription', summary: 'Delete an event subscription with its deliveries', tags, security, params: IdParamsSchema,
+      operationId: 'deleteEventSubscription', 'x-access': { rights: 'admin' }, summary: 'Delete an event subscription with its deliveries', tags, security, params: IdParamsSchema,
       response: { 204: Type.Null({ description: 'Deleted' }), ...problems(...API_PROBLEMS, 'event_subscription_not_found') },
     },
   }, async (request, reply) => {
@@ -74,7 +74,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
 
   app.post('/event-subscriptions/:id/rotate-secret', {
     schema: {
-      operationId: 'rotateEventSubscriptionSecret',
+      operationId: 'rotateEventSubscriptionSecret', 'x-access': { rights: 'admin' },
       summary: 'Issue a new signing secret; the previous one also signs for EVENTS_SECRET_GRACE_HOURS',
       tags, security, params: IdParamsSchema,
       response: { 200: named(EventSubscriptionWithSecretSchema, 'The subscription with its new secret, shown only here'), ...problems(...API_PROBLEMS, 'event_subscription_not_found') },
@@ -86,7 +86,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
 
   app.get('/event-subscriptions/:id/deliveries', {
     schema: {
-      operationId: 'listEventDeliveries', summary: 'A subscription\'s deliveries, oldest first, with their attempts (status, duration, response code) and next retry',
+      operationId: 'listEventDeliveries', 'x-access': { rights: 'admin' }, summary: 'A subscription\'s deliveries, oldest first, with their attempts (status, duration, response code) and next retry',
       tags, security, params: IdParamsSchema, querystring: DeliveryQuerySchema,
       response: { 200: named(EventDeliveryListSchema, 'A page of deliveries'), ...problems(...API_PROBLEMS, 'event_subscription_not_found', 'invalid_cursor') },
     },
@@ -94,7 +94,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
 
   app.post('/event-subscriptions/:id/test', {
     schema: {
-      operationId: 'testEventSubscription', summary: 'Send a ping event to the subscription (delivered, signed and retried like any event)',
+      operationId: 'testEventSubscription', 'x-access': { rights: 'admin' }, summary: 'Send a ping event to the subscription (delivered, signed and retried like any event)',
       tags, security, params: IdParamsSchema,
       response: { 202: Type.Object(PingAnswerSchema.properties, { description: 'Queued' }), ...problems(...API_PROBLEMS, 'event_subscription_not_found', 'event_subscription_disabled') },
     },
@@ -102,7 +102,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
 
   app.post('/events/:id/redeliver', {
     schema: {
-      operationId: 'redeliverEvent',
+      operationId: 'redeliverEvent', 'x-access': { rights: 'admin' },
       summary: 'Deliver an event again (same webhook-id) to the subscriptions that had it, or to one',
       tags, security, params: IdParamsSchema, body: RedeliverBodySchema,
       response: {

@@ -20,7 +20,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
         'next_request_at); the one-time interval does not apply to them. The recurring options with kind one_time_notif are a 400. ' +
         'Every request sent to Meta is recorded with its kind; Meta\'s refusals come back with `graph` (613/1893016 → 429), a lost ' +
         'answer is 504 graph_unconfirmed and still counts toward the throttle.',
-      tags, security,
+      tags, security, 'x-access': { rights: 'write', owner: { table: 'topics', in: 'params', field: 'id', what: 'topic' } },
       params: OptinRequestParamsSchema, body: CreateOptinRequestBodySchema,
       response: { 201: named(OptinRequestSchema, 'Sent: the person sees the Notify Me request'), ...problems(...API_PROBLEMS, ...BODY_PROBLEMS, 'topic_not_found', 'page_not_found', 'page_without_access_token', 'window_closed', 'optin_request_throttled', 'invalid_timezone', 'recurring_optin_weekly_limit', 'graph_optin_restricted', 'graph_request_invalid', 'graph_message_refused', 'graph_rate_limited', 'graph_recipient_invalid', 'graph_topic_stopped', 'graph_person_unavailable', 'graph_page_restricted', 'graph_page_token_invalid', 'graph_permission_missing', 'graph_error', 'graph_temporary', 'graph_unreachable', 'graph_unconfirmed') },
     },
@@ -32,7 +32,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
         return sendProblem(reply, 400, 'validation_failed', errors.map((e) => `${e.field}: ${e.message}`).join('; '), { errors })
       }
     }
-    const sent = await requestOptin({ db: app.db, graph: app.graph, config: app.config }, request.params.id, request.body)
+    const sent = await requestOptin({ db: app.db, graph: app.graph, config: app.config }, request.params.id, request.body, request.apiKey?.name)
     return reply.code(201).send(sent)
   })
 }

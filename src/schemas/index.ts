@@ -1,3 +1,4 @@
+import { AuditEntrySchema, AuditListSchema } from './audit.js'
 import { BroadcastListSchema, BroadcastSchema, EstimateSchema } from './broadcasts.js'
 import { ProblemSchema } from './common.js'
 import { EventDeliveryListSchema, EventDeliverySchema, EventSchemas, EventSubscriptionListSchema, EventSubscriptionSchema, EventSubscriptionWithSecretSchema } from './events.js'
@@ -16,7 +17,7 @@ import { WebhookReceiptSchema } from './webhooks.js'
 export const sharedSchemas = [
   ProblemSchema, PageSchema, PageListSchema, TopicSchema, TopicListSchema, DeletedTopicSchema, SubscriberSchema,
   NotificationSchema, NotificationListSchema, BroadcastSchema, EstimateSchema, BroadcastListSchema, OptinRequestSchema, WebhookReceiptSchema,
-  HistoryEntrySchema, HistoryListSchema, ConsentExportSchema, ErasureSchema,
+  HistoryEntrySchema, HistoryListSchema, ConsentExportSchema, ErasureSchema, AuditEntrySchema, AuditListSchema,
   EventSubscriptionSchema, EventSubscriptionWithSecretSchema, EventSubscriptionListSchema, EventDeliverySchema, EventDeliveryListSchema,
   ...EventSchemas,
 ]

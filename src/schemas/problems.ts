@@ -5,7 +5,7 @@ type HttpCode =
   | 'unauthorized' | 'verification_failed' | 'invalid_signature' | 'validation_failed' | 'route_not_found' | 'bad_request' | 'bad_url'
   | 'path_parameter_too_long' | 'body_too_large' | 'unsupported_media_type' | 'invalid_content_length' | 'invalid_json'
   | 'invalid_characters' | 'invalid_value' | 'value_too_long' | 'database_unavailable' | 'migrations_pending' | 'internal_error'
-  | 'body_too_deep' | 'request_timeout' | 'headers_too_large' | 'malformed_request'
+  | 'body_too_deep' | 'request_timeout' | 'headers_too_large' | 'malformed_request' | 'forbidden'
 
 export type ProblemCode = DomainCode | HttpCode
 
@@ -34,7 +34,7 @@ export const PROBLEMS: Record<ProblemCode, ProblemKind> = {
   invalid_value: problem(400), value_too_long: problem(400), body_too_deep: problem(400), malformed_request: problem(400),
   invalid_timezone: problem(400), audience_range_empty: problem(400), audience_with_psids: problem(400),
   request_timeout: problem(408, true), headers_too_large: problem(431),
-  unauthorized: problem(401), invalid_signature: problem(401), verification_failed: problem(403),
+  unauthorized: problem(401), invalid_signature: problem(401), verification_failed: problem(403), forbidden: problem(403),
   page_without_access_token: problem(409), window_closed: problem(409), topic_name_taken: problem(409),
   topic_payload_taken: problem(409), topic_has_tokens: problem(409), page_has_topics: problem(409), broadcast_completed: problem(409),
   no_token: problem(409), idempotency_in_progress: problem(409, true),

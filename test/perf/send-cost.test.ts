@@ -40,3 +40,20 @@ t.test('a token send is two statements; a window send two; no token one', async 
   t.equal(statements.length, 2, 'a replay: the first statement finds the key and inserts nothing, then the stored notification is read')
   t.equal(w.emulator.requests.length, 2, 'two messages went to Meta in all')
 })
+
+t.test('a send by a key limited to some Pages is still two statements, its created_by in the insert; another Page\'s topic is not found by the first', async (t) => {
+  const w = await world(t)
+  const { counted: db, statements } = countStatements(w.db)
+  const deps = sendDeps(t, w, db)
+  const psid = newPsid()
+  await giveTokens(w, psid, 1)
+  statements.length = 0
+  const sent = await sendNotification(deps, { topic_id: w.topic.id, psid, message: { text: 'scoped' }, created_by: 'shop-a', pages: ['1', w.pageId] })
+  t.match(sent, { code: 'sent', notification: { status: 'sent', route: 'token', created_by: 'shop-a' } })
+  t.equal(statements.length, 2, `scoped token route: ${statements.join(', ')}`)
+
+  statements.length = 0
+  await t.rejects(sendNotification(deps, { topic_id: w.topic.id, psid, message: { text: 'foreign' }, pages: ['1'] }), { code: 'topic_not_found' })
+  t.equal(statements.length, 1, 'a topic of another Page: one statement, nothing written')
+  t.equal(w.emulator.requests.length, 1, 'nothing more went to Meta')
+})
