@@ -11,7 +11,7 @@ import { buildApp } from '../src/app.js'
 import { openDatabase } from '../src/db/database.js'
 import { JOB_QUEUE_SCHEMA } from '../src/db/job-queue-schema.js'
 import { explainDatabaseError, explainListenError, missingSettingsWarning, readEnvironment } from '../src/startup.js'
-import { databaseKind, testConfig } from './helper.js'
+import { databaseKind, TEST_ENCRYPTION_KEYS, testConfig } from './helper.js'
 
 // What a newcomer and an operator see at start-up: .env read, what will not work named, and the
 // failures they can fix ended with one line and an exit code. The process tests run the real entry
@@ -130,14 +130,14 @@ t.test('a refused or missing database ends start-up with one line and exit 69, f
   const refused = `postgres://otn@127.0.0.1:${port}/otn`
   for (const entry of ['src/server.ts', 'src/cli/migrate.ts']) {
     const program = entry.endsWith('migrate.ts') ? 'otn-service migrate' : 'otn-service'
-    const proc = run(entry, { API_KEYS: 'db-test-key-01234', DATABASE_URL: refused })
+    const proc = run(entry, { API_KEYS: 'db-test-key-01234', DATABASE_URL: refused, ENCRYPTION_KEYS: TEST_ENCRYPTION_KEYS })
     t.equal(await proc.exited, 69, entry)
     t.equal(proc.stderr(), `${program}: cannot reach Postgres at ${refused}: connection refused: is it running, and listening on that host and port?\n`)
   }
   if (databaseKind === 'postgres') {
     const url = new URL(process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres')
     url.pathname = '/otn_missing_database_for_test'
-    const proc = run('src/server.ts', { API_KEYS: 'db-test-key-01234', DATABASE_URL: url.toString() })
+    const proc = run('src/server.ts', { API_KEYS: 'db-test-key-01234', DATABASE_URL: url.toString(), ENCRYPTION_KEYS: TEST_ENCRYPTION_KEYS })
     t.equal(await proc.exited, 69)
     t.equal(proc.stderr(), `otn-service: Postgres at ${url}: database "otn_missing_database_for_test" does not exist; create it (CREATE DATABASE "otn_missing_database_for_test") or correct DATABASE_URL\n`)
   }

@@ -7,6 +7,7 @@
  */
 import { sql } from 'kysely'
 import type { Database } from '../db/database.js'
+import { openSecret } from '../crypto/secret-box.js'
 import { GroupCommit } from '../db/group-commit.js'
 import type { Notification } from '../db/types.js'
 import type { GraphError } from '../graph/errors.js'
@@ -158,7 +159,7 @@ function startedOf (row: StartRow): Started {
     claim_kind: kind, claim_token: token, claim_expires_at: expires, claim_lease_expires_at: lease, ...inserted
   } = row
   if (topicId === null) return {}
-  const context: SendContext = { topic_id: topicId, page_id: pageId!, payload: payload!, access_token: accessToken, existing_id: existingId }
+  const context: SendContext = { topic_id: topicId, page_id: pageId!, payload: payload!, access_token: accessToken === null ? null : openSecret('pages.access_token', accessToken), existing_id: existingId }
   if (inserted.id == null) return { context }
   const n = inserted as Notification
   if (n.status !== 'pending' || token === null) return { context, n }
