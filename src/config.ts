@@ -143,7 +143,7 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
   // The same for the encryption keys: by position and id, never the key.
   const encryption = typeof raw.ENCRYPTION_KEYS === 'string' ? parseEncryptionKeys(raw.ENCRYPTION_KEYS) : { keys: [], problems: [] }
   for (const p of encryption.problems) problems.push(`ENCRYPTION_KEYS: ${p}. ${properties.ENCRYPTION_KEYS.description}`)
-  if (typeof raw.DATABASE_URL === 'string' && raw.ENCRYPTION_KEYS === undefined && raw.ALLOW_PLAINTEXT_SECRETS !== true) {
+  if (typeof raw.DATABASE_URL === 'string' && checks.DATABASE_URL.Check(raw.DATABASE_URL) && raw.ENCRYPTION_KEYS === undefined && raw.ALLOW_PLAINTEXT_SECRETS !== true) {
     problems.push('ENCRYPTION_KEYS: is required with DATABASE_URL, so that Page access tokens and event signing secrets are not stored in plaintext ' +
       '(set ALLOW_PLAINTEXT_SECRETS=true to start without it, for development only). ' + properties.ENCRYPTION_KEYS.description)
   }

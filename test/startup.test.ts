@@ -143,6 +143,34 @@ t.test('a refused or missing database ends start-up with one line and exit 69, f
   }
 })
 
+t.test('the service refuses Postgres without ENCRYPTION_KEYS: one line and exit 78; ALLOW_PLAINTEXT_SECRETS=true lets it start with a warning', async (t) => {
+  const proc = run('src/server.ts', { API_KEYS: 'db-test-key-01234', DATABASE_URL: 'postgres://otn@127.0.0.1:1/otn' })
+  t.equal(await proc.exited, 78)
+  t.match(proc.stderr(), /^otn-service: Invalid configuration:\n {2}- ENCRYPTION_KEYS: is required with DATABASE_URL, so that Page access tokens and event signing secrets are not stored in plaintext \(set ALLOW_PLAINTEXT_SECRETS=true to start without it, for development only\)\. .*\nSee \.env\.example/)
+  if (databaseKind !== 'postgres') return
+  const url = process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
+  const name = `otn_plain_${randomBytes(4).toString('hex')}`
+  const admin = new pg.Client({ connectionString: url })
+  await admin.connect()
+  await admin.query(`create database ${name}`)
+  await admin.end()
+  t.teardown(async () => {
+    const c = new pg.Client({ connectionString: url })
+    await c.connect()
+    await c.query(`drop database if exists ${name} with (force)`)
+    await c.end()
+  })
+  const at = new URL(url)
+  at.pathname = `/${name}`
+  const allowed = run('src/server.ts', { API_KEYS: 'db-test-key-01234', DATABASE_URL: at.toString(), ALLOW_PLAINTEXT_SECRETS: 'true', PORT: '0' })
+  t.teardown(() => { if (allowed.child.exitCode === null) allowed.child.kill('SIGKILL') })
+  const warned = await until(() => logLines(allowed.stdout()).find((l) => l.level === 40 && /encryption at rest is off/.test(l.msg)), allowed.exited)
+  t.match(warned.msg, /ALLOW_PLAINTEXT_SECRETS=true, no ENCRYPTION_KEYS\): Page access tokens and event signing secrets are stored in plaintext; development only/)
+  await until(() => logLines(allowed.stdout()).find((l) => /^listening on/.test(l.msg)), allowed.exited)
+  allowed.child.kill('SIGTERM')
+  await allowed.exited
+})
+
 t.test('migrate: a bad environment is one line per variable and exit 78, not a stack trace', async (t) => {
   const proc = run('src/cli/migrate.ts', { DATABASE_URL: 'mysql://nope', DATABASE_POOL_SIZE: 'many' })
   t.equal(await proc.exited, 78)
