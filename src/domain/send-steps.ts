@@ -7,7 +7,6 @@
  */
 import { sql } from 'kysely'
 import type { Database } from '../db/database.js'
-import { openSecret } from '../crypto/secret-box.js'
 import { GroupCommit } from '../db/group-commit.js'
 import type { Notification } from '../db/types.js'
 import type { GraphError } from '../graph/errors.js'
@@ -34,6 +33,7 @@ export interface SendContext {
   topic_id: string
   page_id: string
   payload: string
+  /** As stored (encrypted): decrypted by the send that uses it, so that one unreadable token fails only its own sends, not the batch's. */
   access_token: string | null
   /** An earlier notification with the same Idempotency-Key. */
   existing_id: string | null
@@ -159,7 +159,7 @@ function startedOf (row: StartRow): Started {
     claim_kind: kind, claim_token: token, claim_expires_at: expires, claim_lease_expires_at: lease, ...inserted
   } = row
   if (topicId === null) return {}
-  const context: SendContext = { topic_id: topicId, page_id: pageId!, payload: payload!, access_token: accessToken === null ? null : openSecret('pages.access_token', accessToken), existing_id: existingId }
+  const context: SendContext = { topic_id: topicId, page_id: pageId!, payload: payload!, access_token: accessToken, existing_id: existingId }
   if (inserted.id == null) return { context }
   const n = inserted as Notification
   if (n.status !== 'pending' || token === null) return { context, n }

@@ -118,7 +118,7 @@ export async function sendNotification (deps: SendDeps, input: NotificationInput
     return resultOf(n, false)
   }
   const target: Target = {
-    page: { id: context.page_id, accessToken: context.access_token }, page_id: context.page_id, payload: context.payload, topic_id: context.topic_id,
+    page: { id: context.page_id, accessToken: openSecret('pages.access_token', context.access_token) }, page_id: context.page_id, payload: context.payload, topic_id: context.topic_id,
   }
   const done = n.route === 'window'
     ? await sendThroughWindow(deps, n, target, true) ?? await tokenRoute(deps, n, target)

@@ -3,7 +3,7 @@ import { execFileSync } from 'node:child_process'
 import { sql } from 'kysely'
 import { newEncryptionKey } from '../../src/crypto/secret-box.js'
 import { rotateKeys } from '../../src/domain/key-rotation.js'
-import { auth, build, LogCapture, TEST_ENCRYPTION_KEYS, testDatabase } from '../helper.js'
+import { auth, build, LogCapture, TEST_ENCRYPTION_KEYS, testDatabase, uniquePageId } from '../helper.js'
 import { graphEnv, newPsid, notify, world, type World } from '../fixtures/otn.js'
 import { optIn } from '../fixtures/consent.js'
 import { eventsEnv, startReceiver, until, type Receiver } from '../fixtures/event-receiver.js'
@@ -153,12 +153,24 @@ t.test('a tampered ciphertext fails closed: nothing is sent or signed with it, a
 
   const page = await w.db.selectFrom('pages').select('access_token').where('id', '=', w.pageId).executeTakeFirstOrThrow()
   await w.db.updateTable('pages').set({ access_token: flip(page.access_token!) }).where('id', '=', w.pageId).execute()
-  const psid = newPsid()
+  // Another Page, healthy, sending at the same moment (the sends' statements are batched together).
+  const otherId = uniquePageId()
+  const other: World = { ...w, pageId: otherId, accessToken: `EAApage-token-${otherId}` }
+  w.emulator.addPage({ id: otherId, accessToken: other.accessToken })
+  t.equal((await w.app.inject({ method: 'PUT', url: `/v1/pages/${otherId}`, headers: auth, payload: { name: 'Other', access_token: other.accessToken } })).statusCode, 201)
+  const topic = await w.app.inject({ method: 'POST', url: '/v1/topics', headers: auth, payload: { page_id: otherId, name: `Restock ${otherId}` } })
+  other.topic = topic.json()
+  const [psid, otherPsid] = [newPsid(), newPsid()]
   await optIn(w, psid)
-  const sent = w.emulator.requests.length
-  const res = await notify(w.app, { topic_id: w.topic.id, psid, message: { text: 'back in stock' } })
+  await optIn(other, otherPsid)
+  const sentBefore = w.emulator.requests.length
+  const [res, fine] = await Promise.all([
+    notify(w.app, { topic_id: w.topic.id, psid, message: { text: 'back in stock' } }),
+    notify(w.app, { topic_id: other.topic.id, psid: otherPsid, message: { text: 'back in stock' } }),
+  ])
   t.ok(res.statusCode >= 500, `refused (${res.statusCode})`)
-  t.equal(w.emulator.requests.length, sent, 'nothing reached Meta')
+  t.equal(fine.json().status, 'sent', 'the other Page\'s send is not affected')
+  t.same(w.emulator.requests.slice(sentBefore).map((r) => r.pageId), [otherId], 'Meta received the other Page\'s send only: nothing for the tampered Page')
   t.match(log.text, /pages\.access_token under key id \\?"test-key\\?" fails authentication/)
   t.notOk(holds(log.text, w.accessToken), 'the token is in no log line')
 })
