@@ -34,6 +34,7 @@ const PAGE_TOKEN = 'bench-page-token'
 /** The second Page of the `pages` scenario. */
 const PAGE2 = '1000002'
 const PAGE2_TOKEN = 'bench-page-token-2'
+const BENCH_ENCRYPTION_KEYS = `bench:${randomBytes(32).toString('base64')}`
 const auth = { authorization: `Bearer ${API_KEY}`, 'content-type': 'application/json' }
 
 /** A build to measure; `env`: settings of its service (a lever). */
@@ -107,7 +108,7 @@ async function startStack (build: Build, embedded: boolean): Promise<Stack> {
   const dataDir = embedded ? mkdtempSync(join(tmpdir(), 'otn-bench-pglite-')) : undefined
   const service = await startProcess(`service (${build.name})`, join(build.dir, 'dist/src/server.js'), {
     PORT: String(servicePort), API_KEYS: API_KEY, LOG_LEVEL: 'warn', META_APP_SECRET: APP_SECRET, META_VERIFY_TOKEN: 'bench-verify',
-    GRAPH_API_BASE_URL: emulator.url, PAGE_ID: PAGE, PAGE_ACCESS_TOKEN: PAGE_TOKEN, BROADCAST_RATE_PER_SECOND: '300',
+    GRAPH_API_BASE_URL: emulator.url, PAGE_ID: PAGE, PAGE_ACCESS_TOKEN: PAGE_TOKEN, BROADCAST_RATE_PER_SECOND: '300', ENCRYPTION_KEYS: BENCH_ENCRYPTION_KEYS,
     ...(db ? { DATABASE_URL: db.url } : { PGLITE_DATA_DIR: dataDir! }),
     ...build.env,
   }, servicePort, '/readyz')

@@ -38,6 +38,8 @@ export interface SoakReport {
   logsKeptIn?: string
 }
 
+// One encryption key for every instance of the run (they share one database).
+const SOAK_ENCRYPTION_KEYS = `soak:${randomBytes(32).toString('base64')}`
 // A token a send holds is `available` with a notification_id (src/domain/lifecycle.ts: held); the audit calls it held.
 const HELD = "state = 'available' and notification_id is not null"
 const STATE = `case when ${HELD} then 'held' else state end`
@@ -170,6 +172,7 @@ export async function runSoak (opts: SoakOptions): Promise<SoakReport> {
           DATABASE_URL: cluster!.url,
           DATABASE_POOL_SIZE: '5',
           API_KEYS: API_KEY,
+          ENCRYPTION_KEYS: SOAK_ENCRYPTION_KEYS,
           META_APP_SECRET: APP_SECRET,
           GRAPH_API_BASE_URL: graphBase,
           GRAPH_API_TIMEOUT_MS: '800',

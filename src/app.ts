@@ -8,6 +8,8 @@ import type { Notification } from './db/types.js'
 import type { Delivery } from './domain/ingest.js'
 import { buildInfo } from './build-info.js'
 import { upsertPage } from './domain/pages.js'
+import { keyringFor } from './crypto/configured-keyring.js'
+import { useKeyring } from './crypto/secret-box.js'
 import { createGraphClient, type GraphClient } from './graph/client.js'
 import { instrumentGraphClient } from './graph/instrumented.js'
 import { versionStatus, versionWarning } from './graph/versions.js'
@@ -102,6 +104,7 @@ export async function buildApp (config: Config, deps: AppDeps = {}): Promise<Fas
   }
 
   try {
+    useKeyring(keyringFor(config, handle.kind, app.log))
     const { newer } = await migrate(handle.db)
     if (newer.length > 0) {
       app.log.warn({ newer_migrations: newer }, `the database is ahead of this build: a newer build applied ${newer.join(', ')}; ` +

@@ -4,6 +4,7 @@ import { DEFAULT_GRAPH_VERSION, VERSION_WARNING_DAYS } from './graph/versions.js
 import { RECURRING_COOLDOWN_HOURS } from './domain/lifecycle.js'
 import { parseAllowedHosts } from './domain/event-addresses.js'
 import { parseApiKeys, type ApiKey } from './domain/access.js'
+import { parseEncryptionKeys, type EncryptionKey } from './crypto/secret-box.js'
 
 const Int = (description: string, def: number, minimum: number, maximum: number) =>
   Type.Integer({ description, default: def, minimum, maximum })
@@ -18,6 +19,8 @@ export const EnvSchema = Type.Object({
   PORT: Int('TCP port to listen on.', 3000, 0, 65535),
   LOG_LEVEL: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)), { description: 'pino log level.', default: 'info' }),
   API_KEYS: Type.String({ description: 'Comma-separated API keys accepted as "Authorization: Bearer <secret>" on /v1 (list several to rotate). Each entry is a bare secret (an admin key named key-<position>), or <name>:<secret>, optionally followed by scope parts :pages=<id>[+<id>...] (only those Pages) and :read-only (no changes); secrets are at least 8 characters without spaces, commas or colons (docs/SECURITY.md).', minLength: 1 }),
+  ENCRYPTION_KEYS: Type.Optional(Type.String({ description: 'Keys that encrypt Page access tokens and event signing secrets at rest (AES-256-GCM): comma-separated <id>:<base64 of 32 random bytes> (e.g. `node -e "console.log(\'k1:\'+crypto.randomBytes(32).toString(\'base64\'))"`); the first encrypts, all decrypt; rotate with npm run rotate-keys (docs/SECURITY.md). Unset with the embedded database: a key generated into PGLITE_DATA_DIR on first start. Unset with DATABASE_URL: start-up is refused unless ALLOW_PLAINTEXT_SECRETS=true.', minLength: 1 })),
+  ALLOW_PLAINTEXT_SECRETS: Type.Boolean({ description: 'With DATABASE_URL and no ENCRYPTION_KEYS, start anyway and store Page access tokens and event signing secrets in plaintext (development only; a warning at start-up).', default: false }),
   META_APP_SECRET: Type.Optional(Type.String({ description: 'App Secret: verifies webhook signatures and signs appsecret_proof. Unset: webhook deliveries are refused (503).', minLength: 1 })),
   META_VERIFY_TOKEN: Type.Optional(Type.String({ description: 'Token Meta echoes in the webhook verification handshake. Unset: the handshake is refused.', minLength: 1 })),
   GRAPH_API_BASE_URL: Type.String({ description: 'Graph API origin; tests and the demo point it at the emulator.', default: 'https://graph.facebook.com', pattern: '^https?://[^/]+$' }),
@@ -69,7 +72,7 @@ export const EnvSchema = Type.Object({
   METRICS_TOKEN: Type.Optional(Type.String({ description: 'When set, /metrics requires "Authorization: Bearer <token>" (at least 8 characters, no spaces). Unset: /metrics is open, like /healthz (keep it on an internal network).', pattern: '^\\S{8,}$' })),
 })
 
-export type Config = Static<typeof EnvSchema> & { apiKeys: ApiKey[] }
+export type Config = Static<typeof EnvSchema> & { apiKeys: ApiKey[], encryptionKeys: EncryptionKey[] }
 
 export class ConfigError extends Error {
   constructor (public readonly problems: string[]) {
@@ -137,7 +140,14 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
   // One line per bad entry, naming it by position (never quoting a secret).
   const keys = typeof raw.API_KEYS === 'string' ? parseApiKeys(raw.API_KEYS) : { keys: [], problems: [] }
   for (const p of keys.problems) problems.push(`API_KEYS: ${p}. ${properties.API_KEYS.description}`)
+  // The same for the encryption keys: by position and id, never the key.
+  const encryption = typeof raw.ENCRYPTION_KEYS === 'string' ? parseEncryptionKeys(raw.ENCRYPTION_KEYS) : { keys: [], problems: [] }
+  for (const p of encryption.problems) problems.push(`ENCRYPTION_KEYS: ${p}. ${properties.ENCRYPTION_KEYS.description}`)
+  if (typeof raw.DATABASE_URL === 'string' && checks.DATABASE_URL.Check(raw.DATABASE_URL) && raw.ENCRYPTION_KEYS === undefined && raw.ALLOW_PLAINTEXT_SECRETS !== true) {
+    problems.push('ENCRYPTION_KEYS: is required with DATABASE_URL, so that Page access tokens and event signing secrets are not stored in plaintext ' +
+      '(set ALLOW_PLAINTEXT_SECRETS=true to start without it, for development only). ' + properties.ENCRYPTION_KEYS.description)
+  }
   if (problems.length > 0) throw new ConfigError(problems)
   const config = raw as Static<typeof EnvSchema>
-  return { ...config, apiKeys: keys.keys }
+  return { ...config, apiKeys: keys.keys, encryptionKeys: encryption.keys }
 }

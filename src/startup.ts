@@ -94,6 +94,7 @@ const CANNOT_USE_FOLDER = new Set(['EACCES', 'EPERM', 'EROFS', 'ENOTDIR', 'ENOSP
  */
 export function explainDatabaseError (error: unknown, config: Pick<Config, 'DATABASE_URL' | 'PGLITE_DATA_DIR'>): string | undefined {
   if (error instanceof DataDirInUseError) return error.message
+  if (error instanceof ConfigError) return error.message
   const { code, message, path } = (error ?? {}) as { code?: unknown, message?: string, path?: string }
   if (typeof code !== 'string') return undefined
   if (config.DATABASE_URL) {

@@ -118,3 +118,32 @@ t.test('API_KEYS: a malformed entry stops start-up with a line naming it, never 
   const two = t.throws(() => loadConfig({ API_KEYS: 'short,x:y' })) as ConfigError
   t.equal(two.problems.length, 2, 'every bad entry at once')
 })
+
+t.test('ENCRYPTION_KEYS: the first key encrypts, all decrypt; a malformed entry is a line naming it, never the key', async (t) => {
+  const k1 = Buffer.alloc(32, 1).toString('base64')
+  const k2 = Buffer.alloc(32, 2).toString('base64')
+  const config = loadConfig({ API_KEYS: 'key-one-123', ENCRYPTION_KEYS: `new:${k2}, old:${k1}` })
+  t.same(config.encryptionKeys.map((k) => [k.id, k.key.toString('base64')]), [['new', k2], ['old', k1]])
+  t.same(loadConfig({ API_KEYS: 'key-one-123' }).encryptionKeys, [], 'unset: none (the embedded database makes its own)')
+  const bad = t.throws(() => loadConfig({ API_KEYS: 'key-one-123', ENCRYPTION_KEYS: `a:${k1},b:${k1.slice(0, 20)},${k2}` })) as ConfigError
+  t.match(bad.problems, [
+    /^ENCRYPTION_KEYS: entry 2 \(id b\): the key must be 32 bytes/,
+    /^ENCRYPTION_KEYS: entry 3: is not <id>:<base64 key>/,
+  ])
+  t.equal(bad.problems.length, 2)
+  t.notMatch(bad.message, k1.slice(0, 20))
+  t.notMatch(bad.message, k2)
+})
+
+t.test('DATABASE_URL without ENCRYPTION_KEYS is refused, unless ALLOW_PLAINTEXT_SECRETS=true', async (t) => {
+  const url = 'postgres://otn@db.example:5432/otn'
+  const refused = t.throws(() => loadConfig({ API_KEYS: 'key-one-123', DATABASE_URL: url })) as ConfigError
+  t.match(refused.problems, [/^ENCRYPTION_KEYS: is required with DATABASE_URL, so that Page access tokens and event signing secrets are not stored in plaintext \(set ALLOW_PLAINTEXT_SECRETS=true/])
+  t.equal(refused.problems.length, 1)
+  const allowed = loadConfig({ API_KEYS: 'key-one-123', DATABASE_URL: url, ALLOW_PLAINTEXT_SECRETS: 'true' })
+  t.equal(allowed.ALLOW_PLAINTEXT_SECRETS, true)
+  t.same(allowed.encryptionKeys, [])
+  t.equal(loadConfig({ API_KEYS: 'key-one-123' }).ALLOW_PLAINTEXT_SECRETS, false, 'off by default')
+  t.throws(() => loadConfig({ API_KEYS: 'key-one-123', DATABASE_URL: url, ALLOW_PLAINTEXT_SECRETS: 'yes' }), /ALLOW_PLAINTEXT_SECRETS: must be boolean/)
+  t.ok(loadConfig({ API_KEYS: 'key-one-123', DATABASE_URL: url, ENCRYPTION_KEYS: `k:${Buffer.alloc(32).toString('base64')}` }), 'with a key it starts')
+})

@@ -55,8 +55,11 @@ export async function testDatabase (): Promise<DatabaseHandle & { url?: string }
   return shared
 }
 
+/** The tests' encryption key (ENCRYPTION_KEYS), for every app and child process of a test file alike. */
+export const TEST_ENCRYPTION_KEYS = 'test-key:dGVzdC1rZXktZm9yLWVuY3J5cHRpb24tYXQtcmVzdCE='
+
 export function testConfig (env: Record<string, string> = {}): Config {
-  return loadConfig({ API_KEYS: `${API_KEY},second-key-abcdefgh`, LOG_LEVEL: 'silent', ...env })
+  return loadConfig({ API_KEYS: `${API_KEY},second-key-abcdefgh`, LOG_LEVEL: 'silent', ENCRYPTION_KEYS: TEST_ENCRYPTION_KEYS, ...env })
 }
 
 /** Log lines the app wrote, parsed, for assertions about what is (and is not) logged. */

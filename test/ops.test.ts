@@ -39,6 +39,8 @@ t.test('docker-compose.yml: Postgres, a migration that runs first, the service, 
   const known = new Set(Object.keys(EnvSchema.properties))
   for (const name of Object.keys(service.environment)) t.ok(known.has(name), `service: ${name} is a variable the service reads`)
   t.match(service.environment.API_KEYS, /^\$\{API_KEYS:\?/, 'API_KEYS must be given')
+  t.match(service.environment.ENCRYPTION_KEYS, /^\$\{ENCRYPTION_KEYS:\?/, 'ENCRYPTION_KEYS must be given: the service refuses Postgres without it')
+  t.notOk('ENCRYPTION_KEYS' in migrate.environment, 'migrate needs no key')
   const emulatorVariables = new Set(read('src/emulator/from-env.ts').match(/\b(EMULATOR_[A-Z_]+|META_APP_SECRET)\b/g))
   for (const name of Object.keys(emulator.environment)) t.ok(emulatorVariables.has(name), `emulator: ${name} is a variable the emulator reads`)
   t.equal(emulator.environment.EMULATOR_WEBHOOK_URL, 'http://service:3000/webhooks/messenger')

@@ -11,7 +11,7 @@ import { buildApp } from '../src/app.js'
 import { openDatabase } from '../src/db/database.js'
 import { JOB_QUEUE_SCHEMA } from '../src/db/job-queue-schema.js'
 import { explainDatabaseError, explainListenError, missingSettingsWarning, readEnvironment } from '../src/startup.js'
-import { databaseKind, testConfig } from './helper.js'
+import { databaseKind, TEST_ENCRYPTION_KEYS, testConfig } from './helper.js'
 
 // What a newcomer and an operator see at start-up: .env read, what will not work named, and the
 // failures they can fix ended with one line and an exit code. The process tests run the real entry
@@ -130,17 +130,45 @@ t.test('a refused or missing database ends start-up with one line and exit 69, f
   const refused = `postgres://otn@127.0.0.1:${port}/otn`
   for (const entry of ['src/server.ts', 'src/cli/migrate.ts']) {
     const program = entry.endsWith('migrate.ts') ? 'otn-service migrate' : 'otn-service'
-    const proc = run(entry, { API_KEYS: 'db-test-key-01234', DATABASE_URL: refused })
+    const proc = run(entry, { API_KEYS: 'db-test-key-01234', DATABASE_URL: refused, ENCRYPTION_KEYS: TEST_ENCRYPTION_KEYS })
     t.equal(await proc.exited, 69, entry)
     t.equal(proc.stderr(), `${program}: cannot reach Postgres at ${refused}: connection refused: is it running, and listening on that host and port?\n`)
   }
   if (databaseKind === 'postgres') {
     const url = new URL(process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres')
     url.pathname = '/otn_missing_database_for_test'
-    const proc = run('src/server.ts', { API_KEYS: 'db-test-key-01234', DATABASE_URL: url.toString() })
+    const proc = run('src/server.ts', { API_KEYS: 'db-test-key-01234', DATABASE_URL: url.toString(), ENCRYPTION_KEYS: TEST_ENCRYPTION_KEYS })
     t.equal(await proc.exited, 69)
     t.equal(proc.stderr(), `otn-service: Postgres at ${url}: database "otn_missing_database_for_test" does not exist; create it (CREATE DATABASE "otn_missing_database_for_test") or correct DATABASE_URL\n`)
   }
+})
+
+t.test('the service refuses Postgres without ENCRYPTION_KEYS: one line and exit 78; ALLOW_PLAINTEXT_SECRETS=true lets it start with a warning', async (t) => {
+  const proc = run('src/server.ts', { API_KEYS: 'db-test-key-01234', DATABASE_URL: 'postgres://otn@127.0.0.1:1/otn' })
+  t.equal(await proc.exited, 78)
+  t.match(proc.stderr(), /^otn-service: Invalid configuration:\n {2}- ENCRYPTION_KEYS: is required with DATABASE_URL, so that Page access tokens and event signing secrets are not stored in plaintext \(set ALLOW_PLAINTEXT_SECRETS=true to start without it, for development only\)\. .*\nSee \.env\.example/)
+  if (databaseKind !== 'postgres') return
+  const url = process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
+  const name = `otn_plain_${randomBytes(4).toString('hex')}`
+  const admin = new pg.Client({ connectionString: url })
+  await admin.connect()
+  await admin.query(`create database ${name}`)
+  await admin.end()
+  t.teardown(async () => {
+    const c = new pg.Client({ connectionString: url })
+    await c.connect()
+    await c.query(`drop database if exists ${name} with (force)`)
+    await c.end()
+  })
+  const at = new URL(url)
+  at.pathname = `/${name}`
+  const allowed = run('src/server.ts', { API_KEYS: 'db-test-key-01234', DATABASE_URL: at.toString(), ALLOW_PLAINTEXT_SECRETS: 'true', PORT: '0' })
+  t.teardown(() => { if (allowed.child.exitCode === null) allowed.child.kill('SIGKILL') })
+  const warned = await until(() => logLines(allowed.stdout()).find((l) => l.level === 40 && /encryption at rest is off/.test(l.msg)), allowed.exited)
+  t.match(warned.msg, /ALLOW_PLAINTEXT_SECRETS=true, no ENCRYPTION_KEYS\): Page access tokens and event signing secrets are stored in plaintext; development only/)
+  await until(() => logLines(allowed.stdout()).find((l) => /^listening on/.test(l.msg)), allowed.exited)
+  allowed.child.kill('SIGTERM')
+  await allowed.exited
 })
 
 t.test('migrate: a bad environment is one line per variable and exit 78, not a stack trace', async (t) => {

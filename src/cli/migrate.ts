@@ -6,7 +6,7 @@ import { exitWith, explainDatabaseError, startupConfig } from '../startup.js'
 
 // The service's migrations, then the job queue's schema: what a deploy runs before it starts instances.
 const program = 'otn-service migrate'
-const { config } = startupConfig(program, { API_KEYS: 'unused-by-migrate' })
+const { config } = startupConfig(program, { API_KEYS: 'unused-by-migrate', ALLOW_PLAINTEXT_SECRETS: 'true' })
 let handle: DatabaseHandle | undefined
 try {
   handle = await openDatabase({ databaseUrl: config.DATABASE_URL, pgliteDataDir: config.PGLITE_DATA_DIR, poolSize: 1 })

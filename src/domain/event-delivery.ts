@@ -11,6 +11,7 @@ import { createHmac } from 'node:crypto'
 import { sql } from 'kysely'
 import { Agent, request } from 'undici'
 import type { Database } from '../db/database.js'
+import { openSecret } from '../crypto/secret-box.js'
 import { checkedLookup, literalRefused, type AllowedHosts } from './event-addresses.js'
 import { disableSubscription } from './events.js'
 
@@ -109,7 +110,14 @@ async function attempt (agent: Agent, d: Claimed, body: string, opts: DeliveryOp
   const refused = literalRefused(url, opts.allowPrivateNetworks, opts.allowedHosts)
   if (refused) return done(null, `refused: ${refused}`)
   const timestamp = Math.floor(Date.now() / 1000)
-  const secrets = [d.secret, ...(d.previous_secret && d.previous_secret_expires_at && d.previous_secret_expires_at > new Date() ? [d.previous_secret] : [])]
+  let secrets: string[]
+  try {
+    // Stored encrypted (docs/SECURITY.md); one that cannot be read fails closed: nothing is sent unsigned.
+    secrets = [d.secret, ...(d.previous_secret && d.previous_secret_expires_at && d.previous_secret_expires_at > new Date() ? [d.previous_secret] : [])]
+      .map((s) => openSecret('event_subscriptions.secret', s))
+  } catch (err) {
+    return done(null, `not sent: ${(err as Error).message}`)
+  }
   try {
     const res = await request(url, {
       method: 'POST',

@@ -22,6 +22,7 @@
 import { randomBytes } from 'node:crypto'
 import { sql } from 'kysely'
 import type { Database } from '../db/database.js'
+import { sealSecret } from '../crypto/secret-box.js'
 import type { EventDeliveryState } from '../db/types.js'
 import { checkDestination, type AddressPolicy } from './event-addresses.js'
 import { DomainError, notFound } from './errors.js'
@@ -104,7 +105,7 @@ export async function createSubscription (db: Database, policy: AddressPolicy, i
   const secret = newSecret()
   const row = await db.insertInto('event_subscriptions').values({
     url, events: uniq(input.events), page_ids: input.page_ids ? uniq(input.page_ids) : null,
-    description: input.description ?? null, include_message: input.include_message ?? false, secret,
+    description: input.description ?? null, include_message: input.include_message ?? false, secret: sealSecret('event_subscriptions.secret', secret),
   }).returningAll().executeTakeFirstOrThrow()
   return { subscription: row as SubscriptionRow, secret }
 }
@@ -166,7 +167,7 @@ export async function rotateSecret (db: Database, id: string, graceHours: number
   const secret = newSecret()
   const { rows: [row] } = await sql<SubscriptionRow>`
     update event_subscriptions
-       set previous_secret = secret, secret = ${secret},
+       set previous_secret = secret, secret = ${sealSecret('event_subscriptions.secret', secret)},
            previous_secret_expires_at = now() + make_interval(secs => ${graceHours * 3600}), updated_at = now()
      where id = ${id}
      returning *`.execute(db)

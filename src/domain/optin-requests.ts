@@ -1,6 +1,7 @@
 import { sql, type RawBuilder, type Selectable } from 'kysely'
 import type { Config } from '../config.js'
 import type { Database } from '../db/database.js'
+import { openSecret } from '../crypto/secret-box.js'
 import type { OptinRequestsTable, RecurringFrequency, TokenKind } from '../db/types.js'
 import type { GraphClient } from '../graph/client.js'
 import { classifyGraphError, type GraphError } from '../graph/errors.js'
@@ -123,7 +124,7 @@ export async function requestOptin (deps: OptinRequestDeps, topicId: string, inp
   const values = { topic_id: topic.id, page_id: topic.page_id, psid: input.psid, title, payload: topic.payload, kind, created_by: createdBy ?? null }
   const row = kind === 'notification_messages' ? await reserveWeek(db, values) : await reserveSlot(deps, values)
 
-  const outcome = await deps.graph.sendMessage({ id: page.id, accessToken: page.access_token }, {
+  const outcome = await deps.graph.sendMessage({ id: page.id, accessToken: openSecret('pages.access_token', page.access_token) }, {
     recipient: { id: input.psid },
     messaging_type: 'RESPONSE',
     message: { attachment: { type: 'template', payload: template(kind, title, topic.payload, input, zone) } },

@@ -2,6 +2,7 @@ import { sql } from 'kysely'
 import type { Database } from '../db/database.js'
 import type { Page } from '../db/types.js'
 import type { GraphError } from '../graph/errors.js'
+import { sealSecret } from '../crypto/secret-box.js'
 import { DomainError, notFound } from './errors.js'
 import { afterCursor, PAGE_SIZE, pageOf } from './pagination.js'
 import { timeZone } from './timezones.js'
@@ -33,14 +34,14 @@ export function pageView (page: Page): PageView {
 }
 
 /**
- * Registers or updates a Page; a new access token clears the Page's last Graph error. `timezone`
+ * Registers or updates a Page (its access token stored encrypted, docs/SECURITY.md); a new access token clears the Page's last Graph error. `timezone`
  * (IANA, validated: invalid_timezone) is UTC on a new Page and kept when omitted on an update.
  */
 /** `createdBy`: the name of the API key registering it (kept from the first registration). */
 export async function upsertPage (db: Database, id: string, input: { name: string, access_token?: string, broadcast_rate_per_second?: number | null, timezone?: string }, createdBy?: string): Promise<{ page: Page, created: boolean }> {
   const zone = input.timezone !== undefined ? await timeZone(db, input.timezone) : undefined
   const row = await db.insertInto('pages')
-    .values({ id, name: input.name, access_token: input.access_token ?? null, broadcast_rate_per_second: input.broadcast_rate_per_second ?? null, ...(zone !== undefined ? { timezone: zone } : {}), created_by: createdBy ?? null })
+    .values({ id, name: input.name, access_token: input.access_token === undefined ? null : sealSecret('pages.access_token', input.access_token), broadcast_rate_per_second: input.broadcast_rate_per_second ?? null, ...(zone !== undefined ? { timezone: zone } : {}), created_by: createdBy ?? null })
     .onConflict((oc) => oc.column('id').doUpdateSet((eb) => ({
       name: eb.ref('excluded.name'),
       updated_at: sql`now()`,

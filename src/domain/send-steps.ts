@@ -33,6 +33,7 @@ export interface SendContext {
   topic_id: string
   page_id: string
   payload: string
+  /** As stored (encrypted): decrypted by the send that uses it, so that one unreadable token fails only its own sends, not the batch's. */
   access_token: string | null
   /** An earlier notification with the same Idempotency-Key. */
   existing_id: string | null

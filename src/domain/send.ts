@@ -7,6 +7,7 @@ import { randomUUID } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Config } from '../config.js'
 import type { Database } from '../db/database.js'
+import { openSecret } from '../crypto/secret-box.js'
 import type { Notification } from '../db/types.js'
 import type { GraphClient, PageCredentials, SendOutcome } from '../graph/client.js'
 import { classifyGraphError, type GraphError } from '../graph/errors.js'
@@ -117,7 +118,7 @@ export async function sendNotification (deps: SendDeps, input: NotificationInput
     return resultOf(n, false)
   }
   const target: Target = {
-    page: { id: context.page_id, accessToken: context.access_token }, page_id: context.page_id, payload: context.payload, topic_id: context.topic_id,
+    page: { id: context.page_id, accessToken: openSecret('pages.access_token', context.access_token) }, page_id: context.page_id, payload: context.payload, topic_id: context.topic_id,
   }
   const done = n.route === 'window'
     ? await sendThroughWindow(deps, n, target, true) ?? await tokenRoute(deps, n, target)
@@ -398,5 +399,5 @@ async function targetOf (db: Database, n: Notification, token?: { page_id: strin
   if (!page?.access_token) {
     return { missing: { code: 'page_without_access_token', detail: `Page ${n.page_id} has no access token.` } }
   }
-  return { page: { id: page.id, accessToken: page.access_token }, page_id: where.page_id, payload: where.payload, topic_id: n.topic_id }
+  return { page: { id: page.id, accessToken: openSecret('pages.access_token', page.access_token) }, page_id: where.page_id, payload: where.payload, topic_id: n.topic_id }
 }

@@ -7,7 +7,7 @@ import type { SendDeps } from '../../src/domain/send.js'
 import { claimToken } from '../../src/domain/token-store.js'
 import { appsecretProof, createGraphClient } from '../../src/graph/client.js'
 import type { Notification } from '../../src/db/types.js'
-import { auth, build } from '../helper.js'
+import { auth, build, TEST_ENCRYPTION_KEYS } from '../helper.js'
 import { APP_SECRET, FAST_TIMEOUT_MS, giveTokens, graphEnv, newPsid, tokenStates, world, type World } from '../fixtures/otn.js'
 
 const LEASE = 60
@@ -280,6 +280,7 @@ t.test('after a crash with 200 sends held and Meta answering in 200 ms, a restar
     env: {
       PATH: process.env.PATH ?? '', API_KEYS: 'crash-test-key-123', PORT: '0', LOG_LEVEL: 'info',
       GRAPH_API_BASE_URL: base, META_APP_SECRET: APP_SECRET, TOKEN_LEASE_SECONDS: '60', RECOVERY_CONCURRENCY: '16',
+      ENCRYPTION_KEYS: TEST_ENCRYPTION_KEYS,
       ...(dbUrl ? { DATABASE_URL: dbUrl } : { PGLITE_DATA_DIR: dataDir! }),
     },
     stdio: ['ignore', 'pipe', 'pipe'],

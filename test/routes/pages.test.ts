@@ -1,6 +1,7 @@
 import t from 'tap'
 import { sql } from 'kysely'
 import { auth, build, LogCapture, testDatabase, uniquePageId } from '../helper.js'
+import { openSecret } from '../../src/crypto/secret-box.js'
 
 t.test('PUT registers a Page, never returns its token, and updates it', async (t) => {
   const logs = new LogCapture()
@@ -21,7 +22,9 @@ t.test('PUT registers a Page, never returns its token, and updates it', async (t
 
   const { db } = await testDatabase()
   const row = await db.selectFrom('pages').select('access_token').where('id', '=', id).executeTakeFirstOrThrow()
-  t.equal(row.access_token, 'EAAsecret-page-token')
+  t.match(row.access_token, /^enc:v1:test-key:/, 'stored encrypted (docs/SECURITY.md)')
+  t.notOk(row.access_token!.includes('EAAsecret'))
+  t.equal(openSecret('pages.access_token', row.access_token!), 'EAAsecret-page-token', 'and decrypts to the token given')
 
   const got = await app.inject({ method: 'GET', url: `/v1/pages/${id}`, headers: auth })
   t.same(got.json(), updated.json())

@@ -1,0 +1,113 @@
+import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto'
+
+// Encryption at rest of the service's small secrets (docs/SECURITY.md): AES-256-GCM with a random
+// 12-byte IV, the key's id and a format version in the stored form, and the column the value belongs
+// to as additional authenticated data, so that a value moved to another column does not decrypt.
+// Stored form: `enc:v1:<key id>:<base64url(iv | tag | ciphertext)>`. A value without the `enc:`
+// prefix is legacy plaintext: it is read as it is, and `rotate-keys` encrypts it.
+
+export const PREFIX = 'enc:v1:'
+const IV_BYTES = 12
+const TAG_BYTES = 16
+const KEY_ID = /^[A-Za-z0-9_-]{1,32}$/
+
+export interface EncryptionKey { id: string, key: Buffer }
+
+/** The columns whose values are encrypted; the name is the additional authenticated data. */
+export type SecretColumn = 'pages.access_token' | 'event_subscriptions.secret'
+
+/** A stored value this build cannot read: its key is not configured, or it was altered. The message never holds the value. */
+export class SecretUnreadableError extends Error {
+  readonly code = 'secret_unreadable'
+  constructor (message: string) {
+    super(message)
+    this.name = 'SecretUnreadableError'
+  }
+}
+
+/**
+ * `ENCRYPTION_KEYS`: `<id>:<base64 of 32 bytes>[,<id>:<key>...]`. One problem per bad entry, naming
+ * it by position and id (never quoting a key).
+ */
+export function parseEncryptionKeys (text: string): { keys: EncryptionKey[], problems: string[] } {
+  const keys: EncryptionKey[] = []
+  const problems: string[] = []
+  text.split(',').forEach((raw, i) => {
+    const entry = raw.trim()
+    const where = `entry ${i + 1}`
+    const colon = entry.indexOf(':')
+    if (colon < 0) { problems.push(`${where}: is not <id>:<base64 key>`); return }
+    const id = entry.slice(0, colon)
+    const encoded = entry.slice(colon + 1)
+    if (!KEY_ID.test(id)) { problems.push(`${where}: its id must be 1 to 32 letters, digits, "-" or "_"`); return }
+    if (!/^[A-Za-z0-9+/]+={0,2}$/.test(encoded)) { problems.push(`${where} (id ${id}): the key is not base64`); return }
+    const key = Buffer.from(encoded, 'base64')
+    if (key.length !== 32) { problems.push(`${where} (id ${id}): the key must be 32 bytes (44 base64 characters), it is ${key.length}`); return }
+    if (keys.some((k) => k.id === id)) { problems.push(`${where}: id ${id} is used twice`); return }
+    keys.push({ id, key })
+  })
+  return { keys, problems }
+}
+
+/** A new key in the form ENCRYPTION_KEYS takes. */
+export function newEncryptionKey (id: string): string {
+  return `${id}:${randomBytes(32).toString('base64')}`
+}
+
+/** The configured keys: the first encrypts, all decrypt. No keys: values are stored in plaintext (ALLOW_PLAINTEXT_SECRETS). */
+export class Keyring {
+  private readonly byId: Map<string, Buffer>
+  constructor (readonly keys: readonly EncryptionKey[]) {
+    this.byId = new Map(keys.map((k) => [k.id, k.key]))
+  }
+
+  /** The id new values are encrypted under; undefined when values are stored in plaintext. */
+  get currentId (): string | undefined { return this.keys[0]?.id }
+
+  seal (column: SecretColumn, value: string): string {
+    const current = this.keys[0]
+    if (!current) return value
+    const iv = randomBytes(IV_BYTES)
+    const cipher = createCipheriv('aes-256-gcm', current.key, iv)
+    cipher.setAAD(Buffer.from(column))
+    const ciphertext = Buffer.concat([cipher.update(value, 'utf8'), cipher.final()])
+    return `${PREFIX}${current.id}:${Buffer.concat([iv, cipher.getAuthTag(), ciphertext]).toString('base64url')}`
+  }
+
+  open (column: SecretColumn, stored: string): string {
+    if (!stored.startsWith('enc:')) return stored
+    if (!stored.startsWith(PREFIX)) throw new SecretUnreadableError(`a value of ${column} has an unknown encryption format (this build reads ${PREFIX})`)
+    const rest = stored.slice(PREFIX.length)
+    const colon = rest.indexOf(':')
+    const id = colon < 0 ? '' : rest.slice(0, colon)
+    const key = this.byId.get(id)
+    if (!key) {
+      throw new SecretUnreadableError(`a value of ${column} is encrypted under key id "${KEY_ID.test(id) ? id : '?'}", which ENCRYPTION_KEYS does not hold; add that key back (docs/SECURITY.md)`)
+    }
+    const blob = Buffer.from(rest.slice(colon + 1), 'base64url')
+    if (blob.length < IV_BYTES + TAG_BYTES) throw new SecretUnreadableError(`a value of ${column} under key id "${id}" is truncated`)
+    try {
+      const decipher = createDecipheriv('aes-256-gcm', key, blob.subarray(0, IV_BYTES))
+      decipher.setAAD(Buffer.from(column))
+      decipher.setAuthTag(blob.subarray(IV_BYTES, IV_BYTES + TAG_BYTES))
+      return Buffer.concat([decipher.update(blob.subarray(IV_BYTES + TAG_BYTES)), decipher.final()]).toString('utf8')
+    } catch {
+      throw new SecretUnreadableError(`a value of ${column} under key id "${id}" fails authentication: it was altered, moved from another column, or the key with that id is not the one that encrypted it`)
+    }
+  }
+
+  /** True when a stored value is already under the key that encrypts (nothing for rotation to do). */
+  isCurrent (stored: string): boolean {
+    const id = this.currentId
+    return id === undefined ? !stored.startsWith('enc:') : stored.startsWith(`${PREFIX}${id}:`)
+  }
+}
+
+// The keyring the domain seals and opens with: set once by buildApp (or the rotate-keys CLI) from the
+// configuration. Until then, and with ALLOW_PLAINTEXT_SECRETS, values are written in plaintext.
+let active = new Keyring([])
+
+export function useKeyring (keyring: Keyring): void { active = keyring }
+export function activeKeyring (): Keyring { return active }
+export const sealSecret = (column: SecretColumn, value: string): string => active.seal(column, value)
+export const openSecret = (column: SecretColumn, stored: string): string => active.open(column, stored)

@@ -1,0 +1,57 @@
+import t from 'tap'
+import { sql } from 'kysely'
+import { openDatabase } from '../../src/db/database.js'
+import { Keyring, newEncryptionKey, parseEncryptionKeys } from '../../src/crypto/secret-box.js'
+import { rotateKeys } from '../../src/domain/key-rotation.js'
+import { databaseKind, testDatabase, uniquePageId } from '../helper.js'
+
+const ring = (...keys: string[]) => new Keyring(keys.flatMap((k) => parseEncryptionKeys(k).keys))
+
+t.test('rotation re-encrypts in batches, leaves values already under the first key alone, and does nothing without a key', async (t) => {
+  const { db } = await testDatabase()
+  const [k1, k2] = [newEncryptionKey('r1'), newEncryptionKey('r2')]
+  const ids = Array.from({ length: 5 }, () => uniquePageId())
+  await sql`delete from pages`.execute(db)
+  for (const [i, id] of ids.entries()) {
+    await db.insertInto('pages').values({ id, name: 'Rotating', access_token: i === 0 ? ring(k2).seal('pages.access_token', `tok-${i}`) : ring(k1).seal('pages.access_token', `tok-${i}`) }).execute()
+  }
+  t.same(await rotateKeys(db, { keyring: new Keyring([]) }), { pages: 0, event_subscriptions: 0 }, 'no key: nothing to rotate to')
+  const seen: number[] = []
+  const counts = await rotateKeys(db, { keyring: ring(k2, k1), batch: 2, progress: (c) => seen.push(c.pages) })
+  t.equal(counts.pages, 4, 'the four under r1, not the one already under r2')
+  t.same(seen, [2, 4], 'two rows per statement')
+  const rows = await db.selectFrom('pages').select(['id', 'access_token']).where('id', 'in', ids).orderBy('id').execute()
+  const byId = new Map(rows.map((r) => [r.id, r.access_token!]))
+  t.same(ids.map((id) => ring(k2).open('pages.access_token', byId.get(id)!)), ids.map((_, i) => `tok-${i}`), 'every token kept, readable with r2 alone')
+  t.ok(ids.every((id) => byId.get(id)!.startsWith('enc:v1:r2:')))
+})
+
+t.test('rotation skips rows a running change holds, without waiting, and takes them on the next run (Postgres)', { skip: databaseKind !== 'postgres' && 'PGlite has one connection' }, async (t) => {
+  const { db, url } = await testDatabase()
+  const other = await openDatabase({ databaseUrl: url, poolSize: 1 })
+  t.teardown(() => other.close())
+  const [k1, k2] = [newEncryptionKey('s1'), newEncryptionKey('s2')]
+  const [held, free] = [uniquePageId(), uniquePageId()]
+  await sql`delete from pages`.execute(db)
+  for (const id of [held, free]) await db.insertInto('pages').values({ id, name: 'Locked', access_token: ring(k1).seal('pages.access_token', `tok-${id}`) }).execute()
+  let release!: () => void
+  const released = new Promise<void>((resolve) => { release = resolve })
+  let locked!: () => void
+  const isLocked = new Promise<void>((resolve) => { locked = resolve })
+  const holder = other.db.transaction().execute(async (trx) => {
+    await sql`select 1 from pages where id = ${held} for update`.execute(trx)
+    locked()
+    await released
+  })
+  await isLocked
+  const first = await rotateKeys(db, { keyring: ring(k2, k1) })
+  const after = async (id: string) => (await db.selectFrom('pages').select('access_token').where('id', '=', id).executeTakeFirstOrThrow()).access_token!
+  t.ok((await after(free)).startsWith('enc:v1:s2:'), 'the free row is rotated')
+  t.ok((await after(held)).startsWith('enc:v1:s1:'), 'the held row is skipped, not waited for')
+  t.equal(first.pages, 1, 'one row rotated, the held one skipped')
+  release()
+  await holder
+  t.same(await rotateKeys(db, { keyring: ring(k2, k1) }), { pages: 1, event_subscriptions: 0 })
+  t.ok((await after(held)).startsWith('enc:v1:s2:'), 'the next run takes it')
+  t.equal(ring(k2).open('pages.access_token', await after(held)), `tok-${held}`)
+})
