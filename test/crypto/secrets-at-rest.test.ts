@@ -1,9 +1,9 @@
 import t, { type Test } from 'tap'
-import { execFileSync } from 'node:child_process'
 import { sql } from 'kysely'
 import { newEncryptionKey } from '../../src/crypto/secret-box.js'
 import { rotateKeys } from '../../src/domain/key-rotation.js'
-import { auth, build, LogCapture, TEST_ENCRYPTION_KEYS, testDatabase, uniquePageId } from '../helper.js'
+import { auth, build, LogCapture, TEST_ENCRYPTION_KEYS, uniquePageId } from '../helper.js'
+import { dump } from '../fixtures/dump.js'
 import { graphEnv, newPsid, notify, world, type World } from '../fixtures/otn.js'
 import { optIn } from '../fixtures/consent.js'
 import { eventsEnv, startReceiver, until, type Receiver } from '../fixtures/event-receiver.js'
@@ -11,21 +11,6 @@ import { eventsEnv, startReceiver, until, type Receiver } from '../fixtures/even
 // Issue 31, first slice: Page access tokens and event signing secrets are encrypted at rest
 // (docs/SECURITY.md). Every app of this file shares one database; the keyring is the process's, set
 // by the newest app built, so each test builds the app with the keys it means.
-
-/** The whole database as text, from outside: pg_dump on Postgres; every row of every table on PGlite (no pg_dump). */
-async function dump (): Promise<string> {
-  const { db, kind, url } = await testDatabase()
-  if (kind === 'postgres') return execFileSync('pg_dump', ['--no-owner', url!], { maxBuffer: 512 * 1024 * 1024 }).toString()
-  const { rows: tables } = await sql<{ schema: string, name: string }>`
-    select table_schema as schema, table_name as name from information_schema.tables
-     where table_type = 'BASE TABLE' and table_schema not in ('pg_catalog', 'information_schema')`.execute(db)
-  const out: string[] = []
-  for (const { schema, name } of tables) {
-    const { rows } = await sql<{ row: string }>`select row_to_json(x)::text as row from ${sql.table(`${schema}.${name}`)} x`.execute(db)
-    out.push(`-- ${schema}.${name}`, ...rows.map((r) => r.row))
-  }
-  return out.join('\n')
-}
 
 /** The value in clear, its base64, base64url or hex: none may be in a dump. */
 const clearForms = (value: string): string[] => [value, Buffer.from(value).toString('base64'), Buffer.from(value).toString('base64url'), Buffer.from(value).toString('hex')]

@@ -1,30 +1,12 @@
 import t from 'tap'
-import { execFileSync } from 'node:child_process'
 import { sql } from 'kysely'
 import { erasePerson, erasureKey, subjectOf } from '../../src/domain/erasure.js'
 import { parseDelivery, recordDeliveries } from '../../src/domain/ingest.js'
 import { auth, testDatabase } from '../helper.js'
+import { dump } from '../fixtures/dump.js'
 import { APP_SECRET, newPsid, world, type World } from '../fixtures/otn.js'
 import { optIn, story } from '../fixtures/consent.js'
 import { envelope, optinEvent, signedPost } from '../fixtures/webhooks.js'
-
-/**
- * The whole database as text, from outside: pg_dump on Postgres; on PGlite (no pg_dump) every row of
- * every table of every schema, as JSON.
- */
-async function dump (): Promise<string> {
-  const { db, kind, url } = await testDatabase()
-  if (kind === 'postgres') return execFileSync('pg_dump', ['--no-owner', url!], { maxBuffer: 512 * 1024 * 1024 }).toString()
-  const { rows: tables } = await sql<{ schema: string, name: string }>`
-    select table_schema as schema, table_name as name from information_schema.tables
-     where table_type = 'BASE TABLE' and table_schema not in ('pg_catalog', 'information_schema')`.execute(db)
-  const out: string[] = []
-  for (const { schema, name } of tables) {
-    const { rows } = await sql<{ row: string }>`select row_to_json(x)::text as row from ${sql.table(`${schema}.${name}`)} x`.execute(db)
-    out.push(`-- ${schema}.${name}`, ...rows.map((r) => r.row))
-  }
-  return out.join('\n')
-}
 
 /** Whether the dump holds `value`, as text or as the hex of its bytes (bytea columns: raw webhook bodies). */
 const holds = (text: string, value: string): boolean => text.includes(value) || text.includes(Buffer.from(value).toString('hex'))
