@@ -6,7 +6,7 @@ import pg from 'pg'
 import { sql } from 'kysely'
 import { openDatabase, type Database } from '../../src/db/database.js'
 import { isContractMigration, migrate, MigrationMismatchError, migrator, pendingMigrations } from '../../src/db/migrate.js'
-import { databaseKind } from '../helper.js'
+import { databaseKind, TEST_ENCRYPTION_KEYS } from '../helper.js'
 import { migrations } from '../../migrations/index.js'
 
 const adminUrl = process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
@@ -217,7 +217,7 @@ t.test('rolling deploys: a contract migration, or this build\'s own not applied,
 
 t.test('rolling deploys, as processes: the previous build restarts against a newer database, or exits saying why (#24.9)', async (t) => {
   const dir = t.testdir({})
-  const env = databaseKind === 'postgres' ? { DATABASE_URL: await scratchDatabase(t) } : { PGLITE_DATA_DIR: dir }
+  const env = databaseKind === 'postgres' ? { DATABASE_URL: await scratchDatabase(t), ENCRYPTION_KEYS: TEST_ENCRYPTION_KEYS } : { PGLITE_DATA_DIR: dir }
   const prepare = await openDatabase({ databaseUrl: env.DATABASE_URL, pgliteDataDir: env.PGLITE_DATA_DIR })
   await migrate(prepare.db)
   await applyFromNewerBuild(prepare.db, '29990101000000_add_future_column')
