@@ -1,4 +1,4 @@
-import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto'
+import { createCipheriv, createDecipheriv, createHash, createHmac, hkdfSync, randomBytes } from 'node:crypto'
 
 // Encryption at rest of the service's small secrets (docs/SECURITY.md): AES-256-GCM with a random
 // 12-byte IV, the key's id and a format version in the stored form, and the column the value belongs
@@ -14,7 +14,13 @@ const KEY_ID = /^[A-Za-z0-9_-]{1,32}$/
 export interface EncryptionKey { id: string, key: Buffer }
 
 /** The columns whose values are encrypted; the name is the additional authenticated data. */
-export type SecretColumn = 'pages.access_token' | 'event_subscriptions.secret'
+export type SecretColumn = 'pages.access_token' | 'event_subscriptions.secret' | 'optin_tokens.token' | 'webhook_events.body'
+
+/**
+ * What a keyed digest is for; each purpose has its own key (derived from the encryption key with
+ * HKDF), so a token's digest and a PSID's digest never compare equal.
+ */
+export type DigestPurpose = 'optin_token' | 'webhook_body' | 'psid'
 
 /** A stored value this build cannot read: its key is not configured, or it was altered. The message never holds the value. */
 export class SecretUnreadableError extends Error {
@@ -57,25 +63,80 @@ export function newEncryptionKey (id: string): string {
 /** The configured keys: the first encrypts, all decrypt. No keys: values are stored in plaintext (ALLOW_PLAINTEXT_SECRETS). */
 export class Keyring {
   private readonly byId: Map<string, Buffer>
+  private readonly digestKeys = new Map<string, Buffer>()
   constructor (readonly keys: readonly EncryptionKey[]) {
     this.byId = new Map(keys.map((k) => [k.id, k.key]))
+  }
+
+  private digestKey (key: EncryptionKey, purpose: DigestPurpose): Buffer {
+    const name = `${key.id}\u0000${purpose}`
+    let derived = this.digestKeys.get(name)
+    if (!derived) {
+      derived = Buffer.from(hkdfSync('sha256', key.key, Buffer.alloc(0), `otn digest v1 ${purpose}`, 32))
+      this.digestKeys.set(name, derived)
+    }
+    return derived
+  }
+
+  /**
+   * The keyed digest an equality lookup stores (HMAC-SHA256 under the key that encrypts, derived per
+   * purpose). With no key (plaintext allowed) it is the unkeyed SHA-256 of the value, the form rows
+   * written before encryption carry.
+   */
+  digest (purpose: DigestPurpose, value: string | Buffer | Uint8Array): Buffer {
+    const current = this.keys[0]
+    if (!current) return createHash('sha256').update(value).digest()
+    return createHmac('sha256', this.digestKey(current, purpose)).update(value).digest()
+  }
+
+  /**
+   * Every digest a stored row may carry for this value: under each configured key (the current
+   * first), then the unkeyed SHA-256 of rows not yet rotated. A lookup matches any of them (`= any`),
+   * so a value written under an older key is still found until rotate-keys rewrites it.
+   */
+  digests (purpose: DigestPurpose, value: string | Buffer | Uint8Array): Buffer[] {
+    return [
+      ...this.keys.map((k) => createHmac('sha256', this.digestKey(k, purpose)).update(value).digest()),
+      createHash('sha256').update(value).digest(),
+    ]
+  }
+
+  /** seal for bytes (a raw webhook body): the stored form's UTF-8 bytes; plaintext mode keeps the bytes. */
+  sealBytes (column: SecretColumn, value: Uint8Array): Buffer {
+    if (!this.keys[0]) return Buffer.from(value)
+    return Buffer.from(this.sealRaw(column, Buffer.from(value)), 'utf8')
+  }
+
+  /** open for bytes: a stored value that does not start with `enc:` is legacy plaintext, returned as it is. */
+  openBytes (column: SecretColumn, stored: Uint8Array): Buffer {
+    const buf = Buffer.from(stored)
+    if (buf.subarray(0, 4).toString('latin1') !== 'enc:') return buf
+    return this.openRaw(column, buf.toString('utf8'))
   }
 
   /** The id new values are encrypted under; undefined when values are stored in plaintext. */
   get currentId (): string | undefined { return this.keys[0]?.id }
 
   seal (column: SecretColumn, value: string): string {
-    const current = this.keys[0]
-    if (!current) return value
-    const iv = randomBytes(IV_BYTES)
-    const cipher = createCipheriv('aes-256-gcm', current.key, iv)
-    cipher.setAAD(Buffer.from(column))
-    const ciphertext = Buffer.concat([cipher.update(value, 'utf8'), cipher.final()])
-    return `${PREFIX}${current.id}:${Buffer.concat([iv, cipher.getAuthTag(), ciphertext]).toString('base64url')}`
+    if (!this.keys[0]) return value
+    return this.sealRaw(column, Buffer.from(value, 'utf8'))
   }
 
   open (column: SecretColumn, stored: string): string {
     if (!stored.startsWith('enc:')) return stored
+    return this.openRaw(column, stored).toString('utf8')
+  }
+
+  private sealRaw (column: SecretColumn, value: Buffer): string {
+    const current = this.keys[0]
+    const iv = randomBytes(IV_BYTES)
+    const cipher = createCipheriv('aes-256-gcm', current.key, iv)
+    cipher.setAAD(Buffer.from(column))
+    const ciphertext = Buffer.concat([cipher.update(value), cipher.final()])
+    return `${PREFIX}${current.id}:${Buffer.concat([iv, cipher.getAuthTag(), ciphertext]).toString('base64url')}`
+  }
+
+  private openRaw (column: SecretColumn, stored: string): Buffer {
     if (!stored.startsWith(PREFIX)) throw new SecretUnreadableError(`a value of ${column} has an unknown encryption format (this build reads ${PREFIX})`)
     const rest = stored.slice(PREFIX.length)
     const colon = rest.indexOf(':')
@@ -90,16 +151,17 @@ export class Keyring {
       const decipher = createDecipheriv('aes-256-gcm', key, blob.subarray(0, IV_BYTES))
       decipher.setAAD(Buffer.from(column))
       decipher.setAuthTag(blob.subarray(IV_BYTES, IV_BYTES + TAG_BYTES))
-      return Buffer.concat([decipher.update(blob.subarray(IV_BYTES + TAG_BYTES)), decipher.final()]).toString('utf8')
+      return Buffer.concat([decipher.update(blob.subarray(IV_BYTES + TAG_BYTES)), decipher.final()])
     } catch {
       throw new SecretUnreadableError(`a value of ${column} under key id "${id}" fails authentication: it was altered, moved from another column, or the key with that id is not the one that encrypted it`)
     }
   }
 
   /** True when a stored value is already under the key that encrypts (nothing for rotation to do). */
-  isCurrent (stored: string): boolean {
+  isCurrent (stored: string | Uint8Array): boolean {
+    const head = typeof stored === 'string' ? stored.slice(0, 48) : Buffer.from(stored.subarray(0, 48)).toString('latin1')
     const id = this.currentId
-    return id === undefined ? !stored.startsWith('enc:') : stored.startsWith(`${PREFIX}${id}:`)
+    return id === undefined ? !head.startsWith('enc:') : head.startsWith(`${PREFIX}${id}:`)
   }
 }
 
@@ -111,3 +173,7 @@ export function useKeyring (keyring: Keyring): void { active = keyring }
 export function activeKeyring (): Keyring { return active }
 export const sealSecret = (column: SecretColumn, value: string): string => active.seal(column, value)
 export const openSecret = (column: SecretColumn, stored: string): string => active.open(column, stored)
+export const sealBytes = (column: SecretColumn, value: Uint8Array): Buffer => active.sealBytes(column, value)
+export const openBytes = (column: SecretColumn, stored: Uint8Array): Buffer => active.openBytes(column, stored)
+export const keyedDigest = (purpose: DigestPurpose, value: string | Buffer | Uint8Array): Buffer => active.digest(purpose, value)
+export const keyedDigests = (purpose: DigestPurpose, value: string | Buffer | Uint8Array): Buffer[] => active.digests(purpose, value)

@@ -1,5 +1,5 @@
 import t from 'tap'
-import { randomBytes } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
 import { Keyring, newEncryptionKey, parseEncryptionKeys, SecretUnreadableError } from '../../src/crypto/secret-box.js'
 
 const key = (id: string) => parseEncryptionKeys(newEncryptionKey(id)).keys[0]
@@ -70,4 +70,35 @@ t.test('ENCRYPTION_KEYS: one problem per bad entry, by position and id, never qu
     'entry 6: id a is used twice',
   ])
   t.notMatch(problems.join('\n'), new RegExp(good.slice(2, 20).replace(/[+/]/g, '.')))
+})
+
+t.test('keyed digests: stable per key and purpose, different across keys and purposes, the unkeyed SHA-256 last for rows not yet rotated', async (t) => {
+  const [a, b] = [key('a'), key('b')]
+  const ring = new Keyring([a, b])
+  const d = ring.digest('optin_token', 'TOKEN-1')
+  t.equal(d.length, 32)
+  t.same(ring.digest('optin_token', 'TOKEN-1'), d, 'the same value, the same digest')
+  t.notSame(ring.digest('psid', 'TOKEN-1'), d, 'another purpose, another digest')
+  t.notSame(new Keyring([b, a]).digest('optin_token', 'TOKEN-1'), d, 'another current key, another digest')
+  const all = ring.digests('optin_token', 'TOKEN-1')
+  t.equal(all.length, 3)
+  t.same(all[0], d, 'the current key first')
+  t.same(all[1], new Keyring([b]).digest('optin_token', 'TOKEN-1'), 'then every older key')
+  t.same(all[2], createHash('sha256').update('TOKEN-1').digest(), 'then the unkeyed digest')
+  t.same(new Keyring([]).digest('webhook_body', 'x'), createHash('sha256').update('x').digest(), 'no key: the unkeyed digest')
+  t.notMatch(d.toString('hex'), createHash('sha256').update('TOKEN-1').digest('hex'), 'keyed is not the plain hash')
+})
+
+t.test('bytes are sealed to the same stored form, open to themselves, and legacy bytes are read as they are', async (t) => {
+  const ring = new Keyring([key('a')])
+  const body = Buffer.from('{"object":"page","entry":[]}')
+  const sealed = ring.sealBytes('webhook_events.body', body)
+  t.match(sealed.toString('utf8'), /^enc:v1:a:/)
+  t.notMatch(sealed.toString('utf8'), 'entry')
+  t.same(ring.openBytes('webhook_events.body', sealed), body)
+  t.same(ring.openBytes('webhook_events.body', body), body, 'legacy plaintext')
+  t.ok(ring.isCurrent(sealed))
+  t.notOk(ring.isCurrent(body))
+  t.throws(() => ring.openBytes('optin_tokens.token', sealed), SecretUnreadableError, 'bound to its column')
+  t.same(new Keyring([]).sealBytes('webhook_events.body', body), body, 'no key: stored as it is')
 })
