@@ -1,7 +1,7 @@
 import { sql, type RawBuilder, type Selectable } from 'kysely'
 import type { Config } from '../config.js'
 import type { Database } from '../db/database.js'
-import { openSecret } from '../crypto/secret-box.js'
+import { openSecret, SecretUnreadableError } from '../crypto/secret-box.js'
 import type { OptinRequestsTable, RecurringFrequency, TokenKind } from '../db/types.js'
 import type { GraphClient } from '../graph/client.js'
 import { classifyGraphError, type GraphError } from '../graph/errors.js'
@@ -120,11 +120,12 @@ export async function requestOptin (deps: OptinRequestDeps, topicId: string, inp
     throw new DomainError('window_closed',
       'Meta lets a Page ask for an opt-in only within 24 hours of the person\'s last message; this person has not written since.')
   }
+  const credentials = { id: page.id, accessToken: pageToken(page.id, page.access_token) }
   const title = input.title ?? topic.title
   const values = { topic_id: topic.id, page_id: topic.page_id, psid: input.psid, title, payload: topic.payload, kind, created_by: createdBy ?? null }
   const row = kind === 'notification_messages' ? await reserveWeek(db, values) : await reserveSlot(deps, values)
 
-  const outcome = await deps.graph.sendMessage({ id: page.id, accessToken: openSecret('pages.access_token', page.access_token) }, {
+  const outcome = await deps.graph.sendMessage(credentials, {
     recipient: { id: input.psid },
     messaging_type: 'RESPONSE',
     message: { attachment: { type: 'template', payload: template(kind, title, topic.payload, input, zone) } },
@@ -263,4 +264,14 @@ async function settle (db: Database, row: { id: string, page_id: string }, statu
     }
     return settled
   })
+}
+
+/** The Page's access token, decrypted before anything is reserved; unreadable: refused with page_token_unreadable (the key id, never the value). */
+function pageToken (pageId: string, stored: string): string {
+  try {
+    return openSecret('pages.access_token', stored)
+  } catch (error) {
+    if (!(error instanceof SecretUnreadableError)) throw error
+    throw new DomainError('page_token_unreadable', `Page ${pageId}'s access token cannot be read, so nothing was sent: ${error.message}`)
+  }
 }

@@ -7,7 +7,7 @@ import { randomUUID } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Config } from '../config.js'
 import type { Database } from '../db/database.js'
-import { openSecret } from '../crypto/secret-box.js'
+import { openSecret, SecretUnreadableError } from '../crypto/secret-box.js'
 import type { Notification } from '../db/types.js'
 import type { GraphClient, PageCredentials, SendOutcome } from '../graph/client.js'
 import { classifyGraphError, type GraphError } from '../graph/errors.js'
@@ -117,8 +117,14 @@ export async function sendNotification (deps: SendDeps, input: NotificationInput
     deps.log?.info({ notification_id: n.id, status: n.status, route: n.route, attempts: n.attempts }, `notification ${n.status}`)
     return resultOf(n, false)
   }
-  const target: Target = {
-    page: { id: context.page_id, accessToken: openSecret('pages.access_token', context.access_token) }, page_id: context.page_id, payload: context.payload, topic_id: context.topic_id,
+  const target = targetFrom(context.page_id, context.access_token, { page_id: context.page_id, payload: context.payload, topic_id: context.topic_id })
+  if ('missing' in target) {
+    deps.log?.warn({ notification_id: n.id, page_id: n.page_id, err: target.missing.detail }, 'the Page access token cannot be read; nothing sent')
+    const kind = token?.kind ?? 'one_time_notif'
+    const route = token ? routeOf(token.kind) : n.route ?? 'token'
+    const decision = decide({ kind, route, ambiguous: false, exhausted: true, recovering: false }, { kind: 'target_gone', code: target.missing.code })
+    const hold = token ? { page_id: n.page_id, token_id: token.id, notification_id: n.id, kind: token.kind } : undefined
+    return resultOf(await finish(deps, n, decision, { route, ...(hold ? { hold } : {}), detail: target.missing.detail }), false)
   }
   const done = n.route === 'window'
     ? await sendThroughWindow(deps, n, target, true) ?? await tokenRoute(deps, n, target)
@@ -399,5 +405,18 @@ async function targetOf (db: Database, n: Notification, token?: { page_id: strin
   if (!page?.access_token) {
     return { missing: { code: 'page_without_access_token', detail: `Page ${n.page_id} has no access token.` } }
   }
-  return { page: { id: page.id, accessToken: openSecret('pages.access_token', page.access_token) }, page_id: where.page_id, payload: where.payload, topic_id: n.topic_id }
+  return targetFrom(page.id, page.access_token, { page_id: where.page_id, payload: where.payload, topic_id: n.topic_id })
+}
+
+/**
+ * The Page's credentials, decrypted by the send that uses them (one unreadable token fails only its
+ * own Page's sends), or why they cannot be read: the detail names the key id, never a value.
+ */
+function targetFrom (pageId: string, storedToken: string, where: Omit<Target, 'page'>): Target | { missing: NotificationProblem } {
+  try {
+    return { page: { id: pageId, accessToken: openSecret('pages.access_token', storedToken) }, ...where }
+  } catch (error) {
+    if (!(error instanceof SecretUnreadableError)) throw error
+    return { missing: { code: 'page_token_unreadable', detail: `Page ${pageId}'s access token cannot be read, so nothing was sent: ${error.message}` } }
+  }
 }

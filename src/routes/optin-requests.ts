@@ -22,7 +22,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
         'answer is 504 graph_unconfirmed and still counts toward the throttle.',
       tags, security, 'x-access': { rights: 'write', owner: { table: 'topics', in: 'params', field: 'id', what: 'topic' } },
       params: OptinRequestParamsSchema, body: CreateOptinRequestBodySchema,
-      response: { 201: named(OptinRequestSchema, 'Sent: the person sees the Notify Me request'), ...problems(...API_PROBLEMS, ...BODY_PROBLEMS, 'topic_not_found', 'page_not_found', 'page_without_access_token', 'window_closed', 'optin_request_throttled', 'invalid_timezone', 'recurring_optin_weekly_limit', 'graph_optin_restricted', 'graph_request_invalid', 'graph_message_refused', 'graph_rate_limited', 'graph_recipient_invalid', 'graph_topic_stopped', 'graph_person_unavailable', 'graph_page_restricted', 'graph_page_token_invalid', 'graph_permission_missing', 'graph_error', 'graph_temporary', 'graph_unreachable', 'graph_unconfirmed') },
+      response: { 201: named(OptinRequestSchema, 'Sent: the person sees the Notify Me request'), ...problems(...API_PROBLEMS, ...BODY_PROBLEMS, 'topic_not_found', 'page_not_found', 'page_without_access_token', 'page_token_unreadable', 'window_closed', 'optin_request_throttled', 'invalid_timezone', 'recurring_optin_weekly_limit', 'graph_optin_restricted', 'graph_request_invalid', 'graph_message_refused', 'graph_rate_limited', 'graph_recipient_invalid', 'graph_topic_stopped', 'graph_person_unavailable', 'graph_page_restricted', 'graph_page_token_invalid', 'graph_permission_missing', 'graph_error', 'graph_temporary', 'graph_unreachable', 'graph_unconfirmed') },
     },
   }, async (request, reply) => {
     if (request.body.kind !== 'notification_messages') {

@@ -4,7 +4,7 @@ import { newEncryptionKey } from '../../src/crypto/secret-box.js'
 import { rotateKeys } from '../../src/domain/key-rotation.js'
 import { auth, build, LogCapture, TEST_ENCRYPTION_KEYS, uniquePageId } from '../helper.js'
 import { dump } from '../fixtures/dump.js'
-import { graphEnv, newPsid, notify, world, type World } from '../fixtures/otn.js'
+import { graphEnv, newPsid, notify, openWindow, world, type World } from '../fixtures/otn.js'
 import { optIn } from '../fixtures/consent.js'
 import { eventsEnv, startReceiver, until, type Receiver } from '../fixtures/event-receiver.js'
 
@@ -153,8 +153,21 @@ t.test('a tampered ciphertext fails closed: nothing is sent or signed with it, a
     notify(w.app, { topic_id: w.topic.id, psid, message: { text: 'back in stock' } }),
     notify(w.app, { topic_id: other.topic.id, psid: otherPsid, message: { text: 'back in stock' } }),
   ])
-  t.ok(res.statusCode >= 500, `refused (${res.statusCode})`)
+  t.equal(res.statusCode, 500)
+  t.match(res.json(), { code: 'page_token_unreadable', detail: /key id "test-key" fails authentication/ })
+  t.notOk(holds(res.body, w.accessToken), 'the answer holds no token')
   t.equal(fine.json().status, 'sent', 'the other Page\'s send is not affected')
+  const { rows: [n] } = await sql<{ status: string, code: string }>`select status, error->>'code' as code from notifications where page_id = ${w.pageId} and psid = ${psid}`.execute(w.db)
+  t.same(n, { status: 'failed', code: 'page_token_unreadable' }, 'recorded failed, not left pending')
+  const { rows: kept } = await sql<{ state: string, notification_id: string | null }>`select state, notification_id from optin_tokens where page_id = ${w.pageId} and psid = ${psid}`.execute(w.db)
+  t.same(kept, [{ state: 'available', notification_id: null }], 'the opt-in token is kept, not held and not spent')
+  const asker = newPsid()
+  await openWindow(w, asker)
+  const asked = await w.app.inject({ method: 'POST', url: `/v1/topics/${w.topic.id}/optin-requests`, headers: auth, payload: { psid: asker } })
+  t.equal(asked.statusCode, 500)
+  t.equal(asked.json().code, 'page_token_unreadable', 'an opt-in request is refused the same way')
+  const { rows: [reserved] } = await sql<{ n: number }>`select count(*)::int as n from optin_requests where page_id = ${w.pageId} and psid = ${asker}`.execute(w.db)
+  t.equal(reserved.n, 0, 'before anything is reserved: the next request is not throttled')
   t.same(w.emulator.requests.slice(sentBefore).map((r) => r.pageId), [otherId], 'Meta received the other Page\'s send only: nothing for the tampered Page')
   t.match(log.text, /pages\.access_token under key id \\?"test-key\\?" fails authentication/)
   t.notOk(holds(log.text, w.accessToken), 'the token is in no log line')
