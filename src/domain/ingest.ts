@@ -304,17 +304,11 @@ export function namedIds (body: unknown): string[][] {
  * holds and erasure looks a person up in.
  */
 export function mentionSubjects (named: string[][], key: Buffer): Buffer[] {
-  const subjects = new Map<string, Buffer>()
+  const pairs = new Map<string, [string, string]>()
   for (const ids of named) {
-    for (const a of ids) {
-      for (const b of ids) {
-        if (a === b) continue
-        const subject = subjectOf(key, a, b)
-        subjects.set(subject.toString('hex'), subject)
-      }
-    }
+    for (const a of ids) for (const b of ids) if (a !== b) pairs.set(JSON.stringify([a, b]), [a, b])
   }
-  return [...subjects.entries()].sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0).map(([, s]) => s)
+  return [...pairs.values()].map(([pageId, psid]) => subjectOf(key, pageId, psid)).sort(Buffer.compare)
 }
 
 const FREQUENCIES = new Set<string>(['DAILY', 'WEEKLY', 'MONTHLY'])
