@@ -14,6 +14,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { pathToFileURL } from 'node:url'
 import pg from 'pg'
 import { request } from 'undici'
+import { Keyring, parseEncryptionKeys } from '../src/crypto/secret-box.js'
 import { NO_ANSWER_LOG } from '../src/domain/send.js'
 import { createEmulator, type Emulator, type FaultConfig } from '../src/emulator/emulator.js'
 import { API_KEY, APP_SECRET, REPO_ROOT, envInt, freePort, table } from './lib.js'
@@ -390,9 +391,11 @@ export async function runSoak (opts: SoakOptions): Promise<SoakReport> {
     const { rows: states } = await db.query(`select ${STATE} as state, count(*)::int as n from optin_tokens group by 1 order by 1`)
     const { rows: statuses } = await db.query('select status, route, count(*)::int as n from notifications group by status, route order by status, route')
     const { rows: [tokenCount] } = await db.query('select count(*)::int as n from optin_tokens')
-    const { rows: stored } = await db.query("select encode(sha256(body), 'hex') as h from webhook_events")
-    const storedBodies = new Set(stored.map((r) => r.h as string))
-    const sha = (body: string) => createHash('sha256').update(body).digest('hex')
+    // Bodies are stored sealed (docs/SECURITY.md): opened with the soak's key, then hashed.
+    const soakKeys = new Keyring(parseEncryptionKeys(SOAK_ENCRYPTION_KEYS).keys)
+    const sha = (body: string | Buffer) => createHash('sha256').update(body).digest('hex')
+    const { rows: stored } = await db.query('select body from webhook_events where length(body) > 0')
+    const storedBodies = new Set(stored.map((r) => sha(soakKeys.openBytes('webhook_events.body', r.body as Buffer))))
     const answered200 = emulator.webhooks.filter((w) => w.status === 200)
     const missing = answered200.filter((w) => !storedBodies.has(sha(w.body))).length
     const optinTokens = answered200.filter((w) => w.event === 'optin')

@@ -1,5 +1,6 @@
 import { vacuumChangedTables } from './db/embedded-vacuum.js'
 import { removeOldAuditEntries } from './domain/audit.js'
+import { erasureKey } from './domain/erasure.js'
 import { rotateKeys } from './domain/key-rotation.js'
 import { recoverLeases } from './domain/recovery.js'
 import { removeOldEvents, removeOldMessageBodies, removeOldWebhookBodies } from './domain/retention.js'
@@ -9,7 +10,13 @@ import type { MaintenanceTask } from './maintenance.js'
 /** Every periodic sweep the service runs; add new ones here. */
 export const maintenanceTasks: MaintenanceTask[] = [
   // Encrypts what is not yet under ENCRYPTION_KEYS's first key (legacy plaintext, an older key): docs/SECURITY.md.
-  { name: 'rotate_keys', run: async ({ db }) => { const c = await rotateKeys(db); return c.pages + c.event_subscriptions } },
+  {
+    name: 'rotate_keys',
+    run: async ({ db, config }) => {
+      const c = await rotateKeys(db, { subjectKey: erasureKey(config) })
+      return c.pages + c.event_subscriptions + c.webhook_events
+    },
+  },
   { name: 'expire_tokens', run: ({ db }) => expireTokens(db) },
   { name: 'remove_old_webhook_bodies', run: ({ db, config }) => removeOldWebhookBodies(db, config.WEBHOOK_BODY_RETENTION_DAYS) },
   { name: 'remove_old_message_bodies', run: ({ db, config }) => removeOldMessageBodies(db, config.MESSAGE_BODY_RETENTION_DAYS) },

@@ -1,11 +1,12 @@
 import { keyringFor } from '../crypto/configured-keyring.js'
 import { openDatabase, type DatabaseHandle } from '../db/database.js'
+import { erasureKey } from '../domain/erasure.js'
 import { rotateKeys } from '../domain/key-rotation.js'
 import { maskUrl } from '../logger.js'
 import { exitWith, explainDatabaseError, startupConfig } from '../startup.js'
 
-// Re-encrypts every Page access token and event signing secret under ENCRYPTION_KEYS's first key
-// (legacy plaintext included), in batches, while the service runs (docs/SECURITY.md). Counts go to
+// Re-encrypts every Page access token, event signing secret and raw webhook body under
+// ENCRYPTION_KEYS's first key (legacy plaintext included), in batches, while the service runs (docs/SECURITY.md). Counts go to
 // stdout; the service's maintenance task does the same every period.
 const program = 'otn-service rotate-keys'
 const { config } = startupConfig(program, { API_KEYS: 'unused-by-rotate-keys' })
@@ -19,9 +20,10 @@ try {
   } else {
     const counts = await rotateKeys(handle.db, {
       keyring,
-      progress: (c) => console.log(`re-encrypted so far: ${c.pages} page(s), ${c.event_subscriptions} event subscription(s)`),
+      subjectKey: erasureKey(config),
+      progress: (c) => console.log(`re-encrypted so far: ${c.pages} page(s), ${c.event_subscriptions} event subscription(s), ${c.webhook_events} raw webhook bodies`),
     })
-    console.log(`${handle.kind} at ${maskUrl(handle.location)}: re-encrypted ${counts.pages} page access token(s) and ${counts.event_subscriptions} event subscription(s) under key ${keyring.currentId}`)
+    console.log(`${handle.kind} at ${maskUrl(handle.location)}: re-encrypted ${counts.pages} page access token(s), ${counts.event_subscriptions} event subscription(s) and ${counts.webhook_events} raw webhook bodies under key ${keyring.currentId}`)
   }
 } catch (error) {
   await handle?.close().catch(() => {})

@@ -137,9 +137,16 @@ export interface WebhookEventsTable {
   received_at: CreatedAt
   signature: string
   object: string | null
+  /** The raw body, sealed (secret-box sealBytes: `enc:v1:...` bytes); legacy rows hold it in clear; '' when withheld (erasure). */
   body: Uint8Array
-  /** SHA-256 of body; null on rows stored before it was kept (migration 20261202090000). */
+  /**
+   * keyedDigest('webhook_body', raw body), for deduplication; rows stored before encryption (or
+   * under an older key) carry the unkeyed SHA-256 (or that key's digest) until rotate-keys; null on
+   * rows stored before digests were kept (migration 20261202090000).
+   */
   digest: Uint8Array | null
+  /** Erasure subjects (subjectOf) of every person the body names; null on rows stored before 20261203030000. */
+  mentions: Uint8Array[] | null
 }
 
 export type BroadcastState = 'scheduled' | 'running' | 'completed' | 'cancelled'

@@ -7,8 +7,10 @@
  *   placeholder; a recipient still pending is settled `no_token` (it holds no token any more), so a
  *   broadcast in progress skips the person.
  * - webhook_events: every raw body that mentions the PSID is deleted (with the other events it
- *   carried: their tokens and people are recorded already). A re-delivery of a deleted body is
- *   stored without it (ingest.ts, `withheld`).
+ *   carried: their tokens and people are recorded already). Bodies are encrypted: one is found by
+ *   `mentions`, the subjects of the people its events name (ingest.ts, mentionSubjects), which holds
+ *   the person's `subject`; a legacy row (stored before, in clear, mentions null) by a search of its
+ *   bytes for the PSID. A re-delivery of a deleted body is stored without it (ingest.ts, `withheld`).
  * - consent_history: the person's entries are deleted, and one `erased` entry is written with no
  *   personal data: the Page, the time, the counts above, and `subject`, a keyed digest of Page and
  *   PSID. A webhook event about the person older than that entry (Meta re-delivers for up to 36
@@ -94,8 +96,11 @@ async function eraseRows (db: Database, pageId: string, psid: string, subject: B
              state = case when state = 'pending' then 'done' else state end,
              updated_at = now()
        where page_id = ${pageId} and psid = ${psid}`.execute(db)),
-    // A raw body may be stored on another Page's id (Meta batches Pages' entries): every body is searched.
-    webhook_events: count(await sql`delete from webhook_events where position(convert_to(${psid}, 'UTF8') in body) > 0 ${bound('received_at')}`.execute(db)),
+    // A raw body may be stored on another Page's id (Meta batches Pages' entries): every Page's bodies are looked in.
+    webhook_events: count(await sql`delete from webhook_events where mentions && array[${subject}]::bytea[] ${bound('received_at')}`.execute(db)) +
+      count(await sql`delete from webhook_events
+                       where mentions is null and substring(body from 1 for 4) <> convert_to('enc:', 'UTF8')
+                         and position(convert_to(${psid}, 'UTF8') in body) > 0 ${bound('received_at')}`.execute(db)),
     consent_history: count(await sql`
       delete from consent_history
        where page_id = ${pageId}

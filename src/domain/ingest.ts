@@ -1,6 +1,7 @@
-import { createHash, createHmac, timingSafeEqual } from 'node:crypto'
+import { createHmac, timingSafeEqual } from 'node:crypto'
 import { sql } from 'kysely'
 import type { Database } from '../db/database.js'
+import { activeKeyring } from '../crypto/secret-box.js'
 import { GroupCommit } from '../db/group-commit.js'
 import type { RecurringFrequency, TokenKind } from '../db/types.js'
 import { DomainError } from './errors.js'
@@ -94,6 +95,8 @@ export interface Delivery {
   skipped: Partial<Record<SkipReason, number>>
   /** Events whose own time was missing or unreadable, stamped with the entry's time or the receipt time. */
   restamped_events: number
+  /** The ids each event names together, whatever its kind or object (namedIds): what erasure finds the stored body by. */
+  named: string[][]
 }
 
 type Json = Record<string, unknown>
@@ -169,6 +172,7 @@ export function parseDelivery (raw: Buffer, receivedAt: Date = new Date()): Deli
   const first = idOf(body.entry[0])
   const delivery: Delivery = {
     object, page_id: first !== undefined && isPageId(first) ? first : '', tokens: [], recurring: [], subscribers: [], interactions: 0, ignored_events: 0, rejected_events: 0, skipped: {}, restamped_events: 0,
+    named: namedIds(body),
   }
   const skip = (reason: SkipReason, count = 1): void => {
     if (count === 0) return
@@ -262,6 +266,49 @@ export function parseDelivery (raw: Buffer, receivedAt: Date = new Date()): Deli
     last_interaction_at: p.last === null ? null : new Date(p.last).toISOString(),
   }))
   return delivery
+}
+
+/**
+ * The ids each event of a webhook body names together: its entry's id, its sender's and its
+ * recipient's, for every event of every entry (messaging and standby), whatever its kind (an echo, a
+ * receipt, an event not recorded) or object. A stored body is encrypted, so erasure cannot search it
+ * for a PSID: it finds the body by the erasure subjects of these ids taken in pairs (mentionSubjects),
+ * which name a person on a Page however the event places them (the Page as recipient, or as sender in
+ * an echo). Anything not JSON names no one.
+ */
+export function namedIds (body: unknown): string[][] {
+  if (Buffer.isBuffer(body)) {
+    try {
+      body = JSON.parse(body.toString('utf8'))
+    } catch {
+      return []
+    }
+  }
+  const named: string[][] = []
+  if (!isObject(body) || !Array.isArray(body.entry)) return named
+  for (const entry of body.entry) {
+    if (!isObject(entry)) continue
+    const events = [entry.messaging, entry.standby].flatMap((list) => Array.isArray(list) ? list : [])
+    for (const event of events) {
+      if (!isObject(event)) continue
+      const ids = new Set([idOf(entry), idOf(event.sender), idOf(event.recipient)].filter((id): id is string => id !== undefined))
+      if (ids.size > 1) named.push([...ids])
+    }
+  }
+  return named
+}
+
+/**
+ * The erasure subjects (subjectOf) of every (Page, person) pair a body's events name (namedIds):
+ * every ordered pair of ids named together, distinct, in a stable order. What `webhook_events.mentions`
+ * holds and erasure looks a person up in.
+ */
+export function mentionSubjects (named: string[][], key: Buffer): Buffer[] {
+  const pairs = new Map<string, [string, string]>()
+  for (const ids of named) {
+    for (const a of ids) for (const b of ids) if (a !== b) pairs.set(JSON.stringify([a, b]), [a, b])
+  }
+  return [...pairs.values()].map(([pageId, psid]) => subjectOf(key, pageId, psid)).sort(Buffer.compare)
 }
 
 const FREQUENCIES = new Set<string>(['DAILY', 'WEEKLY', 'MONTHLY'])
@@ -359,11 +406,14 @@ export interface DeliveryInput {
 /**
  * Stores deliveries in one statement: one round trip and one transaction for all of them, so a
  * failure leaves nothing behind and Meta's retry brings it all again. Each raw body goes into
- * webhook_events, each new token into the token store (naming its event), each person's first-seen and
- * last-interaction times into subscribers. A body already stored (the same bytes: its SHA-256 digest
- * is unique among stored deliveries) is a re-delivery: it is answered with the first one's event and
- * changes nothing; the unique index decides between concurrent statements, so it holds across
- * instances. Rows are written in key order (events by digest, tokens, people) and tokens and people
+ * webhook_events (sealed: docs/SECURITY.md, with `mentions`, the erasure subjects of the people its
+ * events name), each new token into the token store (naming its event), each person's first-seen and
+ * last-interaction times into subscribers. A body already stored (the same bytes: its keyed digest
+ * under the current key is unique among a Page's stored deliveries) is a re-delivery: it is answered
+ * with the first one's event and changes nothing; the unique index decides between concurrent
+ * statements, so it holds across instances. A copy stored under an older key, or before encryption
+ * (the unkeyed SHA-256), is found by its digest under that key (keyedDigests) until rotate-keys
+ * re-digests it. Rows are written in key order (events by digest, tokens, people) and tokens and people
  * only after every event row is settled, so that concurrent statements over the same deliveries or
  * people never deadlock; a token already held is left as it is (another POST with it); a person's
  * last interaction only moves forward, however deliveries are ordered. Times later than the
@@ -376,7 +426,12 @@ export async function recordDeliveries (db: Database, inputs: DeliveryInput[], s
   const tokens = inputs.flatMap(({ delivery }, ord) => delivery.tokens.map((t) => ({ ...t, ord, subject: subject(t) })))
   const recurring = inputs.flatMap(({ delivery }, ord) => delivery.recurring.map((r) => ({ ...r, ord, subject: subject(r) })))
   const people = inputs.flatMap(({ delivery }, ord) => delivery.subscribers.map((p) => ({ ...p, ord, subject: subject(p), at: p.last_interaction_at ?? p.first_seen_at })))
-  const digests = inputs.map((i) => createHash('sha256').update(i.raw).digest())
+  const keyring = activeKeyring()
+  const bodies = inputs.map((i) => keyring.sealBytes('webhook_events.body', i.raw))
+  const digests = inputs.map((i) => keyring.digest('webhook_body', i.raw))
+  // Every digest a stored copy of the body may carry (each configured key's, then the unkeyed SHA-256), one row each.
+  const lookups = inputs.flatMap((i, ord) => keyring.digests('webhook_body', i.raw).map((digest) => ({ ord, digest })))
+  const named = inputs.flatMap(({ delivery }, ord) => mentionSubjects(delivery.named, subjectKey).map((subject) => ({ ord, subject })))
   // A delivery that mentions a person in an event older than their erasure (Meta re-delivering what
   // the erasure deleted) is stored without its body: its digest still answers a later re-delivery as
   // a duplicate, and the person's id does not come back into webhook_events.
@@ -385,9 +440,11 @@ export async function recordDeliveries (db: Database, inputs: DeliveryInput[], s
     ...people.map((p) => ({ ord: p.ord, page_id: p.page_id, subject: p.subject, at: p.at }))]
   // Across the deliveries of one statement, the rules parseDelivery applies within one body: a token
   // is recorded once, from its earliest opt-in (for that delivery); a person is written once, with
-  // the earliest first sight and the latest interaction. The no-op update on a digest already stored
+  // the earliest first sight and the latest interaction. `prior` is a copy already stored under any
+  // key's digest (or the unkeyed one); for the others, the no-op update on a digest already stored
   // returns that row (waiting for a concurrent statement that stores it to commit); `fresh` holds the
-  // deliveries whose own row was stored, and the sorts below read all of it before writing.
+  // deliveries whose own row was stored, and the sorts below read all of it before writing. A
+  // withheld body is stored empty and mentions no one.
   const { rows } = await sql<Recorded>`
     with withheld as (
       select distinct (m.value ->> 'ord')::int as ord
@@ -398,13 +455,25 @@ export async function recordDeliveries (db: Database, inputs: DeliveryInput[], s
                         and h.at >= (m.value ->> 'at')::timestamptz)
     ), input as (
       select nextval(pg_get_serial_sequence('webhook_events', 'id')) as id, e.ord, e.page_id, e.signature, e.object,
-             case when e.ord in (select ord from withheld) then ''::bytea else e.body end as body, e.digest
+             case when e.ord in (select ord from withheld) then ''::bytea else e.body end as body, e.digest,
+             case when e.ord in (select ord from withheld) then '{}'::bytea[]
+                  else coalesce((select array_agg(m.subject order by m.subject)
+                                   from unnest(${named.map((m) => m.ord)}::int[], ${named.map((m) => m.subject)}::bytea[]) as m(ord, subject)
+                                  where m.ord = e.ord), '{}'::bytea[]) end as mentions
         from unnest(${inputs.map((_, i) => i)}::int[], ${inputs.map((i) => i.delivery.page_id)}::text[],
                     ${inputs.map((i) => i.signature)}::text[], ${inputs.map((i) => i.delivery.object)}::text[],
-                    ${inputs.map((i) => i.raw)}::bytea[], ${digests}::bytea[]) as e(ord, page_id, signature, object, body, digest)
+                    ${bodies}::bytea[], ${digests}::bytea[]) as e(ord, page_id, signature, object, body, digest)
+    ), prior as (
+      select distinct on (input.ord) input.ord, w.id
+        from input
+        join unnest(${lookups.map((l) => l.ord)}::int[], ${lookups.map((l) => l.digest)}::bytea[]) as l(ord, digest) on l.ord = input.ord
+        join webhook_events w on w.page_id = input.page_id and w.digest = l.digest
+       order by input.ord, w.id
     ), event as (
-      insert into webhook_events (id, page_id, signature, object, body, digest) overriding system value
-      select distinct on (page_id, digest) id, page_id, signature, object, body, digest from input order by page_id, digest, ord
+      insert into webhook_events (id, page_id, signature, object, body, digest, mentions) overriding system value
+      select distinct on (page_id, digest) id, page_id, signature, object, body, digest, mentions from input
+       where ord not in (select ord from prior)
+       order by page_id, digest, ord
       on conflict (page_id, digest) where digest is not null do update set digest = excluded.digest
       returning id, page_id, digest
     ), fresh as (
@@ -429,13 +498,14 @@ export async function recordDeliveries (db: Database, inputs: DeliveryInput[], s
         last_interaction_at = greatest(subscribers.last_interaction_at, excluded.last_interaction_at),
         updated_at = now()
     )
-    select event.id::text as event_id, event.id <> input.id as duplicate,
+    select coalesce(prior.id, event.id)::text as event_id, coalesce(prior.id, event.id) <> input.id as duplicate,
            count(added.webhook_event_id) filter (where added.state = 'available')::int as tokens_recorded,
            count(added.webhook_event_id) filter (where added.state = 'expired')::int as tokens_expired
       from input
-      join event on event.page_id = input.page_id and event.digest = input.digest
+      left join prior on prior.ord = input.ord
+      left join event on prior.ord is null and event.page_id = input.page_id and event.digest = input.digest
       left join added on added.webhook_event_id = input.id
-     group by input.ord, input.id, event.id
+     group by input.ord, input.id, event.id, prior.id
      order by input.ord
   `.execute(db)
   return rows

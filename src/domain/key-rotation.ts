@@ -1,6 +1,8 @@
 import { sql } from 'kysely'
 import type { Database } from '../db/database.js'
 import { activeKeyring, PREFIX, type Keyring } from '../crypto/secret-box.js'
+import { erasureKey } from './erasure.js'
+import { mentionSubjects, namedIds } from './ingest.js'
 
 // Key rotation and the encryption of existing data (docs/SECURITY.md): every stored secret that is
 // not under the key that encrypts now (ENCRYPTION_KEYS's first), legacy plaintext included, is
@@ -11,7 +13,11 @@ import { activeKeyring, PREFIX, type Keyring } from '../crypto/secret-box.js'
 
 export const ROTATION_BATCH = 500
 
-export interface RotationCounts { pages: number, event_subscriptions: number }
+export interface RotationCounts {
+  pages: number
+  event_subscriptions: number
+  webhook_events: number
+}
 
 /** The SQL test "this value is not under the current key" (not a LIKE: `_` may be in a key id). */
 function notCurrent (column: 'access_token' | 'secret' | 'previous_secret', keyring: Keyring) {
@@ -51,15 +57,62 @@ async function rotateSubscriptions (db: Database, keyring: Keyring, batch: numbe
 }
 
 /**
- * Re-encrypts every Page access token and event signing secret not under the current key; returns
- * the rows changed per table. With no key configured (plaintext allowed) there is nothing to do.
+ * Raw webhook bodies not under the current key (legacy plaintext included; an empty body, withheld
+ * after an erasure, has nothing to encrypt): sealed again, their digest recomputed under the current
+ * key (so a re-delivery is still a duplicate once the old key is removed), and a legacy row's
+ * `mentions` (null) computed from its body with `subjectKey`, so erasure still finds it once it is no
+ * longer in clear. A digest another row already holds (the same body stored twice, under two keys)
+ * is left null rather than broken: that row answers re-deliveries. Walks the ids upwards from
+ * `after.id`, so a large table is read once per run.
  */
-export async function rotateKeys (db: Database, opts: { keyring?: Keyring, batch?: number, progress?: (c: RotationCounts) => void } = {}): Promise<RotationCounts> {
+async function rotateWebhookEvents (db: Database, keyring: Keyring, batch: number, subjectKey: Buffer, after: { id: string }): Promise<number> {
+  const prefix = Buffer.from(`${PREFIX}${keyring.currentId}:`, 'utf8')
+  return await db.transaction().execute(async (trx) => {
+    const { rows } = await sql<{ id: string, page_id: string, body: Uint8Array, has_digest: boolean, legacy: boolean }>`
+      select id::text as id, page_id, body, digest is not null as has_digest, mentions is null as legacy from webhook_events
+       where id > ${after.id}::bigint and length(body) > 0 and substring(body from 1 for ${prefix.length}) <> ${prefix}
+       order by id limit ${batch} for update skip locked`.execute(trx)
+    if (rows.length === 0) return 0
+    after.id = rows[rows.length - 1].id
+    const taken = new Set<string>()
+    const bodies: Buffer[] = []
+    const digests: Array<Buffer | null> = []
+    const mentions: Array<{ id: string, subject: Buffer }> = []
+    for (const r of rows) {
+      const raw = keyring.openBytes('webhook_events.body', r.body)
+      bodies.push(keyring.sealBytes('webhook_events.body', raw))
+      const digest = keyring.digest('webhook_body', raw)
+      const key = `${r.page_id}\u0000${digest.toString('hex')}`
+      digests.push(r.has_digest && !taken.has(key) ? digest : null)
+      taken.add(key)
+      if (r.legacy) mentions.push(...mentionSubjects(namedIds(raw), subjectKey).map((subject) => ({ id: r.id, subject })))
+    }
+    await sql`
+      update webhook_events w
+         set body = x.body,
+             digest = case when x.digest is null or exists (select 1 from webhook_events o where o.page_id = w.page_id and o.digest = x.digest and o.id <> w.id)
+                           then null else x.digest end,
+             mentions = coalesce(w.mentions, (select coalesce(array_agg(m.subject order by m.subject), '{}'::bytea[])
+                                                from unnest(${mentions.map((m) => m.id)}::bigint[], ${mentions.map((m) => m.subject)}::bytea[]) as m(id, subject)
+                                               where m.id = w.id))
+        from unnest(${rows.map((r) => r.id)}::bigint[], ${rows.map((r) => r.page_id)}::text[], ${bodies}::bytea[], ${digests}::bytea[]) as x(id, page_id, body, digest)
+       where w.id = x.id and w.page_id = x.page_id`.execute(trx)
+    return rows.length
+  })
+}
+
+/**
+ * Re-encrypts every Page access token and event signing secret not under the current key, and every
+ * raw webhook body (rotateWebhookEvents: `subjectKey` is the erasure key, erasureKey of the config);
+ * returns the rows changed per table. With no key configured (plaintext allowed) there is nothing to do.
+ */
+export async function rotateKeys (db: Database, opts: { keyring?: Keyring, batch?: number, progress?: (c: RotationCounts) => void, subjectKey?: Buffer } = {}): Promise<RotationCounts> {
   const keyring = opts.keyring ?? activeKeyring()
   const batch = opts.batch ?? ROTATION_BATCH
-  const counts: RotationCounts = { pages: 0, event_subscriptions: 0 }
+  const counts: RotationCounts = { pages: 0, event_subscriptions: 0, webhook_events: 0 }
   if (keyring.currentId === undefined) return counts
   for (let n; (n = await rotatePages(db, keyring, batch)) > 0;) { counts.pages += n; opts.progress?.(counts) }
   for (let n; (n = await rotateSubscriptions(db, keyring, batch)) > 0;) { counts.event_subscriptions += n; opts.progress?.(counts) }
+  for (let n, after = { id: '0' }; (n = await rotateWebhookEvents(db, keyring, batch, opts.subjectKey ?? erasureKey({}), after)) > 0;) { counts.webhook_events += n; opts.progress?.(counts) }
   return counts
 }

@@ -9,6 +9,7 @@ import { sql } from 'kysely'
 import { openDatabase } from '../../src/db/database.js'
 import { migrate } from '../../src/db/migrate.js'
 import { Keyring, newEncryptionKey, parseEncryptionKeys } from '../../src/crypto/secret-box.js'
+import { erasureKey, subjectOf } from '../../src/domain/erasure.js'
 import { databaseKind } from '../helper.js'
 
 // npm run rotate-keys, as an operator runs it: the built CLI's source as a child process, on a
@@ -60,8 +61,12 @@ t.test('rotate-keys encrypts legacy plaintext and re-encrypts under the new firs
   await sql`insert into pages (id, name, access_token)
     select x.id, 'Page', x.token from unnest(${tokens.map((_, i) => String(9000000 + i))}::text[], ${tokens.map((tok, i) => i % 2 === 0 ? tok : old.seal('pages.access_token', tok))}::text[]) as x(id, token)`.execute(handle.db)
   await sql`insert into event_subscriptions (url, events, secret) values ('https://example.com/hook', ${['*']}, ${'whsec_plain'})`.execute(handle.db)
+  // A raw webhook body stored in clear before encryption: no mentions, the unkeyed SHA-256.
+  const raw = Buffer.from(JSON.stringify({ object: 'page', entry: [{ id: '9000000', time: 1, messaging: [{ sender: { id: '7000000000001' }, recipient: { id: '9000000' }, timestamp: 1, message: { mid: 'm_1', text: 'hi' } }] }] }))
+  await sql`insert into webhook_events (page_id, signature, object, body, digest) values ('9000000', 'sha256=x', 'page', ${raw}, sha256(${raw}))`.execute(handle.db)
   await handle.close()
 
+  env.META_APP_SECRET = 'cli-app-secret'
   const withoutOld = await run({ ...env, ENCRYPTION_KEYS: newKey })
   t.equal(withoutOld.code, 69, 'a value under a key no longer listed stops it')
   t.match(withoutOld.stderr, /^otn-service rotate-keys: a value of pages\.access_token is encrypted under key id "old", which ENCRYPTION_KEYS does not hold/)
@@ -69,10 +74,10 @@ t.test('rotate-keys encrypts legacy plaintext and re-encrypts under the new firs
 
   const done = await run({ ...env, ENCRYPTION_KEYS: `${newKey},${oldKey}` })
   t.equal(done.code, 0, done.stderr)
-  t.match(done.stdout, /re-encrypted 600 page access token\(s\) and 1 event subscription\(s\) under key new\n$/)
+  t.match(done.stdout, /re-encrypted 600 page access token\(s\), 1 event subscription\(s\) and 1 raw webhook bodies under key new\n$/)
   t.match(done.stdout, /re-encrypted so far: 500 page\(s\)/, 'in batches of 500')
   const again = await run({ ...env, ENCRYPTION_KEYS: `${newKey},${oldKey}` })
-  t.match(again.stdout, /re-encrypted 0 page access token\(s\) and 0 event subscription\(s\)/, 'nothing left: a second run changes nothing')
+  t.match(again.stdout, /re-encrypted 0 page access token\(s\), 0 event subscription\(s\) and 0 raw webhook bodies/, 'nothing left: a second run changes nothing')
 
   handle = await open()
   t.teardown(() => handle.close())
@@ -82,4 +87,10 @@ t.test('rotate-keys encrypts legacy plaintext and re-encrypts under the new firs
   t.same(rows.rows.map((r) => current.open('pages.access_token', r.access_token)), tokens, 'every token kept, readable with the new key alone')
   const sub = await sql<{ secret: string }>`select secret from event_subscriptions`.execute(handle.db)
   t.equal(current.open('event_subscriptions.secret', sub.rows[0].secret), 'whsec_plain')
+  const body = await sql<{ body: Uint8Array, digest: Uint8Array, found: boolean }>`
+    select body, digest, mentions && array[${subjectOf(erasureKey({ META_APP_SECRET: 'cli-app-secret', ERASURE_KEY: undefined }), '9000000', '7000000000001')}]::bytea[] as found
+      from webhook_events`.execute(handle.db)
+  t.ok(current.openBytes('webhook_events.body', body.rows[0].body).equals(raw), 'the body sealed under the new key')
+  t.ok(Buffer.from(body.rows[0].digest).equals(current.digest('webhook_body', raw)), 'its digest under the new key')
+  t.equal(body.rows[0].found, true, 'its mentions under the configured erasure key (from META_APP_SECRET): erasure finds it')
 })

@@ -80,7 +80,7 @@ t.test('a Page token and a subscription secret stored in plaintext before are re
   const counts = await rotateKeys(w.db, { batch: 1 })
   t.ok(counts.pages >= 1, 'the Page re-encrypted')
   t.equal(counts.event_subscriptions, 1)
-  t.same(await rotateKeys(w.db), { pages: 0, event_subscriptions: 0 }, 'a second run has nothing left to do')
+  t.same(await rotateKeys(w.db), { pages: 0, event_subscriptions: 0, webhook_events: 0 }, 'a second run has nothing left to do')
   const text = await dump()
   t.notOk(holds(text, w.accessToken), 'no access token in the dump after rotation')
   t.notOk(holds(text, secret), 'no signing secret either')
@@ -171,4 +171,206 @@ t.test('a tampered ciphertext fails closed: nothing is sent or signed with it, a
   t.same(w.emulator.requests.slice(sentBefore).map((r) => r.pageId), [otherId], 'Meta received the other Page\'s send only: nothing for the tampered Page')
   t.match(log.text, /pages\.access_token under key id \\?"test-key\\?" fails authentication/)
   t.notOk(holds(log.text, w.accessToken), 'the token is in no log line')
+})
+
+// ---- Issue 31: raw webhook bodies (webhook_events.body) sealed, deduplicated by a keyed digest, found
+// for erasure by `mentions`. Imported here, not at the top, so that these blocks stay together.
+const { readFileSync } = await import('node:fs')
+const { Keyring, openBytes, parseEncryptionKeys } = await import('../../src/crypto/secret-box.js')
+const { APP_SECRET, recurringEvent } = await import('../fixtures/otn.js')
+const { envelope, messageEvent, optinEvent, sign, signedPost, uniqueToken } = await import('../fixtures/webhooks.js')
+
+const ring = (...keys: string[]) => new Keyring(keys.flatMap((k) => parseEncryptionKeys(k).keys))
+/** No maintenance run but the one at start-up (awaited by the tests), so nothing rotates behind a test's back. */
+const QUIET = { MAINTENANCE_INTERVAL_SECONDS: '86400' }
+const bodyWorld = async (t: Test) => {
+  const w = await world(t, { env: QUIET })
+  await w.app.maintenance()
+  return w
+}
+/** A Meta-shaped fixture (test/fixtures/meta/webhooks, sources in SOURCES.md) as text. */
+const metaFixture = (file: string): string => readFileSync(new URL(`../fixtures/meta/webhooks/${file}`, import.meta.url), 'utf8')
+/** Meta's echo of a Page's template message, in standby (meta-docs-echo-standby-template.json): the person is the recipient. */
+const echoBody = (pageId: string, psid: string): string => metaFixture('meta-docs-echo-standby-template.json').replaceAll('<PAGE_ID>', pageId).replaceAll('<PSID>', psid)
+/** vlab's one-time opt-in (vlab-otn-optin-json-string-payload.json), for this Page and person. */
+function vlabOptin (pageId: string, psid: string, token: string): string {
+  const body = JSON.parse(metaFixture('vlab-otn-optin-json-string-payload.json'))
+  body.entry[0].id = pageId
+  Object.assign(body.entry[0].messaging[0], { sender: { id: psid }, recipient: { id: pageId }, timestamp: Date.now() - 60_000 })
+  body.entry[0].messaging[0].optin.one_time_notif_token = token
+  return JSON.stringify(body)
+}
+async function post (t: Test, app: World['app'], raw: string) {
+  const res = await signedPost(app, raw, APP_SECRET)
+  t.equal(res.statusCode, 200, res.body)
+  return res.json() as { event_id: string, duplicate: boolean, tokens_recorded: number }
+}
+/** A row as the build before this change stored it: the body in clear, its unkeyed SHA-256, no mentions. */
+async function legacyBody (w: World, raw: string): Promise<string> {
+  const bytes = Buffer.from(raw)
+  const { rows: [row] } = await sql<{ id: string }>`
+    insert into webhook_events (page_id, signature, object, body, digest)
+    values (${w.pageId}, ${sign(bytes, APP_SECRET)}, 'page', ${bytes}, sha256(${bytes})) returning id::text as id`.execute(w.db)
+  return row.id
+}
+const storedBody = async (w: World, id: string) =>
+  (await sql<{ body: Buffer, digest: Buffer | null, mentions: unknown }>`select body, digest, mentions from webhook_events where id = ${id}::bigint`.execute(w.db)).rows[0]
+const rowsOf = async (w: World) =>
+  (await sql<{ n: number }>`select count(*)::int as n from webhook_events where page_id = ${w.pageId}`.execute(w.db)).rows[0].n
+/**
+ * Earlier tests of this file rotated to keys they then dropped, or tampered with a value: those Pages
+ * lose their token, those subscriptions get a plaintext secret and those bodies are deleted, so that
+ * a rotation reads everything.
+ */
+async function forgetUnreadable (w: World): Promise<void> {
+  const test = ring(TEST_ENCRYPTION_KEYS)
+  const unreadable = (column: 'pages.access_token' | 'event_subscriptions.secret', value: string | null): boolean => {
+    try {
+      if (value !== null) test.open(column, value)
+      return false
+    } catch {
+      return true
+    }
+  }
+  const pages = await sql<{ id: string, access_token: string | null }>`select id, access_token from pages`.execute(w.db)
+  const lost = pages.rows.filter((p) => unreadable('pages.access_token', p.access_token)).map((p) => p.id)
+  if (lost.length > 0) await sql`update pages set access_token = null where id = any(${lost}::text[])`.execute(w.db)
+  const subs = await sql<{ id: string, secret: string, previous_secret: string | null }>`select id::text as id, secret, previous_secret from event_subscriptions`.execute(w.db)
+  const reset = subs.rows.filter((r) => unreadable('event_subscriptions.secret', r.secret) || unreadable('event_subscriptions.secret', r.previous_secret)).map((r) => r.id)
+  if (reset.length > 0) await sql`update event_subscriptions set secret = 'whsec_forgotten', previous_secret = null where id::text = any(${reset}::text[])`.execute(w.db)
+  const bodies = await sql<{ id: string, body: Uint8Array }>`select id::text as id, body from webhook_events where length(body) > 0`.execute(w.db)
+  const gone = bodies.rows.filter((r) => {
+    try {
+      test.openBytes('webhook_events.body', r.body)
+      return false
+    } catch {
+      return true
+    }
+  }).map((r) => r.id)
+  if (gone.length > 0) await sql`delete from webhook_events where id::text = any(${gone}::text[])`.execute(w.db)
+}
+const messageBody = (pageId: string, psid: string, text: string): string => JSON.stringify(envelope([messageEvent({ pageId, psid, text })]))
+
+t.test('raw webhook bodies are stored sealed: a dump of webhook_events holds neither the PSIDs nor the tokens they carry', async (t) => {
+  const w = await bodyWorld(t)
+  const [psid, other, echoed] = [newPsid(), newPsid(), newPsid()]
+  const { token, body, res } = await optIn(w, psid)
+  t.equal(res.json().tokens_recorded, 1)
+  const recurring = await recurringEvent(w, psid, { frequency: 'WEEKLY' })
+  const vlabToken = uniqueToken()
+  const vlab = await post(t, w.app, vlabOptin(w.pageId, other, vlabToken))
+  t.equal(vlab.tokens_recorded, 1, 'vlab\'s opt-in is recorded')
+  await post(t, w.app, echoBody(w.pageId, echoed))
+
+  const text = await dump({ table: 'webhook_events' })
+  t.ok(text.includes(w.pageId), 'the dump does hold the rows (their Page)')
+  for (const [what, value] of [['a PSID', psid], ['another PSID', other], ['an echo\'s recipient', echoed], ['a one-time token', token], ['a recurring token', recurring], ['vlab\'s token', vlabToken]]) {
+    t.notOk(holds(text, value), `no ${what}, in clear, base64 or hex`)
+  }
+  const stored = await storedBody(w, res.json().event_id)
+  t.equal(Buffer.from(stored.body).subarray(0, 16).toString(), 'enc:v1:test-key:', 'sealed under the configured key')
+  t.equal(openBytes('webhook_events.body', stored.body).toString(), body, 'and opened byte for byte')
+  t.notOk(Buffer.from(stored.digest!).equals(ring().digest('webhook_body', body)), 'its digest is keyed, not the SHA-256 anyone can compute from a guessed body')
+  t.ok(Buffer.from(stored.digest!).equals(ring(TEST_ENCRYPTION_KEYS).digest('webhook_body', body)), 'the HMAC under the configured key')
+})
+
+t.test('a re-delivery is a duplicate: under the current key, under an older key after a new one comes first, and for a body stored in clear before', async (t) => {
+  const w = await bodyWorld(t)
+  const psid = newPsid()
+  const first = await optIn(w, psid)
+  t.match(first.res.json(), { duplicate: false, tokens_recorded: 1 })
+  t.match(await post(t, w.app, first.body), { duplicate: true, event_id: first.res.json().event_id, tokens_recorded: 0 }, 'the same key: a duplicate')
+
+  // A new key first, the test key second; the body is still under the test key (rotation has not reached it).
+  const next = newEncryptionKey('bodies-next')
+  const app = await build(t, graphEnv(w.base, { ...QUIET, ENCRYPTION_KEYS: `${next},${TEST_ENCRYPTION_KEYS}` }))
+  await app.ready()
+  await app.maintenance()
+  const old = ring(TEST_ENCRYPTION_KEYS)
+  await sql`update webhook_events set body = ${old.sealBytes('webhook_events.body', Buffer.from(first.body))}, digest = ${old.digest('webhook_body', first.body)}
+             where id = ${first.res.json().event_id}::bigint`.execute(w.db)
+  t.match(await post(t, app, first.body), { duplicate: true, event_id: first.res.json().event_id, tokens_recorded: 0 }, 'under the older key: still a duplicate')
+
+  const legacyPsid = newPsid()
+  const raw = JSON.stringify(envelope([optinEvent({ pageId: w.pageId, psid: legacyPsid, payload: w.topic.payload, token: w.emulator.issueToken(w.pageId, legacyPsid, w.topic.payload) })]))
+  const legacy = await legacyBody(w, raw)
+  t.match(await post(t, app, raw), { duplicate: true, event_id: legacy, tokens_recorded: 0 }, 'stored in clear before encryption: still a duplicate')
+  t.equal(await rowsOf(w), 2, 'nothing stored twice')
+  const tokens = await w.db.selectFrom('optin_tokens').select('psid').where('page_id', '=', w.pageId).execute()
+  t.same(tokens.map((r) => r.psid), [psid], 'nothing recorded twice: one token, and none from the duplicate of the legacy body')
+})
+
+t.test('erasure deletes the sealed bodies that mention the person and their bodies stored in clear before, leaves the others, and a re-delivery does not bring them back', async (t) => {
+  const w = await bodyWorld(t)
+  const [psid, other] = [newPsid(), newPsid()]
+  const mine = await optIn(w, psid, Date.now() - 60_000)
+  const echo = echoBody(w.pageId, psid)
+  const echoed = await post(t, w.app, echo)
+  const theirs = await optIn(w, other)
+  const legacyMine = await legacyBody(w, messageBody(w.pageId, psid, 'hi from before'))
+  const legacyTheirs = await legacyBody(w, messageBody(w.pageId, other, 'hello from before'))
+  t.ok(holds(await dump({ table: 'webhook_events' }), psid), 'the legacy body holds their id in clear before the erasure')
+
+  const res = await w.app.inject({ method: 'DELETE', url: `/v1/pages/${w.pageId}/subscribers/${psid}`, headers: auth })
+  t.equal(res.statusCode, 200, res.body)
+  t.equal(res.json().erased.webhook_events, 3, 'their opt-in, the Page\'s echo to them, and their body from before')
+  const left = await sql<{ id: string }>`select id::text as id from webhook_events where page_id = ${w.pageId} order by id`.execute(w.db)
+  t.same(left.rows.map((r) => r.id), [theirs.res.json().event_id, legacyTheirs].sort((a, b) => Number(a) - Number(b)), 'the other person\'s bodies stay')
+  t.notOk([mine.res.json().event_id, echoed.event_id, legacyMine].some((id) => left.rows.some((r) => r.id === id)))
+  t.notOk(holds(await dump({ table: 'webhook_events' }), psid), 'the dump of webhook_events no longer holds their id')
+
+  // Meta re-delivers what the erasure deleted.
+  const again = await post(t, w.app, mine.body)
+  t.match(again, { duplicate: false, tokens_recorded: 0 }, 'not recorded again')
+  const withheld = await storedBody(w, again.event_id)
+  t.equal(withheld.body.length, 0, 'stored without its body')
+  t.match(await post(t, w.app, mine.body), { duplicate: true, event_id: again.event_id }, 'and a further re-delivery is a duplicate of it')
+  const person = await w.app.inject({ url: `/v1/pages/${w.pageId}/subscribers/${psid}`, headers: auth })
+  t.equal(person.json().code, 'subscriber_not_found', 'the person does not come back')
+  t.same(await w.db.selectFrom('optin_tokens').select('psid').where('page_id', '=', w.pageId).where('psid', '=', psid).execute(), [], 'nor their token')
+})
+
+t.test('rotate-keys seals the bodies stored in clear and re-digests every body: with the old key removed a re-delivery is still a duplicate, and erasure still finds them', async (t) => {
+  const w = await bodyWorld(t)
+  await forgetUnreadable(w)
+  const [psid, other] = [newPsid(), newPsid()]
+  const sealed = await optIn(w, psid)
+  const mineRaw = messageBody(w.pageId, psid, 'mine, from before')
+  const theirsRaw = messageBody(w.pageId, other, 'theirs, from before')
+  const legacyMine = await legacyBody(w, mineRaw)
+  const legacyTheirs = await legacyBody(w, theirsRaw)
+  t.ok(holds(await dump({ table: 'webhook_events' }), other), 'a body in clear is in the dump before rotation')
+
+  const next = newEncryptionKey('bodies-rotated')
+  const both = await build(t, graphEnv(w.base, { ...QUIET, ENCRYPTION_KEYS: `${next},${TEST_ENCRYPTION_KEYS}` }))
+  await both.ready()
+  await both.maintenance()
+  const current = ring(next)
+  for (const [id, raw] of [[sealed.res.json().event_id, sealed.body], [legacyMine, mineRaw], [legacyTheirs, theirsRaw]]) {
+    const row = await storedBody(w, id)
+    t.equal(Buffer.from(row.body).subarray(0, 22).toString(), 'enc:v1:bodies-rotated:', `body ${id} sealed under the new key`)
+    t.equal(current.openBytes('webhook_events.body', row.body).toString(), raw, 'byte for byte')
+    t.ok(Buffer.from(row.digest!).equals(current.digest('webhook_body', raw)), 'its digest under the new key')
+  }
+  // (Only the bodies are asserted: a subscription an event delivery held at that moment was skipped, as designed.)
+  t.equal((await rotateKeys(w.db, { keyring: ring(next, TEST_ENCRYPTION_KEYS) })).webhook_events, 0, 'no body left under an older key, or in clear')
+  const text = await dump({ table: 'webhook_events' })
+  t.notOk(holds(text, other) || holds(text, psid), 'no PSID in the dump of webhook_events after rotation')
+
+  // The old key removed.
+  const only = await build(t, graphEnv(w.base, { ...QUIET, ENCRYPTION_KEYS: next }))
+  await only.ready()
+  await only.maintenance()
+  t.match(await post(t, only, sealed.body), { duplicate: true, event_id: sealed.res.json().event_id }, 'a re-delivery of a body sealed under the old key: a duplicate')
+  t.match(await post(t, only, mineRaw), { duplicate: true, event_id: legacyMine }, 'a re-delivery of a body stored in clear before: a duplicate')
+  const res = await only.inject({ method: 'DELETE', url: `/v1/pages/${w.pageId}/subscribers/${psid}`, headers: auth })
+  t.equal(res.statusCode, 200, res.body)
+  t.equal(res.json().erased.webhook_events, 2, 'erasure finds the body from before by the mentions rotation gave it')
+  const left = await sql<{ id: string }>`select id::text as id from webhook_events where page_id = ${w.pageId}`.execute(w.db)
+  t.same(left.rows.map((r) => r.id), [legacyTheirs], 'the other person\'s body stays')
+
+  // Back under the test key, for whatever runs after this test.
+  const back = await build(t, graphEnv(w.base, { ...QUIET, ENCRYPTION_KEYS: `${TEST_ENCRYPTION_KEYS},${next}` }))
+  await back.ready()
+  await back.maintenance()
 })

@@ -1,6 +1,7 @@
 import { readdirSync, readFileSync } from 'node:fs'
 import t from 'tap'
-import { eventTimeMs, parseDelivery, type Delivery, type RecurringRecord } from '../../src/domain/ingest.js'
+import { eventTimeMs, mentionSubjects, namedIds, parseDelivery, type Delivery, type RecurringRecord } from '../../src/domain/ingest.js'
+import { subjectOf } from '../../src/domain/erasure.js'
 import { OTN_TOKEN_LIFETIME_MS } from '../../src/domain/window.js'
 
 const RECEIVED = new Date('2026-12-02T10:00:00.000Z')
@@ -230,4 +231,17 @@ t.test('recurring events: both spellings of the status, expiry from the frequenc
   t.equal(by['tok-none'].timezone, null, 'an unknown time zone is not kept')
   t.same(d.recurring.map((r) => r.event), ['optin', 'optin', 'optin', 'optin', 'stop', 'stop', 'resume', 'resume'])
   t.same(d.skipped, { invalid_token: 1 }, 'no token: rejected')
+})
+
+t.test('the ids a body names, by event, whatever its kind: what a sealed body is found by for erasure', async (t) => {
+  const echo = JSON.parse(fixture('meta-docs-echo-standby-template.json').replaceAll('<PAGE_ID>', '111').replaceAll('<PSID>', '222'))
+  t.same(namedIds(echo), [['111', '222']], 'an echo names the person as its recipient (not recorded, still named)')
+  t.same(parseDelivery(Buffer.from(JSON.stringify(echo)), RECEIVED).named, [['111', '222']], 'parseDelivery keeps them')
+  t.same(namedIds(JSON.parse(fixture('vlab-otn-optin-json-string-payload.json'))),
+    [['00000000-0000-4000-8000-000000000000', '00000000-0000-4000-8000-000000000001', '935593143497601']], 'entry, sender and recipient, as given')
+  t.same(namedIds(Buffer.from('not json')), [], 'what is not JSON names no one')
+  const key = Buffer.from('k'.repeat(32))
+  const subjects = mentionSubjects([['111', '222'], ['111', '222']], key).map((s) => s.toString('hex'))
+  t.equal(subjects.length, 2, 'each ordered pair once')
+  t.ok(subjects.includes(subjectOf(key, '111', '222').toString('hex')), 'the Page and the person: the subject an erasure looks up')
 })

@@ -15,7 +15,7 @@ t.test('rotation re-encrypts in batches, leaves values already under the first k
   for (const [i, id] of ids.entries()) {
     await db.insertInto('pages').values({ id, name: 'Rotating', access_token: i === 0 ? ring(k2).seal('pages.access_token', `tok-${i}`) : ring(k1).seal('pages.access_token', `tok-${i}`) }).execute()
   }
-  t.same(await rotateKeys(db, { keyring: new Keyring([]) }), { pages: 0, event_subscriptions: 0 }, 'no key: nothing to rotate to')
+  t.same(await rotateKeys(db, { keyring: new Keyring([]) }), { pages: 0, event_subscriptions: 0, webhook_events: 0 }, 'no key: nothing to rotate to')
   const seen: number[] = []
   const counts = await rotateKeys(db, { keyring: ring(k2, k1), batch: 2, progress: (c) => seen.push(c.pages) })
   t.equal(counts.pages, 4, 'the four under r1, not the one already under r2')
@@ -51,7 +51,41 @@ t.test('rotation skips rows a running change holds, without waiting, and takes t
   t.equal(first.pages, 1, 'one row rotated, the held one skipped')
   release()
   await holder
-  t.same(await rotateKeys(db, { keyring: ring(k2, k1) }), { pages: 1, event_subscriptions: 0 })
+  t.same(await rotateKeys(db, { keyring: ring(k2, k1) }), { pages: 1, event_subscriptions: 0, webhook_events: 0 })
   t.ok((await after(held)).startsWith('enc:v1:s2:'), 'the next run takes it')
   t.equal(ring(k2).open('pages.access_token', await after(held)), `tok-${held}`)
+})
+
+t.test('webhook bodies: re-sealed in batches, re-digested; the same body stored twice keeps one digest, a withheld (empty) body is left alone', async (t) => {
+  const { db } = await testDatabase()
+  const [k1, k2] = [newEncryptionKey('w1'), newEncryptionKey('w2')]
+  await sql`delete from pages`.execute(db)
+  const pageId = uniquePageId()
+  const raw = Buffer.from(JSON.stringify({ object: 'page', entry: [{ id: pageId, messaging: [{ sender: { id: '7000000000042' }, recipient: { id: pageId }, message: { text: 'twice' } }] }] }))
+  const other = Buffer.from(JSON.stringify({ object: 'page', entry: [{ id: pageId, messaging: [] }] }))
+  const insert = async (body: Buffer, digest: Buffer | null, mentions: Buffer[] | null) => (await sql<{ id: string }>`
+    insert into webhook_events (page_id, signature, object, body, digest, mentions)
+    values (${pageId}, 'sha256=x', 'page', ${body}, ${digest}, ${mentions}::bytea[]) returning id::text as id`.execute(db)).rows[0].id
+  // The same body twice (an instance under w1, one from before encryption), another under w1, and a withheld one.
+  const underK1 = await insert(ring(k1).sealBytes('webhook_events.body', raw), ring(k1).digest('webhook_body', raw), [])
+  const legacy = await insert(raw, ring().digest('webhook_body', raw), null)
+  const second = await insert(ring(k1).sealBytes('webhook_events.body', other), ring(k1).digest('webhook_body', other), [])
+  const withheld = await insert(Buffer.alloc(0), ring(k1).digest('webhook_body', Buffer.from('erased')), [])
+  const seen: number[] = []
+  const counts = await rotateKeys(db, { keyring: ring(k2, k1), batch: 2, progress: (c) => seen.push(c.webhook_events) })
+  t.equal(counts.webhook_events, 3, 'the three bodies, not the empty one')
+  t.same(seen.filter((n) => n > 0), [2, 3], 'two rows per statement')
+  const rows = await sql<{ id: string, body: Uint8Array, digest: Uint8Array | null, has_mentions: boolean }>`
+    select id::text as id, body, digest, mentions is not null as has_mentions from webhook_events where page_id = ${pageId} order by id`.execute(db)
+  const byId = new Map(rows.rows.map((r) => [r.id, r]))
+  for (const [id, body] of [[underK1, raw], [legacy, raw], [second, other]] as const) {
+    t.ok(ring(k2).openBytes('webhook_events.body', byId.get(id)!.body).equals(body), `row ${id} sealed under w2`)
+    t.ok(ring(k2).isCurrent(byId.get(id)!.body))
+  }
+  const digests = [underK1, legacy].map((id) => byId.get(id)!.digest)
+  t.same(digests.filter((d) => d !== null).map((d) => Buffer.from(d!).toString('hex')), [ring(k2).digest('webhook_body', raw).toString('hex')], 'one of the two copies holds the new digest, the other none')
+  t.ok(Buffer.from(byId.get(second)!.digest!).equals(ring(k2).digest('webhook_body', other)))
+  t.equal(byId.get(legacy)!.has_mentions, true, 'the legacy row got its mentions')
+  t.equal(Buffer.from(byId.get(withheld)!.body).length, 0, 'the withheld row stays empty')
+  t.same(await rotateKeys(db, { keyring: ring(k2, k1) }), { pages: 0, event_subscriptions: 0, webhook_events: 0 }, 'nothing left')
 })

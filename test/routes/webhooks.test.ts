@@ -7,6 +7,7 @@ import { PGlite } from '@electric-sql/pglite'
 import type { DB } from '../../src/db/types.js'
 import type { Database } from '../../src/db/database.js'
 import { OTN_TOKEN_LIFETIME_MS } from '../../src/domain/window.js'
+import { keyedDigest, openBytes } from '../../src/crypto/secret-box.js'
 import { auth, build, databaseKind, LogCapture, testDatabase, uniquePageId } from '../helper.js'
 import {
   APP_SECRET, deliveryEvent, entry, envelope, messageEvent, notificationMessagesOptinEvent, optinEvent,
@@ -121,7 +122,7 @@ t.test('every event kind in one signed batch: tokens, interactions, and the rest
   t.notOk(await subscriber(pageId, pageId), 'an echo does not make the Page a subscriber')
 
   const stored = await (await db()).selectFrom('webhook_events').selectAll().where('id', '=', receipt.event_id).executeTakeFirstOrThrow()
-  t.ok(Buffer.from(stored.body).equals(Buffer.from(raw)), 'the raw body is stored byte for byte')
+  t.ok(openBytes('webhook_events.body', stored.body).equals(Buffer.from(raw)), 'the raw body is stored byte for byte')
   t.equal(stored.signature, sign(raw))
   t.equal(stored.object, 'page')
 })
@@ -142,7 +143,7 @@ t.test('a many-entry batch records every token, and a body as Meta formats it is
   const { n } = await (await db()).selectFrom('subscribers').select((eb) => eb.fn.countAll<string>().as('n')).where('page_id', '=', pageId).executeTakeFirstOrThrow()
   t.equal(Number(n), 50, 'one subscriber row per person')
   const stored = await (await db()).selectFrom('webhook_events').select('body').where('id', '=', res.json().event_id).executeTakeFirstOrThrow()
-  t.ok(Buffer.from(stored.body).equals(raw))
+  t.ok(openBytes('webhook_events.body', stored.body).equals(raw))
 })
 
 t.test('duplicates: the same POST twice, the same token in another POST, twice in one body: one token', async (t) => {
@@ -228,8 +229,8 @@ t.test('a replayed 5 MB delivery is stored once, answered 200 each time with the
     t.match(again.json(), { duplicate: true, event_id: first.event_id, tokens_recorded: 0, tokens_already_held: 1 })
   }
   t.equal(await storedEvents(), before + 1, 'one webhook_events row, not four')
-  const { rows } = await sql<{ n: number }>`select count(*)::int as n from webhook_events where digest = sha256(body) and id = ${first.event_id}`.execute(await db())
-  t.same(rows, [{ n: 1 }], 'the stored row carries the digest of its body')
+  const { rows } = await sql<{ n: number }>`select count(*)::int as n from webhook_events where digest = ${keyedDigest('webhook_body', Buffer.from(raw))} and id = ${first.event_id}`.execute(await db())
+  t.same(rows, [{ n: 1 }], 'the stored row carries the keyed digest of its body')
 
   // One byte different is another delivery.
   const other = await signedPost(app, `${raw} `)
@@ -365,7 +366,7 @@ t.test('another object, another content type: stored raw, acknowledged, otherwis
   t.match(res.json(), { object: 'instagram', tokens_recorded: 0, interactions: 0 })
   const stored = await (await db()).selectFrom('webhook_events').selectAll().where('id', '=', res.json().event_id).executeTakeFirstOrThrow()
   t.equal(stored.object, 'instagram')
-  t.ok(Buffer.from(stored.body).equals(Buffer.from(raw)))
+  t.ok(openBytes('webhook_events.body', stored.body).equals(Buffer.from(raw)))
   t.same(await tokenRows(pageId), [])
   t.notOk(await subscriber(pageId, psid))
 
@@ -496,7 +497,7 @@ t.test('one bad event among good ones: the good ones are recorded, the bad one c
   t.ok(rows.some((r) => r.token === good && r.opted_in_at.getTime() === at))
   t.ok(rows.every((r) => r.opted_in_at.getTime() <= Date.now()), 'a time in the year 10000 falls back to the receipt time')
   const stored = await (await db()).selectFrom('webhook_events').select('body').where('id', '=', res.json().event_id).executeTakeFirstOrThrow()
-  t.equal(Buffer.from(stored.body).toString(), raw, 'the whole delivery is in the raw log')
+  t.equal(openBytes('webhook_events.body', stored.body).toString(), raw, 'the whole delivery is in the raw log')
 })
 
 t.test("real bodies from Meta's docs and open-source clients: each is answered 200 and stored raw (test/fixtures/meta)", async (t) => {
@@ -512,7 +513,7 @@ t.test("real bodies from Meta's docs and open-source clients: each is answered 2
     }
     t.equal(res.statusCode, 200, file)
     const stored = await (await db()).selectFrom('webhook_events').select('body').where('id', '=', res.json().event_id).executeTakeFirst()
-    t.ok(stored && Buffer.from(stored.body).equals(raw), `${file}: stored byte for byte`)
+    t.ok(stored && openBytes('webhook_events.body', stored.body).equals(raw), `${file}: stored byte for byte`)
   }
 })
 
