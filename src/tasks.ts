@@ -9,7 +9,7 @@ import type { MaintenanceTask } from './maintenance.js'
 /** Every periodic sweep the service runs; add new ones here. */
 export const maintenanceTasks: MaintenanceTask[] = [
   // Encrypts what is not yet under ENCRYPTION_KEYS's first key (legacy plaintext, an older key): docs/SECURITY.md.
-  { name: 'rotate_keys', run: async ({ db }) => { const c = await rotateKeys(db); return c.pages + c.event_subscriptions } },
+  { name: 'rotate_keys', run: async ({ db }) => { const c = await rotateKeys(db); return c.pages + c.event_subscriptions + c.optin_tokens } },
   { name: 'expire_tokens', run: ({ db }) => expireTokens(db) },
   { name: 'remove_old_webhook_bodies', run: ({ db, config }) => removeOldWebhookBodies(db, config.WEBHOOK_BODY_RETENTION_DAYS) },
   { name: 'remove_old_message_bodies', run: ({ db, config }) => removeOldMessageBodies(db, config.MESSAGE_BODY_RETENTION_DAYS) },

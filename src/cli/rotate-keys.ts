@@ -19,9 +19,9 @@ try {
   } else {
     const counts = await rotateKeys(handle.db, {
       keyring,
-      progress: (c) => console.log(`re-encrypted so far: ${c.pages} page(s), ${c.event_subscriptions} event subscription(s)`),
+      progress: (c) => console.log(`re-encrypted so far: ${c.pages} page(s), ${c.event_subscriptions} event subscription(s), ${c.optin_tokens} opt-in token(s)`),
     })
-    console.log(`${handle.kind} at ${maskUrl(handle.location)}: re-encrypted ${counts.pages} page access token(s) and ${counts.event_subscriptions} event subscription(s) under key ${keyring.currentId}`)
+    console.log(`${handle.kind} at ${maskUrl(handle.location)}: re-encrypted ${counts.pages} page access token(s), ${counts.event_subscriptions} event subscription(s) and ${counts.optin_tokens} opt-in token(s) under key ${keyring.currentId}`)
   }
 } catch (error) {
   await handle?.close().catch(() => {})

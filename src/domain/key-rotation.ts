@@ -1,6 +1,7 @@
 import { sql } from 'kysely'
 import type { Database } from '../db/database.js'
 import { activeKeyring, PREFIX, type Keyring } from '../crypto/secret-box.js'
+import { rotateTokenBatch } from './token-store.js'
 
 // Key rotation and the encryption of existing data (docs/SECURITY.md): every stored secret that is
 // not under the key that encrypts now (ENCRYPTION_KEYS's first), legacy plaintext included, is
@@ -11,7 +12,7 @@ import { activeKeyring, PREFIX, type Keyring } from '../crypto/secret-box.js'
 
 export const ROTATION_BATCH = 500
 
-export interface RotationCounts { pages: number, event_subscriptions: number }
+export interface RotationCounts { pages: number, event_subscriptions: number, optin_tokens: number }
 
 /** The SQL test "this value is not under the current key" (not a LIKE: `_` may be in a key id). */
 function notCurrent (column: 'access_token' | 'secret' | 'previous_secret', keyring: Keyring) {
@@ -51,15 +52,19 @@ async function rotateSubscriptions (db: Database, keyring: Keyring, batch: numbe
 }
 
 /**
- * Re-encrypts every Page access token and event signing secret not under the current key; returns
- * the rows changed per table. With no key configured (plaintext allowed) there is nothing to do.
+ * Re-encrypts every Page access token, event signing secret and opt-in token (sealed and digested
+ * again: token-store/rotation.ts) not under the current key; returns the rows changed per table. With no key configured (plaintext allowed) there is nothing to do.
  */
 export async function rotateKeys (db: Database, opts: { keyring?: Keyring, batch?: number, progress?: (c: RotationCounts) => void } = {}): Promise<RotationCounts> {
   const keyring = opts.keyring ?? activeKeyring()
   const batch = opts.batch ?? ROTATION_BATCH
-  const counts: RotationCounts = { pages: 0, event_subscriptions: 0 }
+  const counts: RotationCounts = { pages: 0, event_subscriptions: 0, optin_tokens: 0 }
   if (keyring.currentId === undefined) return counts
   for (let n; (n = await rotatePages(db, keyring, batch)) > 0;) { counts.pages += n; opts.progress?.(counts) }
   for (let n; (n = await rotateSubscriptions(db, keyring, batch)) > 0;) { counts.event_subscriptions += n; opts.progress?.(counts) }
+  for (let step = await rotateTokenBatch(db, keyring, batch); step.changed > 0; step = await rotateTokenBatch(db, keyring, batch, step.last)) {
+    counts.optin_tokens += step.changed
+    opts.progress?.(counts)
+  }
   return counts
 }

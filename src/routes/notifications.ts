@@ -25,7 +25,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
       tags, security, 'x-access': { rights: 'write', owner: topicInBody, filtered: true },
       headers: CreateNotificationHeadersSchema,
       body: CreateNotificationBodySchema,
-      response: { 201: named(NotificationSchema, 'Sent (also when replayed under the same Idempotency-Key)'), ...problems(...API_PROBLEMS, ...BODY_PROBLEMS, 'topic_not_found', 'page_without_access_token', 'no_token', 'idempotency_in_progress', 'idempotency_conflict', 'tag_required', 'tag_without_message_tag', 'graph_token_refused', 'graph_request_invalid', 'graph_message_refused', 'graph_rate_limited', 'graph_frequency_limited', 'recurring_cooldown', 'graph_recipient_invalid', 'graph_topic_stopped', 'graph_person_unavailable', 'graph_page_restricted', 'graph_page_token_invalid', 'graph_permission_missing', 'graph_error', 'graph_temporary', 'graph_unreachable', 'graph_unconfirmed') },
+      response: { 201: named(NotificationSchema, 'Sent (also when replayed under the same Idempotency-Key)'), ...problems(...API_PROBLEMS, ...BODY_PROBLEMS, 'topic_not_found', 'page_without_access_token', 'no_token', 'idempotency_in_progress', 'idempotency_conflict', 'tag_required', 'tag_without_message_tag', 'graph_token_refused', 'graph_request_invalid', 'graph_message_refused', 'graph_rate_limited', 'graph_frequency_limited', 'recurring_cooldown', 'graph_recipient_invalid', 'graph_topic_stopped', 'graph_person_unavailable', 'graph_page_restricted', 'graph_page_token_invalid', 'graph_permission_missing', 'graph_error', 'graph_temporary', 'graph_unreachable', 'graph_unconfirmed', 'token_unreadable') },
     },
   }, async (request, reply) => {
     const result = await app.sender.send({
