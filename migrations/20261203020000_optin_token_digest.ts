@@ -7,11 +7,10 @@ import { sql, type Kysely } from 'kysely'
 // (HMAC-SHA256 under the current encryption key). Existing rows get the unkeyed SHA-256 of their
 // clear token, the form rotate-keys replaces; lookups match any configured key's digest or it.
 //
-// Expand-only, so that the previous build keeps running beside this one during a rolling deploy:
-// - it inserts tokens without a digest: a trigger gives such a row the unkeyed digest of the value
-//   it writes (clear), so the column can be not null and its rows are still found as duplicates;
-// - its `on conflict (page_id, token)` needs the old unique constraint: it stays. Dropping it (and
-//   the trigger) is a later `_contract_` migration, once no build older than this one runs.
+// The column itself only adds: a build without it inserts tokens without a digest, and a trigger
+// gives such a row (a token written in clear: an older build's, or SQL from another tool) the
+// unkeyed digest of its value, so the column can be not null and the row is still found as the same
+// token. Sealed values are the contract: 20261203020100_contract_sealed_optin_tokens.
 export async function up (db: Kysely<any>): Promise<void> {
   await db.schema.alterTable('optin_tokens').addColumn('token_digest', 'bytea').execute()
   await sql`update optin_tokens set token_digest = sha256(convert_to(token, 'UTF8'))`.execute(db)

@@ -14,6 +14,7 @@ import * as consentHistoryAndRetention from './20261202200000_consent_history_an
 import * as events from './20261203000000_events.js'
 import * as scopedKeysAndAudit from './20261203010000_scoped_keys_and_audit.js'
 import * as optinTokenDigest from './20261203020000_optin_token_digest.js'
+import * as contractSealedOptinTokens from './20261203020100_contract_sealed_optin_tokens.js'
 
 // Listed here (not read from the folder) so the same list works from .ts sources and compiled .js.
 export const migrations: Record<string, Migration> = {
@@ -32,4 +33,5 @@ export const migrations: Record<string, Migration> = {
   '20261203000000_events': events,
   '20261203010000_scoped_keys_and_audit': scopedKeysAndAudit,
   '20261203020000_optin_token_digest': optinTokenDigest,
+  '20261203020100_contract_sealed_optin_tokens': contractSealedOptinTokens,
 }
