@@ -62,7 +62,7 @@ export async function rotateKeys (db: Database, opts: { keyring?: Keyring, batch
   if (keyring.currentId === undefined) return counts
   for (let n; (n = await rotatePages(db, keyring, batch)) > 0;) { counts.pages += n; opts.progress?.(counts) }
   for (let n; (n = await rotateSubscriptions(db, keyring, batch)) > 0;) { counts.event_subscriptions += n; opts.progress?.(counts) }
-  for (let step = await rotateTokenBatch(db, keyring, batch); step.changed > 0; step = await rotateTokenBatch(db, keyring, batch, step.last)) {
+  for (let step = await rotateTokenBatch(db, keyring, batch); step.read > 0; step = await rotateTokenBatch(db, keyring, batch, step.last)) {
     counts.optin_tokens += step.changed
     opts.progress?.(counts)
   }
