@@ -13,6 +13,8 @@ import * as broadcastAudiences from './20261202180000_broadcast_audiences.js'
 import * as consentHistoryAndRetention from './20261202200000_consent_history_and_retention.js'
 import * as events from './20261203000000_events.js'
 import * as scopedKeysAndAudit from './20261203010000_scoped_keys_and_audit.js'
+import * as optinTokenDigest from './20261203020000_optin_token_digest.js'
+import * as contractSealedOptinTokens from './20261203020100_contract_sealed_optin_tokens.js'
 import * as webhookBodyMentions from './20261203030000_webhook_body_mentions.js'
 
 // Listed here (not read from the folder) so the same list works from .ts sources and compiled .js.
@@ -31,5 +33,7 @@ export const migrations: Record<string, Migration> = {
   '20261202200000_consent_history_and_retention': consentHistoryAndRetention,
   '20261203000000_events': events,
   '20261203010000_scoped_keys_and_audit': scopedKeysAndAudit,
+  '20261203020000_optin_token_digest': optinTokenDigest,
+  '20261203020100_contract_sealed_optin_tokens': contractSealedOptinTokens,
   '20261203030000_webhook_body_mentions': webhookBodyMentions,
 }

@@ -14,7 +14,7 @@ export const maintenanceTasks: MaintenanceTask[] = [
     name: 'rotate_keys',
     run: async ({ db, config }) => {
       const c = await rotateKeys(db, { subjectKey: erasureKey(config) })
-      return c.pages + c.event_subscriptions + c.webhook_events
+      return c.pages + c.event_subscriptions + c.optin_tokens + c.webhook_events
     },
   },
   { name: 'expire_tokens', run: ({ db }) => expireTokens(db) },

@@ -21,9 +21,9 @@ try {
     const counts = await rotateKeys(handle.db, {
       keyring,
       subjectKey: erasureKey(config),
-      progress: (c) => console.log(`re-encrypted so far: ${c.pages} page(s), ${c.event_subscriptions} event subscription(s), ${c.webhook_events} raw webhook bodies`),
+      progress: (c) => console.log(`re-encrypted so far: ${c.pages} page(s), ${c.event_subscriptions} event subscription(s), ${c.optin_tokens} opt-in token(s), ${c.webhook_events} raw webhook bodies`),
     })
-    console.log(`${handle.kind} at ${maskUrl(handle.location)}: re-encrypted ${counts.pages} page access token(s), ${counts.event_subscriptions} event subscription(s) and ${counts.webhook_events} raw webhook bodies under key ${keyring.currentId}`)
+    console.log(`${handle.kind} at ${maskUrl(handle.location)}: re-encrypted ${counts.pages} page access token(s), ${counts.event_subscriptions} event subscription(s), ${counts.optin_tokens} opt-in token(s) and ${counts.webhook_events} raw webhook bodies under key ${keyring.currentId}`)
   }
 } catch (error) {
   await handle?.close().catch(() => {})

@@ -48,7 +48,13 @@ export interface OptinTokensTable {
   page_id: string
   psid: string
   payload: string
+  /** Sealed (secret-box, column `optin_tokens.token`); legacy rows hold the token in clear. */
   token: string
+  /**
+   * keyedDigest('optin_token', clear token): what equality and uniqueness use. Optional on insert: a
+   * row without one gets the unkeyed SHA-256 of `token` (a trigger; rows written in clear).
+   */
+  token_digest: ColumnType<Buffer, Buffer | undefined, Buffer>
   opted_in_at: Timestamp
   expires_at: Timestamp
   state: ColumnType<TokenState, TokenState | undefined, TokenState>

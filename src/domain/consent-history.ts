@@ -42,8 +42,8 @@ export function tokenHistory (relation: string, type: RawBuilder<unknown> | Hist
 /**
  * Entries for a webhook statement (ingest.ts): an `opted_in` entry for each one-time token
  * `newTokens` inserted (columns id, page_id, psid, payload, kind, opted_in_at, expires_at, state),
- * and one for each recurring event of `recIn` (page_id, psid, payload, token, at, event,
- * user_token_status) whose token `recWritten` wrote (id, page_id, token, expires_at): `stopped`,
+ * and one for each recurring event of `recIn` (page_id, psid, payload, lookup, at, event,
+ * user_token_status) whose token `recWritten` wrote (id, page_id, token_digest, expires_at): `stopped`,
  * `resumed`, `refreshed` (Meta's REFRESHED re-opt-in) or `opted_in`, at the event's own time.
  */
 export function ingestHistory (newTokens: string, recIn: string, recWritten: string): RawBuilder<unknown> {
@@ -57,7 +57,7 @@ export function ingestHistory (newTokens: string, recIn: string, recWritten: str
                 else case when upper(coalesce(r.user_token_status, '')) = 'REFRESHED' then 'refreshed' else 'opted_in' end end,
            r.payload, 'notification_messages', w.id, null::uuid, null::uuid, null::text, null::text,
            case when r.event = 'optin' then w.expires_at end, null::jsonb, r.at
-      from ${sql.table(recIn)} r join ${sql.table(recWritten)} w on w.page_id = r.page_id and w.token = r.token
+      from ${sql.table(recIn)} r join ${sql.table(recWritten)} w on w.page_id = r.page_id and w.token_digest = any(r.lookup)
     ${ONCE}`
 }
 

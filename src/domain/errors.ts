@@ -18,6 +18,8 @@ export const DOMAIN_CODES = [
   'broadcast_completed', 'event_subscription_disabled', 'no_token', 'idempotency_in_progress', 'idempotency_conflict', 'webhook_not_configured',
   // a Page access token no configured encryption key can read (docs/SECURITY.md): nothing is sent with it
   'page_token_unreadable',
+  // a stored opt-in token no configured encryption key can read (docs/SECURITY.md): nothing is sent with it, it is kept
+  'token_unreadable',
   // we hold back, or Meta did
   'optin_request_throttled', 'graph_rate_limited', 'recurring_cooldown', 'graph_frequency_limited',
   // Meta's rule for recurring opt-in requests: one per title, person and week

@@ -10,7 +10,7 @@ import { isTimeZoneName } from './timezones.js'
 import { NO_EXPIRY, RECURRING_LIFETIME_MONTHS } from './lifecycle.js'
 import { ingestHistory } from './consent-history.js'
 import { erasureKey, notErased, subjectOf } from './erasure.js'
-import { insertTokens, recordRecurring } from './token-store.js'
+import { insertTokens, recordRecurring, storedToken } from './token-store.js'
 import { OTN_TOKEN_LIFETIME_MS } from './window.js'
 
 /**
@@ -478,8 +478,8 @@ export async function recordDeliveries (db: Database, inputs: DeliveryInput[], s
       returning id, page_id, digest
     ), fresh as (
       select input.ord, input.id from input join event on event.id = input.id
-    ), new_tokens as (${insertTokens(notErased(JSON.stringify(tokens), 'opted_in_at'), 'fresh')}
-    ), ${recordRecurring(notErased(JSON.stringify(recurring), 'at'), 'fresh')}, history as (${ingestHistory('new_tokens', 'rec_in', 'rec_written')}
+    ), new_tokens as (${insertTokens(notErased(JSON.stringify(tokens.map(storedToken)), 'opted_in_at'), 'fresh')}
+    ), ${recordRecurring(notErased(JSON.stringify(recurring.map(storedToken)), 'at'), 'fresh')}, history as (${ingestHistory('new_tokens', 'rec_in', 'rec_written')}
     ), added as (
       select webhook_event_id, state from new_tokens
       union all

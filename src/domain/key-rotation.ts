@@ -3,6 +3,7 @@ import type { Database } from '../db/database.js'
 import { activeKeyring, PREFIX, type Keyring } from '../crypto/secret-box.js'
 import { erasureKey } from './erasure.js'
 import { mentionSubjects, namedIds } from './ingest.js'
+import { rotateTokenBatch } from './token-store.js'
 
 // Key rotation and the encryption of existing data (docs/SECURITY.md): every stored secret that is
 // not under the key that encrypts now (ENCRYPTION_KEYS's first), legacy plaintext included, is
@@ -16,6 +17,7 @@ export const ROTATION_BATCH = 500
 export interface RotationCounts {
   pages: number
   event_subscriptions: number
+  optin_tokens: number
   webhook_events: number
 }
 
@@ -102,17 +104,22 @@ async function rotateWebhookEvents (db: Database, keyring: Keyring, batch: numbe
 }
 
 /**
- * Re-encrypts every Page access token and event signing secret not under the current key, and every
- * raw webhook body (rotateWebhookEvents: `subjectKey` is the erasure key, erasureKey of the config);
+ * Re-encrypts every Page access token, event signing secret and opt-in token (sealed and digested
+ * again: token-store/rotation.ts) not under the current key, and every raw webhook body
+ * (rotateWebhookEvents: `subjectKey` is the erasure key, erasureKey of the config);
  * returns the rows changed per table. With no key configured (plaintext allowed) there is nothing to do.
  */
 export async function rotateKeys (db: Database, opts: { keyring?: Keyring, batch?: number, progress?: (c: RotationCounts) => void, subjectKey?: Buffer } = {}): Promise<RotationCounts> {
   const keyring = opts.keyring ?? activeKeyring()
   const batch = opts.batch ?? ROTATION_BATCH
-  const counts: RotationCounts = { pages: 0, event_subscriptions: 0, webhook_events: 0 }
+  const counts: RotationCounts = { pages: 0, event_subscriptions: 0, optin_tokens: 0, webhook_events: 0 }
   if (keyring.currentId === undefined) return counts
   for (let n; (n = await rotatePages(db, keyring, batch)) > 0;) { counts.pages += n; opts.progress?.(counts) }
   for (let n; (n = await rotateSubscriptions(db, keyring, batch)) > 0;) { counts.event_subscriptions += n; opts.progress?.(counts) }
+  for (let step = await rotateTokenBatch(db, keyring, batch); step.read > 0; step = await rotateTokenBatch(db, keyring, batch, step.last)) {
+    counts.optin_tokens += step.changed
+    opts.progress?.(counts)
+  }
   for (let n, after = { id: '0' }; (n = await rotateWebhookEvents(db, keyring, batch, opts.subjectKey ?? erasureKey({}), after)) > 0;) { counts.webhook_events += n; opts.progress?.(counts) }
   return counts
 }

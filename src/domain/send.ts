@@ -278,7 +278,18 @@ async function tokenRoute (deps: SendDeps, n: Notification, target: Target, resu
       })
     }
     const hold: Hold = { page_id: n.page_id, token_id: claimed.id, notification_id: n.id, kind: claimed.kind }
-    const spent = await spendToken(deps, n, target, claimed, spend)
+    const clear = openToken(claimed)
+    if (clear instanceof SecretUnreadableError) {
+      // Nothing is sent with it; the token is kept (released, or unconfirmed if an earlier attempt may have gone out) for when its key is back.
+      deps.log?.warn({ notification_id: n.id, token_id: claimed.id, err: clear.message }, 'an opt-in token cannot be read; nothing sent with it')
+      const decision = decide({ kind: claimed.kind, route: routeOf(claimed.kind), ambiguous: spend.ambiguous, exhausted: true, recovering: false },
+        { kind: 'target_gone', code: 'token_unreadable' })
+      return finish(deps, n, decision, {
+        route: routeOf(claimed.kind), hold, tokensRefused: refused,
+        detail: `The person's opt-in token cannot be read, so nothing was sent with it: ${clear.message}`,
+      })
+    }
+    const spent = await spendToken(deps, n, target, { ...claimed, token: clear }, spend)
     if (spent.kind === 'lost' || spent.decision.next === 'defer') return current(deps.db, n)
     const { decision, outcome } = spent
     if (decision.next === 'next_token') {
@@ -301,6 +312,16 @@ async function tokenRoute (deps: SendDeps, n: Notification, target: Target, resu
         ? { detail: `The Graph API could not be reached (${outcome.detail}); nothing was sent and the token is kept.` }
         : {}),
     })
+  }
+}
+
+/** The clear value of a held token, or why no configured key reads it (the error names the key id, never the value). */
+function openToken (claimed: ClaimedToken): string | SecretUnreadableError {
+  try {
+    return openSecret('optin_tokens.token', claimed.token)
+  } catch (error) {
+    if (error instanceof SecretUnreadableError) return error
+    throw error
   }
 }
 

@@ -48,7 +48,7 @@ export const PROBLEMS: Record<ProblemCode, ProblemKind> = {
   webhook_not_configured: problem(503), graph_temporary: problem(503, true), graph_unreachable: problem(503, true),
   database_unavailable: problem(503, true), migrations_pending: problem(503, true),
   graph_unconfirmed: problem(504),
-  internal_error: problem(500), page_token_unreadable: problem(500),
+  internal_error: problem(500), page_token_unreadable: problem(500), token_unreadable: problem(500),
 }
 
 /** The status a code is answered with (an unknown code, from a row written by an older build: 502). */

@@ -74,10 +74,10 @@ t.test('rotate-keys encrypts legacy plaintext and re-encrypts under the new firs
 
   const done = await run({ ...env, ENCRYPTION_KEYS: `${newKey},${oldKey}` })
   t.equal(done.code, 0, done.stderr)
-  t.match(done.stdout, /re-encrypted 600 page access token\(s\), 1 event subscription\(s\) and 1 raw webhook bodies under key new\n$/)
+  t.match(done.stdout, /re-encrypted 600 page access token\(s\), 1 event subscription\(s\), 0 opt-in token\(s\) and 1 raw webhook bodies under key new\n$/)
   t.match(done.stdout, /re-encrypted so far: 500 page\(s\)/, 'in batches of 500')
   const again = await run({ ...env, ENCRYPTION_KEYS: `${newKey},${oldKey}` })
-  t.match(again.stdout, /re-encrypted 0 page access token\(s\), 0 event subscription\(s\) and 0 raw webhook bodies/, 'nothing left: a second run changes nothing')
+  t.match(again.stdout, /re-encrypted 0 page access token\(s\), 0 event subscription\(s\), 0 opt-in token\(s\) and 0 raw webhook bodies/, 'nothing left: a second run changes nothing')
 
   handle = await open()
   t.teardown(() => handle.close())

@@ -1,10 +1,14 @@
 import t, { type Test } from 'tap'
+import { execFileSync } from 'node:child_process'
+import { createHash } from 'node:crypto'
 import { sql } from 'kysely'
-import { newEncryptionKey } from '../../src/crypto/secret-box.js'
+import { keyedDigest, newEncryptionKey, openSecret } from '../../src/crypto/secret-box.js'
 import { rotateKeys } from '../../src/domain/key-rotation.js'
-import { auth, build, LogCapture, TEST_ENCRYPTION_KEYS, uniquePageId } from '../helper.js'
+import { maskToken } from '../../src/domain/window.js'
+import { auth, build, LogCapture, TEST_ENCRYPTION_KEYS, testDatabase, uniquePageId } from '../helper.js'
 import { dump } from '../fixtures/dump.js'
-import { graphEnv, newPsid, notify, openWindow, world, type World } from '../fixtures/otn.js'
+import { APP_SECRET, graphEnv, newPsid, notify, openWindow, recurringEvent, world, type World } from '../fixtures/otn.js'
+import { envelope, optinEvent, signedPost } from '../fixtures/webhooks.js'
 import { optIn } from '../fixtures/consent.js'
 import { eventsEnv, startReceiver, until, type Receiver } from '../fixtures/event-receiver.js'
 
@@ -80,7 +84,7 @@ t.test('a Page token and a subscription secret stored in plaintext before are re
   const counts = await rotateKeys(w.db, { batch: 1 })
   t.ok(counts.pages >= 1, 'the Page re-encrypted')
   t.equal(counts.event_subscriptions, 1)
-  t.same(await rotateKeys(w.db), { pages: 0, event_subscriptions: 0, webhook_events: 0 }, 'a second run has nothing left to do')
+  t.same(await rotateKeys(w.db), { pages: 0, event_subscriptions: 0, optin_tokens: 0, webhook_events: 0 }, 'a second run has nothing left to do')
   const text = await dump()
   t.notOk(holds(text, w.accessToken), 'no access token in the dump after rotation')
   t.notOk(holds(text, secret), 'no signing secret either')
@@ -177,8 +181,7 @@ t.test('a tampered ciphertext fails closed: nothing is sent or signed with it, a
 // for erasure by `mentions`. Imported here, not at the top, so that these blocks stay together.
 const { readFileSync } = await import('node:fs')
 const { Keyring, openBytes, parseEncryptionKeys } = await import('../../src/crypto/secret-box.js')
-const { APP_SECRET, recurringEvent } = await import('../fixtures/otn.js')
-const { envelope, messageEvent, optinEvent, sign, signedPost, uniqueToken } = await import('../fixtures/webhooks.js')
+const { messageEvent, sign, uniqueToken } = await import('../fixtures/webhooks.js')
 
 const ring = (...keys: string[]) => new Keyring(keys.flatMap((k) => parseEncryptionKeys(k).keys))
 /** No maintenance run but the one at start-up (awaited by the tests), so nothing rotates behind a test's back. */
@@ -373,4 +376,199 @@ t.test('rotate-keys seals the bodies stored in clear and re-digests every body: 
   const back = await build(t, graphEnv(w.base, { ...QUIET, ENCRYPTION_KEYS: `${TEST_ENCRYPTION_KEYS},${next}` }))
   await back.ready()
   await back.maintenance()
+})
+
+// ---- Issue 31, opt-in tokens (both kinds): sealed at rest, a keyed digest for equality ----
+
+/** optin_tokens as an outsider sees it: pg_dump --table=optin_tokens on Postgres; its rows as JSON on PGlite (no pg_dump). */
+async function dumpTokens (): Promise<string> {
+  const { db, kind, url } = await testDatabase()
+  if (kind === 'postgres') return execFileSync('pg_dump', ['--no-owner', '--data-only', '--table=optin_tokens', url!], { maxBuffer: 512 * 1024 * 1024 }).toString()
+  const { rows } = await sql<{ row: string }>`select row_to_json(x)::text as row from optin_tokens x`.execute(db)
+  return rows.map((r) => r.row).join('\n')
+}
+
+/** A one-time opt-in for `token` in a body of its own (other bytes than any earlier one: not a re-delivery of the body). */
+async function optInAgain (w: World, psid: string, token: string, at: number) {
+  const res = await signedPost(w.app, JSON.stringify(envelope([optinEvent({ pageId: w.pageId, psid, payload: w.topic.payload, token, timestamp: at })])), APP_SECRET)
+  t.equal(res.statusCode, 200, res.body)
+  return res.json() as { duplicate: boolean, tokens_recorded: number, tokens_already_held: number }
+}
+
+/** The person's token rows on the world's Page, values as stored. */
+async function storedTokens (w: World, psid: string) {
+  return await w.db.selectFrom('optin_tokens').select(['id', 'kind', 'token', 'token_digest', 'state', 'stopped_at']).where('page_id', '=', w.pageId).where('psid', '=', psid).orderBy('id').execute()
+}
+
+/**
+ * The tests above leave Pages and subscriptions under keys of their own (one-off `next` keys) or
+ * altered on purpose, in the file's shared database; a rotation here must not meet them: the values
+ * the current keys cannot read are set aside.
+ */
+async function forgetOtherKeys (w: World) {
+  const unreadable = (column: 'pages.access_token' | 'optin_tokens.token', stored: string): boolean => {
+    try { openSecret(column, stored); return false } catch { return true }
+  }
+  const pages = await w.db.selectFrom('pages').select(['id', 'access_token']).where('access_token', 'is not', null).execute()
+  const pageIds = pages.filter((p) => unreadable('pages.access_token', p.access_token!)).map((p) => p.id)
+  if (pageIds.length > 0) await w.db.updateTable('pages').set({ access_token: null }).where('id', 'in', pageIds).execute()
+  await sql`delete from event_subscriptions`.execute(w.db)
+  const tokens = await w.db.selectFrom('optin_tokens').select(['page_id', 'id', 'token']).execute()
+  for (const x of tokens.filter((x) => unreadable('optin_tokens.token', x.token))) {
+    await w.db.deleteFrom('optin_tokens').where('page_id', '=', x.page_id).where('id', '=', x.id).execute()
+  }
+}
+
+/** A send to `psid` that must go out with `token` (the emulator saw that value as the recipient). */
+async function sendsWith (t: Test, w: World, app: World['app'], psid: string, token: string) {
+  const res = await notify(app, { topic_id: w.topic.id, psid, message: { text: 'back in stock' } })
+  t.equal(res.statusCode, 201, res.body)
+  t.equal(res.json().status, 'sent')
+  const recipient = w.emulator.requests.at(-1)?.recipient as Record<string, string>
+  t.equal(recipient.one_time_notif_token ?? recipient.notification_messages_token, token, 'Meta received the token in clear')
+}
+
+t.test('opt-in tokens of both kinds are stored sealed with a keyed digest: the optin_tokens rows and their dump hold none in clear, a re-delivery adds none', async (t) => {
+  const w = await world(t)
+  const [one, two, rec] = [newPsid(), newPsid(), newPsid()]
+  const first = await optIn(w, one)
+  const second = await optIn(w, two)
+  const recurring = await recurringEvent(w, rec, { frequency: 'WEEKLY' })
+  await sendWorks(t, w)
+  await sendsWith(t, w, w.app, one, first.token)
+  const clear = [first.token, second.token, recurring]
+
+  const rows = await sql<{ token: string, token_digest: Buffer }>`select token, token_digest from optin_tokens where page_id = ${w.pageId} and psid in (${one}, ${two}, ${rec})`.execute(w.db)
+  t.equal(rows.rows.length, 3)
+  t.ok(rows.rows.every((r) => r.token.startsWith('enc:v1:test-key:')), 'every token sealed under the configured key')
+  t.notOk(rows.rows.some((r) => clear.includes(r.token)), 'none in clear')
+  t.same(new Set(rows.rows.map((r) => Buffer.from(r.token_digest).toString('hex'))), new Set(clear.map((c) => keyedDigest('optin_token', c).toString('hex'))),
+    'each row carries the keyed digest of its token')
+  t.notOk(rows.rows.some((r) => clear.some((c) => Buffer.from(r.token_digest).equals(createHash('sha256').update(c).digest()))), 'not an unkeyed digest a guess could be checked against')
+  const { rows: all } = await sql<{ n: number }>`select count(*)::int as n from optin_tokens where token not like 'enc:v1:%'`.execute(w.db)
+  t.equal(all[0].n, 0, 'no row of the table, any Page, holds a token in clear')
+  const text = await dumpTokens()
+  t.ok(text.includes(w.pageId), 'the dump does hold the rows')
+  for (const c of clear) t.notOk(holds(text, c), 'no opt-in token in the dump of optin_tokens, in clear, base64 or hex')
+
+  // Re-deliveries, in other bytes: the digest finds the token already held.
+  t.match(await optInAgain(w, two, second.token, Date.now() - 1000), { duplicate: false, tokens_recorded: 0, tokens_already_held: 1 })
+  t.match(await optInAgain(w, one, first.token, Date.now() - 500), { tokens_recorded: 0 }, 'a spent token is not recorded again')
+  await recurringEvent(w, rec, { token: recurring, frequency: 'WEEKLY', at: Date.now() + 1 })
+  t.equal((await storedTokens(w, one)).length, 1)
+  t.equal((await storedTokens(w, two)).length, 1)
+  t.match(await storedTokens(w, rec), [{ kind: 'notification_messages', state: 'available' }], 'the recurring one once, still active')
+
+  // Views show the token masked, from its clear value.
+  const exported = await w.app.inject({ url: `/v1/pages/${w.pageId}/subscribers/${two}/export`, headers: auth })
+  t.equal(exported.statusCode, 200, exported.body)
+  t.same(exported.json().tokens.map((x: { token: string }) => x.token), [maskToken(second.token)])
+  t.notMatch(exported.body, /enc:v1/)
+  await sendsWith(t, w, w.app, two, second.token)
+  await sendsWith(t, w, w.app, rec, recurring)
+})
+
+t.test('legacy plaintext tokens (as the migration leaves them) are claimed, sent and recognised on re-delivery; rotation seals them', async (t) => {
+  const w = await world(t)
+  const [one, rec] = [newPsid(), newPsid()]
+  const legacy = w.emulator.issueToken(w.pageId, one, w.topic.payload)
+  const legacyRec = w.emulator.issueToken(w.pageId, rec, w.topic.payload, { kind: 'notification_messages', optedInAt: Date.now() - 60_000, expiresAt: null })
+  for (const [psid, token, kind] of [[one, legacy, 'one_time_notif'], [rec, legacyRec, 'notification_messages']] as const) {
+    await sql`insert into optin_tokens (kind, page_id, psid, payload, token, token_digest, opted_in_at, expires_at, status_at)
+      values (${kind}, ${w.pageId}, ${psid}, ${w.topic.payload}, ${token}, sha256(convert_to(${token}, 'UTF8')), now() - interval '1 minute',
+              ${kind === 'one_time_notif' ? sql`now() + interval '300 days'` : sql`'9999-12-31'::timestamptz`}, now() - interval '1 minute')`.execute(w.db)
+  }
+  t.match(await optInAgain(w, one, legacy, Date.now() - 1000), { tokens_recorded: 0, tokens_already_held: 1 }, 'a re-delivery of a legacy token is a duplicate')
+  await recurringEvent(w, rec, { token: legacyRec, at: Date.now(), status: 'STOP_NOTIFICATIONS' })
+  const recRows = await storedTokens(w, rec)
+  t.equal(recRows.length, 1, 'a recurring event on a legacy token writes that row, not a second one')
+  t.ok(recRows[0].stopped_at !== null, 'the stop applied to the legacy row')
+  t.equal(recRows[0].token, legacyRec, 'still legacy until rotation')
+  await recurringEvent(w, rec, { token: legacyRec, at: Date.now() + 1, status: 'RESUME_NOTIFICATIONS' })
+
+  await forgetOtherKeys(w)
+  const counts = await rotateKeys(w.db, { batch: 1 })
+  t.ok(counts.optin_tokens >= 2, `the legacy tokens sealed (${counts.optin_tokens})`)
+  t.same(await rotateKeys(w.db), { pages: 0, event_subscriptions: 0, optin_tokens: 0 }, 'a second run has nothing left to do')
+  for (const [psid, token] of [[one, legacy], [rec, legacyRec]]) {
+    const [row] = await storedTokens(w, psid)
+    t.match(row.token, /^enc:v1:test-key:/)
+    t.ok(Buffer.from(row.token_digest).equals(keyedDigest('optin_token', token)), 'and digested under the key')
+  }
+  const text = await dumpTokens()
+  t.notOk(holds(text, legacy) || holds(text, legacyRec), 'no legacy token in the dump of optin_tokens after rotation')
+  t.match(await optInAgain(w, one, legacy, Date.now() - 500), { tokens_recorded: 0 }, 'still a duplicate after rotation')
+  await sendsWith(t, w, w.app, one, legacy)
+  await recurringEvent(w, rec, { token: legacyRec, at: Date.now() + 2, frequency: 'DAILY' })
+  t.equal((await storedTokens(w, rec)).length, 1)
+  await sendsWith(t, w, w.app, rec, legacyRec)
+})
+
+t.test('rotating opt-in tokens to a new first key keeps each one usable and known; then the old key is removed and they still send', async (t) => {
+  const w = await world(t)
+  const [a, b, rec, late] = [newPsid(), newPsid(), newPsid(), newPsid()]
+  const ta = (await optIn(w, a)).token
+  const tb = (await optIn(w, b)).token
+  const tr = await recurringEvent(w, rec, { frequency: 'DAILY' })
+  await forgetOtherKeys(w)
+  const newKeys = newEncryptionKey('tok-next')
+  const both = await build(t, graphEnv(w.base, { ENCRYPTION_KEYS: `${newKeys},${TEST_ENCRYPTION_KEYS}` }))
+  await both.ready()
+  const wb: World = { ...w, app: both }
+  // Before rotation: tokens under the old key are found by its digest, and sent.
+  t.match(await optInAgain(wb, b, tb, Date.now() - 1000), { tokens_recorded: 0, tokens_already_held: 1 }, 'a re-delivery under the new key finds the old-key row')
+  await recurringEvent(wb, rec, { token: tr, at: Date.now() + 1, frequency: 'DAILY' })
+  t.equal((await storedTokens(w, rec)).length, 1)
+  await sendsWith(t, w, both, a, ta)
+  const tl = (await optIn(wb, late)).token
+  t.match((await storedTokens(w, late))[0].token, /^enc:v1:tok-next:/, 'new tokens are sealed under the new first key')
+
+  await both.maintenance()
+  const { rows } = await sql<{ n: number }>`select count(*)::int as n from optin_tokens where token not like 'enc:v1:tok-next:%'`.execute(w.db)
+  t.equal(rows[0].n, 0, 'no opt-in token left under the old key, in any Page')
+  t.match(await optInAgain(wb, b, tb, Date.now() - 500), { tokens_recorded: 0 }, 'after rotation a re-delivery is still a duplicate')
+
+  const only = await build(t, graphEnv(w.base, { ENCRYPTION_KEYS: newKeys }))
+  const wo: World = { ...w, app: only }
+  t.match(await optInAgain(wo, late, tl, Date.now() - 200), { tokens_recorded: 0 }, 'with the old key removed too')
+  for (const [psid, token] of [[b, tb], [rec, tr], [late, tl]]) {
+    t.equal((await storedTokens(w, psid)).length, 1)
+    await sendsWith(t, w, only, psid, token)
+  }
+})
+
+t.test('a tampered opt-in token fails closed for its own send (token_unreadable, the token kept); other sends of the moment go out', async (t) => {
+  const log = new LogCapture()
+  const w = await world(t, { env: { LOG_LEVEL: 'info' }, deps: { logStream: log } })
+  const [bad, good] = [newPsid(), newPsid()]
+  const badToken = (await optIn(w, bad)).token
+  const goodToken = (await optIn(w, good)).token
+  const [row] = await storedTokens(w, bad)
+  const body = row.token.slice(row.token.lastIndexOf(':') + 1)
+  const bytes = Buffer.from(body, 'base64url')
+  bytes[bytes.length - 1] ^= 1
+  await w.db.updateTable('optin_tokens').set({ token: row.token.slice(0, row.token.lastIndexOf(':') + 1) + bytes.toString('base64url') })
+    .where('page_id', '=', w.pageId).where('id', '=', row.id).execute()
+  const sentBefore = w.emulator.requests.length
+  // Sent at the same moment: the starts are batched into one statement.
+  const [res, fine] = await Promise.all([
+    notify(w.app, { topic_id: w.topic.id, psid: bad, message: { text: 'back in stock' } }),
+    notify(w.app, { topic_id: w.topic.id, psid: good, message: { text: 'back in stock' } }),
+  ])
+  t.equal(res.statusCode, 500, res.body)
+  t.match(res.json(), { code: 'token_unreadable', notification: { status: 'failed', token_state: 'released' } })
+  t.match(res.json().detail, /optin_tokens\.token under key id "test-key" fails authentication/)
+  t.equal(fine.statusCode, 201, fine.body)
+  t.equal(fine.json().status, 'sent', 'the other person\'s send is not affected')
+  t.same(w.emulator.requests.slice(sentBefore).map((r) => (r.recipient as { one_time_notif_token?: string }).one_time_notif_token), [goodToken],
+    'Meta received the other send only')
+  t.match(await storedTokens(w, bad), [{ state: 'available' }], 'the token is kept, not spent or set aside')
+  const inbox = await w.app.inject({ url: `/v1/pages/${w.pageId}/subscribers/${bad}/export`, headers: auth })
+  t.equal(inbox.statusCode, 200, 'a view of the person still answers')
+  t.match(log.text, /optin_tokens\.token under key id \\?"test-key\\?" fails authentication/)
+  t.notOk(holds(log.text, badToken) || holds(log.text, goodToken), 'no token in any log line')
+  t.notOk(res.body.includes(badToken) || res.body.includes('enc:v1'), 'nor in the answer')
+  // Put back as it was: the kept token sends.
+  await w.db.updateTable('optin_tokens').set({ token: row.token }).where('page_id', '=', w.pageId).where('id', '=', row.id).execute()
+  await sendsWith(t, w, w.app, bad, badToken)
 })

@@ -193,8 +193,8 @@ t.test('rolling deploys: an older build runs against a newer build\'s expand mig
 t.test('rolling deploys: a contract migration, or this build\'s own not applied, stops start-up saying what to do (#24.9)', async (t) => {
   t.ok(isContractMigration('29990101000000_contract_drop_old_column'))
   t.notOk(isContractMigration('29990101000000_add_contract_column'))
-  t.same(Object.keys(migrations).filter(isContractMigration), ['20261202120000_contract_shard_keys_by_page'],
-    'the one contract: keys changed to include page_id, which an older build\'s ON CONFLICT targets do not match')
+  t.same(Object.keys(migrations).filter(isContractMigration), ['20261202120000_contract_shard_keys_by_page', '20261203020100_contract_sealed_optin_tokens'],
+    'the contracts: keys changed to include page_id, which an older build\'s ON CONFLICT targets do not match; opt-in tokens sealed, which an older build would send as they are')
 
   const db = await emptyDatabase(t)
   await migrate(db)

@@ -3,6 +3,7 @@ import { DeliveryWriter, parseDelivery, type DeliveryInput } from '../../src/dom
 import { countStatements, testDatabase, uniquePageId } from '../helper.js'
 import { entry, envelope, messageEvent, optinEvent, sign, uniquePsid, uniqueToken } from '../fixtures/webhooks.js'
 import { openBytes } from '../../src/crypto/secret-box.js'
+import { inClear } from '../fixtures/tokens.js'
 
 // The webhook's group commit: deliveries that arrive while a statement runs are written together,
 // each answered with its own receipt, and one the database refuses does not take the others down.
@@ -38,7 +39,7 @@ t.test('deliveries recorded in the same turn go in one statement, each with its 
   const events = await db.selectFrom('webhook_events').select(['id', 'body']).where('id', 'in', receipts.map((r) => r.event_id)).orderBy('id').execute()
   t.same(events.map((e) => e.id), receipts.map((r) => r.event_id), 'ids follow the order of arrival')
   t.same(events.map((e) => openBytes('webhook_events.body', e.body).toString()), inputs.map((i) => i.raw.toString()), 'each raw body is stored exactly')
-  const tokens = await db.selectFrom('optin_tokens').select(['token', 'webhook_event_id', 'opted_in_at']).where('page_id', '=', pageId).execute()
+  const tokens = inClear(await db.selectFrom('optin_tokens').select(['token', 'webhook_event_id', 'opted_in_at']).where('page_id', '=', pageId).execute())
   t.equal(tokens.length, 3)
   t.equal(tokens.find((x) => x.token === shared)!.webhook_event_id, receipts[1].event_id, 'a token names the delivery it was recorded from')
   const person = await db.selectFrom('subscribers').selectAll().where('page_id', '=', pageId).where('psid', '=', psid).executeTakeFirstOrThrow()
@@ -60,7 +61,7 @@ t.test('one delivery the database refuses fails alone; the others are written', 
   t.same(outcomes.map((o) => o.status), ['fulfilled', 'fulfilled', 'fulfilled', 'rejected'])
   t.match((outcomes[3] as PromiseRejectedResult).reason, { code: '22P05' }, 'the database refused the bad one (jsonb cannot hold a NUL)')
   t.equal(statements.length, 5, 'the batch failed, then each delivery was written on its own')
-  const stored = await db.selectFrom('optin_tokens').select('token').where('page_id', '=', pageId).execute()
+  const stored = inClear(await db.selectFrom('optin_tokens').select('token').where('page_id', '=', pageId).execute())
   t.same(stored.map((x) => x.token).sort(), [...good].sort())
 })
 

@@ -15,7 +15,7 @@ t.test('rotation re-encrypts in batches, leaves values already under the first k
   for (const [i, id] of ids.entries()) {
     await db.insertInto('pages').values({ id, name: 'Rotating', access_token: i === 0 ? ring(k2).seal('pages.access_token', `tok-${i}`) : ring(k1).seal('pages.access_token', `tok-${i}`) }).execute()
   }
-  t.same(await rotateKeys(db, { keyring: new Keyring([]) }), { pages: 0, event_subscriptions: 0, webhook_events: 0 }, 'no key: nothing to rotate to')
+  t.same(await rotateKeys(db, { keyring: new Keyring([]) }), { pages: 0, event_subscriptions: 0, optin_tokens: 0, webhook_events: 0 }, 'no key: nothing to rotate to')
   const seen: number[] = []
   const counts = await rotateKeys(db, { keyring: ring(k2, k1), batch: 2, progress: (c) => seen.push(c.pages) })
   t.equal(counts.pages, 4, 'the four under r1, not the one already under r2')
@@ -51,7 +51,7 @@ t.test('rotation skips rows a running change holds, without waiting, and takes t
   t.equal(first.pages, 1, 'one row rotated, the held one skipped')
   release()
   await holder
-  t.same(await rotateKeys(db, { keyring: ring(k2, k1) }), { pages: 1, event_subscriptions: 0, webhook_events: 0 })
+  t.same(await rotateKeys(db, { keyring: ring(k2, k1) }), { pages: 1, event_subscriptions: 0, optin_tokens: 0, webhook_events: 0 })
   t.ok((await after(held)).startsWith('enc:v1:s2:'), 'the next run takes it')
   t.equal(ring(k2).open('pages.access_token', await after(held)), `tok-${held}`)
 })
@@ -87,5 +87,5 @@ t.test('webhook bodies: re-sealed in batches, re-digested; the same body stored 
   t.ok(Buffer.from(byId.get(second)!.digest!).equals(ring(k2).digest('webhook_body', other)))
   t.equal(byId.get(legacy)!.has_mentions, true, 'the legacy row got its mentions')
   t.equal(Buffer.from(byId.get(withheld)!.body).length, 0, 'the withheld row stays empty')
-  t.same(await rotateKeys(db, { keyring: ring(k2, k1) }), { pages: 0, event_subscriptions: 0, webhook_events: 0 }, 'nothing left')
+  t.same(await rotateKeys(db, { keyring: ring(k2, k1) }), { pages: 0, event_subscriptions: 0, optin_tokens: 0, webhook_events: 0 }, 'nothing left')
 })

@@ -6,6 +6,7 @@ import { createGraphClient, type GraphClient, type SendOutcome } from '../../src
 import { SWEEP_QUEUE } from '../../src/jobs/broadcast-worker.js'
 import { build, LogCapture } from '../helper.js'
 import { APP_SECRET, graphEnv, heldTokens, world } from '../fixtures/otn.js'
+import { inClear } from '../fixtures/tokens.js'
 import {
   accountedForOnce, broadcastEnv, NOWHERE, people, postBroadcast, readBroadcast, recurringFor, settled, tokensFor, until, windowsFor,
 } from '../fixtures/broadcasts.js'
@@ -256,8 +257,8 @@ t.test('a broadcast mixing one-time, recurring and window people survives an ins
   t.ok(of(inWindow).every((o) => o === 'sent_window' || o === 'unconfirmed'), 'window people keep their token')
   t.equal(done.progress.sent_recurring, of(recurring).filter((o) => o === 'sent_recurring').length)
 
-  const recurringTokens = await w.db.selectFrom('optin_tokens').selectAll().where('page_id', '=', w.pageId)
-    .where('kind', '=', 'notification_messages').where('psid', 'in', recurring).execute()
+  const recurringTokens = inClear(await w.db.selectFrom('optin_tokens').selectAll().where('page_id', '=', w.pageId)
+    .where('kind', '=', 'notification_messages').where('psid', 'in', recurring).execute())
   t.equal(recurringTokens.filter((r) => r.state === 'available' && r.notification_id === null && r.next_send_at !== null &&
     r.next_send_at.getTime() > Date.now() + 47 * 3_600_000).length, 30, 'every recurring token stays usable and cools down, sent or unconfirmed')
   const uses = w.emulator.tokenUses()

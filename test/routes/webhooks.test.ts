@@ -14,6 +14,7 @@ import {
   pluginOptinEvent, postbackEvent, reactionEvent, readEvent, referralEvent, sign, signedPost, uniquePsid,
   uniqueToken, VERIFY_TOKEN, webhookEnv,
 } from '../fixtures/webhooks.js'
+import { inClear, isToken } from '../fixtures/tokens.js'
 
 const HOUR = 3_600_000
 
@@ -22,7 +23,7 @@ async function db (): Promise<Database> {
 }
 
 async function tokenRows (pageId: string) {
-  return (await db()).selectFrom('optin_tokens').selectAll().where('page_id', '=', pageId).orderBy('token').execute()
+  return inClear(await (await db()).selectFrom('optin_tokens').selectAll().where('page_id', '=', pageId).execute()).sort((a, b) => a.token < b.token ? -1 : a.token > b.token ? 1 : 0)
 }
 
 async function subscriber (pageId: string, psid: string) {
@@ -601,7 +602,7 @@ t.test("recurring opt-ins in Meta's shapes: stop, resume and refresh apply in ev
     t.equal(res.statusCode, 200, res.body)
     return res.json()
   }
-  const row = async (token: string) => (await db()).selectFrom('optin_tokens').selectAll().where('page_id', '=', pageId).where('token', '=', token).executeTakeFirstOrThrow()
+  const row = async (token: string) => (await db()).selectFrom('optin_tokens').selectAll().where('page_id', '=', pageId).where(isToken(token)).executeTakeFirstOrThrow()
 
   // Meta's Marketing Messages FAQ opt-in: no frequency, no expiry.
   const first = await post('meta-docs-mm-faq-optin-no-frequency.json', a, t0)
@@ -629,7 +630,7 @@ t.test("recurring opt-ins in Meta's shapes: stop, resume and refresh apply in ev
   // Meta's re-opt-in: a new token replaces the old one and inherits its pacing.
   const sentAt = new Date(t0 + 3500)
   const nextAt = new Date(t0 + 48 * 3_600_000)
-  await (await db()).updateTable('optin_tokens').set({ last_sent_at: sentAt, next_send_at: nextAt }).where('page_id', '=', pageId).where('token', '=', a).execute()
+  await (await db()).updateTable('optin_tokens').set({ last_sent_at: sentAt, next_send_at: nextAt }).where('page_id', '=', pageId).where(isToken(a)).execute()
   const refreshed = await post('meta-docs-optin-refreshed-filled.json', b, t0 + 4000)
   t.match(refreshed, { tokens_received: 1, tokens_recorded: 1 })
   t.match(await row(a), { state: 'replaced' })

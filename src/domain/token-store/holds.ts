@@ -10,6 +10,10 @@ import { heldBy, sendOrder, sendable, usable } from './states.js'
 export interface ClaimedToken {
   id: string
   kind: TokenKind
+  /**
+   * As stored (sealed; legacy rows in clear): the send that spends it opens it (send.ts), so that
+   * a token no configured key can read fails its own send only, not a batch of others' sends.
+   */
   token: string
   expires_at: Date
   lease_expires_at: Date

@@ -2,8 +2,23 @@
 import { sql } from 'kysely'
 import type { Database } from '../../db/database.js'
 import type { RecurringFrequency, TokenKind } from '../../db/types.js'
+import { openSecret, SecretUnreadableError } from '../../crypto/secret-box.js'
 import { DERIVED_STATES } from '../lifecycle.js'
 import { usable } from './states.js'
+
+/**
+ * A stored token's clear value for a view or the export (masked by the caller: it never leaves in
+ * clear). One no configured key can read shows as '' (masked `****`), so that a person's other
+ * tokens are still shown.
+ */
+function viewed (stored: string): string {
+  try {
+    return openSecret('optin_tokens.token', stored)
+  } catch (error) {
+    if (error instanceof SecretUnreadableError) return ''
+    throw error
+  }
+}
 
 export interface PersonToken {
   id: string
@@ -23,7 +38,7 @@ export async function personTokens (db: Database, pageId: string, psid: string):
       left join topics tp on tp.page_id = t.page_id and tp.payload = t.payload
      where t.page_id = ${pageId} and t.psid = ${psid} and t.kind = 'one_time_notif' and ${usable('t')} and t.expires_at > now()
      order by t.expires_at, t.id`.execute(db)
-  return rows
+  return rows.map((r) => ({ ...r, token: viewed(r.token) }))
 }
 
 /** When a person first opted in on a Page (any token, any state), or undefined. */
@@ -64,7 +79,7 @@ export async function personRecurringTokens (db: Database, pageId: string, psid:
      where t.page_id = ${pageId} and t.psid = ${psid} and t.kind = 'notification_messages'
        and t.state = ${sql.lit(DERIVED_STATES.stopped.state)} and t.expires_at > now()
      order by tp.name nulls last, t.payload, t.opted_in_at desc, t.id`.execute(db)
-  return rows
+  return rows.map((r) => ({ ...r, token: viewed(r.token) }))
 }
 
 // ---- a person's data (export and erasure: consent-export.ts, erasure.ts) ----
@@ -97,7 +112,7 @@ export async function personTokensForExport (db: Database, pageId: string, psid:
       left join topics tp on tp.page_id = t.page_id and tp.payload = t.payload
      where t.page_id = ${pageId} and t.psid = ${psid}
      order by t.opted_in_at, t.id`.execute(db)
-  return rows
+  return rows.map((r) => ({ ...r, token: viewed(r.token) }))
 }
 
 /**
