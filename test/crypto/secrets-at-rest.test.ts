@@ -251,6 +251,9 @@ async function forgetUnreadable (w: World): Promise<void> {
     }
   }).map((r) => r.id)
   if (gone.length > 0) await sql`delete from webhook_events where id::text = any(${gone}::text[])`.execute(w.db)
+  const tokens = await sql<{ page_id: string, id: string, token: string }>`select page_id, id::text as id, token from optin_tokens`.execute(w.db)
+  const lostTokens = tokens.rows.filter((r) => { try { test.open('optin_tokens.token', r.token); return false } catch { return true } })
+  for (const x of lostTokens) await sql`delete from optin_tokens where page_id = ${x.page_id} and id::text = ${x.id}`.execute(w.db)
 }
 const messageBody = (pageId: string, psid: string, text: string): string => JSON.stringify(envelope([messageEvent({ pageId, psid, text })]))
 
@@ -489,7 +492,7 @@ t.test('legacy plaintext tokens (as the migration leaves them) are claimed, sent
   await forgetOtherKeys(w)
   const counts = await rotateKeys(w.db, { batch: 1 })
   t.ok(counts.optin_tokens >= 2, `the legacy tokens sealed (${counts.optin_tokens})`)
-  t.same(await rotateKeys(w.db), { pages: 0, event_subscriptions: 0, optin_tokens: 0 }, 'a second run has nothing left to do')
+  t.same(await rotateKeys(w.db), { pages: 0, event_subscriptions: 0, optin_tokens: 0, webhook_events: 0 }, 'a second run has nothing left to do')
   for (const [psid, token] of [[one, legacy], [rec, legacyRec]]) {
     const [row] = await storedTokens(w, psid)
     t.match(row.token, /^enc:v1:test-key:/)
@@ -514,8 +517,11 @@ t.test('rotating opt-in tokens to a new first key keeps each one usable and know
   const newKeys = newEncryptionKey('tok-next')
   const both = await build(t, graphEnv(w.base, { ENCRYPTION_KEYS: `${newKeys},${TEST_ENCRYPTION_KEYS}` }))
   await both.ready()
+  // Its start-up maintenance rotates; it ends before the test writes (a recurring re-delivery racing
+  // the rotation of its own row is a known gap, noted on issue 31).
+  await both.maintenance()
   const wb: World = { ...w, app: both }
-  // Before rotation: tokens under the old key are found by its digest, and sent.
+  // Tokens written under the old key are found by the new key's digest, and sent.
   t.match(await optInAgain(wb, b, tb, Date.now() - 1000), { tokens_recorded: 0, tokens_already_held: 1 }, 'a re-delivery under the new key finds the old-key row')
   await recurringEvent(wb, rec, { token: tr, at: Date.now() + 1, frequency: 'DAILY' })
   t.equal((await storedTokens(w, rec)).length, 1)
