@@ -11,6 +11,7 @@ import { randomUUID } from 'node:crypto'
 import Fastify from 'fastify'
 import pg from 'pg'
 import { Pool } from 'undici'
+import { Keyring, parseEncryptionKeys } from '../src/crypto/secret-box.js'
 
 const env = (name: string): string => {
   const v = process.env[name]
@@ -20,6 +21,8 @@ const env = (name: string): string => {
 const db = new pg.Pool({ connectionString: env('DATABASE_URL'), max: Number(process.env.POOL_SIZE ?? 10) })
 const graph = new Pool(env('GRAPH_URL'), { connections: 512 })
 const accessToken = env('PAGE_ACCESS_TOKEN')
+/** Opt-in tokens are stored sealed (docs/SECURITY.md): the least a correct send does is open its token. */
+const keyring = new Keyring(parseEncryptionKeys(env('ENCRYPTION_KEYS')).keys)
 /** The Page every body names (the service reads it from the body; the least an ingestion does is know it). */
 const pageId = env('PAGE_ID')
 const app = Fastify({ logger: false })
@@ -47,7 +50,7 @@ app.post<{ Body: { topic_id: string, psid: string, message: Record<string, unkno
   const response = await graph.request({
     method: 'POST', path: `/v26.0/me/messages?access_token=${accessToken}`,
     headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ recipient: { one_time_notif_token: claimed.token }, messaging_type: 'UPDATE', message }),
+    body: JSON.stringify({ recipient: { one_time_notif_token: keyring.open('optin_tokens.token', claimed.token) }, messaging_type: 'UPDATE', message }),
   })
   const answer = await response.body.json() as { message_id?: string }
   const sent = response.statusCode === 200

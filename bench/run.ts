@@ -117,7 +117,7 @@ async function startStack (build: Build, embedded: boolean): Promise<Stack> {
   const ceilingsPort = await freePort()
   const ceilings = db && build.name === 'this checkout'
     ? await startProcess('ceilings', join(REPO_ROOT, 'bench/ceilings.ts'), {
-      DATABASE_URL: db.url, GRAPH_URL: emulator.url, PAGE_ID: PAGE, PAGE_ACCESS_TOKEN: PAGE_TOKEN, PORT: String(ceilingsPort),
+      DATABASE_URL: db.url, GRAPH_URL: emulator.url, PAGE_ID: PAGE, PAGE_ACCESS_TOKEN: PAGE_TOKEN, PORT: String(ceilingsPort), ENCRYPTION_KEYS: BENCH_ENCRYPTION_KEYS,
     }, ceilingsPort, '/ready', ['--import', 'tsx'])
     : undefined
   return { build, service, emulator, ceilings, db, dataDir, topics: new Map() }

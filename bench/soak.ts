@@ -400,10 +400,12 @@ export async function runSoak (opts: SoakOptions): Promise<SoakReport> {
     const missing = answered200.filter((w) => !storedBodies.has(sha(w.body))).length
     const optinTokens = answered200.filter((w) => w.event === 'optin')
       .map((w) => (JSON.parse(w.body).entry[0].messaging[0].optin.one_time_notif_token as string))
-    const { rows: knownTokens } = await db.query('select token from optin_tokens where token = any($1)', [optinTokens])
+    // Tokens are stored sealed: a token is found by its keyed digest under the soak's key.
+    const digestsOf = (tokens: string[]) => [...new Set(tokens)].map((t) => soakKeys.digest('optin_token', t))
+    const { rows: knownTokens } = await db.query('select id from optin_tokens where token_digest = any($1::bytea[])', [digestsOf(optinTokens)])
     const tokensMissing = new Set(optinTokens).size - knownTokens.length
     const spentAtMeta = [...emulator.tokenUses().keys()]
-    const { rows: spentStates } = await db.query(`select ${STATE} as state, count(*)::int as n from optin_tokens where token = any($1) group by 1`, [spentAtMeta])
+    const { rows: spentStates } = await db.query(`select ${STATE} as state, count(*)::int as n from optin_tokens where token_digest = any($1::bytea[]) group by 1`, [digestsOf(spentAtMeta)])
     const spentButUsable = spentStates.filter((r) => r.state === 'available').reduce((a, r) => a + r.n, 0)
 
     // What the instances logged at error level, grouped (a 500 answer is always among them), and
