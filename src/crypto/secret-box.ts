@@ -173,6 +173,15 @@ export function useKeyring (keyring: Keyring): void { active = keyring }
 export function activeKeyring (): Keyring { return active }
 export const sealSecret = (column: SecretColumn, value: string): string => active.seal(column, value)
 export const openSecret = (column: SecretColumn, stored: string): string => active.open(column, stored)
+/** openSecret, or the reason no configured key reads the value (it names the key id, never the value); other errors throw. */
+export function tryOpenSecret (column: SecretColumn, stored: string): string | SecretUnreadableError {
+  try {
+    return active.open(column, stored)
+  } catch (error) {
+    if (error instanceof SecretUnreadableError) return error
+    throw error
+  }
+}
 export const sealBytes = (column: SecretColumn, value: Uint8Array): Buffer => active.sealBytes(column, value)
 export const openBytes = (column: SecretColumn, stored: Uint8Array): Buffer => active.openBytes(column, stored)
 export const keyedDigest = (purpose: DigestPurpose, value: string | Buffer | Uint8Array): Buffer => active.digest(purpose, value)

@@ -1,7 +1,7 @@
 import { sql, type RawBuilder, type Selectable } from 'kysely'
 import type { Config } from '../config.js'
 import type { Database } from '../db/database.js'
-import { openSecret, SecretUnreadableError } from '../crypto/secret-box.js'
+import { SecretUnreadableError, tryOpenSecret } from '../crypto/secret-box.js'
 import type { OptinRequestsTable, RecurringFrequency, TokenKind } from '../db/types.js'
 import type { GraphClient } from '../graph/client.js'
 import { classifyGraphError, type GraphError } from '../graph/errors.js'
@@ -268,10 +268,9 @@ async function settle (db: Database, row: { id: string, page_id: string }, statu
 
 /** The Page's access token, decrypted before anything is reserved; unreadable: refused with page_token_unreadable (the key id, never the value). */
 function pageToken (pageId: string, stored: string): string {
-  try {
-    return openSecret('pages.access_token', stored)
-  } catch (error) {
-    if (!(error instanceof SecretUnreadableError)) throw error
-    throw new DomainError('page_token_unreadable', `Page ${pageId}'s access token cannot be read, so nothing was sent: ${error.message}`)
+  const token = tryOpenSecret('pages.access_token', stored)
+  if (token instanceof SecretUnreadableError) {
+    throw new DomainError('page_token_unreadable', `Page ${pageId}'s access token cannot be read, so nothing was sent: ${token.message}`)
   }
+  return token
 }

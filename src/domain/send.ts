@@ -7,7 +7,7 @@ import { randomUUID } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Config } from '../config.js'
 import type { Database } from '../db/database.js'
-import { openSecret, SecretUnreadableError } from '../crypto/secret-box.js'
+import { SecretUnreadableError, tryOpenSecret } from '../crypto/secret-box.js'
 import type { Notification } from '../db/types.js'
 import type { GraphClient, PageCredentials, SendOutcome } from '../graph/client.js'
 import { classifyGraphError, type GraphError } from '../graph/errors.js'
@@ -278,7 +278,7 @@ async function tokenRoute (deps: SendDeps, n: Notification, target: Target, resu
       })
     }
     const hold: Hold = { page_id: n.page_id, token_id: claimed.id, notification_id: n.id, kind: claimed.kind }
-    const clear = openToken(claimed)
+    const clear = tryOpenSecret('optin_tokens.token', claimed.token)
     if (clear instanceof SecretUnreadableError) {
       // Nothing is sent with it; the token is kept (released, or unconfirmed if an earlier attempt may have gone out) for when its key is back.
       deps.log?.warn({ notification_id: n.id, token_id: claimed.id, err: clear.message }, 'an opt-in token cannot be read; nothing sent with it')
@@ -312,16 +312,6 @@ async function tokenRoute (deps: SendDeps, n: Notification, target: Target, resu
         ? { detail: `The Graph API could not be reached (${outcome.detail}); nothing was sent and the token is kept.` }
         : {}),
     })
-  }
-}
-
-/** The clear value of a held token, or why no configured key reads it (the error names the key id, never the value). */
-function openToken (claimed: ClaimedToken): string | SecretUnreadableError {
-  try {
-    return openSecret('optin_tokens.token', claimed.token)
-  } catch (error) {
-    if (error instanceof SecretUnreadableError) return error
-    throw error
   }
 }
 
@@ -434,10 +424,9 @@ async function targetOf (db: Database, n: Notification, token?: { page_id: strin
  * own Page's sends), or why they cannot be read: the detail names the key id, never a value.
  */
 function targetFrom (pageId: string, storedToken: string, where: Omit<Target, 'page'>): Target | { missing: NotificationProblem } {
-  try {
-    return { page: { id: pageId, accessToken: openSecret('pages.access_token', storedToken) }, ...where }
-  } catch (error) {
-    if (!(error instanceof SecretUnreadableError)) throw error
-    return { missing: { code: 'page_token_unreadable', detail: `Page ${pageId}'s access token cannot be read, so nothing was sent: ${error.message}` } }
+  const accessToken = tryOpenSecret('pages.access_token', storedToken)
+  if (accessToken instanceof SecretUnreadableError) {
+    return { missing: { code: 'page_token_unreadable', detail: `Page ${pageId}'s access token cannot be read, so nothing was sent: ${accessToken.message}` } }
   }
+  return { page: { id: pageId, accessToken }, ...where }
 }

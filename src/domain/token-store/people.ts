@@ -2,7 +2,7 @@
 import { sql } from 'kysely'
 import type { Database } from '../../db/database.js'
 import type { RecurringFrequency, TokenKind } from '../../db/types.js'
-import { openSecret, SecretUnreadableError } from '../../crypto/secret-box.js'
+import { SecretUnreadableError, tryOpenSecret } from '../../crypto/secret-box.js'
 import { DERIVED_STATES } from '../lifecycle.js'
 import { usable } from './states.js'
 
@@ -12,12 +12,8 @@ import { usable } from './states.js'
  * tokens are still shown.
  */
 function viewed (stored: string): string {
-  try {
-    return openSecret('optin_tokens.token', stored)
-  } catch (error) {
-    if (error instanceof SecretUnreadableError) return ''
-    throw error
-  }
+  const token = tryOpenSecret('optin_tokens.token', stored)
+  return token instanceof SecretUnreadableError ? '' : token
 }
 
 export interface PersonToken {
