@@ -8,7 +8,7 @@
  *   broadcast in progress skips the person.
  * - webhook_events: every raw body that mentions the PSID is deleted (with the other events it
  *   carried: their tokens and people are recorded already). Bodies are encrypted: one is found by
- *   `mentions`, the subjects of the people its events name (ingest.ts, mentionSubjects), which holds
+ *   `mentions`, the subjects of the people its events name (webhook-body.ts, mentionSubjects), which holds
  *   the person's `subject`; a legacy row (stored before, in clear, mentions null) by a search of its
  *   bytes for the PSID. A re-delivery of a deleted body is stored without it (ingest.ts, `withheld`).
  * - consent_history: the person's entries are deleted, and one `erased` entry is written with no

@@ -2,7 +2,7 @@ import { sql } from 'kysely'
 import type { Database } from '../db/database.js'
 import { activeKeyring, PREFIX, type Keyring } from '../crypto/secret-box.js'
 import { erasureKey } from './erasure.js'
-import { mentionSubjects, namedIds } from './ingest.js'
+import { mentionSubjects, namedIds } from './webhook-body.js'
 import { rotateTokenBatch } from './token-store.js'
 
 // Key rotation and the encryption of existing data (docs/SECURITY.md): every stored secret that is

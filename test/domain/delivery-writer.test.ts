@@ -1,5 +1,6 @@
 import t from 'tap'
-import { DeliveryWriter, parseDelivery, type DeliveryInput } from '../../src/domain/ingest.js'
+import { DeliveryWriter, type DeliveryInput } from '../../src/domain/ingest.js'
+import { parseDelivery } from '../../src/domain/webhook-body.js'
 import { countStatements, testDatabase, uniquePageId } from '../helper.js'
 import { entry, envelope, messageEvent, optinEvent, sign, uniquePsid, uniqueToken } from '../fixtures/webhooks.js'
 import { openBytes } from '../../src/crypto/secret-box.js'

@@ -1,6 +1,6 @@
 import { readdirSync, readFileSync } from 'node:fs'
 import t from 'tap'
-import { eventTimeMs, mentionSubjects, namedIds, parseDelivery, type Delivery, type RecurringRecord } from '../../src/domain/ingest.js'
+import { eventTimeMs, mentionSubjects, namedIds, parseDelivery, type Delivery, type RecurringRecord } from '../../src/domain/webhook-body.js'
 import { subjectOf } from '../../src/domain/erasure.js'
 import { OTN_TOKEN_LIFETIME_MS } from '../../src/domain/window.js'
 
