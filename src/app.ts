@@ -170,7 +170,7 @@ export async function buildApp (config: Config, deps: AppDeps = {}): Promise<Fas
     await v1.register(auditRoutes)
   }, { prefix: '/v1' })
 
-  scheduleMaintenance(app, maintenanceTasks)
+  scheduleMaintenance(app, maintenanceTasks())
 
   if (config.PAGE_ID && config.PAGE_ACCESS_TOKEN) {
     await upsertPage(handle.db, config.PAGE_ID, { name: config.PAGE_NAME, access_token: config.PAGE_ACCESS_TOKEN })

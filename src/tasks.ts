@@ -1,22 +1,16 @@
 import { vacuumChangedTables } from './db/embedded-vacuum.js'
 import { removeOldAuditEntries } from './domain/audit.js'
 import { erasureKey } from './domain/erasure.js'
-import { rotateKeys } from './domain/key-rotation.js'
+import { RotationSchedule } from './domain/key-rotation.js'
 import { recoverLeases } from './domain/recovery.js'
 import { removeOldEvents, removeOldMessageBodies, removeOldWebhookBodies } from './domain/retention.js'
 import { expireTokens } from './domain/token-store.js'
 import type { MaintenanceTask } from './maintenance.js'
 
-/** Every periodic sweep the service runs; add new ones here. */
-export const maintenanceTasks: MaintenanceTask[] = [
+/** Every periodic sweep the service runs, made once per app (a task may keep state between runs); add new ones here. */
+export const maintenanceTasks = (): MaintenanceTask[] => [
   // Encrypts what is not yet under ENCRYPTION_KEYS's first key (legacy plaintext, an older key): docs/SECURITY.md.
-  {
-    name: 'rotate_keys',
-    run: async ({ db, config }) => {
-      const c = await rotateKeys(db, { subjectKey: erasureKey(config) })
-      return c.pages + c.event_subscriptions + c.optin_tokens + c.webhook_events
-    },
-  },
+  rotateKeysTask(new RotationSchedule()),
   { name: 'expire_tokens', run: ({ db }) => expireTokens(db) },
   { name: 'remove_old_webhook_bodies', run: ({ db, config }) => removeOldWebhookBodies(db, config.WEBHOOK_BODY_RETENTION_DAYS) },
   { name: 'remove_old_message_bodies', run: ({ db, config }) => removeOldMessageBodies(db, config.MESSAGE_BODY_RETENTION_DAYS) },
@@ -32,3 +26,13 @@ export const maintenanceTasks: MaintenanceTask[] = [
   },
   { name: 'vacuum_embedded', run: ({ db, dbKind }) => dbKind === 'pglite' ? vacuumChangedTables(db) : Promise.resolve(0) },
 ]
+
+function rotateKeysTask (schedule: RotationSchedule): MaintenanceTask {
+  return {
+    name: 'rotate_keys',
+    run: async ({ db, config }) => {
+      const c = await schedule.run(db, erasureKey(config))
+      return c.pages + c.event_subscriptions + c.optin_tokens + c.webhook_events
+    },
+  }
+}

@@ -3,7 +3,7 @@ import type { Database } from '../db/database.js'
 import { activeKeyring, PREFIX, type Keyring } from '../crypto/secret-box.js'
 import { erasureKey } from './erasure.js'
 import { mentionSubjects, namedIds } from './webhook-body.js'
-import { rotateTokenBatch } from './token-store.js'
+import { lastTokenId, rotateTokenBatch } from './token-store.js'
 
 // Key rotation and the encryption of existing data (docs/SECURITY.md): every stored secret that is
 // not under the key that encrypts now (ENCRYPTION_KEYS's first), legacy plaintext included, is
@@ -103,23 +103,58 @@ async function rotateWebhookEvents (db: Database, keyring: Keyring, batch: numbe
   })
 }
 
+/** Where a rotation starts reading the two tables that grow with traffic: after these ids (ids only grow). */
+export interface RotationStart { optin_tokens: string, webhook_events: string }
+
 /**
  * Re-encrypts every Page access token, event signing secret and opt-in token (sealed and digested
  * again: token-store/rotation.ts) not under the current key, and every raw webhook body
  * (rotateWebhookEvents: `subjectKey` is the erasure key, erasureKey of the config);
- * returns the rows changed per table. With no key configured (plaintext allowed) there is nothing to do.
+ * returns the rows changed per table. With `after`, opt-in tokens and bodies are read only past
+ * those ids (RotationSchedule); without, the whole tables. With no key configured (plaintext
+ * allowed) there is nothing to do.
  */
-export async function rotateKeys (db: Database, opts: { keyring?: Keyring, batch?: number, progress?: (c: RotationCounts) => void, subjectKey?: Buffer } = {}): Promise<RotationCounts> {
+export async function rotateKeys (db: Database, opts: { keyring?: Keyring, batch?: number, progress?: (c: RotationCounts) => void, subjectKey?: Buffer, after?: RotationStart } = {}): Promise<RotationCounts> {
   const keyring = opts.keyring ?? activeKeyring()
   const batch = opts.batch ?? ROTATION_BATCH
   const counts: RotationCounts = { pages: 0, event_subscriptions: 0, optin_tokens: 0, webhook_events: 0 }
   if (keyring.currentId === undefined) return counts
   for (let n; (n = await rotatePages(db, keyring, batch)) > 0;) { counts.pages += n; opts.progress?.(counts) }
   for (let n; (n = await rotateSubscriptions(db, keyring, batch)) > 0;) { counts.event_subscriptions += n; opts.progress?.(counts) }
-  for (let step = await rotateTokenBatch(db, keyring, batch); step.read > 0; step = await rotateTokenBatch(db, keyring, batch, step.last)) {
+  const tokensAfter = opts.after ? { id: opts.after.optin_tokens } : undefined
+  for (let step = await rotateTokenBatch(db, keyring, batch, tokensAfter); step.read > 0; step = await rotateTokenBatch(db, keyring, batch, step.last)) {
     counts.optin_tokens += step.changed
     opts.progress?.(counts)
   }
-  for (let n, after = { id: '0' }; (n = await rotateWebhookEvents(db, keyring, batch, opts.subjectKey ?? erasureKey({}), after)) > 0;) { counts.webhook_events += n; opts.progress?.(counts) }
+  for (let n, after = { id: opts.after?.webhook_events ?? '0' }; (n = await rotateWebhookEvents(db, keyring, batch, opts.subjectKey ?? erasureKey({}), after)) > 0;) { counts.webhook_events += n; opts.progress?.(counts) }
   return counts
+}
+
+/** How often the maintenance task's rotation reads the whole of the growing tables again. */
+export const FULL_ROTATION_MS = 24 * 3600 * 1000
+
+/**
+ * The rotation the maintenance task runs every period (one per app), without reading every opt-in
+ * token and webhook body each time: the first run of a process reads everything (a new key list
+ * means a restart, so a new first key is always met by a full run), and a run after the first key
+ * changed. Later runs read only the rows added since the previous run began: those an instance
+ * still on an older key list wrote during a rolling restart, or an older build before encryption.
+ * Once a day (FULL_ROTATION_MS) a run reads everything again, for a row that committed after a run
+ * had passed its id.
+ */
+export class RotationSchedule {
+  private last?: { keyId: string, fullAt: number, next: RotationStart }
+
+  async run (db: Database, subjectKey: Buffer, now: number = Date.now()): Promise<RotationCounts> {
+    const keyId = activeKeyring().currentId
+    if (keyId === undefined) return await rotateKeys(db, { subjectKey })
+    const full = this.last === undefined || this.last.keyId !== keyId || now - this.last.fullAt >= FULL_ROTATION_MS
+    const next: RotationStart = {
+      optin_tokens: await lastTokenId(db),
+      webhook_events: (await sql<{ id: string }>`select coalesce(max(id), 0)::text as id from webhook_events`.execute(db)).rows[0].id,
+    }
+    const counts = await rotateKeys(db, { subjectKey, after: full ? undefined : this.last?.next })
+    this.last = { keyId, fullAt: full ? now : this.last!.fullAt, next }
+    return counts
+  }
 }

@@ -33,7 +33,7 @@ t.test('entries older than AUDIT_RETENTION_DAYS are removed in batches, oldest f
   t.equal(await removeOldAuditEntries(db, 365, 2), 3, 'three entries, in batches of two')
   t.same(await agesOf(pageId), [1, 364])
   t.equal(await removeOldAuditEntries(db, 365, 2), 0, 'nothing left to do')
-  t.ok(maintenanceTasks.some((task) => task.name === 'remove_old_audit_entries'), 'the maintenance job runs it')
+  t.ok(maintenanceTasks().some((task) => task.name === 'remove_old_audit_entries'), 'the maintenance job runs it')
 })
 
 t.test('the listing: oldest first, by key, Page and time, page by page; an entry without a Page is kept under an empty page_id', async (t) => {

@@ -1,9 +1,13 @@
 import t from 'tap'
 import { sql } from 'kysely'
 import { openDatabase } from '../../src/db/database.js'
-import { Keyring, newEncryptionKey, parseEncryptionKeys } from '../../src/crypto/secret-box.js'
-import { rotateKeys } from '../../src/domain/key-rotation.js'
-import { databaseKind, testDatabase, uniquePageId } from '../helper.js'
+import { activeKeyring, Keyring, newEncryptionKey, parseEncryptionKeys, useKeyring } from '../../src/crypto/secret-box.js'
+import { erasureKey } from '../../src/domain/erasure.js'
+import { FULL_ROTATION_MS, RotationSchedule, rotateKeys } from '../../src/domain/key-rotation.js'
+import { rotateTokenBatch } from '../../src/domain/token-store.js'
+import { databaseKind, TEST_ENCRYPTION_KEYS, testDatabase, truncateAll, uniquePageId } from '../helper.js'
+import { seedRecurring } from '../fixtures/recurring.js'
+import { newPsid, recurringEvent, recurringRows, world } from '../fixtures/otn.js'
 
 const ring = (...keys: string[]) => new Keyring(keys.flatMap((k) => parseEncryptionKeys(k).keys))
 
@@ -88,4 +92,87 @@ t.test('webhook bodies: re-sealed in batches, re-digested; the same body stored 
   t.equal(byId.get(legacy)!.has_mentions, true, 'the legacy row got its mentions')
   t.equal(Buffer.from(byId.get(withheld)!.body).length, 0, 'the withheld row stays empty')
   t.same(await rotateKeys(db, { keyring: ring(k2, k1) }), { pages: 0, event_subscriptions: 0, optin_tokens: 0, webhook_events: 0 }, 'nothing left')
+})
+
+t.test('the maintenance schedule reads opt-in tokens and bodies whole on its first run, then only the rows added since, and whole again once a day', async (t) => {
+  const { db } = await testDatabase()
+  await truncateAll(db)
+  const before = activeKeyring()
+  t.teardown(async () => {
+    useKeyring(before)
+    await truncateAll(db)
+  })
+  const schedKey = newEncryptionKey('sched')
+  useKeyring(ring(schedKey))
+  const pageId = uniquePageId()
+  await db.insertInto('pages').values({ id: pageId, name: 'Scheduled', access_token: null }).execute()
+  const seed = async () => await seedRecurring(db, { pageId, psid: newPsid(), payload: 'deals' })
+  const stored = async (id: string) => (await db.selectFrom('optin_tokens').select('token').where('id', '=', id).executeTakeFirstOrThrow()).token
+  const body = async () => (await sql<{ id: string }>`
+    insert into webhook_events (page_id, signature, object, body, digest)
+    values (${pageId}, 'sha256=x', 'page', ${Buffer.from(`{"object":"page","n":"${newPsid()}"}`)}, null) returning id::text as id`.execute(db)).rows[0].id
+  const schedule = new RotationSchedule()
+  const subjectKey = erasureKey({})
+  const now = Date.now()
+  const early = await seed()
+  await body()
+  t.match(await schedule.run(db, subjectKey, now), { optin_tokens: 1, webhook_events: 1 }, 'the first run reads everything')
+  t.ok((await stored(early.id)).startsWith('enc:v1:sched:'))
+
+  // A row behind the first run's ids back in clear (as a row committed after the run passed it would
+  // be), and a token and a body added after the run.
+  await sql`update optin_tokens set token = ${early.token}, token_digest = sha256(convert_to(${early.token}, 'UTF8')) where id = ${early.id}::bigint`.execute(db)
+  const late = await seed()
+  await body()
+  t.match(await schedule.run(db, subjectKey, now + 60_000), { optin_tokens: 1, webhook_events: 1 }, 'a later run reads only the rows added since the last one began')
+  t.ok((await stored(late.id)).startsWith('enc:v1:sched:'), 'the token added since is sealed')
+  t.equal(await stored(early.id), early.token, 'the row behind the mark is not read')
+  t.match(await schedule.run(db, subjectKey, now + 120_000), { optin_tokens: 0, webhook_events: 0 }, 'nothing added: nothing read')
+
+  t.match(await schedule.run(db, subjectKey, now + FULL_ROTATION_MS), { optin_tokens: 1 }, 'a day after the full run, everything again')
+  t.ok((await stored(early.id)).startsWith('enc:v1:sched:'))
+
+  const key = newEncryptionKey('sched-2')
+  useKeyring(ring(key, schedKey))
+  t.match(await schedule.run(db, subjectKey, now + FULL_ROTATION_MS + 60_000), { optin_tokens: 2, webhook_events: 2 }, 'a new first key: everything again')
+  t.ok((await stored(early.id)).startsWith('enc:v1:sched-2:') && (await stored(late.id)).startsWith('enc:v1:sched-2:'))
+})
+
+t.test('a recurring re-delivery racing the rotation of its token updates the one row: it waits for the rotation and goes by the new digest (Postgres)', { skip: databaseKind !== 'postgres' && 'PGlite has one connection' }, async (t) => {
+  const w = await world(t, { env: { MAINTENANCE_INTERVAL_SECONDS: '86400' } })
+  const { url } = await testDatabase()
+  const other = await openDatabase({ databaseUrl: url, poolSize: 1 })
+  t.teardown(() => other.close())
+  const psid = newPsid()
+  const token = await recurringEvent(w, psid, { at: Date.now() - 60_000 })
+  // Step 1 of a rotation done: every instance knows the new key, first; the token is still under the test key.
+  const next = newEncryptionKey('race-next')
+  const keyring = ring(next, TEST_ENCRYPTION_KEYS)
+  useKeyring(keyring)
+  t.teardown(() => useKeyring(ring(TEST_ENCRYPTION_KEYS)))
+  // A rotation batch has rewritten the row (sealed and digested under the new key) and not committed yet.
+  let release!: () => void
+  const released = new Promise<void>((resolve) => { release = resolve })
+  let rewritten!: () => void
+  const isRewritten = new Promise<void>((resolve) => { rewritten = resolve })
+  const rotation = other.db.transaction().execute(async (trx) => {
+    const step = await rotateTokenBatch(trx, keyring, 500)
+    rewritten()
+    await released
+    return step
+  })
+  await isRewritten
+  // Meanwhile Meta delivers a later event of the same token (a resume): its statement reads the row under the old digest.
+  const redelivery = recurringEvent(w, psid, { token, status: 'RESUME_NOTIFICATIONS' })
+  const waiting = async () => (await sql<{ n: number }>`
+    select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'`.execute(w.db)).rows[0].n
+  for (let i = 0; i < 200 && await waiting() === 0; i++) await new Promise((resolve) => setTimeout(resolve, 25))
+  t.equal(await waiting(), 1, 'the re-delivery waits for the rotation\'s row')
+  release()
+  t.ok((await rotation).changed >= 1, 'the rotation rewrote the token')
+  await redelivery
+  const rows = await recurringRows(w.db, w.pageId, psid)
+  t.equal(rows.length, 1, 'one row for the token, not a second under the old digest')
+  t.equal(rows[0].token, token)
+  t.ok(Buffer.from(rows[0].token_digest!).equals(keyring.digest('optin_token', token)), 'under the new key\'s digest')
 })

@@ -74,8 +74,8 @@ t.test('notification messages older than the limit are emptied; status, ids and 
 })
 
 t.test('both are maintenance tasks that run with the configured limits', async (t) => {
-  t.ok(maintenanceTasks.some((task) => task.name === 'remove_old_webhook_bodies'))
-  t.ok(maintenanceTasks.some((task) => task.name === 'remove_old_message_bodies'))
+  t.ok(maintenanceTasks().some((task) => task.name === 'remove_old_webhook_bodies'))
+  t.ok(maintenanceTasks().some((task) => task.name === 'remove_old_message_bodies'))
   const setup = await build(t, webhookEnv)
   const { db, pageId } = await deliveries(t, setup, [12, 3])
   const message = await notification(db, pageId, 8, true)
@@ -109,6 +109,6 @@ t.test('outbound events older than the limit whose deliveries all ended are remo
                                                                     (select count(*) from event_delivery_attempts where page_id = ${pageId})::text as a`.execute(db)
   t.same(n, { d: '3', a: '3' }, 'their deliveries and attempts went with them')
   t.equal(await removeOldEvents(db, 0), 0, '0 keeps forever')
-  t.ok(maintenanceTasks.some((task) => task.name === 'remove_old_events'))
+  t.ok(maintenanceTasks().some((task) => task.name === 'remove_old_events'))
   await sql`delete from event_subscriptions where id = ${sub.id}`.execute(db)
 })

@@ -182,7 +182,7 @@ t.test('expireTokens marks only available tokens past their expiry, in batches, 
 })
 
 t.test('the sweep is a maintenance task that runs when the app starts', async (t) => {
-  t.ok(maintenanceTasks.some((task) => task.name === 'expire_tokens'))
+  t.ok(maintenanceTasks().some((task) => task.name === 'expire_tokens'))
   const pageId = uniquePageId()
   await insertTokens(pageId, [{ expiresInMs: -DAY }, { expiresInMs: DAY }])
   const app = await build(t)

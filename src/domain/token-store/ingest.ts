@@ -47,7 +47,7 @@ export function insertTokens (tokensJson: string | RawBuilder<unknown>, input: s
 /**
  * Recurring events of a webhook statement (RecurringRecord, with the `ord` of their delivery, joined
  * to `input`: the deliveries stored now, columns id and ord), applied as CTEs named `rec_in`,
- * `rec_token`, `rec_replaced` and `rec_written` (records as storedToken gives them; `rec_in` adds
+ * `rec_token`, `rec_stored`, `rec_newer`, `rec_replaced` and `rec_written` (records as storedToken gives them; `rec_in` adds
  * `token_digest` and `lookup`, the bytea of `digest` and `digests`); `rec_written` returns the event id (`webhook_event_id` of
  * the delivery that brought it), `state`, `inserted` and `token_digest` of each token written. The latest event by
  * event time wins (an opt-in or resume makes a token active, a stop stops it), so a duplicate or an
@@ -86,6 +86,15 @@ export function recordRecurring (recordsJson: string | RawBuilder<unknown>, inpu
                coalesce(max(r.expires_at) filter (where r.expires_at < ${NO_EXPIRY_SQL}), ${NO_EXPIRY_SQL}) as expires_at
           from rec_in r
          group by r.page_id, r.token_digest) g
+    ), rec_stored as (
+      -- The row each token is stored in already, under any configured key's digest (or the unkeyed
+      -- one of a row written in clear), locked. A rotation that re-digests it meanwhile (token-store/
+      -- rotation.ts) makes this wait and read the row's new digest; reading it unlocked, the insert
+      -- below would go by the digest the row no longer has and store the token a second time.
+      select o.page_id, o.token_digest, r.token_digest as incoming
+        from optin_tokens o join rec_token r on o.page_id = r.page_id and o.token_digest = any(r.lookup)
+       order by o.page_id, o.token_digest
+         for update of o
     ), rec_newer as (
       -- Whether a newer opt-in on the same topic (stored, or in this statement) supersedes each token;
       -- and the digest of the row it is written to: a row stored before under another key's digest
@@ -95,7 +104,7 @@ export function recordRecurring (recordsJson: string | RawBuilder<unknown>, inpu
                    and o.state in ('available', 'replaced') and o.opted_in_at > r.first_at)
         or exists (select 1 from rec_token n where ${sameTopic('n', 'r')} and n.token_digest <> r.token_digest and n.optin_at > r.first_at)
       ) as superseded,
-      coalesce((select o.token_digest from optin_tokens o where o.page_id = r.page_id and o.token_digest = any(r.lookup) limit 1), r.token_digest) as stored_digest
+      coalesce((select s.token_digest from rec_stored s where s.page_id = r.page_id and s.incoming = r.token_digest limit 1), r.token_digest) as stored_digest
         from rec_token r
     ), rec_replaced as (
       update optin_tokens o set state = 'replaced', updated_at = now()

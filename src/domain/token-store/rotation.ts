@@ -3,8 +3,8 @@ import { sql } from 'kysely'
 import type { Database } from '../../db/database.js'
 import { PREFIX, type Keyring } from '../../crypto/secret-box.js'
 
-/** A token's key, where the next batch of a rotation starts after. */
-export interface TokenKey { page_id: string, id: string }
+/** A token's key, where the next batch of a rotation starts after (without page_id: after that id, ids being unique). */
+export interface TokenKey { page_id?: string, id: string }
 
 /**
  * One batch of rotation, in primary key order (id, page_id) after `after` (a run walks the table
@@ -25,7 +25,7 @@ export async function rotateTokenBatch (db: Database, keyring: Keyring, batch: n
   const { rows } = await sql<{ page_id: string, id: string, token: string }>`
     select page_id, id::text as id, token from optin_tokens
      where left(token, ${prefix.length}) <> ${prefix}
-       ${after ? sql`and (id, page_id) > (${after.id}::bigint, ${after.page_id})` : sql``}
+       ${after === undefined ? sql`` : after.page_id === undefined ? sql`and id > ${after.id}::bigint` : sql`and (id, page_id) > (${after.id}::bigint, ${after.page_id})`}
      order by id, page_id limit ${batch}`.execute(db)
   if (rows.length === 0) return { read: 0, changed: 0 }
   const clear = rows.map((r) => keyring.open('optin_tokens.token', r.token))
@@ -37,4 +37,10 @@ export async function rotateTokenBatch (db: Database, keyring: Keyring, batch: n
      where o.page_id = x.page_id and o.id = x.id and o.token = x.was`.execute(db)
   const last = rows[rows.length - 1]
   return { read: rows.length, changed: Number(result.numAffectedRows ?? 0n), last: { page_id: last.page_id, id: last.id } }
+}
+
+/** The highest token id so far: a later rotation may start after it (RotationSchedule in key-rotation.ts). */
+export async function lastTokenId (db: Database): Promise<string> {
+  const { rows: [row] } = await sql<{ id: string }>`select coalesce(max(id), 0)::text as id from optin_tokens`.execute(db)
+  return row.id
 }
