@@ -58,6 +58,8 @@ export interface Finishing {
   tokenId?: string
   tokenState?: TokenOutcome
   tokensRefused?: number
+  /** The attempt the start counted made no request to Meta (its token could not be read): it is taken back. */
+  noRequest?: boolean
   move?: { hold: Hold, to: TokenOutcome }
 }
 
@@ -191,9 +193,9 @@ export async function recordOutcomes (db: Database, items: Finishing[], cooldown
         ${col((i) => i.move?.hold.page_id ?? null)}::text[], ${col((i) => i.move?.hold.token_id ?? null)}::bigint[],
         ${col((i) => i.move?.hold.notification_id ?? null)}::uuid[],
         ${col((i) => settled(i)?.state ?? null)}::text[], ${col((i) => settled(i)?.stops ?? false)}::boolean[],
-        ${col((i) => settled(i)?.paces ?? null)}::text[]
+        ${col((i) => settled(i)?.paces ?? null)}::text[], ${col((i) => i.noRequest ?? false)}::boolean[]
       ) as i(id, page_id, status, route, error, graph_message_id, set_token_id, token_id, token_state,
-             set_tokens_refused, tokens_refused, held_page_id, held_token_id, held_by, state_to, stops, paces)
+             set_tokens_refused, tokens_refused, held_page_id, held_token_id, held_by, state_to, stops, paces, no_request)
       limit ${sorted.length} -- every row (why: startSends)
     ), moved as (${settleHolds('outcome_input', cooldownSeconds, pacing)}
     )${pacing ? sql`, paced as (${carryPacing('moved')})` : sql``}, written as (
@@ -203,6 +205,7 @@ export async function recordOutcomes (db: Database, items: Finishing[], cooldown
            token_id = case when i.set_token_id then i.token_id else n.token_id end,
            token_state = i.token_state,
            tokens_refused = case when i.set_tokens_refused then i.tokens_refused else n.tokens_refused end,
+           attempts = case when i.no_request then greatest(n.attempts - 1, 0) else n.attempts end,
            completed_at = now(), updated_at = now()
       from outcome_input i
      where n.page_id = i.page_id and n.id = i.id and n.status = 'pending'

@@ -150,6 +150,8 @@ async function finish (deps: SendDeps, n: Notification, decision: Decision, deta
   tokensRefused?: number
   target?: Target
   detail?: string
+  /** Nothing went to Meta for the attempt counted at the claim. */
+  noRequest?: boolean
 }): Promise<Notification> {
   if (decision.pageUnhealthy && details.graph) await recordPageError(deps.db, n.page_id, details.graph)
   const code = decision.code ?? 'graph_error'
@@ -167,6 +169,7 @@ async function finish (deps: SendDeps, n: Notification, decision: Decision, deta
     ...(problem ? { problem } : {}),
     ...(details.graphMessageId !== undefined ? { graphMessageId: details.graphMessageId } : {}),
     ...(details.tokensRefused !== undefined ? { tokensRefused: details.tokensRefused } : {}),
+    ...(details.noRequest ? { noRequest: true } : {}),
     ...(details.hold && decision.token
       ? { tokenId: details.hold.token_id, tokenState: decision.token, move: { hold: details.hold, to: decision.token } }
       : {}),
@@ -285,7 +288,7 @@ async function tokenRoute (deps: SendDeps, n: Notification, target: Target, resu
       const decision = decide({ kind: claimed.kind, route: routeOf(claimed.kind), ambiguous: spend.ambiguous, exhausted: true, recovering: false },
         { kind: 'target_gone', code: 'token_unreadable' })
       return finish(deps, n, decision, {
-        route: routeOf(claimed.kind), hold, tokensRefused: refused,
+        route: routeOf(claimed.kind), hold, tokensRefused: refused, noRequest: true,
         detail: `The person's opt-in token cannot be read, so nothing was sent with it: ${clear.message}`,
       })
     }

@@ -563,6 +563,7 @@ t.test('a tampered opt-in token fails closed for its own send (token_unreadable,
   ])
   t.equal(res.statusCode, 500, res.body)
   t.match(res.json(), { code: 'token_unreadable', notification: { status: 'failed', token_state: 'released' } })
+  t.equal(res.json().notification.attempts, 0, 'no request was made to Meta')
   t.match(res.json().detail, /optin_tokens\.token under key id "test-key" fails authentication/)
   t.equal(fine.statusCode, 201, fine.body)
   t.equal(fine.json().status, 'sent', 'the other person\'s send is not affected')
