@@ -101,6 +101,12 @@ export class Keyring {
     ]
   }
 
+  /** digest and digests of one value at once, each computed once (the first of `all` is `stored`). */
+  digestsOf (purpose: DigestPurpose, value: string | Buffer | Uint8Array): { stored: Buffer, all: Buffer[] } {
+    const all = this.digests(purpose, value)
+    return { stored: all[0], all }
+  }
+
   /** seal for bytes (a raw webhook body): the stored form's UTF-8 bytes; plaintext mode keeps the bytes. */
   sealBytes (column: SecretColumn, value: Uint8Array): Buffer {
     if (!this.keys[0]) return Buffer.from(value)
@@ -186,3 +192,4 @@ export const sealBytes = (column: SecretColumn, value: Uint8Array): Buffer => ac
 export const openBytes = (column: SecretColumn, stored: Uint8Array): Buffer => active.openBytes(column, stored)
 export const keyedDigest = (purpose: DigestPurpose, value: string | Buffer | Uint8Array): Buffer => active.digest(purpose, value)
 export const keyedDigests = (purpose: DigestPurpose, value: string | Buffer | Uint8Array): Buffer[] => active.digests(purpose, value)
+export const keyedDigestsOf = (purpose: DigestPurpose, value: string | Buffer | Uint8Array): { stored: Buffer, all: Buffer[] } => active.digestsOf(purpose, value)

@@ -69,15 +69,23 @@ export interface DeliveryInput {
  */
 export async function recordDeliveries (db: Database, inputs: DeliveryInput[], subjectKey: Buffer = erasureKey({})): Promise<Recorded[]> {
   // Each person's erasure digest (erasure.ts): an event about an erased person older than the erasure is not recorded.
-  const subject = (r: { page_id: string, psid: string }): string => subjectOf(subjectKey, r.page_id, r.psid).toString('hex')
+  // (Once per person of the statement: a delivery names its person in the token and again as a subscriber.)
+  const subjects = new Map<string, string>()
+  const subject = (r: { page_id: string, psid: string }): string => {
+    const name = `${r.page_id}\u0000${r.psid}`
+    let hex = subjects.get(name)
+    if (hex === undefined) subjects.set(name, hex = subjectOf(subjectKey, r.page_id, r.psid).toString('hex'))
+    return hex
+  }
   const tokens = inputs.flatMap(({ delivery }, ord) => delivery.tokens.map((t) => ({ ...t, ord, subject: subject(t) })))
   const recurring = inputs.flatMap(({ delivery }, ord) => delivery.recurring.map((r) => ({ ...r, ord, subject: subject(r) })))
   const people = inputs.flatMap(({ delivery }, ord) => delivery.subscribers.map((p) => ({ ...p, ord, subject: subject(p), at: p.last_interaction_at ?? p.first_seen_at })))
   const keyring = activeKeyring()
   const bodies = inputs.map((i) => keyring.sealBytes('webhook_events.body', i.raw))
-  const digests = inputs.map((i) => keyring.digest('webhook_body', i.raw))
-  // Every digest a stored copy of the body may carry (each configured key's, then the unkeyed SHA-256), one row each.
-  const lookups = inputs.flatMap((i, ord) => keyring.digests('webhook_body', i.raw).map((digest) => ({ ord, digest })))
+  // Each body's digest as stored, and every digest a stored copy may carry (each configured key's, then the unkeyed SHA-256), one row each.
+  const bodyDigests = inputs.map((i) => keyring.digestsOf('webhook_body', i.raw))
+  const digests = bodyDigests.map((d) => d.stored)
+  const lookups = bodyDigests.flatMap((d, ord) => d.all.map((digest) => ({ ord, digest })))
   const named = inputs.flatMap(({ delivery }, ord) => mentionSubjects(delivery.named, subjectKey).map((subject) => ({ ord, subject })))
   // A delivery that mentions a person in an event older than their erasure (Meta re-delivering what
   // the erasure deleted) is stored without its body: its digest still answers a later re-delivery as

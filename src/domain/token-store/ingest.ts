@@ -1,6 +1,6 @@
 /** Webhook ingestion's token part (ingest.ts): new one-time tokens and recurring opt-ins, stops and resumes, as CTEs of its one statement. (The token store: see ../token-store.ts.) */
 import { sql, type RawBuilder } from 'kysely'
-import { keyedDigest, keyedDigests, sealSecret } from '../../crypto/secret-box.js'
+import { keyedDigestsOf, sealSecret } from '../../crypto/secret-box.js'
 import { NO_EXPIRY_SQL, usable } from './states.js'
 
 /**
@@ -11,11 +11,12 @@ import { NO_EXPIRY_SQL, usable } from './states.js'
  * seals of one token differ.
  */
 export function storedToken<T extends { token: string }> (record: T): Omit<T, 'token'> & { token: string, digest: string, digests: string[] } {
+  const { stored, all } = keyedDigestsOf('optin_token', record.token)
   return {
     ...record,
     token: sealSecret('optin_tokens.token', record.token),
-    digest: keyedDigest('optin_token', record.token).toString('hex'),
-    digests: keyedDigests('optin_token', record.token).map((d) => d.toString('hex')),
+    digest: stored.toString('hex'),
+    digests: all.map((d) => d.toString('hex')),
   }
 }
 
