@@ -91,7 +91,8 @@ export class Keyring {
 
   /**
    * Every digest a stored row may carry for this value: under each configured key (the current
-   * first), then the unkeyed SHA-256 of rows not yet rotated. A lookup matches any of them (`= any`),
+   * first), then the unkeyed SHA-256 of rows not yet rotated. The first is always `digest`'s, the
+   * one a new row stores (with no key, the SHA-256). A lookup matches any of them (`= any`),
    * so a value written under an older key is still found until rotate-keys rewrites it.
    */
   digests (purpose: DigestPurpose, value: string | Buffer | Uint8Array): Buffer[] {
@@ -99,12 +100,6 @@ export class Keyring {
       ...this.keys.map((k) => createHmac('sha256', this.digestKey(k, purpose)).update(value).digest()),
       createHash('sha256').update(value).digest(),
     ]
-  }
-
-  /** digest and digests of one value at once, each computed once (the first of `all` is `stored`). */
-  digestsOf (purpose: DigestPurpose, value: string | Buffer | Uint8Array): { stored: Buffer, all: Buffer[] } {
-    const all = this.digests(purpose, value)
-    return { stored: all[0], all }
   }
 
   /** seal for bytes (a raw webhook body): the stored form's UTF-8 bytes; plaintext mode keeps the bytes. */
@@ -192,4 +187,3 @@ export const sealBytes = (column: SecretColumn, value: Uint8Array): Buffer => ac
 export const openBytes = (column: SecretColumn, stored: Uint8Array): Buffer => active.openBytes(column, stored)
 export const keyedDigest = (purpose: DigestPurpose, value: string | Buffer | Uint8Array): Buffer => active.digest(purpose, value)
 export const keyedDigests = (purpose: DigestPurpose, value: string | Buffer | Uint8Array): Buffer[] => active.digests(purpose, value)
-export const keyedDigestsOf = (purpose: DigestPurpose, value: string | Buffer | Uint8Array): { stored: Buffer, all: Buffer[] } => active.digestsOf(purpose, value)

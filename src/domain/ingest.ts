@@ -83,9 +83,9 @@ export async function recordDeliveries (db: Database, inputs: DeliveryInput[], s
   const keyring = activeKeyring()
   const bodies = inputs.map((i) => keyring.sealBytes('webhook_events.body', i.raw))
   // Each body's digest as stored, and every digest a stored copy may carry (each configured key's, then the unkeyed SHA-256), one row each.
-  const bodyDigests = inputs.map((i) => keyring.digestsOf('webhook_body', i.raw))
-  const digests = bodyDigests.map((d) => d.stored)
-  const lookups = bodyDigests.flatMap((d, ord) => d.all.map((digest) => ({ ord, digest })))
+  const bodyDigests = inputs.map((i) => keyring.digests('webhook_body', i.raw))
+  const digests = bodyDigests.map((all) => all[0])
+  const lookups = bodyDigests.flatMap((all, ord) => all.map((digest) => ({ ord, digest })))
   const named = inputs.flatMap(({ delivery }, ord) => mentionSubjects(delivery.named, subjectKey).map((subject) => ({ ord, subject })))
   // A delivery that mentions a person in an event older than their erasure (Meta re-delivering what
   // the erasure deleted) is stored without its body: its digest still answers a later re-delivery as

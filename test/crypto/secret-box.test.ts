@@ -86,6 +86,7 @@ t.test('keyed digests: stable per key and purpose, different across keys and pur
   t.same(all[1], new Keyring([b]).digest('optin_token', 'TOKEN-1'), 'then every older key')
   t.same(all[2], createHash('sha256').update('TOKEN-1').digest(), 'then the unkeyed digest')
   t.same(new Keyring([]).digest('webhook_body', 'x'), createHash('sha256').update('x').digest(), 'no key: the unkeyed digest')
+  t.same(new Keyring([]).digests('webhook_body', 'x'), [createHash('sha256').update('x').digest()], 'no key: the stored digest is the only lookup')
   t.notMatch(d.toString('hex'), createHash('sha256').update('TOKEN-1').digest('hex'), 'keyed is not the plain hash')
 })
 

@@ -1,6 +1,6 @@
 /** Webhook ingestion's token part (ingest.ts): new one-time tokens and recurring opt-ins, stops and resumes, as CTEs of its one statement. (The token store: see ../token-store.ts.) */
 import { sql, type RawBuilder } from 'kysely'
-import { keyedDigestsOf, sealSecret } from '../../crypto/secret-box.js'
+import { keyedDigests, sealSecret } from '../../crypto/secret-box.js'
 import { NO_EXPIRY_SQL, usable } from './states.js'
 
 /**
@@ -11,13 +11,9 @@ import { NO_EXPIRY_SQL, usable } from './states.js'
  * seals of one token differ.
  */
 export function storedToken<T extends { token: string }> (record: T): Omit<T, 'token'> & { token: string, digest: string, digests: string[] } {
-  const { stored, all } = keyedDigestsOf('optin_token', record.token)
-  return {
-    ...record,
-    token: sealSecret('optin_tokens.token', record.token),
-    digest: stored.toString('hex'),
-    digests: all.map((d) => d.toString('hex')),
-  }
+  // The first of the lookup digests is the one a new row stores (keyedDigests).
+  const digests = keyedDigests('optin_token', record.token).map((d) => d.toString('hex'))
+  return { ...record, token: sealSecret('optin_tokens.token', record.token), digest: digests[0], digests }
 }
 
 /** The bytea[] of a record's `digests` (a jsonb array of hex) in SQL. */
