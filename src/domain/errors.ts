@@ -20,6 +20,8 @@ export const DOMAIN_CODES = [
   'page_token_unreadable',
   // a stored opt-in token no configured encryption key can read (docs/SECURITY.md): nothing is sent with it, it is kept
   'token_unreadable',
+  // a person's token locked by another statement (a key rotation batch) through a send's every try: nothing spent, try again
+  'token_busy',
   // we hold back, or Meta did
   'optin_request_throttled', 'graph_rate_limited', 'recurring_cooldown', 'graph_frequency_limited',
   // Meta's rule for recurring opt-in requests: one per title, person and week

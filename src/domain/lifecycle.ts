@@ -133,6 +133,11 @@ export type SendEvent =
   | { kind: 'target_gone', code: string }
   /** The only way to the person is a recurring token that may not send yet (nothing was sent). */
   | { kind: 'cooling' }
+  /**
+   * The person holds a usable token, but another statement has its row locked for a moment (a key
+   * rotation batch rewriting it, another send claiming it): the claim skipped it. Nothing is held.
+   */
+  | { kind: 'busy' }
 
 /** Where the send stands when the event happens. */
 export interface SendSituation {
@@ -195,6 +200,8 @@ export interface Transition {
 
 export const RATE_LIMIT_RETRY_AFTER_SECONDS = 60
 export const TEMPORARY_RETRY_AFTER_SECONDS = 5
+/** A token whose row stayed locked through every claim of a send is usually free again within a second. */
+export const BUSY_RETRY_AFTER_SECONDS = 1
 
 const TRANSIENT: readonly Cause[] = ['temporary', 'rate_limited', 'frequency_limited']
 const TOKEN_ROUTES: readonly Route[] = ['token', 'recurring']
@@ -237,6 +244,9 @@ export const TRANSITIONS: readonly Transition[] = [
   { kind: '*', route: TOKEN_ROUTES, event: 'target_gone', then: { next: 'finish', status: 'failed', token: 'released' } },
   { kind: '*', route: TOKEN_ROUTES, event: 'token_limit', then: { next: 'finish', status: 'failed', code: 'graph_token_refused', detail: 'Meta refused several tokens in a row; stopped trying so as not to burn more. Check the message and the Page.' } },
   { kind: '*', route: TOKEN_ROUTES, event: 'no_token', then: { next: 'finish', status: 'no_token', code: 'no_token', detail: 'This person holds no usable token for this topic.' } },
+  // A row lock lasts milliseconds: claim again after a pause; a send never ends `no_token` while the person holds a token.
+  { kind: '*', route: TOKEN_ROUTES, event: 'busy', exhausted: false, then: { next: 'retry' } },
+  { kind: '*', route: TOKEN_ROUTES, event: 'busy', then: { next: 'finish', status: 'failed', code: 'token_busy', retryAfterSeconds: BUSY_RETRY_AFTER_SECONDS, detail: 'The person\'s token was locked by another statement (a key rotation batch, or another send claiming it) through every try; nothing was sent and nothing was spent. Try again shortly.' } },
   { kind: '*', route: TOKEN_ROUTES, event: 'accepted', then: { next: 'finish', status: 'sent', token: 'used', code: 'sent' } },
   // After a lost answer the token may be spent: only a passing failure is worth another try, and
   // any other refusal ("already used" included: our own earlier attempt may have arrived) is unconfirmed.

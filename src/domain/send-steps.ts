@@ -26,8 +26,12 @@ export interface NotificationProblem {
   next_send_at?: string
 }
 
-/** One send to start: the request, its hash and the id its notification will have. */
-export interface Starting { id: string, input: NotificationInput, hash: string }
+/**
+ * One send to start: the request, its hash and the id its notification will have. `lastTry`: when
+ * the person's token is busy (locked for a moment by another statement), record the notification
+ * final as `token_busy`; otherwise nothing is written and the start answers `busy`, to be tried again.
+ */
+export interface Starting { id: string, input: NotificationInput, hash: string, lastTry?: boolean }
 
 export interface SendContext {
   topic_id: string
@@ -45,6 +49,8 @@ export interface Started {
   /** Undefined when nothing was inserted: an earlier request has the key, or the Page cannot send. */
   n?: Notification
   token?: ClaimedToken
+  /** Nothing was written: the person's token is busy (Starting's `lastTry`); start again shortly. */
+  busy?: true
 }
 
 /** An outcome to record, with the held token's move when there is one. */
@@ -74,13 +80,17 @@ const NO_TOKEN: NotificationProblem = { code: 'no_token', detail: 'This person h
 /** The lifecycle's answer when the only way to the person is a recurring token that may not send yet. */
 const COOLING = decide({ kind: 'notification_messages', route: 'recurring', ambiguous: false, exhausted: false, recovering: false }, { kind: 'cooling' }) as
   { code: string, detail: string }
+/** The lifecycle's answer when the person's token stayed locked through a send's last try. */
+const BUSY = decide({ kind: 'one_time_notif', route: 'token', ambiguous: false, exhausted: true, recovering: false }, { kind: 'busy' })
+const TOKEN_BUSY: NotificationProblem = { code: BUSY.code!, detail: BUSY.detail!, retry_after_seconds: BUSY.retryAfterSeconds }
 
 /**
  * The first statement of any number of sends. For each, it reads the topic, its Page, the person's
  * window and any earlier request with the Idempotency-Key; then, only when there is none and the
  * Page can send, it inserts the notification: on the window route `pending` with its first attempt
  * counted; on the token route with the person's soonest-expiring token claimed for it in the same
- * statement (`pending`, first attempt counted), or final as `no_token` when they hold none. The
+ * statement (`pending`, first attempt counted), or final as `no_token` when they hold none (or
+ * `recurring_cooldown`, or nothing yet when their token is busy: Starting's `lastTry`). The
  * notification's id is the caller's, so that the claim can name it. An Idempotency-Key is unique per
  * Page (the topic's). A concurrent request with the same key on the same Page makes the insert fail
  * on the key's unique index: the whole statement, claims included,
@@ -104,9 +114,9 @@ export async function startSends (db: Database, leaseSeconds: number, items: Sta
         ${col((i) => i.hash)}::text[], ${col((i) => i.input.broadcast_id ?? null)}::uuid[],
         ${col((i) => i.input.messaging_type ?? 'UPDATE')}::text[], ${col((i) => i.input.tag ?? null)}::text[],
         ${col((i) => i.input.token_kind ?? null)}::text[], ${col((i) => i.input.created_by ?? null)}::text[],
-        ${col((i) => i.input.pages ? i.input.pages.join(',') : null)}::text[]
+        ${col((i) => i.input.pages ? i.input.pages.join(',') : null)}::text[], ${col((i) => i.lastTry ?? false)}::boolean[]
       ) with ordinality as r(id, topic_id, psid, message, notification_type, use_window, idempotency_key, request_hash, broadcast_id,
-                             messaging_type, tag, token_kind, created_by, pages, ord)
+                             messaging_type, tag, token_kind, created_by, pages, last_try, ord)
       limit ${items.length} -- every row (why: startSends)
     ), ctx as (
       select r.id, r.psid, r.token_kind, t.id as topic_id, t.page_id, t.payload, p.access_token,
@@ -126,8 +136,9 @@ export async function startSends (db: Database, leaseSeconds: number, items: Sta
              case when go.window_open then 'window' when c.kind = 'notification_messages' or cl.until is not null then 'recurring' else 'token' end,
              case when go.window_open or c.id is not null then 1 else 0 end,
              c.id,
-             case when go.window_open or c.id is not null then 'pending' when cl.until is not null then 'failed' else 'no_token' end,
+             case when go.window_open or c.id is not null then 'pending' when b.notification_id is not null or cl.until is not null then 'failed' else 'no_token' end,
              case when go.window_open or c.id is not null then null
+                  when b.notification_id is not null then ${JSON.stringify(TOKEN_BUSY)}::jsonb
                   when cl.until is not null then jsonb_build_object(
                     'code', ${COOLING.code}::text, 'detail', ${COOLING.detail}::text,
                     'next_send_at', to_char(cl.until at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
@@ -135,14 +146,16 @@ export async function startSends (db: Database, leaseSeconds: number, items: Sta
                   else ${JSON.stringify(NO_TOKEN)}::jsonb end,
              case when go.window_open or c.id is not null then null else now() end
         from go join input r on r.id = go.id left join claim c on c.notification_id = go.id
-        left join cooling cl on cl.notification_id = go.id
+        left join cooling cl on cl.notification_id = go.id left join busy b on b.notification_id = go.id
+       where b.notification_id is null or r.last_try
       returning *
     ), history as (${sendHistory('inserted', null)}
     )
     select r.ord, ctx.topic_id as ctx_topic_id, ctx.page_id as ctx_page_id, ctx.payload as ctx_payload,
            ctx.access_token as ctx_access_token, ctx.existing_id as ctx_existing_id, i.*, c.kind as claim_kind, c.token as claim_token,
-           c.expires_at as claim_expires_at, c.lease_expires_at as claim_lease_expires_at
-      from input r left join ctx on ctx.id = r.id left join inserted i on i.id = r.id left join claim c on c.notification_id = r.id`.execute(db)
+           c.expires_at as claim_expires_at, c.lease_expires_at as claim_lease_expires_at, b.notification_id is not null as busy
+      from input r left join ctx on ctx.id = r.id left join inserted i on i.id = r.id left join claim c on c.notification_id = r.id
+      left join busy b on b.notification_id = r.id`.execute(db)
   const started: Started[] = new Array(items.length)
   for (const row of rows) started[Number(row.ord) - 1] = startedOf(row)
   return started
@@ -153,16 +166,17 @@ type StartRow = Partial<Notification> & {
   ord: string
   ctx_topic_id: string | null, ctx_page_id: string | null, ctx_payload: string | null, ctx_access_token: string | null, ctx_existing_id: string | null
   claim_kind: ClaimedToken['kind'] | null, claim_token: string | null, claim_expires_at: Date | null, claim_lease_expires_at: Date | null
+  busy: boolean
 }
 
 function startedOf (row: StartRow): Started {
   const {
     ord: _ord, ctx_topic_id: topicId, ctx_page_id: pageId, ctx_payload: payload, ctx_access_token: accessToken, ctx_existing_id: existingId,
-    claim_kind: kind, claim_token: token, claim_expires_at: expires, claim_lease_expires_at: lease, ...inserted
+    claim_kind: kind, claim_token: token, claim_expires_at: expires, claim_lease_expires_at: lease, busy, ...inserted
   } = row
   if (topicId === null) return {}
   const context: SendContext = { topic_id: topicId, page_id: pageId!, payload: payload!, access_token: accessToken, existing_id: existingId }
-  if (inserted.id == null) return { context }
+  if (inserted.id == null) return busy ? { context, busy } : { context }
   const n = inserted as Notification
   if (n.status !== 'pending' || token === null) return { context, n }
   return { context, n, token: { id: n.token_id!, kind: kind!, token, expires_at: expires!, lease_expires_at: lease! } }

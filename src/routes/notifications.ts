@@ -20,12 +20,12 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
       description: '201 sent. 409 no_token (the attempt is recorded), page_without_access_token or idempotency_in_progress (Retry-After); ' +
         '404 unknown topic; 422 idempotency_conflict, graph_request_invalid or graph_message_refused; 429 graph_rate_limited or graph_frequency_limited (Retry-After), recurring_cooldown (the person can be reached only with a recurring token that may not send yet: Retry-After and next_send_at); ' +
         '502 Meta refused for another reason (person unavailable, Page token or permission, topic stopped); ' +
-        '503 graph_temporary / graph_unreachable (nothing spent); 504 graph_unconfirmed (Meta did not answer: maybe delivered, never re-sent). ' +
+        '503 graph_temporary / graph_unreachable (nothing spent), token_busy (the person\'s token stayed locked by another statement, such as a key rotation batch, for the whole send: nothing spent; Retry-After); 504 graph_unconfirmed (Meta did not answer: maybe delivered, never re-sent). ' +
         'Every problem after an attempt carries `notification` (the recorded attempt, with token_state) and, when Meta answered, `graph`.',
       tags, security, 'x-access': { rights: 'write', owner: topicInBody, filtered: true },
       headers: CreateNotificationHeadersSchema,
       body: CreateNotificationBodySchema,
-      response: { 201: named(NotificationSchema, 'Sent (also when replayed under the same Idempotency-Key)'), ...problems(...API_PROBLEMS, ...BODY_PROBLEMS, 'topic_not_found', 'page_without_access_token', 'page_token_unreadable', 'no_token', 'idempotency_in_progress', 'idempotency_conflict', 'tag_required', 'tag_without_message_tag', 'graph_token_refused', 'graph_request_invalid', 'graph_message_refused', 'graph_rate_limited', 'graph_frequency_limited', 'recurring_cooldown', 'graph_recipient_invalid', 'graph_topic_stopped', 'graph_person_unavailable', 'graph_page_restricted', 'graph_page_token_invalid', 'graph_permission_missing', 'graph_error', 'graph_temporary', 'graph_unreachable', 'graph_unconfirmed', 'token_unreadable') },
+      response: { 201: named(NotificationSchema, 'Sent (also when replayed under the same Idempotency-Key)'), ...problems(...API_PROBLEMS, ...BODY_PROBLEMS, 'topic_not_found', 'page_without_access_token', 'page_token_unreadable', 'no_token', 'idempotency_in_progress', 'idempotency_conflict', 'tag_required', 'tag_without_message_tag', 'graph_token_refused', 'graph_request_invalid', 'graph_message_refused', 'graph_rate_limited', 'graph_frequency_limited', 'recurring_cooldown', 'graph_recipient_invalid', 'graph_topic_stopped', 'graph_person_unavailable', 'graph_page_restricted', 'graph_page_token_invalid', 'graph_permission_missing', 'graph_error', 'graph_temporary', 'graph_unreachable', 'graph_unconfirmed', 'token_unreadable', 'token_busy') },
     },
   }, async (request, reply) => {
     const result = await app.sender.send({

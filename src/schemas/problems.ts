@@ -45,7 +45,7 @@ export const PROBLEMS: Record<ProblemCode, ProblemKind> = {
   graph_token_refused: problem(502), graph_recipient_invalid: problem(502), graph_topic_stopped: problem(502),
   graph_person_unavailable: problem(502), graph_page_restricted: problem(502), graph_page_token_invalid: problem(502),
   graph_permission_missing: problem(502), graph_optin_restricted: problem(502), graph_error: problem(502),
-  webhook_not_configured: problem(503), graph_temporary: problem(503, true), graph_unreachable: problem(503, true),
+  webhook_not_configured: problem(503), graph_temporary: problem(503, true), graph_unreachable: problem(503, true), token_busy: problem(503, true),
   database_unavailable: problem(503, true), migrations_pending: problem(503, true),
   graph_unconfirmed: problem(504),
   internal_error: problem(500), page_token_unreadable: problem(500), token_unreadable: problem(500),

@@ -1,6 +1,6 @@
 import t from 'tap'
 import {
-  decide, PAGE_LEVEL, RATE_LIMIT_RETRY_AFTER_SECONDS, retryOf, TEMPORARY_RETRY_AFTER_SECONDS, transitionFor, TRANSITIONS,
+  BUSY_RETRY_AFTER_SECONDS, decide, PAGE_LEVEL, RATE_LIMIT_RETRY_AFTER_SECONDS, retryOf, TEMPORARY_RETRY_AFTER_SECONDS, transitionFor, TRANSITIONS,
   type Decision, type Route, type SendEvent, type SendSituation, type TokenKind,
 } from '../../src/domain/lifecycle.js'
 import type { GraphErrorClass } from '../../src/graph/errors.js'
@@ -26,6 +26,8 @@ const CASES: Array<[string, SendSituation, SendEvent, Partial<Decision>]> = [
   ['token: gone, nothing sent', at({}), { kind: 'target_gone', code: 'topic_not_found' }, { status: 'failed', token: 'released', code: 'topic_not_found' }],
   ['token: too many refused', at({}), { kind: 'token_limit' }, { status: 'failed', code: 'graph_token_refused', token: undefined }],
   ['token: none usable', at({}), { kind: 'no_token' }, { status: 'no_token', code: 'no_token' }],
+  ['token: locked for a moment, tries left', at({}), { kind: 'busy' }, { next: 'retry', token: undefined }],
+  ['token: locked through every try', at({ exhausted: true }), { kind: 'busy' }, { next: 'finish', status: 'failed', code: 'token_busy', token: undefined, retryAfterSeconds: BUSY_RETRY_AFTER_SECONDS }],
   ['token: accepted', at({ ambiguous: true }), { kind: 'accepted' }, { status: 'sent', token: 'used', code: 'sent' }],
   ['token: transient after a lost answer, tries left', at({ ambiguous: true }), refused('rate_limited'), { next: 'retry' }],
   ['token: transient after a lost answer, recovering', at({ ambiguous: true, exhausted: true, recovering: true }), refused('temporary'), { next: 'defer' }],
@@ -84,7 +86,7 @@ t.test('every situation meets a row, and each decision is complete', async (t) =
   for (const [kind, route] of paths) {
     {
       const tokenRoute = route !== 'window'
-      for (const event of [...events, ...(tokenRoute ? [{ kind: 'no_token' } as const, { kind: 'token_limit' } as const] : []),
+      for (const event of [...events, ...(tokenRoute ? [{ kind: 'no_token' } as const, { kind: 'token_limit' } as const, { kind: 'busy' } as const] : []),
         ...(route === 'recurring' ? [{ kind: 'cooling' } as const] : [])]) {
         for (const ambiguous of [false, true]) {
           for (const exhausted of [false, true]) {
@@ -94,12 +96,14 @@ t.test('every situation meets a row, and each decision is complete', async (t) =
               const name = JSON.stringify({ kind, route, event, ambiguous, exhausted, recovering })
               if (d.next === 'finish') {
                 t.ok(d.status && d.code, `${name}: a final status and a code`)
-                if (tokenRoute && d.status !== 'no_token' && event.kind !== 'token_limit' && event.kind !== 'cooling') t.ok(d.token, `${name}: the held token's fate`)
-              }
+                }
               if (d.next === 'defer') t.ok(recovering, `${name}: only recovery defers`)
               if (d.status === 'sent') t.equal(event.kind, 'accepted', `${name}: only Meta's acceptance is sent`)
-              const holds = event.kind !== 'no_token' && event.kind !== 'token_limit' && event.kind !== 'cooling'
-              if (route === 'recurring' && (ambiguous || event.kind === 'unanswered')) t.not(d.next, 'retry', `${name}: a recurring token is never re-sent after a lost answer`)
+              // A claim that found nothing to hold (none, no more, cooling, locked) has no token to settle.
+              const holds = !['no_token', 'token_limit', 'cooling', 'busy'].includes(event.kind)
+              if (d.next === 'finish' && tokenRoute && holds && d.status !== 'no_token') t.ok(d.token, `${name}: the held token's fate`)
+              if (!holds) t.equal(d.token, undefined, `${name}: nothing held, nothing settled`)
+              if (holds && route === 'recurring' && (ambiguous || event.kind === 'unanswered')) t.not(d.next, 'retry', `${name}: a recurring token is never re-sent after a lost answer`)
               if (ambiguous && tokenRoute && holds && d.next === 'finish') t.ok(['used', 'unconfirmed'].includes(d.token!), `${name}: after a lost answer a token is never released`)
               if (event.kind === 'refused') t.equal(d.pageUnhealthy ?? false, PAGE_LEVEL.has(event.cause), `${name}: the Page's health follows the cause`)
             }

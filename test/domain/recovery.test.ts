@@ -4,7 +4,7 @@ import { sql } from 'kysely'
 import { recoverLeases, RECOVERY_ATTEMPTS_CAP } from '../../src/domain/recovery.js'
 import { directSteps } from '../../src/domain/send-steps.js'
 import type { SendDeps } from '../../src/domain/send.js'
-import { claimToken } from '../../src/domain/token-store.js'
+import { claimFree } from '../fixtures/tokens.js'
 import { appsecretProof, createGraphClient } from '../../src/graph/client.js'
 import type { Notification } from '../../src/db/types.js'
 import { auth, build, TEST_ENCRYPTION_KEYS } from '../helper.js'
@@ -26,7 +26,7 @@ async function pendingNotification (w: World, psid: string, extra: Partial<{ att
 
 /** The process that claimed the token dies here: the reservation stays, its lease runs out. */
 async function claimAndDie (w: World, n: Notification, opts: { attempts?: number } = {}) {
-  const claimed = await claimToken(w.db, { page_id: w.pageId, payload: w.topic.payload, psid: n.psid, notification_id: n.id, leaseSeconds: LEASE })
+  const claimed = await claimFree(w.db, { page_id: w.pageId, payload: w.topic.payload, psid: n.psid, notification_id: n.id, leaseSeconds: LEASE })
   if (!claimed) throw new Error('nothing to claim')
   await w.db.updateTable('notifications')
     .set({ attempts: opts.attempts ?? 0, route: 'token', token_id: claimed.id, updated_at: sql`now() - interval '1 hour'` })
@@ -156,7 +156,7 @@ t.test('the next token, claimed after a refusal, is recovered when the process d
   await w.db.updateTable('optin_tokens').set({ state: 'invalid' }).where('id', '=', refused.id).execute()
   const n = await pendingNotification(w, psid, { attempts: 1, route: 'token' })
   await w.db.updateTable('notifications').set({ token_id: refused.id, tokens_refused: 1 }).where('id', '=', n.id).execute()
-  const claimed = await claimToken(w.db, { page_id: w.pageId, payload: w.topic.payload, psid, notification_id: n.id, leaseSeconds: LEASE })
+  const claimed = await claimFree(w.db, { page_id: w.pageId, payload: w.topic.payload, psid, notification_id: n.id, leaseSeconds: LEASE })
   t.equal(claimed?.id, next.id)
   await w.db.updateTable('notifications').set({ updated_at: sql`now() - interval '1 hour'` }).where('id', '=', n.id).execute()
   await expireLease(w, next.id)
@@ -173,7 +173,7 @@ t.test('a live lease is left alone; two instances recovering together resolve ea
   const psid = newPsid()
   const tokens = await giveTokens(w, psid, 2)
   const live = await pendingNotification(w, psid)
-  const liveClaim = await claimToken(w.db, { page_id: w.pageId, payload: w.topic.payload, psid, notification_id: live.id, leaseSeconds: LEASE })
+  const liveClaim = await claimFree(w.db, { page_id: w.pageId, payload: w.topic.payload, psid, notification_id: live.id, leaseSeconds: LEASE })
   const dead = await pendingNotification(w, psid)
   await claimAndDie(w, dead)
   w.emulator.setFaults({ latencyMs: 50 })

@@ -4,7 +4,7 @@ import { randomUUID } from 'node:crypto'
 import { createGraphClient } from '../../src/graph/client.js'
 import { batchedSteps, type Finishing } from '../../src/domain/send-steps.js'
 import { sendNotification, type SendDeps } from '../../src/domain/send.js'
-import { claimToken } from '../../src/domain/token-store.js'
+import { claimFree } from '../fixtures/tokens.js'
 import type { TokenOutcome } from '../../src/domain/lifecycle.js'
 import type { Database } from '../../src/db/database.js'
 import { countStatements } from '../helper.js'
@@ -128,7 +128,7 @@ async function pendingWithToken (w: World): Promise<{ id: string, pageId: string
   await w.db.insertInto('notifications').values({
     id, page_id: w.pageId, topic_id: w.topic.id, psid, message: JSON.stringify({ text: 'hi' }), route: 'token', attempts: 1, tokens_refused: 2,
   }).execute()
-  const claimed = await claimToken(w.db, { page_id: w.pageId, payload: w.topic.payload, psid, notification_id: id, leaseSeconds: 60 })
+  const claimed = await claimFree(w.db, { page_id: w.pageId, payload: w.topic.payload, psid, notification_id: id, leaseSeconds: 60 })
   await w.db.updateTable('notifications').set({ token_id: claimed!.id }).where('id', '=', id).execute()
   return { id, pageId: w.pageId, tokenId: claimed!.id }
 }

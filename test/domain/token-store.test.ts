@@ -2,9 +2,11 @@ import t from 'tap'
 import { randomUUID } from 'node:crypto'
 import { sql } from 'kysely'
 import type { TokenOutcome } from '../../src/domain/lifecycle.js'
+import { claimFree } from '../fixtures/tokens.js'
 import { claimToken, discardPersonTokens, expireTokens, extendLease, holdInput, settleHolds, type Hold } from '../../src/domain/token-store.js'
 import type { Database } from '../../src/db/database.js'
-import { testDatabase, uniquePageId } from '../helper.js'
+import { databaseKind, testDatabase, uniquePageId } from '../helper.js'
+import { openDatabase } from '../../src/db/database.js'
 import type { TokenState } from '../../src/db/types.js'
 import { maintenanceTasks } from '../../src/tasks.js'
 import { build } from '../helper.js'
@@ -46,9 +48,9 @@ t.test('claims a recurring token that may send, else the soonest-expiring one-ti
     { expiresInDays: 1, payload: 'other-topic' },
     { expiresInDays: 1, kind: 'notification_messages' },
   ])
-  t.equal((await claimToken(db, target(page_id)))?.id, ids[6], 'a recurring token that may send now comes first')
+  t.equal((await claimFree(db, target(page_id)))?.id, ids[6], 'a recurring token that may send now comes first')
   const first = target(page_id)
-  const claimed = await claimToken(db, first)
+  const claimed = await claimFree(db, first)
   t.equal(claimed?.id, ids[1], 'then the soonest expiry')
   t.equal(claimed?.token, `tok-${page_id}-1`)
   t.ok(claimed!.lease_expires_at.getTime() > Date.now() + 50_000, 'the lease runs from now')
@@ -56,16 +58,39 @@ t.test('claims a recurring token that may send, else the soonest-expiring one-ti
   t.match(row, { state: 'available', notification_id: first.notification_id }, 'held in place: still available, named by its holder')
   t.same(row.lease_expires_at, claimed!.lease_expires_at)
 
-  t.equal((await claimToken(db, target(page_id)))?.id, ids[0])
-  t.equal(await claimToken(db, target(page_id)), undefined, 'nothing else is usable')
+  t.equal((await claimFree(db, target(page_id)))?.id, ids[0])
+  t.equal(await claimFree(db, target(page_id)), undefined, 'nothing else is usable')
 })
 
 t.test('concurrent claims never share a token', async (t) => {
   const { db, page_id, ids } = await seed(Array.from({ length: 5 }, (_, i) => ({ expiresInDays: 10 + i })))
   const claims = await Promise.all(Array.from({ length: 20 }, () => claimToken(db, target(page_id))))
-  const got = claims.filter((c) => c !== undefined).map((c) => c!.id)
+  // A claimer that met a row another one had locked answers busy (it would claim again), never a shared token.
+  const got = claims.flatMap((c) => (typeof c === 'object' ? [c.id] : []))
   t.equal(got.length, 5)
   t.same(new Set(got), new Set(ids))
+})
+
+t.test('a claim that meets only a row another statement has locked answers busy, not none; once free it claims it (Postgres)', { skip: databaseKind !== 'postgres' && 'PGlite has one connection' }, async (t) => {
+  const { db, page_id, ids } = await seed([{ expiresInDays: 10 }, { psid: 'p2', expiresInDays: 10, state: 'used' }])
+  const other = await openDatabase({ databaseUrl: (await testDatabase()).url, poolSize: 1 })
+  t.teardown(() => other.close())
+  let release!: () => void
+  const released = new Promise<void>((resolve) => { release = resolve })
+  let locked!: () => void
+  const isLocked = new Promise<void>((resolve) => { locked = resolve })
+  const holder = other.db.transaction().execute(async (trx) => {
+    await sql`select 1 from optin_tokens where page_id = ${page_id} and id = ${ids[0]} for update`.execute(trx)
+    locked()
+    await released
+  })
+  await isLocked
+  t.equal(await claimToken(db, target(page_id)), 'busy', 'the person holds a token, locked for now')
+  t.equal(await claimToken(db, target(page_id, { psid: 'p2' })), undefined, 'a person whose only token is spent holds none')
+  release()
+  await holder
+  t.equal((await claimFree(db, target(page_id)))?.id, ids[0], 'free again: claimed')
+  t.equal(await claimToken(db, target(page_id)), undefined, 'held now: none for another send, not busy')
 })
 
 t.test('a claim is a HOT update: no new index entries, whatever the size of the table', async (t) => {
@@ -78,7 +103,7 @@ t.test('a claim is a HOT update: no new index entries, whatever the size of the 
         select pg_stat_get_xact_tuples_updated('optin_tokens'::regclass)::int as updated,
                pg_stat_get_xact_tuples_hot_updated('optin_tokens'::regclass)::int as hot`.execute(c)).rows[0]
       const before = await counts()
-      const claimed = await claimToken(c, target(page_id))
+      const claimed = await claimFree(c, target(page_id))
       t.equal(claimed?.id, ids[0])
       const after = await counts()
       t.same({ updated: after.updated - before.updated, hot: after.hot - before.hot }, { updated: 1, hot: 1 },
@@ -91,11 +116,11 @@ t.test('a claim is a HOT update: no new index entries, whatever the size of the 
 
 t.test('a held token is left alone by other claims and by discarding; a hold always has a lease', async (t) => {
   const { db, page_id, ids } = await seed([{}, {}])
-  const held = (await claimToken(db, target(page_id)))!
+  const held = (await claimFree(db, target(page_id)))!
   t.equal(Number(await discardPersonTokens(db, { page_id, payload: 'topic', psid: 'p1' })), 1)
   const rows = await db.selectFrom('optin_tokens').select(['id', 'state']).where('page_id', '=', page_id).orderBy('id').execute()
   t.same(rows, [{ id: held.id, state: 'available' }, { id: ids[1], state: 'discarded' }], 'only the usable token was discarded')
-  t.equal(await claimToken(db, target(page_id)), undefined, 'the held token is nobody else\'s')
+  t.equal(await claimFree(db, target(page_id)), undefined, 'the held token is nobody else\'s')
   const refused = (p: Promise<unknown>) => p.then(() => 'written', (e: { code?: string, constraint?: string }) => ({ code: e.code, constraint: e.constraint }))
   const check = { code: '23514', constraint: 'optin_tokens_lease_check' }
   t.same(await refused(db.updateTable('optin_tokens').set({ lease_expires_at: null }).where('id', '=', held.id).execute()), check,
@@ -110,7 +135,7 @@ t.test('transitions out of a hold name the holder; a stale holder changes nothin
     .where('page_id', '=', page_id).orderBy('id').execute())
 
   const a = target(page_id)
-  const claimed = (await claimToken(db, a))!
+  const claimed = (await claimFree(db, a))!
   const mine = { page_id, token_id: claimed.id, notification_id: a.notification_id }
   const stranger = { page_id, token_id: claimed.id, notification_id: randomUUID() }
   t.equal(await settleToken(db, stranger, 'used'), false, 'another notification cannot spend it')
@@ -121,17 +146,17 @@ t.test('transitions out of a hold name the holder; a stale holder changes nothin
   t.equal(await settleToken(db, mine, 'released'), false, 'a used token is never released')
 
   const b = target(page_id)
-  const second = (await claimToken(db, b))!
+  const second = (await claimFree(db, b))!
   t.equal(await settleToken(db, { page_id, token_id: second.id, notification_id: b.notification_id }, 'released'), true)
   const released = (await states()).find((r) => r.id === second.id)!
   t.match(released, { state: 'available', notification_id: null, lease_expires_at: null })
 
   const c = target(page_id)
-  const third = (await claimToken(db, c))!
+  const third = (await claimFree(db, c))!
   t.equal(third.id, second.id, 'a released token is claimable again')
   t.equal(await settleToken(db, { page_id, token_id: third.id, notification_id: c.notification_id }, 'invalid'), true)
   const d = target(page_id)
-  const fourth = (await claimToken(db, d))!
+  const fourth = (await claimFree(db, d))!
   t.equal(await settleToken(db, { page_id, token_id: fourth.id, notification_id: d.notification_id }, 'unconfirmed'), true)
   t.equal(await extendLease(db, { page_id, token_id: fourth.id, notification_id: d.notification_id }, 60), false, 'no lease on a settled token')
 

@@ -1,5 +1,5 @@
 /** Claims and holds: a send takes a token, keeps it under a lease and settles it. (The token store: see ../token-store.ts.) */
-import { sql, type RawBuilder } from 'kysely'
+import { sql, type RawBuilder, type SqlBool } from 'kysely'
 import type { Database } from '../../db/database.js'
 import type { TokenKind } from '../../db/types.js'
 import { tokenHistory } from '../consent-history.js'
@@ -35,31 +35,51 @@ export interface ClaimTarget {
  * LOCKED hands concurrent claimers different rows (or none) without waiting on each other, across
  * any number of instances; a held recurring token is not usable, so two sends never share one. A
  * new send makes the same choice inside its first statement (claimForStarts); this one serves the
- * next token after a refusal.
+ * next token after a refusal. `busy`: nothing was claimed, yet the person holds a sendable token
+ * whose row another statement has locked for a moment (lockedSendable): claim again shortly.
  */
-export async function claimToken (db: Database, target: ClaimTarget): Promise<ClaimedToken | undefined> {
-  const { rows } = await sql<ClaimedToken>`
-    update optin_tokens
-       set notification_id = ${target.notification_id},
-           lease_expires_at = now() + make_interval(secs => ${target.leaseSeconds}),
-           updated_at = now()
-     where page_id = ${target.page_id} and id = (
-       select o.id from optin_tokens o
-        where o.page_id = ${target.page_id} and o.payload = ${target.payload} and o.psid = ${target.psid}
-          and ${sendable('o', target.kind ?? null)}
-        order by ${sendOrder('o')}
-        limit 1
-        for update skip locked)
-    returning id, kind, token, expires_at, lease_expires_at`.execute(db)
-  return rows[0]
+export async function claimToken (db: Database, target: ClaimTarget): Promise<ClaimedToken | 'busy' | undefined> {
+  const { rows } = await sql<ClaimedToken & { busy: boolean }>`
+    with claimed as (
+      update optin_tokens
+         set notification_id = ${target.notification_id},
+             lease_expires_at = now() + make_interval(secs => ${target.leaseSeconds}),
+             updated_at = now()
+       where page_id = ${target.page_id} and id = (
+         select o.id from optin_tokens o
+          where o.page_id = ${target.page_id} and o.payload = ${target.payload} and o.psid = ${target.psid}
+            and ${sendable('o', target.kind ?? null)}
+          order by ${sendOrder('o')}
+          limit 1
+          for update skip locked)
+      returning id, kind, token, expires_at, lease_expires_at
+    )
+    select c.id, c.kind, c.token, c.expires_at, c.lease_expires_at,
+           c.id is null and ${lockedSendable(sql`${target.page_id}::text`, sql`${target.payload}::text`, sql`${target.psid}::text`, target.kind ?? null)} as busy
+      from (select 1) one left join claimed c on true`.execute(db)
+  const { busy, ...claimed } = rows[0]
+  return claimed.id !== null ? claimed : busy ? 'busy' : undefined
 }
 
 /**
- * The claim of a send's first statement, as three CTEs, `pick`, `claim` and `cooling`: for each
+ * After a claim of the same statement found nothing: whether the person still holds a sendable
+ * token as the statement's snapshot sees it. SKIP LOCKED passes over a row another transaction has
+ * locked (a key rotation batch re-sealing it, another send's claim not yet committed) or changed
+ * since; the plain read here still sees it, so the person is not without a token: the row is busy.
+ */
+function lockedSendable (pageId: unknown, payload: unknown, psid: unknown, kind: unknown): RawBuilder<SqlBool> {
+  return sql<SqlBool>`exists (
+    select 1 from optin_tokens b where b.page_id = ${pageId} and b.payload = ${payload} and b.psid = ${psid} and ${sendable('b', kind)})`
+}
+
+/**
+ * The claim of a send's first statement, as four CTEs, `pick`, `claim`, `busy` and `cooling`: for each
  * row of `source` (columns id: the notification's, page_id, payload, psid, window_open, token_kind)
  * whose window is closed, the person's next sendable token (as claimToken chooses), held for it with
  * a lease of `leaseSeconds`. `claim` returns id, notification_id, kind, token, expires_at,
- * lease_expires_at. `cooling` (notification_id, until) names, for each row that claimed nothing,
+ *  * lease_expires_at. `busy` (notification_id) names each row that claimed nothing while the person
+ * holds a sendable token another statement has locked for a moment (lockedSendable): the send claims
+ * again shortly. `cooling` (notification_id, until) names, for each other row that claimed nothing,
  * when its recurring token may send next, if it holds one that is only waiting for its pacing (or
  * that another send is using now: then a cooldown from now).
  */
@@ -84,6 +104,10 @@ export function claimForStarts (source: string, leaseSeconds: unknown, cooldownS
         from pick
        where o.page_id = pick.page_id and o.id = pick.id
       returning o.id, o.notification_id, o.kind, o.token, o.expires_at, o.lease_expires_at
+    ), busy as materialized (
+      select go.id as notification_id from ${go} go
+       where not go.window_open and not exists (select 1 from pick where pick.notification_id = go.id)
+         and ${lockedSendable(sql.ref('go.page_id'), sql.ref('go.payload'), sql.ref('go.psid'), sql.ref('go.token_kind'))}
     ), cooling as materialized (
       -- Materialized: computed once for each row that claimed nothing, not once per row of the insert's join.
       select go.id as notification_id, (
@@ -94,6 +118,7 @@ export function claimForStarts (source: string, leaseSeconds: unknown, cooldownS
            and (go.token_kind is null or go.token_kind = 'notification_messages')) as until
         from ${go} go
        where not go.window_open and not exists (select 1 from pick where pick.notification_id = go.id)
+         and not exists (select 1 from busy where busy.notification_id = go.id)
     )`
 }
 

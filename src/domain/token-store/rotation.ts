@@ -12,10 +12,10 @@ export interface TokenKey { page_id?: string, id: string }
  * keyring's current key (an older key's, or legacy plaintext) get their value sealed again and their
  * digest computed again under the current key. Both move together, so a token stays findable by
  * its digest (lookups match every configured key's digest and the unkeyed one). The rows are not
- * locked while the batch is computed: a send claims with `for update skip locked`, and a token a
- * rotation held would be skipped, the send ending `no_token` while the person holds one. Instead
- * the update is a compare-and-set on the value read: a row changed meanwhile (another run) is left
- * to the next run. How many rows were read and the last one's key (changed: how many it rewrote);
+ * locked while the batch is computed: a send claims with `for update skip locked` and skips a row a
+ * rotation holds (it then claims again shortly: claimToken's `busy`), so the lock lasts only the
+ * update, a compare-and-set on the value read: a row changed meanwhile (another run) is left to the
+ * next run. How many rows were read and the last one's key (changed: how many it rewrote);
  * 0 read when none is left. A value no configured key reads throws (SecretUnreadableError naming
  * its key id); the batches before it are kept.
  */
