@@ -9,6 +9,8 @@
  * - **usable**: available, held by nobody and not past its expiry: what a send may claim.
  * - **claim**: a send takes one usable token for its notification; the token is then **held**
  *   (still `available` in state, with the notification's id and a **lease**).
+ * - **busy**: a usable token whose row another statement has locked for a moment (a key rotation
+ *   batch, another send's claim not yet committed): a claim skips it, and the send claims again.
  * - **lease**: how long a hold lasts unless renewed; a hold past its lease is taken over by
  *   **recovery**, which finishes the send a dead process left.
  * - **settle**: a hold ends: the token becomes **used** (Meta accepted it), **invalid** (Meta named
