@@ -4,10 +4,11 @@ import { openDatabase } from '../../src/db/database.js'
 import { activeKeyring, Keyring, newEncryptionKey, parseEncryptionKeys, useKeyring } from '../../src/crypto/secret-box.js'
 import { erasureKey } from '../../src/domain/erasure.js'
 import { FULL_ROTATION_MS, RotationSchedule, rotateKeys } from '../../src/domain/key-rotation.js'
-import { rotateTokenBatch } from '../../src/domain/token-store.js'
+import { rotateTokenBatch, type TokenKey } from '../../src/domain/token-store.js'
 import { databaseKind, TEST_ENCRYPTION_KEYS, testDatabase, truncateAll, uniquePageId } from '../helper.js'
 import { seedRecurring } from '../fixtures/recurring.js'
 import { newPsid, recurringEvent, recurringRows, world } from '../fixtures/otn.js'
+import { accountedForOnce, broadcastEnv, NOWHERE, people, postBroadcast, recurringFor, settled, tokensFor } from '../fixtures/broadcasts.js'
 
 const ring = (...keys: string[]) => new Keyring(keys.flatMap((k) => parseEncryptionKeys(k).keys))
 
@@ -175,4 +176,50 @@ t.test('a recurring re-delivery racing the rotation of its token updates the one
   t.equal(rows.length, 1, 'one row for the token, not a second under the old digest')
   t.equal(rows[0].token, token)
   t.ok(Buffer.from(rows[0].token_digest!).equals(keyring.digest('optin_token', token)), 'under the new key\'s digest')
+  // Every row back under the test key alone, for the tests after this one.
+  await rotateKeys(w.db, { keyring: ring(TEST_ENCRYPTION_KEYS, next) })
+})
+
+t.test('a broadcast while rotation re-seals its audience\'s tokens pass after pass: everybody sent once, nobody no_token or cooling (Postgres)', { skip: databaseKind !== 'postgres' && 'PGlite has one connection' }, async (t) => {
+  // 200 a second: the 400 sends span about ten rotation passes.
+  const w = await world(t, { env: broadcastEnv({ MAINTENANCE_INTERVAL_SECONDS: '86400', BROADCAST_RATE_PER_SECOND: '200' }), emulator: { webhookUrl: NOWHERE } })
+  const { url } = await testDatabase()
+  const other = await openDatabase({ databaseUrl: url, poolSize: 1 })
+  t.teardown(() => other.close())
+  // The app reads under both keys; the rotation seals under one, then the other, so that every
+  // pass rewrites (and row-locks) every token while the broadcast claims them.
+  const next = newEncryptionKey('broadcast-next')
+  const rings = [ring(next, TEST_ENCRYPTION_KEYS), ring(TEST_ENCRYPTION_KEYS, next)]
+  useKeyring(rings[0])
+  t.teardown(() => useKeyring(ring(TEST_ENCRYPTION_KEYS)))
+  await tokensFor(w, people(300, 'rot'))
+  await recurringFor(w, people(100, 'rec'))
+  let stop = false
+  let passes = 0
+  const rotating = (async () => {
+    while (!stop) {
+      const keyring = rings[passes++ % 2]
+      for (let after: TokenKey | undefined; ;) {
+        const step = await other.db.transaction().execute(async (trx) => {
+          const batch = await rotateTokenBatch(trx, keyring, 100, after)
+          // A commit that waits (a synchronous replica, a slow disk): the rewritten rows stay locked meanwhile.
+          await sql`select pg_sleep(0.05)`.execute(trx)
+          return batch
+        })
+        if (step.read === 0) break
+        after = step.last
+      }
+    }
+  })()
+  const created = await postBroadcast(w.app, { topic_id: w.topic.id, message: { text: 'rotating' } })
+  t.equal(created.statusCode, 202, created.body)
+  const done = await settled(w.app, created.json().id)
+  stop = true
+  await rotating
+  // Every row back under the test key alone, for the tests after this one.
+  await rotateKeys(other.db, { keyring: rings[1] })
+  t.ok(passes >= 2, `the rotation rewrote the tokens ${passes} times while the broadcast ran`)
+  t.match(done.progress, { total: 400, sent_token: 300, sent_recurring: 100, no_token: 0, cooldown: 0, unconfirmed: 0 })
+  t.same(done.progress.failed, {}, 'nobody failed')
+  await accountedForOnce(t, w, done)
 })
