@@ -93,21 +93,17 @@ export async function sendNotification (deps: SendDeps, input: NotificationInput
   checkLabelling(input)
   const item: Starting = { id: randomUUID(), input, hash: notificationHash(input) }
   let started
-  for (let tries = 1; ; tries++) {
-    const lastTry = decide(busySituation(tries), { kind: 'busy' }).next !== 'retry'
-    try {
-      started = await deps.steps.start({ ...item, lastTry })
-    } catch (error) {
-      if ((error as { code?: string }).code !== '23505' || input.idempotency_key === undefined) throw error
-      // Another request with this key won the insert a moment ago (maybe on another instance); this
-      // statement, claim included, was undone. Keys are unique per Page: the topic's.
-      const topic = await deps.db.selectFrom('topics').select('page_id').where('id', '=', input.topic_id).executeTakeFirst()
-      const winner = topic && await notificationByKey(deps.db, topic.page_id, input.idempotency_key)
-      if (!winner) throw keyRace()
-      return replay(winner, item.hash)
-    }
-    if (!started.busy) break
-    await sleep(busyPauseMs(tries))
+  try {
+    // A busy start wrote nothing: it is made again (the last one records token_busy itself).
+    started = await whileBusy((lastTry) => deps.steps.start({ ...item, lastTry }), (s) => s.busy === true)
+  } catch (error) {
+    if ((error as { code?: string }).code !== '23505' || input.idempotency_key === undefined) throw error
+    // Another request with this key won the insert a moment ago (maybe on another instance); this
+    // statement, claim included, was undone. Keys are unique per Page: the topic's.
+    const topic = await deps.db.selectFrom('topics').select('page_id').where('id', '=', input.topic_id).executeTakeFirst()
+    const winner = topic && await notificationByKey(deps.db, topic.page_id, input.idempotency_key)
+    if (!winner) throw keyRace()
+    return replay(winner, item.hash)
   }
   const { context, n, token } = started
   if (!context) throw notFound('topic', input.topic_id)
@@ -273,19 +269,10 @@ async function tokenRoute (deps: SendDeps, n: Notification, target: Target, resu
         detail: `Meta refused ${refused} tokens in a row; stopped trying so as not to burn more. Check the message and the Page.`,
       })
     }
-    let claimed = next?.token
-    for (let tries = 1; !claimed; tries++) {
-      const got = await claimToken(deps.db, {
-        page_id: target.page_id, payload: target.payload, psid: n.psid, notification_id: n.id, kind: n.token_kind, leaseSeconds: deps.config.TOKEN_LEASE_SECONDS,
-      })
-      if (got !== 'busy') {
-        claimed = got
-        break
-      }
-      const decision = decide(busySituation(tries), { kind: 'busy' })
-      if (decision.next !== 'retry') return finish(deps, n, decision, { route: 'token', tokensRefused: refused })
-      await sleep(busyPauseMs(tries))
-    }
+    const claimed = next?.token ?? await whileBusy(() => claimToken(deps.db, {
+      page_id: target.page_id, payload: target.payload, psid: n.psid, notification_id: n.id, kind: n.token_kind, leaseSeconds: deps.config.TOKEN_LEASE_SECONDS,
+    }), (got) => got === 'busy')
+    if (claimed === 'busy') return finish(deps, n, decide(busySituation(BUSY_TRIES), { kind: 'busy' }), { route: 'token', tokensRefused: refused })
     const recovering = next?.recovering ?? false
     const spend = { ambiguous: next?.ambiguous ?? false, recovering, counted: next?.counted ?? false, sends: recovering ? 1 : deps.config.GRAPH_API_MAX_RETRIES + 1 }
     next = undefined
@@ -384,6 +371,16 @@ const BUSY_TRIES = 6
 const busySituation = (tries: number): SendSituation =>
   ({ kind: 'one_time_notif', route: 'token', ambiguous: false, exhausted: tries >= BUSY_TRIES, recovering: false })
 const busyPauseMs = (tries: number): number => 12.5 * 2 ** (tries - 1) * (0.5 + Math.random() / 2)
+
+/** Makes `attempt` again while `busy` says so and the lifecycle table says to retry (`lastTry`: none follows); its last answer. */
+async function whileBusy<T> (attempt: (lastTry: boolean) => Promise<T>, busy: (answer: T) => boolean): Promise<T> {
+  for (let tries = 1; ; tries++) {
+    const lastTry = decide(busySituation(tries), { kind: 'busy' }).next !== 'retry'
+    const answer = await attempt(lastTry)
+    if (lastTry || !busy(answer)) return answer
+    await sleep(busyPauseMs(tries))
+  }
+}
 
 async function pause (deps: SendDeps, retry: number): Promise<void> {
   const ms = deps.backoffMs ? deps.backoffMs(retry) : Math.min(2_000, 100 * 2 ** (retry - 1)) * (0.5 + Math.random() / 2)

@@ -77,7 +77,7 @@ function lockedSendable (pageId: unknown, payload: unknown, psid: unknown, kind:
  * row of `source` (columns id: the notification's, page_id, payload, psid, window_open, token_kind)
  * whose window is closed, the person's next sendable token (as claimToken chooses), held for it with
  * a lease of `leaseSeconds`. `claim` returns id, notification_id, kind, token, expires_at,
- *  * lease_expires_at. `busy` (notification_id) names each row that claimed nothing while the person
+ * lease_expires_at. `busy` (notification_id) names each row that claimed nothing while the person
  * holds a sendable token another statement has locked for a moment (lockedSendable): the send claims
  * again shortly. `cooling` (notification_id, until) names, for each other row that claimed nothing,
  * when its recurring token may send next, if it holds one that is only waiting for its pacing (or
