@@ -7,6 +7,7 @@ import { FULL_ROTATION_MS, RotationSchedule, rotateKeys } from '../../src/domain
 import { rotateTokenBatch, type TokenKey } from '../../src/domain/token-store.js'
 import { databaseKind, TEST_ENCRYPTION_KEYS, testDatabase, truncateAll, uniquePageId } from '../helper.js'
 import { seedRecurring } from '../fixtures/recurring.js'
+import { heldOpen } from '../fixtures/locks.js'
 import { newPsid, recurringEvent, recurringRows, world } from '../fixtures/otn.js'
 import { accountedForOnce, broadcastEnv, NOWHERE, people, postBroadcast, recurringFor, settled, tokensFor } from '../fixtures/broadcasts.js'
 
@@ -32,30 +33,19 @@ t.test('rotation re-encrypts in batches, leaves values already under the first k
 })
 
 t.test('rotation skips rows a running change holds, without waiting, and takes them on the next run (Postgres)', { skip: databaseKind !== 'postgres' && 'PGlite has one connection' }, async (t) => {
-  const { db, url } = await testDatabase()
-  const other = await openDatabase({ databaseUrl: url, poolSize: 1 })
-  t.teardown(() => other.close())
+  const { db } = await testDatabase()
   const [k1, k2] = [newEncryptionKey('s1'), newEncryptionKey('s2')]
   const [held, free] = [uniquePageId(), uniquePageId()]
   await sql`delete from pages`.execute(db)
   for (const id of [held, free]) await db.insertInto('pages').values({ id, name: 'Locked', access_token: ring(k1).seal('pages.access_token', `tok-${id}`) }).execute()
-  let release!: () => void
-  const released = new Promise<void>((resolve) => { release = resolve })
-  let locked!: () => void
-  const isLocked = new Promise<void>((resolve) => { locked = resolve })
-  const holder = other.db.transaction().execute(async (trx) => {
-    await sql`select 1 from pages where id = ${held} for update`.execute(trx)
-    locked()
-    await released
-  })
-  await isLocked
+  const holder = await heldOpen(t, (trx) => sql`select 1 from pages where id = ${held} for update`.execute(trx))
   const first = await rotateKeys(db, { keyring: ring(k2, k1) })
   const after = async (id: string) => (await db.selectFrom('pages').select('access_token').where('id', '=', id).executeTakeFirstOrThrow()).access_token!
   t.ok((await after(free)).startsWith('enc:v1:s2:'), 'the free row is rotated')
   t.ok((await after(held)).startsWith('enc:v1:s1:'), 'the held row is skipped, not waited for')
   t.equal(first.pages, 1, 'one row rotated, the held one skipped')
-  release()
-  await holder
+  holder.release()
+  await holder.done
   t.same(await rotateKeys(db, { keyring: ring(k2, k1) }), { pages: 1, event_subscriptions: 0, optin_tokens: 0, webhook_events: 0 })
   t.ok((await after(held)).startsWith('enc:v1:s2:'), 'the next run takes it')
   t.equal(ring(k2).open('pages.access_token', await after(held)), `tok-${held}`)
@@ -141,9 +131,6 @@ t.test('the maintenance schedule reads opt-in tokens and bodies whole on its fir
 
 t.test('a recurring re-delivery racing the rotation of its token updates the one row: it waits for the rotation and goes by the new digest (Postgres)', { skip: databaseKind !== 'postgres' && 'PGlite has one connection' }, async (t) => {
   const w = await world(t, { env: { MAINTENANCE_INTERVAL_SECONDS: '86400' } })
-  const { url } = await testDatabase()
-  const other = await openDatabase({ databaseUrl: url, poolSize: 1 })
-  t.teardown(() => other.close())
   const psid = newPsid()
   const token = await recurringEvent(w, psid, { at: Date.now() - 60_000 })
   // Step 1 of a rotation done: every instance knows the new key, first; the token is still under the test key.
@@ -152,25 +139,15 @@ t.test('a recurring re-delivery racing the rotation of its token updates the one
   useKeyring(keyring)
   t.teardown(() => useKeyring(ring(TEST_ENCRYPTION_KEYS)))
   // A rotation batch has rewritten the row (sealed and digested under the new key) and not committed yet.
-  let release!: () => void
-  const released = new Promise<void>((resolve) => { release = resolve })
-  let rewritten!: () => void
-  const isRewritten = new Promise<void>((resolve) => { rewritten = resolve })
-  const rotation = other.db.transaction().execute(async (trx) => {
-    const step = await rotateTokenBatch(trx, keyring, 500)
-    rewritten()
-    await released
-    return step
-  })
-  await isRewritten
+  const rotation = await heldOpen(t, (trx) => rotateTokenBatch(trx, keyring, 500))
   // Meanwhile Meta delivers a later event of the same token (a resume): its statement reads the row under the old digest.
   const redelivery = recurringEvent(w, psid, { token, status: 'RESUME_NOTIFICATIONS' })
   const waiting = async () => (await sql<{ n: number }>`
     select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'`.execute(w.db)).rows[0].n
   for (let i = 0; i < 200 && await waiting() === 0; i++) await new Promise((resolve) => setTimeout(resolve, 25))
   t.equal(await waiting(), 1, 'the re-delivery waits for the rotation\'s row')
-  release()
-  t.ok((await rotation).changed >= 1, 'the rotation rewrote the token')
+  rotation.release()
+  t.ok((await rotation.done).changed >= 1, 'the rotation rewrote the token')
   await redelivery
   const rows = await recurringRows(w.db, w.pageId, psid)
   t.equal(rows.length, 1, 'one row for the token, not a second under the old digest')

@@ -1,13 +1,13 @@
 import t, { type Test } from 'tap'
 import { sql } from 'kysely'
 import { Keyring, newEncryptionKey, parseEncryptionKeys, useKeyring } from '../../src/crypto/secret-box.js'
-import { openDatabase } from '../../src/db/database.js'
 import { recoverLeases } from '../../src/domain/recovery.js'
 import { sendNotification } from '../../src/domain/send.js'
 import { rotateTokenBatch } from '../../src/domain/token-store.js'
 import type { GraphClient } from '../../src/graph/client.js'
+import { heldOpen } from '../fixtures/locks.js'
 import { giveTokens, newPsid, notify, recurringEvent, sendDeps, tokenStates, world } from '../fixtures/otn.js'
-import { API_KEY, databaseKind, TEST_ENCRYPTION_KEYS, testDatabase } from '../helper.js'
+import { API_KEY, databaseKind, TEST_ENCRYPTION_KEYS } from '../helper.js'
 
 // The send path (src/domain/send.ts) through its public entry points: what survives a crash between
 // its two statements, and input the database refuses.
@@ -58,21 +58,7 @@ t.test('a message the database refuses (a NUL character) is a 400, and the token
  * uncommitted until `release()`: its row stays locked, as a running batch's rows are.
  */
 async function rotationHolding (t: Test, tokenId: string, keyring: Keyring) {
-  const { url } = await testDatabase()
-  const other = await openDatabase({ databaseUrl: url, poolSize: 1 })
-  t.teardown(() => other.close())
-  let release!: () => void
-  const released = new Promise<void>((resolve) => { release = resolve })
-  let rewritten!: () => void
-  const isRewritten = new Promise<void>((resolve) => { rewritten = resolve })
-  const done = other.db.transaction().execute(async (trx) => {
-    const step = await rotateTokenBatch(trx, keyring, 1, { id: String(BigInt(tokenId) - 1n) })
-    rewritten()
-    await released
-    return step
-  })
-  await isRewritten
-  return { release, done }
+  return heldOpen(t, (trx) => rotateTokenBatch(trx, keyring, 1, { id: String(BigInt(tokenId) - 1n) }))
 }
 
 /** Step 1 of a rotation done: the app knows the new key first (docs/SECURITY.md), so a batch rewrites every token. */

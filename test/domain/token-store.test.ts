@@ -6,7 +6,7 @@ import { claimFree } from '../fixtures/tokens.js'
 import { claimToken, discardPersonTokens, expireTokens, extendLease, holdInput, settleHolds, type Hold } from '../../src/domain/token-store.js'
 import type { Database } from '../../src/db/database.js'
 import { databaseKind, testDatabase, uniquePageId } from '../helper.js'
-import { openDatabase } from '../../src/db/database.js'
+import { heldOpen } from '../fixtures/locks.js'
 import type { TokenState } from '../../src/db/types.js'
 import { maintenanceTasks } from '../../src/tasks.js'
 import { build } from '../helper.js'
@@ -73,22 +73,11 @@ t.test('concurrent claims never share a token', async (t) => {
 
 t.test('a claim that meets only a row another statement has locked answers busy, not none; once free it claims it (Postgres)', { skip: databaseKind !== 'postgres' && 'PGlite has one connection' }, async (t) => {
   const { db, page_id, ids } = await seed([{ expiresInDays: 10 }, { psid: 'p2', expiresInDays: 10, state: 'used' }])
-  const other = await openDatabase({ databaseUrl: (await testDatabase()).url, poolSize: 1 })
-  t.teardown(() => other.close())
-  let release!: () => void
-  const released = new Promise<void>((resolve) => { release = resolve })
-  let locked!: () => void
-  const isLocked = new Promise<void>((resolve) => { locked = resolve })
-  const holder = other.db.transaction().execute(async (trx) => {
-    await sql`select 1 from optin_tokens where page_id = ${page_id} and id = ${ids[0]} for update`.execute(trx)
-    locked()
-    await released
-  })
-  await isLocked
+  const holder = await heldOpen(t, (trx) => sql`select 1 from optin_tokens where page_id = ${page_id} and id = ${ids[0]} for update`.execute(trx))
   t.equal(await claimToken(db, target(page_id)), 'busy', 'the person holds a token, locked for now')
   t.equal(await claimToken(db, target(page_id, { psid: 'p2' })), undefined, 'a person whose only token is spent holds none')
-  release()
-  await holder
+  holder.release()
+  await holder.done
   t.equal((await claimFree(db, target(page_id)))?.id, ids[0], 'free again: claimed')
   t.equal(await claimToken(db, target(page_id)), undefined, 'held now: none for another send, not busy')
 })
