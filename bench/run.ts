@@ -1,7 +1,8 @@
 // `npm run bench`: the built service as its users meet it (HTTP only: the API, the webhook, the
 // emulator standing in for Meta), one process each, on this machine. docs/PERFORMANCE.md says what
-// the figures mean. With BENCH_BASELINE=<git ref> the same scenarios run against that commit too,
-// round by round in alternating order, and each figure gets a ratio with the spread of its rounds.
+// the figures mean. With BENCH_BASELINE=<git ref>[,<git ref>...] the same scenarios run against those
+// commits too, round by round in alternating order, and each figure gets a ratio to this checkout with
+// the spread of its rounds. BENCH_NODE_ARGS are given to each service's node (a CPU profile, say).
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process'
 import { createHmac, randomBytes } from 'node:crypto'
 import { mkdtempSync, readFileSync, rmSync, symlinkSync } from 'node:fs'
@@ -40,21 +41,24 @@ const auth = { authorization: `Bearer ${API_KEY}`, 'content-type': 'application/
 /** A build to measure; `env`: settings of its service (a lever). */
 interface Build { name: string, dir: string, env?: Record<string, string> }
 
-/** This checkout, built; and with BENCH_BASELINE, that commit built beside it (its own node_modules when its lockfile differs). */
+/** This checkout, built; and with BENCH_BASELINE, each of its commits built beside it (its own node_modules when its lockfile differs). */
 function builds (): Build[] {
   execFileSync('npm', ['run', 'build', '--silent'], { cwd: REPO_ROOT, stdio: 'inherit' })
   const out: Build[] = [{ name: 'this checkout', dir: REPO_ROOT }]
-  if (BASELINE) {
+  // BENCH_BASELINE=<ref>[,<ref>...]: each commit built beside this checkout, measured in the same run.
+  for (const ref of (BASELINE ?? '').split(',').map((r) => r.trim()).filter(Boolean).reverse()) {
     const dir = mkdtempSync(join(tmpdir(), 'otn-bench-baseline-'))
-    execFileSync('git', ['worktree', 'add', '--detach', dir, BASELINE], { cwd: REPO_ROOT, stdio: 'inherit' })
+    execFileSync('git', ['worktree', 'add', '--detach', dir, ref], { cwd: REPO_ROOT, stdio: 'inherit' })
     process.on('exit', () => {
       try { execFileSync('git', ['worktree', 'remove', '--force', dir], { cwd: REPO_ROOT }) } catch {}
     })
     const sameLock = readFileSync(join(dir, 'package-lock.json'), 'utf8') === readFileSync(join(REPO_ROOT, 'package-lock.json'), 'utf8')
+    // A few commits hold a stray node_modules symlink (8265948 removed it): replace it.
+    rmSync(join(dir, 'node_modules'), { force: true })
     if (sameLock) symlinkSync(join(REPO_ROOT, 'node_modules'), join(dir, 'node_modules'))
     else execFileSync('npm', ['ci', '--no-audit', '--no-fund'], { cwd: dir, stdio: 'inherit' })
     execFileSync('npm', ['run', 'build', '--silent'], { cwd: dir, stdio: 'inherit' })
-    out.unshift({ name: `baseline ${BASELINE}`, dir })
+    out.unshift({ name: `baseline ${ref}`, dir })
   }
   // BENCH_LEVER="NAME=value ...": this checkout again with those settings, measured beside it.
   const lever = process.env.BENCH_LEVER?.trim()
@@ -111,7 +115,7 @@ async function startStack (build: Build, embedded: boolean): Promise<Stack> {
     GRAPH_API_BASE_URL: emulator.url, PAGE_ID: PAGE, PAGE_ACCESS_TOKEN: PAGE_TOKEN, BROADCAST_RATE_PER_SECOND: '300', ENCRYPTION_KEYS: BENCH_ENCRYPTION_KEYS,
     ...(db ? { DATABASE_URL: db.url } : { PGLITE_DATA_DIR: dataDir! }),
     ...build.env,
-  }, servicePort, '/readyz')
+  }, servicePort, '/readyz', (process.env.BENCH_NODE_ARGS ?? '').split(/\s+/).filter(Boolean))
   await call(`${service.url}/v1/pages/${PAGE2}`, 'PUT', { name: 'Bench Page 2', access_token: PAGE2_TOKEN })
   // The ceilings run on this checkout's database only (they share its tables), never at the same time as the service's scenarios.
   const ceilingsPort = await freePort()
