@@ -23,12 +23,23 @@ export interface AuditRecord {
   at: Date
 }
 
-/** Writes entries in one statement (the app batches them: plugins/access.ts). */
+/**
+ * Writes entries in one statement (the app batches them: plugins/access.ts). The rows go in as one
+ * array per column, so that every batch size is the same statement, like the service's other
+ * batched writes. A VALUES list of N rows is a new statement for each N: each took a slot of a
+ * connection's named-statement cache (src/db/prepared-statements.ts) and pushed the send's own
+ * statements out of it. Token route at 64 connections (2026-12-03): a build writing no audit at all
+ * was 1.15× and 1.18× faster than the VALUES list in two runs, and is level with this (0.96×,
+ * 0.76–1.02×, five rounds).
+ */
 export async function recordAudit (db: Database, ...records: AuditRecord[]): Promise<void> {
   if (records.length === 0) return
-  await db.insertInto('audit_log')
-    .values(records.map(({ at, page_id: pageId, ...entry }) => ({ ...entry, page_id: pageId ?? '', created_at: at })))
-    .execute()
+  const col = <T>(f: (r: AuditRecord) => T) => records.map(f)
+  await sql`
+    insert into audit_log (page_id, key_name, method, route, resource_id, status, request_id, created_at)
+    select * from unnest(${col((r) => r.page_id ?? '')}::text[], ${col((r) => r.key_name)}::text[], ${col((r) => r.method)}::text[],
+                         ${col((r) => r.route)}::text[], ${col((r) => r.resource_id)}::text[], ${col((r) => r.status)}::int[],
+                         ${col((r) => r.request_id)}::text[], ${col((r) => r.at)}::timestamptz[])`.execute(db)
 }
 
 export interface AuditFilter {

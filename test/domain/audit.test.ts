@@ -54,3 +54,21 @@ t.test('the listing: oldest first, by key, Page and time, page by page; an entry
   t.equal(second.next_cursor, null)
   await t.rejects(listAudit(db, { cursor: 'forged' }), { code: 'invalid_cursor' })
 })
+
+t.test('a batch of entries is one write that keeps each entry as given', async (t) => {
+  const { db } = await testDatabase()
+  const pageId = uniquePageId()
+  const at = new Date(Date.now() - 3 * DAY)
+  await recordAudit(db,
+    { key_name: 'batch-a', method: 'POST', route: '/v1/notifications', page_id: pageId, resource_id: 'n-1', status: 201, request_id: 'b1', at },
+    { key_name: 'batch-b', method: 'PUT', route: '/v1/pages/:pageId', page_id: null, resource_id: null, status: 400, request_id: null, at: new Date(at.getTime() + 1500) },
+    { key_name: 'batch-a', method: 'DELETE', route: '/v1/topics/:id', page_id: pageId, resource_id: null, status: 204, request_id: 'b3', at: new Date(at.getTime() + 3000) })
+  const { rows } = await sql<{ key_name: string, method: string, route: string, page_id: string, resource_id: string | null, status: number, request_id: string | null, created_at: Date }>`
+    select key_name, method, route, page_id, resource_id, status, request_id, created_at from audit_log
+     where key_name in ('batch-a', 'batch-b') and created_at >= ${at} order by created_at`.execute(db)
+  t.same(rows.map(({ created_at: c, ...r }) => ({ ...r, after: c.getTime() - at.getTime() })), [
+    { key_name: 'batch-a', method: 'POST', route: '/v1/notifications', page_id: pageId, resource_id: 'n-1', status: 201, request_id: 'b1', after: 0 },
+    { key_name: 'batch-b', method: 'PUT', route: '/v1/pages/:pageId', page_id: '', resource_id: null, status: 400, request_id: null, after: 1500 },
+    { key_name: 'batch-a', method: 'DELETE', route: '/v1/topics/:id', page_id: pageId, resource_id: null, status: 204, request_id: 'b3', after: 3000 },
+  ], 'every column, a missing Page as the empty page_id, each entry its own time')
+})

@@ -1,6 +1,7 @@
 import t from 'tap'
 import { sql } from 'kysely'
 import { openDatabase, type Database } from '../../src/db/database.js'
+import { recordAudit } from '../../src/domain/audit.js'
 import { testDatabase } from '../helper.js'
 
 // Named statements exist on Postgres connections only (PGlite is one in-process session): test/perf
@@ -44,6 +45,17 @@ import { testDatabase } from '../helper.js'
     t.notOk(statements.some((s) => s.statement.includes('as c0')), 'the oldest unused is gone')
     const { rows } = await sql<{ c0: number }>`select ${7}::int as c0`.execute(db)
     t.equal(rows[0].c0, 7, 'an evicted statement is prepared again when it comes back')
+  })
+
+  t.test('a batched write is one statement whatever its batch size: it takes one slot of the cache, not one per size', async (t) => {
+    // The audit is written by group commit, so its batches come in every size. Written as a VALUES
+    // list they were a new statement per size and pushed the send's statements out of the cache.
+    const db = await open()
+    const entry = (i: number) => ({ key_name: 'cache-probe', method: 'POST', route: '/v1/notifications', page_id: null, resource_id: null, status: 201, request_id: `c${i}`, at: new Date() })
+    for (const size of [1, 2, 3, 7, 20]) await recordAudit(db, ...Array.from({ length: size }, (_, i) => entry(i)))
+    t.equal((await prepared(db)).filter((s) => s.statement.includes('audit_log')).length, 1, 'five batch sizes, one prepared statement')
+    const { rows } = await sql<{ n: number }>`select count(*)::int as n from audit_log where key_name = 'cache-probe'`.execute(db)
+    t.equal(rows[0].n, 33, 'every entry written')
   })
 
   t.test('0 turns naming off', async (t) => {
